@@ -1,0 +1,319 @@
+//! Membership: who serves which topic, and is it up.
+//!
+//! nova's servicegroup API rebuilt on leases. A node [`Driver::join`]s once it
+//! can answer; the returned [`Membership`] keeps it registered (heartbeats,
+//! re-registration after any failure) until [`Membership::leave`]. Anyone can
+//! [`Driver::list`] or [`Driver::watch`] the members of a topic, and
+//! operators change the admin state of a record.
+//!
+//! Two kinds of data per member (the etcd layout of the README):
+//! - the persistent **service record** ([`ServiceRecord`]), which outlives the
+//!   node so that a dead node shows as `down` rather than vanishing;
+//! - the **liveness** of the node (an etcd key bound to its lease, a
+//!   heartbeat file, an in-memory flag). `up` = alive and not `forced_down`.
+//!
+//! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`]), `memory://`
+//! ([`memory`]), chosen by [`connect`] from a registry URL.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::future::BoxFuture;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Result;
+
+mod url;
+
+pub use self::url::{RegistryOptions, RegistryUrl};
+
+/// The persistent record of one (topic, host): nova's `services` row.
+///
+/// Stored as JSON; field names are part of the operator contract (README).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceRecord {
+    pub topic: String,
+    pub host: String,
+    /// The binary the node runs (nova's `binary`, e.g. `echo_node`).
+    pub binary: String,
+    /// The node's software version.
+    pub version: String,
+    /// Where to reach the node.
+    pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names the node serves
+    /// (`svckit.examples.echo.v1.Echo`); clients filter on them.
+    pub services: Vec<String>,
+    /// Worker processes serving the node's sockets.
+    pub workers: u32,
+    /// RFC 3339 time the record was first created.
+    pub created_at: String,
+    /// RFC 3339 time the node last (re-)registered or an operator changed it.
+    pub updated_at: String,
+    /// Admin state: disabled nodes stay up but get no new client calls.
+    pub disabled: bool,
+    pub disabled_reason: Option<String>,
+    /// Marks the node down whatever its heartbeats say (nova's forced_down).
+    pub forced_down: bool,
+}
+
+/// The URLs a node serves on.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoints {
+    /// gRPC endpoint, e.g. `http://10.0.0.5:7000`.
+    pub grpc: Option<String>,
+    /// HTTP API endpoint, if the node has one.
+    pub http: Option<String>,
+}
+
+/// A service record together with its liveness.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    #[serde(flatten)]
+    pub record: ServiceRecord,
+    /// `true` = the liveness key is present and the record is not forced down.
+    pub up: bool,
+}
+
+impl Member {
+    /// `up` and not disabled: may receive new client calls.
+    pub fn is_routable(&self) -> bool {
+        self.up && !self.record.disabled
+    }
+
+    /// `"up"` or `"down"`, as the CLI prints it.
+    pub fn state(&self) -> &'static str {
+        if self.up {
+            "up"
+        } else {
+            "down"
+        }
+    }
+}
+
+/// What a node tells the service group when it joins.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub topic: String,
+    pub host: String,
+    pub binary: String,
+    pub version: String,
+    pub endpoints: Endpoints,
+    pub services: Vec<String>,
+    pub workers: u32,
+    /// How often the node proves it is alive.
+    pub report_interval: Duration,
+    /// How long after the last heartbeat the node counts as down (the lease
+    /// TTL on etcd). Raised to `2 × report_interval` when smaller.
+    pub service_down_time: Duration,
+}
+
+impl Registration {
+    /// `service_down_time`, raised to twice the heartbeat interval when it is
+    /// smaller (a warning is logged): one lost heartbeat must never make a
+    /// live node look dead.
+    pub fn effective_down_time(&self) -> Duration {
+        let floor = self.report_interval * 2;
+        if self.service_down_time < floor {
+            tracing::warn!(
+                service_down_time = ?self.service_down_time,
+                report_interval = ?self.report_interval,
+                raised_to = ?floor,
+                "service_down_time is less than 2 x report_interval; raising it"
+            );
+            floor
+        } else {
+            self.service_down_time
+        }
+    }
+
+    /// A fresh record for this registration (admin state cleared).
+    pub fn to_record(&self, now: SystemTime) -> ServiceRecord {
+        let now = rfc3339(now);
+        ServiceRecord {
+            topic: self.topic.clone(),
+            host: self.host.clone(),
+            binary: self.binary.clone(),
+            version: self.version.clone(),
+            endpoints: self.endpoints.clone(),
+            services: self.services.clone(),
+            workers: self.workers,
+            created_at: now.clone(),
+            updated_at: now,
+            disabled: false,
+            disabled_reason: None,
+            forced_down: false,
+        }
+    }
+
+    /// Updates `record` for a re-registration: new endpoints and services,
+    /// but the operator's admin state and `created_at` are kept.
+    pub fn refresh_record(&self, record: &mut ServiceRecord, now: SystemTime) {
+        record.binary = self.binary.clone();
+        record.version = self.version.clone();
+        record.endpoints = self.endpoints.clone();
+        record.services = self.services.clone();
+        record.workers = self.workers;
+        record.updated_at = rfc3339(now);
+    }
+}
+
+/// A membership change seen by a watcher.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "event", content = "member", rename_all = "lowercase")]
+pub enum Event {
+    /// A member became up (or was first seen up).
+    Join(Member),
+    /// A member went down or its record was deleted.
+    Leave(Member),
+    /// Something else changed: admin state, endpoints, a down record appeared.
+    Update(Member),
+}
+
+impl Event {
+    /// The member the event is about.
+    pub fn member(&self) -> &Member {
+        match self {
+            Event::Join(m) | Event::Leave(m) | Event::Update(m) => m,
+        }
+    }
+
+    /// The event between two states of one (topic, host), or `None` when
+    /// nothing a watcher cares about changed. `None` states mean "no record".
+    pub fn between(old: Option<&Member>, new: Option<&Member>) -> Option<Event> {
+        match (old, new) {
+            (None, None) => None,
+            (None, Some(n)) if n.up => Some(Event::Join(n.clone())),
+            (None, Some(n)) => Some(Event::Update(n.clone())),
+            (Some(o), None) => {
+                let mut gone = o.clone();
+                gone.up = false;
+                Some(Event::Leave(gone))
+            }
+            (Some(o), Some(n)) if !o.up && n.up => Some(Event::Join(n.clone())),
+            (Some(o), Some(n)) if o.up && !n.up => Some(Event::Leave(n.clone())),
+            (Some(o), Some(n)) if o != n => Some(Event::Update(n.clone())),
+            _ => None,
+        }
+    }
+}
+
+/// An operator's change to a record's admin state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Stop routing new calls to the node; it stays up.
+    Disable { reason: Option<String> },
+    /// Route calls to the node again.
+    Enable,
+    /// Mark the node down whatever its heartbeats say (`true`), or clear that.
+    ForceDown(bool),
+}
+
+impl AdminChange {
+    /// Applies the change to a record.
+    pub fn apply(&self, record: &mut ServiceRecord, now: SystemTime) {
+        match self {
+            AdminChange::Disable { reason } => {
+                record.disabled = true;
+                record.disabled_reason = reason.clone();
+            }
+            AdminChange::Enable => {
+                record.disabled = false;
+                record.disabled_reason = None;
+            }
+            AdminChange::ForceDown(on) => record.forced_down = *on,
+        }
+        record.updated_at = rfc3339(now);
+    }
+}
+
+/// Where a membership stands, for reports and metrics.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RegistrationState {
+    /// Heartbeats succeed.
+    Registered,
+    /// The registry is unreachable or the lease was lost; retrying.
+    Retrying,
+    /// Left the group on purpose.
+    Left,
+}
+
+/// A snapshot of a membership's health.
+#[derive(Debug, Clone, Serialize)]
+pub struct MembershipStatus {
+    pub state: RegistrationState,
+    /// RFC 3339 time of the last successful heartbeat, if any.
+    pub last_heartbeat: Option<String>,
+    /// Times the node had to register again (lease lost, key deleted, …).
+    pub reregistrations: u64,
+    /// Heartbeat or registration attempts that failed.
+    pub failures: u64,
+}
+
+/// A stream of membership events, oldest first.
+pub type EventStream = BoxStream<'static, Result<Event>>;
+
+/// The handle of a joined node. The driver keeps the node registered in the
+/// background until [`Membership::leave`] (or drop, which leaves without
+/// waiting).
+pub trait Membership: Send + Sync {
+    /// The current health of the registration.
+    fn status(&self) -> MembershipStatus;
+    /// Leaves the group: the node shows as down at once (liveness removed,
+    /// lease revoked), its record stays.
+    fn leave(&self) -> BoxFuture<'_, Result<()>>;
+}
+
+/// A membership backend. Every driver passes the same behavioural tests.
+pub trait Driver: Send + Sync {
+    /// Registers a node and keeps it registered. Fails with
+    /// [`Error::Duplicate`](crate::Error::Duplicate) when another live node
+    /// holds the same (topic, host), and with
+    /// [`Error::Unavailable`](crate::Error::Unavailable) when the registry
+    /// cannot be reached.
+    fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>>;
+
+    /// One member, if its record exists.
+    fn get<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<Option<Member>>>;
+
+    /// All members, or those of one topic, ordered by (topic, host).
+    fn list<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>>;
+
+    /// The current members as `Join`/`Update` events, then every change as it
+    /// happens. The stream never ends by itself: connection losses are
+    /// retried and the differences emitted on resync.
+    fn watch<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>>;
+
+    /// Changes a record's admin state; returns the updated member.
+    fn set_admin<'a>(
+        &'a self,
+        topic: &'a str,
+        host: &'a str,
+        change: AdminChange,
+    ) -> BoxFuture<'a, Result<Member>>;
+
+    /// Deletes a record (and liveness); `false` when there was none.
+    fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
+}
+
+/// A shared driver.
+pub type Registry = Arc<dyn Driver>;
+
+/// Opens the driver a registry URL names.
+pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Registry> {
+    let _ = (url, options);
+    Err(crate::Error::Unavailable("no driver".into()))
+}
+
+/// Formats a time as RFC 3339 with millisecond precision, UTC.
+pub fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{} ({})", self.record.topic, self.record.host, self.state())
+    }
+}

@@ -1,0 +1,185 @@
+//! Registry URLs: `etcd://h1:2379,h2:2379?prefix=/svckit`, `file:///path`,
+//! `memory://[name]`.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use crate::error::{Error, Result};
+
+/// The default etcd key prefix.
+pub const DEFAULT_PREFIX: &str = "/svckit";
+
+/// A parsed registry URL: which driver, and where.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RegistryUrl {
+    /// etcd cluster members (`host:port` each) and the key prefix.
+    Etcd {
+        endpoints: Vec<String>,
+        prefix: String,
+    },
+    /// A directory on this machine.
+    File { path: PathBuf },
+    /// One process's memory; `name` lets tests keep registries apart.
+    Memory { name: String },
+}
+
+impl RegistryUrl {
+    /// Parses a registry URL; a malformed one is a usage error (exit 64).
+    pub fn parse(s: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Usage(format!(
+                "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], file:///path or memory://)"
+            ))
+        };
+        let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
+        match scheme {
+            "etcd" => {
+                let (hosts, query) = match rest.split_once('?') {
+                    Some((h, q)) => (h, Some(q)),
+                    None => (rest, None),
+                };
+                let hosts = hosts.trim_end_matches('/');
+                let mut endpoints = Vec::new();
+                for h in hosts.split(',') {
+                    let (name, port) = h
+                        .rsplit_once(':')
+                        .ok_or_else(|| bad(&format!("endpoint {h:?} has no port")))?;
+                    if name.is_empty() || name.contains('/') {
+                        return Err(bad(&format!("endpoint {h:?} has no host")));
+                    }
+                    port.parse::<u16>()
+                        .map_err(|_| bad(&format!("endpoint {h:?} has a bad port")))?;
+                    endpoints.push(h.to_string());
+                }
+                let mut prefix = DEFAULT_PREFIX.to_string();
+                for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                    match pair.split_once('=') {
+                        Some(("prefix", p)) if p.starts_with('/') && p.len() > 1 => {
+                            prefix = p.trim_end_matches('/').to_string();
+                        }
+                        Some(("prefix", _)) => return Err(bad("prefix must start with '/'")),
+                        _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
+                    }
+                }
+                Ok(RegistryUrl::Etcd { endpoints, prefix })
+            }
+            "file" => {
+                if !rest.starts_with('/') || rest.len() < 2 {
+                    return Err(bad("a file registry needs an absolute path (file:///path)"));
+                }
+                Ok(RegistryUrl::File {
+                    path: PathBuf::from(rest),
+                })
+            }
+            "memory" => Ok(RegistryUrl::Memory {
+                name: rest.to_string(),
+            }),
+            other => Err(bad(&format!("unknown scheme {other:?}"))),
+        }
+    }
+}
+
+impl FromStr for RegistryUrl {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for RegistryUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RegistryUrl::Etcd { endpoints, prefix } => {
+                write!(f, "etcd://{}", endpoints.join(","))?;
+                if prefix != DEFAULT_PREFIX {
+                    write!(f, "?prefix={prefix}")?;
+                }
+                Ok(())
+            }
+            RegistryUrl::File { path } => write!(f, "file://{}", path.display()),
+            RegistryUrl::Memory { name } => write!(f, "memory://{name}"),
+        }
+    }
+}
+
+/// Connection options that do not fit in the URL (secrets, files, timing).
+#[derive(Debug, Clone)]
+pub struct RegistryOptions {
+    /// PEM CA certificate to verify etcd servers (enables TLS).
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate and key for mutual TLS.
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    /// etcd user/password authentication.
+    pub user: Option<String>,
+    pub password: Option<String>,
+    /// Bound on connecting to the registry and on each request.
+    pub timeout: Duration,
+}
+
+impl Default for RegistryOptions {
+    fn default() -> Self {
+        Self {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            user: None,
+            password: None,
+            timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_every_scheme() {
+        assert_eq!(
+            RegistryUrl::parse("etcd://h1:2379,h2:2380?prefix=/x/").ok(),
+            Some(RegistryUrl::Etcd {
+                endpoints: vec!["h1:2379".into(), "h2:2380".into()],
+                prefix: "/x".into()
+            })
+        );
+        assert_eq!(
+            RegistryUrl::parse("file:///var/lib/svckit").ok(),
+            Some(RegistryUrl::File {
+                path: "/var/lib/svckit".into()
+            })
+        );
+        assert_eq!(
+            RegistryUrl::parse("memory://").ok(),
+            Some(RegistryUrl::Memory { name: String::new() })
+        );
+    }
+
+    #[test]
+    fn refuses_malformed_urls_as_usage_errors() {
+        for bad in [
+            "localhost:2379",
+            "etcd://h1",
+            "etcd://h1:notaport",
+            "etcd://:2379",
+            "etcd://h1:2379?prefix=x",
+            "etcd://h1:2379?color=red",
+            "file://relative",
+            "redis://h:1",
+        ] {
+            match RegistryUrl::parse(bad) {
+                Err(Error::Usage(msg)) => assert!(msg.contains(bad), "{msg}"),
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn displays_back_to_the_same_url() {
+        for s in ["etcd://a:1,b:2", "etcd://a:1?prefix=/p", "file:///tmp/r", "memory://t"] {
+            assert_eq!(RegistryUrl::parse(s).map(|u| u.to_string()).ok().as_deref(), Some(s));
+        }
+    }
+}
