@@ -1,5 +1,6 @@
 //! svckit: run fleets of RPC services on gRPC and etcd.
 
+pub mod config;
 pub mod error;
 pub mod pb;
 pub mod servicegroup;

@@ -1,0 +1,70 @@
+//! The common flags every kit binary takes (flatten them into your own clap
+//! parser with `#[command(flatten)]`).
+
+use std::path::PathBuf;
+
+use clap::Args;
+
+/// Flags shared by every svckit binary. Each is also read from
+/// `SVCKIT_<NAME>` (see [`Config::load`](super::Config::load)); flags win.
+///
+/// Values are kept as text here and parsed by the config layer, so a bad
+/// value gets the same message and exit code from a flag, a variable or the
+/// file.
+#[derive(Debug, Clone, Default, Args)]
+pub struct CommonArgs {
+    /// TOML config file [env: SVCKIT_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Host name this node registers as [env: SVCKIT_HOST]
+    #[arg(long)]
+    pub host: Option<String>,
+    /// Topic this node serves [env: SVCKIT_TOPIC]
+    #[arg(long)]
+    pub topic: Option<String>,
+    /// Registry URL: etcd://h:2379[,h2:2379][?prefix=/p], file:///dir, memory:// [env: SVCKIT_REGISTRY]
+    #[arg(long, value_name = "URL")]
+    pub registry: Option<String>,
+    /// gRPC listen address (port 0: ephemeral) [env: SVCKIT_RPC_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub rpc_listen: Option<String>,
+    /// HTTP listen address [env: SVCKIT_HTTP_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
+    /// Worker processes [env: SVCKIT_WORKERS]
+    #[arg(long, value_name = "N")]
+    pub workers: Option<String>,
+    /// Heartbeat interval, seconds or 500ms [env: SVCKIT_REPORT_INTERVAL]
+    #[arg(long, value_name = "DURATION")]
+    pub report_interval: Option<String>,
+    /// Time without heartbeat before a node is down [env: SVCKIT_SERVICE_DOWN_TIME]
+    #[arg(long, value_name = "DURATION")]
+    pub service_down_time: Option<String>,
+    /// Bound on a graceful stop; 0 waits forever [env: SVCKIT_GRACEFUL_SHUTDOWN_TIMEOUT]
+    #[arg(long, value_name = "DURATION")]
+    pub graceful_shutdown_timeout: Option<String>,
+    /// Log filter, e.g. info or svckit=debug [env: SVCKIT_LOG_LEVEL]
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+}
+
+impl CommonArgs {
+    /// The options given as flags, as (option name, text value).
+    pub fn values(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("host", &self.host),
+            ("topic", &self.topic),
+            ("registry", &self.registry),
+            ("rpc_listen", &self.rpc_listen),
+            ("http_listen", &self.http_listen),
+            ("workers", &self.workers),
+            ("report_interval", &self.report_interval),
+            ("service_down_time", &self.service_down_time),
+            ("graceful_shutdown_timeout", &self.graceful_shutdown_timeout),
+            ("log_level", &self.log_level),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
+}

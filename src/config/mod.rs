@@ -1,0 +1,380 @@
+//! Typed configuration: defaults < TOML file < `SVCKIT_*` environment < flags.
+//!
+//! Every option is declared once, in [`Config`]'s table below; that table
+//! drives parsing at every layer, the error messages (which name the option
+//! and where its value came from, with the file line), the `SVCKIT_<NAME>`
+//! environment variables, the README's config reference, and which options a
+//! SIGHUP may change in place (`mutable`).
+//!
+//! Unknown keys in the config file are refused (exit 78), because a
+//! misspelt option silently falling back to its default is worse than a
+//! refused start.
+
+mod args;
+mod value;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use self::args::CommonArgs;
+pub use self::value::{LogFilter, OptionValue, RestartMethod};
+
+use crate::error::{Error, Result};
+use crate::servicegroup::{RegistryOptions, RegistryUrl};
+
+/// Where an option's value came from, for error messages and reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    Default,
+    File { path: PathBuf, line: Option<usize> },
+    Env(String),
+    Flag(String),
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Source::Default => write!(f, "the default"),
+            Source::File {
+                path,
+                line: Some(l),
+            } => write!(f, "{}:{l}", path.display()),
+            Source::File { path, line: None } => write!(f, "{}", path.display()),
+            Source::Env(var) => write!(f, "environment variable {var}"),
+            Source::Flag(flag) => write!(f, "flag {flag}"),
+        }
+    }
+}
+
+/// One option's description, for the reference and for SIGHUP.
+#[derive(Debug, Clone, Copy)]
+pub struct OptionInfo {
+    pub name: &'static str,
+    /// May change on SIGHUP without a restart.
+    pub mutable: bool,
+    /// Shown as `***` in reports.
+    pub secret: bool,
+    pub doc: &'static str,
+}
+
+macro_rules! options {
+    ($(
+        $(#[doc = $doc:literal])+
+        $name:ident : $ty:ty = $default:expr, mutable = $mutable:literal, secret = $secret:literal;
+    )*) => {
+        /// The kit's configuration. See the module docs for the layering.
+        #[derive(Debug, Clone)]
+        pub struct Config {
+            $( $(#[doc = $doc])+ pub $name: $ty, )*
+            sources: BTreeMap<&'static str, Source>,
+        }
+
+        impl Default for Config {
+            fn default() -> Self {
+                Config { $( $name: $default, )* sources: BTreeMap::new() }
+            }
+        }
+
+        /// Every option, in declaration order.
+        pub const OPTIONS: &[OptionInfo] = &[$(
+            OptionInfo {
+                name: stringify!($name),
+                mutable: $mutable,
+                secret: $secret,
+                doc: concat!($($doc),+),
+            },
+        )*];
+
+        impl Config {
+            /// Sets one option from its text form; the error names the
+            /// option and the source of the bad value.
+            pub fn set(&mut self, name: &str, raw: &str, source: Source) -> Result<()> {
+                let (key, parsed) = match name {
+                    $( stringify!($name) => (
+                        stringify!($name),
+                        <$ty as OptionValue>::parse_value(raw).map(|v| self.$name = v),
+                    ), )*
+                    _ => return Err(Error::Config(format!("unknown option `{name}` (from {source})"))),
+                };
+                match parsed {
+                    Ok(()) => {
+                        self.sources.insert(key, source);
+                        Ok(())
+                    }
+                    // A malformed registry URL is a usage error, wherever it came from.
+                    Err(e) if key == "registry" => Err(Error::Usage(format!("{e} (option `registry` from {source})"))),
+                    Err(e) => Err(Error::Config(format!("invalid value for `{key}` from {source}: {e}"))),
+                }
+            }
+
+            /// The text form of one option, secrets included.
+            fn raw(&self, name: &str) -> Option<String> {
+                match name {
+                    $( stringify!($name) => Some(OptionValue::show(&self.$name)), )*
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+options! {
+    /// This node's host name; with `topic` it identifies the node. Default: the machine's hostname.
+    host: String = default_host(), mutable = false, secret = false;
+    /// The topic this node serves. Default: the service's own topic (e.g. `echo` for `echo_node`).
+    topic: Option<String> = None, mutable = false, secret = false;
+    /// Registry URL: `etcd://h1:2379,h2:2379?prefix=/svckit`, `file:///path` or `memory://`.
+    registry: RegistryUrl = default_registry(), mutable = false, secret = false;
+    /// gRPC listen address; port 0 binds an ephemeral port and the bound address is advertised.
+    rpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0)), mutable = false, secret = false;
+    /// HTTP API listen address; empty for none.
+    http_listen: Option<SocketAddr> = None, mutable = false, secret = false;
+    /// Worker processes; 1 runs the service in the launcher's own process.
+    workers: u32 = 1, mutable = false, secret = false;
+    /// Heartbeat interval (lease keep-alive).
+    report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false;
+    /// How long after the last heartbeat a node counts as down (the lease TTL); raised to 2 x report_interval.
+    service_down_time: Duration = Duration::from_secs(5), mutable = false, secret = false;
+    /// Run the manager's periodic tasks.
+    periodic_enable: bool = true, mutable = false, secret = false;
+    /// Periodic tasks start after a random delay in [0, this].
+    periodic_fuzzy_delay: Duration = Duration::from_secs(60), mutable = false, secret = false;
+    /// Longest sleep between periodic task runs.
+    periodic_interval_max: Duration = Duration::from_secs(60), mutable = true, secret = false;
+    /// Bound on a graceful stop (drain, in-flight requests, cleanup); 0 waits forever.
+    graceful_shutdown_timeout: Duration = Duration::from_secs(30), mutable = true, secret = false;
+    /// Time between leaving the service group and closing listeners, so clients see the leave.
+    drain_delay: Duration = Duration::from_secs(1), mutable = true, secret = false;
+    /// Default deadline of an RPC call.
+    rpc_response_timeout: Duration = Duration::from_secs(60), mutable = true, secret = false;
+    /// What SIGHUP does: `mutate` (apply mutable options in place) or `reload`.
+    restart_method: RestartMethod = RestartMethod::Mutate, mutable = false, secret = false;
+    /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
+    log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
+    /// Largest gRPC message accepted or sent, in bytes.
+    max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false;
+    /// PEM CA certificate for TLS to etcd.
+    registry_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM client certificate for mutual TLS to etcd (with registry_key_file).
+    registry_cert_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM client key for mutual TLS to etcd.
+    registry_key_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// etcd user name.
+    registry_user: Option<String> = None, mutable = false, secret = false;
+    /// etcd password.
+    registry_password: Option<String> = None, mutable = false, secret = true;
+    /// Bound on connecting to the registry and on each registry request.
+    registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false;
+}
+
+fn default_host() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "localhost".into())
+}
+
+/// The embedded file registry, shared by every node of this machine.
+fn default_registry() -> RegistryUrl {
+    RegistryUrl::File {
+        path: std::env::temp_dir().join("svckit-registry"),
+    }
+}
+
+impl Config {
+    /// Loads the layers: defaults, the config file (`--config` or
+    /// `SVCKIT_CONFIG`), `SVCKIT_*` variables, then the flags given.
+    pub fn load(args: &CommonArgs) -> Result<Self> {
+        Self::load_from(args, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load`] with the environment given as a lookup (for tests).
+    pub fn load_from(args: &CommonArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let mut config = Config::default();
+        let file = args
+            .config
+            .clone()
+            .or_else(|| env("SVCKIT_CONFIG").map(PathBuf::from));
+        if let Some(path) = &file {
+            config.merge_file(path)?;
+        }
+        for option in OPTIONS {
+            let var = env_var_name(option.name);
+            if let Some(raw) = env(&var) {
+                config.set(option.name, &raw, Source::Env(var))?;
+            }
+        }
+        for (name, raw) in args.values() {
+            config.set(
+                name,
+                raw,
+                Source::Flag(format!("--{}", name.replace('_', "-"))),
+            )?;
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Merges a TOML file: top-level `key = value` pairs, one per option.
+    pub fn merge_file(&mut self, path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+        })?;
+        let table: toml::Table = toml::from_str(&text).map_err(|e| {
+            Error::Config(format!(
+                "invalid config file {}: {}",
+                path.display(),
+                one_line(&e.to_string())
+            ))
+        })?;
+        for (key, value) in &table {
+            let source = Source::File {
+                path: path.to_path_buf(),
+                line: line_of(&text, key),
+            };
+            let raw = match value {
+                toml::Value::String(s) => s.clone(),
+                toml::Value::Integer(i) => i.to_string(),
+                toml::Value::Float(f) => f.to_string(),
+                toml::Value::Boolean(b) => b.to_string(),
+                _ => return Err(Error::Config(format!(
+                    "invalid value for `{key}` from {source}: expected a string, number or boolean"
+                ))),
+            };
+            self.set(key, &raw, source)?;
+        }
+        Ok(())
+    }
+
+    /// Checks what no single option can: ranges and combinations.
+    pub fn validate(&self) -> Result<()> {
+        if self.workers == 0 {
+            return Err(Error::Usage(format!(
+                "invalid value for `workers` from {}: must be at least 1",
+                self.source("workers")
+            )));
+        }
+        for name in ["report_interval", "service_down_time"] {
+            let zero = match name {
+                "report_interval" => self.report_interval.is_zero(),
+                _ => self.service_down_time.is_zero(),
+            };
+            if zero {
+                return Err(Error::Config(format!(
+                    "invalid value for `{name}` from {}: must be greater than 0",
+                    self.source(name)
+                )));
+            }
+        }
+        if self.max_message_size < 1024 {
+            return Err(Error::Config(format!(
+                "invalid value for `max_message_size` from {}: must be at least 1024 bytes",
+                self.source("max_message_size")
+            )));
+        }
+        if self.registry_cert_file.is_some() != self.registry_key_file.is_some() {
+            return Err(Error::Config(
+                "registry_cert_file and registry_key_file must be set together".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The text form of one option, with secrets shown as `***`.
+    pub fn get(&self, name: &str) -> Option<String> {
+        let value = self.raw(name)?;
+        let secret = OPTIONS.iter().any(|o| o.name == name && o.secret);
+        Some(if secret && !value.is_empty() {
+            "***".into()
+        } else {
+            value
+        })
+    }
+
+    /// Where an option's value came from.
+    pub fn source(&self, name: &str) -> Source {
+        self.sources.get(name).cloned().unwrap_or(Source::Default)
+    }
+
+    /// Every option's name, text value (secrets hidden) and source.
+    pub fn entries(&self) -> Vec<(&'static str, String, Source)> {
+        OPTIONS
+            .iter()
+            .map(|o| {
+                (
+                    o.name,
+                    self.get(o.name).unwrap_or_default(),
+                    self.source(o.name),
+                )
+            })
+            .collect()
+    }
+
+    /// The options that differ between `self` and `new`, split into those a
+    /// SIGHUP applies in place and those that need a restart.
+    pub fn diff(&self, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
+        let (mutable, restart): (Vec<&OptionInfo>, Vec<&OptionInfo>) = OPTIONS
+            .iter()
+            .filter(|o| self.raw(o.name) != new.raw(o.name))
+            .partition(|o| o.mutable);
+        (
+            mutable.iter().map(|o| o.name).collect(),
+            restart.iter().map(|o| o.name).collect(),
+        )
+    }
+
+    /// Connection options for the registry driver.
+    pub fn registry_options(&self) -> RegistryOptions {
+        RegistryOptions {
+            ca_file: self.registry_ca_file.clone(),
+            cert_file: self.registry_cert_file.clone(),
+            key_file: self.registry_key_file.clone(),
+            user: self.registry_user.clone(),
+            password: self.registry_password.clone(),
+            timeout: self.registry_timeout,
+        }
+    }
+
+    /// The config file the options were read from, if any.
+    pub fn file(&self) -> Option<&Path> {
+        self.sources.values().find_map(|s| match s {
+            Source::File { path, .. } => Some(path.as_path()),
+            _ => None,
+        })
+    }
+}
+
+/// `report_interval` → `SVCKIT_REPORT_INTERVAL`.
+pub fn env_var_name(option: &str) -> String {
+    format!("SVCKIT_{}", option.to_ascii_uppercase())
+}
+
+/// The 1-based line where `key` is assigned in a flat TOML file.
+fn line_of(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|l| {
+            let l = l.trim_start();
+            l.strip_prefix(key)
+                .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
+                .is_some_and(|rest| rest.trim_start().starts_with('='))
+        })
+        .map(|i| i + 1)
+}
+
+/// toml's errors span several lines (with a source excerpt); keep them to one.
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| {
+            !l.is_empty() && !l.starts_with('|') && !l.chars().all(|c| c == '^' || c == ' ')
+        })
+        .collect::<Vec<_>>()
+        .join(": ")
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,209 @@
+//! Parsing one option value from text, whatever layer it came from.
+//!
+//! Every layer (TOML file, `SVCKIT_*` environment, flags) hands values over as
+//! text, so one parser per type gives one behaviour and one error message.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::str::FromStr;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use crate::servicegroup::RegistryUrl;
+
+/// A type an option can have.
+pub trait OptionValue: Sized {
+    /// Parses the text form; the error says what was expected.
+    fn parse_value(s: &str) -> Result<Self, String>;
+    /// The text form, for reports and the config reference.
+    fn show(&self) -> String;
+}
+
+impl OptionValue for String {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        if s.trim().is_empty() {
+            Err("expected a non-empty string".into())
+        } else {
+            Ok(s.to_string())
+        }
+    }
+    fn show(&self) -> String {
+        self.clone()
+    }
+}
+
+impl OptionValue for bool {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "true" | "1" | "yes" | "on" => Ok(true),
+            "false" | "0" | "no" | "off" => Ok(false),
+            _ => Err(format!("expected true or false, got {s:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for u32 {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, got {s:?}"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for usize {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("expected a whole number, got {s:?}"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+/// Durations are seconds (`1.5`) or a unit form (`500ms`, `2m`).
+impl OptionValue for Duration {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(secs) = s.parse::<f64>() {
+            return Duration::try_from_secs_f64(secs)
+                .map_err(|_| format!("expected a duration of zero or more seconds, got {s:?}"));
+        }
+        humantime::parse_duration(s)
+            .map_err(|_| format!("expected seconds (1.5) or a duration (500ms, 2m), got {s:?}"))
+    }
+    fn show(&self) -> String {
+        humantime::format_duration(*self).to_string()
+    }
+}
+
+impl OptionValue for SocketAddr {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("expected an address like 127.0.0.1:7000, got {s:?}"))
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for RegistryUrl {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        RegistryUrl::parse(s.trim()).map_err(|e| e.to_string())
+    }
+    fn show(&self) -> String {
+        self.to_string()
+    }
+}
+
+impl OptionValue for PathBuf {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            Err("expected a path".into())
+        } else {
+            Ok(PathBuf::from(s))
+        }
+    }
+    fn show(&self) -> String {
+        self.display().to_string()
+    }
+}
+
+/// An empty value unsets an optional option.
+impl<T: OptionValue> OptionValue for Option<T> {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        if s.is_empty() {
+            Ok(None)
+        } else {
+            T::parse_value(s).map(Some)
+        }
+    }
+    fn show(&self) -> String {
+        self.as_ref().map(T::show).unwrap_or_default()
+    }
+}
+
+/// What SIGHUP does to a running node (oslo.service's `restart_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartMethod {
+    /// Re-read the config, apply the mutable options in place.
+    Mutate,
+    /// Re-read the config and restart the service (workers one by one).
+    Reload,
+}
+
+impl FromStr for RestartMethod {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "mutate" => Ok(Self::Mutate),
+            "reload" => Ok(Self::Reload),
+            _ => Err(format!("expected mutate or reload, got {s:?}")),
+        }
+    }
+}
+
+impl OptionValue for RestartMethod {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        s.trim().parse()
+    }
+    fn show(&self) -> String {
+        match self {
+            Self::Mutate => "mutate".into(),
+            Self::Reload => "reload".into(),
+        }
+    }
+}
+
+/// A `tracing` filter (`info`, `svckit=debug,warn`), checked when set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogFilter(pub String);
+
+impl OptionValue for LogFilter {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        tracing_subscriber::EnvFilter::builder()
+            .parse(s)
+            .map(|_| LogFilter(s.to_string()))
+            .map_err(|e| format!("expected a log level or filter (info, svckit=debug): {e}"))
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_take_seconds_or_units() {
+        assert_eq!(
+            Duration::parse_value("1.5"),
+            Ok(Duration::from_millis(1500))
+        );
+        assert_eq!(
+            Duration::parse_value("250ms"),
+            Ok(Duration::from_millis(250))
+        );
+        assert!(Duration::parse_value("-1").is_err());
+        assert!(Duration::parse_value("soon").is_err());
+    }
+
+    #[test]
+    fn bools_and_filters_are_checked() {
+        assert_eq!(bool::parse_value("off"), Ok(false));
+        assert!(bool::parse_value("maybe").is_err());
+        assert!(LogFilter::parse_value("svckit=debug,info").is_ok());
+        assert!(LogFilter::parse_value("svckit=loud").is_err());
+    }
+}
