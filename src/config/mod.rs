@@ -241,9 +241,11 @@ impl Config {
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
-                _ => return Err(Error::Config(format!(
+                _ => {
+                    return Err(Error::Config(format!(
                     "invalid value for `{key}` from {source}: expected a string, number or boolean"
-                ))),
+                )))
+                }
             };
             self.set(key, &raw, source)?;
         }
@@ -314,17 +316,27 @@ impl Config {
             .collect()
     }
 
-    /// The options that differ between `self` and `new`, split into those a
-    /// SIGHUP applies in place and those that need a restart.
-    pub fn diff(&self, new: &Config) -> (Vec<&'static str>, Vec<&'static str>) {
-        let (mutable, restart): (Vec<&OptionInfo>, Vec<&OptionInfo>) = OPTIONS
-            .iter()
-            .filter(|o| self.raw(o.name) != new.raw(o.name))
-            .partition(|o| o.mutable);
-        (
-            mutable.iter().map(|o| o.name).collect(),
-            restart.iter().map(|o| o.name).collect(),
-        )
+    /// Takes over from `new` the options a SIGHUP may change in place, and
+    /// returns the names of those that changed and of those that differ but
+    /// need a restart (left at their running values).
+    pub fn apply_mutable(
+        &mut self,
+        new: &Config,
+    ) -> Result<(Vec<&'static str>, Vec<&'static str>)> {
+        let (mut applied, mut ignored) = (Vec::new(), Vec::new());
+        for option in OPTIONS {
+            let value = new.raw(option.name).unwrap_or_default();
+            if self.raw(option.name).as_deref() == Some(value.as_str()) {
+                continue;
+            }
+            if option.mutable {
+                self.set(option.name, &value, new.source(option.name))?;
+                applied.push(option.name);
+            } else {
+                ignored.push(option.name);
+            }
+        }
+        Ok((applied, ignored))
     }
 
     /// Connection options for the registry driver.

@@ -109,16 +109,18 @@ fn bad_env_value_names_the_variable() {
 }
 
 #[test]
-fn diff_splits_mutable_from_restart_options() {
-    let old = Config::default();
+fn sighup_applies_only_mutable_options() {
+    let mut old = Config::default();
     let mut new = Config::default();
     new.set("log_level", "debug", Source::Default).unwrap();
     new.set("rpc_listen", "127.0.0.1:9", Source::Default)
         .unwrap();
     new.set("registry_password", "s3cret", Source::Default)
         .unwrap();
-    let (mutable, restart) = old.diff(&new);
+    let (mutable, restart) = old.apply_mutable(&new).unwrap();
     assert_eq!(mutable, vec!["log_level"]);
     assert_eq!(restart, vec!["rpc_listen", "registry_password"]);
+    assert_eq!(old.log_level.0, "debug");
+    assert_eq!(old.rpc_listen, Config::default().rpc_listen);
     assert_eq!(new.get("registry_password").as_deref(), Some("***"));
 }

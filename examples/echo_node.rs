@@ -1,0 +1,34 @@
+//! A node serving the echo manager on topic `echo`.
+//!
+//! ```text
+//! cargo run --example echo_node -- --rpc-listen 127.0.0.1:0
+//! ```
+
+use std::sync::Arc;
+
+use clap::Parser;
+use svckit::config::CommonArgs;
+use svckit::RpcService;
+
+#[path = "common/echo.rs"]
+mod echo;
+
+/// Serve the echo API on topic `echo` and register in the service group.
+#[derive(Parser)]
+#[command(version)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+}
+
+fn main() -> std::process::ExitCode {
+    svckit::launcher::run(Args::parse().common, |config| async move {
+        let manager = echo::EchoManager::new(config.host.clone());
+        let node = RpcService::builder(manager)
+            .binary("echo_node")
+            .topic("echo")
+            .version(env!("CARGO_PKG_VERSION"))
+            .build(&config);
+        Ok(vec![Arc::new(node) as Arc<dyn svckit::Service>])
+    })
+}

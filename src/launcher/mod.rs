@@ -1,0 +1,109 @@
+//! Running services: [`launch`] picks a launcher by worker count, and
+//! [`run`] is the whole `main` of a kit binary.
+//!
+//! Signals (the README's table): SIGTERM and SIGINT stop gracefully within
+//! `graceful_shutdown_timeout`, a second one exits at once (128 + signal);
+//! SIGHUP re-reads the config and applies the mutable options in place;
+//! SIGUSR2 writes a state report to stderr.
+
+mod single;
+
+use std::future::Future;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+pub use self::single::ServiceLauncher;
+
+use crate::config::{CommonArgs, Config};
+use crate::error::{Error, Result};
+use crate::service::Service;
+use crate::telemetry::Telemetry;
+
+/// Runs `services` until a signal stops them and returns the exit code.
+///
+/// `workers` must be at least 1 (0 is a usage error, exit 64); 1 runs the
+/// services in this process. More than one needs the process launcher,
+/// which this build does not have yet: that is refused with a usage error
+/// rather than silently running one worker.
+pub async fn launch(
+    args: CommonArgs,
+    config: Config,
+    telemetry: Telemetry,
+    services: Vec<Arc<dyn Service>>,
+    workers: u32,
+) -> Result<i32> {
+    match workers {
+        0 => Err(Error::Usage("workers must be at least 1".into())),
+        1 => {
+            ServiceLauncher::new(args, config, telemetry, services)
+                .run()
+                .await
+        }
+        n => Err(Error::Usage(format!(
+            "workers = {n}: multi-process launching is not available in this version; use workers = 1"
+        ))),
+    }
+}
+
+/// The `main` of a kit binary: loads the config from `args`, sets up
+/// logging, builds the services with `make`, launches them, and maps every
+/// error to its exit code with a one-line message on stderr.
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # struct Echo;
+/// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+/// use clap::Parser;
+/// use svckit::{config::CommonArgs, RpcService};
+///
+/// #[derive(Parser)]
+/// struct Args {
+///     #[command(flatten)]
+///     common: CommonArgs,
+/// }
+///
+/// fn main() -> std::process::ExitCode {
+///     svckit::launcher::run(Args::parse().common, |config| async move {
+///         Ok(vec![Arc::new(RpcService::builder(Echo).topic("echo").build(&config)) as _])
+///     })
+/// }
+/// ```
+pub fn run<F, Fut>(args: CommonArgs, make: F) -> ExitCode
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<Vec<Arc<dyn Service>>>>,
+{
+    let program = std::env::args()
+        .next()
+        .and_then(|a| {
+            std::path::Path::new(&a)
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+        })
+        .unwrap_or_else(|| "svckit".into());
+    let code = match run_inner(args, make) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("{program}: error: {e}");
+            e.exit_code()
+        }
+    };
+    // Exit now: a deadline or a second signal must not wait for tasks that
+    // are still running.
+    std::process::exit(code)
+}
+
+fn run_inner<F, Fut>(args: CommonArgs, make: F) -> Result<i32>
+where
+    F: FnOnce(Config) -> Fut,
+    Fut: Future<Output = Result<Vec<Arc<dyn Service>>>>,
+{
+    let config = Config::load(&args)?;
+    let telemetry = Telemetry::init(&config);
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async move {
+        let services = make(config.clone()).await?;
+        let workers = config.workers;
+        launch(args, config, telemetry, services, workers).await
+    })
+}

@@ -1,0 +1,35 @@
+//! `svckit.base.v1.Base`, served by every node (nova's `BaseRPCAPI`).
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+
+use super::rpc::NodeInfo;
+use crate::pb::base::v1::base_server::Base;
+use crate::pb::base::v1::{PingRequest, PingResponse, ReportRequest, ReportResponse};
+
+pub(super) struct BaseApi {
+    pub(super) node: Arc<NodeInfo>,
+}
+
+#[tonic::async_trait]
+impl Base for BaseApi {
+    async fn ping(&self, request: Request<PingRequest>) -> Result<Response<PingResponse>, Status> {
+        Ok(Response::new(PingResponse {
+            service: self.node.binary.clone(),
+            host: self.node.host.clone(),
+            topic: self.node.topic.clone(),
+            pid: std::process::id(),
+            arg: request.into_inner().arg,
+        }))
+    }
+
+    async fn report(
+        &self,
+        _request: Request<ReportRequest>,
+    ) -> Result<Response<ReportResponse>, Status> {
+        let json = serde_json::to_string_pretty(&self.node.report())
+            .map_err(|e| Status::internal(format!("report: {e}")))?;
+        Ok(Response::new(ReportResponse { json }))
+    }
+}

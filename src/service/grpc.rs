@@ -1,0 +1,133 @@
+//! The gRPC side of a node: listener, tower stack, health, reflection.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use socket2::{Domain, Socket, Type};
+use std::sync::Mutex;
+
+use tokio::sync::{oneshot, watch};
+use tokio::task::AbortHandle;
+use tonic::service::Routes;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tonic_health::ServingStatus;
+use tower_http::trace::TraceLayer;
+
+use crate::error::{Error, Result};
+
+/// Binds a listening socket the way servers should: SO_REUSEADDR so a
+/// restarted node gets its port back while old connections sit in
+/// TIME_WAIT, and a backlog large enough for bursts of reconnects.
+pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
+    let bind_err = |source| Error::Bind {
+        addr: addr.to_string(),
+        source,
+    };
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
+    socket.set_reuse_address(true).map_err(bind_err)?;
+    socket.set_nonblocking(true).map_err(bind_err)?;
+    socket.bind(&addr.into()).map_err(bind_err)?;
+    socket.listen(1024).map_err(bind_err)?;
+    Ok(socket.into())
+}
+
+/// A running gRPC server. Every method takes `&self`, so one task can wait
+/// on the server while another drains it.
+pub(crate) struct GrpcServer {
+    health: HealthReporter,
+    /// Every service name with a health status ("" is the whole server).
+    names: Vec<String>,
+    shutdown: Mutex<Option<oneshot::Sender<()>>>,
+    task: AbortHandle,
+    /// `Some` once the server task ended: `Ok` after a drain, `Err` on failure.
+    done: watch::Receiver<Option<Result<(), String>>>,
+}
+
+impl GrpcServer {
+    /// Starts serving `routes` on `listener`, health NOT_SERVING for every
+    /// name until [`GrpcServer::set_serving`].
+    pub(crate) async fn start(
+        listener: std::net::TcpListener,
+        routes: Routes,
+        health: HealthReporter,
+        names: Vec<String>,
+    ) -> Result<Self> {
+        for name in &names {
+            health
+                .set_service_status(name, ServingStatus::NotServing)
+                .await;
+        }
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let incoming = TcpIncoming::from(listener)
+            .with_nodelay(Some(true))
+            .with_keepalive(Some(Duration::from_secs(600)));
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (done_tx, done) = watch::channel(None);
+        let router = Server::builder()
+            .http2_keepalive_interval(Some(Duration::from_secs(30)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            .layer(TraceLayer::new_for_grpc())
+            .add_routes(routes);
+        let task = tokio::spawn(async move {
+            let result = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = shutdown_rx.await;
+                })
+                .await
+                .map_err(|e| e.to_string());
+            let _ = done_tx.send(Some(result));
+        });
+        Ok(GrpcServer {
+            health,
+            names,
+            shutdown: Mutex::new(Some(shutdown_tx)),
+            task: task.abort_handle(),
+            done,
+        })
+    }
+
+    /// Sets every health status to SERVING (`true`) or NOT_SERVING.
+    pub(crate) async fn set_serving(&self, serving: bool) {
+        let status = if serving {
+            ServingStatus::Serving
+        } else {
+            ServingStatus::NotServing
+        };
+        for name in &self.names {
+            self.health.set_service_status(name, status).await;
+        }
+    }
+
+    /// Stops accepting and lets in-flight calls finish; resolves when the
+    /// last connection closed. The caller bounds it.
+    pub(crate) async fn drain(&self) -> Result<()> {
+        let sender = self.shutdown.lock().ok().and_then(|mut s| s.take());
+        if let Some(tx) = sender {
+            let _ = tx.send(());
+        }
+        self.wait().await
+    }
+
+    /// Resolves when the server task ended (after a drain, or on failure).
+    pub(crate) async fn wait(&self) -> Result<()> {
+        let mut done = self.done.clone();
+        let ended = done
+            .wait_for(Option::is_some)
+            .await
+            .map(|r| r.clone())
+            .unwrap_or(Some(Err("server task was aborted".into())));
+        match ended {
+            Some(Err(e)) => Err(Error::Io(std::io::Error::other(format!(
+                "gRPC server: {e}"
+            )))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Ends the server at once, cutting off in-flight calls.
+    pub(crate) fn abort(&self) {
+        self.task.abort();
+    }
+}

@@ -1,0 +1,186 @@
+//! A real `echo_node` process: signals, drain, deadlines, config reload.
+
+mod support;
+
+use std::io::Write;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::node::Proc;
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
+
+use echo::pb::echo_client::EchoClient;
+use echo::pb::{EchoRequest, SleepRequest};
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+fn node(extra: &[&str]) -> (Proc, std::net::SocketAddr) {
+    let mut args = vec![
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--registry",
+        "memory://",
+        "--host",
+        "n1",
+    ];
+    args.extend_from_slice(extra);
+    Proc::start_example("echo_node", &args, &[("SVCKIT_DRAIN_DELAY", "0.3")])
+}
+
+async fn client(addr: std::net::SocketAddr) -> EchoClient<tonic::transport::Channel> {
+    EchoClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect")
+}
+
+#[tokio::test]
+async fn sigterm_lets_an_in_flight_call_finish_and_exits_zero() {
+    let (mut node, addr) = node(&["--graceful-shutdown-timeout", "10"]);
+    let mut echo = client(addr).await;
+    let call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 2000 }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal(Signal::SIGTERM);
+
+    let reply = call.await.unwrap().expect("in-flight call completes");
+    assert_eq!(reply.into_inner().host, "n1");
+    let status = node.wait_exit(Duration::from_secs(10)).expect("node exits");
+    assert_eq!(status.code(), Some(0), "{}", node.stderr());
+}
+
+#[tokio::test]
+async fn health_goes_not_serving_before_the_listener_closes() {
+    let (node, addr) = node(&["--graceful-shutdown-timeout", "10"]);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut health = HealthClient::new(channel.clone());
+    let check = |svc: &str| HealthCheckRequest {
+        service: svc.into(),
+    };
+    let status = health.check(check("")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::Serving as i32);
+
+    // Keep a call in flight so the server is still up while we look.
+    let mut echo = EchoClient::new(channel);
+    let call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 1500 }).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    node.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // Within drain_delay: the existing connection still answers, NOT_SERVING.
+    let status = health.check(check("")).await.unwrap().into_inner().status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    let status = health
+        .check(check("svckit.examples.echo.v1.Echo"))
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(status, ServingStatus::NotServing as i32);
+    call.await.unwrap().expect("in-flight call completes");
+}
+
+#[tokio::test]
+async fn a_call_longer_than_the_deadline_ends_the_process_nonzero_at_the_deadline() {
+    let (mut node, addr) = node(&["--graceful-shutdown-timeout", "1"]);
+    let mut echo = client(addr).await;
+    let call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 20_000 }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let sent = Instant::now();
+    node.signal(Signal::SIGTERM);
+
+    let status = node
+        .wait_exit(Duration::from_secs(8))
+        .expect("node exits at the deadline");
+    let took = sent.elapsed();
+    assert_eq!(status.code(), Some(1), "{}", node.stderr());
+    assert!(
+        took >= Duration::from_millis(900),
+        "exited before the deadline: {took:?}"
+    );
+    assert!(
+        node.stderr().contains("graceful shutdown did not finish"),
+        "{}",
+        node.stderr()
+    );
+    assert!(call.await.unwrap().is_err(), "the cut-off call must fail");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let (mut node, addr) = node(&["--graceful-shutdown-timeout", "30"]);
+    let mut echo = client(addr).await;
+    let _call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 20_000 }).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    node.signal(Signal::SIGTERM);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        node.wait_exit(Duration::ZERO).is_none(),
+        "still draining after one SIGTERM"
+    );
+    let sent = Instant::now();
+    node.signal(Signal::SIGTERM);
+    let status = node
+        .wait_exit(Duration::from_secs(3))
+        .expect("second SIGTERM exits at once");
+    assert!(sent.elapsed() < Duration::from_secs(2));
+    assert_eq!(status.code(), Some(128 + 15), "{}", node.stderr());
+}
+
+#[tokio::test]
+async fn sighup_applies_the_log_level_from_the_edited_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, "log_level = \"info\"\n").unwrap();
+    let (node, addr) = node(&["--config", path.to_str().unwrap()]);
+    let mut echo = client(addr).await;
+    echo.echo(EchoRequest {
+        payload: b"a".to_vec(),
+    })
+    .await
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert!(
+        !node.stderr().contains("DEBUG"),
+        "debug logs at info:\n{}",
+        node.stderr()
+    );
+
+    let mut f = std::fs::File::create(&path).unwrap();
+    f.write_all(b"log_level = \"debug\"\n").unwrap();
+    drop(f);
+    node.signal(Signal::SIGHUP);
+    node.wait_for_log("config reloaded", Duration::from_secs(5));
+
+    // Same connection as before the reload: nothing was dropped.
+    echo.echo(EchoRequest {
+        payload: b"b".to_vec(),
+    })
+    .await
+    .expect("call after SIGHUP");
+    node.wait_for_log("DEBUG", Duration::from_secs(5));
+}
+
+#[tokio::test]
+async fn sighup_with_a_broken_config_keeps_running_on_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("node.toml");
+    std::fs::write(&path, "log_level = \"info\"\n").unwrap();
+    let (node, addr) = node(&["--config", path.to_str().unwrap()]);
+    std::fs::write(&path, "log_level = \"shout\"\n").unwrap();
+    node.signal(Signal::SIGHUP);
+    node.wait_for_log("config reload failed", Duration::from_secs(5));
+    let mut echo = client(addr).await;
+    let reply = echo
+        .echo(EchoRequest {
+            payload: b"x".to_vec(),
+        })
+        .await
+        .unwrap();
+    assert_eq!(reply.into_inner().payload, b"x");
+}

@@ -1,0 +1,4 @@
+//! Shared test support: real etcd processes and real node processes.
+#![allow(dead_code)]
+
+pub mod node;
