@@ -67,7 +67,7 @@ impl Error {
             Error::Unavailable(_) => exit::UNAVAILABLE,
             Error::Bind { .. } => exit::OSERR,
             Error::Hook { .. } => exit::SOFTWARE,
-            Error::ShutdownTimeout(_) => exit::FAILURE,
+            Error::ShutdownTimeout(_) | Error::NotFound(_) => exit::FAILURE,
             _ => exit::SOFTWARE,
         }
     }
@@ -77,7 +77,8 @@ impl Error {
 pub mod exit {
     /// Normal exit, including a graceful stop.
     pub const OK: i32 = 0;
-    /// The graceful shutdown deadline passed with work still in flight.
+    /// The graceful shutdown deadline passed with work still in flight, or
+    /// a record an operator named does not exist.
     pub const FAILURE: i32 = 1;
     /// Bad command-line usage: `--workers 0`, a malformed registry URL.
     pub const USAGE: i32 = 64;

@@ -1,5 +1,6 @@
 //! svckit: run fleets of RPC services on gRPC and etcd.
 
+pub mod cli;
 pub mod config;
 pub mod error;
 pub mod launcher;

@@ -1,0 +1,162 @@
+//! The operator CLI, `svckit`: membership listing and admin state (nova's
+//! `service-list` and `compute service set`). `src/main.rs` only calls
+//! [`main`].
+
+mod members;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{CommonArgs, Config};
+use crate::error::Result;
+use crate::servicegroup::{self, AdminChange, Registry};
+
+/// Operate a svckit fleet: list and watch members, change their admin state.
+#[derive(Debug, Parser)]
+#[command(name = "svckit", version)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Service records and their liveness.
+    #[command(subcommand)]
+    Members(MembersCommand),
+    /// Change a service record's admin state, or delete it.
+    #[command(subcommand)]
+    Service(ServiceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum MembersCommand {
+    /// One row per service record (a dead node shows as `down`).
+    List {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+        /// A JSON array instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// JSON lines `{"event":"join"|"leave"|"update","member":{…}}` as they happen.
+    Watch {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Only this topic.
+        #[arg(long)]
+        topic: Option<String>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Stop routing new calls to a node; it stays up.
+    Disable {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Why, shown in `members list`.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Route calls to a node again.
+    Enable {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+    /// Mark a node down whatever its heartbeats say (`--clear` undoes it).
+    ForceDown {
+        #[command(flatten)]
+        target: TargetArgs,
+        /// Clear the forced-down mark.
+        #[arg(long)]
+        clear: bool,
+    },
+    /// Delete a service record (a dead node's row disappears from lists).
+    Delete {
+        #[command(flatten)]
+        target: TargetArgs,
+    },
+}
+
+/// Which registry to talk to.
+#[derive(Debug, Args)]
+struct RegistryArgs {
+    /// Registry URL: etcd://h:2379[,h2:2379][?prefix=/p], file:///dir, memory:// [env: SVCKIT_REGISTRY]
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// Config file for registry TLS and credentials [env: SVCKIT_CONFIG]
+    #[arg(long, value_name = "FILE")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct TargetArgs {
+    #[command(flatten)]
+    registry: RegistryArgs,
+    #[arg(long)]
+    topic: String,
+    #[arg(long)]
+    host: String,
+}
+
+impl RegistryArgs {
+    async fn connect(&self) -> Result<Registry> {
+        let args = CommonArgs {
+            config: self.config.clone(),
+            registry: self.registry.clone(),
+            ..CommonArgs::default()
+        };
+        let config = Config::load(&args)?;
+        servicegroup::connect(&config.registry, &config.registry_options()).await
+    }
+}
+
+/// Parses the command line, runs the command, maps errors to exit codes.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(crate::Error::from)
+        .and_then(|rt| rt.block_on(run(cli)));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("svckit: error: {e}");
+            ExitCode::from(u8::try_from(e.exit_code()).unwrap_or(1))
+        }
+    }
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Members(MembersCommand::List {
+            registry,
+            topic,
+            json,
+        }) => members::list(&registry.connect().await?, topic.as_deref(), json).await,
+        Command::Members(MembersCommand::Watch { registry, topic }) => {
+            members::watch(&registry.connect().await?, topic.as_deref()).await
+        }
+        Command::Service(cmd) => {
+            let (target, change) = match cmd {
+                ServiceCommand::Disable { target, reason } => {
+                    (target, Some(AdminChange::Disable { reason }))
+                }
+                ServiceCommand::Enable { target } => (target, Some(AdminChange::Enable)),
+                ServiceCommand::ForceDown { target, clear } => {
+                    (target, Some(AdminChange::ForceDown(!clear)))
+                }
+                ServiceCommand::Delete { target } => (target, None),
+            };
+            let registry = target.registry.connect().await?;
+            members::admin(&registry, &target.topic, &target.host, change).await
+        }
+    }
+}
