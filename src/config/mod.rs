@@ -272,6 +272,16 @@ impl Config {
                 )));
             }
         }
+        // Host and topic are path segments of registry keys and files.
+        let names = [("host", Some(&self.host)), ("topic", self.topic.as_ref())];
+        for (name, value) in names {
+            if let Some(v) = value.filter(|v| !valid_name(v)) {
+                return Err(Error::Config(format!(
+                    "invalid value for `{name}` from {}: {v:?} may only hold letters, digits and . _ - :",
+                    self.source(name)
+                )));
+            }
+        }
         if self.max_message_size < 1024 {
             return Err(Error::Config(format!(
                 "invalid value for `max_message_size` from {}: must be at least 1024 bytes",
@@ -358,6 +368,14 @@ impl Config {
             _ => None,
         })
     }
+}
+
+/// A host or topic name: safe as a key segment and a file name.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }
 
 /// `report_interval` → `SVCKIT_REPORT_INTERVAL`.

@@ -124,3 +124,15 @@ fn sighup_applies_only_mutable_options() {
     assert_eq!(old.rpc_listen, Config::default().rpc_listen);
     assert_eq!(new.get("registry_password").as_deref(), Some("***"));
 }
+
+#[test]
+fn host_and_topic_must_be_key_safe() {
+    let mut a = args();
+    a.host = Some("rack1/node2".into());
+    let err = Config::load_from(&a, |_| None).unwrap_err();
+    assert_eq!(err.exit_code(), 78);
+    assert!(err.to_string().contains("`host` from flag --host"), "{err}");
+    let mut a = args();
+    a.topic = Some("compute.cell-1".into());
+    assert!(Config::load_from(&a, |_| None).is_ok());
+}

@@ -204,6 +204,9 @@ impl<M: Manager> RpcService<M> {
         // The registry is reached first: if it is down, the start fails
         // before anything was bound or initialised (exit 69).
         let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        if let Some(http) = config.http_listen {
+            tracing::warn!(%http, "http_listen is set, but this node has no HTTP API to serve");
+        }
         let listener = grpc::bind(config.rpc_listen)?;
         let addr = listener.local_addr()?;
         set(
