@@ -25,6 +25,12 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Result;
 
+pub mod etcd;
+pub mod file;
+pub mod memory;
+
+mod diff;
+mod status;
 mod url;
 
 pub use self::url::{RegistryOptions, RegistryUrl};
@@ -303,8 +309,11 @@ pub type Registry = Arc<dyn Driver>;
 
 /// Opens the driver a registry URL names.
 pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Registry> {
-    let _ = (url, options);
-    Err(crate::Error::Unavailable("no driver".into()))
+    Ok(match url {
+        RegistryUrl::Etcd { .. } => Arc::new(etcd::EtcdDriver::connect(url, options).await?),
+        RegistryUrl::File { path } => Arc::new(file::FileDriver::open(path, options)?),
+        RegistryUrl::Memory { name } => Arc::new(memory::MemoryDriver::named(name)),
+    })
 }
 
 /// Formats a time as RFC 3339 with millisecond precision, UTC.

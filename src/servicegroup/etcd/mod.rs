@@ -1,0 +1,355 @@
+//! The `etcd://` driver: membership on etcd leases.
+//!
+//! A node's record is a plain key; its liveness is a key bound to a lease
+//! with TTL = service_down_time, kept alive every report_interval
+//! ([`session`]). Watchers follow both prefixes and resync after any
+//! failure ([`watcher`]). etcd-client leaves keep-alive, watch resumption and
+//! failover to its caller, so this module owns all three: every request is
+//! bounded by [`RegistryOptions::timeout`], and background loops retry with
+//! capped backoff forever.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+
+use self::keys::{Kind, Layout, Snapshot};
+use super::diff::check_identity;
+use super::{
+    AdminChange, Driver, EventStream, Member, Membership, Registration, RegistryOptions,
+    RegistryUrl,
+};
+use crate::error::{Error, Result};
+
+mod keys;
+mod session;
+mod watcher;
+
+/// Responses as large as listing ~100k members; tonic's 4 MiB default is
+/// about 10k records.
+const MAX_RESPONSE: usize = 256 << 20;
+
+/// Read-modify-write attempts before a conflicting writer wins.
+const CAS_ATTEMPTS: usize = 16;
+
+/// A service group on an etcd cluster.
+#[derive(Clone)]
+pub struct EtcdDriver {
+    inner: Arc<Inner>,
+}
+
+/// What sessions and watchers share with the driver.
+struct Inner {
+    client: Client,
+    kv: KvClient,
+    layout: Layout,
+    timeout: Duration,
+    endpoints: String,
+}
+
+impl EtcdDriver {
+    /// Connects to the cluster `url` names and checks that it answers, within
+    /// `options.timeout`; otherwise [`Error::Unavailable`].
+    pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Self> {
+        let RegistryUrl::Etcd { endpoints, prefix } = url else {
+            return Err(Error::Usage(format!("{url} is not an etcd:// registry URL")));
+        };
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(options.timeout)
+            // etcd refuses pings more often than every 5 s; these find a dead
+            // connection under a stream that would otherwise just go quiet.
+            .with_keep_alive(Duration::from_secs(10), options.timeout);
+        if let Some(tls) = tls_options(options)? {
+            connect = connect.with_tls(tls);
+        }
+        match (&options.user, &options.password) {
+            (Some(user), Some(password)) => {
+                connect = connect
+                    .with_user(user.clone(), password.clone())
+                    .with_auto_token_refresh(true);
+            }
+            (None, None) => {}
+            _ => {
+                return Err(Error::Config(
+                    "etcd authentication needs both a user and a password".into(),
+                ))
+            }
+        }
+        let names = endpoints.join(",");
+        let unreachable = |why: String| {
+            Error::Unavailable(format!(
+                "cannot reach etcd at {names} within {:?}: {why}",
+                options.timeout
+            ))
+        };
+        let client = tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
+            .await
+            .map_err(|_| unreachable("timed out".into()))?
+            .map_err(|e| unreachable(e.to_string()))?;
+        let inner = Inner {
+            kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
+            client,
+            layout: Layout::new(prefix),
+            timeout: options.timeout,
+            endpoints: names.clone(),
+        };
+        // The client connects lazily; a first read proves the cluster answers
+        // and that our credentials may read the prefix.
+        let probe = GetOptions::new().with_prefix().with_count_only();
+        let mut kv = inner.kv.clone();
+        inner
+            .call(kv.get(inner.layout.root(), Some(probe)))
+            .await
+            .map_err(|e| match e {
+                Error::Unavailable(why) => unreachable(why),
+                other => other,
+            })?;
+        Ok(Self {
+            inner: Arc::new(inner),
+        })
+    }
+}
+
+fn tls_options(options: &RegistryOptions) -> Result<Option<TlsOptions>> {
+    let read = |path: &std::path::Path| {
+        std::fs::read(path)
+            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+    };
+    let mut tls = None;
+    if let Some(ca) = &options.ca_file {
+        tls = Some(TlsOptions::new().ca_certificate(Certificate::from_pem(read(ca)?)));
+    }
+    match (&options.cert_file, &options.key_file) {
+        (Some(cert), Some(key)) => {
+            let identity = Identity::from_pem(read(cert)?, read(key)?);
+            tls = Some(tls.unwrap_or_default().identity(identity));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(Error::Config(
+                "etcd client TLS needs both a certificate and a key file".into(),
+            ))
+        }
+    }
+    Ok(tls)
+}
+
+/// How an etcd failure reaches callers: no answer is `Unavailable` (retry
+/// later), an answer is `Registry`.
+fn map_err(e: etcd_client::Error) -> Error {
+    use etcd_client::Error as E;
+    match e {
+        E::TransportError(e) => Error::Unavailable(e.to_string()),
+        E::IoError(e) => Error::Unavailable(e.to_string()),
+        E::GRpcStatus(s)
+            if matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            ) =>
+        {
+            Error::Unavailable(s.message().to_string())
+        }
+        other => Error::Registry(other.to_string()),
+    }
+}
+
+impl Inner {
+    /// Runs one request, bounded: a request to a cluster with no reachable
+    /// member waits for a connection, not for an error.
+    async fn call<T>(
+        &self,
+        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.timeout, request).await {
+            Ok(result) => result.map_err(map_err),
+            Err(_) => Err(Error::Unavailable(format!(
+                "etcd at {} did not answer within {:?}",
+                self.endpoints, self.timeout
+            ))),
+        }
+    }
+
+    async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
+        let mut kv = self.kv.clone();
+        self.call(kv.txn(txn)).await
+    }
+
+    /// Records and liveness of one topic (or all) at one revision.
+    async fn snapshot(&self, topic: Option<&str>) -> Result<Snapshot> {
+        let range = |kind| TxnOp::get(self.layout.range(kind, topic), Some(GetOptions::new().with_prefix()));
+        let resp = self
+            .txn(Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]))
+            .await?;
+        let revision = resp.header().map_or(0, |h| h.revision());
+        match &resp.op_responses()[..] {
+            [TxnOpResponse::Get(records), TxnOpResponse::Get(alive)] => Ok(Snapshot::from_ranges(
+                &self.layout,
+                revision,
+                records.kvs(),
+                alive.kvs(),
+            )),
+            _ => Err(Error::Registry("unexpected etcd transaction response".into())),
+        }
+    }
+
+    /// One member from its two keys, read together.
+    async fn member(&self, topic: &str, host: &str) -> Result<Option<Member>> {
+        let layout = &self.layout;
+        let resp = self
+            .txn(Txn::new().and_then([
+                TxnOp::get(layout.key(Kind::Record, topic, host), None),
+                TxnOp::get(layout.key(Kind::Alive, topic, host), None),
+            ]))
+            .await?;
+        match &resp.op_responses()[..] {
+            [TxnOpResponse::Get(records), TxnOpResponse::Get(alive)] => {
+                let snapshot = Snapshot::from_ranges(layout, 0, records.kvs(), alive.kvs());
+                Ok(snapshot.member(&(topic.to_string(), host.to_string())))
+            }
+            _ => Err(Error::Registry("unexpected etcd transaction response".into())),
+        }
+    }
+
+    async fn set_admin(&self, topic: &str, host: &str, change: &AdminChange) -> Result<Member> {
+        let record_key = self.layout.key(Kind::Record, topic, host);
+        let alive_key = self.layout.key(Kind::Alive, topic, host);
+        for _ in 0..CAS_ATTEMPTS {
+            let mut kv = self.kv.clone();
+            let found = self.call(kv.get(record_key.as_str(), None)).await?;
+            let Some(current) = found.kvs().first() else {
+                return Err(Error::NotFound(format!("service {topic}/{host}")));
+            };
+            let mut record: crate::servicegroup::ServiceRecord =
+                serde_json::from_slice(current.value()).map_err(|e| {
+                    Error::Registry(format!("{record_key}: invalid service record: {e}"))
+                })?;
+            change.apply(&mut record, SystemTime::now());
+            let value = encode(&record)?;
+            // Guarded by the revision read above, so a concurrent change (an
+            // operator, a re-registering node) is never overwritten.
+            let resp = self
+                .txn(
+                    Txn::new()
+                        .when([Compare::mod_revision(
+                            record_key.as_str(),
+                            CompareOp::Equal,
+                            current.mod_revision(),
+                        )])
+                        .and_then([
+                            TxnOp::put(record_key.as_str(), value, None),
+                            TxnOp::get(alive_key.as_str(), None),
+                        ]),
+                )
+                .await?;
+            if !resp.succeeded() {
+                continue;
+            }
+            let alive = match resp.op_responses().get(1) {
+                Some(TxnOpResponse::Get(alive)) => !alive.kvs().is_empty(),
+                _ => false,
+            };
+            let up = alive && !record.forced_down;
+            return Ok(Member { record, up });
+        }
+        Err(Error::Registry(format!(
+            "{topic}/{host} kept changing concurrently; admin change not applied"
+        )))
+    }
+
+    async fn delete(&self, topic: &str, host: &str) -> Result<bool> {
+        let resp = self
+            .txn(Txn::new().and_then([
+                TxnOp::delete(self.layout.key(Kind::Record, topic, host), None),
+                TxnOp::delete(self.layout.key(Kind::Alive, topic, host), None),
+            ]))
+            .await?;
+        Ok(matches!(resp.op_responses().first(), Some(TxnOpResponse::Delete(d)) if d.deleted() > 0))
+    }
+}
+
+fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
+    serde_json::to_vec(value).map_err(|e| Error::Registry(format!("cannot encode JSON: {e}")))
+}
+
+/// Retry delays: 100 ms doubling to a 1 s cap, jittered so that a fleet
+/// reconnecting after an outage does not arrive in lockstep.
+struct Backoff {
+    next: Duration,
+}
+
+impl Backoff {
+    const FIRST: Duration = Duration::from_millis(100);
+    const CAP: Duration = Duration::from_secs(1);
+
+    pub(super) fn new() -> Self {
+        Self { next: Self::FIRST }
+    }
+
+    pub(super) fn reset(&mut self) {
+        self.next = Self::FIRST;
+    }
+
+    pub(super) fn next_delay(&mut self) -> Duration {
+        let delay = self.next;
+        self.next = (self.next * 2).min(Self::CAP);
+        delay.mul_f64(rand::random_range(0.8..1.0))
+    }
+}
+
+impl Driver for EtcdDriver {
+    fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
+        async move {
+            check_identity(&registration.topic, &registration.host)?;
+            let membership = session::join(self.inner.clone(), registration).await?;
+            Ok(Box::new(membership) as Box<dyn Membership>)
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<Option<Member>>> {
+        self.inner.member(topic, host).boxed()
+    }
+
+    fn list<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>> {
+        async move { Ok(self.inner.snapshot(topic).await?.members()) }.boxed()
+    }
+
+    fn watch<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
+        watcher::watch(self.inner.clone(), topic.map(str::to_string)).boxed()
+    }
+
+    fn set_admin<'a>(
+        &'a self,
+        topic: &'a str,
+        host: &'a str,
+        change: AdminChange,
+    ) -> BoxFuture<'a, Result<Member>> {
+        async move { self.inner.set_admin(topic, host, &change).await }.boxed()
+    }
+
+    fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>> {
+        self.inner.delete(topic, host).boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_is_capped() {
+        let mut b = Backoff::new();
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] <= Duration::from_millis(100));
+        assert!(delays.iter().all(|d| *d <= Backoff::CAP));
+        assert!(delays[9] >= Backoff::CAP.mul_f64(0.8));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_millis(100));
+    }
+}

@@ -1,0 +1,282 @@
+//! The on-disk layout of the file registry, and atomic reads and writes of it.
+//!
+//! ```text
+//! {dir}/services/{topic}/{host}.json   the ServiceRecord (README format)
+//! {dir}/alive/{topic}/{host}.json      the heartbeat: time, owner, down time
+//! {dir}/.lock                          flock taken by read-modify-writes
+//! ```
+//!
+//! Every write goes to a temporary file in the same directory and is renamed
+//! into place, so readers in other processes see the old or the new content,
+//! never half of it. The heartbeat only ever writes the liveness file, which
+//! is why an operator's change to the record cannot be lost to it.
+
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::servicegroup::{rfc3339, Member, ServiceRecord};
+
+/// The content of a liveness file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub(super) struct Alive {
+    /// Last heartbeat, milliseconds since the Unix epoch (what is compared).
+    pub heartbeat_ms: u64,
+    /// The same time in RFC 3339, for people reading the file.
+    pub heartbeat: String,
+    pub pid: u32,
+    /// Identifies the membership that owns the file, across processes.
+    pub token: u64,
+    /// The owner's effective service_down_time: older heartbeats mean down.
+    pub down_time_ms: u64,
+    /// The owner's heartbeat period; watchers poll faster than this.
+    pub report_interval_ms: u64,
+}
+
+impl Alive {
+    pub(super) fn new(token: u64, down_time: Duration, report_interval: Duration) -> Self {
+        let now = SystemTime::now();
+        Self {
+            heartbeat_ms: unix_ms(now),
+            heartbeat: rfc3339(now),
+            pid: std::process::id(),
+            token,
+            down_time_ms: millis(down_time),
+            report_interval_ms: millis(report_interval),
+        }
+    }
+
+    /// The same liveness with a heartbeat taken now.
+    pub(super) fn touched(&self) -> Self {
+        let now = SystemTime::now();
+        Self {
+            heartbeat_ms: unix_ms(now),
+            heartbeat: rfc3339(now),
+            ..self.clone()
+        }
+    }
+
+    /// A heartbeat from the future (clock steps) counts as fresh.
+    pub(super) fn is_fresh(&self, now: SystemTime) -> bool {
+        unix_ms(now).saturating_sub(self.heartbeat_ms) < self.down_time_ms
+    }
+
+    pub(super) fn age(&self, now: SystemTime) -> Duration {
+        Duration::from_millis(unix_ms(now).saturating_sub(self.heartbeat_ms))
+    }
+}
+
+fn unix_ms(t: SystemTime) -> u64 {
+    millis(t.duration_since(UNIX_EPOCH).unwrap_or_default())
+}
+
+fn millis(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// The registry directory.
+#[derive(Debug, Clone)]
+pub(super) struct Store {
+    dir: PathBuf,
+}
+
+impl Store {
+    /// Creates the layout and proves the directory is writable.
+    pub(super) fn open(dir: &Path) -> Result<Self> {
+        let store = Self {
+            dir: dir.to_path_buf(),
+        };
+        let probe = || -> io::Result<()> {
+            fs::create_dir_all(dir.join("services"))?;
+            fs::create_dir_all(dir.join("alive"))?;
+            let probe = dir.join(format!(".probe.{}", std::process::id()));
+            write_atomic(&probe, b"{}")?;
+            fs::remove_file(probe)
+        };
+        probe().map_err(|e| {
+            Error::Unavailable(format!(
+                "file registry {}: the directory is not creatable or not writable: {e}",
+                dir.display()
+            ))
+        })?;
+        Ok(store)
+    }
+
+    pub(super) fn record_path(&self, topic: &str, host: &str) -> PathBuf {
+        self.dir.join("services").join(topic).join(format!("{host}.json"))
+    }
+
+    pub(super) fn alive_path(&self, topic: &str, host: &str) -> PathBuf {
+        self.dir.join("alive").join(topic).join(format!("{host}.json"))
+    }
+
+    /// Serialises read-modify-writes of records across processes; released
+    /// on drop.
+    pub(super) fn lock(&self) -> Result<Flock<File>> {
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.dir.join(".lock"))?;
+        Flock::lock(file, FlockArg::LockExclusive)
+            .map_err(|(_, errno)| Error::Io(io::Error::from(errno)))
+    }
+
+    pub(super) fn read_record(&self, topic: &str, host: &str) -> Result<Option<ServiceRecord>> {
+        read_json(&self.record_path(topic, host))
+    }
+
+    pub(super) fn write_record(&self, record: &ServiceRecord) -> Result<()> {
+        write_json(&self.record_path(&record.topic, &record.host), record)
+    }
+
+    /// The liveness file; an unreadable one counts as absent (it is rewritten
+    /// by its owner within one report interval).
+    pub(super) fn read_alive(&self, topic: &str, host: &str) -> Option<Alive> {
+        read_json(&self.alive_path(topic, host)).ok().flatten()
+    }
+
+    pub(super) fn write_alive(&self, topic: &str, host: &str, alive: &Alive) -> Result<()> {
+        write_json(&self.alive_path(topic, host), alive)
+    }
+
+    pub(super) fn remove(&self, path: &Path) -> Result<bool> {
+        match fs::remove_file(path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn member(&self, record: ServiceRecord, now: SystemTime) -> Member {
+        let alive = self
+            .read_alive(&record.topic, &record.host)
+            .is_some_and(|a| a.is_fresh(now));
+        let up = alive && !record.forced_down;
+        Member { record, up }
+    }
+
+    pub(super) fn get(&self, topic: &str, host: &str) -> Result<Option<Member>> {
+        let now = SystemTime::now();
+        Ok(self
+            .read_record(topic, host)?
+            .map(|record| self.member(record, now)))
+    }
+
+    /// Members ordered by (topic, host), and the shortest report interval
+    /// among their heartbeats (how often a watcher should look again).
+    pub(super) fn list(&self, topic: Option<&str>) -> Result<(Vec<Member>, Option<Duration>)> {
+        let now = SystemTime::now();
+        let services = self.dir.join("services");
+        let topics = match topic {
+            Some(t) => vec![t.to_string()],
+            None => names(&services, None)?,
+        };
+        let mut members = Vec::new();
+        let mut fastest: Option<u64> = None;
+        for topic in topics {
+            for host in names(&services.join(&topic), Some(".json"))? {
+                let record = match self.read_record(&topic, &host) {
+                    Ok(Some(record)) => record,
+                    // Deleted between the directory read and now.
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!(%topic, %host, error = %e, "skipping unreadable service record");
+                        continue;
+                    }
+                };
+                if let Some(alive) = self.read_alive(&topic, &host) {
+                    fastest = Some(fastest.map_or(alive.report_interval_ms, |f| {
+                        f.min(alive.report_interval_ms)
+                    }));
+                }
+                members.push(self.member(record, now));
+            }
+        }
+        members.sort_by(|a, b| {
+            (&a.record.topic, &a.record.host).cmp(&(&b.record.topic, &b.record.host))
+        });
+        Ok((members, fastest.map(Duration::from_millis)))
+    }
+}
+
+/// Entry names in `dir` (without `suffix` when given); temporary and hidden
+/// files are skipped, a missing directory is empty.
+fn names(dir: &Path, suffix: Option<&str>) -> Result<Vec<String>> {
+    let entries = match fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e.into()),
+    };
+    let mut out = Vec::new();
+    for entry in entries {
+        let name = entry?.file_name();
+        let Some(name) = name.to_str() else { continue };
+        if name.starts_with('.') {
+            continue;
+        }
+        match suffix {
+            Some(s) => {
+                if let Some(stem) = name.strip_suffix(s) {
+                    out.push(stem.to_string());
+                }
+            }
+            None => out.push(name.to_string()),
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
+    match fs::read(path) {
+        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+            Error::Registry(format!("{}: invalid JSON: {e}", path.display()))
+        }),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let bytes = serde_json::to_vec_pretty(value)
+        .map_err(|e| Error::Registry(format!("cannot encode {}: {e}", path.display())))?;
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)?;
+    }
+    Ok(write_atomic(path, &bytes)?)
+}
+
+/// Writes a temporary file beside `path` and renames it over `path`.
+fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mut tmp = tempfile_in(dir)?;
+    tmp.1.write_all(bytes)?;
+    tmp.1.sync_data()?;
+    drop(tmp.1);
+    fs::rename(&tmp.0, path).inspect_err(|_| {
+        let _ = fs::remove_file(&tmp.0);
+    })
+}
+
+/// A new hidden file in `dir` with a name no other writer uses.
+fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, File)> {
+    loop {
+        let path = dir.join(format!(
+            ".tmp.{}.{:016x}",
+            std::process::id(),
+            rand::random::<u64>()
+        ));
+        match OpenOptions::new().write(true).create_new(true).open(&path) {
+            Ok(file) => return Ok((path, file)),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+}

@@ -1,0 +1,269 @@
+//! The `memory://` driver: one process's service group, for unit tests and
+//! single-process tools.
+//!
+//! Drivers of the same name share one group (a process-wide table), so a
+//! test can join with one handle and watch with another. Liveness is a flag
+//! owned by the [`Membership`]; leaving or dropping it clears the flag.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, MutexGuard};
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::{broadcast, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use super::diff::{check_identity, Key, View};
+use super::{
+    rfc3339, AdminChange, Driver, Event, EventStream, Member, Membership, MembershipStatus,
+    Registration, RegistrationState, ServiceRecord,
+};
+use crate::error::{Error, Result};
+
+/// Groups by name, so that every `memory://name` in a process is one group.
+static GROUPS: LazyLock<Mutex<HashMap<String, Arc<Group>>>> = LazyLock::new(Default::default);
+
+/// Events buffered per watcher before it lags and has to resync.
+const EVENT_BUFFER: usize = 1024;
+
+/// A service group held in this process's memory.
+#[derive(Clone)]
+pub struct MemoryDriver {
+    group: Arc<Group>,
+}
+
+struct Group {
+    entries: Mutex<BTreeMap<Key, Entry>>,
+    /// Sent while `entries` is locked, so a watcher that subscribes under the
+    /// lock sees every change after its snapshot exactly once.
+    events: broadcast::Sender<Event>,
+    next_owner: AtomicU64,
+}
+
+struct Entry {
+    record: ServiceRecord,
+    /// The membership holding the liveness flag, if any.
+    owner: Option<u64>,
+}
+
+impl Entry {
+    fn member(&self) -> Member {
+        Member {
+            record: self.record.clone(),
+            up: self.owner.is_some() && !self.record.forced_down,
+        }
+    }
+}
+
+impl MemoryDriver {
+    /// The group called `name` in this process (created on first use).
+    pub fn named(name: &str) -> Self {
+        let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let group = groups
+            .entry(name.to_string())
+            .or_insert_with(|| {
+                Arc::new(Group {
+                    entries: Mutex::new(BTreeMap::new()),
+                    events: broadcast::channel(EVENT_BUFFER).0,
+                    next_owner: AtomicU64::new(1),
+                })
+            })
+            .clone();
+        Self { group }
+    }
+}
+
+impl Group {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Entry>> {
+        // A panic elsewhere while holding the lock leaves consistent data:
+        // every update below is a single insert or field write.
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Applies `change` to one entry under the lock and broadcasts the event.
+    fn update<T>(
+        &self,
+        key: &Key,
+        change: impl FnOnce(&mut BTreeMap<Key, Entry>) -> Result<T>,
+    ) -> Result<T> {
+        let mut entries = self.lock();
+        let before = entries.get(key).map(Entry::member);
+        let out = change(&mut entries)?;
+        let after = entries.get(key).map(Entry::member);
+        if let Some(event) = Event::between(before.as_ref(), after.as_ref()) {
+            // No receivers is fine: nobody is watching.
+            let _ = self.events.send(event);
+        }
+        Ok(out)
+    }
+
+    fn snapshot(entries: &BTreeMap<Key, Entry>, topic: Option<&str>) -> Vec<Member> {
+        entries
+            .iter()
+            .filter(|((t, _), _)| topic.is_none_or(|topic| topic == t))
+            .map(|(_, e)| e.member())
+            .collect()
+    }
+
+    fn release(&self, key: &Key, owner: u64) {
+        let _ = self.update(key, |entries| {
+            if let Some(entry) = entries.get_mut(key).filter(|e| e.owner == Some(owner)) {
+                entry.owner = None;
+            }
+            Ok(())
+        });
+    }
+}
+
+struct MemoryMembership {
+    group: Arc<Group>,
+    key: Key,
+    owner: u64,
+    left: AtomicBool,
+}
+
+impl Membership for MemoryMembership {
+    fn status(&self) -> MembershipStatus {
+        let left = self.left.load(Ordering::SeqCst);
+        MembershipStatus {
+            state: if left {
+                RegistrationState::Left
+            } else {
+                RegistrationState::Registered
+            },
+            last_heartbeat: (!left).then(|| rfc3339(SystemTime::now())),
+            reregistrations: 0,
+            failures: 0,
+        }
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<()>> {
+        self.left.store(true, Ordering::SeqCst);
+        self.group.release(&self.key, self.owner);
+        futures::future::ready(Ok(())).boxed()
+    }
+}
+
+impl Drop for MemoryMembership {
+    fn drop(&mut self) {
+        self.group.release(&self.key, self.owner);
+    }
+}
+
+impl Driver for MemoryDriver {
+    fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
+        async move {
+            check_identity(&registration.topic, &registration.host)?;
+            registration.effective_down_time();
+            let key = (registration.topic.clone(), registration.host.clone());
+            let owner = self.group.next_owner.fetch_add(1, Ordering::Relaxed);
+            self.group.update(&key, |entries| {
+                let now = SystemTime::now();
+                match entries.get_mut(&key) {
+                    Some(Entry { owner: Some(_), .. }) => Err(Error::Duplicate(format!(
+                        "{}/{} is already registered by another live member of this process",
+                        key.0, key.1
+                    ))),
+                    Some(entry) => {
+                        registration.refresh_record(&mut entry.record, now);
+                        entry.owner = Some(owner);
+                        Ok(())
+                    }
+                    None => {
+                        let record = registration.to_record(now);
+                        entries.insert(key.clone(), Entry { record, owner: Some(owner) });
+                        Ok(())
+                    }
+                }
+            })?;
+            Ok(Box::new(MemoryMembership {
+                group: self.group.clone(),
+                key,
+                owner,
+                left: AtomicBool::new(false),
+            }) as Box<dyn Membership>)
+        }
+        .boxed()
+    }
+
+    fn get<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<Option<Member>>> {
+        let key = (topic.to_string(), host.to_string());
+        let member = self.group.lock().get(&key).map(Entry::member);
+        futures::future::ready(Ok(member)).boxed()
+    }
+
+    fn list<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>> {
+        let members = Group::snapshot(&self.group.lock(), topic);
+        futures::future::ready(Ok(members)).boxed()
+    }
+
+    fn watch<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
+        let topic = topic.map(str::to_string);
+        let group = self.group.clone();
+        let (mut events, snapshot) = {
+            let entries = group.lock();
+            (group.events.subscribe(), Group::snapshot(&entries, topic.as_deref()))
+        };
+        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
+        tokio::spawn(async move {
+            let mut view = View::default();
+            let mut pending = view.resync(snapshot);
+            loop {
+                for event in pending.drain(..) {
+                    if tx.send(Ok(event)).await.is_err() {
+                        return;
+                    }
+                }
+                let received = tokio::select! {
+                    received = events.recv() => received,
+                    () = tx.closed() => return,
+                };
+                match received {
+                    Ok(event) => {
+                        let m = event.member();
+                        if topic.as_deref().is_none_or(|t| t == m.record.topic) {
+                            let key = (m.record.topic.clone(), m.record.host.clone());
+                            let now = group.lock().get(&key).map(Entry::member);
+                            // Replaying through the view keeps it exact even
+                            // when several changes raced past this watcher.
+                            pending.extend(view.set(key, now));
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => {
+                        let snapshot = Group::snapshot(&group.lock(), topic.as_deref());
+                        pending = view.resync(snapshot);
+                    }
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+        futures::future::ready(Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)).boxed()
+    }
+
+    fn set_admin<'a>(
+        &'a self,
+        topic: &'a str,
+        host: &'a str,
+        change: AdminChange,
+    ) -> BoxFuture<'a, Result<Member>> {
+        let key = (topic.to_string(), host.to_string());
+        let result = self.group.update(&key, |entries| {
+            let entry = entries
+                .get_mut(&key)
+                .ok_or_else(|| Error::NotFound(format!("service {topic}/{host}")))?;
+            change.apply(&mut entry.record, SystemTime::now());
+            Ok(entry.member())
+        });
+        futures::future::ready(result).boxed()
+    }
+
+    fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>> {
+        let key = (topic.to_string(), host.to_string());
+        let result = self
+            .group
+            .update(&key, |entries| Ok(entries.remove(&key).is_some()));
+        futures::future::ready(result).boxed()
+    }
+}
