@@ -172,7 +172,7 @@ async fn sighup_with_a_broken_config_keeps_running_on_the_old_one() {
     let path = dir.path().join("node.toml");
     std::fs::write(&path, "log_level = \"info\"\n").unwrap();
     let (node, addr) = node(&["--config", path.to_str().unwrap()]);
-    std::fs::write(&path, "log_level = \"shout\"\n").unwrap();
+    std::fs::write(&path, "log_level = \"svckit=loud\"\n").unwrap();
     node.signal(Signal::SIGHUP);
     node.wait_for_log("config reload failed", Duration::from_secs(5));
     let mut echo = client(addr).await;

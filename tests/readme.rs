@@ -1,0 +1,40 @@
+//! The README promises things the code must keep: its walkthrough is the
+//! compiled `examples/hello_node.rs`, and its config table lists every option.
+
+const README: &str = include_str!("../README.md");
+
+#[test]
+fn walkthrough_is_the_compiled_example() {
+    let example = include_str!("../examples/hello_node.rs");
+    let start = README
+        .find("```rust\n//! The README walkthrough")
+        .expect("walkthrough block in README")
+        + "```rust\n".len();
+    let len = README[start..].find("```").expect("end of block");
+    assert_eq!(
+        &README[start..start + len],
+        example,
+        "README walkthrough differs from examples/hello_node.rs"
+    );
+}
+
+#[test]
+fn config_reference_lists_every_option() {
+    for option in svckit::config::OPTIONS {
+        let row = format!("| `{}` |", option.name);
+        let line = README
+            .lines()
+            .find(|l| l.starts_with(&row))
+            .unwrap_or_else(|| panic!("README config table has no row for {}", option.name));
+        let sighup = if option.mutable {
+            "in place"
+        } else {
+            "restart"
+        };
+        assert!(
+            line.contains(sighup),
+            "{}: SIGHUP column should say {sighup}",
+            option.name
+        );
+    }
+}
