@@ -6,6 +6,7 @@ pub mod error;
 pub mod launcher;
 pub mod manager;
 pub mod pb;
+pub mod rpc;
 pub mod service;
 pub mod servicegroup;
 pub mod telemetry;

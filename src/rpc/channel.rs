@@ -1,0 +1,246 @@
+//! [`RpcChannel`]: a tower service the generated tonic clients accept, that
+//! picks a node per call by power of two choices on pending calls, and
+//! retries calls that never reached a node on another one.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use rand::Rng;
+use tokio::sync::watch;
+use tonic::body::Body;
+use tonic::Status;
+
+use super::discovery::{Node, Snapshot};
+use super::Target;
+use crate::error::BoxError;
+
+const GRPC_TIMEOUT: &str = "grpc-timeout";
+
+/// Parses a `grpc-timeout` header value (`100m`, `5S`, …).
+fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
+    let s = value.to_str().ok()?;
+    let (digits, unit) = s.split_at(s.len().checked_sub(1)?);
+    let n: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(n.saturating_mul(3600)),
+        "M" => Duration::from_secs(n.saturating_mul(60)),
+        "S" => Duration::from_secs(n),
+        "m" => Duration::from_millis(n),
+        "u" => Duration::from_micros(n),
+        "n" => Duration::from_nanos(n),
+        _ => return None,
+    })
+}
+
+/// How many nodes a call may try before giving up.
+const MAX_ATTEMPTS: usize = 3;
+
+/// A load-balanced channel to the nodes of a [`Target`]; cheap to clone.
+///
+/// ```ignore
+/// let mut echo = EchoClient::new(rpc.channel(Target::topic("echo")));
+/// ```
+#[derive(Clone)]
+pub struct RpcChannel {
+    pub(super) target: Arc<Target>,
+    pub(super) snapshot: watch::Receiver<Arc<Snapshot>>,
+    pub(super) timeout: Duration,
+    pub(super) idempotent: bool,
+}
+
+impl RpcChannel {
+    /// Marks the calls of this channel safe to repeat: a call that failed in
+    /// transport after it may have reached a node is retried on another.
+    #[must_use]
+    pub fn idempotent(mut self) -> Self {
+        self.idempotent = true;
+        self
+    }
+
+    /// The deadline of each call (default `rpc_response_timeout`).
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The target this channel calls.
+    pub fn target(&self) -> &Target {
+        &self.target
+    }
+
+    /// The nodes this channel would choose from now.
+    pub fn hosts(&self) -> Vec<String> {
+        self.snapshot
+            .borrow()
+            .nodes(&self.target)
+            .iter()
+            .map(|n| n.host().to_string())
+            .collect()
+    }
+}
+
+/// Picks by power of two choices: two distinct random nodes, the one with
+/// fewer calls in flight.
+fn pick(nodes: &[Arc<Node>], tried: &[String]) -> Option<Arc<Node>> {
+    let fresh: Vec<&Arc<Node>> = nodes
+        .iter()
+        .filter(|n| !tried.iter().any(|t| t == n.host()))
+        .collect();
+    match fresh.len() {
+        0 => None,
+        1 => Some(fresh[0].clone()),
+        len => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..len);
+            let b = (a + rng.random_range(1..len)) % len;
+            let (na, nb) = (fresh[a], fresh[b]);
+            Some(if nb.load() < na.load() {
+                nb.clone()
+            } else {
+                na.clone()
+            })
+        }
+    }
+}
+
+/// Counts a call as pending on its node while it is alive.
+struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
+
+impl Drop for PendingGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// `true` when the error shows the request never left this process: the
+/// connection was refused or could not be made, or the server refused the
+/// stream before processing it (HTTP/2 REFUSED_STREAM, GOAWAY).
+fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(error);
+    while let Some(e) = source {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            use std::io::ErrorKind::*;
+            if matches!(
+                io.kind(),
+                ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut
+            ) {
+                return true;
+            }
+        }
+        if let Some(h2) = e.downcast_ref::<h2::Error>() {
+            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() && h2.is_remote()
+            {
+                return true;
+            }
+        }
+        // tonic reports a connect failure as its own error kind.
+        if e.to_string().contains("tcp connect error") {
+            return true;
+        }
+        source = e.source();
+    }
+    false
+}
+
+fn unavailable(target: &Target) -> Status {
+    Status::unavailable(format!("no node available for {target}"))
+}
+
+impl tower::Service<http::Request<Body>> for RpcChannel {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Each node's channel buffers; readiness is checked per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        let this = self.clone();
+        // A deadline the caller set on the request (`grpc-timeout`) wins when
+        // shorter; otherwise the channel's is sent along for the server.
+        let timeout = match request
+            .headers()
+            .get(GRPC_TIMEOUT)
+            .and_then(parse_grpc_timeout)
+        {
+            Some(t) => t.min(self.timeout),
+            None => self.timeout,
+        };
+        let mut request = request;
+        if let Ok(value) = http::HeaderValue::from_str(&format!("{}m", timeout.as_millis())) {
+            request.headers_mut().insert(GRPC_TIMEOUT, value);
+        }
+        Box::pin(async move {
+            match tokio::time::timeout(timeout, this.send(request)).await {
+                Ok(result) => result,
+                Err(_) => Err(Box::new(Status::deadline_exceeded(format!(
+                    "no reply from {} within {timeout:?}",
+                    this.target
+                ))) as _),
+            }
+        })
+    }
+}
+
+impl RpcChannel {
+    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+        let nodes = self.snapshot.borrow().nodes(&self.target);
+        if nodes.is_empty() {
+            return Err(Box::new(unavailable(&self.target)));
+        }
+        let (parts, body) = request.into_parts();
+        // A unary request is one small frame: keep it, so that a call that
+        // never reached a node can be sent to another.
+        let body: Bytes = body
+            .collect()
+            .await
+            .map_err(|e| -> BoxError { Box::new(Status::internal(format!("request body: {e}"))) })?
+            .to_bytes();
+        let mut tried = Vec::new();
+        let mut last_error = None;
+        for _ in 0..MAX_ATTEMPTS {
+            // After a failure, look again: the watch may have removed the node.
+            let nodes = if tried.is_empty() {
+                nodes.clone()
+            } else {
+                self.snapshot.borrow().nodes(&self.target)
+            };
+            let Some(node) = pick(&nodes, &tried) else {
+                break;
+            };
+            let mut attempt = http::Request::new(Body::new(Full::new(body.clone())));
+            *attempt.method_mut() = parts.method.clone();
+            *attempt.uri_mut() = parts.uri.clone();
+            *attempt.version_mut() = parts.version;
+            *attempt.headers_mut() = parts.headers.clone();
+            *attempt.extensions_mut() = parts.extensions.clone();
+
+            node.pending.fetch_add(1, Ordering::Relaxed);
+            let guard = PendingGuard(node.pending.clone());
+            let mut channel = node.channel.clone();
+            let result = tower::Service::call(&mut channel, attempt).await;
+            drop(guard);
+            match result {
+                Ok(response) => return Ok(response),
+                Err(e) if never_sent(&e) || self.idempotent => {
+                    tracing::debug!(host = node.host(), error = %e, "call not delivered; trying another node");
+                    tried.push(node.host().to_string());
+                    last_error = Some(e);
+                }
+                Err(e) => return Err(Box::new(e)),
+            }
+        }
+        Err(match last_error {
+            Some(e) => Box::new(Status::unavailable(format!("{}: {e}", self.target))),
+            None => Box::new(unavailable(&self.target)),
+        })
+    }
+}

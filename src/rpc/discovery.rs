@@ -1,0 +1,196 @@
+//! The node set every channel of one [`Rpc`](super::Rpc) picks from: one
+//! service-group watch per registry, turned into snapshots of routable
+//! nodes, each with its (reused) HTTP/2 connection and load counter.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use tokio::sync::watch;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::error::Result;
+use crate::servicegroup::{Event, Member, Registry};
+
+use super::Target;
+
+/// One node as channels see it.
+pub(crate) struct Node {
+    pub(crate) member: Member,
+    pub(crate) channel: Channel,
+    /// Calls sent to this node and not yet answered: the p2c load measure.
+    pub(crate) pending: Arc<AtomicUsize>,
+}
+
+impl Node {
+    pub(crate) fn host(&self) -> &str {
+        &self.member.record.host
+    }
+
+    pub(crate) fn load(&self) -> usize {
+        self.pending.load(Ordering::Relaxed)
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        let r = &self.member.record;
+        r.topic == target.topic
+            && target.server.as_ref().is_none_or(|s| *s == r.host)
+            && target
+                .service
+                .as_ref()
+                .is_none_or(|s| r.services.contains(s))
+    }
+}
+
+/// Routable nodes (up, enabled, with a gRPC endpoint), by topic.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    by_topic: HashMap<String, Vec<Arc<Node>>>,
+}
+
+impl Snapshot {
+    /// The nodes a target may use.
+    pub(crate) fn nodes(&self, target: &Target) -> Vec<Arc<Node>> {
+        self.by_topic
+            .get(&target.topic)
+            .map(|nodes| {
+                nodes
+                    .iter()
+                    .filter(|n| n.matches(target))
+                    .cloned()
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+}
+
+/// Connection settings for nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectOptions {
+    pub(crate) connect_timeout: Duration,
+}
+
+/// Keeps the members and their connections current from the watch.
+struct Tracker {
+    members: BTreeMap<(String, String), Member>,
+    /// Connections by endpoint URL, reused across snapshots (and so across
+    /// admin changes) while the member stays routable.
+    nodes: HashMap<(String, String), Arc<Node>>,
+    options: ConnectOptions,
+}
+
+impl Tracker {
+    fn apply(&mut self, event: &Event) {
+        let m = event.member();
+        let key = (m.record.topic.clone(), m.record.host.clone());
+        self.members.insert(key, m.clone());
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        let mut by_topic: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
+        let mut live = HashMap::new();
+        for (key, member) in &self.members {
+            let Some(url) = member.record.endpoints.grpc.as_deref() else {
+                continue;
+            };
+            if !member.is_routable() {
+                continue;
+            }
+            let reuse = self
+                .nodes
+                .get(key)
+                .filter(|n| n.member.record.endpoints.grpc.as_deref() == Some(url));
+            let node = match reuse {
+                Some(n) if n.member == *member => n.clone(),
+                Some(n) => Arc::new(Node {
+                    member: member.clone(),
+                    channel: n.channel.clone(),
+                    pending: n.pending.clone(),
+                }),
+                None => match connect(url, &self.options) {
+                    Some(channel) => Arc::new(Node {
+                        member: member.clone(),
+                        channel,
+                        pending: Arc::new(AtomicUsize::new(0)),
+                    }),
+                    None => continue,
+                },
+            };
+            by_topic
+                .entry(key.0.clone())
+                .or_default()
+                .push(node.clone());
+            live.insert(key.clone(), node);
+        }
+        // Nodes no longer routable drop out here; calls in flight hold their
+        // own channel clone and finish on it.
+        self.nodes = live;
+        Snapshot { by_topic }
+    }
+}
+
+fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
+    match Endpoint::from_shared(url.to_string()) {
+        Ok(endpoint) => Some(
+            endpoint
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true)
+                .connect_lazy(),
+        ),
+        Err(e) => {
+            tracing::warn!(url, error = %e, "member advertises an invalid endpoint; skipped");
+            None
+        }
+    }
+}
+
+/// Lists the members, then follows the registry's watch in a background
+/// task; the receiver always holds the latest snapshot. The task ends when
+/// every receiver is gone.
+pub(crate) async fn start(
+    registry: Registry,
+    options: ConnectOptions,
+) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    let mut tracker = Tracker {
+        members: BTreeMap::new(),
+        nodes: HashMap::new(),
+        options,
+    };
+    for member in registry.list(None).await? {
+        tracker.apply(&Event::Update(member));
+    }
+    let (tx, rx) = watch::channel(Arc::new(tracker.snapshot()));
+    let mut events = registry.watch(None).await?;
+    tokio::spawn(async move {
+        loop {
+            let first = tokio::select! {
+                () = tx.closed() => return,
+                event = events.next() => event,
+            };
+            // Apply everything already queued before publishing, so a burst
+            // of events costs one snapshot.
+            let mut next = first;
+            loop {
+                match next {
+                    Some(Ok(event)) => tracker.apply(&event),
+                    Some(Err(e)) => tracing::warn!(error = %e, "membership watch error"),
+                    None => {
+                        tracing::error!("membership watch ended; the node set stays as it was");
+                        let _ = tx.send(Arc::new(tracker.snapshot()));
+                        return;
+                    }
+                }
+                match events.next().now_or_never() {
+                    Some(more) => next = more,
+                    None => break,
+                }
+            }
+            let _ = tx.send(Arc::new(tracker.snapshot()));
+        }
+    });
+    Ok(rx)
+}

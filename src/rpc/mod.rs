@@ -1,0 +1,193 @@
+//! RPC by topic, by server and by fanout (oslo.messaging's `RPCClient` on
+//! gRPC): channels that the generated tonic clients accept, over the nodes
+//! the service group says are up and enabled, balanced by load.
+//!
+//! ```no_run
+//! # async fn demo(registry: svckit::servicegroup::Registry) -> svckit::Result<()> {
+//! use svckit::rpc::{Rpc, Target};
+//! use svckit::pb::base::v1::{base_client::BaseClient, PingRequest};
+//!
+//! let rpc = Rpc::new(registry).await?;
+//! // Any node of topic "echo", picked by load:
+//! let mut base = BaseClient::new(rpc.channel(Target::topic("echo")));
+//! let reply = base.ping(PingRequest { arg: "hi".into() }).await?;
+//! // Every node of the topic:
+//! let replies = rpc
+//!     .fanout(&Target::topic("echo"), |ch| async move {
+//!         BaseClient::new(ch).ping(PingRequest { arg: "all".into() }).await.map(|r| r.into_inner())
+//!     })
+//!     .await?;
+//! # Ok(()) }
+//! ```
+
+mod channel;
+mod discovery;
+mod target;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::join_all;
+use tokio::sync::watch;
+use tonic::Status;
+
+pub use self::channel::RpcChannel;
+pub use self::target::Target;
+
+use self::discovery::{ConnectOptions, Snapshot};
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::servicegroup::{self, Registry};
+
+/// Client settings.
+#[derive(Debug, Clone)]
+pub struct RpcOptions {
+    /// Default deadline of a call (oslo's `rpc_response_timeout`, 60 s).
+    pub response_timeout: Duration,
+    /// Bound on opening a connection to a node.
+    pub connect_timeout: Duration,
+}
+
+impl Default for RpcOptions {
+    fn default() -> Self {
+        RpcOptions {
+            response_timeout: Duration::from_secs(60),
+            connect_timeout: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The client side of a registry: one shared membership watch, and
+/// channels to any target over it. Cheap to clone.
+#[derive(Clone)]
+pub struct Rpc {
+    snapshot: watch::Receiver<Arc<Snapshot>>,
+    options: RpcOptions,
+}
+
+/// One node's answer to a fanout call.
+#[derive(Debug)]
+pub struct FanoutReply<T> {
+    pub host: String,
+    pub result: Result<T, Status>,
+}
+
+impl Rpc {
+    /// Follows `registry` with default options.
+    pub async fn new(registry: Registry) -> Result<Self> {
+        Self::with_options(registry, RpcOptions::default()).await
+    }
+
+    /// Follows `registry`; returns once the current members are known.
+    pub async fn with_options(registry: Registry, options: RpcOptions) -> Result<Self> {
+        let snapshot = discovery::start(
+            registry,
+            ConnectOptions {
+                connect_timeout: options.connect_timeout,
+            },
+        )
+        .await?;
+        Ok(Rpc { snapshot, options })
+    }
+
+    /// Connects to the config's registry, with its `rpc_response_timeout`.
+    pub async fn from_config(config: &Config) -> Result<Self> {
+        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        let options = RpcOptions {
+            response_timeout: config.rpc_response_timeout,
+            ..RpcOptions::default()
+        };
+        Self::with_options(registry, options).await
+    }
+
+    /// A channel for `target`, to hand to a generated client
+    /// (`EchoClient::new(rpc.channel(target))`).
+    pub fn channel(&self, target: Target) -> RpcChannel {
+        RpcChannel {
+            target: Arc::new(target),
+            snapshot: self.snapshot.clone(),
+            timeout: self.options.response_timeout,
+            idempotent: false,
+        }
+    }
+
+    /// The hosts `target` may be routed to now.
+    pub fn hosts(&self, target: &Target) -> Vec<String> {
+        self.channel(target.clone()).hosts()
+    }
+
+    /// Waits until `target` has at least `count` routable nodes.
+    pub async fn wait_for_nodes(
+        &self,
+        target: &Target,
+        count: usize,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut rx = self.snapshot.clone();
+        let reached = matches!(
+            tokio::time::timeout(timeout, rx.wait_for(|s| s.nodes(target).len() >= count)).await,
+            Ok(Ok(_))
+        );
+        if reached {
+            Ok(())
+        } else {
+            Err(Error::Status(Status::unavailable(format!(
+                "fewer than {count} nodes for {target} after {timeout:?}"
+            ))))
+        }
+    }
+
+    /// Calls every routable node of `target` concurrently, each with the
+    /// response deadline, and returns one reply per node. No node is an
+    /// immediate `Unavailable`.
+    pub async fn fanout<F, Fut, T>(&self, target: &Target, call: F) -> Result<Vec<FanoutReply<T>>>
+    where
+        F: Fn(RpcChannel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let hosts = self.hosts(target);
+        if hosts.is_empty() {
+            return Err(Error::Status(Status::unavailable(format!(
+                "no node available for {target}"
+            ))));
+        }
+        let calls = hosts.into_iter().map(|host| {
+            let mut one = target.clone();
+            one.server = Some(host.clone());
+            one.fanout = false;
+            let fut = call(self.channel(one));
+            async move {
+                FanoutReply {
+                    host,
+                    result: fut.await,
+                }
+            }
+        });
+        Ok(join_all(calls).await)
+    }
+
+    /// Sends without waiting for the reply: returns once the call is handed
+    /// to the transport; its outcome is logged and dropped. No node is an
+    /// immediate `Unavailable`.
+    pub fn cast<F, Fut, T>(&self, target: &Target, call: F) -> Result<()>
+    where
+        F: FnOnce(RpcChannel) -> Fut,
+        Fut: Future<Output = Result<T, Status>> + Send + 'static,
+    {
+        let channel = self.channel(target.clone());
+        if channel.hosts().is_empty() {
+            return Err(Error::Status(Status::unavailable(format!(
+                "no node available for {target}"
+            ))));
+        }
+        let target = target.to_string();
+        let fut = call(channel);
+        tokio::spawn(async move {
+            if let Err(status) = fut.await {
+                tracing::warn!(%target, code = ?status.code(), message = status.message(), "cast failed");
+            }
+        });
+        Ok(())
+    }
+}

@@ -1,0 +1,315 @@
+//! RPC by topic, server and fanout, against a real etcd and real echo_node
+//! processes.
+
+mod support;
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::Signal;
+use support::etcd::Etcd;
+use support::node::Proc;
+use svckit::rpc::{Rpc, RpcOptions, Target};
+use svckit::servicegroup::{self, AdminChange, RegistryOptions};
+use tonic::Code;
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
+
+use echo::pb::echo_client::EchoClient;
+use echo::pb::{EchoRequest, SleepRequest};
+
+const ECHO_V1: &str = "svckit.examples.echo.v1.Echo";
+
+fn start_node(etcd: &Etcd, host: &str) -> Proc {
+    let url = etcd.url().to_string();
+    let args = [
+        "--registry",
+        &url,
+        "--host",
+        host,
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "0.2",
+        "--service-down-time",
+        "1",
+    ];
+    let (proc, _) = Proc::start_example("echo_node", &args, &[("SVCKIT_DRAIN_DELAY", "0.3")]);
+    proc
+}
+
+async fn rpc_for(etcd: &Etcd) -> (Rpc, svckit::servicegroup::Registry) {
+    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
+        .await
+        .expect("connect to etcd");
+    let rpc = Rpc::with_options(
+        registry.clone(),
+        RpcOptions {
+            response_timeout: Duration::from_secs(10),
+            ..RpcOptions::default()
+        },
+    )
+    .await
+    .expect("rpc client");
+    (rpc, registry)
+}
+
+async fn fleet(etcd: &Etcd, hosts: &[&str]) -> (Vec<Proc>, Rpc, svckit::servicegroup::Registry) {
+    let procs = hosts.iter().map(|h| start_node(etcd, h)).collect();
+    let (rpc, registry) = rpc_for(etcd).await;
+    rpc.wait_for_nodes(&Target::topic("echo"), hosts.len(), Duration::from_secs(10))
+        .await
+        .expect("nodes visible to the client");
+    (procs, rpc, registry)
+}
+
+/// Runs `calls` echo calls at `concurrency`; returns replies per host and
+/// the errors.
+async fn load(
+    channel: svckit::rpc::RpcChannel,
+    calls: usize,
+    concurrency: usize,
+) -> (HashMap<String, usize>, Vec<tonic::Status>) {
+    let per_task = calls / concurrency;
+    let tasks: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let mut client = EchoClient::new(channel.clone());
+            tokio::spawn(async move {
+                let mut hosts = Vec::new();
+                let mut errors = Vec::new();
+                for _ in 0..per_task {
+                    match client
+                        .echo(EchoRequest {
+                            payload: b"x".to_vec(),
+                        })
+                        .await
+                    {
+                        Ok(r) => hosts.push(r.into_inner().host),
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (hosts, errors)
+            })
+        })
+        .collect();
+    let mut counts = HashMap::new();
+    let mut errors = Vec::new();
+    for t in tasks {
+        let (hosts, errs) = t.await.unwrap();
+        for h in hosts {
+            *counts.entry(h).or_insert(0) += 1;
+        }
+        errors.extend(errs);
+    }
+    (counts, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_by_topic_spread_over_every_node() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let (counts, errors) = load(rpc.channel(Target::topic("echo")), 600, 8).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.len(), 3, "{counts:?}");
+    for (host, n) in &counts {
+        assert!(*n >= 60, "{host} starved: {counts:?}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_by_server_land_on_that_host_only() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let (counts, errors) = load(rpc.channel(Target::topic("echo").server("n2")), 100, 4).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.keys().collect::<Vec<_>>(), vec!["n2"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fanout_returns_one_reply_per_up_node() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let replies = rpc
+        .fanout(&Target::topic("echo").fanout(), |ch| async move {
+            EchoClient::new(ch)
+                .echo(EchoRequest {
+                    payload: b"all".to_vec(),
+                })
+                .await
+                .map(|r| r.into_inner())
+        })
+        .await
+        .unwrap();
+    let mut hosts: Vec<_> = replies
+        .iter()
+        .map(|r| {
+            let reply = r.result.as_ref().expect("every node answers");
+            assert_eq!(reply.host, r.host, "the reply comes from the node it names");
+            r.host.clone()
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["n1", "n2", "n3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_node_is_an_immediate_unavailable_naming_the_target() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1"]).await;
+    for target in [Target::topic("nothing"), Target::topic("echo").server("n9")] {
+        let started = Instant::now();
+        let err = EchoClient::new(rpc.channel(target.clone()))
+            .echo(EchoRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+        assert!(err.message().contains(&target.to_string()), "{err:?}");
+        assert!(started.elapsed() < Duration::from_secs(1), "not immediate");
+    }
+    let fan = rpc
+        .fanout(&Target::topic("nothing"), |_| async {
+            Ok::<_, tonic::Status>(())
+        })
+        .await;
+    assert!(fan.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn server_errors_reach_the_caller_intact() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1"]).await;
+    let err = EchoClient::new(rpc.channel(Target::topic("echo")))
+        .sleep(SleepRequest { millis: u64::MAX })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::InvalidArgument);
+    assert!(err.message().contains("millis must be at most"), "{err:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_required_service_filters_nodes() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1", "n2"]).await;
+    let v1 = Target::topic("echo").require_service(ECHO_V1);
+    let (counts, errors) = load(rpc.channel(v1), 40, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(counts.values().sum::<usize>(), 40);
+
+    // Every node serves only v1: a v2 target has no node, at once.
+    let v2 = Target::topic("echo").require_service("svckit.examples.echo.v2.Echo");
+    assert!(rpc.hosts(&v2).is_empty());
+    let err = EchoClient::new(rpc.channel(v2))
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn disable_stops_new_calls_and_enable_brings_them_back() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, registry) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let topic = Target::topic("echo");
+    registry
+        .set_admin(
+            "echo",
+            "n1",
+            AdminChange::Disable {
+                reason: Some("maintenance".into()),
+            },
+        )
+        .await
+        .unwrap();
+    wait_until(|| !rpc.hosts(&topic).contains(&"n1".to_string())).await;
+    let (counts, errors) = load(rpc.channel(topic.clone()), 300, 6).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    assert!(
+        !counts.contains_key("n1"),
+        "disabled node got calls: {counts:?}"
+    );
+
+    registry
+        .set_admin("echo", "n1", AdminChange::Enable)
+        .await
+        .unwrap();
+    rpc.wait_for_nodes(&topic, 3, Duration::from_secs(5))
+        .await
+        .unwrap();
+    let (counts, _) = load(rpc.channel(topic), 300, 6).await;
+    assert!(
+        counts.get("n1").copied().unwrap_or(0) > 0,
+        "enabled node gets no calls: {counts:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_under_load_fails_no_idempotent_call() {
+    let etcd = Etcd::start();
+    let (nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let topic = Target::topic("echo");
+    let channel = rpc.channel(topic.clone()).idempotent();
+    let steady = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let (mut counts, mut errors) = (HashMap::new(), Vec::new());
+        while Instant::now() < deadline {
+            let (c, e) = load(channel.clone(), 40, 4).await;
+            for (h, n) in c {
+                *counts.entry(h).or_insert(0) += n;
+            }
+            errors.extend(e);
+        }
+        (counts, errors)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[0].signal(Signal::SIGKILL);
+    // The lease runs out (service_down_time 1 s) and the watch drops the node.
+    wait_until(|| !rpc.hosts(&topic).contains(&"n1".to_string())).await;
+    let (counts_after_leave, errors_after_leave) = load(rpc.channel(topic.clone()), 200, 4).await;
+    let (counts, errors) = steady.await.unwrap();
+    assert!(errors.is_empty(), "idempotent calls failed: {errors:?}");
+    assert!(counts.values().sum::<usize>() > 100, "{counts:?}");
+    assert!(errors_after_leave.is_empty(), "{errors_after_leave:?}");
+    assert!(
+        !counts_after_leave.contains_key("n1"),
+        "{counts_after_leave:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_fails_no_call() {
+    let etcd = Etcd::start();
+    let (mut nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let channel = rpc.channel(Target::topic("echo"));
+    let steady = tokio::spawn(async move {
+        let deadline = Instant::now() + Duration::from_secs(3);
+        let (mut total, mut errors) = (0, Vec::new());
+        while Instant::now() < deadline {
+            let (c, e) = load(channel.clone(), 40, 4).await;
+            total += c.values().sum::<usize>();
+            errors.extend(e);
+        }
+        (total, errors)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    nodes[1].signal(Signal::SIGTERM);
+    let status = nodes[1]
+        .wait_exit(Duration::from_secs(10))
+        .expect("node stops");
+    assert_eq!(status.code(), Some(0));
+    let (total, errors) = steady.await.unwrap();
+    assert!(
+        errors.is_empty(),
+        "calls failed during a graceful stop: {errors:?}"
+    );
+    assert!(total > 100, "{total}");
+}
+
+async fn wait_until(mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !cond() {
+        assert!(Instant::now() < deadline, "condition not reached in time");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
