@@ -88,7 +88,9 @@ mod tests {
         let mut view = View::default();
         let first = view.resync([member("a", true), member("b", false)]);
         assert!(matches!(&first[..], [Event::Join(_), Event::Update(_)]));
-        assert!(view.resync([member("a", true), member("b", false)]).is_empty());
+        assert!(view
+            .resync([member("a", true), member("b", false)])
+            .is_empty());
         let next = view.resync([member("b", true), member("c", true)]);
         let hosts: Vec<_> = next
             .iter()
@@ -103,8 +105,17 @@ mod tests {
     #[test]
     fn identities_must_be_plain_names() {
         assert!(check_identity("compute", "node-1.example").is_ok());
-        for (t, h) in [("", "h"), ("t", ""), ("a/b", "h"), ("t", ".."), ("t", "x/y")] {
-            assert!(matches!(check_identity(t, h), Err(Error::Usage(_))), "{t} {h}");
+        for (t, h) in [
+            ("", "h"),
+            ("t", ""),
+            ("a/b", "h"),
+            ("t", ".."),
+            ("t", "x/y"),
+        ] {
+            assert!(
+                matches!(check_identity(t, h), Err(Error::Usage(_))),
+                "{t} {h}"
+            );
         }
     }
 }

@@ -173,7 +173,13 @@ impl Driver for MemoryDriver {
                     }
                     None => {
                         let record = registration.to_record(now);
-                        entries.insert(key.clone(), Entry { record, owner: Some(owner) });
+                        entries.insert(
+                            key.clone(),
+                            Entry {
+                                record,
+                                owner: Some(owner),
+                            },
+                        );
                         Ok(())
                     }
                 }
@@ -204,7 +210,10 @@ impl Driver for MemoryDriver {
         let group = self.group.clone();
         let (mut events, snapshot) = {
             let entries = group.lock();
-            (group.events.subscribe(), Group::snapshot(&entries, topic.as_deref()))
+            (
+                group.events.subscribe(),
+                Group::snapshot(&entries, topic.as_deref()),
+            )
         };
         let (tx, rx) = mpsc::channel(EVENT_BUFFER);
         tokio::spawn(async move {

@@ -323,6 +323,12 @@ pub fn rfc3339(t: SystemTime) -> String {
 
 impl fmt::Display for Member {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{} ({})", self.record.topic, self.record.host, self.state())
+        write!(
+            f,
+            "{}/{} ({})",
+            self.record.topic,
+            self.record.host,
+            self.state()
+        )
     }
 }

@@ -153,7 +153,9 @@ mod tests {
         );
         assert_eq!(
             RegistryUrl::parse("memory://").ok(),
-            Some(RegistryUrl::Memory { name: String::new() })
+            Some(RegistryUrl::Memory {
+                name: String::new()
+            })
         );
     }
 
@@ -178,8 +180,16 @@ mod tests {
 
     #[test]
     fn displays_back_to_the_same_url() {
-        for s in ["etcd://a:1,b:2", "etcd://a:1?prefix=/p", "file:///tmp/r", "memory://t"] {
-            assert_eq!(RegistryUrl::parse(s).map(|u| u.to_string()).ok().as_deref(), Some(s));
+        for s in [
+            "etcd://a:1,b:2",
+            "etcd://a:1?prefix=/p",
+            "file:///tmp/r",
+            "memory://t",
+        ] {
+            assert_eq!(
+                RegistryUrl::parse(s).map(|u| u.to_string()).ok().as_deref(),
+                Some(s)
+            );
         }
     }
 }

@@ -58,7 +58,9 @@ impl EtcdDriver {
     /// `options.timeout`; otherwise [`Error::Unavailable`].
     pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Self> {
         let RegistryUrl::Etcd { endpoints, prefix } = url else {
-            return Err(Error::Usage(format!("{url} is not an etcd:// registry URL")));
+            return Err(Error::Usage(format!(
+                "{url} is not an etcd:// registry URL"
+            )));
         };
         let mut connect = ConnectOptions::new()
             .with_connect_timeout(options.timeout)
@@ -88,10 +90,11 @@ impl EtcdDriver {
                 options.timeout
             ))
         };
-        let client = tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
-            .await
-            .map_err(|_| unreachable("timed out".into()))?
-            .map_err(|e| unreachable(e.to_string()))?;
+        let client =
+            tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
+                .await
+                .map_err(|_| unreachable("timed out".into()))?
+                .map_err(|e| unreachable(e.to_string()))?;
         let inner = Inner {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             client,
@@ -182,7 +185,12 @@ impl Inner {
 
     /// Records and liveness of one topic (or all) at one revision.
     async fn snapshot(&self, topic: Option<&str>) -> Result<Snapshot> {
-        let range = |kind| TxnOp::get(self.layout.range(kind, topic), Some(GetOptions::new().with_prefix()));
+        let range = |kind| {
+            TxnOp::get(
+                self.layout.range(kind, topic),
+                Some(GetOptions::new().with_prefix()),
+            )
+        };
         let resp = self
             .txn(Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]))
             .await?;
@@ -194,7 +202,9 @@ impl Inner {
                 records.kvs(),
                 alive.kvs(),
             )),
-            _ => Err(Error::Registry("unexpected etcd transaction response".into())),
+            _ => Err(Error::Registry(
+                "unexpected etcd transaction response".into(),
+            )),
         }
     }
 
@@ -212,7 +222,9 @@ impl Inner {
                 let snapshot = Snapshot::from_ranges(layout, 0, records.kvs(), alive.kvs());
                 Ok(snapshot.member(&(topic.to_string(), host.to_string())))
             }
-            _ => Err(Error::Registry("unexpected etcd transaction response".into())),
+            _ => Err(Error::Registry(
+                "unexpected etcd transaction response".into(),
+            )),
         }
     }
 

@@ -11,7 +11,9 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use etcd_client::{Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions};
+use etcd_client::{
+    Compare, CompareOp, EventType, PutOptions, Txn, TxnOp, TxnOpResponse, WatchOptions,
+};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -102,7 +104,10 @@ impl Session {
         let mut ours: Option<i64> = None;
         for _ in 0..CAS_ATTEMPTS {
             let mut kv = self.inner.kv.clone();
-            let found = self.inner.call(kv.get(self.record_key.as_str(), None)).await?;
+            let found = self
+                .inner
+                .call(kv.get(self.record_key.as_str(), None))
+                .await?;
             let now = SystemTime::now();
             let (record, record_rev) = match found.kvs().first() {
                 Some(kv) => match serde_json::from_slice::<ServiceRecord>(kv.value()) {
@@ -215,7 +220,10 @@ impl Session {
         };
         let mut watches = inner.client.watch_client();
         let from = WatchOptions::new().with_start_revision(revision + 1);
-        let mut changes = match inner.call(watches.watch(self.alive_key.as_str(), Some(from))).await {
+        let mut changes = match inner
+            .call(watches.watch(self.alive_key.as_str(), Some(from)))
+            .await
+        {
             Ok(stream) => stream,
             Err(e) => return Ended::Lost(e),
         };
@@ -291,7 +299,11 @@ impl Membership for EtcdMembership {
             s.inner
                 .txn(
                     Txn::new()
-                        .when([Compare::lease(s.alive_key.as_str(), CompareOp::Equal, lease)])
+                        .when([Compare::lease(
+                            s.alive_key.as_str(),
+                            CompareOp::Equal,
+                            lease,
+                        )])
                         .and_then([TxnOp::delete(s.alive_key.as_str(), None)]),
                 )
                 .await?;
@@ -345,8 +357,14 @@ mod tests {
         let raised = registration(Duration::from_secs(10), Duration::from_secs(15));
         assert_eq!(ttl_secs(raised.effective_down_time()), 20);
         // Fractions round up, and a lease lives at least one second.
-        assert_eq!(ttl_secs(registration(ms(200), ms(1500)).effective_down_time()), 2);
-        assert_eq!(ttl_secs(registration(ms(100), ms(300)).effective_down_time()), 1);
+        assert_eq!(
+            ttl_secs(registration(ms(200), ms(1500)).effective_down_time()),
+            2
+        );
+        assert_eq!(
+            ttl_secs(registration(ms(100), ms(300)).effective_down_time()),
+            1
+        );
         assert_eq!(ttl_secs(Duration::ZERO), 1);
     }
 }

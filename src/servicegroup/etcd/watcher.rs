@@ -29,7 +29,15 @@ const DEAD_AFTER: Duration = Duration::from_secs(8);
 pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<EventStream> {
     let first = inner.snapshot(topic.as_deref()).await?;
     let (tx, rx) = mpsc::channel(1024);
-    tokio::spawn(Watcher { inner, topic, tx, view: View::default() }.run(first));
+    tokio::spawn(
+        Watcher {
+            inner,
+            topic,
+            tx,
+            view: View::default(),
+        }
+        .run(first),
+    );
     Ok(Box::pin(ReceiverStream::new(rx)))
 }
 
@@ -71,7 +79,10 @@ impl Watcher {
                     }
                     self.follow(&mut snapshot, &mut backoff).await
                 }
-                Err(e) => Ended::Resync { why: e.to_string(), now: false },
+                Err(e) => Ended::Resync {
+                    why: e.to_string(),
+                    now: false,
+                },
             };
             match ended {
                 Ended::Closed => return,
@@ -115,10 +126,17 @@ impl Watcher {
             .with_progress_notify()
             .with_prev_key();
         let mut watches = inner.client.watch_client();
-        let stream = inner.call(watches.watch(inner.layout.root(), Some(options))).await;
+        let stream = inner
+            .call(watches.watch(inner.layout.root(), Some(options)))
+            .await;
         let (mut requests, mut responses) = match stream {
             Ok(stream) => stream.split(),
-            Err(e) => return Ended::Resync { why: e.to_string(), now: false },
+            Err(e) => {
+                return Ended::Resync {
+                    why: e.to_string(),
+                    now: false,
+                }
+            }
         };
         backoff.reset();
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
@@ -141,8 +159,18 @@ impl Watcher {
             };
             let response = match response {
                 Ok(Some(r)) => r,
-                Ok(None) => return Ended::Resync { why: "watch stream ended".into(), now: false },
-                Err(e) => return Ended::Resync { why: e.to_string(), now: false },
+                Ok(None) => {
+                    return Ended::Resync {
+                        why: "watch stream ended".into(),
+                        now: false,
+                    }
+                }
+                Err(e) => {
+                    return Ended::Resync {
+                        why: e.to_string(),
+                        now: false,
+                    }
+                }
             };
             heard = Instant::now();
             if response.compact_revision() > 0 || response.canceled() {
@@ -160,7 +188,11 @@ impl Watcher {
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 snapshot.revision = snapshot.revision.max(kv.mod_revision());
-                if !inner.layout.parse(kv.key()).is_some_and(|(_, k)| self.in_topic(&k)) {
+                if !inner
+                    .layout
+                    .parse(kv.key())
+                    .is_some_and(|(_, k)| self.in_topic(&k))
+                {
                     continue;
                 }
                 let key = match event.event_type() {

@@ -203,7 +203,8 @@ impl Driver for FileDriver {
             let token = rand::random::<u64>();
             let alive = Alive::new(token, down_time, registration.report_interval);
             let (reg, a) = (registration.clone(), alive.clone());
-            self.blocking(move |store| register(store, &reg, &a)).await?;
+            self.blocking(move |store| register(store, &reg, &a))
+                .await?;
             let name = format!("{}/{}", registration.topic, registration.host);
             let status = Arc::new(StatusCell::registered(name));
             let (stop, stopped) = watch::channel(false);

@@ -109,11 +109,17 @@ impl Store {
     }
 
     pub(super) fn record_path(&self, topic: &str, host: &str) -> PathBuf {
-        self.dir.join("services").join(topic).join(format!("{host}.json"))
+        self.dir
+            .join("services")
+            .join(topic)
+            .join(format!("{host}.json"))
     }
 
     pub(super) fn alive_path(&self, topic: &str, host: &str) -> PathBuf {
-        self.dir.join("alive").join(topic).join(format!("{host}.json"))
+        self.dir
+            .join("alive")
+            .join(topic)
+            .join(format!("{host}.json"))
     }
 
     /// Serialises read-modify-writes of records across processes; released
@@ -236,9 +242,9 @@ fn names(dir: &Path, suffix: Option<&str>) -> Result<Vec<String>> {
 
 fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
-        Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-            Error::Registry(format!("{}: invalid JSON: {e}", path.display()))
-        }),
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| Error::Registry(format!("{}: invalid JSON: {e}", path.display()))),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
