@@ -1,4 +1,104 @@
-//! Shared test support: real etcd processes and real node processes.
+//! Shared by the integration tests: real dependencies ([`etcd`], kit
+//! processes in [`node`]) and bounded
+//! waits on observed state, so that a test fails instead of hanging or
+//! passing by luck.
+
+// Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod etcd;
 pub mod node;
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use svckit::servicegroup::{Endpoints, Event, EventStream, Registration, RegistryOptions};
+
+/// Short heartbeats keep the tests quick: 200 ms heartbeat, down after 1 s.
+pub const REPORT_INTERVAL: Duration = Duration::from_millis(200);
+pub const DOWN_TIME: Duration = Duration::from_secs(1);
+
+pub fn registration(topic: &str, host: &str) -> Registration {
+    Registration {
+        topic: topic.into(),
+        host: host.into(),
+        binary: "test_node".into(),
+        version: "1.0.0".into(),
+        endpoints: Endpoints {
+            grpc: Some(format!("http://{host}:7000")),
+            http: None,
+        },
+        services: vec!["svckit.test.v1.Test".into()],
+        workers: 1,
+        report_interval: REPORT_INTERVAL,
+        service_down_time: DOWN_TIME,
+    }
+}
+
+pub fn options() -> RegistryOptions {
+    RegistryOptions {
+        timeout: Duration::from_secs(1),
+        ..Default::default()
+    }
+}
+
+/// Polls `check` until it returns `Some`, or panics after `within`.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads events until one matches, or panics after `within`; returns it and
+/// how long it took.
+pub async fn expect_event(
+    stream: &mut EventStream,
+    within: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) -> (Event, Duration) {
+    let start = Instant::now();
+    let deadline = tokio::time::Instant::now() + within;
+    let mut seen = Vec::new();
+    loop {
+        match tokio::time::timeout_at(deadline, stream.next()).await {
+            Ok(Some(Ok(event))) if matches(&event) => return (event, start.elapsed()),
+            Ok(Some(Ok(event))) => seen.push(event),
+            Ok(Some(Err(e))) => panic!("watch failed while waiting for {what}: {e}"),
+            Ok(None) => panic!("watch ended while waiting for {what}"),
+            Err(_) => panic!("no {what} within {within:?}; saw {seen:#?}"),
+        }
+    }
+}
+
+/// Asserts that no event arrives for `quiet`.
+pub async fn expect_quiet(stream: &mut EventStream, quiet: Duration) {
+    if let Ok(Some(event)) = tokio::time::timeout(quiet, stream.next()).await {
+        panic!("unexpected event {event:?}");
+    }
+}
+
+pub fn is_join(host: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Join(m) if m.record.host == host)
+}
+
+pub fn is_leave(host: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Leave(m) if m.record.host == host)
+}
+
+pub fn is_update(host: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Update(m) if m.record.host == host)
+}

@@ -1,0 +1,232 @@
+//! Real etcd processes for tests: one per test, on free loopback ports, with
+//! a data directory in a tempdir, killed and removed on drop (also when the
+//! test panics).
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use svckit::servicegroup::RegistryUrl;
+
+const STARTUP: Duration = Duration::from_secs(20);
+
+/// One etcd member process (alone, or part of a [`Cluster`]).
+pub struct Etcd {
+    name: String,
+    dir: tempfile::TempDir,
+    client_port: u16,
+    peer_port: u16,
+    /// `--initial-cluster` value; `None` for a single-member cluster.
+    cluster: Option<String>,
+    child: Option<Child>,
+    /// Bumped by [`Etcd::wipe`] so each life gets an empty data dir.
+    generation: u32,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free loopback port")
+}
+
+fn etcd_binary() -> PathBuf {
+    let found = std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|p| p.join("etcd"))
+            .find(|p| p.is_file())
+    });
+    found.unwrap_or_else(|| {
+        panic!(
+            "the etcd tests need an `etcd` binary on PATH: install it with \
+             `apt-get install etcd-server` (Debian/Ubuntu), or run `scripts/test`, \
+             which installs it"
+        )
+    })
+}
+
+impl Etcd {
+    /// Starts a single-member etcd and waits until it answers.
+    pub fn start() -> Etcd {
+        let mut etcd = Etcd::new("solo".into(), None, free_port(), free_port());
+        etcd.spawn();
+        etcd.wait_ready();
+        etcd
+    }
+
+    fn new(name: String, cluster: Option<String>, client_port: u16, peer_port: u16) -> Etcd {
+        Etcd {
+            name,
+            dir: tempfile::tempdir().expect("tempdir"),
+            client_port,
+            peer_port,
+            cluster,
+            child: None,
+            generation: 0,
+        }
+    }
+
+    /// `127.0.0.1:port`, as a registry URL endpoint.
+    pub fn endpoint(&self) -> String {
+        format!("127.0.0.1:{}", self.client_port)
+    }
+
+    /// `etcd://127.0.0.1:port?prefix=/test`.
+    pub fn url(&self) -> RegistryUrl {
+        RegistryUrl::parse(&format!("etcd://{}?prefix=/test", self.endpoint())).unwrap()
+    }
+
+    fn peer_url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.peer_port)
+    }
+
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "etcd {} already running", self.name);
+        let data = self.dir.path().join(format!("data-{}", self.generation));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("etcd.log"))
+            .expect("etcd log file");
+        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let mut cmd = Command::new(etcd_binary());
+        cmd.arg("--name")
+            .arg(&self.name)
+            .arg("--data-dir")
+            .arg(&data)
+            .arg("--listen-client-urls")
+            .arg(&client_url)
+            .arg("--advertise-client-urls")
+            .arg(&client_url)
+            .arg("--listen-peer-urls")
+            .arg(self.peer_url())
+            .arg("--initial-advertise-peer-urls")
+            .arg(self.peer_url())
+            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .args(["--log-outputs", "stderr", "--logger", "zap"])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log);
+        if let Some(cluster) = &self.cluster {
+            cmd.arg("--initial-cluster")
+                .arg(cluster)
+                .args(["--initial-cluster-token", "svckit-test"]);
+        } else {
+            cmd.arg("--initial-cluster")
+                .arg(format!("{}={}", self.name, self.peer_url()));
+        }
+        if cfg!(not(any(target_arch = "x86_64", target_arch = "aarch64"))) {
+            cmd.env("ETCD_UNSUPPORTED_ARCH", std::env::consts::ARCH);
+        }
+        // SAFETY: prctl is async-signal-safe; it only makes the kernel kill
+        // etcd if the test process dies without running destructors.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        self.child = Some(cmd.spawn().expect("cannot start etcd"));
+    }
+
+    /// Waits until `/health` reports a healthy member with a leader.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + STARTUP;
+        while Instant::now() < deadline {
+            if self.healthy() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "etcd {} did not become healthy within {STARTUP:?}; log:\n{}",
+            self.name,
+            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
+        );
+    }
+
+    fn healthy(&self) -> bool {
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+            return false;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+        let request = format!(
+            "GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
+            self.client_port
+        );
+        let mut body = String::new();
+        conn.write_all(request.as_bytes()).is_ok()
+            && conn.read_to_string(&mut body).is_ok()
+            && body.contains("\"health\":\"true\"")
+    }
+
+    /// Kills the process (like a crash); the data dir stays.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts again on the same ports with the same data, and waits for it.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+        self.wait_ready();
+    }
+
+    /// Starts again on the same ports with an empty data dir (a new cluster).
+    pub fn wipe(&mut self) {
+        self.stop();
+        self.generation += 1;
+        self.spawn();
+        self.wait_ready();
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// A three-member cluster on loopback.
+pub struct Cluster {
+    pub members: Vec<Etcd>,
+}
+
+impl Cluster {
+    pub fn start() -> Cluster {
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let initial = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        let mut members: Vec<Etcd> = ports
+            .iter()
+            .enumerate()
+            .map(|(i, (client, peer))| {
+                Etcd::new(format!("m{i}"), Some(initial.clone()), *client, *peer)
+            })
+            .collect();
+        // All at once: each member waits for the others to form a quorum.
+        for m in &mut members {
+            m.spawn();
+        }
+        for m in &members {
+            m.wait_ready();
+        }
+        Cluster { members }
+    }
+
+    /// `etcd://m0,m1,m2?prefix=/test`.
+    pub fn url(&self) -> RegistryUrl {
+        let endpoints: Vec<String> = self.members.iter().map(Etcd::endpoint).collect();
+        RegistryUrl::parse(&format!("etcd://{}?prefix=/test", endpoints.join(","))).unwrap()
+    }
+}
