@@ -109,6 +109,12 @@ fn pick(nodes: &[Arc<Node>], tried: &[String]) -> Option<Arc<Node>> {
     }
 }
 
+/// Whether a failed call may have reached the node.
+enum Sent<E> {
+    No(E),
+    Maybe(E),
+}
+
 /// Counts a call as pending on its node while it is alive.
 struct PendingGuard(Arc<std::sync::atomic::AtomicUsize>);
 
@@ -226,8 +232,25 @@ impl RpcChannel {
             node.pending.fetch_add(1, Ordering::Relaxed);
             let guard = PendingGuard(node.pending.clone());
             let mut channel = node.channel.clone();
-            let result = tower::Service::call(&mut channel, attempt).await;
+            // The node's channel is a buffer in front of its connection: it
+            // must be ready before a call; failing that, nothing was sent.
+            let result = match tower::ServiceExt::ready(&mut channel).await {
+                Ok(ready) => tower::Service::call(ready, attempt)
+                    .await
+                    .map_err(Sent::Maybe),
+                Err(e) => Err(Sent::No(e)),
+            };
             drop(guard);
+            let result = match result {
+                Ok(response) => Ok(response),
+                Err(Sent::No(e)) => {
+                    tracing::debug!(host = node.host(), error = %e, "node not ready; trying another node");
+                    tried.push(node.host().to_string());
+                    last_error = Some(e);
+                    continue;
+                }
+                Err(Sent::Maybe(e)) => Err(e),
+            };
             match result {
                 Ok(response) => return Ok(response),
                 Err(e) if never_sent(&e) || self.idempotent => {
