@@ -65,6 +65,8 @@ impl Error {
             Error::Usage(_) => exit::USAGE,
             Error::Config(_) | Error::Duplicate(_) => exit::CONFIG,
             Error::Unavailable(_) => exit::UNAVAILABLE,
+            Error::Status(s) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
+            Error::Status(_) => exit::FAILURE,
             Error::Bind { .. } => exit::OSERR,
             Error::Hook { .. } => exit::SOFTWARE,
             Error::ShutdownTimeout(_) | Error::NotFound(_) => exit::FAILURE,

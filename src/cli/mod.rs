@@ -2,6 +2,7 @@
 //! `service-list` and `compute service set`). `src/main.rs` only calls
 //! [`main`].
 
+mod call;
 mod members;
 
 use std::path::PathBuf;
@@ -11,6 +12,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::config::{CommonArgs, Config};
 use crate::error::Result;
+use crate::rpc::Target;
 use crate::servicegroup::{self, AdminChange, Registry};
 
 /// Operate a svckit fleet: list and watch members, change their admin state.
@@ -29,6 +31,32 @@ enum Command {
     /// Change a service record's admin state, or delete it.
     #[command(subcommand)]
     Service(ServiceCommand),
+    /// Call the base API of the nodes of a topic.
+    Call {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Topic to call.
+        #[arg(long)]
+        topic: String,
+        /// Only this host.
+        #[arg(long, conflicts_with = "fanout")]
+        server: Option<String>,
+        /// Every up node of the topic.
+        #[arg(long)]
+        fanout: bool,
+        #[command(subcommand)]
+        method: CallMethod,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CallMethod {
+    /// Base/Ping: the node's identity, `arg` echoed back.
+    Ping {
+        /// Text echoed back.
+        #[arg(long, default_value = "")]
+        arg: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -143,6 +171,18 @@ async fn run(cli: Cli) -> Result<()> {
         }) => members::list(&registry.connect().await?, topic.as_deref(), json).await,
         Command::Members(MembersCommand::Watch { registry, topic }) => {
             members::watch(&registry.connect().await?, topic.as_deref()).await
+        }
+        Command::Call {
+            registry,
+            topic,
+            server,
+            fanout,
+            method: CallMethod::Ping { arg },
+        } => {
+            let mut target = Target::topic(topic);
+            target.server = server;
+            target.fanout = fanout;
+            call::ping(registry.connect().await?, target, arg).await
         }
         Command::Service(cmd) => {
             let (target, change) = match cmd {

@@ -21,6 +21,19 @@ use crate::error::BoxError;
 
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 
+/// `timeout` as a `grpc-timeout` header value (milliseconds).
+pub(super) fn grpc_timeout_header(timeout: Duration) -> http::HeaderValue {
+    http::HeaderValue::from(
+        u64::try_from(timeout.as_millis())
+            .unwrap_or(u64::MAX)
+            .min(99_999_999),
+    )
+    .to_str()
+    .ok()
+    .and_then(|ms| http::HeaderValue::from_str(&format!("{ms}m")).ok())
+    .unwrap_or_else(|| http::HeaderValue::from_static("99999999m"))
+}
+
 /// Parses a `grpc-timeout` header value (`100m`, `5S`, …).
 fn parse_grpc_timeout(value: &http::HeaderValue) -> Option<Duration> {
     let s = value.to_str().ok()?;
@@ -50,6 +63,8 @@ pub struct RpcChannel {
     pub(super) target: Arc<Target>,
     pub(super) snapshot: watch::Receiver<Arc<Snapshot>>,
     pub(super) timeout: Duration,
+    /// `timeout` as a `grpc-timeout` value, made once per channel.
+    pub(super) timeout_header: http::HeaderValue,
     pub(super) idempotent: bool,
 }
 
@@ -66,6 +81,7 @@ impl RpcChannel {
     #[must_use]
     pub fn timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self.timeout_header = grpc_timeout_header(timeout);
         self
     }
 
@@ -214,12 +230,12 @@ impl RpcChannel {
         let mut last_error = None;
         for _ in 0..MAX_ATTEMPTS {
             // After a failure, look again: the watch may have removed the node.
-            let nodes = if tried.is_empty() {
+            let candidates = if tried.is_empty() {
                 nodes.clone()
             } else {
                 self.snapshot.borrow().nodes(&self.target)
             };
-            let Some(node) = pick(&nodes, &tried) else {
+            let Some(node) = pick(&candidates, &tried) else {
                 break;
             };
             let mut attempt = http::Request::new(Body::new(Full::new(body.clone())));

@@ -127,7 +127,9 @@ impl Tracker {
         // Nodes no longer routable drop out here; calls in flight hold their
         // own channel clone and finish on it.
         self.nodes = live;
-        Snapshot { by_topic }
+        Snapshot {
+            by_topic: by_topic.into_iter().map(|(t, n)| (t, n.into())).collect(),
+        }
     }
 }
 

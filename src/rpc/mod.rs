@@ -108,6 +108,7 @@ impl Rpc {
             target: Arc::new(target),
             snapshot: self.snapshot.clone(),
             timeout: self.options.response_timeout,
+            timeout_header: channel::grpc_timeout_header(self.options.response_timeout),
             idempotent: false,
         }
     }

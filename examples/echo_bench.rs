@@ -1,0 +1,69 @@
+//! Load generator for topic `echo` through discovery and load-aware
+//! channels. The last line is `calls=… conc=… secs=… calls_per_s=… p50_us=…
+//! p99_us=… errors=…`.
+//!
+//! ```text
+//! cargo run --release --example echo_bench -- --registry etcd://127.0.0.1:2379 --calls 20000 --concurrency 64
+//! ```
+
+use std::time::Duration;
+
+use clap::Parser;
+use svckit::config::{CommonArgs, Config};
+use svckit::rpc::{Rpc, Target};
+
+#[allow(dead_code)]
+#[path = "common/echo.rs"]
+mod echo;
+
+#[path = "common/bench.rs"]
+mod bench;
+
+/// Call Echo on a topic and report throughput and latency.
+#[derive(Parser)]
+struct Args {
+    /// Registry URL [env: SVCKIT_REGISTRY]
+    #[arg(long)]
+    registry: Option<String>,
+    /// Topic to call.
+    #[arg(long, default_value = "echo")]
+    topic: String,
+    /// Only this host.
+    #[arg(long)]
+    server: Option<String>,
+    /// Number of calls.
+    #[arg(long, default_value_t = 10_000)]
+    calls: usize,
+    /// Callers at once.
+    #[arg(long, default_value_t = 1)]
+    concurrency: usize,
+    /// Payload bytes per call.
+    #[arg(long, default_value_t = 64)]
+    payload: usize,
+    /// Wait up to this many seconds for a node of the topic.
+    #[arg(long, default_value_t = 10)]
+    wait: u64,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let config = Config::load(&CommonArgs {
+        registry: args.registry.clone(),
+        ..CommonArgs::default()
+    })?;
+    let rpc = Rpc::from_config(&config).await?;
+    let mut target = Target::topic(&args.topic);
+    target.server = args.server.clone();
+    rpc.wait_for_nodes(&target, 1, Duration::from_secs(args.wait))
+        .await?;
+    let stats = bench::run(
+        rpc.channel(target),
+        args.calls,
+        args.concurrency,
+        args.payload,
+    )
+    .await;
+    println!("{}", stats.line());
+    Ok(())
+}

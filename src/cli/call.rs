@@ -1,0 +1,70 @@
+//! `svckit call … ping`: Base/Ping by topic, server or fanout, one JSON
+//! line per node.
+
+use std::io::Write;
+
+use serde_json::{json, Value};
+use tonic::Status;
+
+use crate::error::{Error, Result};
+use crate::pb::base::v1::base_client::BaseClient;
+use crate::pb::base::v1::{PingRequest, PingResponse};
+use crate::rpc::{Rpc, Target};
+use crate::servicegroup::Registry;
+
+fn reply_json(host: &str, result: &Result<PingResponse, Status>) -> Value {
+    match result {
+        Ok(r) => json!({
+            "host": host,
+            "ok": { "service": r.service, "host": r.host, "topic": r.topic, "arg": r.arg, "pid": r.pid },
+        }),
+        Err(s) => json!({
+            "host": host,
+            "error": { "code": format!("{:?}", s.code()), "message": s.message() },
+        }),
+    }
+}
+
+pub(super) async fn ping(registry: Registry, target: Target, arg: String) -> Result<()> {
+    let rpc = Rpc::new(registry).await?;
+    let replies: Vec<(String, Result<PingResponse, Status>)> = if target.fanout {
+        rpc.fanout(&target, |ch| {
+            let arg = arg.clone();
+            async move {
+                BaseClient::new(ch)
+                    .ping(PingRequest { arg })
+                    .await
+                    .map(|r| r.into_inner())
+            }
+        })
+        .await?
+        .into_iter()
+        .map(|r| (r.host, r.result))
+        .collect()
+    } else {
+        let result = BaseClient::new(rpc.channel(target))
+            .ping(PingRequest { arg })
+            .await
+            .map(|r| r.into_inner());
+        match result {
+            Ok(r) => vec![(r.host.clone(), Ok(r))],
+            // Not reached any node: that is the command's error, not a reply.
+            Err(s) if s.code() == tonic::Code::Unavailable => return Err(Error::Status(s)),
+            Err(s) => vec![(String::new(), Err(s))],
+        }
+    };
+    let mut out = std::io::stdout().lock();
+    let mut failed = 0;
+    for (host, result) in &replies {
+        failed += usize::from(result.is_err());
+        writeln!(out, "{}", reply_json(host, result))?;
+    }
+    out.flush()?;
+    if failed > 0 {
+        return Err(Error::Status(Status::unknown(format!(
+            "{failed} of {} nodes failed",
+            replies.len()
+        ))));
+    }
+    Ok(())
+}
