@@ -294,3 +294,42 @@ async fn unreachable_registry_is_unavailable_promptly() {
         "took {took:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_ten_thousand_members_quickly() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let record = registration("bulk", "h").to_record(std::time::SystemTime::now());
+    for batch in 0..100 {
+        let puts: Vec<_> = (0..100)
+            .map(|i| {
+                let mut r = record.clone();
+                r.host = format!("h{:05}", batch * 100 + i);
+                let key = format!("/test/services/bulk/{}", r.host);
+                etcd_client::TxnOp::put(key, serde_json::to_vec(&r).unwrap(), None)
+            })
+            .collect();
+        raw.txn(etcd_client::Txn::new().and_then(puts))
+            .await
+            .unwrap();
+    }
+
+    let start = Instant::now();
+    let members = registry.list(Some("bulk")).await.unwrap();
+    let took = start.elapsed();
+    eprintln!("listed {} members in {took:?}", members.len());
+    assert_eq!(members.len(), 10_000);
+    assert!(members
+        .windows(2)
+        .all(|w| w[0].record.host < w[1].record.host));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    let mut watch = registry.watch(None).await.unwrap();
+    expect_event(&mut watch, WAIT, "the last record", |e| {
+        e.member().record.host == "h09999"
+    })
+    .await;
+}
