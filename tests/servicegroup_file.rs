@@ -107,7 +107,7 @@ async fn unusable_directories_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("a-file");
     std::fs::write(&file, b"not a directory").unwrap();
-    match FileDriver::open(&file.join("registry"), &options()) {
+    match FileDriver::open(file.join("registry"), &options()) {
         Err(Error::Unavailable(msg)) => assert!(msg.contains("a-file"), "{msg}"),
         other => panic!("expected Unavailable, got {other:?}"),
     }

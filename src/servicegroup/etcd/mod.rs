@@ -54,6 +54,8 @@ struct Inner {
     layout: Layout,
     timeout: Duration,
     endpoints: String,
+    /// Whether another member may answer a request one member refused.
+    several: bool,
 }
 
 impl EtcdDriver {
@@ -104,6 +106,7 @@ impl EtcdDriver {
             layout: Layout::new(prefix),
             timeout: options.timeout,
             endpoints: names.clone(),
+            several: endpoints.len() > 1,
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -167,8 +170,8 @@ fn map_err(e: etcd_client::Error) -> Error {
 impl Inner {
     /// Runs one request, bounded by the timeout. A cluster member that
     /// cannot be reached fails a request at once while the client keeps it
-    /// in rotation, so such failures are retried (on the next member) until
-    /// the deadline. Every request here is safe to repeat: writes are guarded
+    /// in rotation, so with several members such failures are retried (on
+    /// the next member) until the deadline; with one, they are final. Every request here is safe to repeat: writes are guarded
     /// by revisions, and a leaked lease expires.
     async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
     where
@@ -189,7 +192,7 @@ impl Inner {
             };
             let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
             match error {
-                Error::Unavailable(_) if retry_at < deadline => {
+                Error::Unavailable(_) if self.several && retry_at < deadline => {
                     tokio::time::sleep_until(retry_at).await;
                 }
                 other => return Err(other),
