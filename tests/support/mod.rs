@@ -102,3 +102,14 @@ pub fn is_leave(host: &str) -> impl Fn(&Event) -> bool + '_ {
 pub fn is_update(host: &str) -> impl Fn(&Event) -> bool + '_ {
     move |e| matches!(e, Event::Update(m) if m.record.host == host)
 }
+
+/// Logs from the kit, shown for failing tests (`RUST_LOG=svckit=debug`).
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_test_writer()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "svckit=info".into()),
+        )
+        .try_init();
+}

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use etcd_client::{
-    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, Identity, KvClient,
-    TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
+    Certificate, Client, Compare, CompareOp, ConnectOptions, GetOptions, GetResponse, Identity,
+    KvClient, TlsOptions, Txn, TxnOp, TxnOpResponse, TxnResponse,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -35,6 +35,9 @@ mod watcher;
 /// about 10k records.
 const MAX_RESPONSE: usize = 256 << 20;
 
+/// Pause before trying a request again on another cluster member.
+const RETRY_PAUSE: Duration = Duration::from_millis(50);
+
 /// Read-modify-write attempts before a conflicting writer wins.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -51,6 +54,8 @@ struct Inner {
     layout: Layout,
     timeout: Duration,
     endpoints: String,
+    /// Whether another member may answer a request one member refused.
+    several: bool,
 }
 
 impl EtcdDriver {
@@ -101,13 +106,13 @@ impl EtcdDriver {
             layout: Layout::new(prefix),
             timeout: options.timeout,
             endpoints: names.clone(),
+            several: endpoints.len() > 1,
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
         let probe = GetOptions::new().with_prefix().with_count_only();
-        let mut kv = inner.kv.clone();
         inner
-            .call(kv.get(inner.layout.root(), Some(probe)))
+            .get(&inner.layout.root(), Some(probe))
             .await
             .map_err(|e| match e {
                 Error::Unavailable(why) => unreachable(why),
@@ -163,24 +168,63 @@ fn map_err(e: etcd_client::Error) -> Error {
 }
 
 impl Inner {
-    /// Runs one request, bounded: a request to a cluster with no reachable
-    /// member waits for a connection, not for an error.
-    async fn call<T>(
-        &self,
-        request: impl Future<Output = std::result::Result<T, etcd_client::Error>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(self.timeout, request).await {
-            Ok(result) => result.map_err(map_err),
-            Err(_) => Err(Error::Unavailable(format!(
-                "etcd at {} did not answer within {:?}",
-                self.endpoints, self.timeout
-            ))),
+    /// Runs one request, bounded by the timeout. A cluster member that
+    /// cannot be reached fails a request at once while the client keeps it
+    /// in rotation, so with several members such failures are retried (on
+    /// the next member) until the deadline; with one, they are final. Every request here is safe to repeat: writes are guarded
+    /// by revisions, and a leaked lease expires.
+    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        loop {
+            let error = match tokio::time::timeout_at(deadline, request()).await {
+                Ok(Ok(value)) => return Ok(value),
+                Ok(Err(e)) => map_err(e),
+                Err(_) => {
+                    return Err(Error::Unavailable(format!(
+                        "etcd at {} did not answer within {:?}",
+                        self.endpoints, self.timeout
+                    )))
+                }
+            };
+            let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
+            match error {
+                Error::Unavailable(_) if self.several && retry_at < deadline => {
+                    tokio::time::sleep_until(retry_at).await;
+                }
+                other => return Err(other),
+            }
         }
     }
 
     async fn txn(&self, txn: Txn) -> Result<TxnResponse> {
-        let mut kv = self.kv.clone();
-        self.call(kv.txn(txn)).await
+        self.call(|| {
+            let (mut kv, txn) = (self.kv.clone(), txn.clone());
+            async move { kv.txn(txn).await }
+        })
+        .await
+    }
+
+    async fn get(&self, key: &str, options: Option<GetOptions>) -> Result<GetResponse> {
+        self.call(|| {
+            let (mut kv, options) = (self.kv.clone(), options.clone());
+            let key = key.to_string();
+            async move { kv.get(key, options).await }
+        })
+        .await
+    }
+
+    async fn revoke(&self, lease: i64) -> Result<()> {
+        let leases = self.client.lease_client();
+        self.call(|| {
+            let mut leases = leases.clone();
+            async move { leases.revoke(lease).await }
+        })
+        .await
+        .map(drop)
     }
 
     /// Records and liveness of one topic (or all) at one revision.
@@ -232,8 +276,7 @@ impl Inner {
         let record_key = self.layout.key(Kind::Record, topic, host);
         let alive_key = self.layout.key(Kind::Alive, topic, host);
         for _ in 0..CAS_ATTEMPTS {
-            let mut kv = self.kv.clone();
-            let found = self.call(kv.get(record_key.as_str(), None)).await?;
+            let found = self.get(&record_key, None).await?;
             let Some(current) = found.kvs().first() else {
                 return Err(Error::NotFound(format!("service {topic}/{host}")));
             };

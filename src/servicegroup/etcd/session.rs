@@ -79,8 +79,16 @@ impl Session {
     /// revision of the claim. `previous` is our own earlier lease, which may
     /// still hold the key (after an etcd restart, say).
     async fn register(&self, previous: Option<i64>) -> Result<i64> {
-        let mut leases = self.inner.client.lease_client();
-        let lease = self.inner.call(leases.grant(self.ttl, None)).await?.id();
+        let leases = self.inner.client.lease_client();
+        let ttl = self.ttl;
+        let lease = self
+            .inner
+            .call(|| {
+                let mut leases = leases.clone();
+                async move { leases.grant(ttl, None).await }
+            })
+            .await?
+            .id();
         match self.claim(lease, previous).await {
             Ok(revision) => {
                 self.lease.store(lease, Ordering::SeqCst);
@@ -103,11 +111,7 @@ impl Session {
         // The liveness key's mod revision when it is ours to take back.
         let mut ours: Option<i64> = None;
         for _ in 0..CAS_ATTEMPTS {
-            let mut kv = self.inner.kv.clone();
-            let found = self
-                .inner
-                .call(kv.get(self.record_key.as_str(), None))
-                .await?;
+            let found = self.inner.get(&self.record_key, None).await?;
             let now = SystemTime::now();
             let (record, record_rev) = match found.kvs().first() {
                 Some(kv) => match serde_json::from_slice::<ServiceRecord>(kv.value()) {
@@ -176,8 +180,7 @@ impl Session {
     fn revoke_later(&self, lease: i64) {
         let inner = self.inner.clone();
         tokio::spawn(async move {
-            let mut leases = inner.client.lease_client();
-            let _ = inner.call(leases.revoke(lease)).await;
+            let _ = inner.revoke(lease).await;
         });
     }
 
@@ -213,17 +216,23 @@ impl Session {
     /// Keeps `lease` alive and watches our liveness key until either fails.
     async fn keep(&self, lease: i64, revision: i64, stop: &mut watch::Receiver<bool>) -> Ended {
         let inner = &self.inner;
-        let mut leases = inner.client.lease_client();
-        let (mut keeper, mut acks) = match inner.call(leases.keep_alive(lease)).await {
+        let leases = inner.client.lease_client();
+        let keep_alive = inner.call(|| {
+            let mut leases = leases.clone();
+            async move { leases.keep_alive(lease).await }
+        });
+        let (mut keeper, mut acks) = match keep_alive.await {
             Ok(pair) => pair,
             Err(e) => return Ended::Lost(e),
         };
-        let mut watches = inner.client.watch_client();
+        let watches = inner.client.watch_client();
         let from = WatchOptions::new().with_start_revision(revision + 1);
-        let mut changes = match inner
-            .call(watches.watch(self.alive_key.as_str(), Some(from)))
-            .await
-        {
+        let watch = inner.call(|| {
+            let (mut watches, from) = (watches.clone(), from.clone());
+            let key = self.alive_key.clone();
+            async move { watches.watch(key, Some(from)).await }
+        });
+        let mut changes = match watch.await {
             Ok(stream) => stream,
             Err(e) => return Ended::Lost(e),
         };
@@ -307,8 +316,7 @@ impl Membership for EtcdMembership {
                         .and_then([TxnOp::delete(s.alive_key.as_str(), None)]),
                 )
                 .await?;
-            let mut leases = s.inner.client.lease_client();
-            match s.inner.call(leases.revoke(lease)).await {
+            match s.inner.revoke(lease).await {
                 Ok(_) => Ok(()),
                 // Already expired or revoked: nothing left to release.
                 Err(Error::Registry(msg)) if msg.contains("lease not found") => Ok(()),

@@ -125,9 +125,13 @@ impl Watcher {
             .with_start_revision(snapshot.revision + 1)
             .with_progress_notify()
             .with_prev_key();
-        let mut watches = inner.client.watch_client();
+        let watches = inner.client.watch_client();
         let stream = inner
-            .call(watches.watch(inner.layout.root(), Some(options)))
+            .call(|| {
+                let (mut watches, options) = (watches.clone(), options.clone());
+                let root = inner.layout.root();
+                async move { watches.watch(root, Some(options)).await }
+            })
             .await;
         let (mut requests, mut responses) = match stream {
             Ok(stream) => stream.split(),

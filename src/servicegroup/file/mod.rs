@@ -39,9 +39,9 @@ impl FileDriver {
     /// Opens (creating it if needed) the registry directory `path`. A
     /// directory that cannot be created or written is
     /// [`Error::Unavailable`].
-    pub fn open(path: &std::path::Path, _options: &RegistryOptions) -> Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>, _options: &RegistryOptions) -> Result<Self> {
         Ok(Self {
-            store: Arc::new(Store::open(path)?),
+            store: Arc::new(Store::open(path.as_ref())?),
         })
     }
 

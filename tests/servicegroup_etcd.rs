@@ -1,0 +1,344 @@
+//! The etcd driver against real etcd processes misbehaving: crashes of the
+//! node, etcd restarts and wipes, keys and leases removed by hand, a cluster
+//! member lost, and no etcd at all.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::etcd::{Cluster, Etcd};
+use support::*;
+use svckit::servicegroup::{connect, RegistrationState, Registry, RegistryUrl};
+use svckit::Error;
+use tokio::sync::Mutex;
+
+/// These tests measure latencies; running them one at a time keeps two
+/// cores from turning scheduling noise into failures.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(5);
+const ALIVE_KEY: &str = "/test/alive/compute/n1";
+
+async fn raw_client(etcd: &Etcd) -> etcd_client::Client {
+    etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap()
+}
+
+async fn is_up(registry: &Registry, host: &str) -> Option<bool> {
+    registry
+        .get("compute", host)
+        .await
+        .ok()
+        .flatten()
+        .map(|m| m.up)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn crashed_node_is_down_within_its_down_time() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+
+    // Dropping without leave stops the heartbeats, as a crash would.
+    let crashed_at = Instant::now();
+    drop(node);
+    expect_event(
+        &mut watch,
+        DOWN_TIME + Duration::from_secs(2),
+        "leave",
+        is_leave("n1"),
+    )
+    .await;
+    let detected = crashed_at.elapsed();
+    eprintln!("crash detected after {detected:?}");
+    assert!(
+        detected <= DOWN_TIME + Duration::from_secs(1),
+        "took {detected:?}"
+    );
+    assert_eq!(
+        is_up(&registry, "n1").await,
+        Some(false),
+        "record stays, down"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn graceful_leave_is_seen_at_once() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "initial join", is_join("n1")).await;
+
+    let start = Instant::now();
+    node.leave().await.unwrap();
+    expect_event(&mut watch, WAIT, "leave", is_leave("n1")).await;
+    let latency = start.elapsed();
+    eprintln!("graceful leave seen after {latency:?}");
+    assert!(latency < Duration::from_millis(200), "took {latency:?}");
+    let mut raw = raw_client(&etcd).await;
+    assert!(raw.get(ALIVE_KEY, None).await.unwrap().kvs().is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn survives_an_etcd_restart() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+
+    etcd.stop();
+    eventually(WAIT, "the node to notice the outage", || async {
+        (node.status().state == RegistrationState::Retrying).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let before = node.status();
+    assert_eq!(before.state, RegistrationState::Retrying, "{before:?}");
+
+    etcd.restart();
+    let answering = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "re-registration after the restart",
+        || async {
+            let s = node.status();
+            (s.state == RegistrationState::Registered && s.reregistrations > before.reregistrations)
+                .then_some(())
+        },
+    )
+    .await;
+    eprintln!(
+        "re-registered {:?} after etcd answered",
+        answering.elapsed()
+    );
+    assert_eq!(is_up(&registry, "n1").await, Some(true));
+
+    // The watch resumed: it sees new members, and n1 is up in its view.
+    let other = registry.join(registration("compute", "n2")).await.unwrap();
+    expect_event(
+        &mut watch,
+        WAIT,
+        "join of n2 after the restart",
+        is_join("n2"),
+    )
+    .await;
+    other.leave().await.unwrap();
+    let (event, _) = expect_event(&mut watch, WAIT, "leave of n2", is_leave("n2")).await;
+    assert_eq!(event.member().record.host, "n2");
+    node.leave().await.unwrap();
+    expect_event(&mut watch, WAIT, "leave of n1", is_leave("n1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recreates_its_keys_after_an_etcd_wipe() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+
+    etcd.wipe();
+    let answering = Instant::now();
+    eventually(
+        Duration::from_secs(3),
+        "record and liveness re-created",
+        || async { (is_up(&registry, "n1").await == Some(true)).then_some(()) },
+    )
+    .await;
+    eprintln!(
+        "keys re-created {:?} after the wiped etcd answered",
+        answering.elapsed()
+    );
+    let mut raw = raw_client(&etcd).await;
+    assert_eq!(raw.get(ALIVE_KEY, None).await.unwrap().kvs().len(), 1);
+    assert!(node.status().reregistrations >= 1);
+
+    let other = registry.join(registration("compute", "n2")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of n2 after the wipe", is_join("n2")).await;
+    drop(other);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_a_liveness_key_deleted_by_hand() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+
+    assert_eq!(raw.delete(ALIVE_KEY, None).await.unwrap().deleted(), 1);
+    let deleted_at = Instant::now();
+    eventually(
+        Duration::from_secs(2),
+        "the liveness key to be restored",
+        || {
+            let mut raw = raw.clone();
+            async move { (raw.get(ALIVE_KEY, None).await.ok()?.kvs().len() == 1).then_some(()) }
+        },
+    )
+    .await;
+    eprintln!("liveness key restored after {:?}", deleted_at.elapsed());
+    assert_eq!(node.status().reregistrations, 1);
+    assert_eq!(is_up(&registry, "n1").await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registers_again_after_its_lease_is_revoked() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let lease = raw.get(ALIVE_KEY, None).await.unwrap().kvs()[0].lease();
+    assert_ne!(lease, 0);
+
+    raw.lease_revoke(lease).await.unwrap();
+    let revoked_at = Instant::now();
+    let new_lease = eventually(Duration::from_secs(2), "a key bound to a new lease", || {
+        let mut raw = raw.clone();
+        async move {
+            let resp = raw.get(ALIVE_KEY, None).await.ok()?;
+            resp.kvs()
+                .first()
+                .map(|kv| kv.lease())
+                .filter(|l| *l != lease)
+        }
+    })
+    .await;
+    eprintln!(
+        "re-registered {:?} after the lease was revoked",
+        revoked_at.elapsed()
+    );
+    let ttl = raw.lease_time_to_live(new_lease, None).await.unwrap();
+    assert_eq!(ttl.granted_ttl(), 1, "TTL = service_down_time");
+    assert!(node.status().reregistrations >= 1);
+    assert_eq!(is_up(&registry, "n1").await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keeps_going_when_a_cluster_member_dies() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let mut cluster = Cluster::start();
+    let registry = connect(&cluster.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+
+    // The client's streams sit on one member we cannot pick, so each member
+    // in turn is killed (and brought back, keeping a quorum).
+    for i in 0..cluster.members.len() {
+        cluster.members[i].stop();
+        let killed = Instant::now();
+        let last = node.status().last_heartbeat;
+        eventually(WAIT, "a heartbeat through another member", || async {
+            let s = node.status();
+            (s.state == RegistrationState::Registered && s.last_heartbeat != last).then_some(())
+        })
+        .await;
+        // Heartbeats keep the node up for well over its down time.
+        let until = Instant::now() + DOWN_TIME * 2;
+        while Instant::now() < until {
+            assert_eq!(
+                is_up(&registry, "n1").await,
+                Some(true),
+                "{:?}",
+                killed.elapsed()
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let host = format!("n{}", i + 2);
+        let other = registry.join(registration("compute", &host)).await.unwrap();
+        expect_event(&mut watch, WAIT, "a join after the kill", is_join(&host)).await;
+        other.leave().await.unwrap();
+        expect_event(&mut watch, WAIT, "a leave after the kill", is_leave(&host)).await;
+        cluster.members[i].restart();
+    }
+    eprintln!("after losing each member in turn: {:?}", node.status());
+}
+
+#[tokio::test]
+async fn unreachable_registry_is_unavailable_promptly() {
+    // Ports nobody listens on: one endpoint fails at once, several are
+    // retried in turn until the timeout.
+    let port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+    };
+    let (a, b) = (port(), port());
+    for url in [
+        format!("etcd://127.0.0.1:{a}"),
+        format!("etcd://127.0.0.1:{a},127.0.0.1:{b}"),
+    ] {
+        let url = RegistryUrl::parse(&url).unwrap();
+        let start = Instant::now();
+        match connect(&url, &options()).await {
+            Err(Error::Unavailable(msg)) => assert!(msg.contains(&a.to_string()), "{msg}"),
+            Err(e) => panic!("expected Unavailable, got {e}"),
+            Ok(_) => panic!("connected to nothing"),
+        }
+        let took = start.elapsed();
+        eprintln!("unreachable registry {url} reported after {took:?}");
+        assert!(
+            took < options().timeout + Duration::from_millis(500),
+            "took {took:?}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_ten_thousand_members_quickly() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let record = registration("bulk", "h").to_record(std::time::SystemTime::now());
+    for batch in 0..100 {
+        let puts: Vec<_> = (0..100)
+            .map(|i| {
+                let mut r = record.clone();
+                r.host = format!("h{:05}", batch * 100 + i);
+                let key = format!("/test/services/bulk/{}", r.host);
+                etcd_client::TxnOp::put(key, serde_json::to_vec(&r).unwrap(), None)
+            })
+            .collect();
+        raw.txn(etcd_client::Txn::new().and_then(puts))
+            .await
+            .unwrap();
+    }
+
+    let start = Instant::now();
+    let members = registry.list(Some("bulk")).await.unwrap();
+    let took = start.elapsed();
+    eprintln!("listed {} members in {took:?}", members.len());
+    assert_eq!(members.len(), 10_000);
+    assert!(members
+        .windows(2)
+        .all(|w| w[0].record.host < w[1].record.host));
+    assert!(took < Duration::from_secs(2), "took {took:?}");
+
+    let mut watch = registry.watch(None).await.unwrap();
+    expect_event(&mut watch, WAIT, "the last record", |e| {
+        e.member().record.host == "h09999"
+    })
+    .await;
+}

@@ -1,0 +1,118 @@
+//! The file driver's own guarantees: several processes sharing a directory
+//! (two drivers on one path stand in for two processes), crash detection by
+//! heartbeat age, and clear errors for unusable directories.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+use svckit::servicegroup::file::FileDriver;
+use svckit::servicegroup::{AdminChange, Driver, RegistrationState};
+use svckit::Error;
+
+#[tokio::test]
+async fn crashed_node_is_down_within_its_down_time() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileDriver::open(dir.path(), &options()).unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    expect_event(&mut watch, Duration::from_secs(2), "join", is_join("n1")).await;
+
+    let crashed_at = Instant::now();
+    drop(node);
+    expect_event(&mut watch, DOWN_TIME * 3, "leave", is_leave("n1")).await;
+    let detected = crashed_at.elapsed();
+    eprintln!("file driver: crash detected after {detected:?}");
+    assert!(
+        detected <= DOWN_TIME + Duration::from_millis(500),
+        "{detected:?}"
+    );
+    assert!(!registry.get("compute", "n1").await.unwrap().unwrap().up);
+}
+
+#[tokio::test]
+async fn processes_sharing_a_directory_see_one_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = FileDriver::open(dir.path(), &options()).unwrap();
+    let b = FileDriver::open(dir.path(), &options()).unwrap();
+    let node = a.join(registration("compute", "n1")).await.unwrap();
+    assert!(b.get("compute", "n1").await.unwrap().unwrap().up);
+
+    // The other "process" may not claim the same (topic, host) while the
+    // heartbeat is fresh...
+    match b.join(registration("compute", "n1")).await {
+        Err(Error::Duplicate(msg)) => {
+            assert!(msg.contains(&std::process::id().to_string()), "{msg}")
+        }
+        other => panic!("expected Duplicate, got {:?}", other.map(|_| ())),
+    }
+    // ...and an admin change from it never loses a heartbeat.
+    for _ in 0..20 {
+        b.set_admin("compute", "n1", AdminChange::Disable { reason: None })
+            .await
+            .unwrap();
+        b.set_admin("compute", "n1", AdminChange::Enable)
+            .await
+            .unwrap();
+    }
+    tokio::time::sleep(DOWN_TIME).await;
+    assert!(a.get("compute", "n1").await.unwrap().unwrap().up);
+
+    // Once the first one is gone (crashed: stale heartbeat), the name is free.
+    drop(node);
+    eventually(DOWN_TIME * 3, "n1 to turn down", || async {
+        (!b.get("compute", "n1").await.unwrap().unwrap().up).then_some(())
+    })
+    .await;
+    let taken = b.join(registration("compute", "n1")).await.unwrap();
+    assert!(a.get("compute", "n1").await.unwrap().unwrap().up);
+    taken.leave().await.unwrap();
+}
+
+#[tokio::test]
+async fn heartbeat_restores_files_removed_by_someone_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileDriver::open(dir.path(), &options()).unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let alive = dir.path().join("alive/compute/n1.json");
+    let record = dir.path().join("services/compute/n1.json");
+    assert!(alive.is_file() && record.is_file());
+
+    std::fs::remove_file(&alive).unwrap();
+    eventually(
+        Duration::from_secs(2),
+        "the liveness file to come back",
+        || async { alive.is_file().then_some(()) },
+    )
+    .await;
+    eventually(
+        Duration::from_secs(1),
+        "a counted re-registration",
+        || async { (node.status().reregistrations >= 1).then_some(()) },
+    )
+    .await;
+    assert!(registry.get("compute", "n1").await.unwrap().unwrap().up);
+
+    node.leave().await.unwrap();
+    assert!(!alive.exists(), "leave removes the liveness file");
+    assert!(record.is_file(), "the record outlives the node");
+    assert_eq!(node.status().state, RegistrationState::Left);
+    tokio::time::sleep(REPORT_INTERVAL * 3).await;
+    assert!(!alive.exists(), "no heartbeat after leave");
+}
+
+#[tokio::test]
+async fn unusable_directories_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("a-file");
+    std::fs::write(&file, b"not a directory").unwrap();
+    match FileDriver::open(file.join("registry"), &options()) {
+        Err(Error::Unavailable(msg)) => assert!(msg.contains("a-file"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+    match FileDriver::open(std::path::Path::new("/proc/svckit-registry"), &options()) {
+        Err(Error::Unavailable(msg)) => assert!(msg.contains("not writable"), "{msg}"),
+        other => panic!("expected Unavailable, got {other:?}"),
+    }
+}
