@@ -27,7 +27,22 @@ pub fn example_bin(name: &str) -> PathBuf {
 /// A running (or exited) kit process.
 pub struct Proc {
     child: Child,
+    stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+}
+
+/// Collects a pipe's lines into a shared string, on a thread.
+fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+    let text = Arc::new(Mutex::new(String::new()));
+    let sink = text.clone();
+    std::thread::spawn(move || {
+        for line in BufReader::new(pipe).lines().map_while(Result::ok) {
+            let mut s = sink.lock().unwrap();
+            s.push_str(&line);
+            s.push('\n');
+        }
+    });
+    text
 }
 
 impl Proc {
@@ -36,23 +51,19 @@ impl Proc {
         let mut cmd = Command::new(program);
         cmd.args(args)
             .stdin(Stdio::null())
-            .stdout(Stdio::null())
+            .stdout(Stdio::piped())
             .stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn node process");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let pipe = child.stderr.take().expect("stderr pipe");
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                let mut s = sink.lock().unwrap();
-                s.push_str(&line);
-                s.push('\n');
-            }
-        });
-        Proc { child, stderr }
+        let stdout = collect(child.stdout.take().expect("stdout pipe"));
+        let stderr = collect(child.stderr.take().expect("stderr pipe"));
+        Proc {
+            child,
+            stdout,
+            stderr,
+        }
     }
 
     /// Starts an example and waits until it serves; returns it and its
@@ -87,6 +98,25 @@ impl Proc {
             );
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The `svckit` CLI binary.
+    pub fn cli(args: &[&str]) -> Proc {
+        Proc::spawn(PathBuf::from(env!("CARGO_BIN_EXE_svckit")), args, &[])
+    }
+
+    /// Runs the `svckit` CLI to completion: (exit code, stdout, stderr).
+    pub fn run_cli(args: &[&str]) -> (Option<i32>, String, String) {
+        let mut proc = Proc::cli(args);
+        let status = proc
+            .wait_exit(Duration::from_secs(30))
+            .expect("svckit exits");
+        (status.code(), proc.stdout(), proc.stderr())
+    }
+
+    /// Everything the process wrote to stdout so far.
+    pub fn stdout(&self) -> String {
+        self.stdout.lock().unwrap().clone()
     }
 
     /// Everything the process wrote to stderr so far.

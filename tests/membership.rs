@@ -1,0 +1,290 @@
+//! Membership seen from outside: real etcd, real node processes, and the
+//! `svckit` CLI as an operator runs it.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use nix::sys::signal::Signal;
+use support::etcd::Etcd;
+use support::node::{example_bin, Proc};
+use svckit::servicegroup::{self, Event, RegistryOptions};
+
+fn node_args<'a>(url: &'a str, host: &'a str) -> Vec<&'a str> {
+    vec![
+        "--registry",
+        url,
+        "--host",
+        host,
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "0.2",
+        "--service-down-time",
+        "1",
+    ]
+}
+
+fn members_json(url: &str) -> Vec<serde_json::Value> {
+    let (code, out, err) = Proc::run_cli(&["members", "list", "--registry", url, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    serde_json::from_str(&out).expect("members list --json is a JSON array")
+}
+
+fn member<'a>(members: &'a [serde_json::Value], host: &str) -> &'a serde_json::Value {
+    members
+        .iter()
+        .find(|m| m["host"] == host)
+        .unwrap_or_else(|| panic!("no {host} in {members:?}"))
+}
+
+#[test]
+fn kill_9_shows_the_node_down_and_the_cli_watcher_gets_leave() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let watch = Proc::cli(&["members", "watch", "--registry", &url, "--topic", "echo"]);
+    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "k1"), &[]);
+    wait_for(|| watch.stdout().contains(r#""event":"join""#), "join line");
+
+    let m = members_json(&url);
+    assert_eq!(member(&m, "k1")["state"], "up");
+    assert_eq!(member(&m, "k1")["binary"], "echo_node");
+    assert!(member(&m, "k1")["endpoint"]
+        .as_str()
+        .unwrap()
+        .starts_with("http://127.0.0.1:"));
+
+    let killed = Instant::now();
+    node.signal(Signal::SIGKILL);
+    wait_for(
+        || watch.stdout().contains(r#""event":"leave""#),
+        "leave line",
+    );
+    // service_down_time 1 s (+1 s of slack for the watch and a loaded machine).
+    assert!(
+        killed.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        killed.elapsed()
+    );
+    let m = members_json(&url);
+    assert_eq!(
+        member(&m, "k1")["state"],
+        "down",
+        "the record outlives the node"
+    );
+
+    for line in watch.stdout().lines() {
+        let v: serde_json::Value = serde_json::from_str(line).expect("each watch line is JSON");
+        assert_eq!(v["member"]["host"], "k1");
+    }
+}
+
+#[tokio::test]
+async fn graceful_stop_is_seen_by_a_watcher_in_under_200ms() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
+        .await
+        .unwrap();
+    let mut events = registry.watch(Some("echo")).await.unwrap();
+    let (mut node, _) = Proc::start_example("echo_node", &node_args(&url, "g1"), &[]);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
+            Ok(Some(Ok(Event::Join(m)))) if m.record.host == "g1" => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no join: {other:?}"),
+        }
+    }
+    let sent = Instant::now();
+    node.signal(Signal::SIGTERM);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(5), events.next()).await {
+            Ok(Some(Ok(Event::Leave(m)))) if m.record.host == "g1" => break,
+            Ok(Some(_)) => continue,
+            other => panic!("no leave: {other:?}"),
+        }
+    }
+    let took = sent.elapsed();
+    assert!(took < Duration::from_millis(200), "leave took {took:?}");
+    let status = node.wait_exit(Duration::from_secs(10)).expect("node exits");
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_second_node_with_the_same_topic_and_host_is_refused() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (_first, _) = Proc::start_example("echo_node", &node_args(&url, "same"), &[]);
+    let mut second = Proc::spawn(example_bin("echo_node"), &node_args(&url, "same"), &[]);
+    let status = second
+        .wait_exit(Duration::from_secs(20))
+        .expect("second node exits");
+    assert_eq!(status.code(), Some(78), "{}", second.stderr());
+    let last = second
+        .stderr()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.contains("duplicate"), "{last}");
+    assert!(!second.stderr().contains("panicked"));
+}
+
+#[test]
+fn an_unreachable_registry_at_start_exits_69() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let url = format!("etcd://127.0.0.1:{port}");
+    let mut node = Proc::spawn(example_bin("echo_node"), &["--registry", &url], &[]);
+    let status = node.wait_exit(Duration::from_secs(20)).expect("node exits");
+    assert_eq!(status.code(), Some(69), "{}", node.stderr());
+    let lines: Vec<_> = node.stderr().lines().map(String::from).collect();
+    assert_eq!(lines.len(), 1, "{lines:?}");
+    assert!(
+        lines[0].starts_with("echo_node: error: registry unavailable"),
+        "{lines:?}"
+    );
+}
+
+#[test]
+fn operators_disable_enable_force_down_and_delete_through_the_cli() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "a1"), &[]);
+    let target = [
+        "--registry",
+        url.as_str(),
+        "--topic",
+        "echo",
+        "--host",
+        "a1",
+    ];
+    let service = |cmd: &[&str]| {
+        let args: Vec<&str> = ["service"]
+            .iter()
+            .chain(cmd)
+            .chain(target.iter())
+            .copied()
+            .collect();
+        Proc::run_cli(&args)
+    };
+
+    let (code, out, err) = service(&["disable", "--reason", "disk swap"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("disk swap"), "{out}");
+    let m = members_json(&url);
+    assert_eq!(member(&m, "a1")["disabled"], true);
+    assert_eq!(member(&m, "a1")["disabled_reason"], "disk swap");
+    assert_eq!(member(&m, "a1")["state"], "up", "disabled nodes stay up");
+
+    assert_eq!(service(&["enable"]).0, Some(0));
+    let m = members_json(&url);
+    assert_eq!(member(&m, "a1")["disabled"], false);
+    assert!(member(&m, "a1")["disabled_reason"].is_null());
+
+    assert_eq!(service(&["force-down"]).0, Some(0));
+    let m = members_json(&url);
+    assert_eq!(member(&m, "a1")["forced_down"], true);
+    assert_eq!(member(&m, "a1")["state"], "down");
+    assert_eq!(service(&["force-down", "--clear"]).0, Some(0));
+    assert_eq!(member(&members_json(&url), "a1")["state"], "up");
+
+    // The table names every column of the contract.
+    let (_, table, _) = Proc::run_cli(&["members", "list", "--registry", &url]);
+    for col in [
+        "TOPIC",
+        "HOST",
+        "BINARY",
+        "ENDPOINT",
+        "STATE",
+        "DISABLED",
+        "FORCED_DOWN",
+        "UPDATED_AT",
+    ] {
+        assert!(table.contains(col), "{table}");
+    }
+
+    let (code, _, err) = Proc::run_cli(&[
+        "service",
+        "enable",
+        "--registry",
+        &url,
+        "--topic",
+        "echo",
+        "--host",
+        "nope",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("not found"), "{err}");
+
+    // A dead node's row stays until an operator deletes it.
+    node.signal(Signal::SIGKILL);
+    wait_for(
+        || member(&members_json(&url), "a1")["state"] == "down",
+        "a1 down",
+    );
+    let (code, out, err) = service(&["delete"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("deleted echo/a1"), "{out}");
+    assert!(members_json(&url).iter().all(|m| m["host"] != "a1"));
+    let (code, _, err) = service(&["delete"]);
+    assert_eq!(code, Some(1), "{err}");
+}
+
+#[test]
+fn the_cli_pings_by_topic_server_and_fanout() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _a = Proc::start_example("echo_node", &node_args(&url, "p1"), &[]);
+    let _b = Proc::start_example("echo_node", &node_args(&url, "p2"), &[]);
+    let base = ["call", "--registry", url.as_str(), "--topic", "echo"];
+    let run = |extra: &[&str]| {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        Proc::run_cli(&args)
+    };
+    let (code, out, err) = run(&["--fanout", "ping", "--arg", "hi"]);
+    assert_eq!(code, Some(0), "{err}");
+    let mut hosts: Vec<String> = out
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["ok"]["arg"], "hi");
+            v["ok"]["host"].as_str().unwrap().to_string()
+        })
+        .collect();
+    hosts.sort();
+    assert_eq!(hosts, ["p1", "p2"]);
+
+    let (code, out, _) = run(&["--server", "p2", "ping"]);
+    assert_eq!(code, Some(0));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["ok"]["host"], "p2");
+
+    let (code, _, err) = Proc::run_cli(&["call", "--registry", &url, "--topic", "none", "ping"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("no node available for none"), "{err}");
+}
+
+#[test]
+fn the_file_registry_serves_the_cli_without_etcd() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "f1"), &[]);
+    let m = members_json(&url);
+    assert_eq!(member(&m, "f1")["state"], "up");
+    node.signal(Signal::SIGKILL);
+    wait_for(
+        || member(&members_json(&url), "f1")["state"] == "down",
+        "f1 down",
+    );
+}
+
+fn wait_for(mut cond: impl FnMut() -> bool, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !cond() {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
