@@ -144,30 +144,29 @@ impl Drop for PendingGuard {
 /// connection was refused or could not be made, or the server refused the
 /// stream before processing it (HTTP/2 REFUSED_STREAM, GOAWAY).
 fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(error);
-    while let Some(e) = source {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            use std::io::ErrorKind::*;
-            if matches!(
-                io.kind(),
-                ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut
-            ) {
-                return true;
-            }
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() && h2.is_remote()
-            {
-                return true;
-            }
-        }
-        // tonic reports a connect failure as its own error kind.
-        if e.to_string().contains("tcp connect error") {
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        use std::io::ErrorKind::*;
+        if matches!(
+            io.kind(),
+            ConnectionRefused | AddrNotAvailable | NotConnected | TimedOut
+        ) {
             return true;
         }
-        source = e.source();
+        // An io::Error's `source()` skips the error it wraps: look inside.
+        if io.get_ref().is_some_and(|inner| never_sent(inner)) {
+            return true;
+        }
     }
-    false
+    if let Some(h2) = error.downcast_ref::<h2::Error>() {
+        if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() && h2.is_remote() {
+            return true;
+        }
+    }
+    // tonic reports a connect failure as its own error kind.
+    if error.to_string().contains("tcp connect error") {
+        return true;
+    }
+    error.source().is_some_and(never_sent)
 }
 
 fn unavailable(target: &Target) -> Status {
@@ -281,5 +280,50 @@ impl RpcChannel {
             Some(e) => Box::new(Status::unavailable(format!("{}: {e}", self.target))),
             None => Box::new(unavailable(&self.target)),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_round_trip() {
+        let header = grpc_timeout_header(Duration::from_secs(60));
+        assert_eq!(header, "60000m");
+        assert_eq!(parse_grpc_timeout(&header), Some(Duration::from_secs(60)));
+        for (text, want) in [
+            ("2S", Duration::from_secs(2)),
+            ("1H", Duration::from_secs(3600)),
+            ("250u", Duration::from_micros(250)),
+        ] {
+            assert_eq!(
+                parse_grpc_timeout(&http::HeaderValue::from_static(text)),
+                Some(want)
+            );
+        }
+        assert_eq!(
+            parse_grpc_timeout(&http::HeaderValue::from_static("10x")),
+            None
+        );
+        assert_eq!(
+            parse_grpc_timeout(&http::HeaderValue::from_static("")),
+            None
+        );
+    }
+
+    #[test]
+    fn only_undelivered_failures_count_as_never_sent() {
+        let refused = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        assert!(never_sent(&refused));
+        let wrapped = std::io::Error::other(refused);
+        assert!(never_sent(&wrapped), "found through the source chain");
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(
+            !never_sent(&reset),
+            "a reset may come after the server got the call"
+        );
+        let refused_stream = h2::Error::from(h2::Reason::REFUSED_STREAM);
+        assert!(never_sent(&refused_stream));
     }
 }
