@@ -47,22 +47,22 @@ impl Node {
 /// Routable nodes (up, enabled, with a gRPC endpoint), by topic.
 #[derive(Default)]
 pub(crate) struct Snapshot {
-    by_topic: HashMap<String, Vec<Arc<Node>>>,
+    by_topic: HashMap<String, Arc<[Arc<Node>]>>,
 }
 
 impl Snapshot {
-    /// The nodes a target may use.
-    pub(crate) fn nodes(&self, target: &Target) -> Vec<Arc<Node>> {
-        self.by_topic
-            .get(&target.topic)
-            .map(|nodes| {
-                nodes
-                    .iter()
-                    .filter(|n| n.matches(target))
-                    .cloned()
-                    .collect()
-            })
-            .unwrap_or_default()
+    /// The nodes a target may use. A plain topic target shares the
+    /// snapshot's slice: no allocation on the call path.
+    pub(crate) fn nodes(&self, target: &Target) -> Arc<[Arc<Node>]> {
+        match self.by_topic.get(&target.topic) {
+            None => Arc::new([]),
+            Some(nodes) if target.server.is_none() && target.service.is_none() => nodes.clone(),
+            Some(nodes) => nodes
+                .iter()
+                .filter(|n| n.matches(target))
+                .cloned()
+                .collect(),
+        }
     }
 }
 
