@@ -20,7 +20,9 @@ fn walkthrough_is_the_compiled_example() {
 
 #[test]
 fn config_reference_lists_every_option() {
-    let start = README.find("\n## Configuration").expect("Configuration section");
+    let start = README
+        .find("\n## Configuration")
+        .expect("Configuration section");
     let section = &README[start..];
     let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
     for option in svckit::config::OPTIONS {
