@@ -8,23 +8,8 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use support::etcd::Etcd;
-use support::node::{example_bin, Proc};
+use support::node::{example_bin, quick_node_args, Proc};
 use svckit::servicegroup::{self, Event, RegistryOptions};
-
-fn node_args<'a>(url: &'a str, host: &'a str) -> Vec<&'a str> {
-    vec![
-        "--registry",
-        url,
-        "--host",
-        host,
-        "--rpc-listen",
-        "127.0.0.1:0",
-        "--report-interval",
-        "0.2",
-        "--service-down-time",
-        "1",
-    ]
-}
 
 fn members_json(url: &str) -> Vec<serde_json::Value> {
     let (code, out, err) = Proc::run_cli(&["members", "list", "--registry", url, "--json"]);
@@ -44,7 +29,7 @@ fn kill_9_shows_the_node_down_and_the_cli_watcher_gets_leave() {
     let etcd = Etcd::start();
     let url = etcd.url().to_string();
     let watch = Proc::cli(&["members", "watch", "--registry", &url, "--topic", "echo"]);
-    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "k1"), &[]);
+    let (node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "k1"), &[]);
     wait_for(|| watch.stdout().contains(r#""event":"join""#), "join line");
 
     let m = members_json(&url);
@@ -88,7 +73,7 @@ async fn graceful_stop_is_seen_by_a_watcher_in_under_200ms() {
         .await
         .unwrap();
     let mut events = registry.watch(Some("echo")).await.unwrap();
-    let (mut node, _) = Proc::start_example("echo_node", &node_args(&url, "g1"), &[]);
+    let (mut node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "g1"), &[]);
     loop {
         match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
             Ok(Some(Ok(Event::Join(m)))) if m.record.host == "g1" => break,
@@ -115,8 +100,12 @@ async fn graceful_stop_is_seen_by_a_watcher_in_under_200ms() {
 fn a_second_node_with_the_same_topic_and_host_is_refused() {
     let etcd = Etcd::start();
     let url = etcd.url().to_string();
-    let (_first, _) = Proc::start_example("echo_node", &node_args(&url, "same"), &[]);
-    let mut second = Proc::spawn(example_bin("echo_node"), &node_args(&url, "same"), &[]);
+    let (_first, _) = Proc::start_example("echo_node", &quick_node_args(&url, "same"), &[]);
+    let mut second = Proc::spawn(
+        example_bin("echo_node"),
+        &quick_node_args(&url, "same"),
+        &[],
+    );
     let status = second
         .wait_exit(Duration::from_secs(20))
         .expect("second node exits");
@@ -152,7 +141,7 @@ fn an_unreachable_registry_at_start_exits_69() {
 fn operators_disable_enable_force_down_and_delete_through_the_cli() {
     let etcd = Etcd::start();
     let url = etcd.url().to_string();
-    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "a1"), &[]);
+    let (node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "a1"), &[]);
     let target = [
         "--registry",
         url.as_str(),
@@ -237,8 +226,8 @@ fn operators_disable_enable_force_down_and_delete_through_the_cli() {
 fn the_cli_pings_by_topic_server_and_fanout() {
     let etcd = Etcd::start();
     let url = etcd.url().to_string();
-    let _a = Proc::start_example("echo_node", &node_args(&url, "p1"), &[]);
-    let _b = Proc::start_example("echo_node", &node_args(&url, "p2"), &[]);
+    let _a = Proc::start_example("echo_node", &quick_node_args(&url, "p1"), &[]);
+    let _b = Proc::start_example("echo_node", &quick_node_args(&url, "p2"), &[]);
     let base = ["call", "--registry", url.as_str(), "--topic", "echo"];
     let run = |extra: &[&str]| {
         let args: Vec<&str> = base.iter().chain(extra).copied().collect();
@@ -271,7 +260,7 @@ fn the_cli_pings_by_topic_server_and_fanout() {
 fn the_file_registry_serves_the_cli_without_etcd() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    let (node, _) = Proc::start_example("echo_node", &node_args(&url, "f1"), &[]);
+    let (node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "f1"), &[]);
     let m = members_json(&url);
     assert_eq!(member(&m, "f1")["state"], "up");
     node.signal(Signal::SIGKILL);

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::etcd::Etcd;
-use support::node::Proc;
+use support::node::{quick_node_args, Proc};
 use svckit::rpc::{Rpc, RpcOptions, Target};
 use svckit::servicegroup::{self, AdminChange, RegistryOptions};
 use tonic::Code;
@@ -24,18 +24,7 @@ const ECHO_V1: &str = "svckit.examples.echo.v1.Echo";
 
 fn start_node(etcd: &Etcd, host: &str) -> Proc {
     let url = etcd.url().to_string();
-    let args = [
-        "--registry",
-        &url,
-        "--host",
-        host,
-        "--rpc-listen",
-        "127.0.0.1:0",
-        "--report-interval",
-        "0.2",
-        "--service-down-time",
-        "1",
-    ];
+    let args = quick_node_args(&url, host);
     let (proc, _) = Proc::start_example("echo_node", &args, &[("SVCKIT_DRAIN_DELAY", "0.3")]);
     proc
 }

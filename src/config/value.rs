@@ -46,27 +46,22 @@ impl OptionValue for bool {
     }
 }
 
-impl OptionValue for u32 {
-    fn parse_value(s: &str) -> Result<Self, String> {
-        s.trim()
-            .parse()
-            .map_err(|_| format!("expected a whole number, got {s:?}"))
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
+macro_rules! whole_number_option {
+    ($($ty:ty),*) => {$(
+        impl OptionValue for $ty {
+            fn parse_value(s: &str) -> Result<Self, String> {
+                s.trim()
+                    .parse()
+                    .map_err(|_| format!("expected a whole number, got {s:?}"))
+            }
+            fn show(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
 }
 
-impl OptionValue for usize {
-    fn parse_value(s: &str) -> Result<Self, String> {
-        s.trim()
-            .parse()
-            .map_err(|_| format!("expected a whole number, got {s:?}"))
-    }
-    fn show(&self) -> String {
-        self.to_string()
-    }
-}
+whole_number_option!(u32, usize);
 
 /// Durations are seconds (`1.5`) or a unit form (`500ms`, `2m`).
 impl OptionValue for Duration {

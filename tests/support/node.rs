@@ -24,6 +24,23 @@ pub fn example_bin(name: &str) -> PathBuf {
     path
 }
 
+/// echo_node flags for a node registered at `registry` with short
+/// heartbeats (200 ms, down after 1 s) so that tests stay quick.
+pub fn quick_node_args<'a>(registry: &'a str, host: &'a str) -> Vec<&'a str> {
+    vec![
+        "--registry",
+        registry,
+        "--host",
+        host,
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "0.2",
+        "--service-down-time",
+        "1",
+    ]
+}
+
 /// A running (or exited) kit process.
 pub struct Proc {
     child: Child,
