@@ -23,7 +23,7 @@ pub use self::args::CommonArgs;
 pub use self::value::{LogFilter, OptionValue, RestartMethod};
 
 use crate::error::{Error, Result};
-use crate::servicegroup::{RegistryOptions, RegistryUrl};
+use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
 
 /// Where an option's value came from, for error messages and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -277,7 +277,7 @@ impl Config {
         for (name, value) in names {
             if let Some(v) = value.filter(|v| !valid_name(v)) {
                 return Err(Error::Config(format!(
-                    "invalid value for `{name}` from {}: {v:?} may only hold letters, digits and . _ - :",
+                    "invalid value for `{name}` from {}: {v:?} may only hold {VALID_NAME}",
                     self.source(name)
                 )));
             }
@@ -360,23 +360,6 @@ impl Config {
             timeout: self.registry_timeout,
         }
     }
-
-    /// The config file the options were read from, if any.
-    pub fn file(&self) -> Option<&Path> {
-        self.sources.values().find_map(|s| match s {
-            Source::File { path, .. } => Some(path.as_path()),
-            _ => None,
-        })
-    }
-}
-
-/// A host or topic name: safe as a key segment and a file name.
-pub fn valid_name(s: &str) -> bool {
-    !s.is_empty()
-        && s != "."
-        && s != ".."
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
 }
 
 /// `report_interval` → `SVCKIT_REPORT_INTERVAL`.

@@ -48,13 +48,25 @@ impl View {
     }
 }
 
+/// A topic or host name: safe as an etcd key segment and as a file name.
+pub fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s != "."
+        && s != ".."
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-' | ':'))
+}
+
+/// What [`valid_name`] allows, for error messages.
+pub const VALID_NAME: &str = "letters, digits and . _ - :";
+
 /// Topic and host become path segments (etcd keys, file names), so they must
 /// be plain names.
 pub(crate) fn check_identity(topic: &str, host: &str) -> Result<()> {
     for (what, v) in [("topic", topic), ("host", host)] {
-        if v.is_empty() || v == "." || v == ".." || v.contains(['/', '\0']) {
+        if !valid_name(v) {
             return Err(Error::Usage(format!(
-                "invalid {what} {v:?}: it must be non-empty and contain no '/'"
+                "invalid {what} {v:?}: it may only hold {VALID_NAME}"
             )));
         }
     }

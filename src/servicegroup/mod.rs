@@ -33,6 +33,7 @@ mod diff;
 mod status;
 mod url;
 
+pub use self::diff::{valid_name, VALID_NAME};
 pub use self::url::{RegistryOptions, RegistryUrl};
 
 /// The persistent record of one (topic, host): nova's `services` row.
