@@ -302,3 +302,44 @@ async fn wait_until(mut cond: impl FnMut() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_end_at_the_channel_deadline_or_a_shorter_one_the_caller_set() {
+    let etcd = Etcd::start();
+    let (_nodes, rpc, _) = fleet(&etcd, &["n1"]).await;
+    let slow = || SleepRequest { millis: 5_000 };
+
+    let channel = rpc
+        .channel(Target::topic("echo"))
+        .timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = EchoClient::new(channel).sleep(slow()).await.unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The channel allows 10 s; the caller asks for 300 ms, and that wins.
+    let mut request = tonic::Request::new(slow());
+    request.set_timeout(Duration::from_millis(300));
+    let started = Instant::now();
+    let err = EchoClient::new(rpc.channel(Target::topic("echo")))
+        .sleep(request)
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // A deadline longer than the call leaves it alone.
+    let reply = EchoClient::new(rpc.channel(Target::topic("echo")))
+        .sleep(SleepRequest { millis: 100 })
+        .await
+        .expect("a short call within the deadline");
+    assert_eq!(reply.into_inner().host, "n1");
+}

@@ -5,7 +5,7 @@
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::future::BoxFuture;
@@ -23,15 +23,10 @@ const GRPC_TIMEOUT: &str = "grpc-timeout";
 
 /// `timeout` as a `grpc-timeout` header value (milliseconds).
 pub(super) fn grpc_timeout_header(timeout: Duration) -> http::HeaderValue {
-    http::HeaderValue::from(
-        u64::try_from(timeout.as_millis())
-            .unwrap_or(u64::MAX)
-            .min(99_999_999),
-    )
-    .to_str()
-    .ok()
-    .and_then(|ms| http::HeaderValue::from_str(&format!("{ms}m")).ok())
-    .unwrap_or_else(|| http::HeaderValue::from_static("99999999m"))
+    // The header allows at most 8 digits.
+    let ms = timeout.as_millis().min(99_999_999);
+    http::HeaderValue::try_from(format!("{ms}m"))
+        .unwrap_or_else(|_| http::HeaderValue::from_static("99999999m"))
 }
 
 /// Parses a `grpc-timeout` header value (`100m`, `5S`, …).
@@ -162,11 +157,15 @@ fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
     }
-    // tonic reports a connect failure as its own error kind.
-    if error.to_string().contains("tcp connect error") {
+    if error.is::<tonic::ConnectError>() {
         return true;
     }
     error.source().is_some_and(never_sent)
+}
+
+/// `true` when the node's channel gave up at the `grpc-timeout` deadline.
+fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
+    error.is::<tonic::TimeoutExpired>() || error.source().is_some_and(timed_out)
 }
 
 fn unavailable(target: &Target) -> Status {
@@ -185,34 +184,41 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
 
     fn call(&mut self, request: http::Request<Body>) -> Self::Future {
         let this = self.clone();
-        // A deadline the caller set on the request (`grpc-timeout`) wins when
-        // shorter; otherwise the channel's is sent along for the server.
+        // A shorter deadline the caller set on the request (`grpc-timeout`)
+        // stays; otherwise the channel's is sent along for the server.
+        let mut request = request;
         let timeout = match request
             .headers()
             .get(GRPC_TIMEOUT)
             .and_then(parse_grpc_timeout)
         {
-            Some(t) => t.min(self.timeout),
-            None => self.timeout,
-        };
-        let mut request = request;
-        if let Ok(value) = http::HeaderValue::from_str(&format!("{}m", timeout.as_millis())) {
-            request.headers_mut().insert(GRPC_TIMEOUT, value);
-        }
-        Box::pin(async move {
-            match tokio::time::timeout(timeout, this.send(request)).await {
-                Ok(result) => result,
-                Err(_) => Err(Box::new(Status::deadline_exceeded(format!(
-                    "no reply from {} within {timeout:?}",
-                    this.target
-                ))) as _),
+            Some(t) if t <= self.timeout => t,
+            _ => {
+                request
+                    .headers_mut()
+                    .insert(GRPC_TIMEOUT, self.timeout_header.clone());
+                self.timeout
             }
-        })
+        };
+        // The deadline is enforced by each node's tonic channel from the
+        // header: no second timer per call here.
+        Box::pin(async move { this.send(request, Instant::now() + timeout).await })
     }
 }
 
 impl RpcChannel {
-    async fn send(&self, request: http::Request<Body>) -> Result<http::Response<Body>, BoxError> {
+    fn deadline_exceeded(&self) -> BoxError {
+        Box::new(Status::deadline_exceeded(format!(
+            "no reply from {} within the call's deadline",
+            self.target
+        )))
+    }
+
+    async fn send(
+        &self,
+        request: http::Request<Body>,
+        deadline: Instant,
+    ) -> Result<http::Response<Body>, BoxError> {
         let nodes = self.snapshot.borrow().nodes(&self.target);
         if nodes.is_empty() {
             return Err(Box::new(unavailable(&self.target)));
@@ -243,6 +249,16 @@ impl RpcChannel {
             *attempt.version_mut() = parts.version;
             *attempt.headers_mut() = parts.headers.clone();
             *attempt.extensions_mut() = parts.extensions.clone();
+            if !tried.is_empty() {
+                // A retry gets what is left of the call's deadline.
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Err(self.deadline_exceeded());
+                }
+                attempt
+                    .headers_mut()
+                    .insert(GRPC_TIMEOUT, grpc_timeout_header(left));
+            }
 
             node.pending.fetch_add(1, Ordering::Relaxed);
             let guard = PendingGuard(node.pending.clone());
@@ -256,25 +272,16 @@ impl RpcChannel {
                 Err(e) => Err(Sent::No(e)),
             };
             drop(guard);
-            let result = match result {
-                Ok(response) => Ok(response),
-                Err(Sent::No(e)) => {
-                    tracing::debug!(host = node.host(), error = %e, "node not ready; trying another node");
-                    tried.push(node.host().to_string());
-                    last_error = Some(e);
-                    continue;
-                }
-                Err(Sent::Maybe(e)) => Err(e),
-            };
-            match result {
+            let error = match result {
                 Ok(response) => return Ok(response),
-                Err(e) if never_sent(&e) || self.idempotent => {
-                    tracing::debug!(host = node.host(), error = %e, "call not delivered; trying another node");
-                    tried.push(node.host().to_string());
-                    last_error = Some(e);
-                }
-                Err(e) => return Err(Box::new(e)),
-            }
+                Err(Sent::No(e)) => e,
+                Err(Sent::Maybe(e)) if timed_out(&e) => return Err(self.deadline_exceeded()),
+                Err(Sent::Maybe(e)) if never_sent(&e) || self.idempotent => e,
+                Err(Sent::Maybe(e)) => return Err(Box::new(e)),
+            };
+            tracing::debug!(host = node.host(), error = %error, "call not delivered; trying another node");
+            tried.push(node.host().to_string());
+            last_error = Some(error);
         }
         Err(match last_error {
             Some(e) => Box::new(Status::unavailable(format!("{}: {e}", self.target))),
@@ -325,5 +332,23 @@ mod tests {
         );
         let refused_stream = h2::Error::from(h2::Reason::REFUSED_STREAM);
         assert!(never_sent(&refused_stream));
+    }
+
+    #[tokio::test]
+    async fn a_refused_connection_from_tonic_counts_as_never_sent() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let mut channel = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect_lazy();
+        let request = http::Request::builder()
+            .uri("/svckit.base.v1.Base/Ping")
+            .body(Body::empty())
+            .unwrap();
+        let ready = tower::ServiceExt::ready(&mut channel).await.unwrap();
+        let error = tower::Service::call(ready, request).await.unwrap_err();
+        assert!(never_sent(&error), "{error:?}");
+        assert!(!timed_out(&error));
     }
 }
