@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use svckit::config::CommonArgs;
-use svckit::RpcService;
+use svckit::Node;
 
 #[path = "common/echo.rs"]
 mod echo;
@@ -24,7 +24,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     svckit::launcher::run(Args::parse().common, |config| async move {
         let manager = echo::EchoManager::new(config.host.clone());
-        let node = RpcService::builder(manager)
+        let node = Node::builder(manager)
             .binary("echo_node")
             .topic("echo")
             .version(env!("CARGO_PKG_VERSION"))

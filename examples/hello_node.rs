@@ -3,7 +3,7 @@ use std::sync::Arc;
 
 use clap::Parser;
 use svckit::manager::{Manager, Services};
-use svckit::{config::CommonArgs, RpcService, Service};
+use svckit::{config::CommonArgs, Node, Service};
 use tonic::{Request, Response, Status};
 
 mod pb {
@@ -46,9 +46,7 @@ struct Args {
 fn main() -> std::process::ExitCode {
     svckit::launcher::run(Args::parse().common, |config| async move {
         let host = config.host.clone();
-        let node = RpcService::builder(Hello { host })
-            .topic("hello")
-            .build(&config);
+        let node = Node::builder(Hello { host }).topic("hello").build(&config);
         Ok(vec![Arc::new(node) as Arc<dyn Service>])
     })
 }

@@ -1,6 +1,5 @@
 //! svckit: run fleets of RPC services on gRPC and etcd.
 
-pub mod cli;
 pub mod config;
 pub mod error;
 pub mod launcher;
@@ -14,4 +13,4 @@ pub mod telemetry;
 pub use config::Config;
 pub use error::{BoxError, Error, Result};
 pub use manager::Manager;
-pub use service::{RpcService, Service};
+pub use service::{Node, Service};

@@ -41,5 +41,17 @@ fn config_reference_lists_every_option() {
             "{}: SIGHUP column should say {sighup}",
             option.name
         );
+        if let Some((lo, hi)) = option.range {
+            let range = format!("range {lo} to {hi}");
+            assert!(line.contains(&range), "{}: should say {range}", option.name);
+        }
+    }
+    // And no row for an option that does not exist.
+    for line in section.lines().filter(|l| l.starts_with("| `")) {
+        let name = line[3..].split('`').next().unwrap_or_default();
+        assert!(
+            svckit::config::OPTIONS.iter().any(|o| o.name == name),
+            "README config table lists `{name}`, which is no option"
+        );
     }
 }

@@ -69,6 +69,8 @@ impl Echo for EchoManager {
                 MAX_SLEEP.as_millis()
             )));
         }
+        // Tests wait for this line to know a call is in flight.
+        tracing::info!(millis, "sleep started");
         tokio::time::sleep(delay).await;
         Ok(Response::new(SleepResponse {
             host: self.host.clone(),

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::args::CommonArgs;
-pub use self::value::{LogFilter, OptionValue, RestartMethod};
+pub use self::value::{LogFilter, OptionValue};
 
 use crate::error::{Error, Result};
 use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
@@ -57,13 +57,28 @@ pub struct OptionInfo {
     pub mutable: bool,
     /// Shown as `***` in reports.
     pub secret: bool,
+    /// The accepted range, inclusive, in the option's own text form (`1ms`,
+    /// `1h`); checked at load, so no arithmetic on an option can overflow.
+    pub range: Option<(&'static str, &'static str)>,
+    /// One line for the reference.
     pub doc: &'static str,
+}
+
+/// `Some((lo, hi))` when an option declares a range.
+macro_rules! option_range {
+    () => {
+        None
+    };
+    ($lo:literal, $hi:literal) => {
+        Some(($lo, $hi))
+    };
 }
 
 macro_rules! options {
     ($(
         $(#[doc = $doc:literal])+
-        $name:ident : $ty:ty = $default:expr, mutable = $mutable:literal, secret = $secret:literal;
+        $name:ident : $ty:ty = $default:expr, mutable = $mutable:literal, secret = $secret:literal
+            $(, range = $lo:literal ..= $hi:literal)?;
     )*) => {
         /// The kit's configuration. See the module docs for the layering.
         #[derive(Debug, Clone)]
@@ -84,6 +99,7 @@ macro_rules! options {
                 name: stringify!($name),
                 mutable: $mutable,
                 secret: $secret,
+                range: option_range!($($lo, $hi)?),
                 doc: concat!($($doc),+),
             },
         )*];
@@ -110,6 +126,17 @@ macro_rules! options {
                 }
             }
 
+            /// Checks the options `wanted` accepts against their ranges.
+            fn check_ranges(&self, wanted: impl Fn(&str) -> bool) -> Result<()> {
+                $( $(
+                    let name = stringify!($name);
+                    if wanted(name) {
+                        check_range(name, &self.$name, ($lo, $hi), self.source(name))?;
+                    }
+                )? )*
+                Ok(())
+            }
+
             /// The text form of one option, secrets included.
             fn raw(&self, name: &str) -> Option<String> {
                 match name {
@@ -130,32 +157,30 @@ options! {
     registry: RegistryUrl = default_registry(), mutable = false, secret = false;
     /// gRPC listen address; port 0 binds an ephemeral port and the bound address is advertised.
     rpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0)), mutable = false, secret = false;
-    /// HTTP API listen address; empty for none.
-    http_listen: Option<SocketAddr> = None, mutable = false, secret = false;
     /// Worker processes; 1 runs the service in the launcher's own process.
-    workers: u32 = 1, mutable = false, secret = false;
+    workers: u32 = 1, mutable = false, secret = false, range = "1" ..= "1024";
     /// Heartbeat interval (lease keep-alive).
-    report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false;
+    report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false,
+        range = "10ms" ..= "1h";
     /// How long after the last heartbeat a node counts as down (the lease TTL); raised to 2 x report_interval.
-    service_down_time: Duration = Duration::from_secs(5), mutable = false, secret = false;
-    /// Run the manager's periodic tasks.
-    periodic_enable: bool = true, mutable = false, secret = false;
-    /// Periodic tasks start after a random delay in [0, this].
-    periodic_fuzzy_delay: Duration = Duration::from_secs(60), mutable = false, secret = false;
-    /// Longest sleep between periodic task runs.
-    periodic_interval_max: Duration = Duration::from_secs(60), mutable = true, secret = false;
+    service_down_time: Duration = Duration::from_secs(5), mutable = false, secret = false,
+        range = "10ms" ..= "1day";
     /// Bound on a graceful stop (drain, in-flight requests, cleanup); 0 waits forever.
-    graceful_shutdown_timeout: Duration = Duration::from_secs(30), mutable = true, secret = false;
+    graceful_shutdown_timeout: Duration = Duration::from_secs(30), mutable = true, secret = false,
+        range = "0s" ..= "1day";
     /// Time between leaving the service group and closing listeners, so clients see the leave.
-    drain_delay: Duration = Duration::from_secs(1), mutable = true, secret = false;
-    /// Default deadline of an RPC call.
-    rpc_response_timeout: Duration = Duration::from_secs(60), mutable = true, secret = false;
-    /// What SIGHUP does: `mutate` (apply mutable options in place) or `reload`.
-    restart_method: RestartMethod = RestartMethod::Mutate, mutable = false, secret = false;
+    drain_delay: Duration = Duration::from_secs(1), mutable = true, secret = false,
+        range = "0s" ..= "1h";
+    /// Default deadline of an RPC call made by clients built from this config.
+    rpc_response_timeout: Duration = Duration::from_secs(60), mutable = false, secret = false,
+        range = "1ms" ..= "1day";
+    /// When set, the node writes its advertised endpoints there as JSON once it serves and is registered, and removes the file when it stops.
+    ready_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// Largest gRPC message accepted or sent, in bytes.
-    max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false;
+    max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
+        range = "1024" ..= "1073741824";
     /// PEM CA certificate for TLS to etcd.
     registry_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// PEM client certificate for mutual TLS to etcd (with registry_key_file).
@@ -167,8 +192,21 @@ options! {
     /// etcd password.
     registry_password: Option<String> = None, mutable = false, secret = true;
     /// Bound on connecting to the registry and on each registry request.
-    registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false;
+    registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false,
+        range = "10ms" ..= "1h";
 }
+
+/// The options that reach the registry: all an operator tool reads
+/// ([`Config::load_registry`]).
+pub const REGISTRY_OPTIONS: &[&str] = &[
+    "registry",
+    "registry_ca_file",
+    "registry_cert_file",
+    "registry_key_file",
+    "registry_user",
+    "registry_password",
+    "registry_timeout",
+];
 
 fn default_host() -> String {
     nix::unistd::gethostname()
@@ -194,49 +232,90 @@ impl Config {
 
     /// [`Config::load`] with the environment given as a lookup (for tests).
     pub fn load_from(args: &CommonArgs, env: impl Fn(&str) -> Option<String>) -> Result<Self> {
+        let config = Self::layers(args, &env, |_| true)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Only the options that reach the registry ([`REGISTRY_OPTIONS`]), from
+    /// the same layers: what an operator tool needs. Node options in the
+    /// environment or the file are not read, so an operator's shell set up
+    /// for a node (`SVCKIT_WORKERS=0`, another `SVCKIT_HOST`) cannot break
+    /// `svckit members list`.
+    pub fn load_registry(args: &CommonArgs) -> Result<Self> {
+        Self::load_registry_from(args, |k| std::env::var(k).ok())
+    }
+
+    /// [`Config::load_registry`] with the environment given as a lookup.
+    pub fn load_registry_from(
+        args: &CommonArgs,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self> {
+        let config = Self::layers(args, &env, |name| REGISTRY_OPTIONS.contains(&name))?;
+        config.validate_registry()?;
+        Ok(config)
+    }
+
+    /// Applies the file, environment and flag layers to the defaults, for
+    /// the options `wanted` accepts. Unknown keys in the file are refused
+    /// whatever `wanted` says: a typo is a typo.
+    fn layers(
+        args: &CommonArgs,
+        env: &impl Fn(&str) -> Option<String>,
+        wanted: impl Fn(&str) -> bool,
+    ) -> Result<Self> {
         let mut config = Config::default();
         let file = args
             .config
             .clone()
             .or_else(|| env("SVCKIT_CONFIG").map(PathBuf::from));
         if let Some(path) = &file {
-            config.merge_file(path)?;
+            config.merge_file(path, &wanted)?;
         }
-        for option in OPTIONS {
+        for option in OPTIONS.iter().filter(|o| wanted(o.name)) {
             let var = env_var_name(option.name);
             if let Some(raw) = env(&var) {
                 config.set(option.name, &raw, Source::Env(var))?;
             }
         }
-        for (name, raw) in args.values() {
+        for (name, raw) in args.values().into_iter().filter(|(n, _)| wanted(n)) {
             config.set(
                 name,
                 raw,
                 Source::Flag(format!("--{}", name.replace('_', "-"))),
             )?;
         }
-        config.validate()?;
         Ok(config)
     }
 
-    /// Merges a TOML file: top-level `key = value` pairs, one per option.
-    pub fn merge_file(&mut self, path: &Path) -> Result<()> {
+    /// Merges a TOML file of top-level `key = value` pairs, one per option,
+    /// taking those `wanted` accepts.
+    fn merge_file(&mut self, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
-        let table: toml::Table = toml::from_str(&text).map_err(|e| {
-            Error::Config(format!(
-                "invalid config file {}: {}",
-                path.display(),
-                one_line(&e.to_string())
-            ))
-        })?;
+        let table: BTreeMap<String, toml::Spanned<toml::Value>> =
+            toml::from_str(&text).map_err(|e| {
+                Error::Config(format!(
+                    "invalid config file {}: {}",
+                    path.display(),
+                    one_line(&e.to_string())
+                ))
+            })?;
         for (key, value) in &table {
             let source = Source::File {
                 path: path.to_path_buf(),
-                line: line_of(&text, key),
+                line: Some(line_at(&text, value.span().start)),
             };
-            let raw = match value {
+            if !OPTIONS.iter().any(|o| o.name == key) {
+                return Err(Error::Config(format!(
+                    "unknown option `{key}` (from {source})"
+                )));
+            }
+            if !wanted(key) {
+                continue;
+            }
+            let raw = match value.get_ref() {
                 toml::Value::String(s) => s.clone(),
                 toml::Value::Integer(i) => i.to_string(),
                 toml::Value::Float(f) => f.to_string(),
@@ -255,23 +334,14 @@ impl Config {
     /// Checks what no single option can: ranges and combinations.
     pub fn validate(&self) -> Result<()> {
         if self.workers == 0 {
+            // `--workers 0` is a usage mistake (oslo raises ValueError), not
+            // a config one: exit 64.
             return Err(Error::Usage(format!(
                 "invalid value for `workers` from {}: must be at least 1",
                 self.source("workers")
             )));
         }
-        for name in ["report_interval", "service_down_time"] {
-            let zero = match name {
-                "report_interval" => self.report_interval.is_zero(),
-                _ => self.service_down_time.is_zero(),
-            };
-            if zero {
-                return Err(Error::Config(format!(
-                    "invalid value for `{name}` from {}: must be greater than 0",
-                    self.source(name)
-                )));
-            }
-        }
+        self.check_ranges(|_| true)?;
         // Host and topic are path segments of registry keys and files.
         let names = [("host", Some(&self.host)), ("topic", self.topic.as_ref())];
         for (name, value) in names {
@@ -282,12 +352,16 @@ impl Config {
                 )));
             }
         }
-        if self.max_message_size < 1024 {
-            return Err(Error::Config(format!(
-                "invalid value for `max_message_size` from {}: must be at least 1024 bytes",
-                self.source("max_message_size")
-            )));
-        }
+        self.check_registry_pairs()
+    }
+
+    /// The checks of the registry options alone.
+    fn validate_registry(&self) -> Result<()> {
+        self.check_ranges(|name| REGISTRY_OPTIONS.contains(&name))?;
+        self.check_registry_pairs()
+    }
+
+    fn check_registry_pairs(&self) -> Result<()> {
         if self.registry_cert_file.is_some() != self.registry_key_file.is_some() {
             return Err(Error::Config(
                 "registry_cert_file and registry_key_file must be set together".into(),
@@ -362,21 +436,39 @@ impl Config {
     }
 }
 
+/// Refuses a value outside `range` (the bounds in the option's text form).
+fn check_range<T: OptionValue + PartialOrd>(
+    name: &str,
+    value: &T,
+    (lo, hi): (&str, &str),
+    source: Source,
+) -> Result<()> {
+    let bound = |text: &str| {
+        T::parse_value(text)
+            .map_err(|e| Error::Config(format!("option `{name}` has a bad bound {text:?}: {e}")))
+    };
+    if *value < bound(lo)? || *value > bound(hi)? {
+        return Err(Error::Config(format!(
+            "invalid value for `{name}` from {source}: {} is outside {lo} to {hi}",
+            value.show()
+        )));
+    }
+    Ok(())
+}
+
 /// `report_interval` → `SVCKIT_REPORT_INTERVAL`.
 pub fn env_var_name(option: &str) -> String {
     format!("SVCKIT_{}", option.to_ascii_uppercase())
 }
 
-/// The 1-based line where `key` is assigned in a flat TOML file.
-fn line_of(text: &str, key: &str) -> Option<usize> {
-    text.lines()
-        .position(|l| {
-            let l = l.trim_start();
-            l.strip_prefix(key)
-                .or_else(|| l.strip_prefix(&format!("\"{key}\"")))
-                .is_some_and(|rest| rest.trim_start().starts_with('='))
-        })
-        .map(|i| i + 1)
+/// The 1-based line of a byte offset (from a `toml` span).
+fn line_at(text: &str, offset: usize) -> usize {
+    text.as_bytes()
+        .iter()
+        .take(offset)
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1
 }
 
 /// toml's errors span several lines (with a source excerpt); keep them to one.

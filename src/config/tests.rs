@@ -136,3 +136,63 @@ fn host_and_topic_must_be_key_safe() {
     a.topic = Some("compute.cell-1".into());
     assert!(Config::load_from(&a, |_| None).is_ok());
 }
+
+#[test]
+fn out_of_range_values_are_refused_naming_the_option() {
+    for (flag, value) in [
+        ("report_interval", "1e19"),
+        ("report_interval", "0"),
+        ("service_down_time", "1000000000000"),
+        ("graceful_shutdown_timeout", "1000000000000"),
+        ("service_down_time", "-1"),
+        ("workers", "5000"),
+    ] {
+        let mut a = args();
+        match flag {
+            "report_interval" => a.report_interval = Some(value.into()),
+            "service_down_time" => a.service_down_time = Some(value.into()),
+            "graceful_shutdown_timeout" => a.graceful_shutdown_timeout = Some(value.into()),
+            _ => a.workers = Some(value.into()),
+        }
+        let err = Config::load_from(&a, |_| None).unwrap_err();
+        assert_eq!(err.exit_code(), 78, "{flag}={value}: {err}");
+        assert!(err.to_string().contains(&format!("`{flag}`")), "{err}");
+    }
+    let env = |k: &str| (k == "SVCKIT_RPC_RESPONSE_TIMEOUT").then(|| "1e12".to_string());
+    let err = Config::load_from(&args(), env).unwrap_err();
+    assert!(err.to_string().contains("`rpc_response_timeout`"), "{err}");
+}
+
+#[test]
+fn every_range_bound_parses_and_the_defaults_are_within_them() {
+    let defaults = Config::default();
+    for option in OPTIONS {
+        if let Some((lo, hi)) = option.range {
+            let mut c = Config::default();
+            c.set(option.name, lo, Source::Default).unwrap();
+            c.set(option.name, hi, Source::Default).unwrap();
+        }
+    }
+    defaults.check_ranges(|_| true).unwrap();
+}
+
+#[test]
+fn an_operator_tool_reads_only_the_registry_options() {
+    let f = file("workers = 0\nhost = \"bad host!\"\nregistry = \"memory://ops\"\n");
+    let mut a = args();
+    a.config = Some(f.path().into());
+    let env = |k: &str| match k {
+        "SVCKIT_WORKERS" => Some("0".to_string()),
+        "SVCKIT_HOST" => Some("bad host!".to_string()),
+        "SVCKIT_REGISTRY_TIMEOUT" => Some("2".to_string()),
+        _ => None,
+    };
+    let c = Config::load_registry_from(&a, env).unwrap();
+    assert_eq!(c.registry.to_string(), "memory://ops");
+    assert_eq!(c.registry_timeout, Duration::from_secs(2));
+    // A typo in the file is still a typo.
+    let f = file("registry_timout = 2\n");
+    a.config = Some(f.path().into());
+    let err = Config::load_registry_from(&a, |_| None).unwrap_err();
+    assert_eq!(err.exit_code(), 78, "{err}");
+}

@@ -5,10 +5,7 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::str::FromStr;
 use std::time::Duration;
-
-use serde::{Deserialize, Serialize};
 
 use crate::servicegroup::RegistryUrl;
 
@@ -123,39 +120,6 @@ impl<T: OptionValue> OptionValue for Option<T> {
     }
     fn show(&self) -> String {
         self.as_ref().map(T::show).unwrap_or_default()
-    }
-}
-
-/// What SIGHUP does to a running node (oslo.service's `restart_method`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RestartMethod {
-    /// Re-read the config, apply the mutable options in place.
-    Mutate,
-    /// Re-read the config and restart the service (workers one by one).
-    Reload,
-}
-
-impl FromStr for RestartMethod {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
-        match s {
-            "mutate" => Ok(Self::Mutate),
-            "reload" => Ok(Self::Reload),
-            _ => Err(format!("expected mutate or reload, got {s:?}")),
-        }
-    }
-}
-
-impl OptionValue for RestartMethod {
-    fn parse_value(s: &str) -> Result<Self, String> {
-        s.trim().parse()
-    }
-    fn show(&self) -> String {
-        match self {
-            Self::Mutate => "mutate".into(),
-            Self::Reload => "reload".into(),
-        }
     }
 }
 

@@ -1,17 +1,22 @@
 //! Running services: [`launch`] picks a launcher by worker count, and
 //! [`run`] is the whole `main` of a kit binary.
 //!
-//! Signals (the README's table): SIGTERM and SIGINT stop gracefully within
+//! A launcher is driven by [`Control`] requests. In a process they come from
+//! signals (the README's table): SIGTERM and SIGINT stop gracefully within
 //! `graceful_shutdown_timeout`, a second one exits at once (128 + signal);
 //! SIGHUP re-reads the config and applies the mutable options in place;
-//! SIGUSR2 writes a state report to stderr.
+//! SIGUSR2 writes a state report to stderr. Embedding programs and tests
+//! pass their own stream or a shutdown future instead
+//! ([`ServiceLauncher::run_with`], [`ServiceLauncher::run_until`]).
 
+mod control;
 mod single;
 
 use std::future::Future;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+pub use self::control::{signals, until, Control, Controls};
 pub use self::single::ServiceLauncher;
 
 use crate::config::{CommonArgs, Config};
@@ -35,7 +40,9 @@ pub async fn launch(
     match workers {
         0 => Err(Error::Usage("workers must be at least 1".into())),
         1 => {
-            ServiceLauncher::new(args, config, telemetry, services)
+            ServiceLauncher::new(config, services)
+                .reload_from(args)
+                .telemetry(telemetry)
                 .run()
                 .await
         }
@@ -54,7 +61,7 @@ pub async fn launch(
 /// # struct Echo;
 /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
 /// use clap::Parser;
-/// use svckit::{config::CommonArgs, RpcService};
+/// use svckit::{config::CommonArgs, Node};
 ///
 /// #[derive(Parser)]
 /// struct Args {
@@ -64,7 +71,7 @@ pub async fn launch(
 ///
 /// fn main() -> std::process::ExitCode {
 ///     svckit::launcher::run(Args::parse().common, |config| async move {
-///         Ok(vec![Arc::new(RpcService::builder(Echo).topic("echo").build(&config)) as _])
+///         Ok(vec![Arc::new(Node::builder(Echo).topic("echo").build(&config)) as _])
 ///     })
 /// }
 /// ```
@@ -101,9 +108,14 @@ where
     let config = Config::load(&args)?;
     let telemetry = Telemetry::init(&config);
     let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(async move {
+    let result = runtime.block_on(async move {
         let services = make(config.clone()).await?;
         let workers = config.workers;
         launch(args, config, telemetry, services, workers).await
-    })
+    });
+    // Dropping the runtime would wait for its blocking pool: a manager's
+    // stuck `spawn_blocking` must not hold an exit that a deadline or a
+    // second signal asked for.
+    runtime.shutdown_background();
+    result
 }

@@ -1,118 +1,203 @@
 //! [`ServiceLauncher`]: every service in this process (oslo's
-//! `ServiceLauncher`), driven by signals.
+//! `ServiceLauncher`), driven by [`Control`] requests.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::{join_all, select_all};
-use tokio::signal::unix::{signal, Signal, SignalKind};
+use futures::stream::{self, StreamExt};
 
-use crate::config::{CommonArgs, Config, RestartMethod};
+use super::control::{self, Control, Controls};
+use crate::config::{CommonArgs, Config};
 use crate::error::{exit, Error, Result};
 use crate::service::Service;
 use crate::telemetry::Telemetry;
 
-/// Runs services in the current process until SIGTERM or SIGINT.
+/// Runs services in the current process until asked to stop.
+///
+/// Stop requests come from a [`Controls`] stream: the process signals with
+/// [`ServiceLauncher::run`], a future with [`ServiceLauncher::run_until`], or
+/// any stream with [`ServiceLauncher::run_with`].
+///
+/// ```no_run
+/// # use std::sync::Arc;
+/// # struct Echo;
+/// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+/// # async fn demo() -> svckit::Result<()> {
+/// use svckit::launcher::ServiceLauncher;
+/// use svckit::{Config, Node};
+///
+/// let config = Config::default();
+/// let node = Arc::new(Node::builder(Echo).topic("echo").build(&config));
+/// let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+/// let run = tokio::spawn(
+///     ServiceLauncher::new(config, vec![node]).run_until(async { let _ = stopped.await; }),
+/// );
+/// // … later:
+/// let _ = stop.send(());
+/// let code = run.await.expect("launcher task")?;
+/// assert_eq!(code, 0);
+/// # Ok(()) }
+/// ```
+#[must_use]
 pub struct ServiceLauncher {
-    args: CommonArgs,
     config: Config,
-    telemetry: Telemetry,
     services: Vec<Arc<dyn Service>>,
+    /// Where a reload re-reads the config from; without it a reload applies
+    /// the running config again (and still resets the services).
+    reload_from: Option<CommonArgs>,
+    telemetry: Option<Telemetry>,
 }
 
-struct Signals {
-    term: Signal,
-    int: Signal,
-    hup: Signal,
-    usr2: Signal,
-}
-
-impl Signals {
-    fn install() -> Result<Self> {
-        Ok(Signals {
-            term: signal(SignalKind::terminate())?,
-            int: signal(SignalKind::interrupt())?,
-            hup: signal(SignalKind::hangup())?,
-            usr2: signal(SignalKind::user_defined2())?,
-        })
-    }
-}
-
-/// What the launcher was woken by.
-enum Wake {
-    Stop(i32),
-    Reload,
-    Report,
-    Ended(Result<()>),
+/// How the start phase ended.
+enum Started {
+    All,
+    /// A stop request came first; `count` services (the interrupted one
+    /// included) may hold resources and are stopped.
+    Interrupted {
+        count: usize,
+        signal: Option<i32>,
+    },
+    /// A start failed; the `count` services before it are stopped.
+    Failed {
+        count: usize,
+        error: Error,
+    },
 }
 
 impl ServiceLauncher {
-    /// A launcher for `services`; `args` are kept so SIGHUP can reload the
-    /// config from the same sources.
-    pub fn new(
-        args: CommonArgs,
-        config: Config,
-        telemetry: Telemetry,
-        services: Vec<Arc<dyn Service>>,
-    ) -> Self {
+    /// A launcher for `services` under `config`.
+    pub fn new(config: Config, services: Vec<Arc<dyn Service>>) -> Self {
         ServiceLauncher {
-            args,
             config,
-            telemetry,
             services,
+            reload_from: None,
+            telemetry: None,
         }
     }
 
-    /// Starts every service, serves until a stop signal, stops gracefully,
-    /// and returns the exit code.
-    pub async fn run(mut self) -> Result<i32> {
-        // Installed before anything starts, so an early SIGTERM still takes
-        // the graceful path instead of killing the process.
-        let mut signals = Signals::install()?;
-        for (started, service) in self.services.iter().enumerate() {
-            if let Err(e) = service.start().await {
+    /// Re-reads the config from these sources on [`Control::Reload`].
+    ///
+    /// ```
+    /// # use svckit::{config::CommonArgs, launcher::ServiceLauncher, Config};
+    /// let launcher = ServiceLauncher::new(Config::default(), vec![])
+    ///     .reload_from(CommonArgs::default());
+    /// ```
+    pub fn reload_from(mut self, args: CommonArgs) -> Self {
+        self.reload_from = Some(args);
+        self
+    }
+
+    /// Applies a reloaded `log_level` through this handle.
+    ///
+    /// ```
+    /// # use svckit::{launcher::ServiceLauncher, telemetry::Telemetry, Config};
+    /// let config = Config::default();
+    /// let telemetry = Telemetry::init(&config);
+    /// let launcher = ServiceLauncher::new(config, vec![]).telemetry(telemetry);
+    /// ```
+    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
+        self.telemetry = Some(telemetry);
+        self
+    }
+
+    /// Runs until SIGTERM or SIGINT (see [`control::signals`]).
+    pub async fn run(self) -> Result<i32> {
+        let signals = control::signals()?;
+        self.run_with(signals).await
+    }
+
+    /// Runs until `shutdown` resolves, then stops gracefully.
+    pub async fn run_until<F>(self, shutdown: F) -> Result<i32>
+    where
+        F: std::future::Future<Output = ()> + Send + 'static,
+    {
+        self.run_with(control::until(shutdown)).await
+    }
+
+    /// Starts every service, serves until a [`Control::Stop`], stops in the
+    /// drain order, and returns the exit code. A stop request during the
+    /// start interrupts it (a hanging `init_host` or an unreachable registry
+    /// cannot hold the process); a failed start stops what had started and
+    /// returns the error.
+    pub async fn run_with(mut self, controls: Controls) -> Result<i32> {
+        // A stream that ended just sends nothing more.
+        let mut controls = controls.chain(stream::pending()).boxed();
+        let services = self.services.clone();
+        match self.start(&mut controls).await {
+            Started::All => {}
+            Started::Interrupted { count, signal } => {
+                tracing::info!(?signal, "stop requested during start");
+                return self.stop(&services[..count], &mut controls).await;
+            }
+            Started::Failed { count, error } => {
                 // The error itself is reported once, by the caller.
-                let timeout = self.config.graceful_shutdown_timeout;
-                let _ = bounded(
-                    timeout,
-                    join_all(self.services[..started].iter().map(|s| s.stop())),
-                )
-                .await;
-                return Err(e);
+                let _ = self.stop(&services[..count], &mut controls).await;
+                return Err(error);
             }
         }
 
-        let signo = loop {
-            let ended = select_all(self.services.iter().map(|s| s.wait()));
-            let wake = tokio::select! {
-                _ = signals.term.recv() => Wake::Stop(libc_signo(SignalKind::terminate())),
-                _ = signals.int.recv() => Wake::Stop(libc_signo(SignalKind::interrupt())),
-                _ = signals.hup.recv() => Wake::Reload,
-                _ = signals.usr2.recv() => Wake::Report,
-                (result, _, _) = ended => Wake::Ended(result),
-            };
-            match wake {
-                Wake::Stop(signo) => break signo,
-                Wake::Reload => self.reload().await,
-                Wake::Report => self.report(),
-                Wake::Ended(result) => {
+        loop {
+            let ended = select_all(services.iter().map(|s| s.wait()));
+            tokio::select! {
+                control = controls.next() => match control {
+                    Some(Control::Stop { signal }) => {
+                        tracing::info!(?signal, timeout = ?self.config.graceful_shutdown_timeout, "stopping gracefully");
+                        return self.stop(&services, &mut controls).await;
+                    }
+                    Some(Control::Reload) => self.reload().await,
+                    Some(Control::Report) => self.report(),
+                    None => {}
+                },
+                (result, _, _) = ended => {
                     // A service died on its own: stop the others and fail.
-                    let reason = match result {
-                        Err(e) => e,
-                        Ok(()) => Error::Io(std::io::Error::other("a service ended unexpectedly")),
-                    };
+                    let reason = result.err().unwrap_or_else(|| {
+                        Error::Io(std::io::Error::other("a service ended unexpectedly"))
+                    });
                     tracing::error!(error = %reason, "service ended; stopping");
-                    let timeout = self.config.graceful_shutdown_timeout;
-                    let _ =
-                        bounded(timeout, join_all(self.services.iter().map(|s| s.stop()))).await;
+                    let _ = self.stop(&services, &mut controls).await;
                     return Err(reason);
                 }
             }
-        };
+        }
+    }
 
-        let timeout = self.config.graceful_shutdown_timeout;
-        tracing::info!(signal = signo, timeout = ?timeout, "stopping gracefully");
+    async fn start(&mut self, controls: &mut Controls) -> Started {
         let services = self.services.clone();
+        for (index, service) in services.iter().enumerate() {
+            let start = service.start();
+            tokio::pin!(start);
+            loop {
+                tokio::select! {
+                    result = &mut start => match result {
+                        Ok(()) => break,
+                        // The failed service cleaned up after itself.
+                        Err(error) => return Started::Failed { count: index, error },
+                    },
+                    control = controls.next() => match control {
+                        Some(Control::Stop { signal }) => {
+                            return Started::Interrupted { count: index + 1, signal }
+                        }
+                        Some(Control::Report) => self.report(),
+                        Some(Control::Reload) => {
+                            tracing::info!("reload requested during start; the config just loaded stays");
+                        }
+                        None => {}
+                    },
+                }
+            }
+        }
+        Started::All
+    }
+
+    /// Stops `services` together within `graceful_shutdown_timeout`. A
+    /// second stop request ends the run at once.
+    async fn stop(
+        &mut self,
+        services: &[Arc<dyn Service>],
+        controls: &mut Controls,
+    ) -> Result<i32> {
+        let timeout = self.config.graceful_shutdown_timeout;
         let stop = bounded(timeout, join_all(services.iter().map(|s| s.stop())));
         tokio::pin!(stop);
         loop {
@@ -124,24 +209,33 @@ impl ServiceLauncher {
                     }).count();
                     return Ok(if failed == 0 { exit::OK } else { exit::SOFTWARE });
                 }
-                _ = signals.term.recv() => return Ok(second_signal(SignalKind::terminate())),
-                _ = signals.int.recv() => return Ok(second_signal(SignalKind::interrupt())),
-                _ = signals.hup.recv() => self.reload().await,
-                _ = signals.usr2.recv() => self.report(),
+                control = controls.next() => match control {
+                    Some(Control::Stop { signal }) => {
+                        tracing::warn!(?signal, "second stop request; exiting now");
+                        return Ok(signal.map_or(exit::FAILURE, exit::signal));
+                    }
+                    Some(Control::Reload) => self.reload().await,
+                    Some(Control::Report) => self.report(),
+                    None => {}
+                },
             }
         }
     }
 
-    /// SIGHUP: re-read the config from the same sources and apply what may
-    /// change in place. A config that no longer loads is logged and the
-    /// running one kept: a typo must not take a node down.
+    /// Re-reads the config from the same sources and applies what may
+    /// change in place, then resets every service. A config that no longer
+    /// loads is logged and the running one kept: a typo must not take a
+    /// node down.
     async fn reload(&mut self) {
-        let new = match Config::load(&self.args) {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the running config");
-                return;
-            }
+        let new = match &self.reload_from {
+            Some(args) => match Config::load(args) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!(error = %e, "config reload failed; keeping the running config");
+                    return;
+                }
+            },
+            None => self.config.clone(),
         };
         let (applied, ignored) = match self.config.apply_mutable(&new) {
             Ok(r) => r,
@@ -153,11 +247,10 @@ impl ServiceLauncher {
         if !ignored.is_empty() {
             tracing::warn!(options = ?ignored, "changed options need a restart; keeping their running values");
         }
-        if self.config.restart_method == RestartMethod::Reload {
-            tracing::info!("restart_method = reload restarts worker processes; one process applies the mutable options in place");
-        }
-        if let Err(e) = self.telemetry.apply(&self.config) {
-            tracing::error!(error = %e, "cannot apply the new log filter");
+        if let Some(telemetry) = &self.telemetry {
+            if let Err(e) = telemetry.apply(&self.config) {
+                tracing::error!(error = %e, "cannot apply the new log filter");
+            }
         }
         for service in &self.services {
             if let Err(e) = service.reset(&self.config).await {
@@ -167,7 +260,7 @@ impl ServiceLauncher {
         tracing::info!(changed = ?applied, log_level = %self.config.log_level.0, "config reloaded");
     }
 
-    /// SIGUSR2: the state report of every service, to stderr.
+    /// The state report of every service, to stderr.
     fn report(&self) {
         let report = serde_json::json!({
             "services": self.services.iter().map(|s| s.report()).collect::<Vec<_>>(),
@@ -192,16 +285,4 @@ async fn bounded<F: std::future::Future>(timeout: Duration, fut: F) -> Option<F:
             }
         }
     }
-}
-
-fn libc_signo(kind: SignalKind) -> i32 {
-    kind.as_raw_value()
-}
-
-fn second_signal(kind: SignalKind) -> i32 {
-    tracing::warn!(
-        signal = kind.as_raw_value(),
-        "second stop signal; exiting now"
-    );
-    exit::signal(kind.as_raw_value())
 }

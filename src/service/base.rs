@@ -4,7 +4,7 @@ use std::sync::Arc;
 
 use tonic::{Request, Response, Status};
 
-use super::rpc::NodeInfo;
+use super::info::NodeInfo;
 use crate::pb::base::v1::base_server::Base;
 use crate::pb::base::v1::{PingRequest, PingResponse, ReportRequest, ReportResponse};
 

@@ -1,14 +1,16 @@
 //! The [`Service`] lifecycle (oslo.service's `Service`) and the kit's one
-//! implementation of it, [`RpcService`] (nova's `Service`): a node serving a
-//! manager's gRPC API on a topic and registered in the service group.
+//! implementation of it, [`Node`] (nova's `Service`): the server side, a
+//! manager's gRPC API served on a topic and registered in the service group.
 
 mod base;
 mod grpc;
-mod rpc;
+mod info;
+mod node;
 
 use futures::future::BoxFuture;
 
-pub use self::rpc::{NodeInfo, RpcService, RpcServiceBuilder};
+pub use self::info::NodeInfo;
+pub use self::node::{Node, NodeBuilder};
 
 use crate::config::Config;
 use crate::error::Result;
@@ -22,7 +24,7 @@ pub trait Service: Send + Sync + 'static {
     fn name(&self) -> String;
 
     /// Starts serving; returns once the service is fully up (for an
-    /// [`RpcService`]: serving and registered).
+    /// [`Node`]: serving and registered).
     fn start(&self) -> BoxFuture<'_, Result<()>>;
 
     /// Stops in the drain order: stop advertising, stop accepting, finish

@@ -46,6 +46,8 @@ pub struct Proc {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// Holds the node's `ready_file`, where it writes its bound endpoint.
+    ready_dir: tempfile::TempDir,
 }
 
 /// Collects a pipe's lines into a shared string, on a thread.
@@ -70,6 +72,8 @@ impl Proc {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
+        let ready_dir = tempfile::tempdir().expect("temp dir for the ready file");
+        cmd.env("SVCKIT_READY_FILE", ready_dir.path().join("ready.json"));
         for (k, v) in env {
             cmd.env(k, v);
         }
@@ -80,6 +84,7 @@ impl Proc {
             child,
             stdout,
             stderr,
+            ready_dir,
         }
     }
 
@@ -91,16 +96,20 @@ impl Proc {
         (proc, addr)
     }
 
-    /// Waits for the "node serving" log line and parses its endpoint.
+    /// Waits for the node's ready file (written once it serves and is
+    /// registered) and returns the gRPC address in it.
     pub fn wait_for_endpoint(&mut self, timeout: Duration) -> SocketAddr {
+        let path = self.ready_dir.path().join("ready.json");
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(addr) = self.stderr().lines().find_map(|l| {
-                let l = l.split("node serving").nth(1)?;
-                let v = l.split("endpoint=").nth(1)?.split_whitespace().next()?;
-                v.parse().ok()
-            }) {
-                return addr;
+            if let Ok(text) = std::fs::read_to_string(&path) {
+                let ready: serde_json::Value =
+                    serde_json::from_str(&text).expect("ready file is JSON");
+                let url = ready["grpc"].as_str().expect("grpc endpoint in ready file");
+                return url
+                    .trim_start_matches("http://")
+                    .parse()
+                    .expect("endpoint is host:port");
             }
             if let Ok(Some(status)) = self.child.try_wait() {
                 panic!(

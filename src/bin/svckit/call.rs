@@ -6,11 +6,11 @@ use std::io::Write;
 use serde_json::{json, Value};
 use tonic::Status;
 
-use crate::error::{Error, Result};
-use crate::pb::base::v1::base_client::BaseClient;
-use crate::pb::base::v1::{PingRequest, PingResponse};
-use crate::rpc::{Rpc, Target};
-use crate::servicegroup::Registry;
+use svckit::pb::base::v1::base_client::BaseClient;
+use svckit::pb::base::v1::{PingRequest, PingResponse};
+use svckit::rpc::{Rpc, Target};
+use svckit::servicegroup::Registry;
+use svckit::{Error, Result};
 
 fn reply_json(host: &str, result: &Result<PingResponse, Status>) -> Value {
     match result {

@@ -5,13 +5,13 @@ use std::io::Write;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::error::{Error, Result};
-use crate::servicegroup::{AdminChange, Event, Member, Registry};
+use svckit::servicegroup::{AdminChange, Event, Member, Registry};
+use svckit::{Error, Result};
 
 /// A member as the CLI shows it; the field names are the JSON contract of
 /// `members list --json` and `members watch`.
 #[derive(Debug, Serialize)]
-pub struct MemberView<'a> {
+pub(crate) struct MemberView<'a> {
     topic: &'a str,
     host: &'a str,
     binary: &'a str,
@@ -84,7 +84,7 @@ fn row(m: &Member) -> [String; 12] {
 }
 
 /// Renders members as an aligned table with a header row.
-pub fn table(members: &[Member]) -> String {
+fn table(members: &[Member]) -> String {
     let rows: Vec<[String; 12]> = members.iter().map(row).collect();
     let mut widths = COLUMNS.map(str::len);
     for r in &rows {

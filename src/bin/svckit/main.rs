@@ -1,6 +1,7 @@
-//! The operator CLI, `svckit`: membership listing and admin state (nova's
-//! `service-list` and `compute service set`). `src/main.rs` only calls
-//! [`main`].
+//! `svckit`, the operator CLI: membership listing and admin state (nova's
+//! `service-list` and `compute service set`), and calls to a topic's base
+//! API. A thin binary over the library: parse, connect, print, and map the
+//! error to its exit code.
 
 mod call;
 mod members;
@@ -10,15 +11,15 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{CommonArgs, Config};
-use crate::error::Result;
-use crate::rpc::Target;
-use crate::servicegroup::{self, AdminChange, Registry};
+use svckit::config::{CommonArgs, Config};
+use svckit::rpc::Target;
+use svckit::servicegroup::{self, AdminChange, Registry};
+use svckit::Result;
 
 /// Operate a svckit fleet: list and watch members, change their admin state.
 #[derive(Debug, Parser)]
 #[command(name = "svckit", version)]
-pub struct Cli {
+struct Cli {
     #[command(subcommand)]
     command: Command,
 }
@@ -134,24 +135,25 @@ struct TargetArgs {
 }
 
 impl RegistryArgs {
+    /// Only the registry options are read (flags, `SVCKIT_REGISTRY*`, the
+    /// file): an operator's shell set up for a node must not break the CLI.
     async fn connect(&self) -> Result<Registry> {
         let args = CommonArgs {
             config: self.config.clone(),
             registry: self.registry.clone(),
             ..CommonArgs::default()
         };
-        let config = Config::load(&args)?;
+        let config = Config::load_registry(&args)?;
         servicegroup::connect(&config.registry, &config.registry_options()).await
     }
 }
 
-/// Parses the command line, runs the command, maps errors to exit codes.
-pub fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(crate::Error::from)
+        .map_err(svckit::Error::from)
         .and_then(|rt| rt.block_on(run(cli)));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,99 @@
+//! An echo node whose hooks misbehave on demand, for testing what runs it
+//! (the launcher, a supervisor, systemd units):
+//!
+//! ```text
+//! cargo run --example fault_node -- --init-delay 30s      # a slow init_host
+//! cargo run --example fault_node -- --fail init_host      # a hook that fails
+//! cargo run --example fault_node -- --block-cleanup       # cleanup_host stuck in blocking code
+//! ```
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use svckit::config::CommonArgs;
+use svckit::manager::{Manager, Services};
+use svckit::{BoxError, Node};
+
+#[path = "common/echo.rs"]
+mod echo;
+
+#[derive(Parser)]
+struct Args {
+    #[command(flatten)]
+    common: CommonArgs,
+    /// How long init_host takes (e.g. 30s).
+    #[arg(long, value_parser = humantime::parse_duration)]
+    init_delay: Option<Duration>,
+    /// The hook that fails: init_host, pre_start_hook, post_start_hook or cleanup_host.
+    #[arg(long)]
+    fail: Option<String>,
+    /// cleanup_host waits on blocking code that never returns.
+    #[arg(long)]
+    block_cleanup: bool,
+}
+
+struct Faulty {
+    echo: Arc<echo::EchoManager>,
+    init_delay: Option<Duration>,
+    fail: Option<String>,
+    block_cleanup: bool,
+}
+
+impl Faulty {
+    fn outcome(&self, hook: &str) -> Result<(), BoxError> {
+        match &self.fail {
+            Some(f) if f == hook => Err(format!("{hook} failed on purpose").into()),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl Manager for Faulty {
+    fn services(self: &Arc<Self>, services: &mut Services) {
+        self.echo.services(services);
+    }
+
+    async fn init_host(&self) -> Result<(), BoxError> {
+        if let Some(delay) = self.init_delay {
+            tracing::info!(?delay, "init_host started");
+            tokio::time::sleep(delay).await;
+        }
+        self.outcome("init_host")
+    }
+
+    async fn pre_start_hook(&self) -> Result<(), BoxError> {
+        self.outcome("pre_start_hook")
+    }
+
+    async fn post_start_hook(&self) -> Result<(), BoxError> {
+        self.outcome("post_start_hook")
+    }
+
+    async fn cleanup_host(&self) -> Result<(), BoxError> {
+        if self.block_cleanup {
+            tracing::info!("cleanup_host blocking");
+            let _ =
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(3600))).await;
+        }
+        self.outcome("cleanup_host")
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let (init_delay, fail, block_cleanup) = (args.init_delay, args.fail, args.block_cleanup);
+    svckit::launcher::run(args.common, move |config| async move {
+        let manager = Faulty {
+            echo: Arc::new(echo::EchoManager::new(config.host.clone())),
+            init_delay,
+            fail,
+            block_cleanup,
+        };
+        let node = Node::builder(manager)
+            .binary("fault_node")
+            .topic("echo")
+            .build(&config);
+        Ok(vec![Arc::new(node) as Arc<dyn svckit::Service>])
+    })
+}

@@ -1,0 +1,146 @@
+//! [`NodeInfo`]: what a node is and where it stands, shared by the node, its
+//! `Base` API and its reports.
+//!
+//! Locks: identity fields are plain (set at build), write-once data sits in
+//! `OnceLock`, and what changes (config on SIGHUP, membership at stop) in an
+//! `RwLock` whose poisoning is recovered from: every write stores a whole
+//! value, so a panic elsewhere cannot leave it half-written.
+
+use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::time::SystemTime;
+
+use crate::config::Config;
+use crate::servicegroup::{self, Endpoints, Membership};
+
+/// A node's identity and state.
+pub struct NodeInfo {
+    /// The host name the node registers as (with `topic`, its identity).
+    pub host: String,
+    /// The topic served.
+    pub topic: String,
+    /// The binary name recorded in the service record (nova's `binary`).
+    pub binary: String,
+    /// The software version recorded in the service record.
+    pub version: String,
+    /// When the node was built, for the report's uptime.
+    pub started_at: SystemTime,
+    config: RwLock<Config>,
+    /// Known once the listeners are bound; a node binds once.
+    endpoints: OnceLock<Endpoints>,
+    /// The gRPC service names advertised, known once the server is built.
+    services: OnceLock<Vec<String>>,
+    /// `Some` while registered: taken when the node leaves.
+    membership: RwLock<Option<Arc<dyn Membership>>>,
+}
+
+impl NodeInfo {
+    pub(super) fn new(
+        host: String,
+        topic: String,
+        binary: String,
+        version: String,
+        config: Config,
+    ) -> Self {
+        NodeInfo {
+            host,
+            topic,
+            binary,
+            version,
+            started_at: SystemTime::now(),
+            config: RwLock::new(config),
+            endpoints: OnceLock::new(),
+            services: OnceLock::new(),
+            membership: RwLock::new(None),
+        }
+    }
+
+    /// The config in force (after any SIGHUP).
+    pub fn config(&self) -> Config {
+        self.config
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn set_config(&self, config: Config) {
+        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+    }
+
+    /// The advertised endpoints (empty until the listeners are bound).
+    pub fn endpoints(&self) -> Endpoints {
+        self.endpoints.get().cloned().unwrap_or_default()
+    }
+
+    pub(super) fn set_endpoints(&self, endpoints: Endpoints) {
+        let _ = self.endpoints.set(endpoints);
+    }
+
+    /// The gRPC service names advertised (empty until the server is built).
+    pub fn services(&self) -> Vec<String> {
+        self.services.get().cloned().unwrap_or_default()
+    }
+
+    pub(super) fn set_services(&self, services: Vec<String>) {
+        let _ = self.services.set(services);
+    }
+
+    fn membership(&self) -> Option<Arc<dyn Membership>> {
+        self.membership
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(super) fn set_membership(&self, membership: Option<Arc<dyn Membership>>) {
+        *self
+            .membership
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = membership;
+    }
+
+    pub(super) fn take_membership(&self) -> Option<Arc<dyn Membership>> {
+        self.membership
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// The node's state report: identity, process, registration, config
+    /// (secrets as `***`).
+    pub fn report(&self) -> serde_json::Value {
+        let config = self.config();
+        let options: serde_json::Map<_, _> = config
+            .entries()
+            .into_iter()
+            .map(|(name, value, source)| {
+                (
+                    name.to_string(),
+                    serde_json::json!({ "value": value, "source": source.to_string() }),
+                )
+            })
+            .collect();
+        let uptime = SystemTime::now()
+            .duration_since(self.started_at)
+            .unwrap_or_default();
+        serde_json::json!({
+            "package": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
+            "node": {
+                "host": self.host,
+                "topic": self.topic,
+                "binary": self.binary,
+                "version": self.version,
+                "endpoints": self.endpoints(),
+                "services": self.services(),
+            },
+            "process": {
+                "pid": std::process::id(),
+                "ppid": nix::unistd::getppid().as_raw(),
+                "cmdline": std::env::args().collect::<Vec<_>>(),
+                "started_at": servicegroup::rfc3339(self.started_at),
+                "uptime_secs": uptime.as_secs_f64(),
+            },
+            "membership": self.membership().map(|m| m.status()),
+            "config": options,
+        })
+    }
+}

@@ -1,0 +1,379 @@
+//! [`Node`]: the server side of svckit, one running instance of a binary
+//! serving a manager's API on a topic (nova's `Service`), with the start and
+//! stop order of the README. The client side is [`crate::rpc`].
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use tonic::server::NamedService;
+use tonic::service::Routes;
+
+use super::base::BaseApi;
+use super::grpc::{self, GrpcServer};
+use super::info::NodeInfo;
+use super::Service;
+use crate::config::Config;
+use crate::error::{BoxError, Error, Result};
+use crate::manager::{Manager, Services};
+use crate::pb::base::v1::base_server::BaseServer;
+use crate::servicegroup::{self, Endpoints, Membership, Registration};
+
+/// Bound on leaving the service group at stop: an etcd that does not answer
+/// must not delay NOT_SERVING and the drain (the lease expires anyway).
+const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Builds a [`Node`]; the defaults are nova's (`binary` from argv[0],
+/// `topic` from the binary).
+#[must_use]
+pub struct NodeBuilder<M> {
+    manager: M,
+    binary: Option<String>,
+    topic: Option<String>,
+    version: String,
+}
+
+impl<M: Manager> NodeBuilder<M> {
+    /// The binary name recorded in the service group.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # struct Conductor;
+    /// # impl svckit::Manager for Conductor { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # let config = svckit::Config::default();
+    /// let node = svckit::Node::builder(Conductor).binary("conductor").build(&config);
+    /// assert_eq!(node.info().binary, "conductor");
+    /// ```
+    pub fn binary(mut self, binary: impl Into<String>) -> Self {
+        self.binary = Some(binary.into());
+        self
+    }
+
+    /// The topic served when the config sets none.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # struct Echo;
+    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # let config = svckit::Config::default();
+    /// let node = svckit::Node::builder(Echo).topic("echo").build(&config);
+    /// assert_eq!(node.info().topic, "echo");
+    /// ```
+    pub fn topic(mut self, topic: impl Into<String>) -> Self {
+        self.topic = Some(topic.into());
+        self
+    }
+
+    /// The software version recorded in the service group.
+    ///
+    /// ```
+    /// # use std::sync::Arc;
+    /// # struct Echo;
+    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # let config = svckit::Config::default();
+    /// let node = svckit::Node::builder(Echo).version("1.2.0").build(&config);
+    /// assert_eq!(node.info().version, "1.2.0");
+    /// ```
+    pub fn version(mut self, version: impl Into<String>) -> Self {
+        self.version = version.into();
+        self
+    }
+
+    /// The service, for `config`'s host, registry and listeners. The topic is
+    /// the config's `topic`, else the builder's, else the binary name
+    /// without a `svckit-` prefix.
+    pub fn build(self, config: &Config) -> Node<M> {
+        let binary = self.binary.unwrap_or_else(default_binary);
+        let topic = config.topic.clone().or(self.topic).unwrap_or_else(|| {
+            binary
+                .strip_prefix("svckit-")
+                .unwrap_or(&binary)
+                .to_string()
+        });
+        Node {
+            node: Arc::new(NodeInfo::new(
+                config.host.clone(),
+                topic,
+                binary,
+                self.version,
+                config.clone(),
+            )),
+            manager: Arc::new(self.manager),
+            server: Mutex::new(None),
+            initialised: AtomicBool::new(false),
+        }
+    }
+}
+
+fn default_binary() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svckit".into())
+}
+
+/// A node: the manager's gRPC services plus `Base`, health and reflection,
+/// on one listener, registered in the service group while it serves.
+pub struct Node<M> {
+    node: Arc<NodeInfo>,
+    manager: Arc<M>,
+    server: Mutex<Option<Arc<GrpcServer>>>,
+    /// `init_host` succeeded, so `cleanup_host` has something to release.
+    initialised: AtomicBool,
+}
+
+impl<M: Manager> Node<M> {
+    /// A builder with nova's defaults.
+    pub fn builder(manager: M) -> NodeBuilder<M> {
+        NodeBuilder {
+            manager,
+            binary: None,
+            topic: None,
+            version: String::from("0.0.0"),
+        }
+    }
+
+    /// `Node::builder(manager).build(config)`.
+    pub fn create(config: &Config, manager: M) -> Self {
+        Self::builder(manager).build(config)
+    }
+
+    /// The node's identity and state.
+    pub fn info(&self) -> &Arc<NodeInfo> {
+        &self.node
+    }
+
+    fn server(&self) -> Option<Arc<GrpcServer>> {
+        self.server
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    async fn start_inner(&self) -> Result<()> {
+        let config = self.node.config();
+        // The registry is reached first: if it is down, the start fails
+        // before anything was bound or initialised (exit 69).
+        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        let listener = grpc::bind(config.rpc_listen)?;
+        let addr = listener.local_addr()?;
+        self.node.set_endpoints(Endpoints {
+            grpc: Some(advertised_url(addr, &self.node.host)),
+            http: None,
+        });
+
+        self.manager.init_host().await.map_err(hook("init_host"))?;
+        self.initialised.store(true, Ordering::SeqCst);
+        if let Err(e) = self.manager.pre_start_hook().await {
+            self.cleanup_after_failed_start().await;
+            return Err(hook("pre_start_hook")(e));
+        }
+
+        let (routes, advertised, health) = match self.routes(&config) {
+            Ok(built) => built,
+            Err(e) => {
+                self.cleanup_after_failed_start().await;
+                return Err(e);
+            }
+        };
+        let mut health_names = advertised.clone();
+        health_names.push(String::new());
+        let server = Arc::new(GrpcServer::start(listener, routes, health, health_names).await?);
+        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
+        if let Err(e) = self.manager.post_start_hook().await {
+            server.abort();
+            self.cleanup_after_failed_start().await;
+            return Err(hook("post_start_hook")(e));
+        }
+        server.set_serving(true).await;
+
+        // Advertised only now: a node is never listed before it can answer.
+        let registration = Registration {
+            topic: self.node.topic.clone(),
+            host: self.node.host.clone(),
+            binary: self.node.binary.clone(),
+            version: self.node.version.clone(),
+            endpoints: self.node.endpoints(),
+            services: advertised,
+            workers: config.workers,
+            report_interval: config.report_interval,
+            service_down_time: config.service_down_time,
+        };
+        let membership = match registry.join(registration).await {
+            Ok(m) => Arc::<dyn Membership>::from(m),
+            Err(e) => {
+                server.set_serving(false).await;
+                server.abort();
+                self.cleanup_after_failed_start().await;
+                return Err(e);
+            }
+        };
+        self.node.set_membership(Some(membership));
+        if let Some(path) = &config.ready_file {
+            write_ready_file(path, &self.node.endpoints())?;
+        }
+        tracing::info!(
+            topic = %self.node.topic,
+            host = %self.node.host,
+            endpoint = %addr,
+            registry = %config.registry,
+            "node serving and registered"
+        );
+        Ok(())
+    }
+
+    /// The manager's services plus `Base`, health and reflection; the names
+    /// advertised; the health reporter of them all.
+    fn routes(
+        &self,
+        config: &Config,
+    ) -> Result<(Routes, Vec<String>, tonic_health::server::HealthReporter)> {
+        let mut services = Services::new(config.max_message_size);
+        self.manager.services(&mut services);
+        let (routes, user_names, descriptor_sets) = services.into_parts();
+        let (health, health_service) = tonic_health::server::health_reporter();
+        let reflection = || {
+            descriptor_sets.iter().fold(
+                tonic_reflection::server::Builder::configure()
+                    .register_encoded_file_descriptor_set(crate::pb::base::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                |builder, set| builder.register_encoded_file_descriptor_set(set),
+            )
+        };
+        let reflection_err = |e: tonic_reflection::server::Error| {
+            Error::Config(format!("invalid file descriptor set for reflection: {e}"))
+        };
+        let base = BaseServer::new(BaseApi {
+            node: self.node.clone(),
+        })
+        .max_decoding_message_size(config.max_message_size)
+        .max_encoding_message_size(config.max_message_size);
+        let routes = routes
+            .add_service(base)
+            .add_service(health_service)
+            .add_service(reflection().build_v1().map_err(reflection_err)?)
+            .add_service(reflection().build_v1alpha().map_err(reflection_err)?);
+        let mut advertised: Vec<String> = user_names.iter().map(|n| n.to_string()).collect();
+        advertised.push(BaseServer::<BaseApi>::NAME.to_string());
+        self.node.set_services(advertised.clone());
+        Ok((routes, advertised, health))
+    }
+
+    /// After `init_host` succeeded and a later step failed, the host is
+    /// released before the error is returned.
+    async fn cleanup_after_failed_start(&self) {
+        if self.initialised.swap(false, Ordering::SeqCst) {
+            if let Err(e) = self.manager.cleanup_host().await {
+                tracing::error!(error = %e, "cleanup_host failed after a failed start");
+            }
+        }
+    }
+
+    async fn stop_inner(&self) -> Result<()> {
+        let config = self.node.config();
+        // 1. Stop advertising: watchers see the leave at once. Bounded, so
+        //    an etcd black hole cannot hold the drain.
+        if let Some(membership) = self.node.take_membership() {
+            match tokio::time::timeout(LEAVE_TIMEOUT, membership.leave()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "leaving the service group failed; the lease will expire")
+                }
+                Err(_) => tracing::warn!(
+                    timeout = ?LEAVE_TIMEOUT,
+                    "leaving the service group timed out; the lease will expire"
+                ),
+            }
+        }
+        if let Some(path) = &config.ready_file {
+            let _ = std::fs::remove_file(path);
+        }
+        if let Some(server) = self.server() {
+            // 2. Health checkers stop routing here too.
+            server.set_serving(false).await;
+            // 3. Give clients the time to act on the leave before listeners close.
+            tokio::time::sleep(config.drain_delay).await;
+            // 4. Stop accepting; in-flight calls finish (bounded by the launcher).
+            server.drain().await?;
+        }
+        // 5. Release host resources once nothing runs any more.
+        if self.initialised.swap(false, Ordering::SeqCst) {
+            self.manager
+                .cleanup_host()
+                .await
+                .map_err(hook("cleanup_host"))?;
+        }
+        tracing::info!(topic = %self.node.topic, host = %self.node.host, "node stopped");
+        Ok(())
+    }
+}
+
+impl<M: Manager> Service for Node<M> {
+    fn name(&self) -> String {
+        format!("{}/{}", self.node.topic, self.node.host)
+    }
+
+    fn start(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.start_inner())
+    }
+
+    fn stop(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.stop_inner())
+    }
+
+    fn wait(&self) -> BoxFuture<'_, Result<()>> {
+        Box::pin(async move {
+            match self.server() {
+                Some(server) => server.wait().await,
+                None => Ok(()),
+            }
+        })
+    }
+
+    fn reset(&self, config: &Config) -> BoxFuture<'_, Result<()>> {
+        let config = config.clone();
+        Box::pin(async move {
+            self.node.set_config(config);
+            self.manager.reset().await.map_err(hook("reset"))
+        })
+    }
+
+    fn report(&self) -> serde_json::Value {
+        self.node.report()
+    }
+}
+
+/// The URL clients use: the bound address, with the host name in place of
+/// an unspecified IP (a node bound to 0.0.0.0 is reached by its name).
+fn advertised_url(addr: SocketAddr, host: &str) -> String {
+    if addr.ip().is_unspecified() {
+        format!("http://{host}:{}", addr.port())
+    } else {
+        format!("http://{addr}")
+    }
+}
+
+fn hook(name: &'static str) -> impl Fn(BoxError) -> Error {
+    move |source| Error::Hook { hook: name, source }
+}
+
+/// Writes the advertised endpoints as JSON, atomically: a reader sees the
+/// whole file or none.
+fn write_ready_file(path: &Path, endpoints: &Endpoints) -> Result<()> {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
+    let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
+    let value = serde_json::json!({
+        "grpc": endpoints.grpc,
+        "http": endpoints.http,
+        "pid": std::process::id(),
+    });
+    serde_json::to_writer(&mut file, &value).map_err(std::io::Error::from)?;
+    file.persist(path).map_err(|e| Error::Io(e.error))?;
+    Ok(())
+}
