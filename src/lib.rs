@@ -1,4 +1,56 @@
-//! svckit: run fleets of RPC services on gRPC and etcd.
+//! svckit runs fleets of RPC services on gRPC and etcd, the way OpenStack
+//! runs nova: many binaries, each started on many hosts, each serving a
+//! topic, all of them knowing who is up.
+//!
+//! A user defines a [`Manager`]'s API in `.proto` files (stubs generated at
+//! build time by the `svckit-build` crate), and a [`Node`] serves it on a
+//! topic: gRPC health, reflection and the base API beside it, registered in
+//! a service group with lease-based heartbeats. Clients address a topic, one
+//! host of it, or all of it, through channels that follow the membership
+//! and balance by load. The launcher runs nodes with the stop order
+//! production needs: leave the group, go NOT_SERVING, drain, clean up.
+//!
+//! # Layout
+//!
+//! In the order data flows:
+//!
+//! - [`config`]: typed options, defaults < TOML file < `SVCKIT_*` < flags.
+//! - [`manager`]: the user's side: services and lifecycle hooks.
+//! - [`service`]: the [`Service`] lifecycle and [`Node`], the server side.
+//! - [`servicegroup`]: membership on etcd, files or memory: join, heartbeat,
+//!   list, watch, admin state.
+//! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
+//! - [`launcher`]: runs services until signals (or a future) stop them.
+//! - [`telemetry`]: logging set-up.
+//! - [`error`]: the one [`Error`] type and its exit codes.
+//! - [`pb`]: generated code of the kit's own protos.
+//!
+//! # Example
+//!
+//! A node for a manager with no services of its own (it still serves health,
+//! reflection and `svckit.base.v1.Base`), run until Ctrl-C:
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//!
+//! use svckit::manager::{Manager, Services};
+//! use svckit::{config::CommonArgs, Node, Service};
+//!
+//! struct Conductor;
+//!
+//! impl Manager for Conductor {
+//!     fn services(self: &Arc<Self>, _services: &mut Services) {
+//!         // services.add(ConductorServer::from_arc(self.clone()));
+//!     }
+//! }
+//!
+//! fn main() -> std::process::ExitCode {
+//!     svckit::launcher::run(CommonArgs::default(), |config| async move {
+//!         let node = Node::builder(Conductor).topic("conductor").build(&config);
+//!         Ok(vec![Arc::new(node) as Arc<dyn Service>])
+//!     })
+//! }
+//! ```
 
 pub mod config;
 pub mod error;

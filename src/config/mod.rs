@@ -28,9 +28,18 @@ use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
 /// Where an option's value came from, for error messages and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Source {
+    /// Nobody set it.
     Default,
-    File { path: PathBuf, line: Option<usize> },
+    /// The config file, at this line when known.
+    File {
+        /// The file read.
+        path: PathBuf,
+        /// The 1-based line of the value.
+        line: Option<usize>,
+    },
+    /// An environment variable (its name).
     Env(String),
+    /// A command-line flag (as typed: `--report-interval`).
     Flag(String),
 }
 
@@ -52,6 +61,7 @@ impl fmt::Display for Source {
 /// One option's description, for the reference and for SIGHUP.
 #[derive(Debug, Clone, Copy)]
 pub struct OptionInfo {
+    /// The option's name in files, flags (`-` for `_`) and `SVCKIT_*`.
     pub name: &'static str,
     /// May change on SIGHUP without a restart.
     pub mutable: bool,
