@@ -5,6 +5,7 @@
 //! cargo run --example fault_node -- --init-delay 30s      # a slow init_host
 //! cargo run --example fault_node -- --fail init_host      # a hook that fails
 //! cargo run --example fault_node -- --block-cleanup       # cleanup_host stuck in blocking code
+//! cargo run --example fault_node -- --workers 2 --fail-while /tmp/broken   # a crash loop
 //! ```
 
 use std::sync::Arc;
@@ -31,6 +32,9 @@ struct Args {
     /// cleanup_host waits on blocking code that never returns.
     #[arg(long)]
     block_cleanup: bool,
+    /// init_host fails while this file exists (a crash loop an operator can end).
+    #[arg(long, value_name = "FILE")]
+    fail_while: Option<std::path::PathBuf>,
 }
 
 struct Faulty {
@@ -38,6 +42,7 @@ struct Faulty {
     init_delay: Option<Duration>,
     fail: Option<String>,
     block_cleanup: bool,
+    fail_while: Option<std::path::PathBuf>,
 }
 
 impl Faulty {
@@ -58,6 +63,9 @@ impl Manager for Faulty {
         if let Some(delay) = self.init_delay {
             tracing::info!(?delay, "init_host started");
             tokio::time::sleep(delay).await;
+        }
+        if let Some(flag) = self.fail_while.as_ref().filter(|f| f.exists()) {
+            return Err(format!("init_host fails while {} exists", flag.display()).into());
         }
         self.outcome("init_host")
     }
@@ -82,13 +90,19 @@ impl Manager for Faulty {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let (init_delay, fail, block_cleanup) = (args.init_delay, args.fail, args.block_cleanup);
+    let (init_delay, fail, block_cleanup, fail_while) = (
+        args.init_delay,
+        args.fail,
+        args.block_cleanup,
+        args.fail_while,
+    );
     svckit::launcher::run(args.common, move |config| async move {
         let manager = Faulty {
             echo: Arc::new(echo::EchoManager::new(config.host.clone())),
             init_delay,
             fail,
             block_cleanup,
+            fail_while,
         };
         let node = Node::builder(manager)
             .binary("fault_node")

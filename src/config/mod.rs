@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::args::CommonArgs;
-pub use self::value::{LogFilter, OptionValue};
+pub use self::value::{LogFilter, OptionValue, RestartMethod, Workers};
 
 use crate::error::{Error, Result};
 use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
@@ -167,8 +167,13 @@ options! {
     registry: RegistryUrl = default_registry(), mutable = false, secret = false;
     /// gRPC listen address; port 0 binds an ephemeral port and the bound address is advertised.
     rpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0)), mutable = false, secret = false;
-    /// Worker processes; 1 runs the service in the launcher's own process.
-    workers: u32 = 1, mutable = false, secret = false, range = "1" ..= "1024";
+    /// Worker processes (`auto`: one per CPU); 1 runs the service in the launcher's own process.
+    workers: Workers = Workers(1), mutable = false, secret = false, range = "1" ..= "1024";
+    /// What SIGHUP does with worker processes: `reload` replaces them one at a time, `mutate` applies the mutable options in place.
+    restart_method: RestartMethod = RestartMethod::Reload, mutable = true, secret = false;
+    /// A worker that exits sooner than this after its start is restarted with a growing delay (0.1 s doubling to 30 s).
+    min_worker_lifetime: Duration = Duration::from_secs(10), mutable = true, secret = false,
+        range = "0s" ..= "1h";
     /// Heartbeat interval (lease keep-alive).
     report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false,
         range = "10ms" ..= "1h";
@@ -343,7 +348,7 @@ impl Config {
 
     /// Checks what no single option can: ranges and combinations.
     pub fn validate(&self) -> Result<()> {
-        if self.workers == 0 {
+        if self.workers.0 == 0 {
             // `--workers 0` is a usage mistake (oslo raises ValueError), not
             // a config one: exit 64.
             return Err(Error::Usage(format!(

@@ -26,7 +26,7 @@ fn layers_override_in_order() {
     let c = Config::load_from(&a, env).unwrap();
     assert_eq!(c.report_interval, Duration::from_secs(2));
     assert_eq!(c.host, "from-env");
-    assert_eq!(c.workers, 4);
+    assert_eq!(c.workers, Workers(4));
     assert_eq!(c.source("workers"), Source::Flag("--workers".into()));
     assert_eq!(c.source("host"), Source::Env("SVCKIT_HOST".into()));
     assert_eq!(

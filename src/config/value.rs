@@ -123,6 +123,54 @@ impl<T: OptionValue> OptionValue for Option<T> {
     }
 }
 
+/// A worker count: a whole number, or `auto` for one per CPU (oslo's
+/// `get_worker_count()`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Workers(pub u32);
+
+impl OptionValue for Workers {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        if s.trim() == "auto" {
+            let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+            return Ok(Workers(u32::try_from(cpus).unwrap_or(u32::MAX)));
+        }
+        u32::parse_value(s)
+            .map(Workers)
+            .map_err(|_| format!("expected a whole number or auto, got {s:?}"))
+    }
+    fn show(&self) -> String {
+        self.0.to_string()
+    }
+}
+
+/// What SIGHUP does to a node with worker processes (oslo.service's
+/// `restart_method`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RestartMethod {
+    /// Re-read the config and replace the workers one at a time, each new
+    /// one serving before an old one stops.
+    Reload,
+    /// Re-read the config and apply the mutable options in place, in the
+    /// supervisor and in every worker.
+    Mutate,
+}
+
+impl OptionValue for RestartMethod {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "reload" => Ok(Self::Reload),
+            "mutate" => Ok(Self::Mutate),
+            other => Err(format!("expected reload or mutate, got {other:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            Self::Reload => "reload".into(),
+            Self::Mutate => "mutate".into(),
+        }
+    }
+}
+
 /// A `tracing` filter (`info`, `svckit=debug,warn`), checked when set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFilter(pub String);

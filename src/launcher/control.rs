@@ -9,9 +9,9 @@ use crate::error::Result;
 /// A request to a running launcher.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Control {
-    /// Stop gracefully; a second `Stop` while stopping ends the run at once.
-    /// `signal` is the signal that asked, if any: an immediate stop then
-    /// exits with 128 + its number, as shells expect.
+    /// Stop gracefully. While stopping, a `Stop` with a signal ends the run
+    /// at once with exit code 128 + the signal number, as shells expect; one
+    /// without a signal (a supervisor asking again) changes nothing.
     Stop {
         /// The signal number (SIGTERM = 15, SIGINT = 2), if a signal asked.
         signal: Option<i32>,

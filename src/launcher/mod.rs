@@ -10,14 +10,20 @@
 //! ([`ServiceLauncher::run_with`], [`ServiceLauncher::run_until`]).
 
 mod control;
+pub mod process;
 mod single;
 
 use std::future::Future;
+
+use futures::StreamExt;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 pub use self::control::{signals, until, Control, Controls};
 pub use self::single::ServiceLauncher;
+
+use self::process::worker::Inherited;
+use self::single::WorkerSetup;
 
 use crate::config::{CommonArgs, Config};
 use crate::error::{Error, Result};
@@ -26,10 +32,10 @@ use crate::telemetry::Telemetry;
 
 /// Runs `services` until a signal stops them and returns the exit code.
 ///
-/// `workers` must be at least 1 (0 is a usage error, exit 64); 1 runs the
-/// services in this process. More than one needs the process launcher,
-/// which this build does not have yet: that is refused with a usage error
-/// rather than silently running one worker.
+/// `workers` must be at least 1 (0 is a usage error, exit 64). 1 runs the
+/// services in this process ([`ServiceLauncher`]); more runs one service in
+/// that many worker processes under this one ([`process`]), which must then
+/// be the `main` of its binary: workers re-execute it.
 pub async fn launch(
     args: CommonArgs,
     config: Config,
@@ -46,9 +52,7 @@ pub async fn launch(
                 .run()
                 .await
         }
-        n => Err(Error::Usage(format!(
-            "workers = {n}: multi-process launching is not available in this version; use workers = 1"
-        ))),
+        n => process::supervise(args, config, telemetry, services, n).await,
     }
 }
 
@@ -105,12 +109,43 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<Vec<Arc<dyn Service>>>>,
 {
+    // Before any thread starts: it reads and clears the environment.
+    let mut inherited = Inherited::take()?;
     let config = Config::load(&args)?;
     let telemetry = Telemetry::init(&config);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
         let services = make(config.clone()).await?;
-        let workers = config.workers;
+        if inherited.worker.is_some() {
+            // One worker of a supervisor: serve the shared socket, tell the
+            // supervisor when serving, leave registration to it.
+            let mut launcher = ServiceLauncher::new(config, services)
+                .reload_from(args)
+                .telemetry(telemetry)
+                .worker(WorkerSetup {
+                    listener: inherited.listener.take(),
+                    supervised: true,
+                });
+            let mut controls = signals()?;
+            if let Some((ready, requests)) = inherited.follow_supervisor()? {
+                launcher = launcher.on_ready(move || ready.send());
+                controls = futures::stream::select(controls, requests).boxed();
+            }
+            return launcher.run_with(controls).await;
+        }
+        if let Some(listener) = inherited.listener.take() {
+            // systemd socket activation: one process on the given socket.
+            return ServiceLauncher::new(config, services)
+                .reload_from(args)
+                .telemetry(telemetry)
+                .worker(WorkerSetup {
+                    listener: Some(listener),
+                    supervised: false,
+                })
+                .run()
+                .await;
+        }
+        let workers = config.workers.0;
         launch(args, config, telemetry, services, workers).await
     });
     // Dropping the runtime would wait for its blocking pool: a manager's

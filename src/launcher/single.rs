@@ -10,7 +10,7 @@ use futures::stream::{self, StreamExt};
 use super::control::{self, Control, Controls};
 use crate::config::{CommonArgs, Config};
 use crate::error::{exit, Error, Result};
-use crate::service::Service;
+use crate::service::{Service, StartContext};
 use crate::telemetry::Telemetry;
 
 /// Runs services in the current process until asked to stop.
@@ -47,6 +47,20 @@ pub struct ServiceLauncher {
     /// the running config again (and still resets the services).
     reload_from: Option<CommonArgs>,
     telemetry: Option<Telemetry>,
+    /// Set when this process is one worker of a supervisor (see
+    /// [`super::process`]).
+    worker: Option<WorkerSetup>,
+    /// Called once every service started (readiness for a supervisor or
+    /// systemd).
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// A listener handed down, by a supervisor or by systemd.
+pub(super) struct WorkerSetup {
+    /// The listening socket, served instead of binding one.
+    pub(super) listener: Option<std::net::TcpListener>,
+    /// Registration is the supervisor's.
+    pub(super) supervised: bool,
 }
 
 /// How the start phase ended.
@@ -73,7 +87,22 @@ impl ServiceLauncher {
             services,
             reload_from: None,
             telemetry: None,
+            worker: None,
+            on_ready: None,
         }
+    }
+
+    /// Serves an inherited listener (as a supervised worker, or under
+    /// systemd socket activation).
+    pub(super) fn worker(mut self, setup: WorkerSetup) -> Self {
+        self.worker = Some(setup);
+        self
+    }
+
+    /// Calls `ready` once every service started.
+    pub(super) fn on_ready(mut self, ready: impl FnOnce() + Send + 'static) -> Self {
+        self.on_ready = Some(Box::new(ready));
+        self
     }
 
     /// Re-reads the config from these sources on [`Control::Reload`].
@@ -125,7 +154,11 @@ impl ServiceLauncher {
         let mut controls = controls.chain(stream::pending()).boxed();
         let services = self.services.clone();
         match self.start(&mut controls).await {
-            Started::All => {}
+            Started::All => {
+                if let Some(ready) = self.on_ready.take() {
+                    ready();
+                }
+            }
             Started::Interrupted { count, signal } => {
                 tracing::info!(?signal, "stop requested during start");
                 return self.stop(&services[..count], &mut controls).await;
@@ -165,7 +198,14 @@ impl ServiceLauncher {
     async fn start(&mut self, controls: &mut Controls) -> Started {
         let services = self.services.clone();
         for (index, service) in services.iter().enumerate() {
-            let start = service.start();
+            let context = match &mut self.worker {
+                Some(worker) => StartContext {
+                    listener: worker.listener.take(),
+                    supervised: worker.supervised,
+                },
+                None => StartContext::default(),
+            };
+            let start = service.start(context);
             tokio::pin!(start);
             loop {
                 tokio::select! {
@@ -191,7 +231,8 @@ impl ServiceLauncher {
     }
 
     /// Stops `services` together within `graceful_shutdown_timeout`. A
-    /// second stop request ends the run at once.
+    /// stop signal now ends the run at once; a stop request without one
+    /// changes nothing.
     async fn stop(
         &mut self,
         services: &[Arc<dyn Service>],
@@ -210,10 +251,12 @@ impl ServiceLauncher {
                     return Ok(if failed == 0 { exit::OK } else { exit::SOFTWARE });
                 }
                 control = controls.next() => match control {
-                    Some(Control::Stop { signal }) => {
-                        tracing::warn!(?signal, "second stop request; exiting now");
-                        return Ok(signal.map_or(exit::FAILURE, exit::signal));
+                    Some(Control::Stop { signal: Some(signal) }) => {
+                        tracing::warn!(signal, "second stop signal; exiting now");
+                        return Ok(exit::signal(signal));
                     }
+                    // Asked again without a signal: already under way.
+                    Some(Control::Stop { signal: None }) => {}
                     Some(Control::Reload) => self.reload().await,
                     Some(Control::Report) => self.report(),
                     None => {}

@@ -9,11 +9,26 @@ mod node;
 
 use futures::future::BoxFuture;
 
+pub(crate) use self::grpc::bind;
 pub use self::info::NodeInfo;
-pub use self::node::{Node, NodeBuilder};
+pub(crate) use self::node::write_ready_file;
+pub use self::node::{advertised_url, Node, NodeBuilder};
 
 use crate::config::Config;
 use crate::error::Result;
+use crate::servicegroup::{Endpoints, Registration};
+
+/// How a launcher starts a service.
+#[derive(Debug, Default)]
+pub struct StartContext {
+    /// A listening socket handed down by a supervisor (or by systemd socket
+    /// activation): the service serves on it instead of binding its own.
+    pub listener: Option<std::net::TcpListener>,
+    /// The service runs as one worker of a multi-process node: it does not
+    /// join the service group, because its supervisor registers the node
+    /// once for all workers.
+    pub supervised: bool,
+}
 
 /// Something the launcher runs: started once, stopped once, and waited on.
 ///
@@ -23,9 +38,9 @@ pub trait Service: Send + Sync + 'static {
     /// A short name for logs.
     fn name(&self) -> String;
 
-    /// Starts serving; returns once the service is fully up (for an
-    /// [`Node`]: serving and registered).
-    fn start(&self) -> BoxFuture<'_, Result<()>>;
+    /// Starts serving; returns once the service is fully up (for a
+    /// [`Node`]: serving and, unless supervised, registered).
+    fn start(&self, context: StartContext) -> BoxFuture<'_, Result<()>>;
 
     /// Stops in the drain order: stop advertising, stop accepting, finish
     /// in-flight work, clean up. The caller bounds it with a deadline.
@@ -40,4 +55,11 @@ pub trait Service: Send + Sync + 'static {
 
     /// A JSON report of the service's state (for SIGUSR2 and `Base/Report`).
     fn report(&self) -> serde_json::Value;
+
+    /// What a supervisor registers for this service when its workers serve
+    /// on `endpoints`; `None` for a service that does not register.
+    fn registration(&self, endpoints: Endpoints, workers: u32) -> Option<Registration> {
+        let _ = (endpoints, workers);
+        None
+    }
 }

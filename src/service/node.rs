@@ -15,7 +15,7 @@ use tonic::service::Routes;
 use super::base::BaseApi;
 use super::grpc::{self, GrpcServer};
 use super::info::NodeInfo;
-use super::Service;
+use super::{Service, StartContext};
 use crate::config::Config;
 use crate::error::{BoxError, Error, Result};
 use crate::manager::{Manager, Services};
@@ -156,12 +156,20 @@ impl<M: Manager> Node<M> {
             .clone()
     }
 
-    async fn start_inner(&self) -> Result<()> {
+    async fn start_inner(&self, context: StartContext) -> Result<()> {
         let config = self.node.config();
         // The registry is reached first: if it is down, the start fails
-        // before anything was bound or initialised (exit 69).
-        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
-        let listener = grpc::bind(config.rpc_listen)?;
+        // before anything was bound or initialised (exit 69). A supervised
+        // worker leaves the registry to its supervisor.
+        let registry = if context.supervised {
+            None
+        } else {
+            Some(servicegroup::connect(&config.registry, &config.registry_options()).await?)
+        };
+        let listener = match context.listener {
+            Some(inherited) => inherited,
+            None => grpc::bind(config.rpc_listen)?,
+        };
         let addr = listener.local_addr()?;
         self.node.set_endpoints(Endpoints {
             grpc: Some(advertised_url(addr, &self.node.host)),
@@ -193,18 +201,13 @@ impl<M: Manager> Node<M> {
         }
         server.set_serving(true).await;
 
-        // Advertised only now: a node is never listed before it can answer.
-        let registration = Registration {
-            topic: self.node.topic.clone(),
-            host: self.node.host.clone(),
-            binary: self.node.binary.clone(),
-            version: self.node.version.clone(),
-            endpoints: self.node.endpoints(),
-            services: advertised,
-            workers: config.workers,
-            report_interval: config.report_interval,
-            service_down_time: config.service_down_time,
+        let Some(registry) = registry else {
+            tracing::info!(topic = %self.node.topic, host = %self.node.host, endpoint = %addr, "worker serving");
+            return Ok(());
         };
+        // Advertised only now: a node is never listed before it can answer.
+        let registration =
+            self.registration_for(self.node.endpoints(), advertised, config.workers.0);
         let membership = match registry.join(registration).await {
             Ok(m) => Arc::<dyn Membership>::from(m),
             Err(e) => {
@@ -226,6 +229,26 @@ impl<M: Manager> Node<M> {
             "node serving and registered"
         );
         Ok(())
+    }
+
+    fn registration_for(
+        &self,
+        endpoints: Endpoints,
+        services: Vec<String>,
+        workers: u32,
+    ) -> Registration {
+        let config = self.node.config();
+        Registration {
+            topic: self.node.topic.clone(),
+            host: self.node.host.clone(),
+            binary: self.node.binary.clone(),
+            version: self.node.version.clone(),
+            endpoints,
+            services,
+            workers,
+            report_interval: config.report_interval,
+            service_down_time: config.service_down_time,
+        }
     }
 
     /// The manager's services plus `Base`, health and reflection; the names
@@ -319,8 +342,8 @@ impl<M: Manager> Service for Node<M> {
         format!("{}/{}", self.node.topic, self.node.host)
     }
 
-    fn start(&self) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.start_inner())
+    fn start(&self, context: StartContext) -> BoxFuture<'_, Result<()>> {
+        Box::pin(self.start_inner(context))
     }
 
     fn stop(&self) -> BoxFuture<'_, Result<()>> {
@@ -347,11 +370,21 @@ impl<M: Manager> Service for Node<M> {
     fn report(&self) -> serde_json::Value {
         self.node.report()
     }
+
+    fn registration(&self, endpoints: Endpoints, workers: u32) -> Option<Registration> {
+        // The names only: the manager's services are listed, not started.
+        let mut services = Services::new(self.node.config().max_message_size);
+        self.manager.services(&mut services);
+        let (_, names, _) = services.into_parts();
+        let mut advertised: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        advertised.push(BaseServer::<BaseApi>::NAME.to_string());
+        Some(self.registration_for(endpoints, advertised, workers))
+    }
 }
 
 /// The URL clients use: the bound address, with the host name in place of
 /// an unspecified IP (a node bound to 0.0.0.0 is reached by its name).
-fn advertised_url(addr: SocketAddr, host: &str) -> String {
+pub fn advertised_url(addr: SocketAddr, host: &str) -> String {
     if addr.ip().is_unspecified() {
         format!("http://{host}:{}", addr.port())
     } else {
@@ -365,7 +398,7 @@ fn hook(name: &'static str) -> impl Fn(BoxError) -> Error {
 
 /// Writes the advertised endpoints as JSON, atomically: a reader sees the
 /// whole file or none.
-fn write_ready_file(path: &Path, endpoints: &Endpoints) -> Result<()> {
+pub(crate) fn write_ready_file(path: &Path, endpoints: &Endpoints) -> Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
     let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
     let value = serde_json::json!({

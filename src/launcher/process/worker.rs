@@ -1,0 +1,166 @@
+//! The worker side of the supervisor protocol, and systemd socket
+//! activation, which uses the same convention.
+//!
+//! A supervisor starts a worker by re-executing its own binary with the same
+//! arguments and:
+//!
+//! - `LISTEN_FDS=1`, `LISTEN_FDNAMES=grpc`: the shared gRPC listener is fd 3
+//!   (systemd's `SD_LISTEN_FDS_START`);
+//! - `SVCKIT_WORKER=<slot>`: this process is worker `slot` of a supervisor;
+//! - `SVCKIT_SUPERVISOR_FD=4`: a socket to the supervisor. The worker writes
+//!   [`READY`] when it serves; the supervisor writes [`STOP`] to stop it
+//!   gracefully. End-of-file means the supervisor died, and the worker exits
+//!   (a backstop to `PR_SET_PDEATHSIG`).
+//!
+//! The stop request travels on the socket, not as SIGTERM, because systemd
+//! (`KillMode=control-group`) and a terminal's Ctrl-C signal every process
+//! of the group at once: a worker would take the supervisor's SIGTERM for a
+//! second signal and cut its in-flight calls. A signal from outside still
+//! stops a worker gracefully, and a repeated stop request does not count as
+//! a second signal.
+//!
+//! Under systemd socket activation (`LISTEN_PID` = this process, no
+//! `SVCKIT_WORKER`) a single-process node serves the inherited socket and
+//! registers itself as usual.
+
+use std::net::TcpListener;
+use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+
+use futures::StreamExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::UnixStream;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::UnboundedReceiverStream;
+
+use crate::launcher::{Control, Controls};
+
+use crate::error::{exit, Error, Result};
+
+/// The first inherited descriptor (systemd's `SD_LISTEN_FDS_START`).
+pub(super) const LISTEN_FD: RawFd = 3;
+/// The worker's end of its socket to the supervisor.
+pub(super) const SUPERVISOR_FD: RawFd = 4;
+
+/// Worker → supervisor: serving.
+pub(super) const READY: u8 = b'R';
+/// Supervisor → worker: stop gracefully.
+pub(super) const STOP: u8 = b'T';
+
+pub(super) const ENV_WORKER: &str = "SVCKIT_WORKER";
+pub(super) const ENV_SUPERVISOR_FD: &str = "SVCKIT_SUPERVISOR_FD";
+
+/// What this process inherited.
+pub(crate) struct Inherited {
+    /// The shared listener, if one was handed down.
+    pub(crate) listener: Option<TcpListener>,
+    /// `Some(slot)` when this process is a supervised worker.
+    pub(crate) worker: Option<u32>,
+    supervisor: Option<OwnedFd>,
+}
+
+impl Inherited {
+    /// Reads the environment a supervisor (or systemd) set, takes the
+    /// descriptors it names, and removes the variables so that processes
+    /// this one starts do not inherit them. Call it once, before threads
+    /// that read the environment start.
+    pub(crate) fn take() -> Result<Self> {
+        let worker = match std::env::var(ENV_WORKER) {
+            Ok(slot) => Some(slot.parse::<u32>().map_err(|_| {
+                Error::Usage(format!("{ENV_WORKER}={slot:?} is not a worker slot"))
+            })?),
+            Err(_) => None,
+        };
+        let for_us = match std::env::var("LISTEN_PID") {
+            Ok(pid) => pid.parse::<u32>().ok() == Some(std::process::id()),
+            // A supervisor cannot know the pid before exec; its workers
+            // trust LISTEN_FDS without it.
+            Err(_) => worker.is_some(),
+        };
+        let fds = std::env::var("LISTEN_FDS")
+            .ok()
+            .and_then(|n| n.parse::<i32>().ok())
+            .filter(|_| for_us)
+            .unwrap_or(0);
+        let listener = if fds >= 1 {
+            // SAFETY: LISTEN_FDS says fd 3 was handed to this process to
+            // own; it is taken exactly once, here.
+            let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FD) };
+            let listener = TcpListener::from(fd);
+            listener.set_nonblocking(true)?;
+            Some(listener)
+        } else {
+            None
+        };
+        let supervisor = match (worker, std::env::var(ENV_SUPERVISOR_FD)) {
+            (Some(_), Ok(fd)) if fd.parse::<RawFd>().ok() == Some(SUPERVISOR_FD) => {
+                // SAFETY: as above, for the supervisor socket at fd 4.
+                Some(unsafe { OwnedFd::from_raw_fd(SUPERVISOR_FD) })
+            }
+            _ => None,
+        };
+        for var in [
+            "LISTEN_FDS",
+            "LISTEN_PID",
+            "LISTEN_FDNAMES",
+            ENV_WORKER,
+            ENV_SUPERVISOR_FD,
+        ] {
+            std::env::remove_var(var);
+        }
+        Ok(Inherited {
+            listener,
+            worker,
+            supervisor,
+        })
+    }
+
+    /// Starts following the supervisor: its stop requests come out of the
+    /// returned stream, and the process exits when it goes away. Also
+    /// returns what tells it this worker serves.
+    pub(crate) fn follow_supervisor(&mut self) -> Result<Option<(Ready, Controls)>> {
+        let Some(fd) = self.supervisor.take() else {
+            return Ok(None);
+        };
+        let socket = std::os::unix::net::UnixStream::from(fd);
+        socket.set_nonblocking(true)?;
+        let socket = UnixStream::from_std(socket)?;
+        let (mut reader, writer) = socket.into_split();
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            let mut buf = [0u8; 16];
+            loop {
+                match reader.read(&mut buf).await {
+                    Ok(n) if n > 0 => {
+                        if buf[..n].contains(&STOP) {
+                            let _ = tx.send(Control::Stop { signal: None });
+                        }
+                    }
+                    _ => break,
+                }
+            }
+            tracing::error!("the supervisor is gone; exiting");
+            std::process::exit(exit::FAILURE);
+        });
+        Ok(Some((
+            Ready(writer),
+            UnboundedReceiverStream::new(rx).boxed(),
+        )))
+    }
+}
+
+/// Tells the supervisor this worker serves.
+pub(crate) struct Ready(tokio::net::unix::OwnedWriteHalf);
+
+impl Ready {
+    /// Writes the readiness byte; a supervisor that is gone is noticed by
+    /// the reader, not here.
+    pub(crate) fn send(self) {
+        let mut writer = self.0;
+        tokio::spawn(async move {
+            let _ = writer.write_all(&[READY]).await;
+            // Kept open: closing it is how the supervisor would see us go.
+            std::future::pending::<()>().await;
+            drop(writer);
+        });
+    }
+}

@@ -1,0 +1,353 @@
+//! The multi-process launcher with real processes and signals: workers
+//! sharing one socket, respawn with backoff, registration once per node,
+//! reload, resize, report, and workers dying with their supervisor.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use nix::sys::signal::{kill, Signal};
+use nix::unistd::Pid;
+use support::etcd::Etcd;
+use support::node::{example_bin, quick_node_args, Proc};
+use svckit::servicegroup::{self, Registry};
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
+
+use echo::pb::echo_client::EchoClient;
+use echo::pb::EchoRequest;
+
+const WAIT: Duration = Duration::from_secs(20);
+
+type Client = EchoClient<tonic::transport::Channel>;
+
+/// A new connection: the kernel hands it to whichever worker accepts.
+async fn connect(addr: std::net::SocketAddr) -> Client {
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to the node");
+    EchoClient::new(channel)
+}
+
+async fn pid_of(client: &mut Client) -> u32 {
+    client
+        .echo(EchoRequest {
+            payload: b"p".to_vec(),
+        })
+        .await
+        .expect("echo")
+        .into_inner()
+        .pid
+}
+
+/// Connections until `distinct` workers answered: (client, pid) pairs.
+async fn clients_on_workers(addr: std::net::SocketAddr, distinct: usize) -> Vec<(Client, u32)> {
+    let mut found: Vec<(Client, u32)> = Vec::new();
+    for _ in 0..400 {
+        let mut client = connect(addr).await;
+        let pid = pid_of(&mut client).await;
+        if !found.iter().any(|(_, p)| *p == pid) {
+            found.push((client, pid));
+            if found.len() >= distinct {
+                return found;
+            }
+        }
+    }
+    panic!(
+        "only {} distinct workers answered 400 connections",
+        found.len()
+    );
+}
+
+/// The worker pids the supervisor's log names as started or serving.
+fn serving_pids(supervisor: &Proc) -> BTreeSet<u32> {
+    let log = supervisor.stderr();
+    let mut pids = BTreeSet::new();
+    for line in log.lines().filter(|l| l.contains("pool: worker serving")) {
+        if let Some(pid) = field(line, "pid") {
+            pids.insert(pid);
+        }
+    }
+    for line in log
+        .lines()
+        .filter(|l| l.contains("pool: worker stopped") || l.contains("pool: worker exited"))
+    {
+        if let Some(pid) = field(line, "pid") {
+            pids.remove(&pid);
+        }
+    }
+    pids
+}
+
+fn field(line: &str, name: &str) -> Option<u32> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
+}
+
+fn alive(pid: u32) -> bool {
+    // A zombie has exited: only a live process has a state other than Z.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit(')')
+            .next()
+            .and_then(|rest| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z"),
+        Err(_) => false,
+    }
+}
+
+async fn wait_until(what: &str, mut check: impl FnMut() -> bool) {
+    support::eventually(WAIT, what, || {
+        let ok = check();
+        async move { ok.then_some(()) }
+    })
+    .await;
+}
+
+fn supervisor(
+    registry: &str,
+    host: &str,
+    workers: &str,
+    extra: &[&str],
+) -> (Proc, std::net::SocketAddr) {
+    let mut args = quick_node_args(registry, host);
+    args.extend_from_slice(&["--workers", workers]);
+    args.extend_from_slice(extra);
+    Proc::start_example("echo_node", &args, &[("SVCKIT_DRAIN_DELAY", "0.2")])
+}
+
+async fn registry(etcd: &Etcd) -> Registry {
+    servicegroup::connect(&etcd.url(), &support::options())
+        .await
+        .expect("connect to etcd")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn four_workers_share_the_socket_and_the_node_registers_once() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (node, addr) = supervisor(&url, "w4", "4", &[]);
+    wait_until("four workers serving", || serving_pids(&node).len() == 4).await;
+
+    let on = clients_on_workers(addr, 3).await;
+    let pids: BTreeSet<u32> = on.iter().map(|(_, p)| *p).collect();
+    assert!(pids.len() >= 3, "{pids:?}");
+    assert!(pids.is_subset(&serving_pids(&node)), "{pids:?}");
+
+    let members = registry(&etcd).await.list(Some("echo")).await.unwrap();
+    assert_eq!(members.len(), 1, "{members:?}");
+    assert!(members[0].up);
+    assert_eq!(members[0].record.workers, 4);
+    let (code, out, _) = Proc::run_cli(&["members", "list", "--registry", &url, "--json"]);
+    assert_eq!(code, Some(0));
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().map(Vec::len), Some(1), "{out}");
+    assert_eq!(rows[0]["workers"], 4);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_worker_is_replaced_and_the_others_keep_serving() {
+    let etcd = Etcd::start();
+    let (node, addr) = supervisor(&etcd.url().to_string(), "wk", "3", &[]);
+    wait_until("three workers serving", || serving_pids(&node).len() == 3).await;
+    let mut on = clients_on_workers(addr, 2).await;
+    let (_, victim) = on.remove(0);
+    let (mut survivor, survivor_pid) = on.remove(0);
+
+    kill(Pid::from_raw(victim as i32), Signal::SIGKILL).unwrap();
+    for _ in 0..50 {
+        assert_eq!(
+            pid_of(&mut survivor).await,
+            survivor_pid,
+            "a call to another worker failed"
+        );
+    }
+    wait_until("a replacement worker serving", || {
+        let pids = serving_pids(&node);
+        pids.len() == 3 && !pids.contains(&victim)
+    })
+    .await;
+    assert!(
+        node.stderr().contains("killed by SIGKILL"),
+        "{}",
+        node.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_die_with_a_killed_supervisor_and_the_lease_expires() {
+    let etcd = Etcd::start();
+    let (node, _) = supervisor(&etcd.url().to_string(), "wd", "2", &[]);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let workers = serving_pids(&node);
+    let registry = registry(&etcd).await;
+    let mut watch = registry.watch(Some("echo")).await.unwrap();
+    support::expect_event(&mut watch, WAIT, "the node up", support::is_join("wd")).await;
+
+    node.signal(Signal::SIGKILL);
+    wait_until("every worker gone", || workers.iter().all(|p| !alive(*p))).await;
+    // The lease outlives the supervisor by at most service_down_time (1 s).
+    support::expect_event(
+        &mut watch,
+        Duration::from_secs(5),
+        "the node's leave",
+        support::is_leave("wd"),
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ttin_and_ttou_change_the_worker_count_and_usr2_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (node, _) = supervisor(&url, "wt", "2", &[]);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+
+    node.signal(Signal::SIGTTIN);
+    wait_until("three workers serving", || serving_pids(&node).len() == 3).await;
+    // One at a time: signals of one kind sent together may arrive as one.
+    node.signal(Signal::SIGTTOU);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    node.signal(Signal::SIGTTOU);
+    wait_until("one worker serving", || serving_pids(&node).len() == 1).await;
+    // Never below one.
+    node.signal(Signal::SIGTTOU);
+
+    node.signal(Signal::SIGUSR2);
+    node.wait_for_log("\"workers_wanted\": 1", WAIT);
+    let pid = serving_pids(&node).into_iter().next().unwrap();
+    // Each worker prints its own report too.
+    node.wait_for_log(&format!("\"pid\": {pid},"), WAIT);
+    assert_eq!(serving_pids(&node).len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_replaces_every_worker_without_a_failed_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (node, addr) = supervisor(&url, "wr", "2", &[]);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let before = serving_pids(&node);
+
+    // A steady load on fresh connections while the workers are replaced.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let load = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let (mut calls, mut errors) = (0u32, Vec::new());
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let mut client = connect(addr).await;
+                for _ in 0..5 {
+                    calls += 1;
+                    if let Err(e) = client
+                        .echo(EchoRequest {
+                            payload: b"x".to_vec(),
+                        })
+                        .await
+                    {
+                        errors.push(e);
+                    }
+                }
+            }
+            (calls, errors)
+        })
+    };
+    node.signal(Signal::SIGHUP);
+    wait_until("every worker replaced", || {
+        let now = serving_pids(&node);
+        now.len() == 2 && now.is_disjoint(&before)
+    })
+    .await;
+    node.wait_for_log("all workers replaced", WAIT);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let (calls, errors) = load.await.unwrap();
+    assert!(calls > 0);
+    assert!(
+        errors.is_empty(),
+        "{} of {calls} calls failed: {errors:?}",
+        errors.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_stops_the_workers_gracefully() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (mut node, _) = supervisor(&url, "ws", "2", &[]);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let workers = serving_pids(&node);
+    node.signal(Signal::SIGTERM);
+    let status = node.wait_exit(WAIT).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(0), "{}", node.stderr());
+    assert!(workers.iter().all(|p| !alive(*p)));
+    // Stopped through the supervisor socket: a graceful exit each, not a
+    // second signal's 143.
+    assert_eq!(
+        node.stderr().matches("reason=exit code 0").count(),
+        2,
+        "{}",
+        node.stderr()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_looping_worker_backs_off_and_the_node_is_down_until_one_serves() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = registry(&etcd).await;
+    let mut watch = registry.watch(Some("echo")).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let flag = dir.path().join("fail");
+    let flag_arg = flag.display().to_string();
+    let mut args = quick_node_args(&url, "wc");
+    args.extend_from_slice(&["--workers", "2", "--fail-while", &flag_arg]);
+    let mut node = Proc::spawn(example_bin("fault_node"), &args, &[]);
+    node.wait_for_endpoint(WAIT);
+    support::expect_event(&mut watch, WAIT, "the node up", support::is_join("wc")).await;
+
+    // Every worker now fails in init_host: kill the serving ones.
+    std::fs::write(&flag, b"").unwrap();
+    for pid in serving_pids(&node) {
+        kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
+    }
+    support::expect_event(&mut watch, WAIT, "the node down", support::is_leave("wc")).await;
+    let member = registry
+        .get("echo", "wc")
+        .await
+        .unwrap()
+        .expect("the record stays");
+    assert!(!member.up);
+
+    // Restarts slow down: the delays logged grow.
+    wait_until("six restarts", || {
+        node.stderr().matches("restarting worker").count() >= 6
+    })
+    .await;
+    let delays: Vec<u32> = node
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("restarting worker"))
+        .filter_map(|l| field(l, "delay_ms"))
+        .collect();
+    assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
+    assert!(delays.last().is_some_and(|d| *d >= 800), "{delays:?}");
+    assert!(
+        node.wait_exit(Duration::ZERO).is_none(),
+        "the supervisor stays up"
+    );
+
+    // A worker that serves again brings the node back.
+    std::fs::remove_file(&flag).unwrap();
+    support::expect_event(
+        &mut watch,
+        Duration::from_secs(60),
+        "the node up again",
+        support::is_join("wc"),
+    )
+    .await;
+}
