@@ -351,3 +351,67 @@ async fn a_crash_looping_worker_backs_off_and_the_node_is_down_until_one_serves(
     )
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_to_a_supervisor_under_load_fails_no_call() {
+    use svckit::rpc::{Rpc, RpcOptions, Target};
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (mut workers, _) = supervisor(&url, "wl", "2", &[]);
+    let (_single, _) = Proc::start_example(
+        "echo_node",
+        &quick_node_args(&url, "sl"),
+        &[("SVCKIT_DRAIN_DELAY", "0.2")],
+    );
+    let rpc = Rpc::with_options(
+        registry(&etcd).await,
+        RpcOptions {
+            response_timeout: Duration::from_secs(10),
+            ..RpcOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let target = Target::topic("echo");
+    rpc.wait_for_nodes(&target, 2, WAIT).await.unwrap();
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let (stop, mut client) = (stop.clone(), EchoClient::new(rpc.channel(target.clone())));
+            tokio::spawn(async move {
+                let (mut hosts, mut errors) = (BTreeSet::new(), Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    match client
+                        .echo(EchoRequest {
+                            payload: b"l".to_vec(),
+                        })
+                        .await
+                    {
+                        Ok(reply) => {
+                            hosts.insert(reply.into_inner().host);
+                        }
+                        Err(e) => errors.push(e),
+                    }
+                }
+                (hosts, errors)
+            })
+        })
+        .collect();
+    // Both nodes answer before the stop.
+    support::eventually(WAIT, "calls on both nodes", || async {
+        (rpc.hosts(&target).len() == 2).then_some(())
+    })
+    .await;
+    workers.signal(Signal::SIGTERM);
+    let status = workers.wait_exit(WAIT).expect("the supervisor exits");
+    assert_eq!(status.code(), Some(0), "{}", workers.stderr());
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut hosts = BTreeSet::new();
+    for task in tasks {
+        let (h, errors) = task.await.unwrap();
+        assert!(errors.is_empty(), "{errors:?}");
+        hosts.extend(h);
+    }
+    assert!(hosts.contains("wl") && hosts.contains("sl"), "{hosts:?}");
+}
