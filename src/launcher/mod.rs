@@ -124,7 +124,7 @@ where
                 .telemetry(telemetry)
                 .worker(WorkerSetup {
                     listener: inherited.listener.take(),
-                    supervised: true,
+                    worker: inherited.worker,
                 });
             let mut controls = signals()?;
             if let Some((ready, requests)) = inherited.follow_supervisor()? {
@@ -140,7 +140,7 @@ where
                 .telemetry(telemetry)
                 .worker(WorkerSetup {
                     listener: Some(listener),
-                    supervised: false,
+                    worker: None,
                 })
                 .run()
                 .await;

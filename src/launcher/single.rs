@@ -59,8 +59,9 @@ pub struct ServiceLauncher {
 pub(super) struct WorkerSetup {
     /// The listening socket, served instead of binding one.
     pub(super) listener: Option<std::net::TcpListener>,
-    /// Registration is the supervisor's.
-    pub(super) supervised: bool,
+    /// `Some(slot)` for a supervised worker: registration is the
+    /// supervisor's.
+    pub(super) worker: Option<u32>,
 }
 
 /// How the start phase ended.
@@ -201,7 +202,7 @@ impl ServiceLauncher {
             let context = match &mut self.worker {
                 Some(worker) => StartContext {
                     listener: worker.listener.take(),
-                    supervised: worker.supervised,
+                    worker: worker.worker,
                 },
                 None => StartContext::default(),
             };

@@ -24,10 +24,10 @@ pub struct StartContext {
     /// A listening socket handed down by a supervisor (or by systemd socket
     /// activation): the service serves on it instead of binding its own.
     pub listener: Option<std::net::TcpListener>,
-    /// The service runs as one worker of a multi-process node: it does not
-    /// join the service group, because its supervisor registers the node
-    /// once for all workers.
-    pub supervised: bool,
+    /// `Some(slot)` when the service runs as worker `slot` (0-based) of a
+    /// multi-process node: it does not join the service group, because its
+    /// supervisor registers the node once for all workers.
+    pub worker: Option<u32>,
 }
 
 /// Something the launcher runs: started once, stopped once, and waited on.

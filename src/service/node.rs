@@ -161,7 +161,7 @@ impl<M: Manager> Node<M> {
         // The registry is reached first: if it is down, the start fails
         // before anything was bound or initialised (exit 69). A supervised
         // worker leaves the registry to its supervisor.
-        let registry = if context.supervised {
+        let registry = if context.worker.is_some() {
             None
         } else {
             Some(servicegroup::connect(&config.registry, &config.registry_options()).await?)
