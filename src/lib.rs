@@ -20,8 +20,9 @@
 //! - [`servicegroup`]: membership on etcd, files or memory: join, heartbeat,
 //!   list, watch, admin state.
 //! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
+//! - [`http`]: HTTP APIs and admin endpoints on a node, behind nova's limits.
 //! - [`launcher`]: runs services until signals (or a future) stop them.
-//! - [`telemetry`]: logging set-up.
+//! - [`telemetry`]: logging set-up and Prometheus metrics.
 //! - [`error`]: the one [`Error`] type and its exit codes.
 //! - [`pb`]: generated code of the kit's own protos.
 //!
@@ -54,6 +55,7 @@
 
 pub mod config;
 pub mod error;
+pub mod http;
 pub mod launcher;
 pub mod manager;
 pub mod pb;

@@ -39,6 +39,12 @@ pub trait Manager: Send + Sync + 'static {
     /// Registers the manager's tonic services (generated `…Server` types).
     fn services(self: &Arc<Self>, services: &mut Services);
 
+    /// The manager's HTTP API (nova-api's WSGI app), served on `http_listen`
+    /// beside the admin endpoints, behind the HTTP limits. None by default.
+    fn http_routes(self: &Arc<Self>) -> Option<axum::Router> {
+        None
+    }
+
     /// Prepares the host before anything is served.
     fn init_host(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
         async { Ok(()) }

@@ -28,6 +28,9 @@ pub struct CommonArgs {
     /// gRPC listen address (port 0: ephemeral) [env: SVCKIT_RPC_LISTEN]
     #[arg(long, value_name = "ADDR")]
     pub rpc_listen: Option<String>,
+    /// HTTP listen address (port 0: ephemeral) [env: SVCKIT_HTTP_LISTEN]
+    #[arg(long, value_name = "ADDR")]
+    pub http_listen: Option<String>,
     /// Worker processes [env: SVCKIT_WORKERS]
     #[arg(long, value_name = "N")]
     pub workers: Option<String>,
@@ -53,6 +56,7 @@ impl CommonArgs {
             ("topic", &self.topic),
             ("registry", &self.registry),
             ("rpc_listen", &self.rpc_listen),
+            ("http_listen", &self.http_listen),
             ("workers", &self.workers),
             ("report_interval", &self.report_interval),
             ("service_down_time", &self.service_down_time),

@@ -167,6 +167,36 @@ options! {
     registry: RegistryUrl = default_registry(), mutable = false, secret = false;
     /// gRPC listen address; port 0 binds an ephemeral port and the bound address is advertised.
     rpc_listen: SocketAddr = SocketAddr::from(([127, 0, 0, 1], 0)), mutable = false, secret = false;
+    /// HTTP listen address (admin endpoints and the manager's HTTP API); unset for none. Port 0 binds an ephemeral port.
+    http_listen: Option<SocketAddr> = None, mutable = false, secret = false;
+    /// HTTP requests served at once per process; more wait up to http_pool_wait, then get 503.
+    http_pool_size: usize = 1000, mutable = false, secret = false, range = "1" ..= "100000";
+    /// How long an HTTP request waits for a free slot of http_pool_size before a 503.
+    http_pool_wait: Duration = Duration::from_secs(1), mutable = false, secret = false,
+        range = "0s" ..= "1h";
+    /// Bound on handling one HTTP request; past it the client gets 503.
+    http_request_timeout: Duration = Duration::from_secs(60), mutable = false, secret = false,
+        range = "1ms" ..= "1day";
+    /// HTTP connections open at once per process; more wait in the listen backlog.
+    http_max_connections: usize = 10000, mutable = false, secret = false, range = "1" ..= "1000000";
+    /// Longest request target (path and query) in bytes; longer is 414.
+    max_url_len: usize = 8192, mutable = false, secret = false, range = "64" ..= "1048576";
+    /// Longest request header line in bytes; longer is 431.
+    max_header_line: usize = 16384, mutable = false, secret = false, range = "256" ..= "1048576";
+    /// Largest HTTP request body in bytes; larger is 413.
+    max_request_body: usize = 1048576, mutable = false, secret = false,
+        range = "0" ..= "1073741824";
+    /// Time a client has to send a request's headers; a slower one is cut off.
+    header_read_timeout: Duration = Duration::from_secs(30), mutable = false, secret = false,
+        range = "10ms" ..= "1h";
+    /// An HTTP connection with nothing read or written for this long is closed; 0 never.
+    client_socket_timeout: Duration = Duration::from_secs(900), mutable = false, secret = false,
+        range = "0s" ..= "1day";
+    /// Keep HTTP/1.1 connections open between requests.
+    http_keep_alive: bool = true, mutable = false, secret = false;
+    /// TCP keep-alive idle time of accepted HTTP connections (SO_KEEPALIVE is on).
+    tcp_keepidle: Duration = Duration::from_secs(600), mutable = false, secret = false,
+        range = "1s" ..= "1day";
     /// Worker processes (`auto`: one per CPU); 1 runs the service in the launcher's own process.
     workers: Workers = Workers(1), mutable = false, secret = false, range = "1" ..= "1024";
     /// What SIGHUP does with worker processes: `reload` replaces them one at a time, `mutate` applies the mutable options in place.

@@ -124,6 +124,7 @@ where
                 .telemetry(telemetry)
                 .worker(WorkerSetup {
                     listener: inherited.listener.take(),
+                    http_listener: inherited.http_listener.take(),
                     worker: inherited.worker,
                 });
             let mut controls = signals()?;
@@ -133,13 +134,14 @@ where
             }
             return launcher.run_with(controls).await;
         }
-        if let Some(listener) = inherited.listener.take() {
-            // systemd socket activation: one process on the given socket.
+        if inherited.listener.is_some() || inherited.http_listener.is_some() {
+            // systemd socket activation: one process on the given sockets.
             return ServiceLauncher::new(config, services)
                 .reload_from(args)
                 .telemetry(telemetry)
                 .worker(WorkerSetup {
-                    listener: Some(listener),
+                    listener: inherited.listener.take(),
+                    http_listener: inherited.http_listener.take(),
                     worker: None,
                 })
                 .run()

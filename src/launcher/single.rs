@@ -57,8 +57,10 @@ pub struct ServiceLauncher {
 
 /// A listener handed down, by a supervisor or by systemd.
 pub(super) struct WorkerSetup {
-    /// The listening socket, served instead of binding one.
+    /// The gRPC listening socket, served instead of binding one.
     pub(super) listener: Option<std::net::TcpListener>,
+    /// The HTTP listening socket, likewise.
+    pub(super) http_listener: Option<std::net::TcpListener>,
     /// `Some(slot)` for a supervised worker: registration is the
     /// supervisor's.
     pub(super) worker: Option<u32>,
@@ -202,6 +204,7 @@ impl ServiceLauncher {
             let context = match &mut self.worker {
                 Some(worker) => StartContext {
                     listener: worker.listener.take(),
+                    http_listener: worker.http_listener.take(),
                     worker: worker.worker,
                 },
                 None => StartContext::default(),

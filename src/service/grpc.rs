@@ -16,6 +16,7 @@ use tonic_health::ServingStatus;
 use tower_http::trace::TraceLayer;
 
 use crate::error::{Error, Result};
+use crate::telemetry::metrics::Metrics;
 
 /// Binds a listening socket the way servers should: SO_REUSEADDR so a
 /// restarted node gets its port back while old connections sit in
@@ -53,6 +54,7 @@ impl GrpcServer {
         routes: Routes,
         health: HealthReporter,
         names: Vec<String>,
+        metrics: &Metrics,
     ) -> Result<Self> {
         for name in &names {
             health
@@ -69,6 +71,7 @@ impl GrpcServer {
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(TraceLayer::new_for_grpc())
+            .layer(metrics.grpc_layer())
             .add_routes(routes);
         let task = tokio::spawn(async move {
             let result = router

@@ -6,11 +6,13 @@
 //! `RwLock` whose poisoning is recovered from: every write stores a whole
 //! value, so a panic elsewhere cannot leave it half-written.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
 use crate::config::Config;
-use crate::servicegroup::{self, Endpoints, Membership};
+use crate::servicegroup::{self, Endpoints, Membership, MembershipStatus};
+use crate::telemetry::metrics::Metrics;
 
 /// A node's identity and state.
 pub struct NodeInfo {
@@ -31,6 +33,9 @@ pub struct NodeInfo {
     services: OnceLock<Vec<String>>,
     /// `Some` while registered: taken when the node leaves.
     membership: RwLock<Option<Arc<dyn Membership>>>,
+    /// Serving and advertised: what `/readyz` answers.
+    ready: AtomicBool,
+    metrics: Arc<Metrics>,
 }
 
 impl NodeInfo {
@@ -51,7 +56,28 @@ impl NodeInfo {
             endpoints: OnceLock::new(),
             services: OnceLock::new(),
             membership: RwLock::new(None),
+            ready: AtomicBool::new(false),
+            metrics: Arc::new(Metrics::new()),
         }
+    }
+
+    /// Whether the node serves and is advertised (or, as a worker, serves).
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::SeqCst)
+    }
+
+    pub(super) fn set_ready(&self, ready: bool) {
+        self.ready.store(ready, Ordering::SeqCst);
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The registration's health, while registered.
+    pub fn membership_status(&self) -> Option<MembershipStatus> {
+        self.membership().map(|m| m.status())
     }
 
     /// The config in force (after any SIGHUP).

@@ -21,9 +21,12 @@ use crate::servicegroup::{Endpoints, Registration};
 /// How a launcher starts a service.
 #[derive(Debug, Default)]
 pub struct StartContext {
-    /// A listening socket handed down by a supervisor (or by systemd socket
-    /// activation): the service serves on it instead of binding its own.
+    /// A gRPC listening socket handed down by a supervisor (or by systemd
+    /// socket activation): the service serves on it instead of binding its
+    /// own.
     pub listener: Option<std::net::TcpListener>,
+    /// The same for the HTTP listener.
+    pub http_listener: Option<std::net::TcpListener>,
     /// `Some(slot)` when the service runs as worker `slot` (0-based) of a
     /// multi-process node: it does not join the service group, because its
     /// supervisor registers the node once for all workers.

@@ -18,6 +18,7 @@ use super::info::NodeInfo;
 use super::{Service, StartContext};
 use crate::config::Config;
 use crate::error::{BoxError, Error, Result};
+use crate::http::{self, HttpOptions, HttpServer};
 use crate::manager::{Manager, Services};
 use crate::pb::base::v1::base_server::BaseServer;
 use crate::servicegroup::{self, Endpoints, Membership, Registration};
@@ -103,6 +104,7 @@ impl<M: Manager> NodeBuilder<M> {
             )),
             manager: Arc::new(self.manager),
             server: Mutex::new(None),
+            http: Mutex::new(None),
             initialised: AtomicBool::new(false),
         }
     }
@@ -124,6 +126,7 @@ pub struct Node<M> {
     node: Arc<NodeInfo>,
     manager: Arc<M>,
     server: Mutex<Option<Arc<GrpcServer>>>,
+    http: Mutex<Option<Arc<HttpServer>>>,
     /// `init_host` succeeded, so `cleanup_host` has something to release.
     initialised: AtomicBool,
 }
@@ -171,9 +174,18 @@ impl<M: Manager> Node<M> {
             None => grpc::bind(config.rpc_listen)?,
         };
         let addr = listener.local_addr()?;
+        let http_listener = match (context.http_listener, config.http_listen) {
+            (Some(inherited), _) => Some(inherited),
+            (None, Some(http)) => Some(grpc::bind(http)?),
+            (None, None) => None,
+        };
+        let http_url = match &http_listener {
+            Some(l) => Some(advertised_url(l.local_addr()?, &self.node.host)),
+            None => None,
+        };
         self.node.set_endpoints(Endpoints {
             grpc: Some(advertised_url(addr, &self.node.host)),
-            http: None,
+            http: http_url,
         });
 
         self.manager.init_host().await.map_err(hook("init_host"))?;
@@ -192,8 +204,20 @@ impl<M: Manager> Node<M> {
         };
         let mut health_names = advertised.clone();
         health_names.push(String::new());
-        let server = Arc::new(GrpcServer::start(listener, routes, health, health_names).await?);
+        let metrics = self.node.metrics().clone();
+        let server =
+            Arc::new(GrpcServer::start(listener, routes, health, health_names, &metrics).await?);
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
+        if let Some(http_listener) = http_listener {
+            let mut routes = http::admin::routes(self.node.clone());
+            if let Some(api) = self.manager.http_routes() {
+                routes = routes.merge(api);
+            }
+            let options = HttpOptions::from_config(&config);
+            let router = http::stack(routes, &options, &metrics);
+            let http = HttpServer::start(http_listener, router, &options)?;
+            *self.http.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(http));
+        }
         if let Err(e) = self.manager.post_start_hook().await {
             server.abort();
             self.cleanup_after_failed_start().await;
@@ -202,6 +226,7 @@ impl<M: Manager> Node<M> {
         server.set_serving(true).await;
 
         let Some(registry) = registry else {
+            self.node.set_ready(true);
             tracing::info!(topic = %self.node.topic, host = %self.node.host, endpoint = %addr, "worker serving");
             return Ok(());
         };
@@ -218,6 +243,7 @@ impl<M: Manager> Node<M> {
             }
         };
         self.node.set_membership(Some(membership));
+        self.node.set_ready(true);
         if let Some(path) = &config.ready_file {
             write_ready_file(path, &self.node.endpoints())?;
         }
@@ -300,6 +326,8 @@ impl<M: Manager> Node<M> {
 
     async fn stop_inner(&self) -> Result<()> {
         let config = self.node.config();
+        // `/readyz` turns 503 first: HTTP load balancers stop sending too.
+        self.node.set_ready(false);
         // 1. Stop advertising: watchers see the leave at once. Bounded, so
         //    an etcd black hole cannot hold the drain.
         if let Some(membership) = self.node.take_membership() {
@@ -323,7 +351,18 @@ impl<M: Manager> Node<M> {
             // 3. Give clients the time to act on the leave before listeners close.
             tokio::time::sleep(config.drain_delay).await;
             // 4. Stop accepting; in-flight calls finish (bounded by the launcher).
-            server.drain().await?;
+            let http = self
+                .http
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .clone();
+            let http_drained = async {
+                if let Some(http) = http {
+                    http.drain().await;
+                }
+            };
+            let (grpc_drained, ()) = tokio::join!(server.drain(), http_drained);
+            grpc_drained?;
         }
         // 5. Release host resources once nothing runs any more.
         if self.initialised.swap(false, Ordering::SeqCst) {

@@ -52,13 +52,23 @@ pub(super) async fn supervise(
     // before any worker starts.
     let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
     let listener = service::bind(config.rpc_listen)?;
-    let addr = listener.local_addr()?;
+    let grpc = service::advertised_url(listener.local_addr()?, &config.host);
+    let mut listeners = vec![("grpc", listener)];
+    let mut http = None;
+    if let Some(addr) = config.http_listen {
+        let listener = service::bind(addr)?;
+        http = Some(service::advertised_url(
+            listener.local_addr()?,
+            &config.host,
+        ));
+        listeners.push(("http", listener));
+    }
     let endpoints = Endpoints {
-        grpc: Some(service::advertised_url(addr, &config.host)),
-        http: None,
+        grpc: Some(grpc),
+        http,
     };
     let registration = service.registration(endpoints, workers);
-    ProcessLauncher::new(config, listener, registry, registration, workers)
+    ProcessLauncher::new(config, listeners, registry, registration, workers)
         .reload_from(args)
         .telemetry(telemetry)
         .run()

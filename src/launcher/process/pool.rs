@@ -75,7 +75,8 @@ struct Rolling {
 #[must_use]
 pub struct ProcessLauncher {
     config: Config,
-    listener: TcpListener,
+    /// The sockets every worker accepts on, by role (`grpc`, `http`).
+    listeners: Vec<(&'static str, TcpListener)>,
     registry: Registry,
     registration: Option<Registration>,
     target: u32,
@@ -98,11 +99,11 @@ pub struct ProcessLauncher {
 }
 
 impl ProcessLauncher {
-    /// A supervisor of `workers` processes serving `listener`, registering
+    /// A supervisor of `workers` processes serving `listeners`, registering
     /// `registration` (if any) in `registry` while one of them serves.
     pub fn new(
         config: Config,
-        listener: TcpListener,
+        listeners: Vec<(&'static str, TcpListener)>,
         registry: Registry,
         registration: Option<Registration>,
         workers: u32,
@@ -110,7 +111,7 @@ impl ProcessLauncher {
         let (events_tx, events) = mpsc::unbounded_channel();
         ProcessLauncher {
             config,
-            listener,
+            listeners,
             registry,
             registration,
             target: workers.max(1),
@@ -225,7 +226,12 @@ impl ProcessLauncher {
     }
 
     fn start_worker(&mut self, slot: u32) -> Option<u64> {
-        let spawned = match spawn(slot, self.listener.as_raw_fd()) {
+        let fds: Vec<(&str, std::os::fd::RawFd)> = self
+            .listeners
+            .iter()
+            .map(|(name, l)| (*name, l.as_raw_fd()))
+            .collect();
+        let spawned = match spawn(slot, &fds) {
             Ok(spawned) => spawned,
             Err(e) => {
                 tracing::error!(slot, error = %e, "cannot start a worker; retrying");

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
-use super::worker::{ENV_SUPERVISOR_FD, ENV_WORKER, LISTEN_FD, SUPERVISOR_FD};
+use super::worker::{ENV_SUPERVISOR_FD, ENV_WORKER, LISTEN_FD};
 use crate::error::Result;
 
 /// A started worker process and the supervisor's end of its socket.
@@ -19,27 +19,37 @@ pub(super) struct Spawned {
     pub(super) requests: StdUnixStream,
 }
 
-/// Starts worker `slot` serving `listener`.
-pub(super) fn spawn(slot: u32, listener: RawFd) -> Result<Spawned> {
+/// The most listeners handed to a worker (gRPC, HTTP).
+const MAX_LISTENERS: usize = 2;
+
+/// Starts worker `slot` serving `listeners`, named by role (`grpc`, `http`).
+pub(super) fn spawn(slot: u32, listeners: &[(&str, RawFd)]) -> Result<Spawned> {
+    let count = listeners.len().min(MAX_LISTENERS);
+    let mut fds = [-1; MAX_LISTENERS];
+    for (fd, (_, listener)) in fds.iter_mut().zip(listeners) {
+        *fd = *listener;
+    }
+    let names: Vec<&str> = listeners.iter().take(count).map(|(n, _)| *n).collect();
+    let supervisor_fd = LISTEN_FD + count as RawFd;
     let (ours, theirs) = StdUnixStream::pair()?;
     let exe = std::env::current_exe()?;
     let mut command = Command::new(exe);
     command
         .args(std::env::args_os().skip(1))
-        .env("LISTEN_FDS", "1")
-        .env("LISTEN_FDNAMES", "grpc")
+        .env("LISTEN_FDS", count.to_string())
+        .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
         // Only the supervisor speaks to systemd.
         .env_remove("NOTIFY_SOCKET")
         .env(ENV_WORKER, slot.to_string())
-        .env(ENV_SUPERVISOR_FD, SUPERVISOR_FD.to_string())
+        .env(ENV_SUPERVISOR_FD, supervisor_fd.to_string())
         .stdin(std::process::Stdio::null());
     let theirs_fd = theirs.as_raw_fd();
     let supervisor = std::process::id();
     // SAFETY: only async-signal-safe calls (fcntl, dup2, close, prctl,
     // getppid, _exit) run between fork and exec.
     unsafe {
-        command.pre_exec(move || place_fds(listener, theirs_fd, supervisor));
+        command.pre_exec(move || place_fds(&fds[..count], theirs_fd, supervisor));
     }
     let child = command.spawn()?;
     drop(theirs);
@@ -52,9 +62,9 @@ pub(super) fn spawn(slot: u32, listener: RawFd) -> Result<Spawned> {
     })
 }
 
-/// In the child: move the two descriptors to 3 and 4 (clearing
-/// close-on-exec), and die with the supervisor.
-fn place_fds(listener: RawFd, socket: RawFd, supervisor: u32) -> std::io::Result<()> {
+/// In the child: move the listeners to 3, 4… and the socket right after
+/// them (clearing close-on-exec), and die with the supervisor.
+fn place_fds(listeners: &[RawFd], socket: RawFd, supervisor: u32) -> std::io::Result<()> {
     let check = |r: libc::c_int| {
         if r < 0 {
             Err(std::io::Error::last_os_error())
@@ -62,15 +72,18 @@ fn place_fds(listener: RawFd, socket: RawFd, supervisor: u32) -> std::io::Result
             Ok(r)
         }
     };
-    // SAFETY: plain syscalls on descriptors this process owns.
+    // SAFETY: plain syscalls on descriptors this process owns; no
+    // allocation between fork and exec.
     unsafe {
-        // Copies above 4 first, so neither dup2 clobbers the other source.
-        let l = check(libc::fcntl(listener, libc::F_DUPFD_CLOEXEC, 10))?;
-        let s = check(libc::fcntl(socket, libc::F_DUPFD_CLOEXEC, 10))?;
-        check(libc::dup2(l, LISTEN_FD))?;
-        check(libc::dup2(s, SUPERVISOR_FD))?;
-        libc::close(l);
-        libc::close(s);
+        // Copies above the targets first, so no dup2 clobbers a source.
+        let mut copies = [-1; MAX_LISTENERS + 1];
+        for (copy, fd) in copies.iter_mut().zip(listeners.iter().chain([&socket])) {
+            *copy = check(libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 10))?;
+        }
+        for (target, copy) in (LISTEN_FD..).zip(&copies[..=listeners.len()]) {
+            check(libc::dup2(*copy, target))?;
+            libc::close(*copy);
+        }
         check(libc::prctl(
             libc::PR_SET_PDEATHSIG,
             libc::SIGKILL as libc::c_ulong,

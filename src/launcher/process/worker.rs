@@ -4,10 +4,10 @@
 //! A supervisor starts a worker by re-executing its own binary with the same
 //! arguments and:
 //!
-//! - `LISTEN_FDS=1`, `LISTEN_FDNAMES=grpc`: the shared gRPC listener is fd 3
-//!   (systemd's `SD_LISTEN_FDS_START`);
+//! - `LISTEN_FDS=N`, `LISTEN_FDNAMES=grpc[:http]`: the shared listeners from
+//!   fd 3 on (systemd's `SD_LISTEN_FDS_START`), named by their role;
 //! - `SVCKIT_WORKER=<slot>`: this process is worker `slot` of a supervisor;
-//! - `SVCKIT_SUPERVISOR_FD=4`: a socket to the supervisor. The worker writes
+//! - `SVCKIT_SUPERVISOR_FD=3+N`: a socket to the supervisor. The worker writes
 //!   [`READY`] when it serves; the supervisor writes [`STOP`] to stop it
 //!   gracefully. End-of-file means the supervisor died, and the worker exits
 //!   (a backstop to `PR_SET_PDEATHSIG`).
@@ -38,8 +38,6 @@ use crate::error::{exit, Error, Result};
 
 /// The first inherited descriptor (systemd's `SD_LISTEN_FDS_START`).
 pub(super) const LISTEN_FD: RawFd = 3;
-/// The worker's end of its socket to the supervisor.
-pub(super) const SUPERVISOR_FD: RawFd = 4;
 
 /// Worker → supervisor: serving.
 pub(super) const READY: u8 = b'R';
@@ -51,8 +49,10 @@ pub(super) const ENV_SUPERVISOR_FD: &str = "SVCKIT_SUPERVISOR_FD";
 
 /// What this process inherited.
 pub(crate) struct Inherited {
-    /// The shared listener, if one was handed down.
+    /// The shared gRPC listener, if one was handed down.
     pub(crate) listener: Option<TcpListener>,
+    /// The shared HTTP listener, if one was handed down.
+    pub(crate) http_listener: Option<TcpListener>,
     /// `Some(slot)` when this process is a supervised worker.
     pub(crate) worker: Option<u32>,
     supervisor: Option<OwnedFd>,
@@ -78,23 +78,37 @@ impl Inherited {
         };
         let fds = std::env::var("LISTEN_FDS")
             .ok()
-            .and_then(|n| n.parse::<i32>().ok())
+            .and_then(|n| n.parse::<RawFd>().ok())
             .filter(|_| for_us)
-            .unwrap_or(0);
-        let listener = if fds >= 1 {
-            // SAFETY: LISTEN_FDS says fd 3 was handed to this process to
-            // own; it is taken exactly once, here.
-            let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FD) };
-            let listener = TcpListener::from(fd);
-            listener.set_nonblocking(true)?;
-            Some(listener)
-        } else {
-            None
-        };
+            .unwrap_or(0)
+            .clamp(0, 64);
+        // Unnamed descriptors are gRPC then HTTP, in that order.
+        let names = std::env::var("LISTEN_FDNAMES").unwrap_or_default();
+        let mut names = names.split(':');
+        let (mut listener, mut http_listener) = (None, None);
+        for index in 0..fds {
+            // SAFETY: LISTEN_FDS says fds 3.. were handed to this process to
+            // own; each is taken exactly once, here.
+            let fd = unsafe { OwnedFd::from_raw_fd(LISTEN_FD + index) };
+            let socket = TcpListener::from(fd);
+            socket.set_nonblocking(true)?;
+            let name = names.next().filter(|n| !n.is_empty());
+            match (name, index) {
+                (Some("http"), _) | (None, 1) => http_listener = Some(socket),
+                (Some("grpc"), _) | (None, 0) => listener = Some(socket),
+                (Some(other), _) => {
+                    tracing::warn!(
+                        name = other,
+                        "an inherited socket with an unknown name is closed"
+                    )
+                }
+                (None, _) => {}
+            }
+        }
         let supervisor = match (worker, std::env::var(ENV_SUPERVISOR_FD)) {
-            (Some(_), Ok(fd)) if fd.parse::<RawFd>().ok() == Some(SUPERVISOR_FD) => {
-                // SAFETY: as above, for the supervisor socket at fd 4.
-                Some(unsafe { OwnedFd::from_raw_fd(SUPERVISOR_FD) })
+            (Some(_), Ok(fd)) if fd.parse::<RawFd>().ok() == Some(LISTEN_FD + fds) => {
+                // SAFETY: as above, for the supervisor socket after them.
+                Some(unsafe { OwnedFd::from_raw_fd(LISTEN_FD + fds) })
             }
             _ => None,
         };
@@ -109,6 +123,7 @@ impl Inherited {
         }
         Ok(Inherited {
             listener,
+            http_listener,
             worker,
             supervisor,
         })

@@ -1,4 +1,7 @@
-//! Logging setup: `tracing` to stderr with a filter SIGHUP can change.
+//! Logging setup: `tracing` to stderr with a filter SIGHUP can change; and
+//! the Prometheus [`metrics`] of a node.
+
+pub mod metrics;
 
 use std::io::IsTerminal;
 

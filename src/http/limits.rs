@@ -1,0 +1,153 @@
+//! The request limits nova puts on its WSGI server, as tower layers: the
+//! request line and header lines ([`LineLimitLayer`]: 414, 431) and the
+//! requests served at once ([`PoolLayer`]: wait, then 503).
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::response::{IntoResponse, Response};
+use futures::future::BoxFuture;
+use http::StatusCode;
+use tokio::sync::Semaphore;
+use tower::{Layer, Service};
+
+/// Refuses a request target longer than `max_url_len` (414) and a header
+/// line longer than `max_header_line` (431), before any handler runs.
+#[derive(Debug, Clone, Copy)]
+pub struct LineLimitLayer {
+    /// Longest path and query, in bytes.
+    pub max_url_len: usize,
+    /// Longest `name: value` header line, in bytes.
+    pub max_header_line: usize,
+}
+
+impl<S> Layer<S> for LineLimitLayer {
+    type Service = LineLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        LineLimit {
+            inner,
+            limits: *self,
+        }
+    }
+}
+
+/// The service of [`LineLimitLayer`].
+#[derive(Debug, Clone)]
+pub struct LineLimit<S> {
+    inner: S,
+    limits: LineLimitLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for LineLimit<S>
+where
+    S: Service<http::Request<B>, Response = Response> + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let target = request
+            .uri()
+            .path_and_query()
+            .map_or(0, |pq| pq.as_str().len());
+        if target > self.limits.max_url_len {
+            return Box::pin(async { Ok(StatusCode::URI_TOO_LONG.into_response()) });
+        }
+        let longest = request
+            .headers()
+            .iter()
+            .map(|(name, value)| name.as_str().len() + 2 + value.len())
+            .max()
+            .unwrap_or(0);
+        if longest > self.limits.max_header_line {
+            return Box::pin(async {
+                Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response())
+            });
+        }
+        Box::pin(self.inner.call(request))
+    }
+}
+
+/// At most `size` requests in their handlers at once; a request waits up to
+/// `wait` for a slot, then gets 503 (eventlet's green pool, with a bound on
+/// the wait so that an overload sheds instead of queueing forever).
+#[derive(Debug, Clone)]
+pub struct PoolLayer {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl PoolLayer {
+    /// A pool of `size` slots.
+    pub fn new(size: usize, wait: Duration) -> Self {
+        PoolLayer {
+            slots: Arc::new(Semaphore::new(size)),
+            wait,
+        }
+    }
+}
+
+impl<S> Layer<S> for PoolLayer {
+    type Service = Pool<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Pool {
+            inner,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// The service of [`PoolLayer`].
+#[derive(Debug, Clone)]
+pub struct Pool<S> {
+    inner: S,
+    pool: PoolLayer,
+}
+
+impl<S, B> Service<http::Request<B>> for Pool<S>
+where
+    S: Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: Send + 'static,
+{
+    type Response = Response;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the pool's, per request.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let (slots, wait) = (self.pool.slots.clone(), self.pool.wait);
+        // The clone that was not driven to readiness; take the ready one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let permit = match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                Ok(Ok(permit)) => permit,
+                _ => {
+                    tracing::warn!("http_pool_size reached; answering 503");
+                    return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+                }
+            };
+            let response = tower::ServiceExt::ready(&mut inner)
+                .await?
+                .call(request)
+                .await;
+            drop(permit);
+            response
+        })
+    }
+}

@@ -1,0 +1,189 @@
+//! HTTP on a node (nova's `WSGIService` on eventlet.wsgi): the manager's
+//! axum [`Router`](axum::Router) and the admin endpoints, on one listener,
+//! behind the limits nova's WSGI server has.
+//!
+//! The stack, outermost first: access log → request line and header line
+//! limits (414, 431) → pool of `http_pool_size` slots (wait, then 503) →
+//! body limit (413) → request timeout (503) → metrics per route → the
+//! routes. Per connection: `http_max_connections` open at once, headers
+//! within `header_read_timeout` (a slow client cannot hold a connection),
+//! nothing read or written for `client_socket_timeout` closes it,
+//! keep-alive as `http_keep_alive` says, SO_KEEPALIVE with `tcp_keepidle`.
+//!
+//! Admin endpoints ([`admin`]): `/healthz` (the process answers),
+//! `/readyz` (serving and registered; 503 while starting or draining),
+//! `/metrics` (Prometheus text), `/debug/report` (the node's report, JSON).
+
+pub mod admin;
+pub mod limits;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use http::StatusCode;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::sync::{watch, Semaphore};
+use tower_http::limit::RequestBodyLimitLayer;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::{DefaultOnResponse, TraceLayer};
+
+use crate::config::Config;
+use crate::error::Result;
+use crate::telemetry::metrics::Metrics;
+
+use self::limits::{LineLimitLayer, PoolLayer};
+
+/// The HTTP server settings, from the config.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Requests in their handlers at once (`http_pool_size`).
+    pub pool_size: usize,
+    /// How long a request waits for a slot before a 503 (`http_pool_wait`).
+    pub pool_wait: Duration,
+    /// Bound on one request (`http_request_timeout`).
+    pub request_timeout: Duration,
+    /// Connections open at once (`http_max_connections`).
+    pub max_connections: usize,
+    /// Longest request target (`max_url_len`).
+    pub max_url_len: usize,
+    /// Longest header line (`max_header_line`).
+    pub max_header_line: usize,
+    /// Largest request body (`max_request_body`).
+    pub max_request_body: usize,
+    /// Time to send a request's headers (`header_read_timeout`).
+    pub header_read_timeout: Duration,
+    /// Idle connection bound; zero for none (`client_socket_timeout`).
+    pub client_socket_timeout: Duration,
+    /// HTTP/1.1 keep-alive (`http_keep_alive`).
+    pub keep_alive: bool,
+    /// TCP keep-alive idle time (`tcp_keepidle`).
+    pub tcp_keepidle: Duration,
+}
+
+impl HttpOptions {
+    /// The HTTP options of `config`.
+    pub fn from_config(config: &Config) -> Self {
+        HttpOptions {
+            pool_size: config.http_pool_size,
+            pool_wait: config.http_pool_wait,
+            request_timeout: config.http_request_timeout,
+            max_connections: config.http_max_connections,
+            max_url_len: config.max_url_len,
+            max_header_line: config.max_header_line,
+            max_request_body: config.max_request_body,
+            header_read_timeout: config.header_read_timeout,
+            client_socket_timeout: config.client_socket_timeout,
+            keep_alive: config.http_keep_alive,
+            tcp_keepidle: config.tcp_keepidle,
+        }
+    }
+}
+
+/// `routes` behind the request limits, counted in `metrics`.
+pub fn stack(routes: Router, options: &HttpOptions, metrics: &Metrics) -> Router {
+    routes
+        .route_layer(metrics.http_layer())
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            options.request_timeout,
+        ))
+        .layer(RequestBodyLimitLayer::new(options.max_request_body))
+        .layer(PoolLayer::new(options.pool_size, options.pool_wait))
+        .layer(LineLimitLayer {
+            max_url_len: options.max_url_len,
+            max_header_line: options.max_header_line,
+        })
+        // One access log line per request.
+        .layer(
+            TraceLayer::new_for_http()
+                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+        )
+}
+
+/// A running HTTP server; every method takes `&self`.
+pub(crate) struct HttpServer {
+    shutdown: watch::Sender<bool>,
+    done: watch::Receiver<bool>,
+}
+
+impl HttpServer {
+    /// Serves `router` on `listener` until [`HttpServer::drain`].
+    pub(crate) fn start(
+        listener: std::net::TcpListener,
+        router: Router,
+        options: &HttpOptions,
+    ) -> Result<Self> {
+        let listener = tokio::net::TcpListener::from_std(listener)?;
+        let (shutdown, mut stop) = watch::channel(false);
+        let (done_tx, done) = watch::channel(false);
+        let mut builder = auto::Builder::new(TokioExecutor::new());
+        builder
+            .http1()
+            .keep_alive(options.keep_alive)
+            .timer(TokioTimer::new())
+            .header_read_timeout(options.header_read_timeout)
+            // The whole header block; a block that never ends is cut here.
+            .max_buf_size((options.max_url_len + 8 * options.max_header_line).max(8192));
+        let slots = Arc::new(Semaphore::new(options.max_connections));
+        let (idle, keepidle) = (options.client_socket_timeout, options.tcp_keepidle);
+        tokio::spawn(async move {
+            let graceful = GracefulShutdown::new();
+            loop {
+                let permit = tokio::select! {
+                    _ = stop.changed() => break,
+                    permit = slots.clone().acquire_owned() => match permit {
+                        Ok(permit) => permit,
+                        Err(_) => break,
+                    },
+                };
+                let (stream, _peer) = tokio::select! {
+                    _ = stop.changed() => break,
+                    accepted = listener.accept() => match accepted {
+                        Ok(accepted) => accepted,
+                        Err(e) => {
+                            // Out of descriptors, a reset before accept: the
+                            // listener itself is fine.
+                            tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                            continue;
+                        }
+                    },
+                };
+                let socket = socket2::SockRef::from(&stream);
+                let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
+                let _ = stream.set_nodelay(true);
+                let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+                if !idle.is_zero() {
+                    io.set_read_timeout(Some(idle));
+                    io.set_write_timeout(Some(idle));
+                }
+                let service = TowerToHyperService::new(router.clone());
+                let connection = builder
+                    .serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service)
+                    .into_owned();
+                let connection = graceful.watch(connection);
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                    drop(permit);
+                });
+            }
+            // Listener closed: no new connections. Open ones finish the
+            // requests they have, then close.
+            drop(listener);
+            graceful.shutdown().await;
+            let _ = done_tx.send(true);
+        });
+        Ok(HttpServer { shutdown, done })
+    }
+
+    /// Stops accepting and lets open requests finish; resolves when the
+    /// last connection closed. The caller bounds it.
+    pub(crate) async fn drain(&self) {
+        let _ = self.shutdown.send(true);
+        let mut done = self.done.clone();
+        let _ = done.wait_for(|d| *d).await;
+    }
+}

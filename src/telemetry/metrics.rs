@@ -1,0 +1,342 @@
+//! Prometheus metrics of a node, served at `/metrics`: requests, status
+//! codes, latency and requests in flight per gRPC method and HTTP route,
+//! and the node's registration state.
+//!
+//! One [`RequestMetricsLayer`] counts both servers: it labels a gRPC call by
+//! its method path and its `grpc-status` (from the trailers, or the headers
+//! of a trailers-only reply), and an HTTP request by its matched route and
+//! status. A call is measured until its response body ends, so a stream
+//! counts for as long as it runs.
+
+use std::pin::Pin;
+use std::sync::atomic::AtomicU64;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+use tower::{Layer, Service};
+
+use crate::servicegroup::{MembershipStatus, RegistrationState};
+
+/// Labels of a finished request.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Outcome {
+    /// gRPC method path or HTTP route.
+    route: String,
+    /// gRPC status name or HTTP status code.
+    code: String,
+}
+
+/// Labels of a request in flight, or of its latency.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Route {
+    route: String,
+}
+
+/// The request metrics of one protocol.
+#[derive(Clone)]
+struct Requests {
+    total: Family<Outcome, Counter>,
+    duration: Family<Route, Histogram>,
+    in_flight: Family<Route, Gauge>,
+}
+
+impl Requests {
+    fn register(registry: &mut Registry, protocol: &str) -> Self {
+        let requests = Requests {
+            total: Family::default(),
+            // 100 µs to about 100 s.
+            duration: Family::new_with_constructor(|| {
+                Histogram::new(exponential_buckets(0.0001, 2.0, 21))
+            }),
+            in_flight: Family::default(),
+        };
+        registry.register(
+            format!("svckit_{protocol}_requests"),
+            format!("{protocol} requests finished, by route and status"),
+            requests.total.clone(),
+        );
+        registry.register(
+            format!("svckit_{protocol}_request_duration_seconds"),
+            format!("{protocol} request latency until the response ended"),
+            requests.duration.clone(),
+        );
+        registry.register(
+            format!("svckit_{protocol}_requests_in_flight"),
+            format!("{protocol} requests being served"),
+            requests.in_flight.clone(),
+        );
+        requests
+    }
+}
+
+/// Every metric of a node, and the registry that renders them.
+pub struct Metrics {
+    registry: Registry,
+    grpc: Requests,
+    http: Requests,
+    registered: Gauge,
+    heartbeat_failures: Gauge<u64, AtomicU64>,
+    reregistrations: Gauge<u64, AtomicU64>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    /// A fresh set of metrics.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let grpc = Requests::register(&mut registry, "grpc");
+        let http = Requests::register(&mut registry, "http");
+        let registered = Gauge::default();
+        registry.register(
+            "svckit_registered",
+            "1 while the node is registered in the service group and its heartbeats succeed",
+            registered.clone(),
+        );
+        let heartbeat_failures = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "svckit_heartbeat_failures",
+            "heartbeat or registration attempts that failed since the node joined",
+            heartbeat_failures.clone(),
+        );
+        let reregistrations = Gauge::<u64, AtomicU64>::default();
+        registry.register(
+            "svckit_reregistrations",
+            "times the node registered again (lease lost, key deleted, etcd restarted)",
+            reregistrations.clone(),
+        );
+        Metrics {
+            registry,
+            grpc,
+            http,
+            registered,
+            heartbeat_failures,
+            reregistrations,
+        }
+    }
+
+    /// The layer that counts gRPC calls.
+    pub fn grpc_layer(&self) -> RequestMetricsLayer {
+        RequestMetricsLayer {
+            requests: self.grpc.clone(),
+            kind: Kind::Grpc,
+        }
+    }
+
+    /// The layer that counts HTTP requests (apply it as an axum route layer,
+    /// so that the matched route is known).
+    pub fn http_layer(&self) -> RequestMetricsLayer {
+        RequestMetricsLayer {
+            requests: self.http.clone(),
+            kind: Kind::Http,
+        }
+    }
+
+    /// The Prometheus text exposition, with the registration state as of
+    /// `status` (`None`: not registered).
+    pub fn render(&self, status: Option<&MembershipStatus>) -> String {
+        let registered = status.is_some_and(|s| s.state == RegistrationState::Registered);
+        self.registered.set(i64::from(registered));
+        if let Some(status) = status {
+            self.heartbeat_failures.set(status.failures);
+            self.reregistrations.set(status.reregistrations);
+        }
+        let mut text = String::new();
+        if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
+            text.clear();
+        }
+        text
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Kind {
+    Grpc,
+    Http,
+}
+
+/// Counts requests through the service it wraps (see the module docs).
+#[derive(Clone)]
+pub struct RequestMetricsLayer {
+    requests: Requests,
+    kind: Kind,
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics {
+            inner,
+            requests: self.requests.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// The service of [`RequestMetricsLayer`].
+#[derive(Clone)]
+pub struct RequestMetrics<S> {
+    inner: S,
+    requests: Requests,
+    kind: Kind,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for RequestMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body,
+{
+    type Response = http::Response<Measured<RB>>;
+    type Error = S::Error;
+    type Future =
+        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let route = match self.kind {
+            Kind::Http => request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string()),
+            Kind::Grpc => request.uri().path().to_string(),
+        };
+        let in_flight = self
+            .requests
+            .in_flight
+            .get_or_create(&Route {
+                route: route.clone(),
+            })
+            .clone();
+        in_flight.inc();
+        let mut record = Record {
+            requests: self.requests.clone(),
+            route,
+            started: Instant::now(),
+            code: None,
+            in_flight,
+        };
+        let kind = self.kind;
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let response = future.await?;
+            record.code = match kind {
+                Kind::Http => Some(response.status().as_u16().to_string()),
+                // A trailers-only reply (an error before any message).
+                Kind::Grpc => response.headers().get("grpc-status").map(grpc_code),
+            };
+            Ok(response.map(|body| Measured {
+                body,
+                record: Some(record),
+            }))
+        })
+    }
+}
+
+fn grpc_code(value: &http::HeaderValue) -> String {
+    let code = value
+        .to_str()
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
+    format!("{code:?}")
+}
+
+/// What is recorded when a response ends.
+struct Record {
+    requests: Requests,
+    route: String,
+    started: Instant,
+    code: Option<String>,
+    in_flight: Gauge,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.in_flight.dec();
+        // A body dropped before its end: the client went away.
+        let code = self.code.take().unwrap_or_else(|| "Cancelled".into());
+        self.requests
+            .total
+            .get_or_create(&Outcome {
+                route: self.route.clone(),
+                code,
+            })
+            .inc();
+        self.requests
+            .duration
+            .get_or_create(&Route {
+                route: std::mem::take(&mut self.route),
+            })
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its request when it ends.
+    pub struct Measured<B> {
+        #[pin]
+        body: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B: Body> Body for Measured<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut())
+                {
+                    if let Some(status) = trailers.get("grpc-status") {
+                        record.code = Some(grpc_code(status));
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut record) = this.record.take() {
+                    // A gRPC body that ended without a status in its
+                    // trailers already had it in its headers (or is OK).
+                    record.code.get_or_insert_with(|| "OK".into());
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut record) = this.record.take() {
+                    record.code = Some("Error".into());
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
