@@ -55,7 +55,7 @@ async fn behaves_like_a_service_group(registry: Registry) {
 
     // A second live claim on one (topic, host) is refused.
     match registry.join(registration(t, "n1")).await {
-        Err(Error::Duplicate(msg)) => assert!(msg.contains("n1"), "{msg}"),
+        Err(e @ Error::Duplicate { .. }) => assert!(e.to_string().contains("n1"), "{e}"),
         Err(e) => panic!("expected Duplicate, got {e}"),
         Ok(_) => panic!("a duplicate (topic, host) was accepted"),
     }
@@ -121,16 +121,11 @@ async fn behaves_like_a_service_group(registry: Registry) {
         .await
         .unwrap();
     expect_event(&mut watch, WAIT, "disable before leave", is_update("n1")).await;
-    let left_at = std::time::Instant::now();
     node.leave().await.unwrap();
     assert_eq!(node.status().state, RegistrationState::Left);
-    expect_event(&mut watch, WAIT, "leave of n1", is_leave("n1")).await;
-    let latency = left_at.elapsed();
+    // Half the down time: a leave, not a heartbeat gone stale.
+    let (_, latency) = expect_event(&mut watch, DOWN_TIME / 2, "leave of n1", is_leave("n1")).await;
     eprintln!("graceful leave seen by the watcher after {latency:?}");
-    assert!(
-        latency < Duration::from_millis(500),
-        "leave took {latency:?}"
-    );
     let m = registry
         .get(t, "n1")
         .await

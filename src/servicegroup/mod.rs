@@ -29,11 +29,15 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 
+mod backoff;
 mod diff;
+mod follow;
 mod status;
 mod url;
 
+pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
+pub use self::follow::task_restarts;
 pub use self::url::{RegistryOptions, RegistryUrl};
 
 /// The persistent record of one (topic, host): nova's `services` row.
@@ -315,6 +319,19 @@ pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Reg
         RegistryUrl::File { path } => Arc::new(file::FileDriver::open(path, options)?),
         RegistryUrl::Memory { name } => Arc::new(memory::MemoryDriver::named(name)),
     })
+}
+
+/// Locks one of the service group's mutexes.
+///
+/// The one answer to poisoning here: every critical section in this module
+/// assigns whole values (a map insert, a field, an `Option::take`), so the
+/// data behind a lock poisoned by a panic elsewhere is still consistent. The
+/// service group keeps using it rather than carrying one panic into the
+/// heartbeat and watch loops that keep a node registered.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Formats a time as RFC 3339 with millisecond precision, UTC.

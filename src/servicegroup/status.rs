@@ -28,7 +28,7 @@ impl StatusCell {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut MembershipStatus) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut crate::servicegroup::lock(&self.inner))
     }
 
     pub(crate) fn snapshot(&self) -> MembershipStatus {

@@ -115,8 +115,12 @@ pub struct RegistryOptions {
     /// etcd user/password authentication.
     pub user: Option<String>,
     pub password: Option<String>,
-    /// Bound on connecting to the registry and on each request.
+    /// Bound on connecting to the registry and on each request (and on
+    /// waiting for the `file` registry's lock).
     pub timeout: Duration,
+    /// Cap on the delay between retries of heartbeats, re-registrations,
+    /// watch reconnections and reloads (exponential backoff, full jitter).
+    pub backoff_max: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -128,6 +132,7 @@ impl Default for RegistryOptions {
             user: None,
             password: None,
             timeout: Duration::from_secs(5),
+            backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
         }
     }
 }

@@ -94,6 +94,9 @@ pub(super) struct AliveValue {
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub revision: i64,
+    /// The raft term etcd answered in: a term going backwards means a
+    /// cluster rebuilt from nothing.
+    pub term: u64,
     pub records: BTreeMap<Key, ServiceRecord>,
     pub alive: BTreeSet<Key>,
 }

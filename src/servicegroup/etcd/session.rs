@@ -20,8 +20,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use super::keys::{AliveValue, Kind};
-use super::{encode, Backoff, Inner, CAS_ATTEMPTS};
+use super::{encode, etcd_code, Inner, CAS_ATTEMPTS};
 use crate::error::{Error, Result};
+use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::status::StatusCell;
 use crate::servicegroup::{rfc3339, Membership, MembershipStatus, Registration, ServiceRecord};
 
@@ -162,14 +163,14 @@ impl Session {
                     || format!("lease {:x}", holder.lease()),
                     |v| format!("pid {} (lease {}, since {})", v.pid, v.lease, v.since),
                 );
-                return Err(Error::Duplicate(format!(
-                    "{}/{} is already registered by a live node: {who} holds {}",
-                    self.reg.topic, self.reg.host, self.alive_key
-                )));
+                return Err(Error::Duplicate {
+                    member: format!("{}/{}", self.reg.topic, self.reg.host),
+                    holder: format!("{who} holds {}", self.alive_key),
+                });
             }
             ours = Some(holder.mod_revision());
         }
-        Err(Error::Registry(format!(
+        Err(Error::registry_msg(format!(
             "{} kept changing concurrently; registration not applied",
             self.record_key
         )))
@@ -185,7 +186,7 @@ impl Session {
     }
 
     async fn run(self: Arc<Self>, mut revision: i64, mut stop: watch::Receiver<bool>) {
-        let mut backoff = Backoff::new();
+        let mut backoff = Backoff::new(self.inner.backoff_max);
         loop {
             let lease = self.lease.load(Ordering::SeqCst);
             match self.keep(lease, revision, &mut stop).await {
@@ -241,7 +242,7 @@ impl Session {
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         let mut last_ack = Instant::now();
-        let lost = |why: String| Ended::Lost(Error::Unavailable(why));
+        let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ended::Stopped,
@@ -295,7 +296,7 @@ impl Membership for EtcdMembership {
     fn leave(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             let _ = self.stop.send(true);
-            let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let task = crate::servicegroup::lock(&self.task).take();
             if let Some(task) = task {
                 // A registration in flight finishes first, so the lease read
                 // below is the one that holds the key.
@@ -319,7 +320,7 @@ impl Membership for EtcdMembership {
             match s.inner.revoke(lease).await {
                 Ok(_) => Ok(()),
                 // Already expired or revoked: nothing left to release.
-                Err(Error::Registry(msg)) if msg.contains("lease not found") => Ok(()),
+                Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => Ok(()),
                 Err(e) => Err(e),
             }
         }
@@ -330,7 +331,7 @@ impl Membership for EtcdMembership {
 impl Drop for EtcdMembership {
     fn drop(&mut self) {
         // Like a crash: heartbeats stop and the lease expires by its TTL.
-        if let Some(task) = self.task.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        if let Some(task) = crate::servicegroup::lock(&self.task).take() {
             task.abort();
         }
     }

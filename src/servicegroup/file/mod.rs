@@ -10,12 +10,12 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 
 use self::store::{Alive, Store};
-use super::diff::{check_identity, View};
+use super::diff::check_identity;
+use super::follow::{self, Follow, Step};
 use super::status::StatusCell;
 use super::{
     AdminChange, Driver, EventStream, Member, Membership, MembershipStatus, Registration,
@@ -33,15 +33,18 @@ const MIN_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct FileDriver {
     store: Arc<Store>,
+    /// Cap on the delay between a watcher's failed listings.
+    backoff_max: Duration,
 }
 
 impl FileDriver {
     /// Opens (creating it if needed) the registry directory `path`. A
     /// directory that cannot be created or written is
     /// [`Error::Unavailable`].
-    pub fn open(path: impl AsRef<std::path::Path>, _options: &RegistryOptions) -> Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>, options: &RegistryOptions) -> Result<Self> {
         Ok(Self {
             store: Arc::new(Store::open(path.as_ref())?),
+            backoff_max: options.backoff_max,
         })
     }
 
@@ -52,7 +55,52 @@ impl FileDriver {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| Error::Registry(format!("file registry task failed: {e}")))?
+            .map_err(|e| Error::registry("file registry task failed", e))?
+    }
+}
+
+/// How often to look again: four times per shortest heartbeat period.
+fn poll_for(fastest: Option<Duration>) -> Duration {
+    fastest.map_or(MAX_POLL, |f| (f / 4).clamp(MIN_POLL, MAX_POLL))
+}
+
+/// A watcher of the directory: there are no change notifications across
+/// processes, so it lists and lets the view diff.
+struct FileFollow {
+    driver: FileDriver,
+    topic: Option<String>,
+    poll: Duration,
+}
+
+impl FileFollow {
+    async fn listing(&mut self) -> Result<Vec<Member>> {
+        let t = self.topic.clone();
+        let (members, fastest) = self
+            .driver
+            .blocking(move |store| store.list(t.as_deref()))
+            .await?;
+        self.poll = poll_for(fastest);
+        Ok(members)
+    }
+}
+
+impl Follow for FileFollow {
+    fn list(&mut self) -> BoxFuture<'_, Result<Vec<Member>>> {
+        self.listing().boxed()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Step> {
+        async move {
+            tokio::time::sleep(self.poll).await;
+            match self.listing().await {
+                Ok(members) => Step::Whole(members),
+                Err(e) => Step::Reload {
+                    why: format!("file registry unreadable: {e}"),
+                    now: false,
+                },
+            }
+        }
+        .boxed()
     }
 }
 
@@ -71,10 +119,10 @@ fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
     let existing = store.read_alive(topic, host);
     if let Some(other) = existing.as_ref() {
         if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate(format!(
-                "{topic}/{host} was taken over by pid {}",
-                other.pid
-            )));
+            return Err(Error::Duplicate {
+                member: format!("{topic}/{host}"),
+                holder: format!("taken over by pid {}", other.pid),
+            });
         }
     }
     store.write_alive(topic, host, &alive.touched())?;
@@ -96,11 +144,14 @@ fn register(store: &Store, reg: &Registration, alive: &Alive) -> Result<()> {
     let now = SystemTime::now();
     if let Some(other) = store.read_alive(topic, host) {
         if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate(format!(
-                "{topic}/{host} is held by pid {} (last heartbeat {:.1}s ago)",
-                other.pid,
-                other.age(now).as_secs_f64()
-            )));
+            return Err(Error::Duplicate {
+                member: format!("{topic}/{host}"),
+                holder: format!(
+                    "pid {}, last heartbeat {:.1}s ago",
+                    other.pid,
+                    other.age(now).as_secs_f64()
+                ),
+            });
         }
     }
     let record = match store.read_record(topic, host) {
@@ -135,7 +186,7 @@ impl Membership for FileMembership {
     fn leave(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             let _ = self.stop.send(true);
-            let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+            let task = crate::servicegroup::lock(&self.task).take();
             if let Some(task) = task {
                 // Waits for a heartbeat in progress, so it cannot write the
                 // liveness file again after it is removed below.
@@ -154,7 +205,7 @@ impl Membership for FileMembership {
                 Ok(())
             })
             .await
-            .map_err(|e| Error::Registry(format!("file registry task failed: {e}")))?
+            .map_err(|e| Error::registry("file registry task failed", e))?
         }
         .boxed()
     }
@@ -251,42 +302,14 @@ impl Driver for FileDriver {
         let topic = topic.map(str::to_string);
         async move {
             let t = topic.clone();
-            let first = self.blocking(move |store| store.list(t.as_deref())).await?;
-            let (tx, rx) = mpsc::channel(1024);
-            let driver = self.clone();
-            tokio::spawn(async move {
-                let mut view = View::default();
-                let mut snapshot = Ok(first);
-                let mut failing = false;
-                loop {
-                    let mut poll = MAX_POLL;
-                    match snapshot {
-                        Ok((members, fastest)) => {
-                            failing = false;
-                            if let Some(f) = fastest {
-                                poll = (f / 4).clamp(MIN_POLL, MAX_POLL);
-                            }
-                            for event in view.resync(members) {
-                                if tx.send(Ok(event)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(error = %e, "file registry unreadable; still polling");
-                        }
-                        Err(_) => {}
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(poll) => {}
-                        () = tx.closed() => return,
-                    }
-                    let t = topic.clone();
-                    snapshot = driver.blocking(move |store| store.list(t.as_deref())).await;
-                }
-            });
-            Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)
+            let (first, fastest) = self.blocking(move |store| store.list(t.as_deref())).await?;
+            let name = topic.clone().unwrap_or_else(|| "*".into());
+            let follower = FileFollow {
+                driver: self.clone(),
+                topic,
+                poll: poll_for(fastest),
+            };
+            Ok(follow::spawn(name, first, follower, self.backoff_max))
         }
         .boxed()
     }

@@ -100,10 +100,13 @@ impl Store {
             fs::remove_file(probe)
         };
         probe().map_err(|e| {
-            Error::Unavailable(format!(
-                "file registry {}: the directory is not creatable or not writable: {e}",
-                dir.display()
-            ))
+            Error::unavailable(
+                format!(
+                    "file registry {}: the directory is not creatable or not writable",
+                    dir.display()
+                ),
+                e,
+            )
         })?;
         Ok(store)
     }
@@ -244,7 +247,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::Registry(format!("{}: invalid JSON: {e}", path.display()))),
+            .map_err(|e| Error::registry(format!("{}: invalid JSON", path.display()), e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -252,37 +255,20 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Registry(format!("cannot encode {}: {e}", path.display())))?;
+        .map_err(|e| Error::registry(format!("cannot encode {}", path.display()), e))?;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
     Ok(write_atomic(path, &bytes)?)
 }
 
-/// Writes a temporary file beside `path` and renames it over `path`.
+/// Writes a temporary file beside `path` and renames it over `path`; a
+/// failed write leaves no temporary file behind.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_data()?;
-    drop(tmp.1);
-    fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp.0);
-    })
-}
-
-/// A new hidden file in `dir` with a name no other writer uses.
-fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, File)> {
-    loop {
-        let path = dir.join(format!(
-            ".tmp.{}.{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    // Hidden, so that directory listings never take it for a member.
+    let mut tmp = tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
