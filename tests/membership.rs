@@ -115,6 +115,138 @@ fn a_second_node_with_the_same_topic_and_host_is_refused() {
     assert!(!second.stderr().contains("panicked"));
 }
 
+/// A node's flags with a 10 s down time: only a takeover, never its old
+/// lease running out, can let a restart in within that time.
+fn long_lease_args<'a>(registry: &'a str, host: &'a str) -> Vec<&'a str> {
+    vec![
+        "--registry",
+        registry,
+        "--host",
+        host,
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--report-interval",
+        "0.2",
+        "--service-down-time",
+        "10",
+    ]
+}
+
+#[tokio::test]
+async fn a_node_killed_and_restarted_at_once_is_registered_and_serving() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
+        .await
+        .unwrap();
+    let mut events = registry.watch(Some("echo")).await.unwrap();
+    let args = long_lease_args(&url, "r1");
+    let (mut first, first_addr) = Proc::start_example("echo_node", &args, &[]);
+    expect_event(&mut events, WAIT, "join of r1", is_join("r1")).await;
+
+    // systemd's Restart=always: SIGKILL, then the same command at once.
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(WAIT).expect("killed node exits");
+    let (mut second, second_addr) = Proc::start_example("echo_node", &args, &[]);
+    let new_endpoint = format!("http://{second_addr}");
+    assert_ne!(second_addr, first_addr);
+    // Registered at its new endpoint well before the old lease (10 s)
+    // could have expired.
+    let (_, took) = expect_event(&mut events, Duration::from_secs(5), "r1 up again", |e| {
+        let m = e.member();
+        m.record.host == "r1" && m.up && m.record.endpoints.grpc.as_ref() == Some(&new_endpoint)
+    })
+    .await;
+    eprintln!("restarted node registered {took:?} after it served");
+    assert!(
+        second.wait_exit(Duration::ZERO).is_none(),
+        "the restarted node exited: {}",
+        second.stderr()
+    );
+    assert!(
+        second.stderr().contains("taking it over"),
+        "{}",
+        second.stderr()
+    );
+    let (code, out, err) = Proc::run_cli(&[
+        "call",
+        "--registry",
+        &url,
+        "--topic",
+        "echo",
+        "--server",
+        "r1",
+        "ping",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains(&second.pid().to_string()), "{out}");
+
+    // A second node while this one serves is still a duplicate.
+    let mut third = Proc::spawn(example_bin("echo_node"), &args, &[]);
+    let status = third
+        .wait_exit(Duration::from_secs(20))
+        .expect("duplicate exits");
+    assert_eq!(status.code(), Some(78), "{}", third.stderr());
+    assert!(
+        third.stderr().contains(&new_endpoint),
+        "the refusal names the live node: {}",
+        third.stderr()
+    );
+}
+
+#[tokio::test]
+async fn a_node_stopped_past_its_down_time_leaves_and_comes_back() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
+        .await
+        .unwrap();
+    let rpc = svckit::rpc::Rpc::new(registry.clone()).await.unwrap();
+    let topic = svckit::rpc::Target::topic("echo");
+    let mut events = registry.watch(Some("echo")).await.unwrap();
+    let (node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "s1"), &[]);
+    expect_event(&mut events, WAIT, "join of s1", is_join("s1")).await;
+    rpc.wait_for_nodes(&topic, 1, WAIT).await.unwrap();
+
+    node.signal(Signal::SIGSTOP);
+    // service_down_time is 1 s.
+    expect_event(
+        &mut events,
+        Duration::from_secs(4),
+        "leave of s1",
+        is_leave("s1"),
+    )
+    .await;
+    eventually(WAIT, "the client to drop s1", || async {
+        rpc.hosts(&topic).is_empty().then_some(())
+    })
+    .await;
+
+    node.signal(Signal::SIGCONT);
+    let (_, took) = expect_event(
+        &mut events,
+        Duration::from_millis(2500),
+        "s1 back within 2 s of resuming",
+        is_join("s1"),
+    )
+    .await;
+    eprintln!("s1 back {took:?} after SIGCONT");
+    rpc.wait_for_nodes(&topic, 1, WAIT).await.unwrap();
+    assert_eq!(rpc.hosts(&topic), ["s1"]);
+    let (code, out, err) = Proc::run_cli(&[
+        "call",
+        "--registry",
+        &url,
+        "--topic",
+        "echo",
+        "--server",
+        "s1",
+        "ping",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("\"s1\""), "{out}");
+}
+
 #[test]
 fn an_unreachable_registry_at_start_exits_69() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

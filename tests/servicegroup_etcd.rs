@@ -18,6 +18,9 @@ static SERIAL: Mutex<()> = Mutex::const_new(());
 
 const WAIT: Duration = Duration::from_secs(5);
 const ALIVE_KEY: &str = "/test/alive/compute/n1";
+const RECORD_KEY: &str = "/test/services/compute/n1";
+/// Hand-made faults heal within 2 s; the rest is slack for a loaded machine.
+const HEAL: Duration = Duration::from_millis(2500);
 
 async fn raw_client(etcd: &Etcd) -> etcd_client::Client {
     etcd_client::Client::connect([etcd.endpoint()], None)
@@ -191,6 +194,91 @@ async fn restores_a_liveness_key_deleted_by_hand() {
     })
     .await;
     assert_eq!(is_up(&registry, "n1").await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restores_its_record_deleted_by_hand() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+    let mut raw = raw_client(&etcd).await;
+
+    // The node still heartbeats, so without its record it would silently
+    // drop out of every list and every client.
+    assert_eq!(raw.delete(RECORD_KEY, None).await.unwrap().deleted(), 1);
+    expect_event(&mut watch, WAIT, "the deletion", is_delete("n1")).await;
+    let (event, took) = expect_event(&mut watch, HEAL, "the record back, up", is_join("n1")).await;
+    eprintln!("record restored after {took:?}");
+    assert_eq!(event.member().record.binary, "test_node");
+    assert_eq!(raw.get(RECORD_KEY, None).await.unwrap().kvs().len(), 1);
+    eventually(WAIT, "a counted re-registration", || async {
+        (node.status().reregistrations >= 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaims_a_liveness_key_overwritten_by_hand() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let lease = raw.get(ALIVE_KEY, None).await.unwrap().kvs()[0].lease();
+
+    // Without a lease the key would never expire: n1 would show up forever,
+    // even after a crash.
+    raw.put(ALIVE_KEY, "{}", None).await.unwrap();
+    let new_lease = eventually(HEAL, "the key bound to a lease again", || {
+        let mut raw = raw.clone();
+        async move {
+            let resp = raw.get(ALIVE_KEY, None).await.ok()?;
+            resp.kvs().first().map(|kv| kv.lease()).filter(|l| *l != 0)
+        }
+    })
+    .await;
+    assert_ne!(new_lease, lease, "a fresh lease holds it");
+    eventually(WAIT, "a counted re-registration", || async {
+        (node.status().reregistrations >= 1).then_some(())
+    })
+    .await;
+    assert_eq!(is_up(&registry, "n1").await, Some(true));
+
+    // And it now expires with the node.
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join", is_join("n1")).await;
+    drop(node);
+    expect_event(&mut watch, DOWN_TIME + HEAL, "leave", is_leave("n1")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leaving_is_bounded_when_etcd_does_not_answer() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    // A request timeout well above the leave bound.
+    let slow = svckit::servicegroup::RegistryOptions {
+        timeout: Duration::from_secs(10),
+        ..options()
+    };
+    let registry = connect(&etcd.url(), &slow).await.unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+
+    etcd.pause();
+    let bound = svckit::servicegroup::LEAVE_TIMEOUT + Duration::from_secs(1);
+    let left = tokio::time::timeout(bound, node.leave()).await;
+    etcd.resume();
+    match left {
+        Ok(Err(e @ Error::Unavailable { .. })) => eprintln!("leave: {e}"),
+        Ok(other) => panic!("expected Unavailable, got {other:?}"),
+        Err(_) => panic!("leave still waiting on a silent etcd after {bound:?}"),
+    }
+    assert_eq!(node.status().state, RegistrationState::Left);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

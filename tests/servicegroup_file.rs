@@ -34,11 +34,15 @@ async fn processes_sharing_a_directory_see_one_group() {
     let dir = tempfile::tempdir().unwrap();
     let a = FileDriver::open(dir.path(), &options()).unwrap();
     let b = FileDriver::open(dir.path(), &options()).unwrap();
-    let node = a.join(registration("compute", "n1")).await.unwrap();
+    let live = live_endpoint().await;
+    let node = a
+        .join(registration_at("compute", "n1", &live.url))
+        .await
+        .unwrap();
     assert!(b.get("compute", "n1").await.unwrap().unwrap().up);
 
     // The other "process" may not claim the same (topic, host) while the
-    // heartbeat is fresh...
+    // holder serves...
     match b.join(registration("compute", "n1")).await {
         Err(e @ Error::Duplicate { .. }) => {
             assert!(
@@ -60,8 +64,9 @@ async fn processes_sharing_a_directory_see_one_group() {
     tokio::time::sleep(DOWN_TIME).await;
     assert!(a.get("compute", "n1").await.unwrap().unwrap().up);
 
-    // Once the first one is gone (crashed: stale heartbeat), the name is free.
+    // Once the first one is gone (stopped: stale heartbeat), the name is free.
     drop(node);
+    drop(live);
     eventually(DOWN_TIME * 3, "n1 to turn down", || async {
         (!b.get("compute", "n1").await.unwrap().unwrap().up).then_some(())
     })
@@ -118,4 +123,44 @@ async fn unusable_directories_are_clear_errors() {
         }
         other => panic!("expected Unavailable, got {other:?}"),
     }
+}
+
+#[tokio::test]
+async fn a_lock_held_by_another_process_is_waited_for_boundedly() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = FileDriver::open(dir.path(), &options()).unwrap();
+    let lock = dir.path().join(".lock");
+
+    // Another process holds the registry's lock and never lets go, as one
+    // stopped (SIGSTOP) in the middle of a write would.
+    let mut holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>>"$0" && flock 9 && exec sleep 60"#)
+        .arg(&lock)
+        .spawn()
+        .expect("sh and flock(1)");
+    eventually(Duration::from_secs(5), "the lock to be held", || async {
+        let file = std::fs::OpenOptions::new().append(true).open(&lock).ok()?;
+        nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusiveNonblock)
+            .is_err()
+            .then_some(())
+    })
+    .await;
+
+    let bound = options().timeout + Duration::from_secs(2);
+    match tokio::time::timeout(bound, registry.join(registration("compute", "n1"))).await {
+        Ok(Err(e @ Error::Unavailable { .. })) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&lock.display().to_string()), "{msg}");
+            assert!(msg.contains("held by another process"), "{msg}");
+        }
+        Ok(Err(e)) => panic!("expected Unavailable, got {e}"),
+        Ok(Ok(_)) => panic!("joined while another process held the lock"),
+        Err(_) => panic!("join still waiting on the lock after {bound:?}"),
+    }
+
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let node = registry.join(registration("compute", "n1")).await.unwrap();
+    node.leave().await.unwrap();
 }

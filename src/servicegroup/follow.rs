@@ -174,3 +174,84 @@ impl Watcher {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::SystemTime;
+
+    use futures::StreamExt;
+
+    use super::*;
+    use crate::servicegroup::{diff::key_of, Registration};
+
+    fn member(host: &str) -> Member {
+        let record = Registration {
+            topic: "t".into(),
+            host: host.into(),
+            binary: "b".into(),
+            version: "1".into(),
+            endpoints: Default::default(),
+            services: vec![],
+            workers: 1,
+            report_interval: Duration::from_secs(1),
+            service_down_time: Duration::from_secs(2),
+        }
+        .to_record(SystemTime::UNIX_EPOCH);
+        Member { record, up: true }
+    }
+
+    /// Panics on its first step, then reports `b` deleted.
+    struct Flaky {
+        steps: u32,
+    }
+
+    impl Follow for Flaky {
+        fn list(&mut self) -> BoxFuture<'_, Result<Vec<Member>>> {
+            futures::future::ready(Ok(vec![member("a"), member("b")])).boxed()
+        }
+
+        fn next(&mut self) -> BoxFuture<'_, Step> {
+            self.steps += 1;
+            let step = self.steps;
+            async move {
+                match step {
+                    1 => panic!("a bug in a driver"),
+                    2 => Step::Changes(vec![(key_of(&member("b")), None)]),
+                    _ => futures::future::pending().await,
+                }
+            }
+            .boxed()
+        }
+    }
+
+    #[tokio::test]
+    async fn a_panicking_follower_is_counted_and_followed_again() {
+        let before = task_restarts();
+        let mut events = spawn(
+            "t".into(),
+            vec![member("a")],
+            Flaky { steps: 0 },
+            Duration::ZERO,
+        );
+        let mut seen = Vec::new();
+        while seen.len() < 3 {
+            let event = tokio::time::timeout(Duration::from_secs(5), events.next())
+                .await
+                .expect("the watch goes on after the panic")
+                .expect("the stream does not end")
+                .expect("no error");
+            seen.push((event.kind(), event.member().record.host.clone()));
+        }
+        // a from the first listing, b from the reload after the panic, then
+        // b's deletion from the restarted follower.
+        assert_eq!(
+            seen,
+            [
+                ("join", "a".into()),
+                ("join", "b".into()),
+                ("delete", "b".into())
+            ]
+        );
+        assert!(task_restarts() > before);
+    }
+}

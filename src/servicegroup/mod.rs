@@ -29,9 +29,10 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 
-mod backoff;
+pub(crate) mod backoff;
 mod diff;
-mod follow;
+pub(crate) mod follow;
+mod probe;
 mod status;
 mod url;
 
@@ -176,17 +177,31 @@ impl Registration {
 pub enum Event {
     /// A member became up (or was first seen up).
     Join(Member),
-    /// A member went down or its record was deleted.
+    /// A member went down; its record stays.
     Leave(Member),
     /// Something else changed: admin state, endpoints, a down record appeared.
     Update(Member),
+    /// The record is gone (`svckit service delete`): forget the member. The
+    /// member is its last known state, marked down.
+    Delete(Member),
 }
 
 impl Event {
     /// The member the event is about.
     pub fn member(&self) -> &Member {
         match self {
-            Event::Join(m) | Event::Leave(m) | Event::Update(m) => m,
+            Event::Join(m) | Event::Leave(m) | Event::Update(m) | Event::Delete(m) => m,
+        }
+    }
+
+    /// `"join"`, `"leave"`, `"update"` or `"delete"`, as `svckit members
+    /// watch` prints it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Join(_) => "join",
+            Event::Leave(_) => "leave",
+            Event::Update(_) => "update",
+            Event::Delete(_) => "delete",
         }
     }
 
@@ -200,7 +215,7 @@ impl Event {
             (Some(o), None) => {
                 let mut gone = o.clone();
                 gone.up = false;
-                Some(Event::Leave(gone))
+                Some(Event::Delete(gone))
             }
             (Some(o), Some(n)) if !o.up && n.up => Some(Event::Join(n.clone())),
             (Some(o), Some(n)) if o.up && !n.up => Some(Event::Leave(n.clone())),
@@ -273,7 +288,10 @@ pub trait Membership: Send + Sync {
     /// The current health of the registration.
     fn status(&self) -> MembershipStatus;
     /// Leaves the group: the node shows as down at once (liveness removed,
-    /// lease revoked), its record stays.
+    /// lease revoked), its record stays. Bounded by [`LEAVE_TIMEOUT`]: when
+    /// the registry does not answer in time, it fails with
+    /// [`Error::Unavailable`](crate::Error::Unavailable), heartbeats have
+    /// stopped all the same, and the node turns down by expiry.
     fn leave(&self) -> BoxFuture<'_, Result<()>>;
 }
 
@@ -308,6 +326,12 @@ pub trait Driver: Send + Sync {
     /// Deletes a record (and liveness); `false` when there was none.
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
 }
+
+/// The bound on [`Membership::leave`]: a node that stops must not wait on
+/// an unreachable registry before it turns NOT_SERVING and drains. Past it,
+/// the leave fails and the node shows down once its lease expires (or its
+/// heartbeat goes stale).
+pub const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A shared driver.
 pub type Registry = Arc<dyn Driver>;

@@ -27,6 +27,11 @@ impl StatusCell {
         }
     }
 
+    /// `topic/host`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut MembershipStatus) -> T) -> T {
         f(&mut crate::servicegroup::lock(&self.inner))
     }

@@ -171,6 +171,23 @@ impl Etcd {
         }
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open and nothing
+    /// answers, as behind a network black hole.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal etcd");
+    }
+
     /// Starts again on the same ports with the same data, and waits for it.
     pub fn restart(&mut self) {
         self.stop();

@@ -5,7 +5,7 @@ use std::io::Write;
 use futures::StreamExt;
 use serde::Serialize;
 
-use svckit::servicegroup::{AdminChange, Event, Member, Registry};
+use svckit::servicegroup::{AdminChange, Member, Registry};
 use svckit::{Error, Result};
 
 /// A member as the CLI shows it; the field names are the JSON contract of
@@ -126,13 +126,8 @@ pub(super) async fn watch(registry: &Registry, topic: Option<&str>) -> Result<()
     let mut events = registry.watch(topic).await?;
     while let Some(event) = events.next().await {
         let event = event?;
-        let kind = match &event {
-            Event::Join(_) => "join",
-            Event::Leave(_) => "leave",
-            Event::Update(_) => "update",
-        };
         let line = Line {
-            event: kind,
+            event: event.kind(),
             member: MemberView::from(event.member()),
         };
         let mut text = serde_json::to_string(&line).map_err(|e| Error::Io(e.into()))?;

@@ -2,10 +2,15 @@
 //! that gets the node registered again after anything goes wrong.
 //!
 //! The loop never gives up (tooz and kratos members silently vanish after a
-//! lease loss): a failed keep-alive, an expired or revoked lease, a deleted
-//! liveness key, an etcd restart or wipe all lead to the same path — grant a
-//! new lease and put both keys again, retrying with capped backoff until etcd
-//! answers.
+//! lease loss): a failed keep-alive, an expired or revoked lease, a liveness
+//! key deleted or overwritten by hand, a service record deleted by hand, an
+//! etcd restart or wipe all lead to the same path — grant a new lease and put
+//! both keys again, retrying with capped backoff until etcd answers. A panic
+//! in the loop is logged, counted, and followed by that same path.
+//!
+//! A (topic, host) held by another lease is taken over at once when its
+//! holder does not answer SERVING on its advertised endpoint (a crashed node
+//! restarted under systemd or Kubernetes); a live holder is a duplicate.
 
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -19,12 +24,18 @@ use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use std::panic::AssertUnwindSafe;
+
 use super::keys::{AliveValue, Kind};
 use super::{encode, etcd_code, Inner, CAS_ATTEMPTS};
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::follow::restarted;
+use crate::servicegroup::probe::{probe, Holder};
 use crate::servicegroup::status::StatusCell;
-use crate::servicegroup::{rfc3339, Membership, MembershipStatus, Registration, ServiceRecord};
+use crate::servicegroup::{
+    rfc3339, Membership, MembershipStatus, Registration, ServiceRecord, LEAVE_TIMEOUT,
+};
 
 /// Registers `reg` and starts keeping it registered.
 pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMembership> {
@@ -42,7 +53,7 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
     });
     let revision = session.register(None).await?;
     let (stop, stopped) = watch::channel(false);
-    let task = tokio::spawn(session.clone().run(revision, stopped));
+    let task = tokio::spawn(session.clone().supervise(revision, stopped));
     Ok(EtcdMembership {
         session,
         stop,
@@ -108,6 +119,7 @@ impl Session {
             lease: format!("{lease:x}"),
             since: rfc3339(SystemTime::now()),
             token: self.token,
+            grpc: self.reg.endpoints.grpc.clone(),
         })?;
         // The liveness key's mod revision when it is ours to take back.
         let mut ours: Option<i64> = None;
@@ -159,14 +171,14 @@ impl Session {
             let mine = value.as_ref().is_some_and(|v| v.token == self.token)
                 || previous.is_some_and(|p| p == holder.lease());
             if !mine {
-                let who = value.map_or_else(
-                    || format!("lease {:x}", holder.lease()),
-                    |v| format!("pid {} (lease {}, since {})", v.pid, v.lease, v.since),
-                );
-                return Err(Error::Duplicate {
-                    member: format!("{}/{}", self.reg.topic, self.reg.host),
-                    holder: format!("{who} holds {}", self.alive_key),
-                });
+                let recorded = found
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<ServiceRecord>(kv.value()).ok())
+                    .and_then(|r| r.endpoints.grpc);
+                self.take_over(&holder, value, recorded).await?;
+                ours = None;
+                continue;
             }
             ours = Some(holder.mod_revision());
         }
@@ -174,6 +186,51 @@ impl Session {
             "{} kept changing concurrently; registration not applied",
             self.record_key
         )))
+    }
+
+    /// Deals with another lease holding our liveness key: asks the holder
+    /// (its endpoint from its liveness value, else from the record) whether
+    /// it serves. A holder that does not is dead: its key is deleted, guarded
+    /// by its lease so that a holder that came back meanwhile keeps it, and
+    /// the caller claims the key again. A serving holder is a duplicate.
+    async fn take_over(
+        &self,
+        holder: &etcd_client::KeyValue,
+        value: Option<AliveValue>,
+        recorded: Option<String>,
+    ) -> Result<()> {
+        let member = format!("{}/{}", self.reg.topic, self.reg.host);
+        let url = value.as_ref().and_then(|v| v.grpc.clone()).or(recorded);
+        let answer = probe(url.as_deref(), self.reg.endpoints.grpc.as_deref()).await;
+        if answer != Holder::Dead {
+            let who = value.map_or_else(
+                || format!("lease {:x}", holder.lease()),
+                |v| format!("pid {}, lease {}, since {}", v.pid, v.lease, v.since),
+            );
+            let at = url.map_or_else(
+                || "no endpoint advertised".into(),
+                |u| format!("serving at {u}"),
+            );
+            return Err(Error::Duplicate {
+                member,
+                holder: format!("{at}; {who}"),
+            });
+        }
+        tracing::warn!(
+            %member,
+            holder = url.as_deref().unwrap_or("-"),
+            lease = %format!("{:x}", holder.lease()),
+            "the node holding this identity does not answer; taking it over"
+        );
+        let key = self.alive_key.as_str();
+        self.inner
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(key, CompareOp::Equal, holder.lease())])
+                    .and_then([TxnOp::delete(key, None)]),
+            )
+            .await
+            .map(drop)
     }
 
     /// Revokes a lease we no longer use, without holding anyone up; if etcd
@@ -185,27 +242,61 @@ impl Session {
         });
     }
 
-    async fn run(self: Arc<Self>, mut revision: i64, mut stop: watch::Receiver<bool>) {
+    /// Runs the registration loop until told to stop; a panic in it is
+    /// logged, counted, and followed by a fresh registration rather than a
+    /// node that silently stopped heartbeating.
+    async fn supervise(self: Arc<Self>, revision: i64, stop: watch::Receiver<bool>) {
+        let mut start = Some(revision);
+        loop {
+            let run = self.clone().run(start.take(), stop.clone());
+            match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(()) => return,
+                Err(_) => {
+                    restarted("registration", &self.status.name());
+                    self.status.failed(&"the registration loop panicked");
+                }
+            }
+        }
+    }
+
+    /// Keeps the node registered; `revision` is that of a registration just
+    /// made, `None` to register first.
+    async fn run(self: Arc<Self>, revision: Option<i64>, mut stop: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.inner.backoff_max);
+        let mut revision = revision;
         loop {
             let lease = self.lease.load(Ordering::SeqCst);
-            match self.keep(lease, revision, &mut stop).await {
-                Ended::Stopped => return,
-                Ended::Lost(e) => self.status.failed(&e),
+            if let Some(rev) = revision.take() {
+                match self.keep(lease, rev, &mut stop).await {
+                    Ended::Stopped => return,
+                    Ended::Lost(e) => self.status.failed(&e),
+                }
             }
+            // Register again, retrying until etcd lets us. The first try is
+            // immediate: a hand-made fault (a key deleted or overwritten)
+            // heals at once, and an outage is then backed off.
+            let mut first = true;
             loop {
-                tokio::select! {
-                    () = tokio::time::sleep(backoff.next_delay()) => {}
-                    _ = stop.changed() => return,
+                if !first {
+                    tokio::select! {
+                        () = backoff.wait() => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                first = false;
+                if *stop.borrow() {
+                    return;
                 }
                 match self.register(Some(lease)).await {
                     Ok(rev) => {
-                        revision = rev;
+                        revision = Some(rev);
                         backoff.reset();
                         self.status.reregistered();
                         // After the new lease holds the key, so that revoking
                         // the old one cannot delete it.
-                        self.revoke_later(lease);
+                        if lease != 0 && lease != self.lease.load(Ordering::SeqCst) {
+                            self.revoke_later(lease);
+                        }
                         break;
                     }
                     Err(e) => self.status.failed(&e),
@@ -237,12 +328,17 @@ impl Session {
             Ok(stream) => stream,
             Err(e) => return Ended::Lost(e),
         };
+        // The record on the same stream: deleted by hand, it is written again.
+        if let Err(e) = changes.watch(self.record_key.as_str(), Some(from)).await {
+            return Ended::Lost(Error::unavailable("watching the service record", e));
+        }
         self.status.beat();
         let mut ticks = tokio::time::interval(self.reg.report_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         let mut last_ack = Instant::now();
         let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
+        let broke = |what: &str, e: etcd_client::Error| Ended::Lost(Error::unavailable(what, e));
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ended::Stopped,
@@ -252,7 +348,7 @@ impl Session {
                         return lost(format!("no keep-alive answer for {:?}", last_ack.elapsed()));
                     }
                     if let Err(e) = keeper.keep_alive().await {
-                        return lost(format!("keep-alive failed: {e}"));
+                        return broke("keep-alive failed", e);
                     }
                 }
                 ack = acks.message() => match ack {
@@ -260,24 +356,49 @@ impl Session {
                         last_ack = Instant::now();
                         self.status.beat();
                     }
-                    Ok(Some(_)) => return lost(format!("lease {lease:x} expired")),
+                    Ok(Some(_)) => return lost(format!("lease {lease:x} expired or was revoked")),
                     Ok(None) => return lost("keep-alive stream closed".into()),
-                    Err(e) => return lost(format!("keep-alive stream failed: {e}")),
+                    Err(e) => return broke("keep-alive stream failed", e),
                 },
                 change = changes.message() => match change {
                     Ok(Some(resp)) if resp.canceled() => {
-                        return lost(format!("watch on the liveness key canceled: {}", resp.cancel_reason()));
+                        return lost(format!("watch on our keys canceled: {}", resp.cancel_reason()));
                     }
                     Ok(Some(resp)) => {
-                        if resp.events().iter().any(|e| e.event_type() == EventType::Delete) {
-                            return lost("liveness key deleted".into());
+                        if let Some(why) = self.foreign_change(&resp, lease) {
+                            return lost(why);
                         }
                     }
-                    Ok(None) => return lost("liveness watch closed".into()),
-                    Err(e) => return lost(format!("liveness watch failed: {e}")),
+                    Ok(None) => return lost("watch on our keys closed".into()),
+                    Err(e) => return broke("watch on our keys failed", e),
                 },
             }
         }
+    }
+
+    /// Whether a change to our keys undoes the registration: the liveness
+    /// key deleted or bound to another lease (overwritten by hand), or the
+    /// record deleted.
+    fn foreign_change(&self, resp: &etcd_client::WatchResponse, lease: i64) -> Option<String> {
+        resp.events().iter().find_map(|event| {
+            let kv = event.kv()?;
+            let key = kv.key();
+            match event.event_type() {
+                EventType::Delete if key == self.alive_key.as_bytes() => {
+                    Some("liveness key deleted".into())
+                }
+                EventType::Delete if key == self.record_key.as_bytes() => {
+                    Some("service record deleted".into())
+                }
+                EventType::Put if key == self.alive_key.as_bytes() && kv.lease() != lease => {
+                    Some(format!(
+                        "liveness key overwritten (bound to lease {:x}, not ours)",
+                        kv.lease()
+                    ))
+                }
+                _ => None,
+            }
+        })
     }
 }
 
@@ -297,34 +418,61 @@ impl Membership for EtcdMembership {
         async move {
             let _ = self.stop.send(true);
             let task = crate::servicegroup::lock(&self.task).take();
-            if let Some(task) = task {
-                // A registration in flight finishes first, so the lease read
-                // below is the one that holds the key.
-                let _ = task.await;
-            }
-            self.session.status.left();
-            let s = &self.session;
-            let lease = s.lease.load(Ordering::SeqCst);
-            // Only our own key: another node may have claimed the identity.
-            s.inner
-                .txn(
-                    Txn::new()
-                        .when([Compare::lease(
-                            s.alive_key.as_str(),
-                            CompareOp::Equal,
-                            lease,
-                        )])
-                        .and_then([TxnOp::delete(s.alive_key.as_str(), None)]),
-                )
-                .await?;
-            match s.inner.revoke(lease).await {
-                Ok(_) => Ok(()),
-                // Already expired or revoked: nothing left to release.
-                Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => Ok(()),
-                Err(e) => Err(e),
+            let abort = task.as_ref().map(JoinHandle::abort_handle);
+            let leaving = async {
+                if let Some(task) = task {
+                    // A registration in flight finishes first, so the lease
+                    // read below is the one that holds the key.
+                    let _ = task.await;
+                }
+                self.session.status.left();
+                self.session.release().await
+            };
+            match tokio::time::timeout(LEAVE_TIMEOUT, leaving).await {
+                Ok(result) => result,
+                Err(elapsed) => {
+                    // Nothing may register again after leave returns.
+                    if let Some(abort) = abort {
+                        abort.abort();
+                    }
+                    self.session.status.left();
+                    Err(Error::unavailable(
+                        format!(
+                            "leaving {}: etcd did not answer within {LEAVE_TIMEOUT:?}; \
+                             the lease expires by itself",
+                            self.session.status.name()
+                        ),
+                        elapsed,
+                    ))
+                }
             }
         }
         .boxed()
+    }
+}
+
+impl Session {
+    /// Deletes our liveness key and revokes our lease.
+    async fn release(&self) -> Result<()> {
+        let lease = self.lease.load(Ordering::SeqCst);
+        // Only our own key: another node may have claimed the identity.
+        self.inner
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(
+                        self.alive_key.as_str(),
+                        CompareOp::Equal,
+                        lease,
+                    )])
+                    .and_then([TxnOp::delete(self.alive_key.as_str(), None)]),
+            )
+            .await?;
+        match self.inner.revoke(lease).await {
+            Ok(_) => Ok(()),
+            // Already expired or revoked: nothing left to release.
+            Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 

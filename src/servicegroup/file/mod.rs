@@ -16,10 +16,11 @@ use tokio::task::JoinHandle;
 use self::store::{Alive, Store};
 use super::diff::check_identity;
 use super::follow::{self, Follow, Step};
+use super::probe::{probe, Holder};
 use super::status::StatusCell;
 use super::{
     AdminChange, Driver, EventStream, Member, Membership, MembershipStatus, Registration,
-    RegistryOptions,
+    RegistryOptions, LEAVE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 
@@ -43,7 +44,7 @@ impl FileDriver {
     /// [`Error::Unavailable`].
     pub fn open(path: impl AsRef<std::path::Path>, options: &RegistryOptions) -> Result<Self> {
         Ok(Self {
-            store: Arc::new(Store::open(path.as_ref())?),
+            store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
             backoff_max: options.backoff_max,
         })
     }
@@ -137,24 +138,39 @@ fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
     Ok(if restored { Beat::Restored } else { Beat::Kept })
 }
 
-/// Registers under the lock: refused while another owner's heartbeat is fresh.
-fn register(store: &Store, reg: &Registration, alive: &Alive) -> Result<()> {
+/// What a registration attempt found.
+enum Claim {
+    /// Registered.
+    Done,
+    /// Another owner's heartbeat is fresh: ask it before taking over.
+    Held {
+        holder: Alive,
+        /// Its gRPC endpoint (from its liveness file, else the record).
+        url: Option<String>,
+    },
+}
+
+/// Registers under the lock, unless another owner's heartbeat is fresh;
+/// `replace` is the token of an owner found dead, whose file may be
+/// overwritten.
+fn register(
+    store: &Store,
+    reg: &Registration,
+    alive: &Alive,
+    replace: Option<u64>,
+) -> Result<Claim> {
     let (topic, host) = (&reg.topic, &reg.host);
     let _lock = store.lock()?;
     let now = SystemTime::now();
+    let existing = store.read_record(topic, host);
     if let Some(other) = store.read_alive(topic, host) {
-        if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate {
-                member: format!("{topic}/{host}"),
-                holder: format!(
-                    "pid {}, last heartbeat {:.1}s ago",
-                    other.pid,
-                    other.age(now).as_secs_f64()
-                ),
-            });
+        if other.token != alive.token && other.is_fresh(now) && replace != Some(other.token) {
+            let recorded = existing.ok().flatten().and_then(|r| r.endpoints.grpc);
+            let url = other.grpc.clone().or(recorded);
+            return Ok(Claim::Held { holder: other, url });
         }
     }
-    let record = match store.read_record(topic, host) {
+    let record = match existing {
         Ok(Some(mut record)) => {
             reg.refresh_record(&mut record, now);
             record
@@ -166,7 +182,8 @@ fn register(store: &Store, reg: &Registration, alive: &Alive) -> Result<()> {
         }
     };
     store.write_record(&record)?;
-    store.write_alive(topic, host, alive)
+    store.write_alive(topic, host, alive)?;
+    Ok(Claim::Done)
 }
 
 struct FileMembership {
@@ -187,25 +204,45 @@ impl Membership for FileMembership {
         async move {
             let _ = self.stop.send(true);
             let task = crate::servicegroup::lock(&self.task).take();
-            if let Some(task) = task {
-                // Waits for a heartbeat in progress, so it cannot write the
-                // liveness file again after it is removed below.
-                let _ = task.await;
-            }
-            self.status.left();
+            let abort = task.as_ref().map(JoinHandle::abort_handle);
             let (store, reg, token) = (self.store.clone(), self.reg.clone(), self.token);
-            tokio::task::spawn_blocking(move || {
-                let path = store.alive_path(&reg.topic, &reg.host);
-                if store
-                    .read_alive(&reg.topic, &reg.host)
-                    .is_some_and(|a| a.token == token)
-                {
-                    store.remove(&path)?;
+            let leaving = async {
+                if let Some(task) = task {
+                    // Waits for a heartbeat in progress, so it cannot write
+                    // the liveness file again after it is removed below.
+                    let _ = task.await;
                 }
-                Ok(())
-            })
-            .await
-            .map_err(|e| Error::registry("file registry task failed", e))?
+                self.status.left();
+                tokio::task::spawn_blocking(move || {
+                    let path = store.alive_path(&reg.topic, &reg.host);
+                    if store
+                        .read_alive(&reg.topic, &reg.host)
+                        .is_some_and(|a| a.token == token)
+                    {
+                        store.remove(&path)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Error::registry("file registry task failed", e))?
+            };
+            match tokio::time::timeout(LEAVE_TIMEOUT, leaving).await {
+                Ok(result) => result,
+                Err(elapsed) => {
+                    if let Some(abort) = abort {
+                        abort.abort();
+                    }
+                    self.status.left();
+                    Err(Error::unavailable(
+                        format!(
+                            "leaving {}/{}: the registry directory did not answer within \
+                             {LEAVE_TIMEOUT:?}; the heartbeat goes stale by itself",
+                            self.reg.topic, self.reg.host
+                        ),
+                        elapsed,
+                    ))
+                }
+            }
         }
         .boxed()
     }
@@ -246,16 +283,65 @@ async fn heartbeat_loop(
     }
 }
 
+impl FileDriver {
+    /// Registers, taking the identity over from an owner whose heartbeat is
+    /// fresh but who does not answer SERVING (crashed within its down time).
+    async fn claim(&self, registration: &Registration, alive: &Alive) -> Result<()> {
+        let mut replace = None;
+        // Twice at most: a holder found dead is replaced on the next try,
+        // unless yet another owner came in between.
+        for _ in 0..3 {
+            let (reg, a) = (registration.clone(), alive.clone());
+            let claim = self
+                .blocking(move |store| register(store, &reg, &a, replace))
+                .await?;
+            let Claim::Held { holder, url } = claim else {
+                return Ok(());
+            };
+            let own = registration.endpoints.grpc.as_deref();
+            if probe(url.as_deref(), own).await != Holder::Dead {
+                let at = url.map_or_else(
+                    || "no endpoint advertised".into(),
+                    |u| format!("serving at {u}"),
+                );
+                return Err(Error::Duplicate {
+                    member: format!("{}/{}", registration.topic, registration.host),
+                    holder: format!(
+                        "{at}; pid {}, last heartbeat {:.1}s ago",
+                        holder.pid,
+                        holder.age(SystemTime::now()).as_secs_f64()
+                    ),
+                });
+            }
+            tracing::warn!(
+                topic = %registration.topic,
+                host = %registration.host,
+                holder = url.as_deref().unwrap_or("-"),
+                pid = holder.pid,
+                "the node holding this identity does not answer; taking it over"
+            );
+            replace = Some(holder.token);
+        }
+        Err(Error::registry_msg(format!(
+            "{}/{} kept changing owners; registration not applied",
+            registration.topic, registration.host
+        )))
+    }
+}
+
 impl Driver for FileDriver {
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;
             let down_time = registration.effective_down_time();
             let token = rand::random::<u64>();
-            let alive = Alive::new(token, down_time, registration.report_interval);
-            let (reg, a) = (registration.clone(), alive.clone());
-            self.blocking(move |store| register(store, &reg, &a))
-                .await?;
+            let alive = Alive::new(
+                token,
+                down_time,
+                registration.report_interval,
+                registration.endpoints.grpc.clone(),
+            );
+            self.claim(&registration, &alive).await?;
             let name = format!("{}/{}", registration.topic, registration.host);
             let status = Arc::new(StatusCell::registered(name));
             let (stop, stopped) = watch::channel(false);

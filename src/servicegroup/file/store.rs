@@ -37,10 +37,19 @@ pub(super) struct Alive {
     pub down_time_ms: u64,
     /// The owner's heartbeat period; watchers poll faster than this.
     pub report_interval_ms: u64,
+    /// The owner's gRPC endpoint: where a node joining with the same
+    /// identity asks whether the owner is still alive.
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 impl Alive {
-    pub(super) fn new(token: u64, down_time: Duration, report_interval: Duration) -> Self {
+    pub(super) fn new(
+        token: u64,
+        down_time: Duration,
+        report_interval: Duration,
+        grpc: Option<String>,
+    ) -> Self {
         let now = SystemTime::now();
         Self {
             heartbeat_ms: unix_ms(now),
@@ -49,6 +58,7 @@ impl Alive {
             token,
             down_time_ms: millis(down_time),
             report_interval_ms: millis(report_interval),
+            grpc,
         }
     }
 
@@ -84,13 +94,17 @@ fn millis(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub(super) struct Store {
     dir: PathBuf,
+    /// How long to wait for the lock before giving up (`registry_timeout`):
+    /// a process stopped while holding it must not hang every other one.
+    lock_timeout: Duration,
 }
 
 impl Store {
     /// Creates the layout and proves the directory is writable.
-    pub(super) fn open(dir: &Path) -> Result<Self> {
+    pub(super) fn open(dir: &Path, lock_timeout: Duration) -> Result<Self> {
         let store = Self {
             dir: dir.to_path_buf(),
+            lock_timeout,
         };
         let probe = || -> io::Result<()> {
             fs::create_dir_all(dir.join("services"))?;
@@ -126,15 +140,40 @@ impl Store {
     }
 
     /// Serialises read-modify-writes of records across processes; released
-    /// on drop.
+    /// on drop. Waits at most `lock_timeout` for another holder (a process
+    /// stopped with SIGSTOP, or stuck, keeps it forever), then fails with
+    /// [`Error::Unavailable`] naming the lock file.
     pub(super) fn lock(&self) -> Result<Flock<File>> {
-        let file = OpenOptions::new()
+        let path = self.dir.join(".lock");
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join(".lock"))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::Io(io::Error::from(errno)))
+            .open(&path)?;
+        let deadline = std::time::Instant::now() + self.lock_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::unavailable(
+                            format!(
+                                "file registry lock {} is held by another process for over {:?}",
+                                path.display(),
+                                self.lock_timeout
+                            ),
+                            io::Error::from(nix::errno::Errno::EWOULDBLOCK),
+                        ));
+                    }
+                    file = back;
+                    // Called on blocking threads only: sleeping here is fine.
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err((_, errno)) => return Err(Error::Io(io::Error::from(errno))),
+            }
+        }
     }
 
     pub(super) fn read_record(&self, topic: &str, host: &str) -> Result<Option<ServiceRecord>> {
