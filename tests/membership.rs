@@ -335,6 +335,27 @@ async fn operators_disable_enable_force_down_and_delete_through_the_cli() {
     assert_eq!(code, Some(1), "{err}");
     assert!(err.contains("not found"), "{err}");
 
+    // An up node's record is not deleted by mistake...
+    let (code, _, err) = service(&["delete"]);
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("echo/a1 is up") && err.contains("--force"),
+        "{err}"
+    );
+    assert_eq!(member(&members_json(&url), "a1")["state"], "up");
+    // ...and when forced, the live node writes it again.
+    let (code, out, err) = service(&["delete", "--force"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert!(out.contains("writes its record again"), "{out}");
+    eventually(Duration::from_millis(2500), "a1's record back", || async {
+        let members = members_json(&url);
+        members
+            .iter()
+            .any(|m| m["host"] == "a1" && m["state"] == "up")
+            .then_some(())
+    })
+    .await;
+
     // A dead node's row stays until an operator deletes it.
     node.signal(Signal::SIGKILL);
     eventually(WAIT, "a1 down", || async {

@@ -358,6 +358,33 @@ pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, 
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// Deletes a member's record and liveness, as `svckit service delete` does,
+/// and returns the member as it was (`None`: there was no record).
+///
+/// A member that is up is refused with [`Error::MemberUp`] unless `force`:
+/// its node would write the record again within about two seconds (it
+/// repairs a deleted record), so deleting it only makes sense for a node
+/// about to stop, and then `force` says so.
+///
+/// [`Error::MemberUp`]: crate::Error::MemberUp
+pub async fn delete_member(
+    registry: &dyn Driver,
+    topic: &str,
+    host: &str,
+    force: bool,
+) -> Result<Option<Member>> {
+    let Some(member) = registry.get(topic, host).await? else {
+        return Ok(None);
+    };
+    if member.up && !force {
+        return Err(crate::Error::MemberUp {
+            topic: topic.to_string(),
+            host: host.to_string(),
+        });
+    }
+    Ok(registry.delete(topic, host).await?.then_some(member))
+}
+
 /// Formats a time as RFC 3339 with millisecond precision, UTC.
 pub fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_millis(t).to_string()
