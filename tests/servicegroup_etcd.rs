@@ -6,9 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::etcd::{Cluster, Etcd};
+use support::etcd::{Cluster, Etcd, Proxy};
 use support::*;
-use svckit::servicegroup::{connect, RegistrationState, Registry, RegistryUrl};
+use svckit::servicegroup::{connect, Event, RegistrationState, Registry, RegistryUrl};
 use svckit::Error;
 use tokio::sync::Mutex;
 
@@ -313,6 +313,74 @@ async fn registers_again_after_its_lease_is_revoked() {
     assert_eq!(ttl.granted_ttl(), 1, "TTL = service_down_time");
     assert!(node.status().reregistrations >= 1);
     assert_eq!(is_up(&registry, "n1").await, Some(true));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_watch_resumes_from_the_last_revision_seen() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd);
+    let direct = connect(&etcd.url(), &options()).await.unwrap();
+    let watching = connect(&proxy.url(), &options()).await.unwrap();
+    let _n1 = direct.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = watching.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of n1", is_join("n1")).await;
+
+    // While the watcher is cut off from etcd, n2 comes and goes.
+    proxy.cut();
+    let n2 = direct.join(registration("compute", "n2")).await.unwrap();
+    n2.leave().await.unwrap();
+    proxy.restore();
+
+    // Resumed from its last revision, the watcher replays both changes; a
+    // reload would only have found a down record (an Update).
+    let (first, _) = expect_event(&mut watch, WAIT, "n2's join, replayed", |e| {
+        e.member().record.host == "n2"
+    })
+    .await;
+    assert!(matches!(first, Event::Join(_)), "{first:?}");
+    expect_event(&mut watch, WAIT, "n2's leave, replayed", is_leave("n2")).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_watch_behind_a_compaction_reloads() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd);
+    let direct = connect(&etcd.url(), &options()).await.unwrap();
+    let watching = connect(&proxy.url(), &options()).await.unwrap();
+    let _n1 = direct.join(registration("compute", "n1")).await.unwrap();
+    let mut watch = watching.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of n1", is_join("n1")).await;
+
+    proxy.cut();
+    let n2 = direct.join(registration("compute", "n2")).await.unwrap();
+    n2.leave().await.unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let revision = raw
+        .get("/", None)
+        .await
+        .unwrap()
+        .header()
+        .unwrap()
+        .revision();
+    raw.compact(revision, None).await.unwrap();
+    proxy.restore();
+
+    // The history is gone: the watcher lists again and reports the outcome.
+    let (first, _) = expect_event(&mut watch, WAIT, "n2 after the reload", |e| {
+        e.member().record.host == "n2"
+    })
+    .await;
+    assert!(
+        matches!(&first, Event::Update(m) if !m.up),
+        "a reload reports n2's down record, not its history: {first:?}"
+    );
+    // And it follows again from there.
+    let _n3 = direct.join(registration("compute", "n3")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of n3", is_join("n3")).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -212,12 +212,20 @@ impl EtcdFollow {
             return Err(broken);
         }
         let layout = &self.inner.layout;
-        // One revision (a registration's two puts) arrives in one response:
-        // apply it whole before diffing, so a joining node is one Join
-        // rather than an Update then a Join.
+        // One revision (a registration's two puts) is applied whole before
+        // diffing, so a joining node is one Join rather than an Update then
+        // a Join. A response replaying history holds several revisions:
+        // each is diffed on its own, so a node that came and went while the
+        // stream was down is a Join then a Leave, as it happened.
+        let mut changes = Vec::new();
         let mut touched: Vec<Key> = Vec::new();
+        let mut at = None;
         for event in response.events() {
             let Some(kv) = event.kv() else { continue };
+            if at.is_some_and(|rev| rev != kv.mod_revision()) {
+                changes.extend(self.changes(&mut touched));
+            }
+            at = Some(kv.mod_revision());
             self.snapshot.revision = self.snapshot.revision.max(kv.mod_revision());
             let in_topic = |k: &Key| self.topic.as_deref().is_none_or(|t| t == k.0);
             if !layout.parse(kv.key()).is_some_and(|(_, k)| in_topic(&k)) {
@@ -233,6 +241,7 @@ impl EtcdFollow {
                 }
             }
         }
+        changes.extend(self.changes(&mut touched));
         // Progress notifications carry the revision everything before
         // has been sent for: resume from there.
         if let Some(header) = response.header() {
@@ -240,13 +249,18 @@ impl EtcdFollow {
                 self.snapshot.revision = self.snapshot.revision.max(header.revision());
             }
         }
-        Ok(touched
-            .into_iter()
+        Ok(changes)
+    }
+
+    /// The members `touched` (now emptied) name, as the snapshot has them.
+    fn changes(&self, touched: &mut Vec<Key>) -> Vec<(Key, Option<Member>)> {
+        touched
+            .drain(..)
             .map(|key| {
                 let member = self.snapshot.member(&key);
                 (key, member)
             })
-            .collect())
+            .collect()
     }
 }
 
