@@ -164,3 +164,20 @@ async fn a_lock_held_by_another_process_is_waited_for_boundedly() {
     let node = registry.join(registration("compute", "n1")).await.unwrap();
     node.leave().await.unwrap();
 }
+
+#[tokio::test]
+async fn the_registry_honours_registry_backoff_max() {
+    use svckit::config::{CommonArgs, Config};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let env = |name: &str| match name {
+        "SVCKIT_REGISTRY" => Some(url.clone()),
+        "SVCKIT_REGISTRY_BACKOFF_MAX" => Some("250ms".to_string()),
+        _ => None,
+    };
+    let config = Config::load_registry_from(&CommonArgs::default(), env).unwrap();
+    let registry = svckit::servicegroup::connect(&config.registry, &config.registry_options())
+        .await
+        .unwrap();
+    assert_eq!(registry.backoff_max(), Duration::from_millis(250));
+}

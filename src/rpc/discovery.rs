@@ -16,7 +16,7 @@ use std::panic::AssertUnwindSafe;
 use crate::error::Result;
 use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::follow::restarted;
-use crate::servicegroup::{Event, EventStream, Member, Registry, DEFAULT_BACKOFF_MAX};
+use crate::servicegroup::{Event, EventStream, Member, Registry};
 
 use super::Target;
 
@@ -179,7 +179,7 @@ pub(crate) async fn start(
     let (tx, rx) = watch::channel(Arc::new(tracker.snapshot()));
     let events = registry.watch(None).await?;
     tokio::spawn(async move {
-        let mut backoff = Backoff::new(DEFAULT_BACKOFF_MAX);
+        let mut backoff = Backoff::new(registry.backoff_max());
         let mut events = Some(events);
         loop {
             let stream = match events.take() {
@@ -266,23 +266,21 @@ async fn follow(
 
 #[cfg(test)]
 mod tests {
+    use std::sync::atomic::AtomicBool;
     use std::time::SystemTime;
 
-    use super::*;
-    use crate::servicegroup::{Endpoints, Registration};
+    use futures::future::BoxFuture;
 
-    #[tokio::test]
-    async fn deleted_records_leave_the_member_map() {
-        let mut tracker = Tracker {
-            members: BTreeMap::new(),
-            nodes: HashMap::new(),
-            options: ConnectOptions {
-                connect_timeout: Duration::from_secs(1),
-            },
-        };
-        let record = Registration {
+    use super::*;
+    use crate::servicegroup::memory::MemoryDriver;
+    use crate::servicegroup::{
+        task_restarts, AdminChange, Driver, Endpoints, Membership, Registration,
+    };
+
+    fn registration(host: &str) -> Registration {
+        Registration {
             topic: "t".into(),
-            host: "h".into(),
+            host: host.into(),
             binary: "b".into(),
             version: "1".into(),
             endpoints: Endpoints {
@@ -294,7 +292,87 @@ mod tests {
             report_interval: Duration::from_secs(1),
             service_down_time: Duration::from_secs(2),
         }
-        .to_record(SystemTime::UNIX_EPOCH);
+    }
+
+    /// A group whose first watch ends after one event, as a driver's stream
+    /// might end for good.
+    struct EndsOnce {
+        group: MemoryDriver,
+        ended: AtomicBool,
+    }
+
+    impl Driver for EndsOnce {
+        fn join(&self, r: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
+            self.group.join(r)
+        }
+        fn get<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<Option<Member>>> {
+            self.group.get(t, h)
+        }
+        fn list<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>> {
+            self.group.list(t)
+        }
+        fn watch<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
+            let ends = !self.ended.swap(true, Ordering::SeqCst);
+            async move {
+                let events = self.group.watch(t).await?;
+                Ok(if ends { events.take(1).boxed() } else { events })
+            }
+            .boxed()
+        }
+        fn set_admin<'a>(
+            &'a self,
+            t: &'a str,
+            h: &'a str,
+            c: AdminChange,
+        ) -> BoxFuture<'a, Result<Member>> {
+            self.group.set_admin(t, h, c)
+        }
+        fn delete<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<bool>> {
+            self.group.delete(t, h)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_is_counted_and_started_again() {
+        let registry: Registry = Arc::new(EndsOnce {
+            group: MemoryDriver::named("discovery-ends-once"),
+            ended: AtomicBool::new(false),
+        });
+        let before = task_restarts();
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut snapshots = start(registry.clone(), options).await.unwrap();
+        let topic = Target::topic("t");
+        // The first join is the watch's last event.
+        let _a = registry.join(registration("a")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while task_restarts() == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the ended watch is counted");
+        let _b = registry.join(registration("b")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            snapshots.wait_for(|s| s.nodes(&topic).len() == 2),
+        )
+        .await
+        .expect("changes after the restart reach the client")
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleted_records_leave_the_member_map() {
+        let mut tracker = Tracker {
+            members: BTreeMap::new(),
+            nodes: HashMap::new(),
+            options: ConnectOptions {
+                connect_timeout: Duration::from_secs(1),
+            },
+        };
+        let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
         let up = Member { record, up: true };
         tracker.apply(&Event::Join(up.clone()));
         assert_eq!(tracker.snapshot().nodes(&Target::topic("t")).len(), 1);

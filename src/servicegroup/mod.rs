@@ -325,6 +325,13 @@ pub trait Driver: Send + Sync {
 
     /// Deletes a record (and liveness); `false` when there was none.
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// The cap on retry delays this registry was opened with
+    /// (`registry_backoff_max`), for loops built on it, such as a client's
+    /// discovery restarting a watch.
+    fn backoff_max(&self) -> std::time::Duration {
+        DEFAULT_BACKOFF_MAX
+    }
 }
 
 /// The bound on [`Membership::leave`]: a node that stops must not wait on

@@ -374,4 +374,8 @@ impl Driver for EtcdDriver {
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.delete(topic, host).boxed()
     }
+
+    fn backoff_max(&self) -> Duration {
+        self.inner.backoff_max
+    }
 }

@@ -439,4 +439,8 @@ impl Driver for FileDriver {
         }
         .boxed()
     }
+
+    fn backoff_max(&self) -> Duration {
+        self.backoff_max
+    }
 }
