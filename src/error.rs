@@ -24,6 +24,7 @@ pub enum Error {
     Unavailable {
         /// What was being reached, e.g. `etcd at 10.0.0.1:2379`.
         what: String,
+        /// Why it could not be: a transport, I/O or timeout error.
         #[source]
         source: Option<BoxError>,
     },
@@ -58,6 +59,7 @@ pub enum Error {
     Registry {
         /// What was being done, e.g. the key or file concerned.
         what: String,
+        /// The registry's answer, or the decoding error.
         #[source]
         source: Option<BoxError>,
     },
@@ -69,7 +71,7 @@ pub enum Error {
     /// node writes its record again.
     #[error(
         "{topic}/{host} is up; stop the node first, or delete with --force \
-         (the live node then writes its record again within a report interval)"
+         (the live node then writes its record again at once)"
     )]
     MemberUp {
         /// The member's topic.
