@@ -40,14 +40,18 @@ pub enum Error {
     /// A listener could not be bound (exit code 71).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: String,
+        /// Why the bind failed (in use, permission).
         #[source]
         source: io::Error,
     },
     /// A manager hook failed; the start (or stop) was aborted (exit code 70).
     #[error("{hook} failed: {source}")]
     Hook {
+        /// Which hook: `init_host`, `pre_start_hook`, …
         hook: &'static str,
+        /// The error the manager returned.
         #[source]
         source: BoxError,
     },

@@ -12,7 +12,7 @@
 //! - the **liveness** of the node (an etcd key bound to its lease, a
 //!   heartbeat file, an in-memory flag). `up` = alive and not `forced_down`.
 //!
-//! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`]), `memory://`
+//! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`](mod@file)), `memory://`
 //! ([`memory`]), chosen by [`connect`] from a registry URL.
 
 use std::fmt;
@@ -46,7 +46,9 @@ pub use self::url::{RegistryOptions, RegistryUrl};
 /// Stored as JSON; field names are part of the operator contract (README).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
+    /// The topic served; with `host`, the member's identity.
     pub topic: String,
+    /// The node's host name (not necessarily a DNS name: an identity).
     pub host: String,
     /// The binary the node runs (nova's `binary`, e.g. `echo_node`).
     pub binary: String,
@@ -65,6 +67,7 @@ pub struct ServiceRecord {
     pub updated_at: String,
     /// Admin state: disabled nodes stay up but get no new client calls.
     pub disabled: bool,
+    /// Why an operator disabled the node, shown in `members list`.
     pub disabled_reason: Option<String>,
     /// Marks the node down whatever its heartbeats say (nova's forced_down).
     pub forced_down: bool,
@@ -82,6 +85,7 @@ pub struct Endpoints {
 /// A service record together with its liveness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The persistent record (flattened into the member's JSON).
     #[serde(flatten)]
     pub record: ServiceRecord,
     /// `true` = the liveness key is present and the record is not forced down.
@@ -107,12 +111,20 @@ impl Member {
 /// What a node tells the service group when it joins.
 #[derive(Debug, Clone)]
 pub struct Registration {
+    /// The topic served.
     pub topic: String,
+    /// The node's host name; with `topic`, its identity in the group.
     pub host: String,
+    /// The binary the node runs, e.g. `echo_node`.
     pub binary: String,
+    /// The node's software version.
     pub version: String,
+    /// Where clients reach the node (the bound addresses); also where a node
+    /// restarting with this identity asks whether this one is alive.
     pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names served.
     pub services: Vec<String>,
+    /// Worker processes behind the endpoints.
     pub workers: u32,
     /// How often the node proves it is alive.
     pub report_interval: Duration,
@@ -229,7 +241,10 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminChange {
     /// Stop routing new calls to the node; it stays up.
-    Disable { reason: Option<String> },
+    Disable {
+        /// Why, shown in `members list`.
+        reason: Option<String>,
+    },
     /// Route calls to the node again.
     Enable,
     /// Mark the node down whatever its heartbeats say (`true`), or clear that.
@@ -269,6 +284,7 @@ pub enum RegistrationState {
 /// A snapshot of a membership's health.
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipStatus {
+    /// Registered, retrying, or left.
     pub state: RegistrationState,
     /// RFC 3339 time of the last successful heartbeat, if any.
     pub last_heartbeat: Option<String>,

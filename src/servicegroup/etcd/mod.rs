@@ -1,9 +1,11 @@
 //! The `etcd://` driver: membership on etcd leases.
 //!
 //! A node's record is a plain key; its liveness is a key bound to a lease
-//! with TTL = service_down_time, kept alive every report_interval
-//! ([`session`]). Watchers follow both prefixes and resync after any
-//! failure ([`watcher`]). etcd-client leaves keep-alive, watch resumption and
+//! with TTL = service_down_time, kept alive every report_interval (the
+//! `session` module, which also repairs keys changed by hand and takes over
+//! from a dead holder). Watchers follow both prefixes, resume a broken
+//! stream from the last revision seen and reload after a compaction (the
+//! `watcher` module). etcd-client leaves keep-alive, watch resumption and
 //! failover to its caller, so this module owns all three: every request is
 //! bounded by [`RegistryOptions::timeout`], and background loops retry with
 //! capped backoff forever.

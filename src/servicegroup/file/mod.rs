@@ -1,7 +1,7 @@
 //! The `file://` driver: the embedded default for one machine, no etcd.
 //!
 //! The role of tooz's `file` driver. Records and heartbeats are JSON files
-//! under one directory (layout in [`store`]), written atomically so several
+//! under one directory (layout in the `store` module), written atomically so several
 //! processes can share it. A member is up while its heartbeat is younger than
 //! its service_down_time and it is not forced down. Watchers poll and diff.
 
