@@ -3,6 +3,7 @@
 //! nodes, each with its (reused) HTTP/2 connection and load counter.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,8 +11,6 @@ use std::time::Duration;
 use futures::{FutureExt, StreamExt};
 use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
-
-use std::panic::AssertUnwindSafe;
 
 use crate::error::Result;
 use crate::servicegroup::backoff::Backoff;
