@@ -163,11 +163,7 @@ async fn a_node_killed_and_restarted_at_once_is_registered_and_serving() {
         "the restarted node exited: {}",
         second.stderr()
     );
-    assert!(
-        second.stderr().contains("taking it over"),
-        "{}",
-        second.stderr()
-    );
+    second.wait_for_log("taking it over", WAIT);
     let (code, out, err) = Proc::run_cli(&[
         "call",
         "--registry",
@@ -192,6 +188,54 @@ async fn a_node_killed_and_restarted_at_once_is_registered_and_serving() {
         "the refusal names the live node: {}",
         third.stderr()
     );
+}
+
+#[tokio::test]
+async fn a_node_restarted_on_its_fixed_port_takes_its_identity_back() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
+        .await
+        .unwrap();
+    let mut events = registry.watch(Some("echo")).await.unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let mut args = long_lease_args(&url, "f1");
+    args[5] = &listen;
+    let (mut first, _) = Proc::start_example("echo_node", &args, &[]);
+    expect_event(&mut events, WAIT, "join of f1", is_join("f1")).await;
+    let first_pid = first.pid();
+
+    // The restart serves on the same address the dead holder advertises:
+    // asking it would reach the restart itself.
+    first.signal(Signal::SIGKILL);
+    first.wait_exit(WAIT).expect("killed node exits");
+    let (second, _) = Proc::start_example("echo_node", &args, &[]);
+    eventually(
+        Duration::from_secs(5),
+        "f1 registered by the restart",
+        || async {
+            let alive = registry.get("echo", "f1").await.ok().flatten()?;
+            let owner = Proc::run_cli(&[
+                "call",
+                "--registry",
+                &url,
+                "--topic",
+                "echo",
+                "--server",
+                "f1",
+                "ping",
+            ]);
+            (alive.up && owner.1.contains(&second.pid().to_string())).then_some(())
+        },
+    )
+    .await;
+    assert_ne!(second.pid(), first_pid);
+    second.wait_for_log("taking it over", WAIT);
 }
 
 #[tokio::test]
