@@ -17,33 +17,72 @@ pub enum Error {
     /// A command-line usage error: `--workers 0`, a bad registry URL (exit code 64).
     #[error("{0}")]
     Usage(String),
-    /// The registry could not be reached (exit code 69).
-    #[error("registry unavailable: {0}")]
-    Unavailable(String),
+    /// The registry could not be reached, or did not answer in time
+    /// (exit code 69). `source` is the transport, I/O or timeout error
+    /// underneath, when there is one.
+    #[error("registry unavailable: {what}{}", caused_by(.source.as_deref()))]
+    Unavailable {
+        /// What was being reached, e.g. `etcd at 10.0.0.1:2379`.
+        what: String,
+        /// Why it could not be: a transport, I/O or timeout error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// Another live node already claims this (topic, host) (exit code 78:
     /// two nodes with one identity is a configuration mistake).
-    #[error("duplicate member: {0}")]
-    Duplicate(String),
+    #[error("duplicate member: {member} is already registered by a live node ({holder})")]
+    Duplicate {
+        /// `topic/host`.
+        member: String,
+        /// The other node, as far as it is known: its gRPC endpoint, pid.
+        holder: String,
+    },
     /// A listener could not be bound (exit code 71).
     #[error("cannot listen on {addr}: {source}")]
     Bind {
+        /// The address asked for.
         addr: String,
+        /// Why the bind failed (in use, permission).
         #[source]
         source: io::Error,
     },
     /// A manager hook failed; the start (or stop) was aborted (exit code 70).
     #[error("{hook} failed: {source}")]
     Hook {
+        /// Which hook: `init_host`, `pre_start_hook`, …
         hook: &'static str,
+        /// The error the manager returned.
         #[source]
         source: BoxError,
     },
-    /// The registry answered with an error.
-    #[error("registry error: {0}")]
-    Registry(String),
+    /// The registry answered, but with an error or with data it cannot
+    /// use (exit code 70). `source` is the registry's own error (for etcd an
+    /// [`etcd_client::Error`], whose gRPC status code callers may inspect),
+    /// or a JSON error for a value written by hand.
+    #[error("registry error: {what}{}", caused_by(.source.as_deref()))]
+    Registry {
+        /// What was being done, e.g. the key or file concerned.
+        what: String,
+        /// The registry's answer, or the decoding error.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A member or record that was asked for does not exist.
     #[error("not found: {0}")]
     NotFound(String),
+    /// An operator asked to delete the record of a member that is up
+    /// (exit code 1). Deleting it anyway (`--force`) is short-lived: the live
+    /// node writes its record again.
+    #[error(
+        "{topic}/{host} is up; stop the node first, or delete with --force \
+         (the live node then writes its record again at once)"
+    )]
+    MemberUp {
+        /// The member's topic.
+        topic: String,
+        /// The member's host.
+        host: String,
+    },
     /// The graceful shutdown did not finish within its deadline (exit code 1).
     #[error("graceful shutdown did not finish within {0:?}")]
     ShutdownTimeout(std::time::Duration),
@@ -59,20 +98,52 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Unavailable`] with what was being reached and why not.
+    pub(crate) fn unavailable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// [`Error::Registry`] with what was being done and the cause.
+    pub(crate) fn registry(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Registry {
+            what: what.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// [`Error::Registry`] for a failure without an underlying error (data
+    /// that kept changing, an answer of an unexpected shape).
+    pub(crate) fn registry_msg(what: impl Into<String>) -> Self {
+        Error::Registry {
+            what: what.into(),
+            source: None,
+        }
+    }
+
     /// The process exit code for this error (sysexits.h where one fits).
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit::USAGE,
-            Error::Config(_) | Error::Duplicate(_) => exit::CONFIG,
-            Error::Unavailable(_) => exit::UNAVAILABLE,
+            Error::Config(_) | Error::Duplicate { .. } => exit::CONFIG,
+            Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::Status(s) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
             Error::Status(_) => exit::FAILURE,
             Error::Bind { .. } => exit::OSERR,
             Error::Hook { .. } => exit::SOFTWARE,
-            Error::ShutdownTimeout(_) | Error::NotFound(_) => exit::FAILURE,
+            Error::ShutdownTimeout(_) | Error::NotFound(_) | Error::MemberUp { .. } => {
+                exit::FAILURE
+            }
             _ => exit::SOFTWARE,
         }
     }
+}
+
+/// `": cause"`, so that the one line a binary prints names the cause too.
+fn caused_by(source: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -> String {
+    source.map(|s| format!(": {s}")).unwrap_or_default()
 }
 
 /// Exit codes of every kit binary; the README documents them.

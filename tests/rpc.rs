@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 use support::etcd::Etcd;
+use support::eventually;
 use support::node::{quick_node_args, Proc};
 use svckit::rpc::{Rpc, RpcOptions, Target};
 use svckit::servicegroup::{self, AdminChange, RegistryOptions};
@@ -211,7 +212,12 @@ async fn disable_stops_new_calls_and_enable_brings_them_back() {
         )
         .await
         .unwrap();
-    wait_until(|| !rpc.hosts(&topic).contains(&"n1".to_string())).await;
+    eventually(
+        Duration::from_secs(10),
+        "n1 out of the client's nodes",
+        || async { (!rpc.hosts(&topic).contains(&"n1".to_string())).then_some(()) },
+    )
+    .await;
     let (counts, errors) = load(rpc.channel(topic.clone()), 300, 6).await;
     assert!(errors.is_empty(), "{errors:?}");
     assert!(
@@ -254,7 +260,12 @@ async fn kill_9_under_load_fails_no_idempotent_call() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     nodes[0].signal(Signal::SIGKILL);
     // The lease runs out (service_down_time 1 s) and the watch drops the node.
-    wait_until(|| !rpc.hosts(&topic).contains(&"n1".to_string())).await;
+    eventually(
+        Duration::from_secs(10),
+        "n1 out of the client's nodes",
+        || async { (!rpc.hosts(&topic).contains(&"n1".to_string())).then_some(()) },
+    )
+    .await;
     let (counts_after_leave, errors_after_leave) = load(rpc.channel(topic.clone()), 200, 4).await;
     let (counts, errors) = steady.await.unwrap();
     assert!(errors.is_empty(), "idempotent calls failed: {errors:?}");
@@ -293,14 +304,6 @@ async fn sigterm_under_load_fails_no_call() {
         "calls failed during a graceful stop: {errors:?}"
     );
     assert!(total > 100, "{total}");
-}
-
-async fn wait_until(mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while !cond() {
-        assert!(Instant::now() < deadline, "condition not reached in time");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

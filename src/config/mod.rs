@@ -239,6 +239,9 @@ options! {
     /// Bound on connecting to the registry and on each registry request.
     registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false,
         range = "10ms" ..= "1h";
+    /// Cap on the delay between registry retries (heartbeats, watch reconnects).
+    registry_backoff_max: Duration = crate::servicegroup::DEFAULT_BACKOFF_MAX, mutable = false,
+        secret = false, range = "10ms" ..= "1m";
 }
 
 /// The options that reach the registry: all an operator tool reads
@@ -251,6 +254,7 @@ pub const REGISTRY_OPTIONS: &[&str] = &[
     "registry_user",
     "registry_password",
     "registry_timeout",
+    "registry_backoff_max",
 ];
 
 fn default_host() -> String {
@@ -477,6 +481,7 @@ impl Config {
             user: self.registry_user.clone(),
             password: self.registry_password.clone(),
             timeout: self.registry_timeout,
+            backoff_max: self.registry_backoff_max,
         }
     }
 }

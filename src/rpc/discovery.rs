@@ -3,6 +3,7 @@
 //! nodes, each with its (reused) HTTP/2 connection and load counter.
 
 use std::collections::{BTreeMap, HashMap};
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -12,7 +13,9 @@ use tokio::sync::watch;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::error::Result;
-use crate::servicegroup::{Event, Member, Registry};
+use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::follow::restarted;
+use crate::servicegroup::{Event, EventStream, Member, Registry};
 
 use super::Target;
 
@@ -85,7 +88,12 @@ impl Tracker {
     fn apply(&mut self, event: &Event) {
         let m = event.member();
         let key = (m.record.topic.clone(), m.record.host.clone());
-        self.members.insert(key, m.clone());
+        match event {
+            // A deleted record is forgotten, so the map never outgrows the
+            // registry.
+            Event::Delete(_) => self.members.remove(&key),
+            _ => self.members.insert(key, m.clone()),
+        };
     }
 
     fn snapshot(&mut self) -> Snapshot {
@@ -152,7 +160,9 @@ fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
 
 /// Lists the members, then follows the registry's watch in a background
 /// task; the receiver always holds the latest snapshot. The task ends when
-/// every receiver is gone.
+/// every receiver is gone. A watch that ends or a follower that panics is
+/// logged, counted and started again (with backoff), so a client never keeps
+/// a frozen node set.
 pub(crate) async fn start(
     registry: Registry,
     options: ConnectOptions,
@@ -166,33 +176,207 @@ pub(crate) async fn start(
         tracker.apply(&Event::Update(member));
     }
     let (tx, rx) = watch::channel(Arc::new(tracker.snapshot()));
-    let mut events = registry.watch(None).await?;
+    let events = registry.watch(None).await?;
     tokio::spawn(async move {
+        let mut backoff = Backoff::new(registry.backoff_max());
+        let mut events = Some(events);
         loop {
-            let first = tokio::select! {
-                () = tx.closed() => return,
-                event = events.next() => event,
-            };
-            // Apply everything already queued before publishing, so a burst
-            // of events costs one snapshot.
-            let mut next = first;
-            loop {
-                match next {
-                    Some(Ok(event)) => tracker.apply(&event),
-                    Some(Err(e)) => tracing::warn!(error = %e, "membership watch error"),
-                    None => {
-                        tracing::error!("membership watch ended; the node set stays as it was");
+            let stream = match events.take() {
+                Some(stream) => stream,
+                None => match restart(&registry, &mut tracker).await {
+                    Ok(stream) => {
                         let _ = tx.send(Arc::new(tracker.snapshot()));
-                        return;
+                        stream
                     }
-                }
-                match events.next().now_or_never() {
-                    Some(more) => next = more,
-                    None => break,
-                }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "membership watch cannot start again yet");
+                        tokio::select! {
+                            () = tx.closed() => return,
+                            () = backoff.wait() => continue,
+                        }
+                    }
+                },
+            };
+            let followed = AssertUnwindSafe(follow(stream, &mut tracker, &tx))
+                .catch_unwind()
+                .await;
+            match followed {
+                Ok(Ended::Closed) => return,
+                Ok(Ended::WatchEnded) => restarted("discovery", &"membership watch ended"),
+                Err(_) => restarted("discovery", &"discovery loop panicked"),
             }
-            let _ = tx.send(Arc::new(tracker.snapshot()));
+            tokio::select! {
+                () = tx.closed() => return,
+                () = backoff.wait() => {}
+            }
         }
     });
     Ok(rx)
+}
+
+/// Lists the members again (records deleted meanwhile are dropped) and
+/// opens a new watch.
+async fn restart(registry: &Registry, tracker: &mut Tracker) -> Result<EventStream> {
+    let members = registry.list(None).await?;
+    let events = registry.watch(None).await?;
+    tracker.members = members
+        .into_iter()
+        .map(|m| ((m.record.topic.clone(), m.record.host.clone()), m))
+        .collect();
+    Ok(events)
+}
+
+/// Why following one watch stopped.
+enum Ended {
+    /// Every receiver is gone.
+    Closed,
+    /// The stream ended: watch again.
+    WatchEnded,
+}
+
+/// Applies one watch's events to the tracker and publishes snapshots.
+async fn follow(
+    mut events: EventStream,
+    tracker: &mut Tracker,
+    tx: &watch::Sender<Arc<Snapshot>>,
+) -> Ended {
+    loop {
+        let first = tokio::select! {
+            () = tx.closed() => return Ended::Closed,
+            event = events.next() => event,
+        };
+        // Apply everything already queued before publishing, so a burst of
+        // events costs one snapshot.
+        let mut next = first;
+        loop {
+            match next {
+                Some(Ok(event)) => tracker.apply(&event),
+                Some(Err(e)) => tracing::warn!(error = %e, "membership watch error"),
+                None => return Ended::WatchEnded,
+            }
+            match events.next().now_or_never() {
+                Some(more) => next = more,
+                None => break,
+            }
+        }
+        let _ = tx.send(Arc::new(tracker.snapshot()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::AtomicBool;
+    use std::time::SystemTime;
+
+    use futures::future::BoxFuture;
+
+    use super::*;
+    use crate::servicegroup::memory::MemoryDriver;
+    use crate::servicegroup::{
+        task_restarts, AdminChange, Driver, Endpoints, Membership, Registration,
+    };
+
+    fn registration(host: &str) -> Registration {
+        Registration {
+            topic: "t".into(),
+            host: host.into(),
+            binary: "b".into(),
+            version: "1".into(),
+            endpoints: Endpoints {
+                grpc: Some("http://127.0.0.1:1".into()),
+                http: None,
+            },
+            services: vec![],
+            workers: 1,
+            report_interval: Duration::from_secs(1),
+            service_down_time: Duration::from_secs(2),
+        }
+    }
+
+    /// A group whose first watch ends after one event, as a driver's stream
+    /// might end for good.
+    struct EndsOnce {
+        group: MemoryDriver,
+        ended: AtomicBool,
+    }
+
+    impl Driver for EndsOnce {
+        fn join(&self, r: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
+            self.group.join(r)
+        }
+        fn get<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<Option<Member>>> {
+            self.group.get(t, h)
+        }
+        fn list<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>> {
+            self.group.list(t)
+        }
+        fn watch<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
+            let ends = !self.ended.swap(true, Ordering::SeqCst);
+            async move {
+                let events = self.group.watch(t).await?;
+                Ok(if ends { events.take(1).boxed() } else { events })
+            }
+            .boxed()
+        }
+        fn set_admin<'a>(
+            &'a self,
+            t: &'a str,
+            h: &'a str,
+            c: AdminChange,
+        ) -> BoxFuture<'a, Result<Member>> {
+            self.group.set_admin(t, h, c)
+        }
+        fn delete<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<bool>> {
+            self.group.delete(t, h)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_watch_that_ends_is_counted_and_started_again() {
+        let registry: Registry = Arc::new(EndsOnce {
+            group: MemoryDriver::named("discovery-ends-once"),
+            ended: AtomicBool::new(false),
+        });
+        let before = task_restarts();
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+        };
+        let mut snapshots = start(registry.clone(), options).await.unwrap();
+        let topic = Target::topic("t");
+        // The first join is the watch's last event.
+        let _a = registry.join(registration("a")).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while task_restarts() == before {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+        .expect("the ended watch is counted");
+        let _b = registry.join(registration("b")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            snapshots.wait_for(|s| s.nodes(&topic).len() == 2),
+        )
+        .await
+        .expect("changes after the restart reach the client")
+        .unwrap();
+    }
+
+    #[tokio::test]
+    async fn deleted_records_leave_the_member_map() {
+        let mut tracker = Tracker {
+            members: BTreeMap::new(),
+            nodes: HashMap::new(),
+            options: ConnectOptions {
+                connect_timeout: Duration::from_secs(1),
+            },
+        };
+        let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
+        let up = Member { record, up: true };
+        tracker.apply(&Event::Join(up.clone()));
+        assert_eq!(tracker.snapshot().nodes(&Target::topic("t")).len(), 1);
+        tracker.apply(&Event::Delete(Member { up: false, ..up }));
+        assert!(tracker.members.is_empty());
+        assert!(tracker.snapshot().nodes(&Target::topic("t")).is_empty());
+    }
 }

@@ -12,10 +12,11 @@ use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::{broadcast, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::broadcast;
 
-use super::diff::{check_identity, Key, View};
+use super::backoff::DEFAULT_BACKOFF_MAX;
+use super::diff::{check_identity, key_of, Key};
+use super::follow::{self, Follow, Step};
 use super::{
     rfc3339, AdminChange, Driver, Event, EventStream, Member, Membership, MembershipStatus,
     Registration, RegistrationState, ServiceRecord,
@@ -60,7 +61,7 @@ impl Entry {
 impl MemoryDriver {
     /// The group called `name` in this process (created on first use).
     pub fn named(name: &str) -> Self {
-        let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
+        let mut groups = crate::servicegroup::lock(&GROUPS);
         let group = groups
             .entry(name.to_string())
             .or_insert_with(|| {
@@ -77,9 +78,7 @@ impl MemoryDriver {
 
 impl Group {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Entry>> {
-        // A panic elsewhere while holding the lock leaves consistent data:
-        // every update below is a single insert or field write.
-        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+        crate::servicegroup::lock(&self.entries)
     }
 
     /// Applies `change` to one entry under the lock and broadcasts the event.
@@ -114,6 +113,63 @@ impl Group {
             }
             Ok(())
         });
+    }
+}
+
+/// A watcher of one group: the broadcast says which member changed, the
+/// table says what it is now.
+struct MemoryFollow {
+    group: Arc<Group>,
+    topic: Option<String>,
+    events: broadcast::Receiver<Event>,
+}
+
+impl MemoryFollow {
+    /// Subscribes again and lists, under one lock, so that every change after
+    /// the listing is received exactly once.
+    fn resubscribe(&mut self) -> Vec<Member> {
+        let entries = self.group.lock();
+        self.events = self.group.events.subscribe();
+        Group::snapshot(&entries, self.topic.as_deref())
+    }
+}
+
+impl Follow for MemoryFollow {
+    fn list(&mut self) -> BoxFuture<'_, Result<Vec<Member>>> {
+        futures::future::ready(Ok(self.resubscribe())).boxed()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Step> {
+        async move {
+            loop {
+                match self.events.recv().await {
+                    Ok(event) => {
+                        let m = event.member();
+                        if self.topic.as_deref().is_some_and(|t| t != m.record.topic) {
+                            continue;
+                        }
+                        let key = key_of(m);
+                        // The table, not the event: replaying the current
+                        // state keeps the view exact when changes raced.
+                        let now = self.group.lock().get(&key).map(Entry::member);
+                        return Step::Changes(vec![(key, now)]);
+                    }
+                    Err(broadcast::error::RecvError::Lagged(missed)) => {
+                        return Step::Reload {
+                            why: format!("the watcher fell {missed} events behind"),
+                            now: true,
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Closed) => {
+                        return Step::Reload {
+                            why: "the group's event channel closed".into(),
+                            now: false,
+                        }
+                    }
+                }
+            }
+        }
+        .boxed()
     }
 }
 
@@ -162,10 +218,10 @@ impl Driver for MemoryDriver {
             self.group.update(&key, |entries| {
                 let now = SystemTime::now();
                 match entries.get_mut(&key) {
-                    Some(Entry { owner: Some(_), .. }) => Err(Error::Duplicate(format!(
-                        "{}/{} is already registered by another live member of this process",
-                        key.0, key.1
-                    ))),
+                    Some(Entry { owner: Some(_), .. }) => Err(Error::Duplicate {
+                        member: format!("{}/{}", key.0, key.1),
+                        holder: "another membership of this process".into(),
+                    }),
                     Some(entry) => {
                         registration.refresh_record(&mut entry.record, now);
                         entry.owner = Some(owner);
@@ -206,49 +262,15 @@ impl Driver for MemoryDriver {
     }
 
     fn watch<'a>(&'a self, topic: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
-        let topic = topic.map(str::to_string);
-        let group = self.group.clone();
-        let (mut events, snapshot) = {
-            let entries = group.lock();
-            (
-                group.events.subscribe(),
-                Group::snapshot(&entries, topic.as_deref()),
-            )
+        let mut follower = MemoryFollow {
+            group: self.group.clone(),
+            topic: topic.map(str::to_string),
+            events: self.group.events.subscribe(),
         };
-        let (tx, rx) = mpsc::channel(EVENT_BUFFER);
-        tokio::spawn(async move {
-            let mut view = View::default();
-            let mut pending = view.resync(snapshot);
-            loop {
-                for event in pending.drain(..) {
-                    if tx.send(Ok(event)).await.is_err() {
-                        return;
-                    }
-                }
-                let received = tokio::select! {
-                    received = events.recv() => received,
-                    () = tx.closed() => return,
-                };
-                match received {
-                    Ok(event) => {
-                        let m = event.member();
-                        if topic.as_deref().is_none_or(|t| t == m.record.topic) {
-                            let key = (m.record.topic.clone(), m.record.host.clone());
-                            let now = group.lock().get(&key).map(Entry::member);
-                            // Replaying through the view keeps it exact even
-                            // when several changes raced past this watcher.
-                            pending.extend(view.set(key, now));
-                        }
-                    }
-                    Err(broadcast::error::RecvError::Lagged(_)) => {
-                        let snapshot = Group::snapshot(&group.lock(), topic.as_deref());
-                        pending = view.resync(snapshot);
-                    }
-                    Err(broadcast::error::RecvError::Closed) => return,
-                }
-            }
-        });
-        futures::future::ready(Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)).boxed()
+        let first = follower.resubscribe();
+        let name = follower.topic.clone().unwrap_or_else(|| "*".into());
+        let stream = follow::spawn(name, first, follower, DEFAULT_BACKOFF_MAX);
+        futures::future::ready(Ok(stream)).boxed()
     }
 
     fn set_admin<'a>(

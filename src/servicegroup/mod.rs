@@ -12,7 +12,7 @@
 //! - the **liveness** of the node (an etcd key bound to its lease, a
 //!   heartbeat file, an in-memory flag). `up` = alive and not `forced_down`.
 //!
-//! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`]), `memory://`
+//! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`](mod@file)), `memory://`
 //! ([`memory`]), chosen by [`connect`] from a registry URL.
 
 use std::fmt;
@@ -29,11 +29,16 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 
+pub(crate) mod backoff;
 mod diff;
+pub(crate) mod follow;
+mod probe;
 mod status;
 mod url;
 
+pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
+pub use self::follow::task_restarts;
 pub use self::url::{RegistryOptions, RegistryUrl};
 
 /// The persistent record of one (topic, host): nova's `services` row.
@@ -41,7 +46,9 @@ pub use self::url::{RegistryOptions, RegistryUrl};
 /// Stored as JSON; field names are part of the operator contract (README).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ServiceRecord {
+    /// The topic served; with `host`, the member's identity.
     pub topic: String,
+    /// The node's host name (not necessarily a DNS name: an identity).
     pub host: String,
     /// The binary the node runs (nova's `binary`, e.g. `echo_node`).
     pub binary: String,
@@ -60,6 +67,7 @@ pub struct ServiceRecord {
     pub updated_at: String,
     /// Admin state: disabled nodes stay up but get no new client calls.
     pub disabled: bool,
+    /// Why an operator disabled the node, shown in `members list`.
     pub disabled_reason: Option<String>,
     /// Marks the node down whatever its heartbeats say (nova's forced_down).
     pub forced_down: bool,
@@ -77,6 +85,7 @@ pub struct Endpoints {
 /// A service record together with its liveness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Member {
+    /// The persistent record (flattened into the member's JSON).
     #[serde(flatten)]
     pub record: ServiceRecord,
     /// `true` = the liveness key is present and the record is not forced down.
@@ -102,12 +111,20 @@ impl Member {
 /// What a node tells the service group when it joins.
 #[derive(Debug, Clone)]
 pub struct Registration {
+    /// The topic served.
     pub topic: String,
+    /// The node's host name; with `topic`, its identity in the group.
     pub host: String,
+    /// The binary the node runs, e.g. `echo_node`.
     pub binary: String,
+    /// The node's software version.
     pub version: String,
+    /// Where clients reach the node (the bound addresses); also where a node
+    /// restarting with this identity asks whether this one is alive.
     pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names served.
     pub services: Vec<String>,
+    /// Worker processes behind the endpoints.
     pub workers: u32,
     /// How often the node proves it is alive.
     pub report_interval: Duration,
@@ -172,17 +189,31 @@ impl Registration {
 pub enum Event {
     /// A member became up (or was first seen up).
     Join(Member),
-    /// A member went down or its record was deleted.
+    /// A member went down; its record stays.
     Leave(Member),
     /// Something else changed: admin state, endpoints, a down record appeared.
     Update(Member),
+    /// The record is gone (`svckit service delete`): forget the member. The
+    /// member is its last known state, marked down.
+    Delete(Member),
 }
 
 impl Event {
     /// The member the event is about.
     pub fn member(&self) -> &Member {
         match self {
-            Event::Join(m) | Event::Leave(m) | Event::Update(m) => m,
+            Event::Join(m) | Event::Leave(m) | Event::Update(m) | Event::Delete(m) => m,
+        }
+    }
+
+    /// `"join"`, `"leave"`, `"update"` or `"delete"`, as `svckit members
+    /// watch` prints it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Event::Join(_) => "join",
+            Event::Leave(_) => "leave",
+            Event::Update(_) => "update",
+            Event::Delete(_) => "delete",
         }
     }
 
@@ -196,7 +227,7 @@ impl Event {
             (Some(o), None) => {
                 let mut gone = o.clone();
                 gone.up = false;
-                Some(Event::Leave(gone))
+                Some(Event::Delete(gone))
             }
             (Some(o), Some(n)) if !o.up && n.up => Some(Event::Join(n.clone())),
             (Some(o), Some(n)) if o.up && !n.up => Some(Event::Leave(n.clone())),
@@ -210,7 +241,10 @@ impl Event {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AdminChange {
     /// Stop routing new calls to the node; it stays up.
-    Disable { reason: Option<String> },
+    Disable {
+        /// Why, shown in `members list`.
+        reason: Option<String>,
+    },
     /// Route calls to the node again.
     Enable,
     /// Mark the node down whatever its heartbeats say (`true`), or clear that.
@@ -250,6 +284,7 @@ pub enum RegistrationState {
 /// A snapshot of a membership's health.
 #[derive(Debug, Clone, Serialize)]
 pub struct MembershipStatus {
+    /// Registered, retrying, or left.
     pub state: RegistrationState,
     /// RFC 3339 time of the last successful heartbeat, if any.
     pub last_heartbeat: Option<String>,
@@ -269,7 +304,10 @@ pub trait Membership: Send + Sync {
     /// The current health of the registration.
     fn status(&self) -> MembershipStatus;
     /// Leaves the group: the node shows as down at once (liveness removed,
-    /// lease revoked), its record stays.
+    /// lease revoked), its record stays. Bounded by [`LEAVE_TIMEOUT`]: when
+    /// the registry does not answer in time, it fails with
+    /// [`Error::Unavailable`](crate::Error::Unavailable), heartbeats have
+    /// stopped all the same, and the node turns down by expiry.
     fn leave(&self) -> BoxFuture<'_, Result<()>>;
 }
 
@@ -303,7 +341,20 @@ pub trait Driver: Send + Sync {
 
     /// Deletes a record (and liveness); `false` when there was none.
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// The cap on retry delays this registry was opened with
+    /// (`registry_backoff_max`), for loops built on it, such as a client's
+    /// discovery restarting a watch.
+    fn backoff_max(&self) -> std::time::Duration {
+        DEFAULT_BACKOFF_MAX
+    }
 }
+
+/// The bound on [`Membership::leave`]: a node that stops must not wait on
+/// an unreachable registry before it turns NOT_SERVING and drains. Past it,
+/// the leave fails and the node shows down once its lease expires (or its
+/// heartbeat goes stale).
+pub const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A shared driver.
 pub type Registry = Arc<dyn Driver>;
@@ -315,6 +366,46 @@ pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Reg
         RegistryUrl::File { path } => Arc::new(file::FileDriver::open(path, options)?),
         RegistryUrl::Memory { name } => Arc::new(memory::MemoryDriver::named(name)),
     })
+}
+
+/// Locks one of the service group's mutexes.
+///
+/// The one answer to poisoning here: every critical section in this module
+/// assigns whole values (a map insert, a field, an `Option::take`), so the
+/// data behind a lock poisoned by a panic elsewhere is still consistent. The
+/// service group keeps using it rather than carrying one panic into the
+/// heartbeat and watch loops that keep a node registered.
+pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Deletes a member's record and liveness, as `svckit service delete` does,
+/// and returns the member as it was (`None`: there was no record).
+///
+/// A member that is up is refused with [`Error::MemberUp`] unless `force`:
+/// its node would write the record again within about two seconds (it
+/// repairs a deleted record), so deleting it only makes sense for a node
+/// about to stop, and then `force` says so.
+///
+/// [`Error::MemberUp`]: crate::Error::MemberUp
+pub async fn delete_member(
+    registry: &dyn Driver,
+    topic: &str,
+    host: &str,
+    force: bool,
+) -> Result<Option<Member>> {
+    let Some(member) = registry.get(topic, host).await? else {
+        return Ok(None);
+    };
+    if member.up && !force {
+        return Err(crate::Error::MemberUp {
+            topic: topic.to_string(),
+            host: host.to_string(),
+        });
+    }
+    Ok(registry.delete(topic, host).await?.then_some(member))
 }
 
 /// Formats a time as RFC 3339 with millisecond precision, UTC.

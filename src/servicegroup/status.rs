@@ -27,8 +27,13 @@ impl StatusCell {
         }
     }
 
+    /// `topic/host`.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
     fn with<T>(&self, f: impl FnOnce(&mut MembershipStatus) -> T) -> T {
-        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()))
+        f(&mut crate::servicegroup::lock(&self.inner))
     }
 
     pub(crate) fn snapshot(&self) -> MembershipStatus {

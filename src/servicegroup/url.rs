@@ -16,13 +16,21 @@ pub const DEFAULT_PREFIX: &str = "/svckit";
 pub enum RegistryUrl {
     /// etcd cluster members (`host:port` each) and the key prefix.
     Etcd {
+        /// `host:port` of each cluster member given.
         endpoints: Vec<String>,
+        /// Key prefix of this deployment, without a trailing `/`.
         prefix: String,
     },
     /// A directory on this machine.
-    File { path: PathBuf },
+    File {
+        /// The registry directory (absolute).
+        path: PathBuf,
+    },
     /// One process's memory; `name` lets tests keep registries apart.
-    Memory { name: String },
+    Memory {
+        /// Registries of one name in one process are one group.
+        name: String,
+    },
 }
 
 impl RegistryUrl {
@@ -111,12 +119,18 @@ pub struct RegistryOptions {
     pub ca_file: Option<PathBuf>,
     /// PEM client certificate and key for mutual TLS.
     pub cert_file: Option<PathBuf>,
+    /// PEM client key, with `cert_file`.
     pub key_file: Option<PathBuf>,
     /// etcd user/password authentication.
     pub user: Option<String>,
+    /// The password of `user`.
     pub password: Option<String>,
-    /// Bound on connecting to the registry and on each request.
+    /// Bound on connecting to the registry and on each request (and on
+    /// waiting for the `file` registry's lock).
     pub timeout: Duration,
+    /// Cap on the delay between retries of heartbeats, re-registrations,
+    /// watch reconnections and reloads (exponential backoff, full jitter).
+    pub backoff_max: Duration,
 }
 
 impl Default for RegistryOptions {
@@ -128,6 +142,7 @@ impl Default for RegistryOptions {
             user: None,
             password: None,
             timeout: Duration::from_secs(5),
+            backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
         }
     }
 }

@@ -3,10 +3,11 @@
 //! test panics).
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use svckit::servicegroup::RegistryUrl;
@@ -171,6 +172,23 @@ impl Etcd {
         }
     }
 
+    /// Freezes the process (SIGSTOP): connections stay open and nothing
+    /// answers, as behind a network black hole.
+    pub fn pause(&self) {
+        self.signal(nix::sys::signal::Signal::SIGSTOP);
+    }
+
+    /// Lets a paused process run again (SIGCONT).
+    pub fn resume(&self) {
+        self.signal(nix::sys::signal::Signal::SIGCONT);
+    }
+
+    fn signal(&self, signal: nix::sys::signal::Signal) {
+        let child = self.child.as_ref().expect("etcd is running");
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        nix::sys::signal::kill(pid, signal).expect("signal etcd");
+    }
+
     /// Starts again on the same ports with the same data, and waits for it.
     pub fn restart(&mut self) {
         self.stop();
@@ -229,4 +247,74 @@ impl Cluster {
         let endpoints: Vec<String> = self.members.iter().map(Etcd::endpoint).collect();
         RegistryUrl::parse(&format!("etcd://{}?prefix=/test", endpoints.join(","))).unwrap()
     }
+}
+
+/// A TCP proxy in front of one etcd that can cut every connection through
+/// it, and refuse new ones, while etcd keeps running: a partition between one
+/// client and the cluster.
+pub struct Proxy {
+    port: u16,
+    state: Arc<Mutex<ProxyState>>,
+}
+
+#[derive(Default)]
+struct ProxyState {
+    cut: bool,
+    /// Both ends of every proxied connection, to shut them down on a cut.
+    sockets: Vec<TcpStream>,
+}
+
+impl Proxy {
+    pub fn start(etcd: &Etcd) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("proxy port");
+        let port = listener.local_addr().unwrap().port();
+        let upstream = etcd.client_port;
+        let state = Arc::new(Mutex::new(ProxyState::default()));
+        let shared = state.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming() {
+                let Ok(client) = client else { continue };
+                let mut state = shared.lock().unwrap();
+                if state.cut {
+                    continue;
+                }
+                let Ok(server) = TcpStream::connect(("127.0.0.1", upstream)) else {
+                    continue;
+                };
+                for socket in [&client, &server] {
+                    state.sockets.push(socket.try_clone().unwrap());
+                }
+                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
+                pipe(server, client);
+            }
+        });
+        Proxy { port, state }
+    }
+
+    /// `etcd://127.0.0.1:proxy-port?prefix=/test`.
+    pub fn url(&self) -> RegistryUrl {
+        RegistryUrl::parse(&format!("etcd://127.0.0.1:{}?prefix=/test", self.port)).unwrap()
+    }
+
+    /// Breaks every connection through the proxy and refuses new ones.
+    pub fn cut(&self) {
+        let mut state = self.state.lock().unwrap();
+        state.cut = true;
+        for socket in state.sockets.drain(..) {
+            let _ = socket.shutdown(Shutdown::Both);
+        }
+    }
+
+    /// Lets connections through again.
+    pub fn restore(&self) {
+        self.state.lock().unwrap().cut = false;
+    }
+}
+
+/// Copies `from` to `to` on a thread until either side closes.
+fn pipe(mut from: TcpStream, mut to: TcpStream) {
+    std::thread::spawn(move || {
+        let _ = std::io::copy(&mut from, &mut to);
+        let _ = to.shutdown(Shutdown::Both);
+    });
 }

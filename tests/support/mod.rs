@@ -103,6 +103,52 @@ pub fn is_update(host: &str) -> impl Fn(&Event) -> bool + '_ {
     move |e| matches!(e, Event::Update(m) if m.record.host == host)
 }
 
+pub fn is_delete(host: &str) -> impl Fn(&Event) -> bool + '_ {
+    move |e| matches!(e, Event::Delete(m) if m.record.host == host)
+}
+
+/// A gRPC health service answering SERVING on a loopback port: the endpoint
+/// of a live node, for joins that ask whether a holder is alive. Stops
+/// serving when dropped.
+pub struct LiveEndpoint {
+    pub url: String,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+pub async fn live_endpoint() -> LiveEndpoint {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                async {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    LiveEndpoint { url, _stop: stop }
+}
+
+/// A loopback endpoint nobody listens on: a crashed node's.
+pub fn dead_endpoint() -> String {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap();
+    format!("http://127.0.0.1:{port}")
+}
+
+/// `registration(topic, host)` advertising `grpc` as its endpoint.
+pub fn registration_at(topic: &str, host: &str, grpc: &str) -> Registration {
+    let mut reg = registration(topic, host);
+    reg.endpoints.grpc = Some(grpc.to_string());
+    reg
+}
+
 /// Logs from the kit, shown for failing tests (`RUST_LOG=svckit=debug`).
 pub fn init_tracing() {
     let _ = tracing_subscriber::fmt()

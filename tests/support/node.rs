@@ -46,22 +46,26 @@ pub struct Proc {
     child: Child,
     stdout: Arc<Mutex<String>>,
     stderr: Arc<Mutex<String>>,
+    /// The threads reading stdout and stderr: done once the pipes close.
+    readers: Vec<std::thread::JoinHandle<()>>,
     /// Holds the node's `ready_file`, where it writes its bound endpoint.
     ready_dir: tempfile::TempDir,
 }
 
 /// Collects a pipe's lines into a shared string, on a thread.
-fn collect(pipe: impl std::io::Read + Send + 'static) -> Arc<Mutex<String>> {
+fn collect(
+    pipe: impl std::io::Read + Send + 'static,
+) -> (Arc<Mutex<String>>, std::thread::JoinHandle<()>) {
     let text = Arc::new(Mutex::new(String::new()));
     let sink = text.clone();
-    std::thread::spawn(move || {
+    let reader = std::thread::spawn(move || {
         for line in BufReader::new(pipe).lines().map_while(Result::ok) {
             let mut s = sink.lock().unwrap();
             s.push_str(&line);
             s.push('\n');
         }
     });
-    text
+    (text, reader)
 }
 
 impl Proc {
@@ -78,12 +82,13 @@ impl Proc {
             cmd.env(k, v);
         }
         let mut child = cmd.spawn().expect("spawn node process");
-        let stdout = collect(child.stdout.take().expect("stdout pipe"));
-        let stderr = collect(child.stderr.take().expect("stderr pipe"));
+        let (stdout, out_reader) = collect(child.stdout.take().expect("stdout pipe"));
+        let (stderr, err_reader) = collect(child.stderr.take().expect("stderr pipe"));
         Proc {
             child,
             stdout,
             stderr,
+            readers: vec![out_reader, err_reader],
             ready_dir,
         }
     }
@@ -176,8 +181,12 @@ impl Proc {
         let deadline = Instant::now() + timeout;
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
-                // Let the reader thread drain what is left of stderr.
-                std::thread::sleep(Duration::from_millis(50));
+                // Everything the process wrote is read once its pipes close
+                // (a child of its own may keep them open: bounded).
+                let drained = Instant::now() + Duration::from_secs(5);
+                while self.readers.iter().any(|r| !r.is_finished()) && Instant::now() < drained {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 return Some(status);
             }
             if Instant::now() >= deadline {

@@ -107,9 +107,14 @@ enum ServiceCommand {
         clear: bool,
     },
     /// Delete a service record (a dead node's row disappears from lists).
+    /// A node that is up is refused: stop it first.
     Delete {
         #[command(flatten)]
         target: TargetArgs,
+        /// Delete even an up node's record; the live node writes it again
+        /// within about 2 s, so this is for a node about to stop.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -188,14 +193,20 @@ async fn run(cli: Cli) -> Result<()> {
         }
         Command::Service(cmd) => {
             let (target, change) = match cmd {
-                ServiceCommand::Disable { target, reason } => {
-                    (target, Some(AdminChange::Disable { reason }))
+                ServiceCommand::Disable { target, reason } => (
+                    target,
+                    members::Action::Admin(AdminChange::Disable { reason }),
+                ),
+                ServiceCommand::Enable { target } => {
+                    (target, members::Action::Admin(AdminChange::Enable))
                 }
-                ServiceCommand::Enable { target } => (target, Some(AdminChange::Enable)),
-                ServiceCommand::ForceDown { target, clear } => {
-                    (target, Some(AdminChange::ForceDown(!clear)))
+                ServiceCommand::ForceDown { target, clear } => (
+                    target,
+                    members::Action::Admin(AdminChange::ForceDown(!clear)),
+                ),
+                ServiceCommand::Delete { target, force } => {
+                    (target, members::Action::Delete { force })
                 }
-                ServiceCommand::Delete { target } => (target, None),
             };
             let registry = target.registry.connect().await?;
             members::admin(&registry, &target.topic, &target.host, change).await

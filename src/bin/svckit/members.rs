@@ -5,7 +5,7 @@ use std::io::Write;
 use futures::StreamExt;
 use serde::Serialize;
 
-use svckit::servicegroup::{AdminChange, Event, Member, Registry};
+use svckit::servicegroup::{self, AdminChange, Member, Registry};
 use svckit::{Error, Result};
 
 /// A member as the CLI shows it; the field names are the JSON contract of
@@ -126,13 +126,8 @@ pub(super) async fn watch(registry: &Registry, topic: Option<&str>) -> Result<()
     let mut events = registry.watch(topic).await?;
     while let Some(event) = events.next().await {
         let event = event?;
-        let kind = match &event {
-            Event::Join(_) => "join",
-            Event::Leave(_) => "leave",
-            Event::Update(_) => "update",
-        };
         let line = Line {
-            event: kind,
+            event: event.kind(),
             member: MemberView::from(event.member()),
         };
         let mut text = serde_json::to_string(&line).map_err(|e| Error::Io(e.into()))?;
@@ -142,24 +137,39 @@ pub(super) async fn watch(registry: &Registry, topic: Option<&str>) -> Result<()
     Ok(())
 }
 
+/// What `svckit service` does to a record.
+pub(super) enum Action {
+    Admin(AdminChange),
+    /// `force`: even when the member is up.
+    Delete {
+        force: bool,
+    },
+}
+
 pub(super) async fn admin(
     registry: &Registry,
     topic: &str,
     host: &str,
-    change: Option<AdminChange>,
+    action: Action,
 ) -> Result<()> {
-    match change {
-        Some(change) => {
+    match action {
+        Action::Admin(change) => {
             let member = registry.set_admin(topic, host, change).await?;
             write_stdout(table(std::slice::from_ref(&member)).as_bytes())
         }
-        None => {
-            if registry.delete(topic, host).await? {
-                write_stdout(format!("deleted {topic}/{host}\n").as_bytes())
-            } else {
-                Err(Error::NotFound(format!(
+        Action::Delete { force } => {
+            match servicegroup::delete_member(registry.as_ref(), topic, host, force).await? {
+                Some(member) if member.up => write_stdout(
+                    format!(
+                        "deleted {topic}/{host}; the node is up and writes its record again \
+                         within about 2 s: stop it to remove it for good\n"
+                    )
+                    .as_bytes(),
+                ),
+                Some(_) => write_stdout(format!("deleted {topic}/{host}\n").as_bytes()),
+                None => Err(Error::NotFound(format!(
                     "no service record for topic {topic:?} host {host:?}"
-                )))
+                ))),
             }
         }
     }

@@ -394,7 +394,7 @@ impl ProcessLauncher {
                         self.notified_ready = true;
                     }
                 }
-                Err(e @ Error::Duplicate(_)) => return Err(e),
+                Err(e @ Error::Duplicate { .. }) => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot register the node; retrying");
                     self.rejoin_at = Some(Instant::now() + REJOIN_PAUSE);

@@ -2,7 +2,7 @@
 //!
 //! ```text
 //! {prefix}/services/{topic}/{host}   ServiceRecord JSON, no lease
-//! {prefix}/alive/{topic}/{host}      {"pid","lease","since","token"}, bound to the node's lease
+//! {prefix}/alive/{topic}/{host}      {"pid","lease","since","token","grpc"}, bound to the node's lease
 //! ```
 //!
 //! and the picture of members a range over both prefixes gives.
@@ -88,12 +88,19 @@ pub(super) struct AliveValue {
     /// Identifies the membership across re-registrations, so that a node
     /// may take back a liveness key its own earlier lease still holds.
     pub token: u64,
+    /// The holder's gRPC endpoint: where a node joining with the same
+    /// identity asks whether the holder is still alive.
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 /// Records and liveness at one revision.
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {
     pub revision: i64,
+    /// The raft term etcd answered in: a term going backwards means a
+    /// cluster rebuilt from nothing.
+    pub term: u64,
     pub records: BTreeMap<Key, ServiceRecord>,
     pub alive: BTreeSet<Key>,
 }

@@ -1,9 +1,11 @@
 //! The `etcd://` driver: membership on etcd leases.
 //!
 //! A node's record is a plain key; its liveness is a key bound to a lease
-//! with TTL = service_down_time, kept alive every report_interval
-//! ([`session`]). Watchers follow both prefixes and resync after any
-//! failure ([`watcher`]). etcd-client leaves keep-alive, watch resumption and
+//! with TTL = service_down_time, kept alive every report_interval (the
+//! `session` module, which also repairs keys changed by hand and takes over
+//! from a dead holder). Watchers follow both prefixes, resume a broken
+//! stream from the last revision seen and reload after a compaction (the
+//! `watcher` module). etcd-client leaves keep-alive, watch resumption and
 //! failover to its caller, so this module owns all three: every request is
 //! bounded by [`RegistryOptions::timeout`], and background loops retry with
 //! capped backoff forever.
@@ -56,6 +58,8 @@ struct Inner {
     endpoints: String,
     /// Whether another member may answer a request one member refused.
     several: bool,
+    /// The cap on retry delays of sessions and watchers.
+    backoff_max: Duration,
 }
 
 impl EtcdDriver {
@@ -71,7 +75,11 @@ impl EtcdDriver {
             .with_connect_timeout(options.timeout)
             // etcd refuses pings more often than every 5 s; these find a dead
             // connection under a stream that would otherwise just go quiet.
-            .with_keep_alive(Duration::from_secs(10), options.timeout);
+            .with_keep_alive(Duration::from_secs(10), options.timeout)
+            // `hasleader=true` on every request: a member cut off from its
+            // quorum fails requests and ends watch streams at once, instead
+            // of serving a stale view or a silent stream.
+            .with_require_leader(true);
         if let Some(tls) = tls_options(options)? {
             connect = connect.with_tls(tls);
         }
@@ -89,17 +97,12 @@ impl EtcdDriver {
             }
         }
         let names = endpoints.join(",");
-        let unreachable = |why: String| {
-            Error::Unavailable(format!(
-                "cannot reach etcd at {names} within {:?}: {why}",
-                options.timeout
-            ))
-        };
+        let what = format!("cannot reach etcd at {names} within {:?}", options.timeout);
         let client =
             tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
                 .await
-                .map_err(|_| unreachable("timed out".into()))?
-                .map_err(|e| unreachable(e.to_string()))?;
+                .map_err(|elapsed| Error::unavailable(what.clone(), elapsed))?
+                .map_err(|e| Error::unavailable(what.clone(), e))?;
         let inner = Inner {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             client,
@@ -107,6 +110,7 @@ impl EtcdDriver {
             timeout: options.timeout,
             endpoints: names.clone(),
             several: endpoints.len() > 1,
+            backoff_max: options.backoff_max,
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -115,7 +119,7 @@ impl EtcdDriver {
             .get(&inner.layout.root(), Some(probe))
             .await
             .map_err(|e| match e {
-                Error::Unavailable(why) => unreachable(why),
+                Error::Unavailable { source, .. } => Error::Unavailable { what, source },
                 other => other,
             })?;
         Ok(Self {
@@ -148,22 +152,27 @@ fn tls_options(options: &RegistryOptions) -> Result<Option<TlsOptions>> {
     Ok(tls)
 }
 
-/// How an etcd failure reaches callers: no answer is `Unavailable` (retry
-/// later), an answer is `Registry`.
-fn map_err(e: etcd_client::Error) -> Error {
+/// Whether an etcd failure means "no answer" (retry later, maybe on another
+/// member) rather than an answer that refuses.
+fn is_unavailable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
-        E::TransportError(e) => Error::Unavailable(e.to_string()),
-        E::IoError(e) => Error::Unavailable(e.to_string()),
-        E::GRpcStatus(s)
-            if matches!(
-                s.code(),
-                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
-            ) =>
-        {
-            Error::Unavailable(s.message().to_string())
-        }
-        other => Error::Registry(other.to_string()),
+        E::TransportError(_) | E::IoError(_) => true,
+        E::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+        ),
+        _ => false,
+    }
+}
+
+/// The gRPC status code etcd answered with, if `error` carries one: how
+/// callers tell "lease not found" from other refusals without reading text.
+pub(super) fn etcd_code(error: &Error) -> Option<tonic::Code> {
+    let source = std::error::Error::source(error)?;
+    match source.downcast_ref::<etcd_client::Error>()? {
+        etcd_client::Error::GRpcStatus(s) => Some(s.code()),
+        _ => None,
     }
 }
 
@@ -182,21 +191,26 @@ impl Inner {
         loop {
             let error = match tokio::time::timeout_at(deadline, request()).await {
                 Ok(Ok(value)) => return Ok(value),
-                Ok(Err(e)) => map_err(e),
-                Err(_) => {
-                    return Err(Error::Unavailable(format!(
-                        "etcd at {} did not answer within {:?}",
-                        self.endpoints, self.timeout
-                    )))
+                Ok(Err(e)) => e,
+                Err(elapsed) => {
+                    return Err(Error::unavailable(
+                        format!(
+                            "etcd at {} did not answer within {:?}",
+                            self.endpoints, self.timeout
+                        ),
+                        elapsed,
+                    ))
                 }
             };
-            let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
-            match error {
-                Error::Unavailable(_) if self.several && retry_at < deadline => {
-                    tokio::time::sleep_until(retry_at).await;
-                }
-                other => return Err(other),
+            let what = format!("etcd at {}", self.endpoints);
+            if !is_unavailable(&error) {
+                return Err(Error::registry(what, error));
             }
+            let retry_at = tokio::time::Instant::now() + RETRY_PAUSE;
+            if !(self.several && retry_at < deadline) {
+                return Err(Error::unavailable(what, error));
+            }
+            tokio::time::sleep_until(retry_at).await;
         }
     }
 
@@ -240,15 +254,13 @@ impl Inner {
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         match &resp.op_responses()[..] {
-            [TxnOpResponse::Get(records), TxnOpResponse::Get(alive)] => Ok(Snapshot::from_ranges(
-                &self.layout,
-                revision,
-                records.kvs(),
-                alive.kvs(),
-            )),
-            _ => Err(Error::Registry(
-                "unexpected etcd transaction response".into(),
-            )),
+            [TxnOpResponse::Get(records), TxnOpResponse::Get(alive)] => {
+                let mut snapshot =
+                    Snapshot::from_ranges(&self.layout, revision, records.kvs(), alive.kvs());
+                snapshot.term = resp.header().map_or(0, |h| h.raft_term());
+                Ok(snapshot)
+            }
+            _ => Err(Error::registry_msg("unexpected etcd transaction response")),
         }
     }
 
@@ -266,9 +278,7 @@ impl Inner {
                 let snapshot = Snapshot::from_ranges(layout, 0, records.kvs(), alive.kvs());
                 Ok(snapshot.member(&(topic.to_string(), host.to_string())))
             }
-            _ => Err(Error::Registry(
-                "unexpected etcd transaction response".into(),
-            )),
+            _ => Err(Error::registry_msg("unexpected etcd transaction response")),
         }
     }
 
@@ -282,7 +292,7 @@ impl Inner {
             };
             let mut record: crate::servicegroup::ServiceRecord =
                 serde_json::from_slice(current.value()).map_err(|e| {
-                    Error::Registry(format!("{record_key}: invalid service record: {e}"))
+                    Error::registry(format!("{record_key}: invalid service record"), e)
                 })?;
             change.apply(&mut record, SystemTime::now());
             let value = encode(&record)?;
@@ -312,7 +322,7 @@ impl Inner {
             let up = alive && !record.forced_down;
             return Ok(Member { record, up });
         }
-        Err(Error::Registry(format!(
+        Err(Error::registry_msg(format!(
             "{topic}/{host} kept changing concurrently; admin change not applied"
         )))
     }
@@ -329,32 +339,7 @@ impl Inner {
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
-    serde_json::to_vec(value).map_err(|e| Error::Registry(format!("cannot encode JSON: {e}")))
-}
-
-/// Retry delays: 100 ms doubling to a 1 s cap, jittered so that a fleet
-/// reconnecting after an outage does not arrive in lockstep.
-struct Backoff {
-    next: Duration,
-}
-
-impl Backoff {
-    const FIRST: Duration = Duration::from_millis(100);
-    const CAP: Duration = Duration::from_secs(1);
-
-    pub(super) fn new() -> Self {
-        Self { next: Self::FIRST }
-    }
-
-    pub(super) fn reset(&mut self) {
-        self.next = Self::FIRST;
-    }
-
-    pub(super) fn next_delay(&mut self) -> Duration {
-        let delay = self.next;
-        self.next = (self.next * 2).min(Self::CAP);
-        delay.mul_f64(rand::random_range(0.8..1.0))
-    }
+    serde_json::to_vec(value).map_err(|e| Error::registry("cannot encode JSON", e))
 }
 
 impl Driver for EtcdDriver {
@@ -391,20 +376,8 @@ impl Driver for EtcdDriver {
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>> {
         self.inner.delete(topic, host).boxed()
     }
-}
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_is_capped() {
-        let mut b = Backoff::new();
-        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
-        assert!(delays[0] <= Duration::from_millis(100));
-        assert!(delays.iter().all(|d| *d <= Backoff::CAP));
-        assert!(delays[9] >= Backoff::CAP.mul_f64(0.8));
-        b.reset();
-        assert!(b.next_delay() <= Duration::from_millis(100));
+    fn backoff_max(&self) -> Duration {
+        self.inner.backoff_max
     }
 }

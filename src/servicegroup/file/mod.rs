@@ -1,7 +1,7 @@
 //! The `file://` driver: the embedded default for one machine, no etcd.
 //!
 //! The role of tooz's `file` driver. Records and heartbeats are JSON files
-//! under one directory (layout in [`store`]), written atomically so several
+//! under one directory (layout in the `store` module), written atomically so several
 //! processes can share it. A member is up while its heartbeat is younger than
 //! its service_down_time and it is not forced down. Watchers poll and diff.
 
@@ -10,16 +10,17 @@ use std::time::{Duration, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::ReceiverStream;
 
 use self::store::{Alive, Store};
-use super::diff::{check_identity, View};
+use super::diff::check_identity;
+use super::follow::{self, Follow, Step};
+use super::probe::{probe, Holder};
 use super::status::StatusCell;
 use super::{
     AdminChange, Driver, EventStream, Member, Membership, MembershipStatus, Registration,
-    RegistryOptions,
+    RegistryOptions, LEAVE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 
@@ -33,15 +34,18 @@ const MIN_POLL: Duration = Duration::from_millis(20);
 #[derive(Debug, Clone)]
 pub struct FileDriver {
     store: Arc<Store>,
+    /// Cap on the delay between a watcher's failed listings.
+    backoff_max: Duration,
 }
 
 impl FileDriver {
     /// Opens (creating it if needed) the registry directory `path`. A
     /// directory that cannot be created or written is
     /// [`Error::Unavailable`].
-    pub fn open(path: impl AsRef<std::path::Path>, _options: &RegistryOptions) -> Result<Self> {
+    pub fn open(path: impl AsRef<std::path::Path>, options: &RegistryOptions) -> Result<Self> {
         Ok(Self {
-            store: Arc::new(Store::open(path.as_ref())?),
+            store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
+            backoff_max: options.backoff_max,
         })
     }
 
@@ -52,7 +56,52 @@ impl FileDriver {
         let store = self.store.clone();
         tokio::task::spawn_blocking(move || f(&store))
             .await
-            .map_err(|e| Error::Registry(format!("file registry task failed: {e}")))?
+            .map_err(|e| Error::registry("file registry task failed", e))?
+    }
+}
+
+/// How often to look again: four times per shortest heartbeat period.
+fn poll_for(fastest: Option<Duration>) -> Duration {
+    fastest.map_or(MAX_POLL, |f| (f / 4).clamp(MIN_POLL, MAX_POLL))
+}
+
+/// A watcher of the directory: there are no change notifications across
+/// processes, so it lists and lets the view diff.
+struct FileFollow {
+    driver: FileDriver,
+    topic: Option<String>,
+    poll: Duration,
+}
+
+impl FileFollow {
+    async fn listing(&mut self) -> Result<Vec<Member>> {
+        let t = self.topic.clone();
+        let (members, fastest) = self
+            .driver
+            .blocking(move |store| store.list(t.as_deref()))
+            .await?;
+        self.poll = poll_for(fastest);
+        Ok(members)
+    }
+}
+
+impl Follow for FileFollow {
+    fn list(&mut self) -> BoxFuture<'_, Result<Vec<Member>>> {
+        self.listing().boxed()
+    }
+
+    fn next(&mut self) -> BoxFuture<'_, Step> {
+        async move {
+            tokio::time::sleep(self.poll).await;
+            match self.listing().await {
+                Ok(members) => Step::Whole(members),
+                Err(e) => Step::Reload {
+                    why: format!("file registry unreadable: {e}"),
+                    now: false,
+                },
+            }
+        }
+        .boxed()
     }
 }
 
@@ -71,10 +120,10 @@ fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
     let existing = store.read_alive(topic, host);
     if let Some(other) = existing.as_ref() {
         if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate(format!(
-                "{topic}/{host} was taken over by pid {}",
-                other.pid
-            )));
+            return Err(Error::Duplicate {
+                member: format!("{topic}/{host}"),
+                holder: format!("taken over by pid {}", other.pid),
+            });
         }
     }
     store.write_alive(topic, host, &alive.touched())?;
@@ -89,21 +138,39 @@ fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
     Ok(if restored { Beat::Restored } else { Beat::Kept })
 }
 
-/// Registers under the lock: refused while another owner's heartbeat is fresh.
-fn register(store: &Store, reg: &Registration, alive: &Alive) -> Result<()> {
+/// What a registration attempt found.
+enum Claim {
+    /// Registered.
+    Done,
+    /// Another owner's heartbeat is fresh: ask it before taking over.
+    Held {
+        holder: Alive,
+        /// Its gRPC endpoint (from its liveness file, else the record).
+        url: Option<String>,
+    },
+}
+
+/// Registers under the lock, unless another owner's heartbeat is fresh;
+/// `replace` is the token of an owner found dead, whose file may be
+/// overwritten.
+fn register(
+    store: &Store,
+    reg: &Registration,
+    alive: &Alive,
+    replace: Option<u64>,
+) -> Result<Claim> {
     let (topic, host) = (&reg.topic, &reg.host);
     let _lock = store.lock()?;
     let now = SystemTime::now();
+    let existing = store.read_record(topic, host);
     if let Some(other) = store.read_alive(topic, host) {
-        if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate(format!(
-                "{topic}/{host} is held by pid {} (last heartbeat {:.1}s ago)",
-                other.pid,
-                other.age(now).as_secs_f64()
-            )));
+        if other.token != alive.token && other.is_fresh(now) && replace != Some(other.token) {
+            let recorded = existing.ok().flatten().and_then(|r| r.endpoints.grpc);
+            let url = other.grpc.clone().or(recorded);
+            return Ok(Claim::Held { holder: other, url });
         }
     }
-    let record = match store.read_record(topic, host) {
+    let record = match existing {
         Ok(Some(mut record)) => {
             reg.refresh_record(&mut record, now);
             record
@@ -115,7 +182,8 @@ fn register(store: &Store, reg: &Registration, alive: &Alive) -> Result<()> {
         }
     };
     store.write_record(&record)?;
-    store.write_alive(topic, host, alive)
+    store.write_alive(topic, host, alive)?;
+    Ok(Claim::Done)
 }
 
 struct FileMembership {
@@ -135,26 +203,46 @@ impl Membership for FileMembership {
     fn leave(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             let _ = self.stop.send(true);
-            let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
-            if let Some(task) = task {
-                // Waits for a heartbeat in progress, so it cannot write the
-                // liveness file again after it is removed below.
-                let _ = task.await;
-            }
-            self.status.left();
+            let task = crate::servicegroup::lock(&self.task).take();
+            let abort = task.as_ref().map(JoinHandle::abort_handle);
             let (store, reg, token) = (self.store.clone(), self.reg.clone(), self.token);
-            tokio::task::spawn_blocking(move || {
-                let path = store.alive_path(&reg.topic, &reg.host);
-                if store
-                    .read_alive(&reg.topic, &reg.host)
-                    .is_some_and(|a| a.token == token)
-                {
-                    store.remove(&path)?;
+            let leaving = async {
+                if let Some(task) = task {
+                    // Waits for a heartbeat in progress, so it cannot write
+                    // the liveness file again after it is removed below.
+                    let _ = task.await;
                 }
-                Ok(())
-            })
-            .await
-            .map_err(|e| Error::Registry(format!("file registry task failed: {e}")))?
+                self.status.left();
+                tokio::task::spawn_blocking(move || {
+                    let path = store.alive_path(&reg.topic, &reg.host);
+                    if store
+                        .read_alive(&reg.topic, &reg.host)
+                        .is_some_and(|a| a.token == token)
+                    {
+                        store.remove(&path)?;
+                    }
+                    Ok(())
+                })
+                .await
+                .map_err(|e| Error::registry("file registry task failed", e))?
+            };
+            match tokio::time::timeout(LEAVE_TIMEOUT, leaving).await {
+                Ok(result) => result,
+                Err(elapsed) => {
+                    if let Some(abort) = abort {
+                        abort.abort();
+                    }
+                    self.status.left();
+                    Err(Error::unavailable(
+                        format!(
+                            "leaving {}/{}: the registry directory did not answer within \
+                             {LEAVE_TIMEOUT:?}; the heartbeat goes stale by itself",
+                            self.reg.topic, self.reg.host
+                        ),
+                        elapsed,
+                    ))
+                }
+            }
         }
         .boxed()
     }
@@ -195,16 +283,65 @@ async fn heartbeat_loop(
     }
 }
 
+impl FileDriver {
+    /// Registers, taking the identity over from an owner whose heartbeat is
+    /// fresh but who does not answer SERVING (crashed within its down time).
+    async fn claim(&self, registration: &Registration, alive: &Alive) -> Result<()> {
+        let mut replace = None;
+        // Twice at most: a holder found dead is replaced on the next try,
+        // unless yet another owner came in between.
+        for _ in 0..3 {
+            let (reg, a) = (registration.clone(), alive.clone());
+            let claim = self
+                .blocking(move |store| register(store, &reg, &a, replace))
+                .await?;
+            let Claim::Held { holder, url } = claim else {
+                return Ok(());
+            };
+            let own = registration.endpoints.grpc.as_deref();
+            if probe(url.as_deref(), own).await != Holder::Dead {
+                let at = url.map_or_else(
+                    || "no endpoint advertised".into(),
+                    |u| format!("serving at {u}"),
+                );
+                return Err(Error::Duplicate {
+                    member: format!("{}/{}", registration.topic, registration.host),
+                    holder: format!(
+                        "{at}; pid {}, last heartbeat {:.1}s ago",
+                        holder.pid,
+                        holder.age(SystemTime::now()).as_secs_f64()
+                    ),
+                });
+            }
+            tracing::warn!(
+                topic = %registration.topic,
+                host = %registration.host,
+                holder = url.as_deref().unwrap_or("-"),
+                pid = holder.pid,
+                "the node holding this identity does not answer; taking it over"
+            );
+            replace = Some(holder.token);
+        }
+        Err(Error::registry_msg(format!(
+            "{}/{} kept changing owners; registration not applied",
+            registration.topic, registration.host
+        )))
+    }
+}
+
 impl Driver for FileDriver {
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;
             let down_time = registration.effective_down_time();
             let token = rand::random::<u64>();
-            let alive = Alive::new(token, down_time, registration.report_interval);
-            let (reg, a) = (registration.clone(), alive.clone());
-            self.blocking(move |store| register(store, &reg, &a))
-                .await?;
+            let alive = Alive::new(
+                token,
+                down_time,
+                registration.report_interval,
+                registration.endpoints.grpc.clone(),
+            );
+            self.claim(&registration, &alive).await?;
             let name = format!("{}/{}", registration.topic, registration.host);
             let status = Arc::new(StatusCell::registered(name));
             let (stop, stopped) = watch::channel(false);
@@ -251,42 +388,14 @@ impl Driver for FileDriver {
         let topic = topic.map(str::to_string);
         async move {
             let t = topic.clone();
-            let first = self.blocking(move |store| store.list(t.as_deref())).await?;
-            let (tx, rx) = mpsc::channel(1024);
-            let driver = self.clone();
-            tokio::spawn(async move {
-                let mut view = View::default();
-                let mut snapshot = Ok(first);
-                let mut failing = false;
-                loop {
-                    let mut poll = MAX_POLL;
-                    match snapshot {
-                        Ok((members, fastest)) => {
-                            failing = false;
-                            if let Some(f) = fastest {
-                                poll = (f / 4).clamp(MIN_POLL, MAX_POLL);
-                            }
-                            for event in view.resync(members) {
-                                if tx.send(Ok(event)).await.is_err() {
-                                    return;
-                                }
-                            }
-                        }
-                        Err(e) if !failing => {
-                            failing = true;
-                            tracing::warn!(error = %e, "file registry unreadable; still polling");
-                        }
-                        Err(_) => {}
-                    }
-                    tokio::select! {
-                        () = tokio::time::sleep(poll) => {}
-                        () = tx.closed() => return,
-                    }
-                    let t = topic.clone();
-                    snapshot = driver.blocking(move |store| store.list(t.as_deref())).await;
-                }
-            });
-            Ok(Box::pin(ReceiverStream::new(rx)) as EventStream)
+            let (first, fastest) = self.blocking(move |store| store.list(t.as_deref())).await?;
+            let name = topic.clone().unwrap_or_else(|| "*".into());
+            let follower = FileFollow {
+                driver: self.clone(),
+                topic,
+                poll: poll_for(fastest),
+            };
+            Ok(follow::spawn(name, first, follower, self.backoff_max))
         }
         .boxed()
     }
@@ -329,5 +438,9 @@ impl Driver for FileDriver {
             .await
         }
         .boxed()
+    }
+
+    fn backoff_max(&self) -> Duration {
+        self.backoff_max
     }
 }

@@ -37,10 +37,19 @@ pub(super) struct Alive {
     pub down_time_ms: u64,
     /// The owner's heartbeat period; watchers poll faster than this.
     pub report_interval_ms: u64,
+    /// The owner's gRPC endpoint: where a node joining with the same
+    /// identity asks whether the owner is still alive.
+    #[serde(default)]
+    pub grpc: Option<String>,
 }
 
 impl Alive {
-    pub(super) fn new(token: u64, down_time: Duration, report_interval: Duration) -> Self {
+    pub(super) fn new(
+        token: u64,
+        down_time: Duration,
+        report_interval: Duration,
+        grpc: Option<String>,
+    ) -> Self {
         let now = SystemTime::now();
         Self {
             heartbeat_ms: unix_ms(now),
@@ -49,6 +58,7 @@ impl Alive {
             token,
             down_time_ms: millis(down_time),
             report_interval_ms: millis(report_interval),
+            grpc,
         }
     }
 
@@ -84,13 +94,17 @@ fn millis(d: Duration) -> u64 {
 #[derive(Debug, Clone)]
 pub(super) struct Store {
     dir: PathBuf,
+    /// How long to wait for the lock before giving up (`registry_timeout`):
+    /// a process stopped while holding it must not hang every other one.
+    lock_timeout: Duration,
 }
 
 impl Store {
     /// Creates the layout and proves the directory is writable.
-    pub(super) fn open(dir: &Path) -> Result<Self> {
+    pub(super) fn open(dir: &Path, lock_timeout: Duration) -> Result<Self> {
         let store = Self {
             dir: dir.to_path_buf(),
+            lock_timeout,
         };
         let probe = || -> io::Result<()> {
             fs::create_dir_all(dir.join("services"))?;
@@ -100,10 +114,13 @@ impl Store {
             fs::remove_file(probe)
         };
         probe().map_err(|e| {
-            Error::Unavailable(format!(
-                "file registry {}: the directory is not creatable or not writable: {e}",
-                dir.display()
-            ))
+            Error::unavailable(
+                format!(
+                    "file registry {}: the directory is not creatable or not writable",
+                    dir.display()
+                ),
+                e,
+            )
         })?;
         Ok(store)
     }
@@ -123,15 +140,40 @@ impl Store {
     }
 
     /// Serialises read-modify-writes of records across processes; released
-    /// on drop.
+    /// on drop. Waits at most `lock_timeout` for another holder (a process
+    /// stopped with SIGSTOP, or stuck, keeps it forever), then fails with
+    /// [`Error::Unavailable`] naming the lock file.
     pub(super) fn lock(&self) -> Result<Flock<File>> {
-        let file = OpenOptions::new()
+        let path = self.dir.join(".lock");
+        let mut file = OpenOptions::new()
             .create(true)
             .truncate(false)
             .write(true)
-            .open(self.dir.join(".lock"))?;
-        Flock::lock(file, FlockArg::LockExclusive)
-            .map_err(|(_, errno)| Error::Io(io::Error::from(errno)))
+            .open(&path)?;
+        let deadline = std::time::Instant::now() + self.lock_timeout;
+        let mut pause = Duration::from_millis(1);
+        loop {
+            match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(lock),
+                Err((back, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if std::time::Instant::now() >= deadline {
+                        return Err(Error::unavailable(
+                            format!(
+                                "file registry lock {} is held by another process for over {:?}",
+                                path.display(),
+                                self.lock_timeout
+                            ),
+                            io::Error::from(nix::errno::Errno::EWOULDBLOCK),
+                        ));
+                    }
+                    file = back;
+                    // Called on blocking threads only: sleeping here is fine.
+                    std::thread::sleep(pause);
+                    pause = (pause * 2).min(Duration::from_millis(20));
+                }
+                Err((_, errno)) => return Err(Error::Io(io::Error::from(errno))),
+            }
+        }
     }
 
     pub(super) fn read_record(&self, topic: &str, host: &str) -> Result<Option<ServiceRecord>> {
@@ -244,7 +286,7 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
     match fs::read(path) {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
-            .map_err(|e| Error::Registry(format!("{}: invalid JSON: {e}", path.display()))),
+            .map_err(|e| Error::registry(format!("{}: invalid JSON", path.display()), e)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.into()),
     }
@@ -252,37 +294,20 @@ fn read_json<T: DeserializeOwned>(path: &Path) -> Result<Option<T>> {
 
 fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
     let bytes = serde_json::to_vec_pretty(value)
-        .map_err(|e| Error::Registry(format!("cannot encode {}: {e}", path.display())))?;
+        .map_err(|e| Error::registry(format!("cannot encode {}", path.display()), e))?;
     if let Some(parent) = path.parent() {
         fs::create_dir_all(parent)?;
     }
     Ok(write_atomic(path, &bytes)?)
 }
 
-/// Writes a temporary file beside `path` and renames it over `path`.
+/// Writes a temporary file beside `path` and renames it over `path`; a
+/// failed write leaves no temporary file behind.
 fn write_atomic(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir)?;
-    tmp.1.write_all(bytes)?;
-    tmp.1.sync_data()?;
-    drop(tmp.1);
-    fs::rename(&tmp.0, path).inspect_err(|_| {
-        let _ = fs::remove_file(&tmp.0);
-    })
-}
-
-/// A new hidden file in `dir` with a name no other writer uses.
-fn tempfile_in(dir: &Path) -> io::Result<(PathBuf, File)> {
-    loop {
-        let path = dir.join(format!(
-            ".tmp.{}.{:016x}",
-            std::process::id(),
-            rand::random::<u64>()
-        ));
-        match OpenOptions::new().write(true).create_new(true).open(&path) {
-            Ok(file) => return Ok((path, file)),
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
-        }
-    }
+    // Hidden, so that directory listings never take it for a member.
+    let mut tmp = tempfile::Builder::new().prefix(".tmp.").tempfile_in(dir)?;
+    tmp.write_all(bytes)?;
+    tmp.as_file().sync_data()?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }

@@ -1,0 +1,171 @@
+//! Claiming the liveness key: with our own lease, over our own earlier
+//! lease, or over a holder found dead; a live holder is a duplicate.
+
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
+
+use super::Session;
+use crate::error::{Error, Result};
+use crate::servicegroup::etcd::keys::AliveValue;
+use crate::servicegroup::etcd::{encode, CAS_ATTEMPTS};
+use crate::servicegroup::probe::{probe, Holder};
+use crate::servicegroup::{rfc3339, ServiceRecord};
+
+impl Session {
+    /// Grants a lease and claims the liveness key with it; returns the
+    /// revision of the claim. `previous` is our own earlier lease, which may
+    /// still hold the key (after an etcd restart, say).
+    pub(super) async fn register(&self, previous: Option<i64>) -> Result<i64> {
+        let leases = self.inner.client.lease_client();
+        let ttl = self.ttl;
+        let lease = self
+            .inner
+            .call(|| {
+                let mut leases = leases.clone();
+                async move { leases.grant(ttl, None).await }
+            })
+            .await?
+            .id();
+        match self.claim(lease, previous).await {
+            Ok(revision) => {
+                self.lease.store(lease, Ordering::SeqCst);
+                Ok(revision)
+            }
+            Err(e) => {
+                self.revoke_later(lease);
+                Err(e)
+            }
+        }
+    }
+
+    async fn claim(&self, lease: i64, previous: Option<i64>) -> Result<i64> {
+        let alive = encode(&AliveValue {
+            pid: std::process::id(),
+            lease: format!("{lease:x}"),
+            since: rfc3339(SystemTime::now()),
+            token: self.token,
+            grpc: self.reg.endpoints.grpc.clone(),
+        })?;
+        // The liveness key's mod revision when it is ours to take back.
+        let mut ours: Option<i64> = None;
+        for _ in 0..CAS_ATTEMPTS {
+            let found = self.inner.get(&self.record_key, None).await?;
+            let now = SystemTime::now();
+            let (record, record_rev) = match found.kvs().first() {
+                Some(kv) => match serde_json::from_slice::<ServiceRecord>(kv.value()) {
+                    Ok(mut record) => {
+                        self.reg.refresh_record(&mut record, now);
+                        (record, kv.mod_revision())
+                    }
+                    Err(_) => (self.reg.to_record(now), kv.mod_revision()),
+                },
+                None => (self.reg.to_record(now), 0),
+            };
+            let alive_guard = match ours {
+                None => Compare::create_revision(self.alive_key.as_str(), CompareOp::Equal, 0),
+                Some(rev) => Compare::mod_revision(self.alive_key.as_str(), CompareOp::Equal, rev),
+            };
+            let txn = Txn::new()
+                .when([
+                    alive_guard,
+                    Compare::mod_revision(self.record_key.as_str(), CompareOp::Equal, record_rev),
+                ])
+                .and_then([
+                    TxnOp::put(
+                        self.alive_key.as_str(),
+                        alive.clone(),
+                        Some(PutOptions::new().with_lease(lease)),
+                    ),
+                    TxnOp::put(self.record_key.as_str(), encode(&record)?, None),
+                ])
+                .or_else([TxnOp::get(self.alive_key.as_str(), None)]);
+            let resp = self.inner.txn(txn).await?;
+            if resp.succeeded() {
+                return Ok(resp.header().map_or(0, |h| h.revision()));
+            }
+            let holder = match resp.op_responses().first() {
+                Some(TxnOpResponse::Get(get)) => get.kvs().first().cloned(),
+                _ => None,
+            };
+            // Absent: only the record raced (an operator's change); retry.
+            let Some(holder) = holder else {
+                ours = None;
+                continue;
+            };
+            let value = serde_json::from_slice::<AliveValue>(holder.value()).ok();
+            let mine = value.as_ref().is_some_and(|v| v.token == self.token)
+                || previous.is_some_and(|p| p == holder.lease());
+            if !mine {
+                let recorded = found
+                    .kvs()
+                    .first()
+                    .and_then(|kv| serde_json::from_slice::<ServiceRecord>(kv.value()).ok())
+                    .and_then(|r| r.endpoints.grpc);
+                self.take_over(&holder, value, recorded).await?;
+                ours = None;
+                continue;
+            }
+            ours = Some(holder.mod_revision());
+        }
+        Err(Error::registry_msg(format!(
+            "{} kept changing concurrently; registration not applied",
+            self.record_key
+        )))
+    }
+
+    /// Deals with another lease holding our liveness key: asks the holder
+    /// (its endpoint from its liveness value, else from the record) whether
+    /// it serves. A holder that does not is dead: its key is deleted, guarded
+    /// by its lease so that a holder that came back meanwhile keeps it, and
+    /// the caller claims the key again. A serving holder is a duplicate.
+    async fn take_over(
+        &self,
+        holder: &etcd_client::KeyValue,
+        value: Option<AliveValue>,
+        recorded: Option<String>,
+    ) -> Result<()> {
+        let member = format!("{}/{}", self.reg.topic, self.reg.host);
+        let url = value.as_ref().and_then(|v| v.grpc.clone()).or(recorded);
+        let answer = probe(url.as_deref(), self.reg.endpoints.grpc.as_deref()).await;
+        if answer != Holder::Dead {
+            let who = value.map_or_else(
+                || format!("lease {:x}", holder.lease()),
+                |v| format!("pid {}, lease {}, since {}", v.pid, v.lease, v.since),
+            );
+            let at = url.map_or_else(
+                || "no endpoint advertised".into(),
+                |u| format!("serving at {u}"),
+            );
+            return Err(Error::Duplicate {
+                member,
+                holder: format!("{at}; {who}"),
+            });
+        }
+        tracing::warn!(
+            %member,
+            holder = url.as_deref().unwrap_or("-"),
+            lease = %format!("{:x}", holder.lease()),
+            "the node holding this identity does not answer; taking it over"
+        );
+        let key = self.alive_key.as_str();
+        self.inner
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(key, CompareOp::Equal, holder.lease())])
+                    .and_then([TxnOp::delete(key, None)]),
+            )
+            .await
+            .map(drop)
+    }
+
+    /// Revokes a lease we no longer use, without holding anyone up; if etcd
+    /// is unreachable the lease expires by itself.
+    pub(super) fn revoke_later(&self, lease: i64) {
+        let inner = self.inner.clone();
+        tokio::spawn(async move {
+            let _ = inner.revoke(lease).await;
+        });
+    }
+}

@@ -1,0 +1,369 @@
+//! One node's registration on etcd: the lease, its keep-alive, and the loop
+//! that gets the node registered again after anything goes wrong.
+//!
+//! The loop never gives up (tooz and kratos members silently vanish after a
+//! lease loss): a failed keep-alive, an expired or revoked lease, a liveness
+//! key deleted or overwritten by hand, a service record deleted by hand, an
+//! etcd restart or wipe all lead to the same path — grant a new lease and put
+//! both keys again, retrying with capped backoff until etcd answers. A panic
+//! in the loop is logged, counted, and followed by that same path.
+//!
+//! A (topic, host) held by another lease is taken over at once when its
+//! holder does not answer SERVING on its advertised endpoint (a crashed node
+//! restarted under systemd or Kubernetes); a live holder is a duplicate.
+
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use std::panic::AssertUnwindSafe;
+
+use super::keys::Kind;
+use super::{etcd_code, Inner};
+use crate::error::{Error, Result};
+use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::follow::restarted;
+use crate::servicegroup::status::StatusCell;
+use crate::servicegroup::{Membership, MembershipStatus, Registration, LEAVE_TIMEOUT};
+
+/// Registers `reg` and starts keeping it registered.
+pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMembership> {
+    let down_time = reg.effective_down_time();
+    let session = Arc::new(Session {
+        record_key: inner.layout.key(Kind::Record, &reg.topic, &reg.host),
+        alive_key: inner.layout.key(Kind::Alive, &reg.topic, &reg.host),
+        ttl: ttl_secs(down_time),
+        down_time,
+        token: rand::random(),
+        status: StatusCell::registered(format!("{}/{}", reg.topic, reg.host)),
+        lease: AtomicI64::new(0),
+        inner,
+        reg,
+    });
+    let revision = session.register(None).await?;
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(session.clone().supervise(revision, stopped));
+    Ok(EtcdMembership {
+        session,
+        stop,
+        task: Mutex::new(Some(task)),
+    })
+}
+
+/// The lease TTL for a down time: whole seconds, rounded up, at least 1.
+pub(super) fn ttl_secs(down_time: Duration) -> i64 {
+    let secs = down_time.as_secs() + u64::from(down_time.subsec_nanos() > 0);
+    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
+}
+
+mod claim;
+
+struct Session {
+    inner: Arc<Inner>,
+    reg: Registration,
+    record_key: String,
+    alive_key: String,
+    ttl: i64,
+    down_time: Duration,
+    token: u64,
+    status: StatusCell,
+    /// The lease currently holding the liveness key.
+    lease: AtomicI64,
+}
+
+/// Why keeping a lease alive stopped.
+enum Ended {
+    Stopped,
+    Lost(Error),
+}
+
+impl Session {
+    /// Runs the registration loop until told to stop; a panic in it is
+    /// logged, counted, and followed by a fresh registration rather than a
+    /// node that silently stopped heartbeating.
+    async fn supervise(self: Arc<Self>, revision: i64, stop: watch::Receiver<bool>) {
+        let mut start = Some(revision);
+        loop {
+            let run = self.clone().run(start.take(), stop.clone());
+            match AssertUnwindSafe(run).catch_unwind().await {
+                Ok(()) => return,
+                Err(_) => {
+                    restarted("registration", &self.status.name());
+                    self.status.failed(&"the registration loop panicked");
+                }
+            }
+        }
+    }
+
+    /// Keeps the node registered; `revision` is that of a registration just
+    /// made, `None` to register first.
+    async fn run(self: Arc<Self>, revision: Option<i64>, mut stop: watch::Receiver<bool>) {
+        let mut backoff = Backoff::new(self.inner.backoff_max);
+        let mut revision = revision;
+        loop {
+            let lease = self.lease.load(Ordering::SeqCst);
+            if let Some(rev) = revision.take() {
+                match self.keep(lease, rev, &mut stop).await {
+                    Ended::Stopped => return,
+                    Ended::Lost(e) => self.status.failed(&e),
+                }
+            }
+            // Register again, retrying until etcd lets us. The first try is
+            // immediate: a hand-made fault (a key deleted or overwritten)
+            // heals at once, and an outage is then backed off.
+            let mut first = true;
+            loop {
+                if !first {
+                    tokio::select! {
+                        () = backoff.wait() => {}
+                        _ = stop.changed() => return,
+                    }
+                }
+                first = false;
+                if *stop.borrow() {
+                    return;
+                }
+                match self.register(Some(lease)).await {
+                    Ok(rev) => {
+                        revision = Some(rev);
+                        backoff.reset();
+                        self.status.reregistered();
+                        // After the new lease holds the key, so that revoking
+                        // the old one cannot delete it.
+                        if lease != 0 && lease != self.lease.load(Ordering::SeqCst) {
+                            self.revoke_later(lease);
+                        }
+                        break;
+                    }
+                    Err(e) => self.status.failed(&e),
+                }
+            }
+        }
+    }
+
+    /// Keeps `lease` alive and watches our liveness key until either fails.
+    async fn keep(&self, lease: i64, revision: i64, stop: &mut watch::Receiver<bool>) -> Ended {
+        let inner = &self.inner;
+        let leases = inner.client.lease_client();
+        let keep_alive = inner.call(|| {
+            let mut leases = leases.clone();
+            async move { leases.keep_alive(lease).await }
+        });
+        let (mut keeper, mut acks) = match keep_alive.await {
+            Ok(pair) => pair,
+            Err(e) => return Ended::Lost(e),
+        };
+        let watches = inner.client.watch_client();
+        let from = WatchOptions::new().with_start_revision(revision + 1);
+        let watch = inner.call(|| {
+            let (mut watches, from) = (watches.clone(), from.clone());
+            let key = self.alive_key.clone();
+            async move { watches.watch(key, Some(from)).await }
+        });
+        let mut changes = match watch.await {
+            Ok(stream) => stream,
+            Err(e) => return Ended::Lost(e),
+        };
+        // The record on the same stream: deleted by hand, it is written again.
+        if let Err(e) = changes.watch(self.record_key.as_str(), Some(from)).await {
+            return Ended::Lost(Error::unavailable("watching the service record", e));
+        }
+        self.status.beat();
+        let mut ticks = tokio::time::interval(self.reg.report_interval);
+        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        ticks.tick().await;
+        let mut last_ack = Instant::now();
+        let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
+        let broke = |what: &str, e: etcd_client::Error| Ended::Lost(Error::unavailable(what, e));
+        loop {
+            tokio::select! {
+                _ = stop.changed() => return Ended::Stopped,
+                _ = ticks.tick() => {
+                    // Past the TTL without an answer, the lease is gone.
+                    if last_ack.elapsed() >= self.down_time {
+                        return lost(format!("no keep-alive answer for {:?}", last_ack.elapsed()));
+                    }
+                    if let Err(e) = keeper.keep_alive().await {
+                        return broke("keep-alive failed", e);
+                    }
+                }
+                ack = acks.message() => match ack {
+                    Ok(Some(ack)) if ack.ttl() > 0 => {
+                        last_ack = Instant::now();
+                        self.status.beat();
+                    }
+                    Ok(Some(_)) => return lost(format!("lease {lease:x} expired or was revoked")),
+                    Ok(None) => return lost("keep-alive stream closed".into()),
+                    Err(e) => return broke("keep-alive stream failed", e),
+                },
+                change = changes.message() => match change {
+                    Ok(Some(resp)) if resp.canceled() => {
+                        return lost(format!("watch on our keys canceled: {}", resp.cancel_reason()));
+                    }
+                    Ok(Some(resp)) => {
+                        if let Some(why) = self.foreign_change(&resp, lease) {
+                            return lost(why);
+                        }
+                    }
+                    Ok(None) => return lost("watch on our keys closed".into()),
+                    Err(e) => return broke("watch on our keys failed", e),
+                },
+            }
+        }
+    }
+
+    /// Whether a change to our keys undoes the registration: the liveness
+    /// key deleted or bound to another lease (overwritten by hand), or the
+    /// record deleted.
+    fn foreign_change(&self, resp: &etcd_client::WatchResponse, lease: i64) -> Option<String> {
+        resp.events().iter().find_map(|event| {
+            let kv = event.kv()?;
+            let key = kv.key();
+            match event.event_type() {
+                EventType::Delete if key == self.alive_key.as_bytes() => {
+                    Some("liveness key deleted".into())
+                }
+                EventType::Delete if key == self.record_key.as_bytes() => {
+                    Some("service record deleted".into())
+                }
+                EventType::Put if key == self.alive_key.as_bytes() && kv.lease() != lease => {
+                    Some(format!(
+                        "liveness key overwritten (bound to lease {:x}, not ours)",
+                        kv.lease()
+                    ))
+                }
+                _ => None,
+            }
+        })
+    }
+}
+
+/// A node registered on etcd.
+pub(super) struct EtcdMembership {
+    session: Arc<Session>,
+    stop: watch::Sender<bool>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+impl Membership for EtcdMembership {
+    fn status(&self) -> MembershipStatus {
+        self.session.status.snapshot()
+    }
+
+    fn leave(&self) -> BoxFuture<'_, Result<()>> {
+        async move {
+            let _ = self.stop.send(true);
+            let task = crate::servicegroup::lock(&self.task).take();
+            let abort = task.as_ref().map(JoinHandle::abort_handle);
+            let leaving = async {
+                if let Some(task) = task {
+                    // A registration in flight finishes first, so the lease
+                    // read below is the one that holds the key.
+                    let _ = task.await;
+                }
+                self.session.status.left();
+                self.session.release().await
+            };
+            match tokio::time::timeout(LEAVE_TIMEOUT, leaving).await {
+                Ok(result) => result,
+                Err(elapsed) => {
+                    // Nothing may register again after leave returns.
+                    if let Some(abort) = abort {
+                        abort.abort();
+                    }
+                    self.session.status.left();
+                    Err(Error::unavailable(
+                        format!(
+                            "leaving {}: etcd did not answer within {LEAVE_TIMEOUT:?}; \
+                             the lease expires by itself",
+                            self.session.status.name()
+                        ),
+                        elapsed,
+                    ))
+                }
+            }
+        }
+        .boxed()
+    }
+}
+
+impl Session {
+    /// Deletes our liveness key and revokes our lease.
+    async fn release(&self) -> Result<()> {
+        let lease = self.lease.load(Ordering::SeqCst);
+        // Only our own key: another node may have claimed the identity.
+        self.inner
+            .txn(
+                Txn::new()
+                    .when([Compare::lease(
+                        self.alive_key.as_str(),
+                        CompareOp::Equal,
+                        lease,
+                    )])
+                    .and_then([TxnOp::delete(self.alive_key.as_str(), None)]),
+            )
+            .await?;
+        match self.inner.revoke(lease).await {
+            Ok(_) => Ok(()),
+            // Already expired or revoked: nothing left to release.
+            Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+impl Drop for EtcdMembership {
+    fn drop(&mut self) {
+        // Like a crash: heartbeats stop and the lease expires by its TTL.
+        if let Some(task) = crate::servicegroup::lock(&self.task).take() {
+            task.abort();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::servicegroup::Registration;
+
+    fn registration(report: Duration, down: Duration) -> Registration {
+        Registration {
+            topic: "t".into(),
+            host: "h".into(),
+            binary: "b".into(),
+            version: "1".into(),
+            endpoints: Default::default(),
+            services: vec![],
+            workers: 1,
+            report_interval: report,
+            service_down_time: down,
+        }
+    }
+
+    #[test]
+    fn lease_ttl_follows_the_effective_down_time() {
+        let ms = Duration::from_millis;
+        // nova's defaults: report every 10 s, down after 60 s.
+        let defaults = registration(Duration::from_secs(10), Duration::from_secs(60));
+        assert_eq!(ttl_secs(defaults.effective_down_time()), 60);
+        // Down time below 2 x report interval is raised to it.
+        let raised = registration(Duration::from_secs(10), Duration::from_secs(15));
+        assert_eq!(ttl_secs(raised.effective_down_time()), 20);
+        // Fractions round up, and a lease lives at least one second.
+        assert_eq!(
+            ttl_secs(registration(ms(200), ms(1500)).effective_down_time()),
+            2
+        );
+        assert_eq!(
+            ttl_secs(registration(ms(100), ms(300)).effective_down_time()),
+            1
+        );
+        assert_eq!(ttl_secs(Duration::ZERO), 1);
+    }
+}
