@@ -2,13 +2,16 @@
 //! axum [`Router`](axum::Router) and the admin endpoints, on one listener,
 //! behind the limits nova's WSGI server has.
 //!
-//! The stack, outermost first: access log → request line and header line
-//! limits (414, 431) → pool of `http_pool_size` slots (wait, then 503) →
-//! body limit (413) → request timeout (503) → metrics per route → the
-//! routes. Per connection: `http_max_connections` open at once, headers
-//! within `header_read_timeout` (a slow client cannot hold a connection),
-//! nothing read or written for `client_socket_timeout` closes it,
-//! keep-alive as `http_keep_alive` says, SO_KEEPALIVE with `tcp_keepidle`.
+//! The stack, outermost first: access log (in a span with the request's
+//! `traceparent`) → trace context for onward RPC calls → request line and
+//! header line limits (414, 431) → pool of `http_pool_size` slots (wait,
+//! then 503) → body limit (413) → request timeout (503) → metrics per route
+//! → the manager's routes. The admin routes skip the pool and the timeout.
+//! Per connection: `http_max_connections` open at once, the first byte and
+//! then the headers within `header_read_timeout` (a slow or silent client
+//! cannot hold a connection), nothing read or written for
+//! `client_socket_timeout` closes it, keep-alive as `http_keep_alive` says,
+//! SO_KEEPALIVE with `tcp_keepidle`.
 //!
 //! Admin endpoints ([`admin`]): `/healthz` (the process answers),
 //! `/readyz` (serving and registered; 503 while starting or draining),
@@ -34,6 +37,7 @@ use tower_http::trace::{DefaultOnResponse, TraceLayer};
 use crate::config::Config;
 use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::{self, TraceContextLayer};
 
 use self::limits::{LineLimitLayer, PoolLayer};
 
@@ -83,23 +87,40 @@ impl HttpOptions {
     }
 }
 
-/// `routes` behind the request limits, counted in `metrics`.
-pub fn stack(routes: Router, options: &HttpOptions, metrics: &Metrics) -> Router {
-    routes
+/// The manager's `routes` behind the request limits, and the `admin`
+/// routes beside them, all counted in `metrics`. The admin endpoints skip
+/// the pool and the request timeout: an overloaded node must still answer
+/// its health checks and show its metrics.
+pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Metrics) -> Router {
+    // axum refuses a route layer on a router without routes.
+    let routes = if !routes.has_routes() {
+        routes
+    } else {
+        routes
+            .route_layer(metrics.http_layer())
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::SERVICE_UNAVAILABLE,
+                options.request_timeout,
+            ))
+            .layer(RequestBodyLimitLayer::new(options.max_request_body))
+            .layer(PoolLayer::new(options.pool_size, options.pool_wait))
+    };
+    let admin = admin
         .route_layer(metrics.http_layer())
-        .layer(TimeoutLayer::with_status_code(
-            StatusCode::SERVICE_UNAVAILABLE,
-            options.request_timeout,
-        ))
-        .layer(RequestBodyLimitLayer::new(options.max_request_body))
-        .layer(PoolLayer::new(options.pool_size, options.pool_wait))
+        .layer(RequestBodyLimitLayer::new(options.max_request_body));
+    routes
+        .merge(admin)
         .layer(LineLimitLayer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,
         })
-        // One access log line per request.
+        .layer(TraceContextLayer)
+        // One access log line per request, in a span with its traceparent.
         .layer(
             TraceLayer::new_for_http()
+                .make_span_with(|r: &http::Request<axum::body::Body>| {
+                    trace::request_span("http", r)
+                })
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
 }
@@ -129,7 +150,11 @@ impl HttpServer {
             // The whole header block; a block that never ends is cut here.
             .max_buf_size((options.max_url_len + 8 * options.max_header_line).max(8192));
         let slots = Arc::new(Semaphore::new(options.max_connections));
-        let (idle, keepidle) = (options.client_socket_timeout, options.tcp_keepidle);
+        let (idle, keepidle, header_read) = (
+            options.client_socket_timeout,
+            options.tcp_keepidle,
+            options.header_read_timeout,
+        );
         tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
             loop {
@@ -155,18 +180,27 @@ impl HttpServer {
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
                 let _ = stream.set_nodelay(true);
-                let mut io = tokio_io_timeout::TimeoutStream::new(stream);
-                if !idle.is_zero() {
-                    io.set_read_timeout(Some(idle));
-                    io.set_write_timeout(Some(idle));
-                }
-                let service = TowerToHyperService::new(router.clone());
-                let connection = builder
-                    .serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service)
-                    .into_owned();
-                let connection = graceful.watch(connection);
+                let (builder, router, watcher) =
+                    (builder.clone(), router.clone(), graceful.watcher());
                 tokio::spawn(async move {
-                    let _ = connection.await;
+                    // A connection that sends nothing gets the header read
+                    // timeout too: an idle flood cannot hold the slots.
+                    let mut byte = [0u8; 1];
+                    if !matches!(
+                        tokio::time::timeout(header_read, stream.peek(&mut byte)).await,
+                        Ok(Ok(1..))
+                    ) {
+                        return;
+                    }
+                    let mut io = tokio_io_timeout::TimeoutStream::new(stream);
+                    if !idle.is_zero() {
+                        io.set_read_timeout(Some(idle));
+                        io.set_write_timeout(Some(idle));
+                    }
+                    let service = TowerToHyperService::new(router);
+                    let connection =
+                        builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service);
+                    let _ = watcher.watch(connection.into_owned()).await;
                     drop(permit);
                 });
             }

@@ -200,6 +200,13 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
                 self.timeout
             }
         };
+        // A call made while serving a traced request carries its context.
+        if let Some(parent) = crate::telemetry::trace::current() {
+            request
+                .headers_mut()
+                .entry(crate::telemetry::trace::TRACEPARENT)
+                .or_insert(parent);
+        }
         // The deadline is enforced by each node's tonic channel from the
         // header: no second timer per call here.
         Box::pin(async move { this.send(request, Instant::now() + timeout).await })

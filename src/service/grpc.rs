@@ -17,6 +17,7 @@ use tower_http::trace::TraceLayer;
 
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace::{self, TraceContextLayer};
 
 /// Binds a listening socket the way servers should: SO_REUSEADDR so a
 /// restarted node gets its port back while old connections sit in
@@ -70,7 +71,11 @@ impl GrpcServer {
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(TraceLayer::new_for_grpc())
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(|r: &http::Request<_>| trace::request_span("grpc", r)),
+            )
+            .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())
             .add_routes(routes);
         let task = tokio::spawn(async move {

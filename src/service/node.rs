@@ -209,12 +209,10 @@ impl<M: Manager> Node<M> {
             Arc::new(GrpcServer::start(listener, routes, health, health_names, &metrics).await?);
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Some(http_listener) = http_listener {
-            let mut routes = http::admin::routes(self.node.clone());
-            if let Some(api) = self.manager.http_routes() {
-                routes = routes.merge(api);
-            }
+            let admin = http::admin::routes(self.node.clone());
+            let api = self.manager.http_routes().unwrap_or_default();
             let options = HttpOptions::from_config(&config);
-            let router = http::stack(routes, &options, &metrics);
+            let router = http::stack(api, admin, &options, &metrics);
             let http = HttpServer::start(http_listener, router, &options)?;
             *self.http.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(http));
         }

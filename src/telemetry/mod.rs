@@ -2,6 +2,7 @@
 //! the Prometheus [`metrics`] of a node.
 
 pub mod metrics;
+pub mod trace;
 
 use std::io::IsTerminal;
 

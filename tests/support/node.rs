@@ -101,6 +101,13 @@ impl Proc {
         (proc, addr)
     }
 
+    /// The node's ready file, parsed (it must exist: see `wait_for_endpoint`).
+    pub fn ready(&self) -> serde_json::Value {
+        let path = self.ready_dir.path().join("ready.json");
+        let text = std::fs::read_to_string(&path).expect("the ready file exists");
+        serde_json::from_str(&text).expect("ready file is JSON")
+    }
+
     /// Waits for the node's ready file (written once it serves and is
     /// registered) and returns the gRPC address in it.
     pub fn wait_for_endpoint(&mut self, timeout: Duration) -> SocketAddr {
