@@ -15,7 +15,8 @@
 //! In the order data flows:
 //!
 //! - [`config`]: typed options, defaults < TOML file < `SVCKIT_*` < flags.
-//! - [`manager`]: the user's side: services and lifecycle hooks.
+//! - [`manager`]: the user's side: services, lifecycle hooks, periodic tasks.
+//! - [`periodic`]: the timer of a manager's periodic tasks and where they run.
 //! - [`service`]: the [`Service`] lifecycle and [`Node`], the server side.
 //! - [`servicegroup`]: membership on etcd, files or memory: join, heartbeat,
 //!   list, watch, admin state.
@@ -57,6 +58,7 @@ pub mod error;
 pub mod launcher;
 pub mod manager;
 pub mod pb;
+pub mod periodic;
 pub mod rpc;
 pub mod service;
 pub mod servicegroup;

@@ -9,8 +9,27 @@
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
 use std::time::SystemTime;
 
+use serde::Serialize;
+
 use crate::config::Config;
-use crate::servicegroup::{self, Endpoints, Membership};
+use crate::periodic::Timer;
+use crate::servicegroup::{self, Endpoints, Membership, Registry};
+
+/// Where a node stands in its lifecycle, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Built, not started.
+    Created,
+    /// Binding, running the start hooks, registering.
+    Starting,
+    /// Serving calls.
+    Serving,
+    /// Leaving the group and draining.
+    Stopping,
+    /// Stopped (or its start failed).
+    Stopped,
+}
 
 /// A node's identity and state.
 pub struct NodeInfo {
@@ -31,6 +50,14 @@ pub struct NodeInfo {
     services: OnceLock<Vec<String>>,
     /// `Some` while registered: taken when the node leaves.
     membership: RwLock<Option<Arc<dyn Membership>>>,
+    /// The registry reached at start, for elections and the members list
+    /// of the report; `None` in a worker whose supervisor registers.
+    registry: RwLock<Option<Registry>>,
+    /// The worker slot in a multi-process node, known at start.
+    worker: OnceLock<Option<u32>>,
+    state: RwLock<NodeState>,
+    /// The periodic task timer, while one runs in this process.
+    periodic: RwLock<Option<Arc<Timer>>>,
 }
 
 impl NodeInfo {
@@ -51,6 +78,10 @@ impl NodeInfo {
             endpoints: OnceLock::new(),
             services: OnceLock::new(),
             membership: RwLock::new(None),
+            registry: RwLock::new(None),
+            worker: OnceLock::new(),
+            state: RwLock::new(NodeState::Created),
+            periodic: RwLock::new(None),
         }
     }
 
@@ -105,6 +136,42 @@ impl NodeInfo {
             .take()
     }
 
+    /// The registry this node reached, if any.
+    pub fn registry(&self) -> Option<Registry> {
+        read(&self.registry).clone()
+    }
+
+    pub(super) fn set_registry(&self, registry: Option<Registry>) {
+        *write(&self.registry) = registry;
+    }
+
+    /// `Some(slot)` when the node runs as worker `slot` of a multi-process
+    /// node (`None` before the start too).
+    pub fn worker(&self) -> Option<u32> {
+        self.worker.get().copied().flatten()
+    }
+
+    pub(super) fn set_worker(&self, worker: Option<u32>) {
+        let _ = self.worker.set(worker);
+    }
+
+    /// Where the node stands in its lifecycle.
+    pub fn state(&self) -> NodeState {
+        *read(&self.state)
+    }
+
+    pub(super) fn set_state(&self, state: NodeState) {
+        *write(&self.state) = state;
+    }
+
+    pub(crate) fn periodic(&self) -> Option<Arc<Timer>> {
+        read(&self.periodic).clone()
+    }
+
+    pub(super) fn set_periodic(&self, timer: Option<Arc<Timer>>) {
+        *write(&self.periodic) = timer;
+    }
+
     /// The node's state report: identity, process, registration, config
     /// (secrets as `***`).
     pub fn report(&self) -> serde_json::Value {
@@ -139,8 +206,19 @@ impl NodeInfo {
                 "started_at": servicegroup::rfc3339(self.started_at),
                 "uptime_secs": uptime.as_secs_f64(),
             },
+            "state": self.state(),
+            "worker": self.worker(),
             "membership": self.membership().map(|m| m.status()),
+            "periodic_tasks": self.periodic().map(|t| t.status()).unwrap_or_default(),
             "config": options,
         })
     }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -10,7 +10,7 @@ mod node;
 use futures::future::BoxFuture;
 
 pub(crate) use self::grpc::bind;
-pub use self::info::NodeInfo;
+pub use self::info::{NodeInfo, NodeState};
 pub(crate) use self::node::write_ready_file;
 pub use self::node::{advertised_url, Node, NodeBuilder};
 

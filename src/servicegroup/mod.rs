@@ -30,10 +30,12 @@ pub mod file;
 pub mod memory;
 
 mod diff;
+mod election;
 mod status;
 mod url;
 
 pub use self::diff::{valid_name, VALID_NAME};
+pub use self::election::{Election, Leadership, LocalLeadership};
 pub use self::url::{RegistryOptions, RegistryUrl};
 
 /// The persistent record of one (topic, host): nova's `services` row.
@@ -303,6 +305,16 @@ pub trait Driver: Send + Sync {
 
     /// Deletes a record (and liveness); `false` when there was none.
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
+
+    /// Campaigns in `election` until the returned [`Leadership`] is dropped
+    /// or resigns. The default elects within this process, which is all a
+    /// `memory://` registry spans.
+    fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
+        Box::pin(async move {
+            let leadership: Arc<dyn Leadership> = LocalLeadership::new("memory", &election);
+            Ok(leadership)
+        })
+    }
 }
 
 /// A shared driver.
