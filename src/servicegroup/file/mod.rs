@@ -18,11 +18,12 @@ use self::store::{Alive, Store};
 use super::diff::{check_identity, View};
 use super::status::StatusCell;
 use super::{
-    AdminChange, Driver, EventStream, Member, Membership, MembershipStatus, Registration,
-    RegistryOptions,
+    AdminChange, Driver, Election, EventStream, Leadership, Member, Membership, MembershipStatus,
+    Registration, RegistryOptions,
 };
 use crate::error::{Error, Result};
 
+mod election;
 mod store;
 
 /// Watchers look at the directory at least this often.
@@ -196,6 +197,19 @@ async fn heartbeat_loop(
 }
 
 impl Driver for FileDriver {
+    fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
+        async move {
+            check_identity(&election.topic, &election.candidate)?;
+            let path = self
+                .store
+                .elections_dir(&election.topic)
+                .join(election::lock_name(&election));
+            let leadership: Arc<dyn Leadership> = election::FileLeadership::new(path, &election)?;
+            Ok(leadership)
+        }
+        .boxed()
+    }
+
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;
