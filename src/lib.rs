@@ -22,6 +22,7 @@
 //!   list, watch, admin state.
 //! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
 //! - [`launcher`]: runs services until signals (or a future) stop them.
+//! - [`report`]: the state report of SIGUSR2 and `Base/Report`.
 //! - [`telemetry`]: logging set-up.
 //! - [`error`]: the one [`Error`] type and its exit codes.
 //! - [`pb`]: generated code of the kit's own protos.
@@ -59,6 +60,7 @@ pub mod launcher;
 pub mod manager;
 pub mod pb;
 pub mod periodic;
+pub mod report;
 pub mod rpc;
 pub mod service;
 pub mod servicegroup;

@@ -204,6 +204,8 @@ options! {
     /// Longest sleep of the periodic task timer, whatever the spacing of the tasks.
     periodic_interval_max: Duration = Duration::from_secs(60), mutable = true, secret = false,
         range = "10ms" ..= "1day";
+    /// When set, SIGUSR2 writes the state report to a new timestamped file in this directory instead of stderr.
+    report_dir: Option<PathBuf> = None, mutable = true, secret = false;
     /// PEM CA certificate for TLS to etcd.
     registry_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// PEM client certificate for mutual TLS to etcd (with registry_key_file).

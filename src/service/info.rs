@@ -7,13 +7,17 @@
 //! value, so a panic elsewhere cannot leave it half-written.
 
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
 use crate::config::Config;
 use crate::periodic::Timer;
 use crate::servicegroup::{self, Endpoints, Membership, Registry};
+
+/// Bound on asking the registry for the members shown in a report: a report
+/// is for debugging a node whose registry may be the problem.
+pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Where a node stands in its lifecycle, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -172,9 +176,11 @@ impl NodeInfo {
         *write(&self.periodic) = timer;
     }
 
-    /// The node's state report: identity, process, registration, config
-    /// (secrets as `***`).
-    pub fn report(&self) -> serde_json::Value {
+    /// The node's state report (see [`crate::report`]): identity, build,
+    /// process, lifecycle, registration, the members of its topic the
+    /// registry shows (asked within [`MEMBERS_TIMEOUT`]), periodic tasks,
+    /// the tokio runtime, and the config with secrets as `***`.
+    pub async fn report(&self) -> serde_json::Value {
         let config = self.config();
         let options: serde_json::Map<_, _> = config
             .entries()
@@ -191,11 +197,14 @@ impl NodeInfo {
             .unwrap_or_default();
         serde_json::json!({
             "package": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
+            "build": crate::report::build(),
             "node": {
                 "host": self.host,
                 "topic": self.topic,
                 "binary": self.binary,
                 "version": self.version,
+                "state": self.state(),
+                "worker": self.worker(),
                 "endpoints": self.endpoints(),
                 "services": self.services(),
             },
@@ -206,12 +215,48 @@ impl NodeInfo {
                 "started_at": servicegroup::rfc3339(self.started_at),
                 "uptime_secs": uptime.as_secs_f64(),
             },
-            "state": self.state(),
-            "worker": self.worker(),
-            "membership": self.membership().map(|m| m.status()),
+            "registration": self.registration(),
+            "members": self.members_seen().await,
             "periodic_tasks": self.periodic().map(|t| t.status()).unwrap_or_default(),
+            "runtime": crate::report::runtime(),
             "config": options,
         })
+    }
+
+    /// Where the node's registration stands; a worker leaves it to its
+    /// supervisor.
+    fn registration(&self) -> serde_json::Value {
+        match (self.membership(), self.worker()) {
+            (Some(m), _) => serde_json::json!(m.status()),
+            (None, Some(_)) => serde_json::json!({ "state": "supervisor" }),
+            (None, None) => serde_json::json!({ "state": "unregistered" }),
+        }
+    }
+
+    /// The members of this node's topic as the registry shows them.
+    async fn members_seen(&self) -> serde_json::Value {
+        let Some(registry) = self.registry() else {
+            return serde_json::Value::Null;
+        };
+        match tokio::time::timeout(MEMBERS_TIMEOUT, registry.list(Some(&self.topic))).await {
+            Ok(Ok(members)) => members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "host": m.record.host,
+                        "state": m.state(),
+                        "disabled": m.record.disabled,
+                        "forced_down": m.record.forced_down,
+                        "endpoint": m.record.endpoints.grpc,
+                        "version": m.record.version,
+                    })
+                })
+                .collect(),
+            Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+            Err(_) => {
+                serde_json::json!({ "error": format!("no answer within {MEMBERS_TIMEOUT:?}") })
+            }
+        }
     }
 }
 

@@ -54,7 +54,8 @@ pub trait Service: Send + Sync + 'static {
     fn reset(&self, config: &Config) -> BoxFuture<'_, Result<()>>;
 
     /// A JSON report of the service's state (for SIGUSR2 and `Base/Report`).
-    fn report(&self) -> serde_json::Value;
+    /// It may ask the registry, within a short bound.
+    fn report(&self) -> BoxFuture<'_, serde_json::Value>;
 
     /// What a supervisor registers for this service when its workers serve
     /// on `endpoints`; `None` for a service that does not register.

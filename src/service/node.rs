@@ -437,8 +437,8 @@ impl<M: Manager> Service for Node<M> {
         })
     }
 
-    fn report(&self) -> serde_json::Value {
-        self.node.report()
+    fn report(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(self.node.report())
     }
 
     fn registration(&self, endpoints: Endpoints, workers: u32) -> Option<Registration> {
