@@ -5,7 +5,7 @@
 //! ```
 //!
 //! With `ECHO_TICK_FILE=/tmp/ticks` it also runs a periodic task, `tick`,
-//! that appends `host start_ms end_ms` lines to that file (see
+//! that appends `host pid start_ms end_ms` lines to that file (see
 //! `common/echo.rs` for its other variables).
 
 use std::sync::Arc;

@@ -21,7 +21,7 @@ const LEASE_EXPIRY_CHECK: Duration = Duration::from_millis(500);
 /// Room for process scheduling on a loaded test machine.
 const SLACK: Duration = Duration::from_secs(1);
 
-/// One run of `tick`: (host, start ms, end ms).
+/// One run of `tick`: (host, start ms, end ms); the pid is in [`pids`].
 type Run = (String, u128, u128);
 
 fn runs(file: &Path) -> Vec<Run> {
@@ -30,13 +30,22 @@ fn runs(file: &Path) -> Vec<Run> {
         .lines()
         .map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            assert_eq!(f.len(), 3, "bad tick line {l:?}");
+            assert_eq!(f.len(), 4, "bad tick line {l:?}");
             (
                 f[0].to_string(),
-                f[1].parse().unwrap(),
                 f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
             )
         })
+        .collect()
+}
+
+/// The processes that ran `tick`.
+fn pids(file: &Path) -> BTreeSet<u32> {
+    std::fs::read_to_string(file)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.split(' ').nth(1)?.parse().ok())
         .collect()
 }
 
@@ -134,4 +143,33 @@ fn a_topic_task_runs_on_one_node_at_a_time_and_moves_when_its_node_dies() {
     for (_, node) in &nodes {
         node.signal(Signal::SIGTERM);
     }
+}
+
+/// A node of two workers running `tick` with `scope`, until `done` holds
+/// for the tick file; returns the pids that ran it.
+fn two_workers_tick(scope: &str, what: &str, done: impl Fn(&Path) -> bool) -> BTreeSet<u32> {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = format!("file://{}", dir.path().join("registry").display());
+    let ticks = dir.path().join("ticks");
+    let ticks_env = ticks.to_string_lossy().into_owned();
+    let args = ["--registry", &registry, "--host", "w", "--workers", "2"];
+    let env = [
+        ("ECHO_TICK_FILE", ticks_env.as_str()),
+        ("ECHO_TICK_SCOPE", scope),
+        ("ECHO_TICK_SPACING", "0.1"),
+        ("ECHO_TICK_MILLIS", "1"),
+        ("SVCKIT_PERIODIC_FUZZY_DELAY", "0"),
+    ];
+    let (node, _) = Proc::start_example("echo_node", &args, &env);
+    wait_until(Duration::from_secs(10), what, || done(&ticks));
+    node.signal(Signal::SIGTERM);
+    pids(&ticks)
+}
+
+#[test]
+fn a_node_task_runs_in_one_worker_and_a_worker_task_in_each() {
+    let node_scope = two_workers_tick("node", "ten runs", |t| runs(t).len() >= 10);
+    assert_eq!(node_scope.len(), 1, "a node task ran in {node_scope:?}");
+    let worker_scope = two_workers_tick("worker", "runs in both workers", |t| pids(t).len() >= 2);
+    assert_eq!(worker_scope.len(), 2, "{worker_scope:?}");
 }

@@ -113,6 +113,9 @@ fn sigusr2_writes_a_text_report_without_secrets_and_svckit_report_returns_it_as_
     assert_eq!(report["members"][0]["state"], "up");
     assert_eq!(report["periodic_tasks"][0]["name"], "tick");
     assert_eq!(report["process"]["pid"], node.pid());
+    // The CLI's own connection is open while the node answers.
+    assert!(report["node"]["connections"]["open"].as_u64().unwrap() >= 1);
+    assert!(report["node"]["connections"]["accepted"].as_u64().unwrap() >= 1);
     assert!(report["runtime"]["workers"].as_u64().unwrap() >= 1);
     assert_eq!(report["package"]["name"], "svckit");
     node.signal(Signal::SIGTERM);

@@ -32,8 +32,8 @@ pub struct EchoManager {
     tick: Option<Tick>,
 }
 
-/// An optional periodic task, `tick`, that appends `host start_ms end_ms`
-/// to a file: a shared file shows where and when the task ran.
+/// An optional periodic task, `tick`, that appends `host pid start_ms
+/// end_ms` to a file: a shared file shows where and when the task ran.
 #[derive(Debug, Clone)]
 pub struct Tick {
     pub file: PathBuf,
@@ -97,7 +97,12 @@ impl EchoManager {
         };
         let start = millis();
         tokio::time::sleep(tick.work).await;
-        let line = format!("{} {start} {}\n", self.host, millis());
+        let line = format!(
+            "{} {} {start} {}\n",
+            self.host,
+            std::process::id(),
+            millis()
+        );
         // One write of a short line to an O_APPEND file: lines of several
         // processes never interleave.
         let mut file = std::fs::OpenOptions::new()

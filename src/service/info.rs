@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+use super::conn::{ConnectionCounts, Connections};
 use crate::config::Config;
 use crate::periodic::Timer;
 use crate::servicegroup::{self, Endpoints, Membership, Registry};
@@ -60,6 +61,8 @@ pub struct NodeInfo {
     /// The worker slot in a multi-process node, known at start.
     worker: OnceLock<Option<u32>>,
     state: RwLock<NodeState>,
+    /// The gRPC server's connections, counted for the report.
+    pub(super) connections: Arc<Connections>,
     /// The periodic task timer, while one runs in this process.
     periodic: RwLock<Option<Arc<Timer>>>,
 }
@@ -86,6 +89,7 @@ impl NodeInfo {
             worker: OnceLock::new(),
             state: RwLock::new(NodeState::Created),
             periodic: RwLock::new(None),
+            connections: Arc::default(),
         }
     }
 
@@ -159,6 +163,11 @@ impl NodeInfo {
         let _ = self.worker.set(worker);
     }
 
+    /// The gRPC connections open now and accepted since the start.
+    pub fn connections(&self) -> ConnectionCounts {
+        self.connections.counts()
+    }
+
     /// Where the node stands in its lifecycle.
     pub fn state(&self) -> NodeState {
         *read(&self.state)
@@ -207,6 +216,7 @@ impl NodeInfo {
                 "worker": self.worker(),
                 "endpoints": self.endpoints(),
                 "services": self.services(),
+                "connections": self.connections(),
             },
             "process": {
                 "pid": std::process::id(),

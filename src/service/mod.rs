@@ -3,12 +3,14 @@
 //! manager's gRPC API served on a topic and registered in the service group.
 
 mod base;
+mod conn;
 mod grpc;
 mod info;
 mod node;
 
 use futures::future::BoxFuture;
 
+pub use self::conn::ConnectionCounts;
 pub(crate) use self::grpc::bind;
 pub use self::info::{NodeInfo, NodeState};
 pub(crate) use self::node::write_ready_file;

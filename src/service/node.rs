@@ -195,7 +195,16 @@ impl<M: Manager> Node<M> {
         };
         let mut health_names = advertised.clone();
         health_names.push(String::new());
-        let server = Arc::new(GrpcServer::start(listener, routes, health, health_names).await?);
+        let server = Arc::new(
+            GrpcServer::start(
+                listener,
+                routes,
+                health,
+                health_names,
+                self.node.connections.clone(),
+            )
+            .await?,
+        );
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Err(e) = self.manager.post_start_hook().await {
             server.abort();
