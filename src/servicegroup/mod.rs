@@ -13,7 +13,9 @@
 //!   heartbeat file, an in-memory flag). `up` = alive and not `forced_down`.
 //!
 //! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`]), `memory://`
-//! ([`memory`]), chosen by [`connect`] from a registry URL.
+//! ([`memory`]), chosen by [`connect`] from a registry URL. Each also elects
+//! leaders ([`Driver::campaign`]) for the periodic tasks that run on one node
+//! of a topic.
 
 use std::fmt;
 use std::sync::Arc;
@@ -307,8 +309,8 @@ pub trait Driver: Send + Sync {
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>>;
 
     /// Campaigns in `election` until the returned [`Leadership`] is dropped
-    /// or resigns. The default elects within this process, which is all a
-    /// `memory://` registry spans.
+    /// or resigns (for periodic tasks of `topic` scope). The default elects
+    /// within this process, which is all a `memory://` registry spans.
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         Box::pin(async move {
             let leadership: Arc<dyn Leadership> = LocalLeadership::new("memory", &election);
