@@ -61,6 +61,14 @@ async fn elects_one_leader_at_a_time(a: Registry, b: Registry) {
     })
     .await;
     assert!(!leading.is_leader(), "a resigned leader leads no more");
+    // Free again: a new candidate takes it, the resigned one stays out.
+    waiting.resign().await;
+    let third = a.campaign(election("c")).await.unwrap();
+    eventually(WAIT, "a new candidate to lead", || async {
+        third.is_leader().then_some(())
+    })
+    .await;
+    assert!(!leading.is_leader() && !waiting.is_leader());
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@
 //! [`Driver::campaign`]: super::Driver::campaign
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
@@ -55,6 +55,8 @@ fn holders() -> &'static Mutex<HashMap<String, u64>> {
 pub struct LocalLeadership {
     key: String,
     id: u64,
+    /// A resigned candidate never takes the election again.
+    resigned: AtomicBool,
 }
 
 impl LocalLeadership {
@@ -65,6 +67,7 @@ impl LocalLeadership {
         Arc::new(LocalLeadership {
             key: format!("{scope}\0{}\0{}", election.topic, election.name),
             id: IDS.fetch_add(1, Ordering::Relaxed),
+            resigned: AtomicBool::new(false),
         })
     }
 
@@ -78,11 +81,15 @@ impl LocalLeadership {
 
 impl Leadership for LocalLeadership {
     fn is_leader(&self) -> bool {
+        if self.resigned.load(Ordering::SeqCst) {
+            return false;
+        }
         let mut holders = holders().lock().unwrap_or_else(PoisonError::into_inner);
         *holders.entry(self.key.clone()).or_insert(self.id) == self.id
     }
 
     fn resign(&self) -> BoxFuture<'_, ()> {
+        self.resigned.store(true, Ordering::SeqCst);
         self.release();
         Box::pin(async {})
     }
@@ -119,7 +126,10 @@ mod tests {
         a.resign().await;
         assert!(b.is_leader());
         assert!(!a.is_leader());
+        let c = LocalLeadership::new("test-one", &election("x"));
         drop(b);
-        assert!(a.is_leader(), "a dropped leader frees the election");
+        assert!(c.is_leader(), "a dropped leader frees the election");
+        c.resign().await;
+        assert!(!a.is_leader(), "a resigned candidate stays out");
     }
 }

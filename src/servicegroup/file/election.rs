@@ -18,7 +18,8 @@ use crate::servicegroup::{Election, Leadership};
 pub(super) struct FileLeadership {
     path: PathBuf,
     candidate: String,
-    held: Mutex<Option<Flock<File>>>,
+    /// `None` once resigned: a resigned candidate never locks again.
+    held: Mutex<Option<Option<Flock<File>>>>,
 }
 
 impl FileLeadership {
@@ -30,7 +31,7 @@ impl FileLeadership {
         Ok(Arc::new(FileLeadership {
             path,
             candidate: election.candidate.clone(),
-            held: Mutex::new(None),
+            held: Mutex::new(Some(None)),
         }))
     }
 
@@ -55,10 +56,15 @@ impl FileLeadership {
 impl Leadership for FileLeadership {
     fn is_leader(&self) -> bool {
         let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
-        if held.is_none() {
-            *held = self.try_lock();
+        match &mut *held {
+            None => false,
+            Some(lock) => {
+                if lock.is_none() {
+                    *lock = self.try_lock();
+                }
+                lock.is_some()
+            }
         }
-        held.is_some()
     }
 
     fn resign(&self) -> BoxFuture<'_, ()> {
