@@ -11,5 +11,23 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["proto"],
         "svckit_examples_echo",
     )?;
+    // What the state report names as the build.
+    for (name, var) in [
+        ("SVCKIT_BUILD_TARGET", "TARGET"),
+        ("SVCKIT_BUILD_PROFILE", "PROFILE"),
+    ] {
+        println!(
+            "cargo:rustc-env={name}={}",
+            std::env::var(var).unwrap_or_default()
+        );
+    }
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".into());
+    let version = std::process::Command::new(rustc)
+        .arg("--version")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .unwrap_or_default();
+    println!("cargo:rustc-env=SVCKIT_BUILD_RUSTC={}", version.trim());
     Ok(())
 }

@@ -3,6 +3,10 @@
 //! ```text
 //! cargo run --example echo_node -- --rpc-listen 127.0.0.1:0
 //! ```
+//!
+//! With `ECHO_TICK_FILE=/tmp/ticks` it also runs a periodic task, `tick`,
+//! that appends `host pid start_ms end_ms` lines to that file (see
+//! `common/echo.rs` for its other variables).
 
 use std::sync::Arc;
 
@@ -23,7 +27,7 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     svckit::launcher::run(Args::parse().common, |config| async move {
-        let manager = echo::EchoManager::new(config.host.clone());
+        let manager = echo::EchoManager::new(config.host.clone()).with_tick(echo::Tick::from_env());
         let node = Node::builder(manager)
             .binary("echo_node")
             .topic("echo")

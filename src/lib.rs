@@ -15,13 +15,15 @@
 //! In the order data flows:
 //!
 //! - [`config`]: typed options, defaults < TOML file < `SVCKIT_*` < flags.
-//! - [`manager`]: the user's side: services and lifecycle hooks.
+//! - [`manager`]: the user's side: services, lifecycle hooks, periodic tasks.
+//! - [`periodic`]: the timer of a manager's periodic tasks and where they run.
 //! - [`service`]: the [`Service`] lifecycle and [`Node`], the server side.
 //! - [`servicegroup`]: membership on etcd, files or memory: join, heartbeat,
 //!   list, watch, admin state.
 //! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
 //! - [`http`]: HTTP APIs and admin endpoints on a node, behind nova's limits.
 //! - [`launcher`]: runs services until signals (or a future) stop them.
+//! - [`report`]: the state report of SIGUSR2, `Base/Report` and `/debug/report`.
 //! - [`telemetry`]: logging set-up and Prometheus metrics.
 //! - [`error`]: the one [`Error`] type and its exit codes.
 //! - [`pb`]: generated code of the kit's own protos.
@@ -59,6 +61,8 @@ pub mod http;
 pub mod launcher;
 pub mod manager;
 pub mod pb;
+pub mod periodic;
+pub mod report;
 pub mod rpc;
 pub mod service;
 pub mod servicegroup;

@@ -10,6 +10,7 @@ use tonic::server::NamedService;
 use tonic::service::{Routes, RoutesBuilder};
 
 use crate::error::BoxError;
+use crate::periodic::PeriodicTask;
 
 /// A manager: the services a node serves and its lifecycle hooks.
 ///
@@ -68,6 +69,36 @@ pub trait Manager: Send + Sync + 'static {
     /// Releases host resources after the last request finished.
     fn cleanup_host(&self) -> impl Future<Output = Result<(), BoxError>> + Send {
         async { Ok(()) }
+    }
+
+    /// The manager's periodic tasks (none by default). Asked once at start,
+    /// and again after [`Manager::reset`] on SIGHUP, when the spacing and
+    /// enabled flag of each task (by name) are taken over.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use std::time::Duration;
+    /// use svckit::manager::{Manager, Services};
+    /// use svckit::periodic::{PeriodicTask, Scope};
+    ///
+    /// struct Conductor;
+    ///
+    /// impl Manager for Conductor {
+    ///     fn services(self: &Arc<Self>, _services: &mut Services) {}
+    ///
+    ///     fn periodic_tasks(self: &Arc<Self>) -> Vec<PeriodicTask<Self>> {
+    ///         vec![PeriodicTask::new("reap_orphans", Duration::from_secs(30), |_c: Arc<Self>| async {
+    ///             Ok(())
+    ///         })
+    ///         .scope(Scope::Topic)]
+    ///     }
+    /// }
+    /// ```
+    fn periodic_tasks(self: &Arc<Self>) -> Vec<PeriodicTask<Self>>
+    where
+        Self: Sized,
+    {
+        Vec::new()
     }
 }
 

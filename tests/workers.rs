@@ -219,10 +219,11 @@ async fn ttin_and_ttou_change_the_worker_count_and_usr2_reports() {
     node.signal(Signal::SIGTTOU);
 
     node.signal(Signal::SIGUSR2);
-    node.wait_for_log("\"workers_wanted\": 1", WAIT);
+    node.wait_for_log("workers_wanted: 1\n", WAIT);
     let pid = serving_pids(&node).into_iter().next().unwrap();
-    // Each worker prints its own report too.
-    node.wait_for_log(&format!("\"pid\": {pid},"), WAIT);
+    // Each worker writes its own report too, with its pid in its process
+    // section.
+    node.wait_for_log(&format!("\n  pid: {pid}\n"), WAIT);
     assert_eq!(serving_pids(&node).len(), 1);
 }
 

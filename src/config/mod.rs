@@ -226,6 +226,16 @@ options! {
     /// Largest gRPC message accepted or sent, in bytes.
     max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
         range = "1024" ..= "1073741824";
+    /// Runs the manager's periodic tasks; `false` turns them all off.
+    periodic_enable: bool = true, mutable = false, secret = false;
+    /// The first run of a periodic task waits a random delay up to this (unless it runs immediately), so a fleet restarting together does not hit its backends together.
+    periodic_fuzzy_delay: Duration = Duration::from_secs(60), mutable = false, secret = false,
+        range = "0s" ..= "1h";
+    /// Longest sleep of the periodic task timer, whatever the spacing of the tasks.
+    periodic_interval_max: Duration = Duration::from_secs(60), mutable = true, secret = false,
+        range = "10ms" ..= "1day";
+    /// When set, SIGUSR2 writes the state report to a new timestamped file in this directory instead of stderr.
+    report_dir: Option<PathBuf> = None, mutable = true, secret = false;
     /// PEM CA certificate for TLS to etcd.
     registry_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// PEM client certificate for mutual TLS to etcd (with registry_key_file).

@@ -42,5 +42,5 @@ async fn metrics(State(node): State<Arc<NodeInfo>>) -> impl IntoResponse {
 }
 
 async fn report(State(node): State<Arc<NodeInfo>>) -> impl IntoResponse {
-    Json(node.report())
+    Json(node.report().await)
 }

@@ -5,9 +5,10 @@
 //! signals (the README's table): SIGTERM and SIGINT stop gracefully within
 //! `graceful_shutdown_timeout`, a second one exits at once (128 + signal);
 //! SIGHUP re-reads the config and applies the mutable options in place;
-//! SIGUSR2 writes a state report to stderr. Embedding programs and tests
-//! pass their own stream or a shutdown future instead
-//! ([`ServiceLauncher::run_with`], [`ServiceLauncher::run_until`]).
+//! SIGUSR2 writes a state report ([`crate::report`]) to stderr or
+//! `report_dir`. Embedding programs and tests pass their own stream or a
+//! shutdown future instead ([`ServiceLauncher::run_with`],
+//! [`ServiceLauncher::run_until`]).
 
 mod control;
 pub mod process;

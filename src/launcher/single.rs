@@ -307,15 +307,21 @@ impl ServiceLauncher {
         tracing::info!(changed = ?applied, log_level = %self.config.log_level.0, "config reloaded");
     }
 
-    /// The state report of every service, to stderr.
+    /// The state report of every service, as text to stderr or to a file
+    /// in `report_dir`. Built on a task of its own: asking the registry for
+    /// the members must not hold signal handling.
     fn report(&self) {
-        let report = serde_json::json!({
-            "services": self.services.iter().map(|s| s.report()).collect::<Vec<_>>(),
+        let services = self.services.clone();
+        let report_dir = self.config.report_dir.clone();
+        tokio::spawn(async move {
+            let reports = join_all(services.iter().map(|s| s.report())).await;
+            let report = match <[serde_json::Value; 1]>::try_from(reports) {
+                // One service (the usual node): its sections at the top.
+                Ok([one]) => one,
+                Err(all) => serde_json::json!({ "services": all }),
+            };
+            crate::report::emit(&report, report_dir.as_deref(), &program_name());
         });
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => eprintln!("{text}"),
-            Err(e) => tracing::error!(error = %e, "cannot render the report"),
-        }
     }
 }
 
@@ -332,4 +338,15 @@ async fn bounded<F: std::future::Future>(timeout: Duration, fut: F) -> Option<F:
             }
         }
     }
+}
+
+/// This program's file name, for report file names.
+fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svckit".into())
 }

@@ -28,7 +28,7 @@ impl Base for BaseApi {
         &self,
         _request: Request<ReportRequest>,
     ) -> Result<Response<ReportResponse>, Status> {
-        let json = serde_json::to_string_pretty(&self.node.report())
+        let json = serde_json::to_string_pretty(&self.node.report().await)
             .map_err(|e| Status::internal(format!("report: {e}")))?;
         Ok(Response::new(ReportResponse { json }))
     }

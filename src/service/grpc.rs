@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use socket2::{Domain, Socket, Type};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+
+use futures::StreamExt;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
@@ -15,6 +17,7 @@ use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
 use tower_http::trace::TraceLayer;
 
+use super::conn::Connections;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
@@ -56,6 +59,7 @@ impl GrpcServer {
         health: HealthReporter,
         names: Vec<String>,
         metrics: &Metrics,
+        connections: Arc<Connections>,
     ) -> Result<Self> {
         for name in &names {
             health
@@ -65,7 +69,8 @@ impl GrpcServer {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
-            .with_keepalive(Some(Duration::from_secs(600)));
+            .with_keepalive(Some(Duration::from_secs(600)))
+            .map(move |accepted| accepted.map(|stream| connections.track(stream)));
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);
         let router = Server::builder()

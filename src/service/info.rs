@@ -8,11 +8,36 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock, PoisonError, RwLock};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
+use serde::Serialize;
+
+use super::conn::{ConnectionCounts, Connections};
 use crate::config::Config;
-use crate::servicegroup::{self, Endpoints, Membership, MembershipStatus};
+
+use crate::periodic::Timer;
+use crate::servicegroup::{self, Endpoints, Membership, MembershipStatus, Registry};
 use crate::telemetry::metrics::Metrics;
+
+/// Bound on asking the registry for the members shown in a report: a report
+/// is for debugging a node whose registry may be the problem.
+pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Where a node stands in its lifecycle, for reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Built, not started.
+    Created,
+    /// Binding, running the start hooks, registering.
+    Starting,
+    /// Serving calls.
+    Serving,
+    /// Leaving the group and draining.
+    Stopping,
+    /// Stopped (or its start failed).
+    Stopped,
+}
 
 /// A node's identity and state.
 pub struct NodeInfo {
@@ -36,6 +61,16 @@ pub struct NodeInfo {
     /// Serving and advertised: what `/readyz` answers.
     ready: AtomicBool,
     metrics: Arc<Metrics>,
+    /// The registry reached at start, for elections and the members list
+    /// of the report; `None` in a worker whose supervisor registers.
+    registry: RwLock<Option<Registry>>,
+    /// The worker slot in a multi-process node, known at start.
+    worker: OnceLock<Option<u32>>,
+    state: RwLock<NodeState>,
+    /// The gRPC server's connections, counted for the report.
+    pub(super) connections: Arc<Connections>,
+    /// The periodic task timer, while one runs in this process.
+    periodic: RwLock<Option<Arc<Timer>>>,
 }
 
 impl NodeInfo {
@@ -58,6 +93,11 @@ impl NodeInfo {
             membership: RwLock::new(None),
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new()),
+            registry: RwLock::new(None),
+            worker: OnceLock::new(),
+            state: RwLock::new(NodeState::Created),
+            periodic: RwLock::new(None),
+            connections: Arc::default(),
         }
     }
 
@@ -131,9 +171,52 @@ impl NodeInfo {
             .take()
     }
 
-    /// The node's state report: identity, process, registration, config
-    /// (secrets as `***`).
-    pub fn report(&self) -> serde_json::Value {
+    /// The registry this node reached, if any.
+    pub fn registry(&self) -> Option<Registry> {
+        read(&self.registry).clone()
+    }
+
+    pub(super) fn set_registry(&self, registry: Option<Registry>) {
+        *write(&self.registry) = registry;
+    }
+
+    /// `Some(slot)` when the node runs as worker `slot` of a multi-process
+    /// node (`None` before the start too).
+    pub fn worker(&self) -> Option<u32> {
+        self.worker.get().copied().flatten()
+    }
+
+    pub(super) fn set_worker(&self, worker: Option<u32>) {
+        let _ = self.worker.set(worker);
+    }
+
+    /// The gRPC connections open now and accepted since the start.
+    pub fn connections(&self) -> ConnectionCounts {
+        self.connections.counts()
+    }
+
+    /// Where the node stands in its lifecycle.
+    pub fn state(&self) -> NodeState {
+        *read(&self.state)
+    }
+
+    pub(super) fn set_state(&self, state: NodeState) {
+        *write(&self.state) = state;
+    }
+
+    pub(crate) fn periodic(&self) -> Option<Arc<Timer>> {
+        read(&self.periodic).clone()
+    }
+
+    pub(super) fn set_periodic(&self, timer: Option<Arc<Timer>>) {
+        *write(&self.periodic) = timer;
+    }
+
+    /// The node's state report (see [`crate::report`]): identity, build,
+    /// process, lifecycle, registration, the members of its topic the
+    /// registry shows (asked within [`MEMBERS_TIMEOUT`]), periodic tasks,
+    /// the tokio runtime, and the config with secrets as `***`.
+    pub async fn report(&self) -> serde_json::Value {
         let config = self.config();
         let options: serde_json::Map<_, _> = config
             .entries()
@@ -150,13 +233,17 @@ impl NodeInfo {
             .unwrap_or_default();
         serde_json::json!({
             "package": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
+            "build": crate::report::build(),
             "node": {
                 "host": self.host,
                 "topic": self.topic,
                 "binary": self.binary,
                 "version": self.version,
+                "state": self.state(),
+                "worker": self.worker(),
                 "endpoints": self.endpoints(),
                 "services": self.services(),
+                "connections": self.connections(),
             },
             "process": {
                 "pid": std::process::id(),
@@ -165,8 +252,55 @@ impl NodeInfo {
                 "started_at": servicegroup::rfc3339(self.started_at),
                 "uptime_secs": uptime.as_secs_f64(),
             },
-            "membership": self.membership().map(|m| m.status()),
+            "registration": self.registration(),
+            "members": self.members_seen().await,
+            "periodic_tasks": self.periodic().map(|t| t.status()).unwrap_or_default(),
+            "runtime": crate::report::runtime(),
             "config": options,
         })
     }
+
+    /// Where the node's registration stands; a worker leaves it to its
+    /// supervisor.
+    fn registration(&self) -> serde_json::Value {
+        match (self.membership(), self.worker()) {
+            (Some(m), _) => serde_json::json!(m.status()),
+            (None, Some(_)) => serde_json::json!({ "state": "supervisor" }),
+            (None, None) => serde_json::json!({ "state": "unregistered" }),
+        }
+    }
+
+    /// The members of this node's topic as the registry shows them.
+    async fn members_seen(&self) -> serde_json::Value {
+        let Some(registry) = self.registry() else {
+            return serde_json::Value::Null;
+        };
+        match tokio::time::timeout(MEMBERS_TIMEOUT, registry.list(Some(&self.topic))).await {
+            Ok(Ok(members)) => members
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "host": m.record.host,
+                        "state": m.state(),
+                        "disabled": m.record.disabled,
+                        "forced_down": m.record.forced_down,
+                        "endpoint": m.record.endpoints.grpc,
+                        "version": m.record.version,
+                    })
+                })
+                .collect(),
+            Ok(Err(e)) => serde_json::json!({ "error": e.to_string() }),
+            Err(_) => {
+                serde_json::json!({ "error": format!("no answer within {MEMBERS_TIMEOUT:?}") })
+            }
+        }
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read().unwrap_or_else(PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -3,14 +3,16 @@
 //! manager's gRPC API served on a topic and registered in the service group.
 
 mod base;
+mod conn;
 mod grpc;
 mod info;
 mod node;
 
 use futures::future::BoxFuture;
 
+pub use self::conn::ConnectionCounts;
 pub(crate) use self::grpc::bind;
-pub use self::info::NodeInfo;
+pub use self::info::{NodeInfo, NodeState};
 pub(crate) use self::node::write_ready_file;
 pub use self::node::{advertised_url, Node, NodeBuilder};
 
@@ -57,7 +59,8 @@ pub trait Service: Send + Sync + 'static {
     fn reset(&self, config: &Config) -> BoxFuture<'_, Result<()>>;
 
     /// A JSON report of the service's state (for SIGUSR2 and `Base/Report`).
-    fn report(&self) -> serde_json::Value;
+    /// It may ask the registry, within a short bound.
+    fn report(&self) -> BoxFuture<'_, serde_json::Value>;
 
     /// What a supervisor registers for this service when its workers serve
     /// on `endpoints`; `None` for a service that does not register.

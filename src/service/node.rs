@@ -14,14 +14,15 @@ use tonic::service::Routes;
 
 use super::base::BaseApi;
 use super::grpc::{self, GrpcServer};
-use super::info::NodeInfo;
+use super::info::{NodeInfo, NodeState};
 use super::{Service, StartContext};
 use crate::config::Config;
 use crate::error::{BoxError, Error, Result};
 use crate::http::{self, HttpOptions, HttpServer};
 use crate::manager::{Manager, Services};
 use crate::pb::base::v1::base_server::BaseServer;
-use crate::servicegroup::{self, Endpoints, Membership, Registration};
+use crate::periodic::{self, Job, Scope};
+use crate::servicegroup::{self, Endpoints, Membership, Registration, Registry};
 
 /// Bound on leaving the service group at stop: an etcd that does not answer
 /// must not delay NOT_SERVING and the drain (the lease expires anyway).
@@ -161,6 +162,7 @@ impl<M: Manager> Node<M> {
 
     async fn start_inner(&self, context: StartContext) -> Result<()> {
         let config = self.node.config();
+        self.node.set_worker(context.worker);
         // The registry is reached first: if it is down, the start fails
         // before anything was bound or initialised (exit 69). A supervised
         // worker leaves the registry to its supervisor.
@@ -169,6 +171,7 @@ impl<M: Manager> Node<M> {
         } else {
             Some(servicegroup::connect(&config.registry, &config.registry_options()).await?)
         };
+        self.node.set_registry(registry.clone());
         let listener = match context.listener {
             Some(inherited) => inherited,
             None => grpc::bind(config.rpc_listen)?,
@@ -205,8 +208,17 @@ impl<M: Manager> Node<M> {
         let mut health_names = advertised.clone();
         health_names.push(String::new());
         let metrics = self.node.metrics().clone();
-        let server =
-            Arc::new(GrpcServer::start(listener, routes, health, health_names, &metrics).await?);
+        let server = Arc::new(
+            GrpcServer::start(
+                listener,
+                routes,
+                health,
+                health_names,
+                &metrics,
+                self.node.connections.clone(),
+            )
+            .await?,
+        );
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Some(http_listener) = http_listener {
             let admin = http::admin::routes(self.node.clone());
@@ -226,6 +238,7 @@ impl<M: Manager> Node<M> {
         let Some(registry) = registry else {
             self.node.set_ready(true);
             tracing::info!(topic = %self.node.topic, host = %self.node.host, endpoint = %addr, "worker serving");
+            self.start_periodic(None).await;
             return Ok(());
         };
         // Advertised only now: a node is never listed before it can answer.
@@ -252,7 +265,48 @@ impl<M: Manager> Node<M> {
             registry = %config.registry,
             "node serving and registered"
         );
+        self.start_periodic(Some(registry)).await;
         Ok(())
+    }
+
+    fn jobs(&self) -> Vec<Job> {
+        self.manager
+            .periodic_tasks()
+            .into_iter()
+            .map(|task| task.bind(self.manager.clone()))
+            .collect()
+    }
+
+    /// Starts the periodic tasks that run in this process, once the node is
+    /// serving and registered. A worker campaigns for its topic tasks
+    /// itself: its supervisor registers the node but runs no task.
+    async fn start_periodic(&self, registry: Option<Registry>) {
+        let config = self.node.config();
+        let jobs = self.jobs();
+        let worker = self.node.worker();
+        let campaigns = jobs
+            .iter()
+            .any(|j| j.spec.scope == Scope::Topic && periodic::runs_here(&j.spec, worker));
+        let registry = match registry {
+            Some(registry) => Some(registry),
+            None if campaigns && config.periodic_enable => {
+                match servicegroup::connect(&config.registry, &config.registry_options()).await {
+                    Ok(registry) => {
+                        self.node.set_registry(Some(registry.clone()));
+                        Some(registry)
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "cannot reach the registry to elect topic tasks; periodic tasks do not run");
+                        return;
+                    }
+                }
+            }
+            None => None,
+        };
+        match periodic::start(jobs, worker, &config, &self.node.topic, registry.as_ref()).await {
+            Ok(timer) => self.node.set_periodic(timer),
+            Err(e) => tracing::error!(error = %e, "periodic tasks do not run"),
+        }
     }
 
     fn registration_for(
@@ -326,6 +380,12 @@ impl<M: Manager> Node<M> {
         let config = self.node.config();
         // `/readyz` turns 503 first: HTTP load balancers stop sending too.
         self.node.set_ready(false);
+        self.node.set_state(NodeState::Stopping);
+        // 0. No periodic run starts from here on; one in progress may finish.
+        let periodic = self.node.periodic();
+        if let Some(timer) = &periodic {
+            timer.stop_scheduling();
+        }
         // 1. Stop advertising: watchers see the leave at once. Bounded, so
         //    an etcd black hole cannot hold the drain.
         if let Some(membership) = self.node.take_membership() {
@@ -362,13 +422,19 @@ impl<M: Manager> Node<M> {
             let (grpc_drained, ()) = tokio::join!(server.drain(), http_drained);
             grpc_drained?;
         }
-        // 5. Release host resources once nothing runs any more.
+        // 5. Wait for a periodic run in progress (within the launcher's
+        //    deadline); its elections are resigned once it finished.
+        if let Some(timer) = periodic {
+            timer.stop().await;
+        }
+        // 6. Release host resources once nothing runs any more.
         if self.initialised.swap(false, Ordering::SeqCst) {
             self.manager
                 .cleanup_host()
                 .await
                 .map_err(hook("cleanup_host"))?;
         }
+        self.node.set_state(NodeState::Stopped);
         tracing::info!(topic = %self.node.topic, host = %self.node.host, "node stopped");
         Ok(())
     }
@@ -380,7 +446,15 @@ impl<M: Manager> Service for Node<M> {
     }
 
     fn start(&self, context: StartContext) -> BoxFuture<'_, Result<()>> {
-        Box::pin(self.start_inner(context))
+        Box::pin(async move {
+            self.node.set_state(NodeState::Starting);
+            let started = self.start_inner(context).await;
+            self.node.set_state(match started {
+                Ok(()) => NodeState::Serving,
+                Err(_) => NodeState::Stopped,
+            });
+            started
+        })
     }
 
     fn stop(&self) -> BoxFuture<'_, Result<()>> {
@@ -399,13 +473,18 @@ impl<M: Manager> Service for Node<M> {
     fn reset(&self, config: &Config) -> BoxFuture<'_, Result<()>> {
         let config = config.clone();
         Box::pin(async move {
-            self.node.set_config(config);
-            self.manager.reset().await.map_err(hook("reset"))
+            self.node.set_config(config.clone());
+            let reset = self.manager.reset().await.map_err(hook("reset"));
+            if let Some(timer) = self.node.periodic() {
+                let specs: Vec<_> = self.jobs().into_iter().map(|j| j.spec).collect();
+                timer.update(config.periodic_interval_max, &specs);
+            }
+            reset
         })
     }
 
-    fn report(&self) -> serde_json::Value {
-        self.node.report()
+    fn report(&self) -> BoxFuture<'_, serde_json::Value> {
+        Box::pin(self.node.report())
     }
 
     fn registration(&self, endpoints: Endpoints, workers: u32) -> Option<Registration> {

@@ -209,6 +209,20 @@ impl Drop for MemoryMembership {
 }
 
 impl Driver for MemoryDriver {
+    fn campaign(
+        &self,
+        election: super::Election,
+    ) -> BoxFuture<'_, Result<Arc<dyn super::Leadership>>> {
+        // Groups live as long as the process, so the address names one.
+        let scope = format!("memory:{:p}", Arc::as_ptr(&self.group));
+        async move {
+            let leadership: Arc<dyn super::Leadership> =
+                super::LocalLeadership::new(&scope, &election);
+            Ok(leadership)
+        }
+        .boxed()
+    }
+
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;

@@ -13,7 +13,9 @@
 //!   heartbeat file, an in-memory flag). `up` = alive and not `forced_down`.
 //!
 //! Drivers: `etcd://` ([`etcd`]), `file://` ([`file`](mod@file)), `memory://`
-//! ([`memory`]), chosen by [`connect`] from a registry URL.
+//! ([`memory`]), chosen by [`connect`] from a registry URL. Each also elects
+//! leaders ([`Driver::campaign`]) for the periodic tasks that run on one node
+//! of a topic.
 
 use std::fmt;
 use std::sync::Arc;
@@ -31,6 +33,7 @@ pub mod memory;
 
 pub(crate) mod backoff;
 mod diff;
+mod election;
 pub(crate) mod follow;
 mod probe;
 mod status;
@@ -38,6 +41,7 @@ mod url;
 
 pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
+pub use self::election::{Election, Leadership, LocalLeadership};
 pub use self::follow::task_restarts;
 pub use self::url::{RegistryOptions, RegistryUrl};
 
@@ -347,6 +351,16 @@ pub trait Driver: Send + Sync {
     /// discovery restarting a watch.
     fn backoff_max(&self) -> std::time::Duration {
         DEFAULT_BACKOFF_MAX
+    }
+
+    /// Campaigns in `election` until the returned [`Leadership`] is dropped
+    /// or resigns (for periodic tasks of `topic` scope). The default elects
+    /// within this process, which is all a `memory://` registry spans.
+    fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
+        Box::pin(async move {
+            let leadership: Arc<dyn Leadership> = LocalLeadership::new("memory", &election);
+            Ok(leadership)
+        })
     }
 }
 

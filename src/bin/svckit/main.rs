@@ -1,10 +1,11 @@
 //! `svckit`, the operator CLI: membership listing and admin state (nova's
-//! `service-list` and `compute service set`), and calls to a topic's base
-//! API. A thin binary over the library: parse, connect, print, and map the
+//! `service-list` and `compute service set`), calls to a topic's base API,
+//! and a node's state report. A thin binary over the library: parse, connect, print, and map the
 //! error to its exit code.
 
 mod call;
 mod members;
+mod report;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -47,6 +48,11 @@ enum Command {
         fanout: bool,
         #[command(subcommand)]
         method: CallMethod,
+    },
+    /// One node's state report (Base/Report), as JSON.
+    Report {
+        #[command(flatten)]
+        target: TargetArgs,
     },
 }
 
@@ -190,6 +196,10 @@ async fn run(cli: Cli) -> Result<()> {
             target.server = server;
             target.fanout = fanout;
             call::ping(registry.connect().await?, target, arg).await
+        }
+        Command::Report { target } => {
+            let registry = target.registry.connect().await?;
+            report::report(registry, target.topic, target.host).await
         }
         Command::Service(cmd) => {
             let (target, change) = match cmd {

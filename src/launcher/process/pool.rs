@@ -542,7 +542,8 @@ impl ProcessLauncher {
         }
     }
 
-    /// SIGUSR2: the supervisor's report on stderr; each worker prints its own.
+    /// SIGUSR2: the supervisor's report (stderr or `report_dir`); each worker
+    /// writes its own.
     fn report(&self) {
         let now = Instant::now();
         let workers: Vec<_> = self
@@ -573,10 +574,7 @@ impl ProcessLauncher {
             },
             "workers": workers,
         });
-        match serde_json::to_string_pretty(&report) {
-            Ok(text) => eprintln!("{text}"),
-            Err(e) => tracing::error!(error = %e, "cannot render the report"),
-        }
+        crate::report::emit(&report, self.config.report_dir.as_deref(), "supervisor");
         self.kill_all(Signal::SIGUSR2);
     }
 }

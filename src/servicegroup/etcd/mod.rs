@@ -24,11 +24,12 @@ use futures::FutureExt;
 use self::keys::{Kind, Layout, Snapshot};
 use super::diff::check_identity;
 use super::{
-    AdminChange, Driver, EventStream, Member, Membership, Registration, RegistryOptions,
-    RegistryUrl,
+    AdminChange, Driver, Election, EventStream, Leadership, Member, Membership, Registration,
+    RegistryOptions, RegistryUrl,
 };
 use crate::error::{Error, Result};
 
+mod election;
 mod keys;
 mod session;
 mod watcher;
@@ -343,6 +344,11 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 impl Driver for EtcdDriver {
+    fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
+        let inner = self.inner.clone();
+        async move { election::campaign(inner, election) }.boxed()
+    }
+
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;

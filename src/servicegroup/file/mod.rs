@@ -19,11 +19,12 @@ use super::follow::{self, Follow, Step};
 use super::probe::{probe, Holder};
 use super::status::StatusCell;
 use super::{
-    AdminChange, Driver, EventStream, Member, Membership, MembershipStatus, Registration,
-    RegistryOptions, LEAVE_TIMEOUT,
+    AdminChange, Driver, Election, EventStream, Leadership, Member, Membership, MembershipStatus,
+    Registration, RegistryOptions, LEAVE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 
+mod election;
 mod store;
 
 /// Watchers look at the directory at least this often.
@@ -330,6 +331,19 @@ impl FileDriver {
 }
 
 impl Driver for FileDriver {
+    fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
+        async move {
+            check_identity(&election.topic, &election.candidate)?;
+            let path = self
+                .store
+                .elections_dir(&election.topic)
+                .join(election::lock_name(&election));
+            let leadership: Arc<dyn Leadership> = election::FileLeadership::new(path, &election)?;
+            Ok(leadership)
+        }
+        .boxed()
+    }
+
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.topic, &registration.host)?;

@@ -132,6 +132,11 @@ impl Store {
             .join(format!("{host}.json"))
     }
 
+    /// Where the lock files of a topic's elections live.
+    pub(super) fn elections_dir(&self, topic: &str) -> PathBuf {
+        self.dir.join("elections").join(topic)
+    }
+
     pub(super) fn alive_path(&self, topic: &str, host: &str) -> PathBuf {
         self.dir
             .join("alive")

@@ -1,0 +1,30 @@
+//! `svckit report`: one node's state report (Base/Report), as JSON.
+
+use std::io::Write;
+
+use svckit::pb::base::v1::base_client::BaseClient;
+use svckit::pb::base::v1::ReportRequest;
+use svckit::rpc::{Rpc, Target};
+use svckit::servicegroup::Registry;
+use svckit::{Error, Result};
+
+pub(super) async fn report(registry: Registry, topic: String, host: String) -> Result<()> {
+    let rpc = Rpc::new(registry).await?;
+    let target = Target::topic(topic).server(host);
+    let reply = BaseClient::new(rpc.channel(target))
+        .report(ReportRequest {})
+        .await?
+        .into_inner();
+    // Re-encoded so the output is JSON whatever the node's formatting.
+    let value: serde_json::Value = serde_json::from_str(&reply.json).map_err(|e| {
+        Error::Io(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the node's report is not JSON: {e}"),
+        ))
+    })?;
+    let text = serde_json::to_string_pretty(&value).map_err(std::io::Error::from)?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")?;
+    out.flush()?;
+    Ok(())
+}

@@ -1,0 +1,135 @@
+//! Leader election: one candidate of a named election holds it at a time.
+//!
+//! A periodic task of [`Scope::Topic`](crate::periodic::Scope::Topic) runs
+//! only on the node that holds its election. [`Driver::campaign`] returns a
+//! [`Leadership`] that campaigns in the background for as long as it lives;
+//! the etcd driver elects through etcd's election API on a lease, the file
+//! driver through a lock file, and the default (the memory driver) within
+//! this process.
+//!
+//! [`Driver::campaign`]: super::Driver::campaign
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+
+/// One candidacy.
+#[derive(Debug, Clone)]
+pub struct Election {
+    /// The topic the election belongs to.
+    pub topic: String,
+    /// The election's name within the topic (a periodic task's name).
+    pub name: String,
+    /// Who campaigns (the node's host); shown as the leader's value.
+    pub candidate: String,
+    /// How long a dead leader keeps the election (the etcd lease TTL): a
+    /// node's `service_down_time`, so a task moves as fast as its
+    /// membership does.
+    pub ttl: Duration,
+    /// How often the candidate proves it is alive (`report_interval`).
+    pub keepalive: Duration,
+}
+
+/// A candidate's standing, campaigning in the background until dropped or
+/// resigned.
+pub trait Leadership: Send + Sync {
+    /// Whether this candidate holds the election now. A leader that cannot
+    /// prove it still holds it (its lease may have expired) says `false`.
+    fn is_leader(&self) -> bool;
+
+    /// Gives the election up so that another candidate takes it at once.
+    fn resign(&self) -> BoxFuture<'_, ()>;
+}
+
+/// Who holds each election of this process, by name.
+fn holders() -> &'static Mutex<HashMap<String, u64>> {
+    static HOLDERS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
+    HOLDERS.get_or_init(Default::default)
+}
+
+/// An election held within this process: the first candidate to ask holds
+/// it until it resigns or is dropped.
+pub struct LocalLeadership {
+    key: String,
+    id: u64,
+    /// A resigned candidate never takes the election again.
+    resigned: AtomicBool,
+}
+
+impl LocalLeadership {
+    /// A candidacy in the process-wide election `scope` + `election`
+    /// (`scope` keeps the elections of different registries apart).
+    pub fn new(scope: &str, election: &Election) -> Arc<Self> {
+        static IDS: AtomicU64 = AtomicU64::new(1);
+        Arc::new(LocalLeadership {
+            key: format!("{scope}\0{}\0{}", election.topic, election.name),
+            id: IDS.fetch_add(1, Ordering::Relaxed),
+            resigned: AtomicBool::new(false),
+        })
+    }
+
+    fn release(&self) {
+        let mut holders = holders().lock().unwrap_or_else(PoisonError::into_inner);
+        if holders.get(&self.key) == Some(&self.id) {
+            holders.remove(&self.key);
+        }
+    }
+}
+
+impl Leadership for LocalLeadership {
+    fn is_leader(&self) -> bool {
+        if self.resigned.load(Ordering::SeqCst) {
+            return false;
+        }
+        let mut holders = holders().lock().unwrap_or_else(PoisonError::into_inner);
+        *holders.entry(self.key.clone()).or_insert(self.id) == self.id
+    }
+
+    fn resign(&self) -> BoxFuture<'_, ()> {
+        self.resigned.store(true, Ordering::SeqCst);
+        self.release();
+        Box::pin(async {})
+    }
+}
+
+impl Drop for LocalLeadership {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn election(name: &str) -> Election {
+        Election {
+            topic: "t".into(),
+            name: name.into(),
+            candidate: "h".into(),
+            ttl: Duration::from_secs(1),
+            keepalive: Duration::from_millis(100),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_local_leader_until_it_resigns() {
+        let a = LocalLeadership::new("test-one", &election("x"));
+        let b = LocalLeadership::new("test-one", &election("x"));
+        let other = LocalLeadership::new("test-one", &election("y"));
+        assert!(a.is_leader());
+        assert!(!b.is_leader());
+        assert!(other.is_leader(), "another election has its own leader");
+        a.resign().await;
+        assert!(b.is_leader());
+        assert!(!a.is_leader());
+        let c = LocalLeadership::new("test-one", &election("x"));
+        drop(b);
+        assert!(c.is_leader(), "a dropped leader frees the election");
+        c.resign().await;
+        assert!(!a.is_leader(), "a resigned candidate stays out");
+    }
+}
