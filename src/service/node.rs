@@ -406,8 +406,13 @@ impl<M: Manager> Node<M> {
         if let Some(server) = self.server() {
             // 2. Health checkers stop routing here too.
             server.set_serving(false).await;
-            // 3. Give clients the time to act on the leave before listeners close.
-            tokio::time::sleep(config.drain_delay).await;
+            // 3. Give clients the time to act on the leave before listeners
+            //    close. A worker has not left anything: its supervisor did,
+            //    and waited; a worker being replaced stops accepting at once
+            //    so that new connections go to the others.
+            if self.node.worker().is_none() {
+                tokio::time::sleep(config.drain_delay).await;
+            }
             // 4. Stop accepting; in-flight calls finish (bounded by the launcher).
             let http = self
                 .http

@@ -189,6 +189,12 @@ impl ProcessLauncher {
             "stopping workers gracefully"
         );
         self.leave().await;
+        // Clients act on the leave while the workers still accept.
+        tokio::select! {
+            () = tokio::time::sleep(self.config.drain_delay) => {}
+            _ = term.recv() => return Ok(self.second_signal(libc::SIGTERM)),
+            _ = int.recv() => return Ok(self.second_signal(libc::SIGINT)),
+        }
         self.respawns.clear();
         self.rolling = None;
         for worker in self.workers.values_mut() {

@@ -32,10 +32,16 @@ pub(super) fn spawn(slot: u32, listeners: &[(&str, RawFd)]) -> Result<Spawned> {
     let names: Vec<&str> = listeners.iter().take(count).map(|(n, _)| *n).collect();
     let supervisor_fd = LISTEN_FD + count as RawFd;
     let (ours, theirs) = StdUnixStream::pair()?;
-    let exe = std::env::current_exe()?;
-    let mut command = Command::new(exe);
+    // The running binary's own inode, even if a deploy replaced the file
+    // meanwhile: workers run the supervisor's code, not a newer one.
+    let mut command = Command::new("/proc/self/exe");
+    let mut args = std::env::args_os();
+    if let Some(arg0) = args.next() {
+        // Names in logs and the binary name in the record stay the same.
+        command.arg0(arg0);
+    }
     command
-        .args(std::env::args_os().skip(1))
+        .args(args)
         .env("LISTEN_FDS", count.to_string())
         .env("LISTEN_FDNAMES", names.join(":"))
         .env_remove("LISTEN_PID")
