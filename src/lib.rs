@@ -55,6 +55,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod config;
 pub mod error;
 pub mod http;

@@ -22,7 +22,7 @@ pub struct CommonArgs {
     /// Topic this node serves [env: SVCKIT_TOPIC]
     #[arg(long)]
     pub topic: Option<String>,
-    /// Registry URL: etcd://h:2379[,h2:2379][?prefix=/p], file:///dir, memory:// [env: SVCKIT_REGISTRY]
+    /// Registry URL: etcd://h:2379,h2:2379?prefix=/p, file:///dir or memory:// [env: SVCKIT_REGISTRY]
     #[arg(long, value_name = "URL")]
     pub registry: Option<String>,
     /// gRPC listen address (port 0: ephemeral) [env: SVCKIT_RPC_LISTEN]

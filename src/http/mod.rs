@@ -1,5 +1,5 @@
 //! HTTP on a node (nova's `WSGIService` on eventlet.wsgi): the manager's
-//! axum [`Router`](axum::Router) and the admin endpoints, on one listener,
+//! axum [`Router`] and the admin endpoints, on one listener,
 //! behind the limits nova's WSGI server has.
 //!
 //! The stack, outermost first: access log (in a span with the request's

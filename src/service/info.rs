@@ -214,7 +214,7 @@ impl NodeInfo {
 
     /// The node's state report (see [`crate::report`]): identity, build,
     /// process, lifecycle, registration, the members of its topic the
-    /// registry shows (asked within [`MEMBERS_TIMEOUT`]), periodic tasks,
+    /// registry shows (asked within a short bound), periodic tasks,
     /// the tokio runtime, and the config with secrets as `***`.
     pub async fn report(&self) -> serde_json::Value {
         let config = self.config();

@@ -28,7 +28,7 @@ use crate::servicegroup::{self, Endpoints, Membership, Registration, Registry};
 /// must not delay NOT_SERVING and the drain (the lease expires anyway).
 const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
-/// Builds a [`Node`]; the defaults are nova's (`binary` from argv[0],
+/// Builds a [`Node`]; the defaults are nova's (`binary` from `argv[0]`,
 /// `topic` from the binary).
 #[must_use]
 pub struct NodeBuilder<M> {

@@ -127,7 +127,7 @@ enum ServiceCommand {
 /// Which registry to talk to.
 #[derive(Debug, Args)]
 struct RegistryArgs {
-    /// Registry URL: etcd://h:2379[,h2:2379][?prefix=/p], file:///dir, memory:// [env: SVCKIT_REGISTRY]
+    /// Registry URL: etcd://h:2379,h2:2379?prefix=/p, file:///dir or memory:// [env: SVCKIT_REGISTRY]
     #[arg(long, value_name = "URL")]
     registry: Option<String>,
     /// Config file for registry TLS and credentials [env: SVCKIT_CONFIG]

@@ -2,9 +2,9 @@
 //! arbiter): a supervisor binds the listener, starts N workers that all
 //! accept on it, registers the node once, and keeps the workers alive.
 //!
-//! - Workers are this binary re-executed ([`spawn`]), never a fork of a
+//! - Workers are this binary re-executed (`spawn.rs`), never a fork of a
 //!   running tokio runtime; they get the socket by the `LISTEN_FDS`
-//!   convention ([`worker`]) and die with the supervisor.
+//!   convention (`worker.rs`) and die with the supervisor.
 //! - The node is advertised while at least one worker serves, and only
 //!   then: a worker tells the supervisor when it serves.
 //! - A worker that exits unasked is restarted at once; while workers keep
