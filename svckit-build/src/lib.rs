@@ -14,9 +14,10 @@
 //! }
 //! ```
 //!
-//! and in the crate:
+//! and in the crate (text here: the module only exists in a crate whose
+//! build script generated it):
 //!
-//! ```ignore
+//! ```text
 //! pub mod pb {
 //!     tonic::include_proto!("echo.v1");
 //!     pub const FILE_DESCRIPTOR_SET: &[u8] =
