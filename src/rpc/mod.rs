@@ -69,7 +69,9 @@ pub struct Rpc {
 /// One node's answer to a fanout call.
 #[derive(Debug)]
 pub struct FanoutReply<T> {
+    /// The node that answered (or failed).
     pub host: String,
+    /// Its reply, or the status of its failure.
     pub result: Result<T, Status>,
 }
 

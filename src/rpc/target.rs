@@ -6,6 +6,7 @@ use std::fmt;
 /// optionally a gRPC service the chosen nodes must advertise.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
+    /// The topic called.
     pub topic: String,
     /// Only this host.
     pub server: Option<String>,
