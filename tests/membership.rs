@@ -461,3 +461,25 @@ async fn the_file_registry_serves_the_cli_without_etcd() {
     })
     .await;
 }
+
+#[test]
+fn the_cli_ignores_node_options_in_the_operators_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let (_node, _) = Proc::start_example("echo_node", &quick_node_args(&url, "o1"), &[]);
+    // A shell set up for a node: values a node would refuse.
+    let mut cli = Proc::spawn(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_svckit")),
+        &["members", "list", "--json"],
+        &[
+            ("SVCKIT_REGISTRY", url.as_str()),
+            ("SVCKIT_WORKERS", "0"),
+            ("SVCKIT_HOST", "bad host!"),
+            ("SVCKIT_REPORT_INTERVAL", "soon"),
+        ],
+    );
+    let status = cli.wait_exit(WAIT).expect("svckit exits");
+    assert_eq!(status.code(), Some(0), "{}", cli.stderr());
+    let members: Vec<serde_json::Value> = serde_json::from_str(&cli.stdout()).unwrap();
+    assert_eq!(member(&members, "o1")["state"], "up");
+}
