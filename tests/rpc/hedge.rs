@@ -16,8 +16,33 @@ use crate::support::node::Proc;
 struct Stalled<'a>(&'a Proc);
 
 impl<'a> Stalled<'a> {
+    /// Returns once every thread of the node is stopped: a thread that was
+    /// already running may otherwise answer one more call.
     fn new(proc: &'a Proc) -> Self {
         proc.signal(Signal::SIGSTOP);
+        let tasks = format!("/proc/{}/task", proc.pid());
+        let stopped = || {
+            std::fs::read_dir(&tasks).is_ok_and(|dir| {
+                dir.flatten().all(|task| {
+                    std::fs::read_to_string(task.path().join("stat"))
+                        .ok()
+                        .and_then(|stat| {
+                            let state = stat.rsplit_once(')')?.1.split_whitespace().next()?;
+                            Some(state == "T" || state == "t")
+                        })
+                        .unwrap_or(false)
+                })
+            })
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !stopped() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {} did not stop",
+                proc.pid()
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         Stalled(proc)
     }
 }

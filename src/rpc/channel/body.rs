@@ -40,28 +40,52 @@ pub(super) fn peek(mut body: Body) -> Result<Payload, Status> {
     if body.is_end_stream() {
         return Ok(Payload::Whole(Bytes::new()));
     }
-    let mut seen: VecDeque<Frame<Bytes>> = VecDeque::new();
-    let mut size = 0;
-    for _ in 0..MAX_PEEK_FRAMES {
+    // The usual unary body: one data frame, then the end; no allocation.
+    let first = match body.frame().now_or_never() {
+        None => return Ok(Payload::Stream(body)),
+        Some(None) => return Ok(Payload::Whole(Bytes::new())),
+        Some(Some(Err(status))) => return Err(status),
+        Some(Some(Ok(frame))) => frame,
+    };
+    let single = |first: Frame<Bytes>| Ok(Payload::Whole(first.into_data().unwrap_or_default()));
+    if first.is_data() && body.is_end_stream() {
+        return single(first);
+    }
+    let mut seen = VecDeque::new();
+    let mut size = first.data_ref().map_or(0, Bytes::len);
+    let mut more = first.is_data() && size <= MAX_REPLAY_BYTES;
+    if more {
+        match body.frame().now_or_never() {
+            Some(None) => return single(first),
+            Some(Some(Err(status))) => return Err(status),
+            Some(Some(Ok(frame))) => {
+                size += frame.data_ref().map_or(0, Bytes::len);
+                more = frame.is_data() && size <= MAX_REPLAY_BYTES;
+                seen.push_back(first);
+                seen.push_back(frame);
+            }
+            None => {
+                seen.push_back(first);
+                more = false;
+            }
+        }
+    } else {
+        seen.push_back(first);
+    }
+    while more && seen.len() < MAX_PEEK_FRAMES {
+        if body.is_end_stream() {
+            return Ok(Payload::Whole(join(seen)));
+        }
         match body.frame().now_or_never() {
             Some(None) => return Ok(Payload::Whole(join(seen))),
             Some(Some(Err(status))) => return Err(status),
             Some(Some(Ok(frame))) => {
-                let is_data = frame.is_data();
                 size += frame.data_ref().map_or(0, Bytes::len);
+                more = frame.is_data() && size <= MAX_REPLAY_BYTES;
                 seen.push_back(frame);
-                if !is_data || size > MAX_REPLAY_BYTES {
-                    break;
-                }
-                if body.is_end_stream() {
-                    return Ok(Payload::Whole(join(seen)));
-                }
             }
-            None => break,
+            None => more = false,
         }
-    }
-    if seen.is_empty() {
-        return Ok(Payload::Stream(body));
     }
     Ok(Payload::Stream(Body::new(Prefixed { seen, rest: body })))
 }
@@ -266,6 +290,27 @@ mod tests {
         drop(tx);
         let all = body.collect().await.unwrap().to_bytes();
         assert_eq!(&all[..], b"onetwo");
+    }
+
+    #[test]
+    fn a_few_ready_frames_then_the_end_are_whole() {
+        let frames = futures::stream::iter(
+            [&b"ab"[..], b"cd"].map(|d| Ok::<_, Status>(Frame::data(Bytes::from_static(d)))),
+        );
+        let Ok(Payload::Whole(whole)) = peek(Body::new(http_body_util::StreamBody::new(frames)))
+        else {
+            panic!("a short complete stream is whole");
+        };
+        assert_eq!(&whole[..], b"abcd");
+    }
+
+    #[test]
+    fn a_body_with_nothing_ready_streams() {
+        let (_tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Status>>(1);
+        let body = Body::new(http_body_util::StreamBody::new(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        ));
+        assert!(matches!(peek(body), Ok(Payload::Stream(_))));
     }
 
     #[test]
