@@ -25,6 +25,9 @@ pub(crate) struct Node {
     pub(crate) channel: Channel,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
+    /// Hedged calls given up on this node since it last answered: a
+    /// stalled node keeps looking loaded after its calls were cancelled.
+    pub(crate) abandoned: Arc<AtomicUsize>,
 }
 
 impl Node {
@@ -33,7 +36,7 @@ impl Node {
     }
 
     pub(crate) fn load(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.load(Ordering::Relaxed) + self.abandoned.load(Ordering::Relaxed)
     }
 
     fn matches(&self, target: &Target) -> bool {
@@ -133,12 +136,14 @@ impl Tracker {
                     member: member.clone(),
                     channel: n.channel.clone(),
                     pending: n.pending.clone(),
+                    abandoned: n.abandoned.clone(),
                 }),
                 None => match connect(url, &self.options) {
                     Some(channel) => Arc::new(Node {
                         member: member.clone(),
                         channel,
                         pending: Arc::new(AtomicUsize::new(0)),
+                        abandoned: Arc::new(AtomicUsize::new(0)),
                     }),
                     None => continue,
                 },

@@ -29,6 +29,9 @@ use super::Target;
 use crate::error::BoxError;
 
 const GRPC_TIMEOUT: &str = "grpc-timeout";
+const GRPC_STATUS: &str = "grpc-status";
+/// `grpc-status` of a cancelled call.
+static CANCELLED: http::HeaderValue = http::HeaderValue::from_static("1");
 /// `timeout` as a `grpc-timeout` header value (milliseconds).
 pub(super) fn grpc_timeout_header(timeout: Duration) -> http::HeaderValue {
     // The header allows at most 8 digits.
@@ -374,11 +377,25 @@ async fn attempt(
     // ready before a call; failing that, nothing was sent.
     match tower::ServiceExt::ready(&mut channel).await {
         Ok(ready) => match tower::Service::call(ready, request).await {
-            Ok(response) => Ok(response.map(|body| Guarded::wrap(body, guard))),
+            Ok(response) => {
+                if node.abandoned.load(Ordering::Relaxed) > 0 {
+                    node.abandoned.store(0, Ordering::Relaxed);
+                }
+                Ok(response.map(|body| Guarded::wrap(body, guard)))
+            }
             Err(e) => Err(Sent::Maybe(e.into())),
         },
         Err(e) => Err(Sent::No(e.into())),
     }
+}
+
+/// [`attempt`], telling which node it ran on.
+async fn attempt_on(
+    node: Arc<Node>,
+    request: http::Request<Body>,
+) -> (Arc<Node>, Result<http::Response<Body>, Sent<BoxError>>) {
+    let result = attempt(node.clone(), request).await;
+    (node, result)
 }
 
 impl RpcChannel {
@@ -447,7 +464,7 @@ impl RpcChannel {
             return Err(Box::new(unavailable(&self.settings.target)));
         }
         let (parts, body) = request.into_parts();
-        match body::peek(body).map_err(|status| -> BoxError { Box::new(status) })? {
+        let response = match body::peek(body).map_err(|status| -> BoxError { Box::new(status) })? {
             Payload::Whole(data) => match self.hedge_delay() {
                 Some(delay) => self.send_hedged(parts, data, nodes, deadline, delay).await,
                 None => self.send_whole(parts, data, nodes, deadline).await,
@@ -456,7 +473,14 @@ impl RpcChannel {
                 let request = http::Request::from_parts(parts, body);
                 self.send_stream(request, nodes).await
             }
+        }?;
+        // The server ends a call at the same deadline, as `Cancelled`; when
+        // its answer comes before this side's timer, it is still this
+        // call's deadline that ended it.
+        if response.headers().get(GRPC_STATUS) == Some(&CANCELLED) && Instant::now() >= deadline {
+            return Err(self.deadline_exceeded());
         }
+        Ok(response)
     }
 
     /// A whole request: tried on up to [`MAX_ATTEMPTS`] nodes while it was
@@ -556,8 +580,14 @@ impl RpcChannel {
         let Some(first) = pick(&nodes, &tried) else {
             return Err(Box::new(unavailable(&self.settings.target)));
         };
-        in_flight.push(attempt(first.clone(), self.request(&parts, &data, None)?));
+        in_flight.push(attempt_on(
+            first.clone(),
+            self.request(&parts, &data, None)?,
+        ));
         tried.push(first);
+        // Nodes with a copy of this call still unanswered.
+        let mut open: Vec<Arc<Node>> = Vec::with_capacity(2);
+        open.push(tried[0].clone());
         let mut launched = 1;
         let hedge_timer = tokio::time::sleep(delay);
         tokio::pin!(hedge_timer);
@@ -565,11 +595,17 @@ impl RpcChannel {
         let mut last_error = None;
         loop {
             tokio::select! {
-                Some(result) = in_flight.next() => {
+                Some((node, result)) = in_flight.next() => {
+                    open.retain(|n| !Arc::ptr_eq(n, &node));
                     let error = match result {
                         Ok(response) => {
                             if let Some(latency) = &self.settings.latency {
                                 latency.record(started.elapsed());
+                            }
+                            // The copies still out are cancelled; their nodes
+                            // count as loaded until they answer again.
+                            for slow in &open {
+                                slow.abandoned.fetch_add(1, Ordering::Relaxed);
                             }
                             return Ok(response);
                         }
@@ -588,7 +624,8 @@ impl RpcChannel {
                         return Err(self.not_delivered(last_error));
                     };
                     shared.retries.fetch_add(1, Ordering::Relaxed);
-                    in_flight.push(attempt(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    open.push(node.clone());
                     tried.push(node);
                     launched += 1;
                 }
@@ -602,7 +639,8 @@ impl RpcChannel {
                     }
                     shared.hedges.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(host = node.host(), ?delay, "no answer yet; hedging");
-                    in_flight.push(attempt(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    open.push(node.clone());
                     tried.push(node);
                     launched += 1;
                 }
