@@ -70,6 +70,7 @@ async fn main() -> anyhow::Result<()> {
     if let Some(delay) = args.hedge {
         channel = channel.hedge(delay);
     }
+    let hedged = args.hedge.is_some();
     let load = bench::Load {
         calls: args.calls,
         concurrency: args.concurrency,
@@ -77,7 +78,9 @@ async fn main() -> anyhow::Result<()> {
         rate: args.rate,
     };
     let stats = bench::run(channel, load).await;
-    eprintln!("{:?}", rpc.stats());
+    if hedged {
+        eprintln!("{:?}", rpc.stats());
+    }
     println!("{}", stats.line());
     Ok(())
 }

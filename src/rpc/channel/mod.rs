@@ -492,6 +492,7 @@ impl RpcChannel {
         nodes: Arc<[Arc<Node>]>,
         deadline: Instant,
     ) -> Result<http::Response<Body>, BoxError> {
+        let started = Instant::now();
         let mut tried: Vec<Arc<Node>> = Vec::new();
         let mut last_error = None;
         for _ in 0..MAX_ATTEMPTS {
@@ -507,7 +508,14 @@ impl RpcChannel {
             let retry_deadline = (!tried.is_empty()).then_some(deadline);
             let request = self.request(&parts, &data, retry_deadline)?;
             let error = match attempt(node.clone(), request).await {
-                Ok(response) => return Ok(response),
+                Ok(response) => {
+                    // An idempotent channel hedging `auto` learns its target's
+                    // latency from the calls it has not hedged yet.
+                    if let Some(latency) = &self.settings.latency {
+                        latency.record(started.elapsed());
+                    }
+                    return Ok(response);
+                }
                 Err(Sent::No(e)) => e,
                 Err(Sent::Maybe(e)) if timed_out(&*e) => return Err(self.deadline_exceeded()),
                 Err(Sent::Maybe(e)) if never_sent(&*e) || self.settings.idempotent => e,
