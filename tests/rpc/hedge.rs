@@ -122,3 +122,30 @@ async fn hedged_calls_get_around_a_stalled_node_within_the_budget() {
         "only {hedges} hedges: the budget was not used"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auto_hedging_learns_the_targets_latency_then_hedges() {
+    let etcd = crate::support::etcd::Etcd::start();
+    let (nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
+    let mut echo = EchoClient::new(rpc.channel(Target::topic("echo")).hedge(HedgeDelay::Auto));
+    // The p95 is known after the first 64 answers; nothing is hedged before.
+    for _ in 0..64 {
+        echo.echo(EchoRequest::default()).await.expect("a call");
+    }
+    let stalled = Stalled::new(&nodes[0]);
+    let mut calls = 0;
+    while rpc.stats().hedges == 0 {
+        assert!(
+            calls < 200,
+            "no hedge after {calls} calls: {:?}",
+            rpc.stats()
+        );
+        let reply = echo
+            .echo(EchoRequest::default())
+            .await
+            .expect("a hedged call completes while a node stalls");
+        assert_ne!(reply.into_inner().host, "n1");
+        calls += 1;
+    }
+    drop(stalled);
+}
