@@ -607,8 +607,14 @@ impl RpcChannel {
                     open.retain(|n| !Arc::ptr_eq(n, &node));
                     let error = match result {
                         Ok(response) => {
-                            if let Some(latency) = &self.settings.latency {
-                                latency.record(started.elapsed());
+                            // Only the first copy's answer is a latency of the
+                            // target: a hedge's win says the first copy took
+                            // longer than the delay, not how long, and
+                            // recording it would ratchet the delay upwards.
+                            if Arc::ptr_eq(&node, &tried[0]) {
+                                if let Some(latency) = &self.settings.latency {
+                                    latency.record(started.elapsed());
+                                }
                             }
                             // The copies still out are cancelled; their nodes
                             // count as loaded until they answer again.
