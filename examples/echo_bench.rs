@@ -1,16 +1,17 @@
 //! Load generator for topic `echo` through discovery and load-aware
 //! channels. The last line is `calls=… conc=… secs=… calls_per_s=… p50_us=…
-//! p99_us=… errors=…`.
+//! p99_us=… p999_us=… max_us=… errors=…`.
 //!
 //! ```text
 //! cargo run --release --example echo_bench -- --registry etcd://127.0.0.1:2379 --calls 20000 --concurrency 64
+//! cargo run --release --example echo_bench -- --registry etcd://127.0.0.1:2379 --rate 5000 --hedge auto
 //! ```
 
 use std::time::Duration;
 
 use clap::Parser;
 use svckit::config::{CommonArgs, Config};
-use svckit::rpc::{Rpc, Target};
+use svckit::rpc::{HedgeDelay, Rpc, Target};
 
 #[allow(dead_code)]
 #[path = "common/echo.rs"]
@@ -40,6 +41,14 @@ struct Args {
     /// Payload bytes per call.
     #[arg(long, default_value_t = 64)]
     payload: usize,
+    /// Open loop: this many calls/s, latency counted from when each call
+    /// was due.
+    #[arg(long)]
+    rate: Option<f64>,
+    /// Hedge the calls (marks the channel idempotent): a delay (`5ms`) or
+    /// `auto` (the target's p95).
+    #[arg(long)]
+    hedge: Option<HedgeDelay>,
     /// Wait up to this many seconds for a node of the topic.
     #[arg(long, default_value_t = 10)]
     wait: u64,
@@ -57,13 +66,21 @@ async fn main() -> anyhow::Result<()> {
     target.server = args.server.clone();
     rpc.wait_for_nodes(&target, 1, Duration::from_secs(args.wait))
         .await?;
-    let stats = bench::run(
-        rpc.channel(target),
-        args.calls,
-        args.concurrency,
-        args.payload,
-    )
-    .await;
+    let mut channel = rpc.channel(target);
+    if let Some(delay) = args.hedge {
+        channel = channel.hedge(delay);
+    }
+    let hedged = args.hedge.is_some();
+    let load = bench::Load {
+        calls: args.calls,
+        concurrency: args.concurrency,
+        payload: args.payload,
+        rate: args.rate,
+    };
+    let stats = bench::run(channel, load).await;
+    if hedged {
+        eprintln!("{:?}", rpc.stats());
+    }
     println!("{}", stats.line());
     Ok(())
 }

@@ -1,5 +1,11 @@
-//! The load loop shared by `echo_bench` and its raw-tonic baseline, so that
+//! The load loop shared by `echo_bench` and its raw-tonic baselines, so that
 //! both sides of a comparison are measured by the same code.
+//!
+//! Closed loop (the default): `concurrency` callers, each sending its next
+//! call when the last one is answered. Open loop (`rate`): calls are due at
+//! fixed times whatever the answers, and each call's latency counts from
+//! when it was due, so a stalled server shows in the tail instead of
+//! slowing the load down (no coordinated omission).
 
 use std::time::{Duration, Instant};
 
@@ -8,6 +14,17 @@ use tonic::client::GrpcService;
 use super::echo::pb::echo_client::EchoClient;
 use super::echo::pb::EchoRequest;
 
+/// What to run.
+#[derive(Debug, Clone, Copy)]
+pub struct Load {
+    pub calls: usize,
+    /// Callers at once (closed loop).
+    pub concurrency: usize,
+    pub payload: usize,
+    /// Calls per second (open loop); `None` for a closed loop.
+    pub rate: Option<f64>,
+}
+
 /// What one run measured.
 pub struct Stats {
     pub calls: usize,
@@ -15,28 +32,32 @@ pub struct Stats {
     pub secs: f64,
     pub p50_us: u64,
     pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
     pub errors: usize,
 }
 
 impl Stats {
-    /// The contract line: `calls=… conc=… secs=… calls_per_s=… p50_us=… p99_us=… errors=…`.
+    /// The contract line: `calls=… conc=… secs=… calls_per_s=… p50_us=…
+    /// p99_us=… p999_us=… max_us=… errors=…`.
     pub fn line(&self) -> String {
         format!(
-            "calls={} conc={} secs={:.3} calls_per_s={:.0} p50_us={} p99_us={} errors={}",
+            "calls={} conc={} secs={:.3} calls_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
             self.calls,
             self.concurrency,
             self.secs,
             self.calls as f64 / self.secs.max(1e-9),
             self.p50_us,
             self.p99_us,
+            self.p999_us,
+            self.max_us,
             self.errors
         )
     }
 }
 
-/// Runs `calls` Echo calls of `payload` bytes with `concurrency` callers,
-/// after a short warm-up.
-pub async fn run<T>(channel: T, calls: usize, concurrency: usize, payload: usize) -> Stats
+/// Runs the load of Echo calls, after a short warm-up.
+pub async fn run<T>(channel: T, load: Load) -> Stats
 where
     T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
     T::Future: Send,
@@ -44,10 +65,10 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
     T::Error: Into<tonic::codegen::StdError>,
 {
-    let concurrency = concurrency.max(1);
-    let body = vec![0x5a_u8; payload];
+    let concurrency = load.concurrency.max(1);
+    let body = vec![0x5a_u8; load.payload];
     let mut warm = EchoClient::new(channel.clone());
-    for _ in 0..(concurrency * 4).min(calls.max(1)) {
+    for _ in 0..(concurrency * 4).min(load.calls.max(1)) {
         let _ = warm
             .echo(EchoRequest {
                 payload: body.clone(),
@@ -56,6 +77,42 @@ where
     }
 
     let started = Instant::now();
+    let (mut latencies, errors) = match load.rate {
+        None => closed_loop(channel, load.calls, concurrency, body).await,
+        Some(rate) => open_loop(channel, load.calls, rate, body).await,
+    };
+    let secs = started.elapsed().as_secs_f64();
+    latencies.sort_unstable();
+    let pct = |p: f64| {
+        latencies
+            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
+            .map_or(0, |d| d.as_micros() as u64)
+    };
+    Stats {
+        calls: load.calls,
+        concurrency,
+        secs,
+        p50_us: pct(0.50),
+        p99_us: pct(0.99),
+        p999_us: pct(0.999),
+        max_us: latencies.last().map_or(0, |d| d.as_micros() as u64),
+        errors,
+    }
+}
+
+async fn closed_loop<T>(
+    channel: T,
+    calls: usize,
+    concurrency: usize,
+    body: Vec<u8>,
+) -> (Vec<Duration>, usize)
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    T::Error: Into<tonic::codegen::StdError>,
+{
     let tasks: Vec<_> = (0..concurrency)
         .map(|i| {
             let share = calls / concurrency + usize::from(i < calls % concurrency);
@@ -80,7 +137,7 @@ where
             })
         })
         .collect();
-    let mut latencies: Vec<Duration> = Vec::with_capacity(calls);
+    let mut latencies = Vec::with_capacity(calls);
     let mut errors = 0;
     for task in tasks {
         match task.await {
@@ -91,19 +148,37 @@ where
             Err(_) => errors += 1,
         }
     }
-    let secs = started.elapsed().as_secs_f64();
-    latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0, |d| d.as_micros() as u64)
-    };
-    Stats {
-        calls,
-        concurrency,
-        secs,
-        p50_us: pct(0.50),
-        p99_us: pct(0.99),
-        errors,
+    (latencies, errors)
+}
+
+async fn open_loop<T>(channel: T, calls: usize, rate: f64, body: Vec<u8>) -> (Vec<Duration>, usize)
+where
+    T: GrpcService<tonic::body::Body> + Clone + Send + 'static,
+    T::Future: Send,
+    T::ResponseBody: tonic::codegen::Body<Data = bytes::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+    T::Error: Into<tonic::codegen::StdError>,
+{
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        let mut client = EchoClient::new(channel.clone());
+        let payload = body.clone();
+        tasks.push(tokio::spawn(async move {
+            let result = client.echo(EchoRequest { payload }).await;
+            result.ok().map(|_| due.elapsed())
+        }));
     }
+    let mut latencies = Vec::with_capacity(calls);
+    let mut errors = 0;
+    for task in tasks {
+        match task.await {
+            Ok(Some(latency)) => latencies.push(latency),
+            _ => errors += 1,
+        }
+    }
+    (latencies, errors)
 }

@@ -23,6 +23,7 @@ pub use self::args::CommonArgs;
 pub use self::value::{LogFilter, OptionValue, RestartMethod, Workers};
 
 use crate::error::{Error, Result};
+use crate::rpc::HedgeDelay;
 use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
 
 /// Where an option's value came from, for error messages and reports.
@@ -221,6 +222,8 @@ options! {
         range = "1ms" ..= "1day";
     /// When set, the node writes its advertised endpoints there as JSON once it serves and is registered, and removes the file when it stops.
     ready_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// Hedging of idempotent RPC calls: a delay (`20ms`) or `auto` (the target's p95 latency); empty for none.
+    rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// Largest gRPC message accepted or sent, in bytes.

@@ -25,6 +25,9 @@ pub(crate) struct Node {
     pub(crate) channel: Channel,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
+    /// Hedged calls given up on this node since it last answered: a
+    /// stalled node keeps looking loaded after its calls were cancelled.
+    pub(crate) abandoned: Arc<AtomicUsize>,
 }
 
 impl Node {
@@ -33,7 +36,7 @@ impl Node {
     }
 
     pub(crate) fn load(&self) -> usize {
-        self.pending.load(Ordering::Relaxed)
+        self.pending.load(Ordering::Relaxed) + self.abandoned.load(Ordering::Relaxed)
     }
 
     fn matches(&self, target: &Target) -> bool {
@@ -51,12 +54,28 @@ impl Node {
 #[derive(Default)]
 pub(crate) struct Snapshot {
     by_topic: HashMap<String, Arc<[Arc<Node>]>>,
+    /// Up but disabled nodes, by topic: reachable only by a server target
+    /// that asks for them.
+    disabled: HashMap<String, Vec<Arc<Node>>>,
 }
 
 impl Snapshot {
     /// The nodes a target may use. A plain topic target shares the
     /// snapshot's slice: no allocation on the call path.
     pub(crate) fn nodes(&self, target: &Target) -> Arc<[Arc<Node>]> {
+        if target.include_disabled && target.server.is_some() {
+            let disabled = self.disabled.get(&target.topic).into_iter().flatten();
+            let enabled = self
+                .by_topic
+                .get(&target.topic)
+                .into_iter()
+                .flat_map(|n| n.iter());
+            return enabled
+                .chain(disabled)
+                .filter(|n| n.matches(target))
+                .cloned()
+                .collect();
+        }
         match self.by_topic.get(&target.topic) {
             None => Arc::new([]),
             Some(nodes) if target.server.is_none() && target.service.is_none() => nodes.clone(),
@@ -98,12 +117,13 @@ impl Tracker {
 
     fn snapshot(&mut self) -> Snapshot {
         let mut by_topic: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
+        let mut disabled: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut live = HashMap::new();
         for (key, member) in &self.members {
             let Some(url) = member.record.endpoints.grpc.as_deref() else {
                 continue;
             };
-            if !member.is_routable() {
+            if !member.up {
                 continue;
             }
             let reuse = self
@@ -116,20 +136,24 @@ impl Tracker {
                     member: member.clone(),
                     channel: n.channel.clone(),
                     pending: n.pending.clone(),
+                    abandoned: n.abandoned.clone(),
                 }),
                 None => match connect(url, &self.options) {
                     Some(channel) => Arc::new(Node {
                         member: member.clone(),
                         channel,
                         pending: Arc::new(AtomicUsize::new(0)),
+                        abandoned: Arc::new(AtomicUsize::new(0)),
                     }),
                     None => continue,
                 },
             };
-            by_topic
-                .entry(key.0.clone())
-                .or_default()
-                .push(node.clone());
+            let group = if member.is_routable() {
+                &mut by_topic
+            } else {
+                &mut disabled
+            };
+            group.entry(key.0.clone()).or_default().push(node.clone());
             live.insert(key.clone(), node);
         }
         // Nodes no longer routable drop out here; calls in flight hold their
@@ -137,6 +161,7 @@ impl Tracker {
         self.nodes = live;
         Snapshot {
             by_topic: by_topic.into_iter().map(|(t, n)| (t, n.into())).collect(),
+            disabled,
         }
     }
 }

@@ -32,9 +32,10 @@ use futures::future::join_all;
 use tokio::sync::watch;
 use tonic::Status;
 
-pub use self::channel::RpcChannel;
+pub use self::channel::{HedgeDelay, RpcChannel, RpcStats};
 pub use self::target::Target;
 
+use self::channel::{SentSignal, Settings, Shared};
 use self::discovery::{ConnectOptions, Snapshot};
 use crate::config::Config;
 use crate::error::{Error, Result};
@@ -47,6 +48,12 @@ pub struct RpcOptions {
     pub response_timeout: Duration,
     /// Bound on opening a connection to a node.
     pub connect_timeout: Duration,
+    /// Hedging delay of idempotent channels (`rpc_hedge_delay`); `None`
+    /// hedges nothing unless a channel asks ([`RpcChannel::hedge`]).
+    pub hedge_delay: Option<HedgeDelay>,
+    /// Casts in flight (sent, not yet answered) beyond which
+    /// [`Rpc::cast`] returns `ResourceExhausted`.
+    pub max_casts_in_flight: usize,
 }
 
 impl Default for RpcOptions {
@@ -54,6 +61,8 @@ impl Default for RpcOptions {
         RpcOptions {
             response_timeout: Duration::from_secs(60),
             connect_timeout: Duration::from_secs(1),
+            hedge_delay: None,
+            max_casts_in_flight: 1024,
         }
     }
 }
@@ -64,14 +73,15 @@ impl Default for RpcOptions {
 pub struct Rpc {
     snapshot: watch::Receiver<Arc<Snapshot>>,
     options: RpcOptions,
+    shared: Arc<Shared>,
 }
 
 /// One node's answer to a fanout call.
 #[derive(Debug)]
 pub struct FanoutReply<T> {
-    /// The node that answered (or failed).
+    /// The node called.
     pub host: String,
-    /// Its reply, or the status of its failure.
+    /// Its answer.
     pub result: Result<T, Status>,
 }
 
@@ -90,14 +100,21 @@ impl Rpc {
             },
         )
         .await?;
-        Ok(Rpc { snapshot, options })
+        let shared = Arc::new(Shared::new(options.max_casts_in_flight));
+        Ok(Rpc {
+            snapshot,
+            options,
+            shared,
+        })
     }
 
-    /// Connects to the config's registry, with its `rpc_response_timeout`.
+    /// Connects to the config's registry, with its `rpc_response_timeout`
+    /// and `rpc_hedge_delay`.
     pub async fn from_config(config: &Config) -> Result<Self> {
         let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
         let options = RpcOptions {
             response_timeout: config.rpc_response_timeout,
+            hedge_delay: config.rpc_hedge_delay,
             ..RpcOptions::default()
         };
         Self::with_options(registry, options).await
@@ -107,12 +124,19 @@ impl Rpc {
     /// (`EchoClient::new(rpc.channel(target))`).
     pub fn channel(&self, target: Target) -> RpcChannel {
         RpcChannel {
-            target: Arc::new(target),
+            settings: Arc::new(Settings::new(
+                target,
+                self.options.response_timeout,
+                self.options.hedge_delay,
+                self.shared.clone(),
+            )),
             snapshot: self.snapshot.clone(),
-            timeout: self.options.response_timeout,
-            timeout_header: channel::grpc_timeout_header(self.options.response_timeout),
-            idempotent: false,
         }
+    }
+
+    /// Calls, retries and hedges of this client's channels so far.
+    pub fn stats(&self) -> RpcStats {
+        self.shared.stats()
     }
 
     /// The hosts `target` may be routed to now.
@@ -158,7 +182,6 @@ impl Rpc {
         let calls = hosts.into_iter().map(|host| {
             let mut one = target.clone();
             one.server = Some(host.clone());
-            one.fanout = false;
             let fut = call(self.channel(one));
             async move {
                 FanoutReply {
@@ -170,27 +193,59 @@ impl Rpc {
         Ok(join_all(calls).await)
     }
 
-    /// Sends without waiting for the reply: returns once the call is handed
-    /// to the transport; its outcome is logged and dropped. No node is an
-    /// immediate `Unavailable`.
-    pub fn cast<F, Fut, T>(&self, target: &Target, call: F) -> Result<()>
+    /// Sends without waiting for the reply: returns once the request was
+    /// written to a node's connection. The reply, or the error, is logged
+    /// and dropped.
+    ///
+    /// At most once: a cast is sent again to another node only when it
+    /// never reached the first (connection refused, stream refused), never
+    /// after it may have been delivered.
+    ///
+    /// Bounded: while [`RpcOptions::max_casts_in_flight`] casts wait for
+    /// their replies, another cast fails at once with `ResourceExhausted`
+    /// rather than queueing unseen work. No node for `target` is an
+    /// immediate `Unavailable`; a cast that could not be written returns its
+    /// error.
+    pub async fn cast<F, Fut, T>(&self, target: &Target, call: F) -> Result<()>
     where
         F: FnOnce(RpcChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>> + Send + 'static,
     {
-        let channel = self.channel(target.clone());
+        let Ok(permit) = self.shared.casts.clone().try_acquire_owned() else {
+            return Err(Error::Status(Status::resource_exhausted(format!(
+                "{} casts already in flight",
+                self.options.max_casts_in_flight
+            ))));
+        };
+        let mut channel = self.channel(target.clone());
         if channel.hosts().is_empty() {
             return Err(Error::Status(Status::unavailable(format!(
                 "no node available for {target}"
             ))));
         }
-        let target = target.to_string();
+        let (signal, mut written) = SentSignal::new();
+        Arc::make_mut(&mut channel.settings).sent = Some(signal);
+        let label = target.to_string();
         let fut = call(channel);
-        tokio::spawn(async move {
-            if let Err(status) = fut.await {
-                tracing::warn!(%target, code = ?status.code(), message = status.message(), "cast failed");
+        let mut task = tokio::spawn(async move {
+            let result = fut.await.map(drop);
+            drop(permit);
+            if let Err(status) = &result {
+                tracing::warn!(target = %label, code = ?status.code(), message = status.message(), "cast failed");
             }
+            result
         });
-        Ok(())
+        tokio::select! {
+            biased;
+            Ok(()) = &mut written => Ok(()),
+            finished = &mut task => match finished {
+                // Answered before the write was reported: it was written.
+                Ok(Ok(())) => Ok(()),
+                // Written, then failed: that was the reply, logged above.
+                Ok(Err(_)) if written.try_recv().is_ok() => Ok(()),
+                Ok(Err(status)) => Err(Error::Status(status)),
+                Err(join) => Err(Error::Status(Status::internal(format!("cast task: {join}")))),
+            },
+        }
     }
 }

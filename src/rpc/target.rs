@@ -2,16 +2,19 @@
 
 use std::fmt;
 
-/// A topic, optionally one server of it, or every server (fanout); and
-/// optionally a gRPC service the chosen nodes must advertise.
+/// A topic, optionally one server of it, and optionally a gRPC service the
+/// chosen nodes must advertise. Calling every node of a topic is
+/// [`Rpc::fanout`](super::Rpc::fanout), not a kind of target.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Target {
-    /// The topic called.
+    /// The topic whose nodes may answer.
     pub topic: String,
     /// Only this host.
     pub server: Option<String>,
-    /// Every up node (for [`Rpc::fanout`](super::Rpc::fanout)).
-    pub fanout: bool,
+    /// With `server`: reach that node even when an operator disabled it
+    /// (operators debug disabled nodes). Balancing by topic never picks a
+    /// disabled node, so without `server` this has no effect.
+    pub include_disabled: bool,
     /// Only nodes that advertise this fully qualified gRPC service name
     /// (e.g. `pkg.v2.Echo`): how a rolling upgrade picks compatible servers.
     pub service: Option<String>,
@@ -23,7 +26,7 @@ impl Target {
         Target {
             topic: topic.into(),
             server: None,
-            fanout: false,
+            include_disabled: false,
             service: None,
         }
     }
@@ -40,15 +43,16 @@ impl Target {
         self
     }
 
-    /// Every up node of the topic.
+    /// Reaches the [`server`](Self::server) even if it is disabled (it
+    /// must still be up).
     ///
     /// ```
-    /// let t = svckit::rpc::Target::topic("compute").fanout();
-    /// assert!(t.fanout);
+    /// let t = svckit::rpc::Target::topic("compute").server("cmp-7").include_disabled();
+    /// assert!(t.include_disabled);
     /// ```
     #[must_use]
-    pub fn fanout(mut self) -> Self {
-        self.fanout = true;
+    pub fn include_disabled(mut self) -> Self {
+        self.include_disabled = true;
         self
     }
 
@@ -71,8 +75,8 @@ impl fmt::Display for Target {
         if let Some(server) = &self.server {
             write!(f, ".{server}")?;
         }
-        if self.fanout {
-            write!(f, " (fanout)")?;
+        if self.include_disabled && self.server.is_some() {
+            write!(f, " (disabled too)")?;
         }
         if let Some(service) = &self.service {
             write!(f, " serving {service}")?;

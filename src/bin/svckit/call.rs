@@ -25,9 +25,14 @@ fn reply_json(host: &str, result: &Result<PingResponse, Status>) -> Value {
     }
 }
 
-pub(super) async fn ping(registry: Registry, target: Target, arg: String) -> Result<()> {
+pub(super) async fn ping(
+    registry: Registry,
+    target: Target,
+    fanout: bool,
+    arg: String,
+) -> Result<()> {
     let rpc = Rpc::new(registry).await?;
-    let replies: Vec<(String, Result<PingResponse, Status>)> = if target.fanout {
+    let replies: Vec<(String, Result<PingResponse, Status>)> = if fanout {
         rpc.fanout(&target, |ch| {
             let arg = arg.clone();
             async move {

@@ -194,8 +194,9 @@ async fn run(cli: Cli) -> Result<()> {
         } => {
             let mut target = Target::topic(topic);
             target.server = server;
-            target.fanout = fanout;
-            call::ping(registry.connect().await?, target, arg).await
+            // Operators call a disabled node by name to debug it.
+            target.include_disabled = true;
+            call::ping(registry.connect().await?, target, fanout, arg).await
         }
         Command::Report { target } => {
             let registry = target.registry.connect().await?;

@@ -1,100 +1,18 @@
-//! RPC by topic, server and fanout, against a real etcd and real echo_node
-//! processes.
-
-mod support;
+//! Unary calls by topic, server and fanout; node churn; deadlines.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
-use support::etcd::Etcd;
-use support::eventually;
-use support::node::{quick_node_args, Proc};
-use svckit::rpc::{Rpc, RpcOptions, Target};
-use svckit::servicegroup::{self, AdminChange, RegistryOptions};
+use svckit::rpc::Target;
+use svckit::servicegroup::AdminChange;
 use tonic::Code;
 
-#[allow(dead_code)]
-#[path = "../examples/common/echo.rs"]
-mod echo;
-
-use echo::pb::echo_client::EchoClient;
-use echo::pb::{EchoRequest, SleepRequest};
-
-const ECHO_V1: &str = "svckit.examples.echo.v1.Echo";
-
-fn start_node(etcd: &Etcd, host: &str) -> Proc {
-    let url = etcd.url().to_string();
-    let args = quick_node_args(&url, host);
-    let (proc, _) = Proc::start_example("echo_node", &args, &[("SVCKIT_DRAIN_DELAY", "0.3")]);
-    proc
-}
-
-async fn rpc_for(etcd: &Etcd) -> (Rpc, svckit::servicegroup::Registry) {
-    let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
-        .await
-        .expect("connect to etcd");
-    let rpc = Rpc::with_options(
-        registry.clone(),
-        RpcOptions {
-            response_timeout: Duration::from_secs(10),
-            ..RpcOptions::default()
-        },
-    )
-    .await
-    .expect("rpc client");
-    (rpc, registry)
-}
-
-async fn fleet(etcd: &Etcd, hosts: &[&str]) -> (Vec<Proc>, Rpc, svckit::servicegroup::Registry) {
-    let procs = hosts.iter().map(|h| start_node(etcd, h)).collect();
-    let (rpc, registry) = rpc_for(etcd).await;
-    rpc.wait_for_nodes(&Target::topic("echo"), hosts.len(), Duration::from_secs(10))
-        .await
-        .expect("nodes visible to the client");
-    (procs, rpc, registry)
-}
-
-/// Runs `calls` echo calls at `concurrency`; returns replies per host and
-/// the errors.
-async fn load(
-    channel: svckit::rpc::RpcChannel,
-    calls: usize,
-    concurrency: usize,
-) -> (HashMap<String, usize>, Vec<tonic::Status>) {
-    let per_task = calls / concurrency;
-    let tasks: Vec<_> = (0..concurrency)
-        .map(|_| {
-            let mut client = EchoClient::new(channel.clone());
-            tokio::spawn(async move {
-                let mut hosts = Vec::new();
-                let mut errors = Vec::new();
-                for _ in 0..per_task {
-                    match client
-                        .echo(EchoRequest {
-                            payload: b"x".to_vec(),
-                        })
-                        .await
-                    {
-                        Ok(r) => hosts.push(r.into_inner().host),
-                        Err(e) => errors.push(e),
-                    }
-                }
-                (hosts, errors)
-            })
-        })
-        .collect();
-    let mut counts = HashMap::new();
-    let mut errors = Vec::new();
-    for t in tasks {
-        let (hosts, errs) = t.await.unwrap();
-        for h in hosts {
-            *counts.entry(h).or_insert(0) += 1;
-        }
-        errors.extend(errs);
-    }
-    (counts, errors)
-}
+use crate::echo::pb::echo_client::EchoClient;
+use crate::echo::pb::{EchoRequest, SleepRequest};
+use crate::support::etcd::Etcd;
+use crate::support::eventually;
+use crate::{fleet, load, ECHO_V1};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn calls_by_topic_spread_over_every_node() {
@@ -122,7 +40,7 @@ async fn fanout_returns_one_reply_per_up_node() {
     let etcd = Etcd::start();
     let (_nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
     let replies = rpc
-        .fanout(&Target::topic("echo").fanout(), |ch| async move {
+        .fanout(&Target::topic("echo"), |ch| async move {
             EchoClient::new(ch)
                 .echo(EchoRequest {
                     payload: b"all".to_vec(),
