@@ -229,35 +229,51 @@ async fn ttin_and_ttou_change_the_worker_count_and_usr2_reports() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sighup_replaces_every_worker_without_a_failed_call() {
+    use svckit::rpc::{Rpc, Target};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
-    let (node, addr) = supervisor(&url, "wr", "2", &[]);
+    let (node, _) = supervisor(&url, "wr", "2", &[]);
     wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
     let before = serving_pids(&node);
+    let registry = servicegroup::connect(
+        &svckit::servicegroup::RegistryUrl::parse(&url).unwrap(),
+        &support::options(),
+    )
+    .await
+    .unwrap();
+    let rpc = Rpc::new(registry).await.unwrap();
+    let target = Target::topic("echo");
+    rpc.wait_for_nodes(&target, 1, WAIT).await.unwrap();
 
-    // A steady load on fresh connections while the workers are replaced.
+    // A steady load through the kit's client while the workers are
+    // replaced. Echo is safe to repeat, so the channel is idempotent: a
+    // call caught by a worker closing its connections is sent again (a
+    // call the closing connection refused is sent again on any channel).
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let load = {
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let (mut calls, mut errors) = (0u32, Vec::new());
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                let mut client = connect(addr).await;
-                for _ in 0..5 {
+    let tasks: Vec<_> = (0..4)
+        .map(|_| {
+            let stop = stop.clone();
+            let mut client = EchoClient::new(rpc.channel(target.clone()).idempotent());
+            tokio::spawn(async move {
+                let (mut pids, mut calls, mut errors) = (BTreeSet::new(), 0u32, Vec::new());
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     calls += 1;
-                    if let Err(e) = client
+                    match client
                         .echo(EchoRequest {
                             payload: b"x".to_vec(),
                         })
                         .await
                     {
-                        errors.push(e);
+                        Ok(reply) => {
+                            pids.insert(reply.into_inner().pid);
+                        }
+                        Err(e) => errors.push(e),
                     }
                 }
-            }
-            (calls, errors)
+                (pids, calls, errors)
+            })
         })
-    };
+        .collect();
     node.signal(Signal::SIGHUP);
     wait_until("every worker replaced", || {
         let now = serving_pids(&node);
@@ -265,14 +281,39 @@ async fn sighup_replaces_every_worker_without_a_failed_call() {
     })
     .await;
     node.wait_for_log("all workers replaced", WAIT);
+    // Calls reach a new worker before the load stops.
+    let new = serving_pids(&node);
+    let probe = EchoClient::new(rpc.channel(target.clone()));
+    support::eventually(WAIT, "a call served by a new worker", || {
+        let (new, mut probe) = (new.clone(), probe.clone());
+        async move {
+            let pid = probe
+                .echo(EchoRequest {
+                    payload: b"p".to_vec(),
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .pid;
+            new.contains(&pid).then_some(())
+        }
+    })
+    .await;
+    drop(probe);
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    let (calls, errors) = load.await.unwrap();
-    assert!(calls > 0);
+    let (mut pids, mut calls, mut errors) = (BTreeSet::new(), 0, Vec::new());
+    for task in tasks {
+        let (p, c, e) = task.await.unwrap();
+        pids.extend(p);
+        calls += c;
+        errors.extend(e);
+    }
     assert!(
         errors.is_empty(),
         "{} of {calls} calls failed: {errors:?}",
         errors.len()
     );
+    assert!(pids.iter().any(|p| before.contains(p)), "{pids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -281,6 +281,15 @@ fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
     }
 }
 
+/// The node of the next attempt: one not tried yet, else a tried one again.
+/// A call only comes back for another attempt when it never reached a node
+/// (or is idempotent), and then the same node may well take it: a new
+/// connection to a node with several workers lands on another worker, and
+/// a stream refused by a draining connection goes through on the next.
+fn next_node(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
+    pick(nodes, tried).or_else(|| pick(nodes, &[]))
+}
+
 /// Whether a failed call may have reached the node.
 enum Sent<E> {
     No(E),
@@ -310,6 +319,14 @@ fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
         }
     }
     if error.is::<tonic::ConnectError>() {
+        return true;
+    }
+    // hyper cancels a request it could not send: its connection closed
+    // (a GOAWAY from a draining server) before the request went out.
+    if error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_canceled)
+    {
         return true;
     }
     error.source().is_some_and(never_sent)
@@ -502,7 +519,7 @@ impl RpcChannel {
                 self.settings.shared.retries.fetch_add(1, Ordering::Relaxed);
                 self.current_nodes()
             };
-            let Some(node) = pick(&candidates, &tried) else {
+            let Some(node) = next_node(&candidates, &tried) else {
                 break;
             };
             let retry_deadline = (!tried.is_empty()).then_some(deadline);
@@ -545,7 +562,7 @@ impl RpcChannel {
                 self.settings.shared.retries.fetch_add(1, Ordering::Relaxed);
                 self.current_nodes()
             };
-            let Some(node) = pick(&candidates, &tried) else {
+            let Some(node) = next_node(&candidates, &tried) else {
                 break;
             };
             let guard = PendingGuard::new(&node.pending);
