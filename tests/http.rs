@@ -334,7 +334,15 @@ for family in text_string_to_metric_families(text):
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_traceparent_sent_to_api_node_shows_up_in_echo_nodes_span() {
-    let f = fleet(&[], &["--log-level", "info,tower_http=debug"]).await;
+    // gRPC call spans are at DEBUG, so that calls cost no span by default.
+    let f = fleet(
+        &[],
+        &[
+            "--log-level",
+            "info,tower_http=debug,svckit::telemetry=debug",
+        ],
+    )
+    .await;
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
     let reply = get(

@@ -118,9 +118,7 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
         // One access log line per request, in a span with its traceparent.
         .layer(
             TraceLayer::new_for_http()
-                .make_span_with(|r: &http::Request<axum::body::Body>| {
-                    trace::request_span("http", r)
-                })
+                .make_span_with(|r: &http::Request<axum::body::Body>| trace::http_span(r))
                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
         )
 }

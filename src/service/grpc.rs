@@ -78,7 +78,7 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(|r: &http::Request<_>| trace::request_span("grpc", r)),
+                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r)),
             )
             .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())

@@ -39,18 +39,40 @@ pub fn traceparent<B>(request: &http::Request<B>) -> Option<&HeaderValue> {
     ok.then_some(value)
 }
 
-/// The span of one request, with its `traceparent` when it has one.
-pub fn request_span<B>(protocol: &'static str, request: &http::Request<B>) -> tracing::Span {
-    let parent = traceparent(request)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("");
-    tracing::info_span!(
+/// The span of an HTTP request, with its `traceparent` when it has one.
+/// At INFO: the access log line of each request is logged in it.
+pub fn http_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::info_span!(
         "request",
-        protocol,
+        protocol = "http",
         method = %request.method(),
         uri = %request.uri(),
-        traceparent = parent,
-    )
+        traceparent = tracing::field::Empty,
+    );
+    record_traceparent(&span, request);
+    span
+}
+
+/// The span of a gRPC call, with its `traceparent` when it has one. At
+/// DEBUG: at the default log level a call costs no span.
+pub fn grpc_span<B>(request: &http::Request<B>) -> tracing::Span {
+    let span = tracing::debug_span!(
+        "request",
+        protocol = "grpc",
+        method = %request.uri().path(),
+        traceparent = tracing::field::Empty,
+    );
+    record_traceparent(&span, request);
+    span
+}
+
+fn record_traceparent<B>(span: &tracing::Span, request: &http::Request<B>) {
+    if span.is_disabled() {
+        return;
+    }
+    if let Some(parent) = traceparent(request).and_then(|v| v.to_str().ok()) {
+        span.record("traceparent", parent);
+    }
 }
 
 /// Serves each request with its `traceparent` as the task's current one.
