@@ -18,6 +18,7 @@ use tonic_health::ServingStatus;
 use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
+use super::limits::MessageLimitLayer;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
@@ -60,6 +61,7 @@ impl GrpcServer {
         names: Vec<String>,
         metrics: &Metrics,
         connections: Arc<Connections>,
+        max_message_size: usize,
     ) -> Result<Self> {
         for name in &names {
             health
@@ -82,6 +84,9 @@ impl GrpcServer {
             )
             .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())
+            .layer(MessageLimitLayer {
+                max: max_message_size,
+            })
             .add_routes(routes);
         let task = tokio::spawn(async move {
             let result = router

@@ -6,6 +6,7 @@ mod base;
 mod conn;
 mod grpc;
 mod info;
+mod limits;
 mod node;
 
 use futures::future::BoxFuture;

@@ -216,6 +216,7 @@ impl<M: Manager> Node<M> {
                 health_names,
                 &metrics,
                 self.node.connections.clone(),
+                config.max_message_size,
             )
             .await?,
         );

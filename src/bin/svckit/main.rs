@@ -161,6 +161,16 @@ impl RegistryArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // Warnings (an invalid record skipped, a watch resyncing) go to stderr;
+    // stdout stays the command's output. RUST_LOG changes the level.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .try_init();
     let result = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,0 +1,264 @@
+//! The status of an oversized gRPC message: RESOURCE_EXHAUSTED.
+//!
+//! tonic's decoder refuses a message over `max_message_size` with
+//! OUT_OF_RANGE; the gRPC status-code spec, and the servers of the other
+//! languages, answer RESOURCE_EXHAUSTED, which is what clients retry or
+//! report on. [`MessageLimitLayer`] reads the length prefix of each message
+//! as the request streams by (nothing is buffered), marks a call that
+//! carries one over the limit, and turns that call's OUT_OF_RANGE into
+//! RESOURCE_EXHAUSTED, in the headers of a trailers-only answer or in the
+//! trailers. A handler's own OUT_OF_RANGE on a call within the limit passes
+//! untouched.
+
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use futures::future::BoxFuture;
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+
+const GRPC_STATUS: &str = "grpc-status";
+const OUT_OF_RANGE: &str = "11";
+const RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
+
+/// Maps the status of calls with a message over `max` bytes (see the
+/// module docs).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MessageLimitLayer {
+    pub(crate) max: usize,
+}
+
+impl<S> Layer<S> for MessageLimitLayer {
+    type Service = MessageLimit<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        MessageLimit {
+            inner,
+            max: self.max,
+        }
+    }
+}
+
+/// The service of [`MessageLimitLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct MessageLimit<S> {
+    inner: S,
+    max: usize,
+}
+
+impl<S, RB> Service<http::Request<tonic::body::Body>> for MessageLimit<S>
+where
+    S: Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+{
+    type Response = http::Response<Mapped<RB>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+        let oversized = Arc::new(AtomicBool::new(false));
+        let (max, flag) = (self.max, oversized.clone());
+        let request = request.map(|body| {
+            tonic::body::Body::new(Scanned {
+                body,
+                max,
+                oversized: flag,
+                header: [0; 5],
+                filled: 0,
+                skip: 0,
+            })
+        });
+        let future = self.inner.call(request);
+        Box::pin(async move {
+            let mut response = future.await?;
+            if oversized.load(Ordering::Relaxed) {
+                remap(response.headers_mut());
+            }
+            Ok(response.map(|body| Mapped { body, oversized }))
+        })
+    }
+}
+
+/// OUT_OF_RANGE → RESOURCE_EXHAUSTED in one header map.
+fn remap(headers: &mut http::HeaderMap) {
+    if headers.get(GRPC_STATUS).is_some_and(|v| v == OUT_OF_RANGE) {
+        headers.insert(GRPC_STATUS, RESOURCE_EXHAUSTED);
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A request body whose message length prefixes are read on the way.
+    struct Scanned<B> {
+        #[pin]
+        body: B,
+        max: usize,
+        oversized: Arc<AtomicBool>,
+        // The 5-byte prefix of the next message: flag, then length (BE).
+        header: [u8; 5],
+        filled: usize,
+        // Payload bytes of the current message still to pass.
+        skip: usize,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Scanned<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                let mut data = data.clone();
+                while data.has_remaining() {
+                    if *this.skip > 0 {
+                        let n = (*this.skip).min(data.remaining());
+                        data.advance(n);
+                        *this.skip -= n;
+                        continue;
+                    }
+                    let n = (5 - *this.filled).min(data.remaining());
+                    this.header[*this.filled..*this.filled + n].copy_from_slice(&data[..n]);
+                    data.advance(n);
+                    *this.filled += n;
+                    if *this.filled == 5 {
+                        let len = u32::from_be_bytes([
+                            this.header[1],
+                            this.header[2],
+                            this.header[3],
+                            this.header[4],
+                        ]) as usize;
+                        if len > *this.max {
+                            this.oversized.store(true, Ordering::Relaxed);
+                        }
+                        *this.filled = 0;
+                        *this.skip = len;
+                    }
+                }
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body whose trailers are remapped for an oversized call.
+    pub(crate) struct Mapped<B> {
+        #[pin]
+        body: B,
+        oversized: Arc<AtomicBool>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Mapped<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if this.oversized.load(Ordering::Relaxed) => {
+                match frame.into_trailers() {
+                    Ok(mut trailers) => {
+                        remap(&mut trailers);
+                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                    }
+                    Err(frame) => Poll::Ready(Some(Ok(frame))),
+                }
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    fn message(len: usize) -> Vec<u8> {
+        let mut m = vec![0u8];
+        m.extend_from_slice(&(len as u32).to_be_bytes());
+        m.extend(std::iter::repeat_n(7u8, len));
+        m
+    }
+
+    async fn scan(chunks: Vec<Vec<u8>>, max: usize) -> bool {
+        let oversized = Arc::new(AtomicBool::new(false));
+        let stream = futures::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))),
+        );
+        let body = Scanned {
+            body: http_body_util::StreamBody::new(stream),
+            max,
+            oversized: oversized.clone(),
+            header: [0; 5],
+            filled: 0,
+            skip: 0,
+        };
+        let _ = body.collect().await;
+        oversized.load(Ordering::Relaxed)
+    }
+
+    #[tokio::test]
+    async fn finds_an_oversized_message_wherever_the_chunks_split() {
+        let mut stream = message(10);
+        stream.extend(message(100));
+        for split in [1, 3, 5, 6, 14, 16, 50] {
+            let (a, b) = stream.split_at(split);
+            assert!(
+                scan(vec![a.to_vec(), b.to_vec()], 64).await,
+                "split at {split}"
+            );
+            assert!(
+                !scan(vec![a.to_vec(), b.to_vec()], 100).await,
+                "split at {split}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_out_of_range_is_remapped() {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("11"));
+        remap(&mut headers);
+        assert_eq!(headers[GRPC_STATUS], "8");
+        headers.insert(GRPC_STATUS, HeaderValue::from_static("3"));
+        remap(&mut headers);
+        assert_eq!(headers[GRPC_STATUS], "3");
+    }
+}
