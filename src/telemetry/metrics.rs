@@ -8,8 +8,10 @@
 //! status. A call is measured until its response body ends, so a stream
 //! counts for as long as it runs.
 
+use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -45,11 +47,78 @@ struct Requests {
     total: Family<Outcome, Counter>,
     duration: Family<Route, Histogram>,
     in_flight: Family<Route, Gauge>,
+    /// Each route's metric handles, made once: a request then costs a map
+    /// lookup and a few atomic updates, with no label allocated.
+    routes: Arc<RwLock<HashMap<String, Arc<RouteMetrics>>>>,
+}
+
+/// The handles of one route's metrics.
+struct RouteMetrics {
+    route: String,
+    in_flight: Gauge,
+    duration: Histogram,
+    total: Family<Outcome, Counter>,
+    outcomes: RwLock<HashMap<Code, Counter>>,
+}
+
+impl RouteMetrics {
+    fn count(&self, code: Code) {
+        if let Some(counter) = read(&self.outcomes).get(&code) {
+            counter.inc();
+            return;
+        }
+        let counter = self
+            .total
+            .get_or_create(&Outcome {
+                route: self.route.clone(),
+                code: code.label(),
+            })
+            .clone();
+        counter.inc();
+        write(&self.outcomes).insert(code, counter);
+    }
+}
+
+/// The maps below only ever get whole entries inserted, so a lock poisoned
+/// by a panic elsewhere still guards consistent data: it is used on.
+fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    lock.write()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// How a request ended, cheap to carry until it is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Code {
+    /// A gRPC status code.
+    Grpc(i32),
+    /// An HTTP status.
+    Http(u16),
+    /// The response body was dropped before its end: the client went away.
+    Dropped,
+    /// The response body failed.
+    Failed,
+}
+
+impl Code {
+    fn label(self) -> String {
+        match self {
+            Code::Grpc(code) => format!("{:?}", tonic::Code::from_i32(code)),
+            Code::Http(status) => status.to_string(),
+            Code::Dropped => "Cancelled".into(),
+            Code::Failed => "Error".into(),
+        }
+    }
 }
 
 impl Requests {
     fn register(registry: &mut Registry, protocol: &str) -> Self {
         let requests = Requests {
+            routes: Arc::default(),
             total: Family::default(),
             // 100 µs to about 100 s.
             duration: Family::new_with_constructor(|| {
@@ -73,6 +142,26 @@ impl Requests {
             requests.in_flight.clone(),
         );
         requests
+    }
+
+    fn route(&self, route: &str) -> Arc<RouteMetrics> {
+        if let Some(found) = read(&self.routes).get(route) {
+            return found.clone();
+        }
+        let labels = Route {
+            route: route.to_string(),
+        };
+        let made = Arc::new(RouteMetrics {
+            route: route.to_string(),
+            in_flight: self.in_flight.get_or_create(&labels).clone(),
+            duration: self.duration.get_or_create(&labels).clone(),
+            total: self.total.clone(),
+            outcomes: RwLock::default(),
+        });
+        write(&self.routes)
+            .entry(route.to_string())
+            .or_insert(made)
+            .clone()
     }
 }
 
@@ -213,30 +302,22 @@ where
             Kind::Http => request
                 .extensions()
                 .get::<axum::extract::MatchedPath>()
-                .map_or_else(|| "unmatched".to_string(), |p| p.as_str().to_string()),
-            Kind::Grpc => request.uri().path().to_string(),
+                .map_or("unmatched", |p| p.as_str()),
+            Kind::Grpc => request.uri().path(),
         };
-        let in_flight = self
-            .requests
-            .in_flight
-            .get_or_create(&Route {
-                route: route.clone(),
-            })
-            .clone();
-        in_flight.inc();
+        let route = self.requests.route(route);
+        route.in_flight.inc();
         let mut record = Record {
-            requests: self.requests.clone(),
             route,
             started: Instant::now(),
             code: None,
-            in_flight,
         };
         let kind = self.kind;
         let future = self.inner.call(request);
         Box::pin(async move {
             let response = future.await?;
             record.code = match kind {
-                Kind::Http => Some(response.status().as_u16().to_string()),
+                Kind::Http => Some(Code::Http(response.status().as_u16())),
                 // A trailers-only reply (an error before any message).
                 Kind::Grpc => response.headers().get("grpc-status").map(grpc_code),
             };
@@ -248,41 +329,27 @@ where
     }
 }
 
-fn grpc_code(value: &http::HeaderValue) -> String {
-    let code = value
-        .to_str()
+fn grpc_code(value: &http::HeaderValue) -> Code {
+    let code = std::str::from_utf8(value.as_bytes())
         .ok()
         .and_then(|v| v.parse::<i32>().ok())
-        .map_or(tonic::Code::Unknown, tonic::Code::from_i32);
-    format!("{code:?}")
+        .unwrap_or(tonic::Code::Unknown as i32);
+    Code::Grpc(code)
 }
 
 /// What is recorded when a response ends.
 struct Record {
-    requests: Requests,
-    route: String,
+    route: Arc<RouteMetrics>,
     started: Instant,
-    code: Option<String>,
-    in_flight: Gauge,
+    code: Option<Code>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
-        self.in_flight.dec();
-        // A body dropped before its end: the client went away.
-        let code = self.code.take().unwrap_or_else(|| "Cancelled".into());
-        self.requests
-            .total
-            .get_or_create(&Outcome {
-                route: self.route.clone(),
-                code,
-            })
-            .inc();
-        self.requests
+        self.route.in_flight.dec();
+        self.route.count(self.code.unwrap_or(Code::Dropped));
+        self.route
             .duration
-            .get_or_create(&Route {
-                route: std::mem::take(&mut self.route),
-            })
             .observe(self.started.elapsed().as_secs_f64());
     }
 }
@@ -319,12 +386,14 @@ impl<B: Body> Body for Measured<B> {
                 if let Some(mut record) = this.record.take() {
                     // A gRPC body that ended without a status in its
                     // trailers already had it in its headers (or is OK).
-                    record.code.get_or_insert_with(|| "OK".into());
+                    record
+                        .code
+                        .get_or_insert(Code::Grpc(tonic::Code::Ok as i32));
                 }
             }
             Poll::Ready(Some(Err(_))) => {
                 if let Some(mut record) = this.record.take() {
-                    record.code = Some("Error".into());
+                    record.code = Some(Code::Failed);
                 }
             }
             Poll::Pending => {}
@@ -338,5 +407,49 @@ impl<B: Body> Body for Measured<B> {
 
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn grpc_calls_are_counted_by_method_and_status_when_their_body_ends() {
+        let metrics = Metrics::new();
+        let service = tower::service_fn(|request: http::Request<()>| async move {
+            let status = if request.uri().path().ends_with("/Fail") {
+                "5"
+            } else {
+                "0"
+            };
+            let response = http::Response::builder()
+                .header("grpc-status", status)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = metrics.grpc_layer().layer(service);
+        for path in ["/pkg.S/Ok", "/pkg.S/Ok", "/pkg.S/Fail"] {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            let response = tower::ServiceExt::oneshot(&mut service, request)
+                .await
+                .unwrap();
+            // Still in flight until its body ends.
+            assert!(metrics.render(None).contains(&format!(
+                "svckit_grpc_requests_in_flight{{route=\"{path}\"}} 1"
+            )));
+            response.into_body().collect().await.unwrap();
+        }
+        let text = metrics.render(None);
+        for line in [
+            r#"svckit_grpc_requests_total{route="/pkg.S/Ok",code="Ok"} 2"#,
+            r#"svckit_grpc_requests_total{route="/pkg.S/Fail",code="NotFound"} 1"#,
+            r#"svckit_grpc_requests_in_flight{route="/pkg.S/Ok"} 0"#,
+            r#"svckit_grpc_request_duration_seconds_count{route="/pkg.S/Ok"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
     }
 }
