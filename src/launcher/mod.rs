@@ -85,14 +85,7 @@ where
     F: FnOnce(Config) -> Fut,
     Fut: Future<Output = Result<Vec<Arc<dyn Service>>>>,
 {
-    let program = std::env::args()
-        .next()
-        .and_then(|a| {
-            std::path::Path::new(&a)
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-        })
-        .unwrap_or_else(|| "svckit".into());
+    let program = program_name();
     let code = match run_inner(args, make) {
         Ok(code) => code,
         Err(e) => {
@@ -156,4 +149,16 @@ where
     // second signal asked for.
     runtime.shutdown_background();
     result
+}
+
+/// This program's file name (argv\[0\] without its directory): the prefix
+/// of its error lines, its report file names, and a node's default binary.
+pub(crate) fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svckit".into())
 }

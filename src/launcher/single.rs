@@ -320,7 +320,7 @@ impl ServiceLauncher {
                 Ok([one]) => one,
                 Err(all) => serde_json::json!({ "services": all }),
             };
-            crate::report::emit(&report, report_dir.as_deref(), &program_name());
+            crate::report::emit(&report, report_dir.as_deref(), &super::program_name());
         });
     }
 }
@@ -338,15 +338,4 @@ async fn bounded<F: std::future::Future>(timeout: Duration, fut: F) -> Option<F:
             }
         }
     }
-}
-
-/// This program's file name, for report file names.
-fn program_name() -> String {
-    std::env::args()
-        .next()
-        .as_deref()
-        .map(std::path::Path::new)
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "svckit".into())
 }

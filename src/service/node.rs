@@ -88,7 +88,7 @@ impl<M: Manager> NodeBuilder<M> {
     /// the config's `topic`, else the builder's, else the binary name
     /// without a `svckit-` prefix.
     pub fn build(self, config: &Config) -> Node<M> {
-        let binary = self.binary.unwrap_or_else(default_binary);
+        let binary = self.binary.unwrap_or_else(crate::launcher::program_name);
         let topic = config.topic.clone().or(self.topic).unwrap_or_else(|| {
             binary
                 .strip_prefix("svckit-")
@@ -109,16 +109,6 @@ impl<M: Manager> NodeBuilder<M> {
             initialised: AtomicBool::new(false),
         }
     }
-}
-
-fn default_binary() -> String {
-    std::env::args()
-        .next()
-        .as_deref()
-        .map(std::path::Path::new)
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "svckit".into())
 }
 
 /// A node: the manager's gRPC services plus `Base`, health and reflection,
