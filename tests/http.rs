@@ -353,7 +353,7 @@ async fn a_traceparent_sent_to_api_node_shows_up_in_echo_nodes_span() {
     .await;
     assert_eq!(reply.status, 200, "{reply:?}");
     f.echo[1].wait_for_log(trace_id, WAIT);
-    assert!(f.api.stderr().contains(trace_id), "{}", f.api.stderr());
+    f.api.wait_for_log(trace_id, WAIT);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
