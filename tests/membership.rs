@@ -118,18 +118,13 @@ fn a_second_node_with_the_same_topic_and_host_is_refused() {
 /// A node's flags with a 10 s down time: only a takeover, never its old
 /// lease running out, can let a restart in within that time.
 fn long_lease_args<'a>(registry: &'a str, host: &'a str) -> Vec<&'a str> {
-    vec![
-        "--registry",
-        registry,
-        "--host",
-        host,
-        "--rpc-listen",
-        "127.0.0.1:0",
-        "--report-interval",
-        "0.2",
-        "--service-down-time",
-        "10",
-    ]
+    let mut args = quick_node_args(registry, host);
+    let down = args
+        .iter()
+        .position(|a| *a == "--service-down-time")
+        .expect("quick_node_args sets a down time");
+    args[down + 1] = "10";
+    args
 }
 
 #[tokio::test]

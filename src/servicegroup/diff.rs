@@ -73,27 +73,29 @@ pub(crate) fn check_identity(topic: &str, host: &str) -> Result<()> {
     Ok(())
 }
 
+/// A member of topic `t` for unit tests of the service group.
+#[cfg(test)]
+pub(crate) fn test_member(host: &str, up: bool) -> Member {
+    use std::time::{Duration, SystemTime};
+    let record = crate::servicegroup::Registration {
+        topic: "t".into(),
+        host: host.into(),
+        binary: "b".into(),
+        version: "1".into(),
+        endpoints: Default::default(),
+        services: vec![],
+        workers: 1,
+        report_interval: Duration::from_secs(1),
+        service_down_time: Duration::from_secs(2),
+    }
+    .to_record(SystemTime::UNIX_EPOCH);
+    Member { record, up }
+}
+
 #[cfg(test)]
 mod tests {
+    use super::test_member as member;
     use super::*;
-    use crate::servicegroup::{Registration, ServiceRecord};
-    use std::time::{Duration, SystemTime};
-
-    fn member(host: &str, up: bool) -> Member {
-        let record: ServiceRecord = Registration {
-            topic: "t".into(),
-            host: host.into(),
-            binary: "b".into(),
-            version: "1".into(),
-            endpoints: Default::default(),
-            services: vec![],
-            workers: 1,
-            report_interval: Duration::from_secs(1),
-            service_down_time: Duration::from_secs(2),
-        }
-        .to_record(SystemTime::UNIX_EPOCH);
-        Member { record, up }
-    }
 
     #[test]
     fn resync_emits_only_differences() {

@@ -177,27 +177,13 @@ impl Watcher {
 
 #[cfg(test)]
 mod tests {
-    use std::time::SystemTime;
-
     use futures::StreamExt;
 
     use super::*;
-    use crate::servicegroup::{diff::key_of, Registration};
+    use crate::servicegroup::diff::key_of;
 
     fn member(host: &str) -> Member {
-        let record = Registration {
-            topic: "t".into(),
-            host: host.into(),
-            binary: "b".into(),
-            version: "1".into(),
-            endpoints: Default::default(),
-            services: vec![],
-            workers: 1,
-            report_interval: Duration::from_secs(1),
-            service_down_time: Duration::from_secs(2),
-        }
-        .to_record(SystemTime::UNIX_EPOCH);
-        Member { record, up: true }
+        crate::servicegroup::diff::test_member(host, true)
     }
 
     /// Panics on its first step, then reports `b` deleted.
