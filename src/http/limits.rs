@@ -2,12 +2,13 @@
 //! request line and header lines ([`LineLimitLayer`]: 414, 431) and the
 //! requests served at once ([`PoolLayer`]: wait, then 503).
 
+use std::future::{ready, Ready};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, Either};
 use http::StatusCode;
 use tokio::sync::Semaphore;
 use tower::{Layer, Service};
@@ -47,7 +48,8 @@ where
 {
     type Response = Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<Response, S::Error>>;
+    // Not boxed: every request passes here.
+    type Future = Either<Ready<Result<Response, S::Error>>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -59,7 +61,7 @@ where
             .path_and_query()
             .map_or(0, |pq| pq.as_str().len());
         if target > self.limits.max_url_len {
-            return Box::pin(async { Ok(StatusCode::URI_TOO_LONG.into_response()) });
+            return Either::Left(ready(Ok(StatusCode::URI_TOO_LONG.into_response())));
         }
         let longest = request
             .headers()
@@ -68,11 +70,11 @@ where
             .max()
             .unwrap_or(0);
         if longest > self.limits.max_header_line {
-            return Box::pin(async {
-                Ok(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response())
-            });
+            return Either::Left(ready(Ok(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE.into_response()
+            )));
         }
-        Box::pin(self.inner.call(request))
+        Either::Right(self.inner.call(request))
     }
 }
 
@@ -135,12 +137,16 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let permit = match tokio::time::timeout(wait, slots.acquire_owned()).await {
-                Ok(Ok(permit)) => permit,
-                _ => {
-                    tracing::warn!("http_pool_size reached; answering 503");
-                    return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
-                }
+            // A free slot needs no timer; only a full pool waits.
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => {
+                        tracing::warn!("http_pool_size reached; answering 503");
+                        return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+                    }
+                },
             };
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?

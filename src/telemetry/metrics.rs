@@ -290,8 +290,7 @@ where
 {
     type Response = http::Response<Measured<RB>>;
     type Error = S::Error;
-    type Future =
-        Pin<Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+    type Future = MeasuredFuture<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -307,25 +306,48 @@ where
         };
         let route = self.requests.route(route);
         route.in_flight.inc();
-        let mut record = Record {
-            route,
-            started: Instant::now(),
-            code: None,
-        };
-        let kind = self.kind;
-        let future = self.inner.call(request);
-        Box::pin(async move {
-            let response = future.await?;
-            record.code = match kind {
+        MeasuredFuture {
+            inner: self.inner.call(request),
+            record: Some(Record {
+                route,
+                started: Instant::now(),
+                code: None,
+            }),
+            kind: self.kind,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestMetrics`]; not boxed, as every
+    /// request and call passes here.
+    pub struct MeasuredFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+        kind: Kind,
+    }
+}
+
+impl<F, RB, E> std::future::Future for MeasuredFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<Measured<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // An error or a dropped future records the request as it is dropped.
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let mut record = this.record.take();
+        if let Some(record) = record.as_mut() {
+            record.code = match this.kind {
                 Kind::Http => Some(Code::Http(response.status().as_u16())),
                 // A trailers-only reply (an error before any message).
                 Kind::Grpc => response.headers().get("grpc-status").map(grpc_code),
             };
-            Ok(response.map(|body| Measured {
-                body,
-                record: Some(record),
-            }))
-        })
+        }
+        Poll::Ready(Ok(response.map(|body| Measured { body, record })))
     }
 }
 

@@ -8,8 +8,9 @@
 
 use std::task::{Context, Poll};
 
-use futures::future::BoxFuture;
+use futures::future::Either;
 use http::HeaderValue;
+use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
 /// The header name (W3C Trace Context).
@@ -100,7 +101,8 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = BoxFuture<'static, Result<S::Response, S::Error>>;
+    // Not boxed: every request passes here.
+    type Future = Either<TaskLocalFuture<HeaderValue, S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -108,8 +110,8 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         match traceparent(&request).cloned() {
-            Some(value) => Box::pin(CURRENT.scope(value, self.inner.call(request))),
-            None => Box::pin(self.inner.call(request)),
+            Some(value) => Either::Left(CURRENT.scope(value, self.inner.call(request))),
+            None => Either::Right(self.inner.call(request)),
         }
     }
 }
