@@ -171,9 +171,12 @@ impl Fleet {
         let mut up: Vec<String> = Vec::new();
         let since = Instant::now();
         while up.len() < specs.len() {
-            let (event, _) = next_event(&mut events, since, "every node up", |e| {
-                matches!(e, Event::Join(m) if !up.contains(&m.record.host))
-            })
+            let (event, _) = next_event(
+                &mut events,
+                since,
+                "every node up",
+                |e| matches!(e, Event::Join(m) if !up.contains(&m.record.host)),
+            )
             .await;
             up.push(event.member().record.host.clone());
         }
@@ -268,7 +271,10 @@ impl Fleet {
             .rpc
             .channel(Target::topic("echo").server(host))
             .timeout(Duration::from_secs(2));
-        let reply = BaseClient::new(channel).report(ReportRequest {}).await.ok()?;
+        let reply = BaseClient::new(channel)
+            .report(ReportRequest {})
+            .await
+            .ok()?;
         let report: serde_json::Value = serde_json::from_str(&reply.into_inner().json).ok()?;
         let r = &report["registration"];
         Some(Registration {

@@ -16,7 +16,10 @@ use crate::support::{eventually, is_join, is_leave};
 pub const WARM: u64 = 100;
 
 pub fn three() -> Vec<NodeSpec> {
-    ["n1", "n2", "n3"].iter().map(|h| NodeSpec::echo(h)).collect()
+    ["n1", "n2", "n3"]
+        .iter()
+        .map(|h| NodeSpec::echo(h))
+        .collect()
 }
 
 /// Starts `host` again once its process ended (what a process manager

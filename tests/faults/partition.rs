@@ -210,7 +210,12 @@ async fn partition_a_node_from_etcd() {
     let calls = fleet.call_loop(true);
     calls.wait_ok(WARM, "calls before the fault").await;
     calls
-        .wait_hosts_served(&fleet.hosts(), Instant::now(), Instant::now(), "calls on n3")
+        .wait_hosts_served(
+            &fleet.hosts(),
+            Instant::now(),
+            Instant::now(),
+            "calls on n3",
+        )
         .await;
 
     let fault = Instant::now();
