@@ -104,7 +104,13 @@ impl NodeSpec {
             }
         }
         args.extend(self.extra.iter().cloned());
-        let mut env: Vec<(&str, &str)> = vec![("SVCKIT_DRAIN_DELAY", "0.3")];
+        // A registry timeout in scale with the 1 s down time: with several
+        // etcd members, a registry request is tried again after a quarter
+        // of it, well within the lease's life.
+        let mut env: Vec<(&str, &str)> = vec![
+            ("SVCKIT_DRAIN_DELAY", "0.3"),
+            ("SVCKIT_REGISTRY_TIMEOUT", "2s"),
+        ];
         env.extend(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         let bin = example_bin(self.example);
         if self.wrap.is_empty() {
