@@ -3,29 +3,21 @@
 //! and a row of figures per fault.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
 use svckit::pb::base::v1::base_client::BaseClient;
 use svckit::pb::base::v1::ReportRequest;
-use svckit::rpc::{Rpc, RpcChannel, RpcOptions, Target};
+use svckit::rpc::{Rpc, RpcOptions, Target};
 use svckit::servicegroup::{self, Event, EventStream, RegistryOptions, RegistryUrl};
 use tokio::sync::MutexGuard;
-use tokio::task::JoinHandle;
 
-use crate::echo::pb::echo_client::EchoClient;
-use crate::echo::pb::EchoRequest;
+pub use crate::calls::{assert_no_failed_call, CallLoop, Row};
 use crate::support::node::{example_bin, quick_node_args, Proc};
 
 /// Bound on every wait for an event: generous, so that a loaded 2-core
 /// machine slows a test down instead of failing it.
 pub const WAIT: Duration = Duration::from_secs(30);
-/// Pause between two calls of one caller of the steady loop.
-pub const PACE: Duration = Duration::from_millis(10);
-/// Callers of the steady loop: enough that one stuck on a frozen node does
-/// not stop the loop.
-pub const CALLERS: usize = 4;
 /// The deadline of each call of the loop.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -151,8 +143,7 @@ impl Fleet {
         for spec in &specs {
             nodes.insert(spec.host.clone(), spec.spawn(&url_text));
         }
-        for (host, proc) in nodes.iter_mut() {
-            let _ = host;
+        for proc in nodes.values_mut() {
             blocking(|| proc.wait_for_endpoint(WAIT));
         }
         let options = RegistryOptions {
@@ -164,7 +155,7 @@ impl Fleet {
             .expect("connect to etcd");
         // Every topic: probes join their own, so that calls by topic `echo`
         // never reach them.
-        let mut events = registry.watch(None).await.expect("watch the service group");
+        let events = registry.watch(None).await.expect("watch the service group");
         let rpc = Rpc::with_options(
             registry.clone(),
             RpcOptions {
@@ -174,28 +165,31 @@ impl Fleet {
         )
         .await
         .expect("rpc client");
-        let mut up: Vec<String> = Vec::new();
-        let since = Instant::now();
-        while up.len() < specs.len() {
-            let (event, _) = next_event(
-                &mut events,
-                since,
-                "every node up",
-                |e| matches!(e, Event::Join(m) if !up.contains(&m.record.host)),
-            )
-            .await;
-            up.push(event.member().record.host.clone());
-        }
-        rpc.wait_for_nodes(&Target::topic("echo"), specs.len(), WAIT)
-            .await
-            .expect("every node routable");
-        Fleet {
+        let mut fleet = Fleet {
             url: url_text,
             specs,
             nodes,
             rpc,
             events,
+        };
+        let mut up: Vec<String> = Vec::new();
+        let since = Instant::now();
+        while up.len() < fleet.specs.len() {
+            let (event, _, _) = fleet
+                .event(
+                    since,
+                    "every node up",
+                    |e| matches!(e, Event::Join(m) if !up.contains(&m.record.host)),
+                )
+                .await;
+            up.push(event.member().record.host.clone());
         }
+        fleet
+            .rpc
+            .wait_for_nodes(&Target::topic("echo"), fleet.specs.len(), WAIT)
+            .await
+            .expect("every node routable");
+        fleet
     }
 
     pub fn hosts(&self) -> Vec<String> {
@@ -224,8 +218,7 @@ impl Fleet {
         self.nodes.insert(host.to_string(), proc);
     }
 
-    /// The steady call loop by topic: `CALLERS` callers, one call each
-    /// `PACE`.
+    /// The steady call loop by topic (see [`CallLoop`]).
     pub fn call_loop(&self, idempotent: bool) -> CallLoop {
         let mut channel = self.rpc.channel(Target::topic("echo"));
         if idempotent {
@@ -369,187 +362,4 @@ pub struct Registration {
     pub state: String,
     pub last_heartbeat: Option<SystemTime>,
     pub reregistrations: u64,
-}
-
-/// Reads `events` until one matches (bounded by [`WAIT`]).
-async fn next_event(
-    events: &mut EventStream,
-    since: Instant,
-    what: &str,
-    matches: impl Fn(&Event) -> bool,
-) -> (Event, Duration) {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        match tokio::time::timeout_at(deadline, events.next()).await {
-            Ok(Some(Ok(event))) if matches(&event) => return (event, since.elapsed()),
-            Ok(Some(Ok(_))) => {}
-            Ok(Some(Err(e))) => panic!("watch failed while waiting for {what}: {e}"),
-            Ok(None) => panic!("watch ended while waiting for {what}"),
-            Err(_) => panic!("no {what} within {WAIT:?}"),
-        }
-    }
-}
-
-/// What the steady loop saw.
-#[derive(Default)]
-struct Tally {
-    ok: u64,
-    /// Per host: successes and the time of the last one.
-    hosts: HashMap<String, (u64, Instant)>,
-    failed: Vec<(Instant, tonic::Status)>,
-}
-
-/// Callers sending Echo by topic, one call each [`PACE`], until stopped.
-pub struct CallLoop {
-    tally: Arc<Mutex<Tally>>,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<JoinHandle<()>>,
-}
-
-/// The loop's totals.
-#[derive(Debug)]
-pub struct Calls {
-    pub ok: u64,
-    pub failed: Vec<tonic::Status>,
-}
-
-impl Calls {
-    /// `failed of total` for the table.
-    pub fn figure(&self) -> String {
-        format!(
-            "{} of {}",
-            self.failed.len(),
-            self.ok + self.failed.len() as u64
-        )
-    }
-}
-
-impl CallLoop {
-    fn start(channel: RpcChannel) -> CallLoop {
-        let tally = Arc::new(Mutex::new(Tally::default()));
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let tasks = (0..CALLERS)
-            .map(|_| {
-                let mut client = EchoClient::new(channel.clone());
-                let tally = tally.clone();
-                let mut stopped = stopped.clone();
-                tokio::spawn(async move {
-                    while !*stopped.borrow() {
-                        let reply = client
-                            .echo(EchoRequest {
-                                payload: b"steady".to_vec(),
-                            })
-                            .await;
-                        let now = Instant::now();
-                        {
-                            let mut t = tally.lock().unwrap();
-                            match reply {
-                                Ok(r) => {
-                                    t.ok += 1;
-                                    let e = t.hosts.entry(r.into_inner().host).or_insert((0, now));
-                                    e.0 += 1;
-                                    e.1 = now;
-                                }
-                                Err(status) => t.failed.push((now, status)),
-                            }
-                        }
-                        tokio::select! {
-                            _ = tokio::time::sleep(PACE) => {}
-                            _ = stopped.changed() => {}
-                        }
-                    }
-                })
-            })
-            .collect();
-        CallLoop { tally, stop, tasks }
-    }
-
-    pub fn ok(&self) -> u64 {
-        self.tally.lock().unwrap().ok
-    }
-
-    /// Waits until `n` more calls succeeded than now.
-    pub async fn wait_ok(&self, n: u64, what: &str) {
-        let target = self.ok() + n;
-        crate::support::eventually(WAIT, what, || {
-            let ok = self.ok() >= target;
-            async move { ok.then_some(()) }
-        })
-        .await;
-    }
-
-    /// Waits until a call landed on each of `hosts` after `after`; returns
-    /// the time from `since`.
-    pub async fn wait_hosts_served(
-        &self,
-        hosts: &[String],
-        after: Instant,
-        since: Instant,
-        what: &str,
-    ) -> Duration {
-        crate::support::eventually(WAIT, what, || {
-            let t = self.tally.lock().unwrap();
-            let all = hosts
-                .iter()
-                .all(|h| t.hosts.get(h).is_some_and(|(_, last)| *last > after));
-            async move { all.then_some(()) }
-        })
-        .await;
-        since.elapsed()
-    }
-
-    /// Stops the callers, waits for their last calls, and sums up.
-    pub async fn stop(self) -> Calls {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            task.await.expect("caller task");
-        }
-        let t = self.tally.lock().unwrap();
-        Calls {
-            ok: t.ok,
-            failed: t.failed.iter().map(|(_, s)| s.clone()).collect(),
-        }
-    }
-}
-
-/// One row of the fault table.
-pub struct Row<'a> {
-    pub fault: &'a str,
-    pub calls: &'a Calls,
-    /// Until a library watcher showed the fault; `None`: by design it never
-    /// shows (the fleet stays up).
-    pub reflected: Option<Duration>,
-    /// Until the fleet was whole again.
-    pub recovered: Option<Duration>,
-    pub note: String,
-}
-
-fn secs(d: Option<Duration>) -> String {
-    d.map_or_else(|| "—".to_string(), |d| format!("{:.2} s", d.as_secs_f64()))
-}
-
-impl Row<'_> {
-    /// Prints the row; `scripts/faults` collects the `fault-table:` lines.
-    pub fn print(&self) {
-        eprintln!(
-            "fault-table: | {} | {} | {} | {} | {} |",
-            self.fault,
-            self.calls.figure(),
-            secs(self.reflected),
-            secs(self.recovered),
-            self.note
-        );
-    }
-}
-
-/// Fails unless every call succeeded, naming the failures.
-pub fn assert_no_failed_call(calls: &Calls, fault: &str) {
-    assert!(
-        calls.failed.is_empty(),
-        "{fault}: {} of {} calls failed: {:?}",
-        calls.failed.len(),
-        calls.ok + calls.failed.len() as u64,
-        calls.failed
-    );
-    assert!(calls.ok > 0, "{fault}: no call succeeded");
 }

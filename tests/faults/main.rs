@@ -11,6 +11,7 @@ mod support;
 #[path = "../../examples/common/echo.rs"]
 mod echo;
 
+mod calls;
 mod etcd_faults;
 mod harness;
 mod node_faults;

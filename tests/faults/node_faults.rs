@@ -7,7 +7,9 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
-use crate::harness::{assert_no_failed_call, blocking, serial, Fleet, NodeSpec, Row, WAIT};
+use crate::harness::{
+    assert_no_failed_call, blocking, serial, CallLoop, Fleet, NodeSpec, Row, WAIT,
+};
 use crate::support::etcd::Etcd;
 use crate::support::{eventually, is_join, is_leave};
 
@@ -25,11 +27,7 @@ pub fn three() -> Vec<NodeSpec> {
 /// Starts `host` again once its process ended (what a process manager
 /// does), and returns once it is up and a call landed on every node again:
 /// the time from the restart.
-pub async fn bring_back(
-    fleet: &mut Fleet,
-    calls: &crate::harness::CallLoop,
-    host: &str,
-) -> Duration {
+pub async fn bring_back(fleet: &mut Fleet, calls: &CallLoop, host: &str) -> Duration {
     blocking(|| fleet.node_mut(host).wait_exit(WAIT)).expect("the node's process ended");
     let restart = Instant::now();
     fleet.restart(host);

@@ -6,6 +6,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::unix::process::CommandExt;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -132,7 +133,16 @@ impl EtcdAt {
         let dir = tempfile::tempdir().unwrap();
         let log = std::fs::File::create(dir.path().join("etcd.log")).unwrap();
         let client = format!("http://{endpoint}");
-        let child = Command::new("etcd")
+        let mut cmd = Command::new("etcd");
+        // SAFETY: prctl is async-signal-safe; it only makes the kernel kill
+        // etcd if the test process dies without running destructors.
+        unsafe {
+            cmd.pre_exec(|| {
+                nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                    .map_err(std::io::Error::from)
+            });
+        }
+        let child = cmd
             .args(["--name", "solo", "--data-dir"])
             .arg(dir.path().join("data"))
             .args(["--listen-client-urls", &client])
