@@ -195,14 +195,24 @@ impl Inner {
     /// answer within its share of the timeout; with one member, they are
     /// final. Every request here is safe to repeat: writes are guarded by
     /// revisions, and a leaked lease expires.
-    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_with(request, true).await
+    }
+
+    /// [`Inner::call`]; `split` false gives each try the whole timeout: a
+    /// large read cut short would only start over.
+    async fn call_with<T, F, Fut>(&self, mut request: F, split: bool) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let attempt = if self.several {
+            let attempt = if self.several && split {
                 let share = (self.timeout / ATTEMPTS_PER_TIMEOUT).max(MIN_ATTEMPT);
                 (tokio::time::Instant::now() + share).min(deadline)
             } else {
@@ -270,8 +280,15 @@ impl Inner {
                 Some(GetOptions::new().with_prefix()),
             )
         };
+        let txn = Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]);
         let resp = self
-            .txn(Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]))
+            .call_with(
+                || {
+                    let (mut kv, txn) = (self.kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                },
+                false,
+            )
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         match &resp.op_responses()[..] {
