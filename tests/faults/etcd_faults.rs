@@ -111,7 +111,14 @@ async fn kill_each_etcd_member_in_turn() {
     let _serial = serial().await;
     let mut cluster = blocking(Cluster::start);
     let url = cluster.url();
-    let mut fleet = Fleet::start(&url, three()).await;
+    // A registry timeout well past the 1 s down time: a write that waited
+    // for it whole after the leader's loss would outlive the node's lease;
+    // a quarter of it does not.
+    let specs = three()
+        .into_iter()
+        .map(|s| s.env("SVCKIT_REGISTRY_TIMEOUT", "3s"))
+        .collect();
+    let mut fleet = Fleet::start(&url, specs).await;
     let before = fleet.reregistrations().await;
 
     // The clients' streams sit on members the client balances over: the
