@@ -7,11 +7,19 @@
 //! cargo run --example fault_node -- --block-cleanup       # cleanup_host stuck in blocking code
 //! cargo run --example fault_node -- --workers 2 --fail-while /tmp/broken   # a crash loop
 //! ```
+//!
+//! With `--http-listen` it also serves `GET /v1/hold?millis=N`, which holds
+//! one of the node's `http_pool_size` slots for that long: how tests fill
+//! the node's concurrency limit.
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::extract::Query;
+use axum::routing::get;
+use axum::Router;
 use clap::Parser;
+use serde::Deserialize;
 use svckit::config::CommonArgs;
 use svckit::manager::{Manager, Services};
 use svckit::{BoxError, Node};
@@ -59,6 +67,10 @@ impl Manager for Faulty {
         self.echo.services(services);
     }
 
+    fn http_routes(self: &Arc<Self>) -> Option<Router> {
+        Some(Router::new().route("/v1/hold", get(hold)))
+    }
+
     async fn init_host(&self) -> Result<(), BoxError> {
         if let Some(delay) = self.init_delay {
             tracing::info!(?delay, "init_host started");
@@ -86,6 +98,20 @@ impl Manager for Faulty {
         }
         self.outcome("cleanup_host")
     }
+}
+
+#[derive(Deserialize)]
+struct Hold {
+    millis: u64,
+}
+
+/// Answers after `millis` (at most an hour), holding its pool slot; a client
+/// that hangs up ends it early.
+async fn hold(Query(q): Query<Hold>) -> &'static str {
+    // Tests wait for this line to know the slot is taken.
+    tracing::info!(millis = q.millis, "hold started");
+    tokio::time::sleep(Duration::from_millis(q.millis.min(3_600_000))).await;
+    "released\n"
 }
 
 fn main() -> std::process::ExitCode {

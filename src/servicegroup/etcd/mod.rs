@@ -41,6 +41,16 @@ const MAX_RESPONSE: usize = 256 << 20;
 /// Pause before trying a request again on another cluster member.
 const RETRY_PAUSE: Duration = Duration::from_millis(50);
 
+/// With several members, one try of a request gets this share of the
+/// timeout: a write proposed while the cluster elects a new leader can be
+/// dropped by raft without an answer, and etcd itself answers only after
+/// its own request timeout (about 6 s). Sent again, it goes through the new
+/// leader; waited for, it outlives the lease it was meant to keep.
+const ATTEMPTS_PER_TIMEOUT: u32 = 4;
+
+/// The shortest try, so that a slow but healthy answer is not cut off.
+const MIN_ATTEMPT: Duration = Duration::from_millis(250);
+
 /// Read-modify-write attempts before a conflicting writer wins.
 const CAS_ATTEMPTS: usize = 16;
 
@@ -181,18 +191,38 @@ impl Inner {
     /// Runs one request, bounded by the timeout. A cluster member that
     /// cannot be reached fails a request at once while the client keeps it
     /// in rotation, so with several members such failures are retried (on
-    /// the next member) until the deadline; with one, they are final. Every request here is safe to repeat: writes are guarded
-    /// by revisions, and a leaked lease expires.
-    async fn call<T, F, Fut>(&self, mut request: F) -> Result<T>
+    /// the next member) until the deadline, and so is a try that got no
+    /// answer within its share of the timeout; with one member, they are
+    /// final. Every request here is safe to repeat: writes are guarded by
+    /// revisions, and a leaked lease expires.
+    async fn call<T, F, Fut>(&self, request: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
+    {
+        self.call_with(request, true).await
+    }
+
+    /// [`Inner::call`]; `split` false gives each try the whole timeout: a
+    /// large read cut short would only start over.
+    async fn call_with<T, F, Fut>(&self, mut request: F, split: bool) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
         loop {
-            let error = match tokio::time::timeout_at(deadline, request()).await {
+            let attempt = if self.several && split {
+                let share = (self.timeout / ATTEMPTS_PER_TIMEOUT).max(MIN_ATTEMPT);
+                (tokio::time::Instant::now() + share).min(deadline)
+            } else {
+                deadline
+            };
+            let error = match tokio::time::timeout_at(attempt, request()).await {
                 Ok(Ok(value)) => return Ok(value),
                 Ok(Err(e)) => e,
+                // Lost, maybe, in a leader change: again, while time is left.
+                Err(_) if attempt < deadline => continue,
                 Err(elapsed) => {
                     return Err(Error::unavailable(
                         format!(
@@ -250,8 +280,15 @@ impl Inner {
                 Some(GetOptions::new().with_prefix()),
             )
         };
+        let txn = Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]);
         let resp = self
-            .txn(Txn::new().and_then([range(Kind::Record), range(Kind::Alive)]))
+            .call_with(
+                || {
+                    let (mut kv, txn) = (self.kv.clone(), txn.clone());
+                    async move { kv.txn(txn).await }
+                },
+                false,
+            )
             .await?;
         let revision = resp.header().map_or(0, |h| h.revision());
         match &resp.op_responses()[..] {
