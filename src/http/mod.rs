@@ -38,6 +38,8 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
+use crate::tls::{self, MaybeTls};
+use tokio_rustls::TlsAcceptor;
 
 use self::limits::{LineLimitLayer, PoolLayer};
 
@@ -135,6 +137,7 @@ impl HttpServer {
         listener: std::net::TcpListener,
         router: Router,
         options: &HttpOptions,
+        tls: Option<TlsAcceptor>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shutdown, mut stop) = watch::channel(false);
@@ -178,8 +181,12 @@ impl HttpServer {
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
                 let _ = stream.set_nodelay(true);
-                let (builder, router, watcher) =
-                    (builder.clone(), router.clone(), graceful.watcher());
+                let (builder, router, watcher, tls) = (
+                    builder.clone(),
+                    router.clone(),
+                    graceful.watcher(),
+                    tls.clone(),
+                );
                 tokio::spawn(async move {
                     // A connection that sends nothing gets the header read
                     // timeout too: an idle flood cannot hold the slots.
@@ -195,9 +202,16 @@ impl HttpServer {
                         io.set_read_timeout(Some(idle));
                         io.set_write_timeout(Some(idle));
                     }
+                    let io = match &tls {
+                        None => MaybeTls::Plain(Box::pin(io)),
+                        Some(acceptor) => match tls::handshake(acceptor, Box::pin(io)).await {
+                            Some(tls) => tls,
+                            None => return,
+                        },
+                    };
                     let service = TowerToHyperService::new(router);
                     let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(connection.into_owned()).await;
                     drop(permit);
                 });

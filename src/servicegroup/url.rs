@@ -1,5 +1,5 @@
-//! Registry URLs: `etcd://h1:2379,h2:2379?prefix=/svckit`, `file:///path`,
-//! `memory://[name]`.
+//! Registry URLs: `etcd://h1:2379,h2:2379?prefix=/svckit` (`https://…` for
+//! etcd over TLS), `file:///path`, `memory://[name]`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ pub enum RegistryUrl {
         endpoints: Vec<String>,
         /// Key prefix of this deployment, without a trailing `/`.
         prefix: String,
+        /// TLS to etcd: the URL was `https://…`.
+        tls: bool,
     },
     /// A directory on this machine.
     File {
@@ -38,12 +40,12 @@ impl RegistryUrl {
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::Usage(format!(
-                "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], file:///path or memory://)"
+                "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], https://… for etcd over TLS, file:///path or memory://)"
             ))
         };
         let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
         match scheme {
-            "etcd" => {
+            "etcd" | "https" => {
                 let (hosts, query) = match rest.split_once('?') {
                     Some((h, q)) => (h, Some(q)),
                     None => (rest, None),
@@ -71,7 +73,11 @@ impl RegistryUrl {
                         _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
                     }
                 }
-                Ok(RegistryUrl::Etcd { endpoints, prefix })
+                Ok(RegistryUrl::Etcd {
+                    endpoints,
+                    prefix,
+                    tls: scheme == "https",
+                })
             }
             "file" => {
                 if !rest.starts_with('/') || rest.len() < 2 {
@@ -99,8 +105,13 @@ impl FromStr for RegistryUrl {
 impl fmt::Display for RegistryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegistryUrl::Etcd { endpoints, prefix } => {
-                write!(f, "etcd://{}", endpoints.join(","))?;
+            RegistryUrl::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            } => {
+                let scheme = if *tls { "https" } else { "etcd" };
+                write!(f, "{scheme}://{}", endpoints.join(","))?;
                 if prefix != DEFAULT_PREFIX {
                     write!(f, "?prefix={prefix}")?;
                 }
@@ -125,6 +136,9 @@ pub struct RegistryOptions {
     pub user: Option<String>,
     /// The password of `user`.
     pub password: Option<String>,
+    /// A file holding the password of `user`, read at each connection, so
+    /// a rotated password needs no restart.
+    pub password_file: Option<PathBuf>,
     /// Bound on connecting to the registry and on each request (and on
     /// waiting for the `file` registry's lock).
     pub timeout: Duration,
@@ -141,6 +155,7 @@ impl Default for RegistryOptions {
             key_file: None,
             user: None,
             password: None,
+            password_file: None,
             timeout: Duration::from_secs(5),
             backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
         }
@@ -157,7 +172,8 @@ mod tests {
             RegistryUrl::parse("etcd://h1:2379,h2:2380?prefix=/x/").ok(),
             Some(RegistryUrl::Etcd {
                 endpoints: vec!["h1:2379".into(), "h2:2380".into()],
-                prefix: "/x".into()
+                prefix: "/x".into(),
+                tls: false,
             })
         );
         assert_eq!(
@@ -198,6 +214,7 @@ mod tests {
         for s in [
             "etcd://a:1,b:2",
             "etcd://a:1?prefix=/p",
+            "https://a:1,b:2?prefix=/p",
             "file:///tmp/r",
             "memory://t",
         ] {

@@ -61,13 +61,20 @@ struct Inner {
     several: bool,
     /// The cap on retry delays of sessions and watchers.
     backoff_max: Duration,
+    /// To log in again with a rotated password.
+    credentials: Option<Credentials>,
 }
 
 impl EtcdDriver {
     /// Connects to the cluster `url` names and checks that it answers, within
     /// `options.timeout`; otherwise [`Error::Unavailable`].
     pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Self> {
-        let RegistryUrl::Etcd { endpoints, prefix } = url else {
+        let RegistryUrl::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } = url
+        else {
             return Err(Error::Usage(format!(
                 "{url} is not an etcd:// registry URL"
             )));
@@ -81,21 +88,26 @@ impl EtcdDriver {
             // quorum fails requests and ends watch streams at once, instead
             // of serving a stale view or a silent stream.
             .with_require_leader(true);
-        if let Some(tls) = tls_options(options)? {
-            connect = connect.with_tls(tls);
+        match (tls, tls_options(options)?) {
+            (true, Some(tls)) => connect = connect.with_tls(tls),
+            (false, None) => {}
+            (true, None) => {
+                return Err(Error::Config(format!(
+                    "registry {url} is etcd over TLS: set registry_ca_file to the CA that signed etcd's certificate"
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "registry_ca_file, registry_cert_file and registry_key_file are for etcd over TLS; write the registry URL as https://{}",
+                    endpoints.join(",")
+                )))
+            }
         }
-        match (&options.user, &options.password) {
-            (Some(user), Some(password)) => {
-                connect = connect
-                    .with_user(user.clone(), password.clone())
-                    .with_auto_token_refresh(true);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::Config(
-                    "etcd authentication needs both a user and a password".into(),
-                ))
-            }
+        let credentials = Credentials::of(options)?;
+        if let Some(credentials) = &credentials {
+            connect = connect
+                .with_user(credentials.user.clone(), credentials.password()?)
+                .with_auto_token_refresh(true);
         }
         let names = endpoints.join(",");
         let what = format!("cannot reach etcd at {names} within {:?}", options.timeout);
@@ -103,7 +115,10 @@ impl EtcdDriver {
             tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
                 .await
                 .map_err(|elapsed| Error::unavailable(what.clone(), elapsed))?
-                .map_err(|e| Error::unavailable(what.clone(), e))?;
+                .map_err(|e| match &credentials {
+                    Some(c) if is_refused_login(&e) => c.refused(&names, e),
+                    _ => Error::unavailable(what.clone(), e),
+                })?;
         let inner = Inner {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             client,
@@ -112,6 +127,7 @@ impl EtcdDriver {
             endpoints: names.clone(),
             several: endpoints.len() > 1,
             backoff_max: options.backoff_max,
+            credentials,
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -127,6 +143,73 @@ impl EtcdDriver {
             inner: Arc::new(inner),
         })
     }
+}
+
+/// etcd user and password. The password is never logged or shown: it is
+/// read from its file when needed and handed to the client alone.
+struct Credentials {
+    user: String,
+    password: Option<String>,
+    password_file: Option<std::path::PathBuf>,
+}
+
+impl Credentials {
+    fn of(options: &RegistryOptions) -> Result<Option<Self>> {
+        match (&options.user, &options.password, &options.password_file) {
+            (None, None, None) => Ok(None),
+            (Some(user), password, file) if password.is_some() != file.is_some() => {
+                Ok(Some(Credentials {
+                    user: user.clone(),
+                    password: password.clone(),
+                    password_file: file.clone(),
+                }))
+            }
+            _ => Err(Error::Config(
+                "etcd authentication needs registry_user and one of registry_password_file or registry_password".into(),
+            )),
+        }
+    }
+
+    /// The password as it is now: the file is read each time.
+    fn password(&self) -> Result<String> {
+        if let Some(password) = &self.password {
+            return Ok(password.clone());
+        }
+        let Some(path) = &self.password_file else {
+            return Ok(String::new());
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::Config(format!(
+                "cannot read registry_password_file {}: {e}",
+                path.display()
+            ))
+        })?;
+        Ok(text.trim_end_matches(['\n', '\r']).to_string())
+    }
+
+    /// etcd refused the user name or password (exit 78): the message names
+    /// the user, never the password.
+    fn refused(&self, endpoints: &str, source: etcd_client::Error) -> Error {
+        Error::Credentials {
+            what: format!(
+                "etcd at {endpoints} refused user {:?}: wrong user name or password (registry_user, {})",
+                self.user,
+                if self.password_file.is_some() {
+                    "registry_password_file"
+                } else {
+                    "registry_password"
+                }
+            ),
+            source: source.into(),
+        }
+    }
+}
+
+/// Whether etcd refused to authenticate (a wrong user or password), as
+/// opposed to not answering.
+fn is_refused_login(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if matches!(s.code(), tonic::Code::InvalidArgument | tonic::Code::Unauthenticated))
 }
 
 fn tls_options(options: &RegistryOptions) -> Result<Option<TlsOptions>> {
@@ -189,6 +272,7 @@ impl Inner {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut logged_in_again = false;
         loop {
             let error = match tokio::time::timeout_at(deadline, request()).await {
                 Ok(Ok(value)) => return Ok(value),
@@ -204,6 +288,10 @@ impl Inner {
                 }
             };
             let what = format!("etcd at {}", self.endpoints);
+            if is_refused_login(&error) && !logged_in_again && self.log_in_again().await {
+                logged_in_again = true;
+                continue;
+            }
             if !is_unavailable(&error) {
                 return Err(Error::registry(what, error));
             }
@@ -212,6 +300,40 @@ impl Inner {
                 return Err(Error::unavailable(what, error));
             }
             tokio::time::sleep_until(retry_at).await;
+        }
+    }
+
+    /// Logs in with the password file as it is now, after etcd refused the
+    /// login: the password was rotated. True when that worked, so the
+    /// request is worth sending again.
+    async fn log_in_again(&self) -> bool {
+        let Some(credentials) = self
+            .credentials
+            .as_ref()
+            .filter(|c| c.password_file.is_some())
+        else {
+            return false;
+        };
+        let password = match credentials.password() {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!(error = %e, "etcd refused the login and the password file cannot be read");
+                return false;
+            }
+        };
+        let mut client = self.client.clone();
+        match client
+            .update_user(Some((credentials.user.clone(), password)))
+            .await
+        {
+            Ok(()) => {
+                tracing::info!(user = %credentials.user, "logged in to etcd again with the password file's new content");
+                true
+            }
+            Err(e) => {
+                tracing::warn!(user = %credentials.user, error = %e, "etcd refused the login with the password file's content");
+                false
+            }
         }
     }
 
