@@ -92,7 +92,8 @@ macro_rules! options {
             $(, range = $lo:literal ..= $hi:literal)?;
     )*) => {
         /// The kit's configuration. See the module docs for the layering.
-        #[derive(Debug, Clone)]
+        /// Its `Debug` shows secrets as `***`, as reports do.
+        #[derive(Clone)]
         pub struct Config {
             $( $(#[doc = $doc])+ pub $name: $ty, )*
             sources: BTreeMap<&'static str, Source>,
@@ -545,6 +546,16 @@ impl Config {
             timeout: self.registry_timeout,
             backoff_max: self.registry_backoff_max,
         }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Config");
+        for (name, value, _) in self.entries() {
+            out.field(name, &value);
+        }
+        out.finish()
     }
 }
 

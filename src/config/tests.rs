@@ -244,3 +244,12 @@ fn tls_options_come_in_pairs() {
         Source::Flag("--tls-key-file".into())
     );
 }
+
+#[test]
+fn debug_output_hides_secrets() {
+    let mut c = Config::default();
+    c.set("registry_password", "s3cret-in-debug", Source::Default)
+        .unwrap();
+    assert!(!format!("{c:?}").contains("s3cret-in-debug"));
+    assert!(!format!("{:?}", c.registry_options()).contains("s3cret-in-debug"));
+}

@@ -124,7 +124,8 @@ impl fmt::Display for RegistryUrl {
 }
 
 /// Connection options that do not fit in the URL (secrets, files, timing).
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the password as `***`.
+#[derive(Clone)]
 pub struct RegistryOptions {
     /// PEM CA certificate to verify etcd servers (enables TLS).
     pub ca_file: Option<PathBuf>,
@@ -145,6 +146,21 @@ pub struct RegistryOptions {
     /// Cap on the delay between retries of heartbeats, re-registrations,
     /// watch reconnections and reloads (exponential backoff, full jitter).
     pub backoff_max: Duration,
+}
+
+impl fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("timeout", &self.timeout)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
 }
 
 impl Default for RegistryOptions {

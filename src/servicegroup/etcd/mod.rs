@@ -242,9 +242,15 @@ fn is_unavailable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
+        // hyper reports a connection closed under a request as Cancelled:
+        // a member that went away, or a TLS member that refused this
+        // client's certificate after the handshake.
         E::GRpcStatus(s) => matches!(
             s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         _ => false,
     }
