@@ -44,6 +44,16 @@ async fn rpc_by_topic_goes_over_tls() {
         .unwrap();
     assert_eq!(echo(&client).await.unwrap(), "tls-a");
 
+    // The CLI takes the same client options.
+    let mut call = Proc::spawn(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_svckit")),
+        &["call", "--registry", &url, "--topic", "echo", "ping"],
+        &[("SVCKIT_TLS_CA_FILE", path(&pki.ca.cert_file))],
+    );
+    let status = call.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{}", call.stderr());
+    assert!(call.stdout().contains("\"ok\""), "{}", call.stdout());
+
     // A client with no CA does not talk to a TLS node at all.
     let plain = rpc(&etcd.url(), None).await;
     let refused = echo(&plain).await.unwrap_err();
@@ -149,6 +159,40 @@ async fn plaintext_to_a_tls_node_is_refused_and_https_is_served() {
     let report = https_get(http, &pki.ca.cert_file, "/debug/report").await;
     assert!(report.starts_with("HTTP/1.1 200"), "{report}");
     assert!(report.contains("\"tls_cert_file\""), "{report}");
+}
+
+#[tokio::test]
+async fn a_stalled_handshake_is_cut_off_and_holds_up_no_one() {
+    let etcd = Etcd::start();
+    let pki = pki();
+    let url = etcd.url().to_string();
+    let node = start_tls_node(&url, "stall-a", &pki.node, &[]);
+    let stall = |addr| async move {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        // The first bytes of a TLS record, and then nothing.
+        tcp.write_all(&[0x16, 0x03, 0x01]).await.unwrap();
+        tcp
+    };
+    let (mut grpc, mut http) = (
+        stall(addr(&node, "grpc")).await,
+        stall(addr(&node, "http")).await,
+    );
+
+    // Others get through meanwhile.
+    let client = raw_client(&pki.ca.cert_file, b"h2");
+    handshake(addr(&node, "grpc"), client.clone())
+        .await
+        .unwrap();
+    handshake(addr(&node, "http"), client).await.unwrap();
+
+    let bound = svckit::tls::HANDSHAKE_TIMEOUT * 3;
+    for stalled in [&mut grpc, &mut http] {
+        let mut buf = [0u8; 16];
+        let read = tokio::time::timeout(bound, stalled.read(&mut buf))
+            .await
+            .expect("the node closes a stalled handshake");
+        assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    }
 }
 
 #[tokio::test]
