@@ -461,12 +461,6 @@ impl Config {
                 "registry_password and registry_password_file are two ways to give one password: set one".into(),
             ));
         }
-        let password = self.registry_password.is_some() || self.registry_password_file.is_some();
-        if password != self.registry_user.is_some() {
-            return Err(Error::Config(
-                "etcd authentication needs both registry_user and registry_password_file (or registry_password)".into(),
-            ));
-        }
         Ok(())
     }
 

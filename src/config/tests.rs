@@ -219,10 +219,6 @@ fn tls_options_come_in_pairs() {
             "tls_cert_file",
         ),
         (
-            &[("SVCKIT_REGISTRY_USER", "u")][..],
-            "registry_password_file",
-        ),
-        (
             &[
                 ("SVCKIT_REGISTRY_USER", "u"),
                 ("SVCKIT_REGISTRY_PASSWORD", "p"),
