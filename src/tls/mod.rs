@@ -112,6 +112,16 @@ impl ServerTls {
 
     /// TLS with the certificate chain `cert` and its `key` (PEM files),
     /// requiring client certificates signed by `client_ca` when given.
+    ///
+    /// ```no_run
+    /// # use std::path::Path;
+    /// let tls = svckit::tls::ServerTls::load(
+    ///     Path::new("node.pem"),
+    ///     Path::new("node.key"),
+    ///     Some(Path::new("clients-ca.pem")),
+    /// )?;
+    /// # Ok::<(), svckit::Error>(())
+    /// ```
     pub fn load(cert: &Path, key: &Path, client_ca: Option<&Path>) -> Result<Self> {
         let provider = provider();
         let resolver = Arc::new(identity("tls_cert_file", cert, "tls_key_file", key)?);
@@ -191,6 +201,22 @@ impl ClientTls {
 
     /// Verifies nodes against the CA certificates in `ca` (PEM), and shows
     /// `identity` (certificate chain and key, PEM) when given.
+    ///
+    /// ```no_run
+    /// # use std::path::Path;
+    /// # async fn demo(registry: svckit::servicegroup::Registry) -> svckit::Result<()> {
+    /// use svckit::rpc::{Rpc, RpcOptions};
+    /// use svckit::tls::ClientTls;
+    ///
+    /// let identity = Some((Path::new("client.pem"), Path::new("client.key")));
+    /// let options = RpcOptions {
+    ///     tls: Some(ClientTls::load(Path::new("nodes-ca.pem"), identity)?),
+    ///     ..RpcOptions::default()
+    /// };
+    /// let rpc = Rpc::with_options(registry, options).await?;
+    /// # Ok(())
+    /// # }
+    /// ```
     pub fn load(ca: &Path, identity: Option<(&Path, &Path)>) -> Result<Self> {
         let provider = provider();
         let path = ca.to_path_buf();

@@ -196,6 +196,24 @@ async fn a_stalled_handshake_is_cut_off_and_holds_up_no_one() {
 }
 
 #[tokio::test]
+async fn a_second_node_with_the_identity_of_a_live_tls_node_is_refused() {
+    let etcd = Etcd::start();
+    let pki = pki();
+    let url = etcd.url().to_string();
+    let _live = start_tls_node(&url, "dup-a", &pki.node, &[]);
+    let mut args = quick_node_args(&url, "dup-a");
+    args.extend([
+        "--tls-cert-file",
+        path(&pki.node.cert_file),
+        "--tls-key-file",
+        path(&pki.node.key_file),
+    ]);
+    let mut second = Proc::spawn(crate::support::node::example_bin("echo_node"), &args, &[]);
+    let status = second.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert_eq!(status.code(), Some(78), "{}", second.stderr());
+}
+
+#[tokio::test]
 async fn an_expired_server_certificate_is_refused() {
     let etcd = Etcd::start();
     let pki = pki();
