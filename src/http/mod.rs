@@ -11,7 +11,8 @@
 //! then the headers within `header_read_timeout` (a slow or silent client
 //! cannot hold a connection), nothing read or written for
 //! `client_socket_timeout` closes it, keep-alive as `http_keep_alive` says,
-//! SO_KEEPALIVE with `tcp_keepidle`.
+//! SO_KEEPALIVE with `tcp_keepidle`; on a node with a certificate, the TLS
+//! handshake within [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT).
 //!
 //! Admin endpoints ([`admin`]): `/healthz` (the process answers),
 //! `/readyz` (serving and registered; 503 while starting or draining),
@@ -30,6 +31,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
@@ -39,7 +41,6 @@ use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
-use tokio_rustls::TlsAcceptor;
 
 use self::limits::{LineLimitLayer, PoolLayer};
 

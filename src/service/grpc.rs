@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -23,7 +24,6 @@ use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls;
-use tokio_rustls::TlsAcceptor;
 
 /// Binds a listening socket the way servers should: SO_REUSEADDR so a
 /// restarted node gets its port back while old connections sit in
