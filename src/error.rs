@@ -28,6 +28,17 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
+    /// The registry refused the credentials given (exit code 78: the
+    /// configuration holds a wrong user or password). The message names
+    /// the user, never the password.
+    #[error("{what}{}", caused_by(Some(.source.as_ref())))]
+    Credentials {
+        /// Who was refused, by whom, and which options to check.
+        what: String,
+        /// The registry's answer.
+        #[source]
+        source: BoxError,
+    },
     /// Another live node already claims this (topic, host) (exit code 78:
     /// two nodes with one identity is a configuration mistake).
     #[error("duplicate member: {member} is already registered by a live node ({holder})")]
@@ -127,7 +138,7 @@ impl Error {
     pub fn exit_code(&self) -> i32 {
         match self {
             Error::Usage(_) => exit::USAGE,
-            Error::Config(_) | Error::Duplicate { .. } => exit::CONFIG,
+            Error::Config(_) | Error::Credentials { .. } | Error::Duplicate { .. } => exit::CONFIG,
             Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::Status(s) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
             Error::Status(_) => exit::FAILURE,

@@ -25,6 +25,7 @@
 //! - [`launcher`]: runs services until signals (or a future) stop them.
 //! - [`report`]: the state report of SIGUSR2, `Base/Report` and `/debug/report`.
 //! - [`telemetry`]: logging set-up and Prometheus metrics.
+//! - [`tls`]: TLS on the listeners and to nodes, certificates re-read when they change.
 //! - [`error`]: the one [`Error`] type and its exit codes.
 //! - [`pb`]: generated code of the kit's own protos.
 //!
@@ -69,6 +70,7 @@ pub mod rpc;
 pub mod service;
 pub mod servicegroup;
 pub mod telemetry;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{BoxError, Error, Result};

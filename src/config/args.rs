@@ -46,6 +46,39 @@ pub struct CommonArgs {
     /// Log filter, e.g. info or svckit=debug [env: SVCKIT_LOG_LEVEL]
     #[arg(long, value_name = "FILTER")]
     pub log_level: Option<String>,
+    /// PEM certificate chain; serve gRPC and HTTP over TLS only [env: SVCKIT_TLS_CERT_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<String>,
+    /// PEM private key of --tls-cert-file [env: SVCKIT_TLS_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<String>,
+    /// PEM CA; require client certificates it signed [env: SVCKIT_TLS_CLIENT_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_ca_file: Option<String>,
+    /// PEM CA that RPC clients verify https:// nodes against [env: SVCKIT_TLS_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_ca_file: Option<String>,
+    /// PEM certificate RPC clients show to nodes [env: SVCKIT_TLS_CLIENT_CERT_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_cert_file: Option<String>,
+    /// PEM private key of --tls-client-cert-file [env: SVCKIT_TLS_CLIENT_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub tls_client_key_file: Option<String>,
+    /// PEM CA for TLS to etcd [env: SVCKIT_REGISTRY_CA_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub registry_ca_file: Option<String>,
+    /// PEM client certificate for TLS to etcd [env: SVCKIT_REGISTRY_CERT_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub registry_cert_file: Option<String>,
+    /// PEM client key for TLS to etcd [env: SVCKIT_REGISTRY_KEY_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub registry_key_file: Option<String>,
+    /// etcd user name [env: SVCKIT_REGISTRY_USER]
+    #[arg(long, value_name = "USER")]
+    pub registry_user: Option<String>,
+    /// File holding the etcd password [env: SVCKIT_REGISTRY_PASSWORD_FILE]
+    #[arg(long, value_name = "FILE")]
+    pub registry_password_file: Option<String>,
 }
 
 impl CommonArgs {
@@ -62,6 +95,17 @@ impl CommonArgs {
             ("service_down_time", &self.service_down_time),
             ("graceful_shutdown_timeout", &self.graceful_shutdown_timeout),
             ("log_level", &self.log_level),
+            ("tls_cert_file", &self.tls_cert_file),
+            ("tls_key_file", &self.tls_key_file),
+            ("tls_client_ca_file", &self.tls_client_ca_file),
+            ("tls_ca_file", &self.tls_ca_file),
+            ("tls_client_cert_file", &self.tls_client_cert_file),
+            ("tls_client_key_file", &self.tls_client_key_file),
+            ("registry_ca_file", &self.registry_ca_file),
+            ("registry_cert_file", &self.registry_cert_file),
+            ("registry_key_file", &self.registry_key_file),
+            ("registry_user", &self.registry_user),
+            ("registry_password_file", &self.registry_password_file),
         ]
         .into_iter()
         .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))

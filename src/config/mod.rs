@@ -92,7 +92,8 @@ macro_rules! options {
             $(, range = $lo:literal ..= $hi:literal)?;
     )*) => {
         /// The kit's configuration. See the module docs for the layering.
-        #[derive(Debug, Clone)]
+        /// Its `Debug` shows secrets as `***`, as reports do.
+        #[derive(Clone)]
         pub struct Config {
             $( $(#[doc = $doc])+ pub $name: $ty, )*
             sources: BTreeMap<&'static str, Source>,
@@ -239,7 +240,19 @@ options! {
         range = "10ms" ..= "1day";
     /// When set, SIGUSR2 writes the state report to a new timestamped file in this directory instead of stderr.
     report_dir: Option<PathBuf> = None, mutable = true, secret = false;
-    /// PEM CA certificate for TLS to etcd.
+    /// PEM certificate chain of this node; with tls_key_file, its gRPC and HTTP listeners speak TLS only and it advertises https:// endpoints. Re-read when the file changes.
+    tls_cert_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM private key of tls_cert_file. Re-read when the file changes.
+    tls_key_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM CA certificates; when set, clients of this node must show a certificate signed by one of them.
+    tls_client_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM CA certificates that RPC clients verify https:// nodes against.
+    tls_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM certificate chain RPC clients show to nodes that require one (with tls_client_key_file).
+    tls_client_cert_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM private key of tls_client_cert_file.
+    tls_client_key_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// PEM CA certificate for TLS to etcd (an https:// registry URL).
     registry_ca_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// PEM client certificate for mutual TLS to etcd (with registry_key_file).
     registry_cert_file: Option<PathBuf> = None, mutable = false, secret = false;
@@ -247,8 +260,10 @@ options! {
     registry_key_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// etcd user name.
     registry_user: Option<String> = None, mutable = false, secret = false;
-    /// etcd password.
+    /// etcd password; prefer registry_password_file, which keeps it out of the environment.
     registry_password: Option<String> = None, mutable = false, secret = true;
+    /// File holding the etcd password (one line); read again whenever the connection to etcd is made anew.
+    registry_password_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// Bound on connecting to the registry and on each registry request.
     registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false,
         range = "10ms" ..= "1h";
@@ -257,8 +272,8 @@ options! {
         secret = false, range = "10ms" ..= "1m";
 }
 
-/// The options that reach the registry: all an operator tool reads
-/// ([`Config::load_registry`]).
+/// The options that reach the registry, and those of an RPC client's TLS:
+/// all an operator tool reads ([`Config::load_registry`]).
 pub const REGISTRY_OPTIONS: &[&str] = &[
     "registry",
     "registry_ca_file",
@@ -266,7 +281,11 @@ pub const REGISTRY_OPTIONS: &[&str] = &[
     "registry_key_file",
     "registry_user",
     "registry_password",
+    "registry_password_file",
     "registry_timeout",
+    "tls_ca_file",
+    "tls_client_cert_file",
+    "tls_client_key_file",
     "registry_backoff_max",
 ];
 
@@ -414,6 +433,12 @@ impl Config {
                 )));
             }
         }
+        self.check_pairs(&[("tls_cert_file", "tls_key_file")])?;
+        if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
+            return Err(Error::Config(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file: client certificates are asked for only over TLS".into(),
+            ));
+        }
         self.check_registry_pairs()
     }
 
@@ -423,11 +448,29 @@ impl Config {
         self.check_registry_pairs()
     }
 
+    /// Options that only work together, or only apart; the registry's and
+    /// the RPC client's (what [`Config::load_registry`] reads).
     fn check_registry_pairs(&self) -> Result<()> {
-        if self.registry_cert_file.is_some() != self.registry_key_file.is_some() {
+        let pairs = [
+            ("registry_cert_file", "registry_key_file"),
+            ("tls_client_cert_file", "tls_client_key_file"),
+        ];
+        self.check_pairs(&pairs)?;
+        if self.registry_password.is_some() && self.registry_password_file.is_some() {
             return Err(Error::Config(
-                "registry_cert_file and registry_key_file must be set together".into(),
+                "registry_password and registry_password_file are two ways to give one password: set one".into(),
             ));
+        }
+        Ok(())
+    }
+
+    /// Each pair set together or not at all.
+    fn check_pairs(&self, pairs: &[(&str, &str)]) -> Result<()> {
+        for (a, b) in pairs {
+            let set = |name| self.raw(name).is_some_and(|v| !v.is_empty());
+            if set(a) != set(b) {
+                return Err(Error::Config(format!("{a} and {b} must be set together")));
+            }
         }
         Ok(())
     }
@@ -493,9 +536,20 @@ impl Config {
             key_file: self.registry_key_file.clone(),
             user: self.registry_user.clone(),
             password: self.registry_password.clone(),
+            password_file: self.registry_password_file.clone(),
             timeout: self.registry_timeout,
             backoff_max: self.registry_backoff_max,
         }
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = f.debug_struct("Config");
+        for (name, value, _) in self.entries() {
+            out.field(name, &value);
+        }
+        out.finish()
     }
 }
 

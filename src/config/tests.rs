@@ -196,3 +196,56 @@ fn an_operator_tool_reads_only_the_registry_options() {
     let err = Config::load_registry_from(&a, |_| None).unwrap_err();
     assert_eq!(err.exit_code(), 78, "{err}");
 }
+
+#[test]
+fn tls_options_come_in_pairs() {
+    let load = |vars: &[(&str, &str)]| {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::load_from(&args(), move |k| {
+            vars.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone())
+        })
+    };
+    for (vars, named) in [
+        (&[("SVCKIT_TLS_CERT_FILE", "/c.pem")][..], "tls_key_file"),
+        (
+            &[("SVCKIT_TLS_CLIENT_KEY_FILE", "/k.pem")][..],
+            "tls_client_cert_file",
+        ),
+        (
+            &[("SVCKIT_TLS_CLIENT_CA_FILE", "/ca.pem")][..],
+            "tls_cert_file",
+        ),
+        (
+            &[
+                ("SVCKIT_REGISTRY_USER", "u"),
+                ("SVCKIT_REGISTRY_PASSWORD", "p"),
+                ("SVCKIT_REGISTRY_PASSWORD_FILE", "/p"),
+            ][..],
+            "registry_password_file",
+        ),
+    ] {
+        let err = load(vars).unwrap_err();
+        assert_eq!(err.exit_code(), 78, "{err}");
+        assert!(err.to_string().contains(named), "{err}");
+    }
+    let mut a = args();
+    a.tls_cert_file = Some("/c.pem".into());
+    a.tls_key_file = Some("/k.pem".into());
+    let c = Config::load_from(&a, |_| None).unwrap();
+    assert_eq!(
+        c.source("tls_key_file"),
+        Source::Flag("--tls-key-file".into())
+    );
+}
+
+#[test]
+fn debug_output_hides_secrets() {
+    let mut c = Config::default();
+    c.set("registry_password", "s3cret-in-debug", Source::Default)
+        .unwrap();
+    assert!(!format!("{c:?}").contains("s3cret-in-debug"));
+    assert!(!format!("{:?}", c.registry_options()).contains("s3cret-in-debug"));
+}

@@ -11,7 +11,8 @@
 //! then the headers within `header_read_timeout` (a slow or silent client
 //! cannot hold a connection), nothing read or written for
 //! `client_socket_timeout` closes it, keep-alive as `http_keep_alive` says,
-//! SO_KEEPALIVE with `tcp_keepidle`.
+//! SO_KEEPALIVE with `tcp_keepidle`; on a node with a certificate, the TLS
+//! handshake within [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT).
 //!
 //! Admin endpoints ([`admin`]): `/healthz` (the process answers),
 //! `/readyz` (serving and registered; 503 while starting or draining),
@@ -32,6 +33,7 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
@@ -41,6 +43,7 @@ use crate::config::Config;
 use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
+use crate::tls::{self, MaybeTls};
 
 use self::limits::{LineLimitLayer, PoolLayer};
 
@@ -137,6 +140,7 @@ impl HttpServer {
         listener: std::net::TcpListener,
         router: Router,
         options: &HttpOptions,
+        tls: Option<TlsAcceptor>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shutdown, mut stop) = watch::channel(false);
@@ -184,8 +188,12 @@ impl HttpServer {
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
                 let _ = stream.set_nodelay(true);
-                let (builder, router, watcher) =
-                    (builder.clone(), router.clone(), graceful.watcher());
+                let (builder, router, watcher, tls) = (
+                    builder.clone(),
+                    router.clone(),
+                    graceful.watcher(),
+                    tls.clone(),
+                );
                 tokio::spawn(async move {
                     // A connection that sends nothing gets the header read
                     // timeout too: an idle flood cannot hold the slots.
@@ -201,6 +209,13 @@ impl HttpServer {
                         io.set_read_timeout(Some(idle));
                         io.set_write_timeout(Some(idle));
                     }
+                    let io = match &tls {
+                        None => MaybeTls::Plain(Box::pin(io)),
+                        Some(acceptor) => match tls::handshake(acceptor, Box::pin(io)).await {
+                            Some(tls) => tls,
+                            None => return,
+                        },
+                    };
                     let service = TowerToHyperService::new(
                         ServiceBuilder::new()
                             // One access log line per request, in a span
@@ -217,7 +232,7 @@ impl HttpServer {
                             .service(router),
                     );
                     let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(Box::pin(io)), service);
+                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(connection.into_owned()).await;
                     drop(permit);
                 });

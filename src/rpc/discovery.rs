@@ -16,6 +16,7 @@ use crate::error::Result;
 use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::follow::restarted;
 use crate::servicegroup::{Event, EventStream, Member, Registry};
+use crate::tls::ClientTls;
 
 use super::Target;
 
@@ -92,6 +93,8 @@ impl Snapshot {
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
+    /// For `https://` endpoints.
+    pub(crate) tls: Option<ClientTls>,
 }
 
 /// Keeps the members and their connections current from the watch.
@@ -167,15 +170,28 @@ impl Tracker {
 }
 
 fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
-    match Endpoint::from_shared(url.to_string()) {
-        Ok(endpoint) => Some(
-            endpoint
+    // tonic does TLS only with its own fixed configuration; the connector
+    // does it instead (files re-read on change), so tonic sees plain http.
+    let (url, tls) = match (url.strip_prefix("https://"), &options.tls) {
+        (None, _) => (url.to_string(), None),
+        (Some(rest), Some(tls)) => (format!("http://{rest}"), Some(tls.connector())),
+        (Some(_), None) => {
+            tracing::warn!(url, "member serves TLS and no tls_ca_file is set; skipped");
+            return None;
+        }
+    };
+    match Endpoint::from_shared(url.clone()) {
+        Ok(endpoint) => {
+            let endpoint = endpoint
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))
-                .keep_alive_while_idle(true)
-                .connect_lazy(),
-        ),
+                .keep_alive_while_idle(true);
+            Some(match tls {
+                Some(connector) => endpoint.connect_with_connector_lazy(connector),
+                None => endpoint.connect_lazy(),
+            })
+        }
         Err(e) => {
             tracing::warn!(url, error = %e, "member advertises an invalid endpoint; skipped");
             None
@@ -365,6 +381,7 @@ mod tests {
         let before = task_restarts();
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
+            tls: None,
         };
         let mut snapshots = start(registry.clone(), options).await.unwrap();
         let topic = Target::topic("t");
@@ -394,6 +411,7 @@ mod tests {
             nodes: HashMap::new(),
             options: ConnectOptions {
                 connect_timeout: Duration::from_secs(1),
+                tls: None,
             },
         };
         let record = registration("h").to_record(SystemTime::UNIX_EPOCH);

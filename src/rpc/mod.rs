@@ -40,6 +40,7 @@ use self::discovery::{ConnectOptions, Snapshot};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::servicegroup::{self, Registry};
+use crate::tls::ClientTls;
 
 /// Client settings.
 #[derive(Debug, Clone)]
@@ -54,6 +55,9 @@ pub struct RpcOptions {
     /// Casts in flight (sent, not yet answered) beyond which
     /// [`Rpc::cast`] returns `ResourceExhausted`.
     pub max_casts_in_flight: usize,
+    /// TLS to nodes that advertise `https://` endpoints (`tls_ca_file`);
+    /// without it such nodes are skipped, with a warning.
+    pub tls: Option<ClientTls>,
 }
 
 impl Default for RpcOptions {
@@ -63,6 +67,7 @@ impl Default for RpcOptions {
             connect_timeout: Duration::from_secs(1),
             hedge_delay: None,
             max_casts_in_flight: 1024,
+            tls: None,
         }
     }
 }
@@ -97,6 +102,7 @@ impl Rpc {
             registry,
             ConnectOptions {
                 connect_timeout: options.connect_timeout,
+                tls: options.tls.clone(),
             },
         )
         .await?;
@@ -108,13 +114,14 @@ impl Rpc {
         })
     }
 
-    /// Connects to the config's registry, with its `rpc_response_timeout`
-    /// and `rpc_hedge_delay`.
+    /// Connects to the config's registry, with its `rpc_response_timeout`,
+    /// `rpc_hedge_delay` and client TLS (`tls_ca_file`, …).
     pub async fn from_config(config: &Config) -> Result<Self> {
         let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
         let options = RpcOptions {
             response_timeout: config.rpc_response_timeout,
             hedge_delay: config.rpc_hedge_delay,
+            tls: ClientTls::from_config(config)?,
             ..RpcOptions::default()
         };
         Self::with_options(registry, options).await

@@ -10,6 +10,7 @@ use futures::StreamExt;
 
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
+use tokio_rustls::TlsAcceptor;
 use tonic::service::Routes;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
@@ -22,6 +23,7 @@ use super::limits::MessageLimitLayer;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
+use crate::tls;
 
 /// Binds a listening socket the way servers should: SO_REUSEADDR so a
 /// restarted node gets its port back while old connections sit in
@@ -37,6 +39,14 @@ pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
     socket.bind(&addr.into()).map_err(bind_err)?;
     socket.listen(1024).map_err(bind_err)?;
     Ok(socket.into())
+}
+
+/// How the gRPC listener takes connections.
+pub(crate) struct Accept {
+    /// Counts them for the report.
+    pub(crate) connections: Arc<Connections>,
+    /// The TLS handshake each goes through, when the node has a certificate.
+    pub(crate) tls: Option<TlsAcceptor>,
 }
 
 /// A running gRPC server. Every method takes `&self`, so one task can wait
@@ -60,9 +70,10 @@ impl GrpcServer {
         health: HealthReporter,
         names: Vec<String>,
         metrics: &Metrics,
-        connections: Arc<Connections>,
+        accept: Accept,
         max_message_size: usize,
     ) -> Result<Self> {
+        let Accept { connections, tls } = accept;
         for name in &names {
             health
                 .set_service_status(name, ServingStatus::NotServing)
@@ -73,6 +84,7 @@ impl GrpcServer {
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(600)))
             .map(move |accepted| accepted.map(|stream| connections.track(stream)));
+        let incoming = tls::incoming(incoming, tls);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);
         let router = Server::builder()

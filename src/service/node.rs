@@ -23,6 +23,7 @@ use crate::manager::{Manager, Services};
 use crate::pb::base::v1::base_server::BaseServer;
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{self, Endpoints, Membership, Registration, Registry};
+use crate::tls::ServerTls;
 
 /// Bound on leaving the service group at stop: an etcd that does not answer
 /// must not delay NOT_SERVING and the drain (the lease expires anyway).
@@ -153,6 +154,8 @@ impl<M: Manager> Node<M> {
     async fn start_inner(&self, context: StartContext) -> Result<()> {
         let config = self.node.config();
         self.node.set_worker(context.worker);
+        // Unusable certificate files refuse the start before anything else.
+        let tls = ServerTls::from_config(&config)?;
         // The registry is reached first: if it is down, the start fails
         // before anything was bound or initialised (exit 69). A supervised
         // worker leaves the registry to its supervisor.
@@ -173,11 +176,15 @@ impl<M: Manager> Node<M> {
             (None, None) => None,
         };
         let http_url = match &http_listener {
-            Some(l) => Some(advertised_url(l.local_addr()?, &self.node.host)),
+            Some(l) => Some(advertised_url(
+                l.local_addr()?,
+                &self.node.host,
+                tls.is_some(),
+            )),
             None => None,
         };
         self.node.set_endpoints(Endpoints {
-            grpc: Some(advertised_url(addr, &self.node.host)),
+            grpc: Some(advertised_url(addr, &self.node.host, tls.is_some())),
             http: http_url,
         });
 
@@ -205,7 +212,10 @@ impl<M: Manager> Node<M> {
                 health,
                 health_names,
                 &metrics,
-                self.node.connections.clone(),
+                grpc::Accept {
+                    connections: self.node.connections.clone(),
+                    tls: tls.as_ref().map(ServerTls::grpc_acceptor),
+                },
                 config.max_message_size,
             )
             .await?,
@@ -216,7 +226,8 @@ impl<M: Manager> Node<M> {
             let api = self.manager.http_routes().unwrap_or_default();
             let options = HttpOptions::from_config(&config);
             let router = http::stack(api, admin, &options, &metrics);
-            let http = HttpServer::start(http_listener, router, &options)?;
+            let tls = tls.as_ref().map(ServerTls::http_acceptor);
+            let http = HttpServer::start(http_listener, router, &options, tls)?;
             *self.http.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(http));
         }
         if let Err(e) = self.manager.post_start_hook().await {
@@ -495,12 +506,14 @@ impl<M: Manager> Service for Node<M> {
 }
 
 /// The URL clients use: the bound address, with the host name in place of
-/// an unspecified IP (a node bound to 0.0.0.0 is reached by its name).
-pub fn advertised_url(addr: SocketAddr, host: &str) -> String {
+/// an unspecified IP (a node bound to 0.0.0.0 is reached by its name);
+/// `https://` when the listener speaks TLS.
+pub fn advertised_url(addr: SocketAddr, host: &str, tls: bool) -> String {
+    let scheme = if tls { "https" } else { "http" };
     if addr.ip().is_unspecified() {
-        format!("http://{host}:{}", addr.port())
+        format!("{scheme}://{host}:{}", addr.port())
     } else {
-        format!("http://{addr}")
+        format!("{scheme}://{addr}")
     }
 }
 

@@ -38,6 +38,16 @@ pub(crate) async fn probe(holder_url: Option<&str>, own_url: Option<&str>) -> Ho
     if own_url == Some(url) {
         return Holder::Dead;
     }
+    if let Some(addr) = url.strip_prefix("https://") {
+        // The registry has no TLS client settings to check a TLS holder's
+        // health with; a listener that accepts stands for a live holder,
+        // so a live node is never taken over.
+        let connect = tokio::net::TcpStream::connect(addr.trim_end_matches('/'));
+        return match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(_)) => Holder::Serving,
+            _ => Holder::Dead,
+        };
+    }
     let Ok(endpoint) = Endpoint::from_shared(url.to_string()) else {
         return Holder::Dead;
     };

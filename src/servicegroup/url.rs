@@ -1,5 +1,5 @@
-//! Registry URLs: `etcd://h1:2379,h2:2379?prefix=/svckit`, `file:///path`,
-//! `memory://[name]`.
+//! Registry URLs: `etcd://h1:2379,h2:2379?prefix=/svckit` (`https://…` for
+//! etcd over TLS), `file:///path`, `memory://[name]`.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -20,6 +20,8 @@ pub enum RegistryUrl {
         endpoints: Vec<String>,
         /// Key prefix of this deployment, without a trailing `/`.
         prefix: String,
+        /// TLS to etcd: the URL was `https://…`.
+        tls: bool,
     },
     /// A directory on this machine.
     File {
@@ -38,12 +40,12 @@ impl RegistryUrl {
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
             Error::Usage(format!(
-                "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], file:///path or memory://)"
+                "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], https://… for etcd over TLS, file:///path or memory://)"
             ))
         };
         let (scheme, rest) = s.split_once("://").ok_or_else(|| bad("no scheme"))?;
         match scheme {
-            "etcd" => {
+            "etcd" | "https" => {
                 let (hosts, query) = match rest.split_once('?') {
                     Some((h, q)) => (h, Some(q)),
                     None => (rest, None),
@@ -71,7 +73,11 @@ impl RegistryUrl {
                         _ => return Err(bad(&format!("unknown parameter {pair:?}"))),
                     }
                 }
-                Ok(RegistryUrl::Etcd { endpoints, prefix })
+                Ok(RegistryUrl::Etcd {
+                    endpoints,
+                    prefix,
+                    tls: scheme == "https",
+                })
             }
             "file" => {
                 if !rest.starts_with('/') || rest.len() < 2 {
@@ -99,8 +105,13 @@ impl FromStr for RegistryUrl {
 impl fmt::Display for RegistryUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            RegistryUrl::Etcd { endpoints, prefix } => {
-                write!(f, "etcd://{}", endpoints.join(","))?;
+            RegistryUrl::Etcd {
+                endpoints,
+                prefix,
+                tls,
+            } => {
+                let scheme = if *tls { "https" } else { "etcd" };
+                write!(f, "{scheme}://{}", endpoints.join(","))?;
                 if prefix != DEFAULT_PREFIX {
                     write!(f, "?prefix={prefix}")?;
                 }
@@ -113,7 +124,8 @@ impl fmt::Display for RegistryUrl {
 }
 
 /// Connection options that do not fit in the URL (secrets, files, timing).
-#[derive(Debug, Clone)]
+/// Its `Debug` shows the password as `***`.
+#[derive(Clone)]
 pub struct RegistryOptions {
     /// PEM CA certificate to verify etcd servers (enables TLS).
     pub ca_file: Option<PathBuf>,
@@ -125,12 +137,30 @@ pub struct RegistryOptions {
     pub user: Option<String>,
     /// The password of `user`.
     pub password: Option<String>,
+    /// A file holding the password of `user`, read at each connection, so
+    /// a rotated password needs no restart.
+    pub password_file: Option<PathBuf>,
     /// Bound on connecting to the registry and on each request (and on
     /// waiting for the `file` registry's lock).
     pub timeout: Duration,
     /// Cap on the delay between retries of heartbeats, re-registrations,
     /// watch reconnections and reloads (exponential backoff, full jitter).
     pub backoff_max: Duration,
+}
+
+impl fmt::Debug for RegistryOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryOptions")
+            .field("ca_file", &self.ca_file)
+            .field("cert_file", &self.cert_file)
+            .field("key_file", &self.key_file)
+            .field("user", &self.user)
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("password_file", &self.password_file)
+            .field("timeout", &self.timeout)
+            .field("backoff_max", &self.backoff_max)
+            .finish()
+    }
 }
 
 impl Default for RegistryOptions {
@@ -141,6 +171,7 @@ impl Default for RegistryOptions {
             key_file: None,
             user: None,
             password: None,
+            password_file: None,
             timeout: Duration::from_secs(5),
             backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
         }
@@ -157,7 +188,8 @@ mod tests {
             RegistryUrl::parse("etcd://h1:2379,h2:2380?prefix=/x/").ok(),
             Some(RegistryUrl::Etcd {
                 endpoints: vec!["h1:2379".into(), "h2:2380".into()],
-                prefix: "/x".into()
+                prefix: "/x".into(),
+                tls: false,
             })
         );
         assert_eq!(
@@ -198,6 +230,7 @@ mod tests {
         for s in [
             "etcd://a:1,b:2",
             "etcd://a:1?prefix=/p",
+            "https://a:1,b:2?prefix=/p",
             "file:///tmp/r",
             "memory://t",
         ] {

@@ -25,7 +25,24 @@ pub struct Etcd {
     child: Option<Child>,
     /// Bumped by [`Etcd::wipe`] so each life gets an empty data dir.
     generation: u32,
+    /// Serve clients over TLS with these files.
+    tls: Option<EtcdTls>,
+    /// Plain-HTTP `/health` beside a TLS client port.
+    metrics_port: u16,
 }
+
+/// An etcd serving clients over TLS.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// `--trusted-ca-file` with `--client-cert-auth`: clients need a
+    /// certificate this CA signed.
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// The root user [`Etcd::enable_auth`] creates.
+pub const ROOT_PASSWORD: &str = "root-pw-for-tests";
 
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -58,6 +75,64 @@ impl Etcd {
         etcd
     }
 
+    /// Starts a single-member etcd that serves clients over TLS only.
+    pub fn start_tls(tls: EtcdTls) -> Etcd {
+        let mut etcd = Etcd::new("solo".into(), None, free_port(), free_port());
+        etcd.tls = Some(tls);
+        etcd.spawn();
+        etcd.wait_ready();
+        etcd
+    }
+
+    /// A client of this etcd, as root once auth is on.
+    async fn admin(
+        &self,
+        user: Option<(&str, &str)>,
+        tls: Option<etcd_client::TlsOptions>,
+    ) -> etcd_client::Client {
+        let mut options = etcd_client::ConnectOptions::new();
+        if let Some((user, password)) = user {
+            options = options.with_user(user, password);
+        }
+        if let Some(tls) = tls {
+            options = options.with_tls(tls);
+        }
+        etcd_client::Client::connect([self.endpoint()], Some(options))
+            .await
+            .expect("admin client of etcd")
+    }
+
+    /// Turns etcd's authentication on with a root user and `user`, who may
+    /// read and write every key under `/`. `tls`: the client TLS a TLS etcd
+    /// needs.
+    pub async fn enable_auth(
+        &self,
+        user: &str,
+        password: &str,
+        tls: Option<etcd_client::TlsOptions>,
+    ) {
+        let mut client = self.admin(None, tls).await;
+        client.user_add("root", ROOT_PASSWORD, None).await.unwrap();
+        client.user_grant_role("root", "root").await.unwrap();
+        client.user_add(user, password, None).await.unwrap();
+        client.role_add("svckit").await.unwrap();
+        let all = etcd_client::Permission::read_write("/").with_prefix();
+        client.role_grant_permission("svckit", all).await.unwrap();
+        client.user_grant_role(user, "svckit").await.unwrap();
+        client.auth_enable().await.unwrap();
+    }
+
+    /// Changes `user`'s password, as root.
+    pub async fn change_password(
+        &self,
+        user: &str,
+        password: &str,
+        tls: Option<etcd_client::TlsOptions>,
+    ) {
+        let mut client = self.admin(Some(("root", ROOT_PASSWORD)), tls).await;
+        client.user_change_password(user, password).await.unwrap();
+    }
+
     fn new(name: String, cluster: Option<String>, client_port: u16, peer_port: u16) -> Etcd {
         Etcd {
             name,
@@ -67,6 +142,8 @@ impl Etcd {
             cluster,
             child: None,
             generation: 0,
+            tls: None,
+            metrics_port: free_port(),
         }
     }
 
@@ -75,9 +152,15 @@ impl Etcd {
         format!("127.0.0.1:{}", self.client_port)
     }
 
-    /// `etcd://127.0.0.1:port?prefix=/test`.
+    /// `etcd://127.0.0.1:port?prefix=/test` (`https://…` over TLS).
     pub fn url(&self) -> RegistryUrl {
-        RegistryUrl::parse(&format!("etcd://{}?prefix=/test", self.endpoint())).unwrap()
+        let scheme = if self.tls.is_some() { "https" } else { "etcd" };
+        RegistryUrl::parse(&format!("{scheme}://{}?prefix=/test", self.endpoint())).unwrap()
+    }
+
+    /// etcd's own log, for failure messages.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
     }
 
     fn peer_url(&self) -> String {
@@ -92,7 +175,8 @@ impl Etcd {
             .append(true)
             .open(self.dir.path().join("etcd.log"))
             .expect("etcd log file");
-        let client_url = format!("http://127.0.0.1:{}", self.client_port);
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let client_url = format!("{scheme}://127.0.0.1:{}", self.client_port);
         let mut cmd = Command::new(etcd_binary());
         cmd.arg("--name")
             .arg(&self.name)
@@ -111,6 +195,19 @@ impl Etcd {
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log);
+        if let Some(tls) = &self.tls {
+            cmd.arg("--cert-file")
+                .arg(&tls.cert_file)
+                .arg("--key-file")
+                .arg(&tls.key_file)
+                .arg("--listen-metrics-urls")
+                .arg(format!("http://127.0.0.1:{}", self.metrics_port));
+            if let Some(ca) = &tls.client_ca_file {
+                cmd.arg("--trusted-ca-file")
+                    .arg(ca)
+                    .arg("--client-cert-auth");
+            }
+        }
         if let Some(cluster) = &self.cluster {
             cmd.arg("--initial-cluster")
                 .arg(cluster)
@@ -150,14 +247,17 @@ impl Etcd {
     }
 
     fn healthy(&self) -> bool {
-        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", self.client_port)) else {
+        // A TLS etcd answers /health in plain HTTP on its metrics port.
+        let port = if self.tls.is_some() {
+            self.metrics_port
+        } else {
+            self.client_port
+        };
+        let Ok(mut conn) = TcpStream::connect(("127.0.0.1", port)) else {
             return false;
         };
         let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-        let request = format!(
-            "GET /health HTTP/1.0\r\nHost: 127.0.0.1:{}\r\n\r\n",
-            self.client_port
-        );
+        let request = format!("GET /health HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n");
         let mut body = String::new();
         conn.write_all(request.as_bytes()).is_ok()
             && conn.read_to_string(&mut body).is_ok()

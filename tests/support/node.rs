@@ -120,6 +120,7 @@ impl Proc {
                 let url = ready["grpc"].as_str().expect("grpc endpoint in ready file");
                 return url
                     .trim_start_matches("http://")
+                    .trim_start_matches("https://")
                     .parse()
                     .expect("endpoint is host:port");
             }

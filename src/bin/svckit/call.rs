@@ -9,7 +9,6 @@ use tonic::Status;
 use svckit::pb::base::v1::base_client::BaseClient;
 use svckit::pb::base::v1::{PingRequest, PingResponse};
 use svckit::rpc::{Rpc, Target};
-use svckit::servicegroup::Registry;
 use svckit::{Error, Result};
 
 fn reply_json(host: &str, result: &Result<PingResponse, Status>) -> Value {
@@ -25,13 +24,7 @@ fn reply_json(host: &str, result: &Result<PingResponse, Status>) -> Value {
     }
 }
 
-pub(super) async fn ping(
-    registry: Registry,
-    target: Target,
-    fanout: bool,
-    arg: String,
-) -> Result<()> {
-    let rpc = Rpc::new(registry).await?;
+pub(super) async fn ping(rpc: Rpc, target: Target, fanout: bool, arg: String) -> Result<()> {
     let replies: Vec<(String, Result<PingResponse, Status>)> = if fanout {
         rpc.fanout(&target, |ch| {
             let arg = arg.clone();

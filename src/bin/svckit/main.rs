@@ -13,8 +13,9 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 
 use svckit::config::{CommonArgs, Config};
-use svckit::rpc::Target;
+use svckit::rpc::{Rpc, RpcOptions, Target};
 use svckit::servicegroup::{self, AdminChange, Registry};
+use svckit::tls::ClientTls;
 use svckit::Result;
 
 /// Operate a svckit fleet: list and watch members, change their admin state.
@@ -149,13 +150,29 @@ impl RegistryArgs {
     /// Only the registry options are read (flags, `SVCKIT_REGISTRY*`, the
     /// file): an operator's shell set up for a node must not break the CLI.
     async fn connect(&self) -> Result<Registry> {
+        let config = self.config()?;
+        servicegroup::connect(&config.registry, &config.registry_options()).await
+    }
+
+    /// An RPC client on the registry, with the client TLS options
+    /// (`tls_ca_file`, …) for nodes that serve TLS.
+    async fn rpc(&self) -> Result<Rpc> {
+        let config = self.config()?;
+        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        let options = RpcOptions {
+            tls: ClientTls::from_config(&config)?,
+            ..RpcOptions::default()
+        };
+        Rpc::with_options(registry, options).await
+    }
+
+    fn config(&self) -> Result<Config> {
         let args = CommonArgs {
             config: self.config.clone(),
             registry: self.registry.clone(),
             ..CommonArgs::default()
         };
-        let config = Config::load_registry(&args)?;
-        servicegroup::connect(&config.registry, &config.registry_options()).await
+        Config::load_registry(&args)
     }
 }
 
@@ -206,11 +223,11 @@ async fn run(cli: Cli) -> Result<()> {
             target.server = server;
             // Operators call a disabled node by name to debug it.
             target.include_disabled = true;
-            call::ping(registry.connect().await?, target, fanout, arg).await
+            call::ping(registry.rpc().await?, target, fanout, arg).await
         }
         Command::Report { target } => {
-            let registry = target.registry.connect().await?;
-            report::report(registry, target.topic, target.host).await
+            let rpc = target.registry.rpc().await?;
+            report::report(rpc, target.topic, target.host).await
         }
         Command::Service(cmd) => {
             let (target, change) = match cmd {

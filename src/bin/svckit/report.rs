@@ -5,11 +5,9 @@ use std::io::Write;
 use svckit::pb::base::v1::base_client::BaseClient;
 use svckit::pb::base::v1::ReportRequest;
 use svckit::rpc::{Rpc, Target};
-use svckit::servicegroup::Registry;
 use svckit::{Error, Result};
 
-pub(super) async fn report(registry: Registry, topic: String, host: String) -> Result<()> {
-    let rpc = Rpc::new(registry).await?;
+pub(super) async fn report(rpc: Rpc, topic: String, host: String) -> Result<()> {
     let target = Target::topic(topic).server(host);
     let reply = BaseClient::new(rpc.channel(target))
         .report(ReportRequest {})

@@ -31,6 +31,7 @@ use crate::error::{Error, Result};
 use crate::service::{self, Service};
 use crate::servicegroup::{self, Endpoints};
 use crate::telemetry::Telemetry;
+use crate::tls::ServerTls;
 
 pub use self::pool::ProcessLauncher;
 
@@ -50,9 +51,12 @@ pub(super) async fn supervise(
     };
     // The registry first, as a single node does: unreachable is exit 69
     // before any worker starts.
+    // Each worker serves TLS itself; the files are checked here so that
+    // unusable ones refuse the start (exit 78) instead of failing workers.
+    let tls = ServerTls::from_config(&config)?.is_some();
     let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
     let listener = service::bind(config.rpc_listen)?;
-    let grpc = service::advertised_url(listener.local_addr()?, &config.host);
+    let grpc = service::advertised_url(listener.local_addr()?, &config.host, tls);
     let mut listeners = vec![("grpc", listener)];
     let mut http = None;
     if let Some(addr) = config.http_listen {
@@ -60,6 +64,7 @@ pub(super) async fn supervise(
         http = Some(service::advertised_url(
             listener.local_addr()?,
             &config.host,
+            tls,
         ));
         listeners.push(("http", listener));
     }

@@ -21,6 +21,7 @@ use etcd_client::{
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use self::credentials::{is_refused_login, Credentials};
 use self::keys::{Kind, Layout, Snapshot};
 use super::diff::check_identity;
 use super::{
@@ -29,6 +30,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+mod credentials;
 mod election;
 mod keys;
 mod session;
@@ -71,13 +73,20 @@ struct Inner {
     several: bool,
     /// The cap on retry delays of sessions and watchers.
     backoff_max: Duration,
+    /// To log in again with a rotated password.
+    credentials: Option<Credentials>,
 }
 
 impl EtcdDriver {
     /// Connects to the cluster `url` names and checks that it answers, within
     /// `options.timeout`; otherwise [`Error::Unavailable`].
     pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Self> {
-        let RegistryUrl::Etcd { endpoints, prefix } = url else {
+        let RegistryUrl::Etcd {
+            endpoints,
+            prefix,
+            tls,
+        } = url
+        else {
             return Err(Error::Usage(format!(
                 "{url} is not an etcd:// registry URL"
             )));
@@ -91,21 +100,26 @@ impl EtcdDriver {
             // quorum fails requests and ends watch streams at once, instead
             // of serving a stale view or a silent stream.
             .with_require_leader(true);
-        if let Some(tls) = tls_options(options)? {
-            connect = connect.with_tls(tls);
+        match (tls, tls_options(options)?) {
+            (true, Some(tls)) => connect = connect.with_tls(tls),
+            (false, None) => {}
+            (true, None) => {
+                return Err(Error::Config(format!(
+                    "registry {url} is etcd over TLS: set registry_ca_file to the CA that signed etcd's certificate"
+                )))
+            }
+            (false, Some(_)) => {
+                return Err(Error::Config(format!(
+                    "registry_ca_file, registry_cert_file and registry_key_file are for etcd over TLS; write the registry URL as https://{}",
+                    endpoints.join(",")
+                )))
+            }
         }
-        match (&options.user, &options.password) {
-            (Some(user), Some(password)) => {
-                connect = connect
-                    .with_user(user.clone(), password.clone())
-                    .with_auto_token_refresh(true);
-            }
-            (None, None) => {}
-            _ => {
-                return Err(Error::Config(
-                    "etcd authentication needs both a user and a password".into(),
-                ))
-            }
+        let credentials = Credentials::of(options)?;
+        if let Some(credentials) = &credentials {
+            connect = connect
+                .with_user(credentials.user.clone(), credentials.password()?)
+                .with_auto_token_refresh(true);
         }
         let names = endpoints.join(",");
         let what = format!("cannot reach etcd at {names} within {:?}", options.timeout);
@@ -113,7 +127,10 @@ impl EtcdDriver {
             tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
                 .await
                 .map_err(|elapsed| Error::unavailable(what.clone(), elapsed))?
-                .map_err(|e| Error::unavailable(what.clone(), e))?;
+                .map_err(|e| match &credentials {
+                    Some(c) if is_refused_login(&e) => c.refused(&names, e),
+                    _ => Error::unavailable(what.clone(), e),
+                })?;
         let inner = Inner {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             client,
@@ -122,6 +139,7 @@ impl EtcdDriver {
             endpoints: names.clone(),
             several: endpoints.len() > 1,
             backoff_max: options.backoff_max,
+            credentials,
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -169,9 +187,15 @@ fn is_unavailable(e: &etcd_client::Error) -> bool {
     use etcd_client::Error as E;
     match e {
         E::TransportError(_) | E::IoError(_) => true,
+        // hyper reports a connection closed under a request as Cancelled:
+        // a member that went away, or a TLS member that refused this
+        // client's certificate after the handshake.
         E::GRpcStatus(s) => matches!(
             s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Unknown
+            tonic::Code::Unavailable
+                | tonic::Code::DeadlineExceeded
+                | tonic::Code::Unknown
+                | tonic::Code::Cancelled
         ),
         _ => false,
     }
@@ -211,6 +235,7 @@ impl Inner {
         Fut: Future<Output = std::result::Result<T, etcd_client::Error>>,
     {
         let deadline = tokio::time::Instant::now() + self.timeout;
+        let mut logged_in_again = false;
         loop {
             let attempt = if self.several && split {
                 let share = (self.timeout / ATTEMPTS_PER_TIMEOUT).max(MIN_ATTEMPT);
@@ -234,6 +259,10 @@ impl Inner {
                 }
             };
             let what = format!("etcd at {}", self.endpoints);
+            if is_refused_login(&error) && !logged_in_again && self.log_in_again().await {
+                logged_in_again = true;
+                continue;
+            }
             if !is_unavailable(&error) {
                 return Err(Error::registry(what, error));
             }
