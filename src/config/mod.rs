@@ -227,6 +227,11 @@ options! {
     rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
+    /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.
+    rpc_pool_size: usize = 1000, mutable = false, secret = false, range = "1" ..= "100000";
+    /// How long a gRPC call waits for a free slot of rpc_pool_size before it is refused (svckit clients then try another node).
+    rpc_pool_wait: Duration = Duration::from_millis(100), mutable = false, secret = false,
+        range = "0s" ..= "1min";
     /// Largest gRPC message accepted or sent, in bytes.
     max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
         range = "1024" ..= "1073741824";

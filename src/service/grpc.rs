@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
 use super::limits::MessageLimitLayer;
+use super::pool::PoolLayer;
 use crate::error::{Error, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
@@ -49,6 +50,16 @@ pub(crate) struct Accept {
     pub(crate) tls: Option<TlsAcceptor>,
 }
 
+/// What one call may take.
+pub(crate) struct Limits {
+    /// Largest message, in bytes.
+    pub(crate) max_message_size: usize,
+    /// Calls served at once (see [`super::pool`]).
+    pub(crate) pool_size: usize,
+    /// How long a call waits for a slot before it is refused.
+    pub(crate) pool_wait: Duration,
+}
+
 /// A running gRPC server. Every method takes `&self`, so one task can wait
 /// on the server while another drains it.
 pub(crate) struct GrpcServer {
@@ -71,7 +82,7 @@ impl GrpcServer {
         names: Vec<String>,
         metrics: &Metrics,
         accept: Accept,
-        max_message_size: usize,
+        limits: Limits,
     ) -> Result<Self> {
         let Accept { connections, tls } = accept;
         for name in &names {
@@ -96,8 +107,9 @@ impl GrpcServer {
             )
             .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())
+            .layer(PoolLayer::new(limits.pool_size, limits.pool_wait))
             .layer(MessageLimitLayer {
-                max: max_message_size,
+                max: limits.max_message_size,
             })
             .add_routes(routes);
         let task = tokio::spawn(async move {

@@ -8,6 +8,7 @@ mod grpc;
 mod info;
 mod limits;
 mod node;
+pub(crate) mod pool;
 
 use futures::future::BoxFuture;
 

@@ -216,7 +216,11 @@ impl<M: Manager> Node<M> {
                     connections: self.node.connections.clone(),
                     tls: tls.as_ref().map(ServerTls::grpc_acceptor),
                 },
-                config.max_message_size,
+                grpc::Limits {
+                    max_message_size: config.max_message_size,
+                    pool_size: config.rpc_pool_size,
+                    pool_wait: config.rpc_pool_wait,
+                },
             )
             .await?,
         );

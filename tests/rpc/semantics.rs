@@ -103,3 +103,69 @@ async fn cast_returns_before_the_reply_and_is_bounded() {
         "{err:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_node_refuses_calls_and_clients_send_them_to_another_node() {
+    let etcd = support_etcd();
+    let url = etcd.url().to_string();
+    let args = crate::support::node::quick_node_args(&url, "full");
+    let (full, _) = crate::support::node::Proc::start_example(
+        "echo_node",
+        &args,
+        &[("SVCKIT_RPC_POOL_SIZE", "1"), ("SVCKIT_RPC_POOL_WAIT", "0")],
+    );
+    let _other = crate::start_node(&etcd, "other");
+    let (rpc, _registry) = crate::rpc_for(&etcd).await;
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // One long call takes the full node's only slot; from another client,
+    // so that this one's balancer does not know the node is busy.
+    let (other_rpc, _) = crate::rpc_for(&etcd).await;
+    other_rpc
+        .wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let holder = EchoClient::new(other_rpc.channel(topic.clone().server("full")));
+    let held = tokio::spawn(async move {
+        let mut holder = holder;
+        holder.sleep(SleepRequest { millis: 3_000 }).await
+    });
+    full.wait_for_log("sleep started", Duration::from_secs(10));
+
+    // Named, the full node refuses at once.
+    let err = EchoClient::new(rpc.channel(topic.clone().server("full")))
+        .echo(EchoRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::Unavailable, "{err:?}");
+    assert!(
+        err.message().contains("rpc_pool_size"),
+        "the refusal names the limit: {err:?}"
+    );
+
+    // By topic, not idempotent: every call is answered, by the other node
+    // whenever the full one refused it.
+    let mut client = EchoClient::new(rpc.channel(topic.clone()));
+    for _ in 0..40 {
+        let reply = client
+            .echo(EchoRequest::default())
+            .await
+            .expect("a refused call goes to another node");
+        assert_eq!(reply.into_inner().host, "other");
+    }
+    assert!(
+        rpc.stats().retries > 0,
+        "some calls were first sent to the full node"
+    );
+
+    // Once the slot is free, the node serves again.
+    held.await.unwrap().expect("the long call finishes");
+    let reply = EchoClient::new(rpc.channel(topic.server("full")))
+        .echo(EchoRequest::default())
+        .await
+        .expect("served again");
+    assert_eq!(reply.into_inner().host, "full");
+}

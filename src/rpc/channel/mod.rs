@@ -27,6 +27,7 @@ use self::hedge::{HedgeBudget, Latency};
 use super::discovery::{Node, Snapshot};
 use super::Target;
 use crate::error::BoxError;
+use crate::service::pool::REFUSED;
 
 const GRPC_TIMEOUT: &str = "grpc-timeout";
 const GRPC_STATUS: &str = "grpc-status";
@@ -394,6 +395,12 @@ async fn attempt(
     // ready before a call; failing that, nothing was sent.
     match tower::ServiceExt::ready(&mut channel).await {
         Ok(ready) => match tower::Service::call(ready, request).await {
+            // Refused before its handler ran: another node may take it.
+            Ok(response) if response.headers().contains_key(REFUSED) => Err(Sent::No(Box::new(
+                Status::from_header_map(response.headers()).unwrap_or_else(|| {
+                    Status::unavailable(format!("{} refused the call", node.host()))
+                }),
+            ))),
             Ok(response) => {
                 if node.abandoned.load(Ordering::Relaxed) > 0 {
                     node.abandoned.store(0, Ordering::Relaxed);

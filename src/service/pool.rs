@@ -1,0 +1,234 @@
+//! The gRPC calls a node serves at once (`rpc_pool_size`), the analog of
+//! oslo.messaging's `executor_thread_pool_size`.
+//!
+//! A call over the limit waits up to `rpc_pool_wait` for a slot. Past that
+//! it is refused before its handler runs, as UNAVAILABLE with the
+//! [`REFUSED`] header: svckit's clients know then that nothing ran and send
+//! the call to another node of the topic, idempotent or not; other clients
+//! see a plain UNAVAILABLE, which gRPC clients retry. A slot is held until
+//! the response body ends, so a stream counts for as long as it runs.
+//! Health checks and reflection skip the pool: an overloaded node must
+//! still answer its probes.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures::future::BoxFuture;
+use http::HeaderValue;
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::{Either, Empty};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tower::{Layer, Service};
+
+use crate::error::BoxError;
+
+/// The response header of a call the pool refused before its handler ran.
+pub(crate) const REFUSED: &str = "svckit-refused";
+
+/// Paths that skip the pool.
+const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+
+/// At most `size` calls at once; see the module docs.
+#[derive(Debug, Clone)]
+pub(crate) struct PoolLayer {
+    slots: Arc<Semaphore>,
+    wait: Duration,
+}
+
+impl PoolLayer {
+    /// A pool of `size` slots, waited for up to `wait`.
+    pub(crate) fn new(size: usize, wait: Duration) -> Self {
+        PoolLayer {
+            slots: Arc::new(Semaphore::new(size)),
+            wait,
+        }
+    }
+}
+
+impl<S> Layer<S> for PoolLayer {
+    type Service = Pool<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        Pool {
+            inner,
+            pool: self.clone(),
+        }
+    }
+}
+
+/// The service of [`PoolLayer`].
+#[derive(Debug, Clone)]
+pub(crate) struct Pool<S> {
+    inner: S,
+    pool: PoolLayer,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for Pool<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send,
+    B: Send + 'static,
+    RB: Body<Data = Bytes> + Send + 'static,
+    RB::Error: Into<BoxError>,
+{
+    type Response = http::Response<Held<Either<RB, Empty<Bytes>>>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, S::Error>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        // Readiness is the pool's, per call.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        // The clone that was not driven to readiness; take the ready one.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let path = request.uri().path();
+        if EXEMPT.iter().any(|prefix| path.starts_with(prefix)) {
+            return Box::pin(async move {
+                let response = tower::ServiceExt::ready(&mut inner)
+                    .await?
+                    .call(request)
+                    .await?;
+                Ok(response.map(|body| Held {
+                    body: Either::Left(body),
+                    permit: None,
+                }))
+            });
+        }
+        let (slots, wait) = (self.pool.slots.clone(), self.pool.wait);
+        Box::pin(async move {
+            // A free slot needs no timer; only a full pool waits.
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(permit) => permit,
+                Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
+                    Ok(Ok(permit)) => permit,
+                    _ => return Ok(refused()),
+                },
+            };
+            let response = tower::ServiceExt::ready(&mut inner)
+                .await?
+                .call(request)
+                .await?;
+            Ok(response.map(|body| Held {
+                body: Either::Left(body),
+                permit: Some(permit),
+            }))
+        })
+    }
+}
+
+/// A trailers-only UNAVAILABLE answer marked [`REFUSED`].
+fn refused<RB>() -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
+    tracing::warn!("rpc_pool_size reached; refusing a call");
+    let mut response = http::Response::new(Held {
+        body: Either::Right(Empty::new()),
+        permit: None,
+    });
+    let headers = response.headers_mut();
+    headers.insert(
+        http::header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    headers.insert("grpc-status", HeaderValue::from_static("14"));
+    headers.insert(
+        "grpc-message",
+        HeaderValue::from_static("rpc_pool_size%20reached"),
+    );
+    headers.insert(REFUSED, HeaderValue::from_static("pool"));
+    response
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that holds its call's slot until it ends.
+    pub(crate) struct Held<B> {
+        #[pin]
+        body: B,
+        permit: Option<OwnedSemaphorePermit>,
+    }
+}
+
+impl<B: Body<Data = Bytes>> Body for Held<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
+            this.permit.take();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full};
+    use tower::ServiceExt;
+
+    type Reply = http::Response<Held<Either<Full<Bytes>, Empty<Bytes>>>>;
+
+    fn pool(
+        size: usize,
+    ) -> impl Service<http::Request<()>, Response = Reply, Error = std::convert::Infallible> + Clone
+    {
+        let echo = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("x"))))
+        });
+        PoolLayer::new(size, Duration::ZERO).layer(echo)
+    }
+
+    fn call(path: &str) -> http::Request<()> {
+        http::Request::builder().uri(path).body(()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_call_over_the_limit_is_refused_until_a_body_ends() {
+        let service = pool(1);
+        let first = service
+            .clone()
+            .oneshot(call("/echo.v1.Echo/Echo"))
+            .await
+            .unwrap();
+        assert!(first.headers().get(REFUSED).is_none());
+
+        let second = service
+            .clone()
+            .oneshot(call("/echo.v1.Echo/Echo"))
+            .await
+            .unwrap();
+        assert_eq!(second.headers()["grpc-status"], "14");
+        assert_eq!(second.headers()[REFUSED], "pool");
+
+        // Probes pass a full pool.
+        let health = service
+            .clone()
+            .oneshot(call("/grpc.health.v1.Health/Check"))
+            .await
+            .unwrap();
+        assert!(health.headers().get(REFUSED).is_none());
+
+        // The first call's slot is free once its body ended.
+        first.into_body().collect().await.unwrap();
+        let third = service.oneshot(call("/echo.v1.Echo/Echo")).await.unwrap();
+        assert!(third.headers().get(REFUSED).is_none());
+    }
+}
