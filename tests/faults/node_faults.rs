@@ -1,5 +1,5 @@
 //! Faults of one node: kill -9, SIGTERM, SIGSTOP past its down time, and
-//! its HTTP concurrency limit filled.
+//! its HTTP and gRPC concurrency limits filled.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
 
+use crate::echo::pb::echo_client::EchoClient;
+use crate::echo::pb::SleepRequest;
 use crate::harness::{
     assert_no_failed_call, blocking, serial, CallLoop, Fleet, NodeSpec, Row, WAIT,
 };
@@ -236,4 +238,73 @@ async fn fill_a_nodes_concurrency_limit() {
     }
     .print();
     assert_no_failed_call(&calls, "concurrency limit");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fill_a_nodes_grpc_pool() {
+    let _serial = serial().await;
+    let etcd = blocking(Etcd::start);
+    const POOL: usize = 2;
+    let limited = NodeSpec::echo("n3")
+        .env("SVCKIT_RPC_POOL_SIZE", &POOL.to_string())
+        .env("SVCKIT_RPC_POOL_WAIT", "0");
+    let specs = vec![NodeSpec::echo("n1"), NodeSpec::echo("n2"), limited];
+    let mut fleet = Fleet::start(&etcd.url(), specs).await;
+    let grpc = fleet.node("n3").ready()["grpc"]
+        .as_str()
+        .expect("a gRPC endpoint in the ready file")
+        .to_string();
+    // Not idempotent: a refused call never ran, so it is sent elsewhere
+    // all the same.
+    let calls = fleet.call_loop(false);
+    calls.wait_ok(WARM, "calls before the fault").await;
+
+    // Long calls from outside the fleet's client take every slot of n3.
+    let fault = Instant::now();
+    let channel = tonic::transport::Channel::from_shared(grpc)
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect to n3");
+    let holders: Vec<_> = (0..POOL)
+        .map(|_| {
+            let mut client = EchoClient::new(channel.clone());
+            tokio::spawn(async move { client.sleep(SleepRequest { millis: 2_000 }).await })
+        })
+        .collect();
+    eventually(WAIT, "every slot of n3 held", || {
+        let n = fleet.node("n3").stderr().matches("sleep started").count();
+        async move { (n >= POOL).then_some(()) }
+    })
+    .await;
+    eventually(WAIT, "n3 refusing calls of the loop", || {
+        let refused = fleet.node("n3").stderr().contains("rpc_pool_size reached");
+        async move { refused.then_some(()) }
+    })
+    .await;
+    calls.wait_ok(WARM, "calls while n3 is full").await;
+
+    for holder in holders {
+        holder.await.unwrap().expect("a long call ends");
+    }
+    let released = Instant::now();
+    let recovered = calls
+        .wait_hosts_served(&["n3".to_string()], released, released, "calls on n3 again")
+        .await;
+    let calls = calls.stop().await;
+    fleet
+        .probe(&etcd.url(), "probe-rpc-pool", Instant::now())
+        .await;
+    Row {
+        fault: "fill a node's gRPC pool (rpc_pool_size 2)",
+        calls: &calls,
+        reflected: None,
+        recovered: Some(recovered),
+        note: format!(
+            "calls past the limit refused before their handler and sent to another node (not idempotent); full for {:.1} s; recovered: from the release",
+            (released - fault).as_secs_f64()
+        ),
+    }
+    .print();
+    assert_no_failed_call(&calls, "gRPC pool full");
 }
