@@ -5,6 +5,7 @@
 
 mod support;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -284,22 +285,17 @@ async fn readyz_turns_503_during_the_drain_before_the_listener_closes() {
     assert_eq!(status.code(), Some(0), "{}", node.stderr());
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn metrics_parse_as_prometheus_text_and_count_the_requests() {
-    let f = fleet(&[], &[]).await;
-    for _ in 0..3 {
-        assert_eq!(get(f.api_addr, "/v1/echo?msg=count", &[]).await.status, 200);
-    }
-    let text = get(f.api_addr, "/metrics", &[]).await.body;
-    // An independent parser: Python's prometheus_client.
+/// `/metrics` read by an independent parser (Python's prometheus_client):
+/// `name{label=value,…}` → value, labels sorted.
+fn parse_metrics(text: &str) -> HashMap<String, f64> {
     let script = r##"
 import sys
 from prometheus_client.parser import text_string_to_metric_families
 text = sys.stdin.read().replace("# EOF\n", "")
 for family in text_string_to_metric_families(text):
     for s in family.samples:
-        if s.name == "svckit_http_requests_total" and s.labels.get("route") == "/v1/echo" and s.labels.get("code") == "200":
-            print(int(s.value))
+        labels = ",".join(f"{k}={v}" for k, v in sorted(s.labels.items()))
+        print(f"{s.name}{{{labels}}} {s.value}")
 "##;
     let mut child = std::process::Command::new("python3")
         .args(["-c", script])
@@ -323,13 +319,44 @@ for family in text_string_to_metric_families(text):
         "prometheus_client could not parse /metrics (pip install -r tests/py/requirements.txt): {}\n{text}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let lines = String::from_utf8_lossy(&out.stdout).to_string();
-    // The warm-up calls of `fleet` count too: at least the three made here.
-    let count: u64 = lines
+    String::from_utf8_lossy(&out.stdout)
         .lines()
-        .find_map(|l| l.parse().ok())
-        .unwrap_or_else(|| panic!("no /v1/echo 200 count in:\n{lines}\n{text}"));
-    assert!(count >= 3, "{lines}");
+        .filter_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            Some((name.to_string(), value.parse().ok()?))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_parse_as_prometheus_text_and_count_the_requests() {
+    let f = fleet(&[], &[]).await;
+    for _ in 0..3 {
+        assert_eq!(get(f.api_addr, "/v1/echo?msg=count", &[]).await.status, 200);
+    }
+    let text = get(f.api_addr, "/metrics", &[]).await.body;
+    let samples = parse_metrics(&text);
+    // The warm-up calls of `fleet` count too: at least the three made here.
+    let count = samples
+        .get("svckit_http_requests_total{code=200,route=/v1/echo}")
+        .unwrap_or_else(|| panic!("no /v1/echo 200 count in:\n{text}"));
+    assert!(*count >= 3.0, "{text}");
+    // The api node's RPC client sees both echo nodes.
+    assert_eq!(
+        samples.get("svckit_rpc_client_nodes{topic=echo}"),
+        Some(&2.0),
+        "{text}"
+    );
+    assert_eq!(samples.get("svckit_registered{}"), Some(&1.0), "{text}");
+    // Set once a keep-alive was answered (one report interval in).
+    support::eventually(WAIT, "a timed heartbeat in /metrics", || async {
+        let text = get(f.api_addr, "/metrics", &[]).await.body;
+        let latency = parse_metrics(&text)
+            .get("svckit_heartbeat_latency_seconds{}")
+            .copied();
+        latency.filter(|l| *l > 0.0)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

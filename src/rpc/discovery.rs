@@ -162,6 +162,12 @@ impl Tracker {
         // Nodes no longer routable drop out here; calls in flight hold their
         // own channel clone and finish on it.
         self.nodes = live;
+        for (topic, _) in self.members.keys() {
+            crate::telemetry::metrics::set_client_nodes(
+                topic,
+                by_topic.get(topic).map_or(0, Vec::len),
+            );
+        }
         Snapshot {
             by_topic: by_topic.into_iter().map(|(t, n)| (t, n.into())).collect(),
             disabled,

@@ -192,6 +192,7 @@ impl Membership for MemoryMembership {
             last_heartbeat: (!left).then(|| rfc3339(SystemTime::now())),
             reregistrations: 0,
             failures: 0,
+            heartbeat_latency: None,
         }
     }
 

@@ -296,6 +296,9 @@ pub struct MembershipStatus {
     pub reregistrations: u64,
     /// Heartbeat or registration attempts that failed.
     pub failures: u64,
+    /// Round trip of the last successful heartbeat (etcd: keep-alive sent
+    /// to its answer; file: the write), if one was timed.
+    pub heartbeat_latency: Option<Duration>,
 }
 
 /// A stream of membership events, oldest first.

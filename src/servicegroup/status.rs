@@ -3,7 +3,7 @@
 //! each transition is logged once, not every failed retry.
 
 use std::sync::Mutex;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use super::{rfc3339, MembershipStatus, RegistrationState};
 
@@ -23,6 +23,7 @@ impl StatusCell {
                 last_heartbeat: Some(rfc3339(SystemTime::now())),
                 reregistrations: 0,
                 failures: 0,
+                heartbeat_latency: None,
             }),
         }
     }
@@ -40,9 +41,12 @@ impl StatusCell {
         self.with(|s| s.clone())
     }
 
-    /// A heartbeat went through.
-    pub(crate) fn beat(&self) {
+    /// A heartbeat went through, in `latency` when it was timed.
+    pub(crate) fn beat(&self, latency: Option<Duration>) {
         self.with(|s| {
+            if latency.is_some() {
+                s.heartbeat_latency = latency;
+            }
             if s.state == RegistrationState::Retrying {
                 tracing::info!(member = %self.name, "heartbeats succeed again");
             }

@@ -11,7 +11,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, LazyLock, RwLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -165,6 +165,25 @@ impl Requests {
     }
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Topic {
+    topic: String,
+}
+
+/// Routable nodes per topic as this process's RPC clients see them: the
+/// clients are made by the manager, apart from any node, so the gauge is
+/// the process's and every node's registry shows it.
+static CLIENT_NODES: LazyLock<Family<Topic, Gauge>> = LazyLock::new(Family::default);
+
+/// Sets the routable nodes of `topic` seen by this process's RPC clients.
+pub(crate) fn set_client_nodes(topic: &str, nodes: usize) {
+    CLIENT_NODES
+        .get_or_create(&Topic {
+            topic: topic.to_string(),
+        })
+        .set(i64::try_from(nodes).unwrap_or(i64::MAX));
+}
+
 /// Every metric of a node, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -172,6 +191,7 @@ pub struct Metrics {
     http: Requests,
     registered: Gauge,
     heartbeat_failures: Gauge<u64, AtomicU64>,
+    heartbeat_latency: Gauge<f64, AtomicU64>,
     reregistrations: Gauge<u64, AtomicU64>,
 }
 
@@ -199,6 +219,17 @@ impl Metrics {
             "heartbeat or registration attempts that failed since the node joined",
             heartbeat_failures.clone(),
         );
+        let heartbeat_latency = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "svckit_heartbeat_latency_seconds",
+            "round trip of the node's last successful heartbeat to the registry",
+            heartbeat_latency.clone(),
+        );
+        registry.register(
+            "svckit_rpc_client_nodes",
+            "routable nodes per topic, as this process's RPC clients see them",
+            CLIENT_NODES.clone(),
+        );
         let reregistrations = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "svckit_reregistrations",
@@ -211,6 +242,7 @@ impl Metrics {
             http,
             registered,
             heartbeat_failures,
+            heartbeat_latency,
             reregistrations,
         }
     }
@@ -239,6 +271,9 @@ impl Metrics {
         self.registered.set(i64::from(registered));
         if let Some(status) = status {
             self.heartbeat_failures.set(status.failures);
+            if let Some(latency) = status.heartbeat_latency {
+                self.heartbeat_latency.set(latency.as_secs_f64());
+            }
             self.reregistrations.set(status.reregistrations);
         }
         let mut text = String::new();

@@ -6,7 +6,7 @@
 //! its service_down_time and it is not forced down. Watchers poll and diff.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -275,8 +275,9 @@ async fn heartbeat_loop(
             return;
         }
         let (s, r, a) = (store.clone(), reg.clone(), alive.clone());
+        let started = Instant::now();
         match tokio::task::spawn_blocking(move || heartbeat(&s, &r, &a)).await {
-            Ok(Ok(Beat::Kept)) => status.beat(),
+            Ok(Ok(Beat::Kept)) => status.beat(Some(started.elapsed())),
             Ok(Ok(Beat::Restored)) => status.reregistered(),
             Ok(Err(e)) => status.failed(&e),
             Err(e) => status.failed(&e),

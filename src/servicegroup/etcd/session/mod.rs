@@ -174,11 +174,13 @@ impl Session {
         if let Err(e) = changes.watch(self.record_key.as_str(), Some(from)).await {
             return Ended::Lost(Error::unavailable("watching the service record", e));
         }
-        self.status.beat();
+        self.status.beat(None);
         let mut ticks = tokio::time::interval(self.reg.report_interval);
         ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         ticks.tick().await;
         let mut last_ack = Instant::now();
+        // When the keep-alive now awaited was sent.
+        let mut sent: Option<Instant> = None;
         let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
         let broke = |what: &str, e: etcd_client::Error| Ended::Lost(Error::unavailable(what, e));
         loop {
@@ -192,11 +194,12 @@ impl Session {
                     if let Err(e) = keeper.keep_alive().await {
                         return broke("keep-alive failed", e);
                     }
+                    sent = Some(Instant::now());
                 }
                 ack = acks.message() => match ack {
                     Ok(Some(ack)) if ack.ttl() > 0 => {
                         last_ack = Instant::now();
-                        self.status.beat();
+                        self.status.beat(sent.take().map(|at| at.elapsed()));
                     }
                     Ok(Some(_)) => return lost(format!("lease {lease:x} expired or was revoked")),
                     Ok(None) => return lost("keep-alive stream closed".into()),
