@@ -52,6 +52,9 @@ use crate::servicegroup::{MemberView, Registry};
 pub use self::admin::AdminTokens;
 use self::live::Live;
 
+/// Where a node serves its dashboard (`http_dashboard`).
+pub const NODE_PATH: &str = "/debug/members";
+
 /// How long a request waits for the first listing of a dashboard that just
 /// started, before it answers with what it has.
 const FIRST_LISTING: Duration = Duration::from_secs(5);

@@ -6,6 +6,7 @@
 // Each test binary uses its own part of this module.
 #![allow(dead_code)]
 
+pub mod dashboard;
 pub mod etcd;
 pub mod node;
 
