@@ -229,3 +229,20 @@ async fn perform(dashboard: &Dashboard, request: &ActionRequest) -> Result<serde
     let member = registry.set_admin(topic, host, change).await?;
     Ok(serde_json::json!({ "member": MemberView::from(&member) }))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::AdminTokens;
+
+    #[test]
+    fn token_files_name_their_holders() {
+        let tokens = AdminTokens::parse("# ops\n\nalice: t0k-a \nbare-token\n").unwrap();
+        assert_eq!(tokens.holder("t0k-a"), Some("alice"));
+        assert_eq!(tokens.holder("bare-token"), Some("admin"));
+        assert_eq!(tokens.holder("t0k-"), None);
+        assert_eq!(tokens.holder(""), None);
+        assert!(AdminTokens::parse("# nothing\n\n").is_none());
+        // The Debug form, which may reach a log, names holders only.
+        assert!(!format!("{tokens:?}").contains("t0k-a"));
+    }
+}

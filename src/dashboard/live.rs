@@ -282,9 +282,14 @@ async fn follow(live: Weak<Live>, registry: Registry) {
     let mut delay = Duration::from_millis(100);
     let max = registry.backoff_max();
     loop {
+        let started = tokio::time::Instant::now();
         match follow_once(&live, &registry).await {
             Ok(()) => return,
             Err(e) => {
+                // A watch that ran a while was healthy: start the delays over.
+                if started.elapsed() > max {
+                    delay = Duration::from_millis(100);
+                }
                 tracing::warn!(error = %e, "dashboard: membership watch failed; retrying");
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(max);
