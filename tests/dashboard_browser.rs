@@ -259,6 +259,27 @@ async fn the_page_follows_the_fleet_and_acts_with_the_token() {
     )
     .await;
 
+    // The state filter shows the down node alone, and all again.
+    let filter = c.find(Locator::Id("f-state")).await.unwrap();
+    filter.select_by_value("down").await.unwrap();
+    let shown = "return [...document.querySelectorAll('tr.member')]
+        .filter((tr) => !tr.hidden).map((tr) => tr.dataset.host).join(' ')";
+    wait_js(
+        &c,
+        WAIT,
+        "only n2 under the `down` filter",
+        &shown.replace("return ", "return 'n2' === "),
+    )
+    .await;
+    filter.select_by_value("").await.unwrap();
+    wait_js(
+        &c,
+        WAIT,
+        "every row without a filter",
+        &shown.replace("return ", "return 'n1 n2 n3' === "),
+    )
+    .await;
+
     // A wrong token: the page shows the error, nothing changes.
     set_token(&c, "not-the-token").await;
     disable_from_page(&c, "n3", "disk swap").await;
