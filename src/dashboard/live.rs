@@ -148,15 +148,19 @@ impl Live {
 
     /// Brings the view to `members` (a fresh listing), as events.
     fn resync(&self, members: Vec<Member>) {
-        let mut gone: Vec<Member> = {
+        let listed: std::collections::BTreeSet<(&str, &str)> = members
+            .iter()
+            .map(|m| (m.record.topic.as_str(), m.record.host.as_str()))
+            .collect();
+        let gone: Vec<Member> = {
             let state = servicegroup::lock(&self.state);
-            state.members.values().cloned().collect()
+            state
+                .members
+                .values()
+                .filter(|m| !listed.contains(&(m.record.topic.as_str(), m.record.host.as_str())))
+                .cloned()
+                .collect()
         };
-        gone.retain(|old| {
-            !members
-                .iter()
-                .any(|m| m.record.topic == old.record.topic && m.record.host == old.record.host)
-        });
         for member in members {
             self.apply(&Event::Update(member));
         }
