@@ -22,6 +22,7 @@
 //!   list, watch, admin state.
 //! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
 //! - [`http`]: HTTP APIs and admin endpoints on a node, behind nova's limits.
+//! - [`dashboard`]: the service group as a live web page, with JSON beside it.
 //! - [`launcher`]: runs services until signals (or a future) stop them.
 //! - [`report`]: the state report of SIGUSR2, `Base/Report` and `/debug/report`.
 //! - [`telemetry`]: logging set-up and Prometheus metrics.
@@ -59,6 +60,7 @@
 #![warn(missing_docs)]
 
 pub mod config;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod launcher;

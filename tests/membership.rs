@@ -346,8 +346,8 @@ async fn operators_disable_enable_force_down_and_delete_through_the_cli() {
     assert_eq!(service(&["force-down", "--clear"]).0, Some(0));
     assert_eq!(member(&members_json(&url), "a1")["state"], "up");
 
-    // The table names every column of the contract.
-    let (_, table, _) = Proc::run_cli(&["members", "list", "--registry", &url]);
+    // The wide table names every column of the contract.
+    let (_, table, _) = Proc::run_cli(&["members", "list", "--registry", &url, "--wide"]);
     for col in [
         "TOPIC",
         "HOST",

@@ -199,6 +199,8 @@ options! {
     /// TCP keep-alive idle time of accepted HTTP connections (SO_KEEPALIVE is on).
     tcp_keepidle: Duration = Duration::from_secs(600), mutable = false, secret = false,
         range = "1s" ..= "1day";
+    /// Serve the live membership dashboard, read-only, at `/debug/members` on the HTTP listener.
+    http_dashboard: bool = false, mutable = false, secret = false;
     /// Worker processes (`auto`: one per CPU); 1 runs the service in the launcher's own process.
     workers: Workers = Workers(1), mutable = false, secret = false, range = "1" ..= "1024";
     /// What SIGHUP does with worker processes: `reload` replaces them one at a time, `mutate` applies the mutable options in place.

@@ -17,6 +17,7 @@ use super::grpc::{self, GrpcServer};
 use super::info::{NodeInfo, NodeState};
 use super::{Service, StartContext};
 use crate::config::Config;
+use crate::dashboard::{Dashboard, DashboardOptions, NODE_PATH as DASHBOARD_PATH};
 use crate::error::{BoxError, Error, Result};
 use crate::http::{self, HttpOptions, HttpServer};
 use crate::manager::{Manager, Services};
@@ -107,6 +108,7 @@ impl<M: Manager> NodeBuilder<M> {
             manager: Arc::new(self.manager),
             server: Mutex::new(None),
             http: Mutex::new(None),
+            dashboard: Mutex::new(None),
             initialised: AtomicBool::new(false),
         }
     }
@@ -119,6 +121,10 @@ pub struct Node<M> {
     manager: Arc<M>,
     server: Mutex<Option<Arc<GrpcServer>>>,
     http: Mutex<Option<Arc<HttpServer>>>,
+    /// The read-only dashboard at `/debug/members` (`http_dashboard`),
+    /// whose event streams are closed before the HTTP drain: they never end
+    /// by themselves.
+    dashboard: Mutex<Option<Dashboard>>,
     /// `init_host` succeeded, so `cleanup_host` has something to release.
     initialised: AtomicBool,
 }
@@ -226,7 +232,15 @@ impl<M: Manager> Node<M> {
         );
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Some(http_listener) = http_listener {
-            let admin = http::admin::routes(self.node.clone());
+            let mut admin = http::admin::routes(self.node.clone());
+            if config.http_dashboard {
+                let dashboard = self.dashboard(registry.clone(), &config).await?;
+                admin = admin.merge(dashboard.routes(DASHBOARD_PATH));
+                *self
+                    .dashboard
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = Some(dashboard);
+            }
             let api = self.manager.http_routes().unwrap_or_default();
             let options = HttpOptions::from_config(&config);
             let router = http::stack(api, admin, &options, &metrics);
@@ -273,6 +287,16 @@ impl<M: Manager> Node<M> {
         );
         self.start_periodic(Some(registry)).await;
         Ok(())
+    }
+
+    /// The dashboard of `http_dashboard`, on the node's registry; a worker,
+    /// which has none, opens its own (a read-only watch).
+    async fn dashboard(&self, registry: Option<Registry>, config: &Config) -> Result<Dashboard> {
+        let registry = match registry {
+            Some(registry) => registry,
+            None => servicegroup::connect(&config.registry, &config.registry_options()).await?,
+        };
+        Ok(Dashboard::start(registry, DashboardOptions::default()))
     }
 
     fn jobs(&self) -> Vec<Job> {
@@ -425,6 +449,14 @@ impl<M: Manager> Node<M> {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .clone();
+            if let Some(dashboard) = self
+                .dashboard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                dashboard.close();
+            }
             let http_drained = async {
                 if let Some(http) = http {
                     http.drain().await;

@@ -32,18 +32,20 @@ pub mod file;
 pub mod memory;
 
 pub(crate) mod backoff;
-mod diff;
+pub(crate) mod diff;
 mod election;
 pub(crate) mod follow;
 mod probe;
 mod status;
 mod url;
+mod view;
 
 pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
 pub use self::election::{Election, Leadership, LocalLeadership};
 pub use self::follow::task_restarts;
 pub use self::url::{RegistryOptions, RegistryUrl};
+pub use self::view::{format_age, EventView, MemberView};
 
 /// The persistent record of one (topic, host): nova's `services` row.
 ///

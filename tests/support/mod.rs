@@ -7,6 +7,7 @@
 #![allow(dead_code)]
 
 pub mod certs;
+pub mod dashboard;
 pub mod etcd;
 pub mod node;
 

@@ -1,9 +1,11 @@
 //! `svckit`, the operator CLI: membership listing and admin state (nova's
 //! `service-list` and `compute service set`), calls to a topic's base API,
-//! and a node's state report. A thin binary over the library: parse, connect, print, and map the
-//! error to its exit code.
+//! a node's state report, and the live membership dashboard. A thin binary
+//! over the library: parse, connect, print, and map the error to its exit
+//! code.
 
 mod call;
+mod dashboard;
 mod members;
 mod report;
 
@@ -55,6 +57,23 @@ enum Command {
         #[command(flatten)]
         target: TargetArgs,
     },
+    /// A live web page of the service group, with JSON beside it
+    /// (`/api/members`, `/api/events`).
+    Dashboard {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Address to serve on; port 0 picks a free one.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: std::net::SocketAddr,
+        /// Allow admin actions from the page (disable, enable, force-down,
+        /// delete a down record) to holders of a token of --admin-token-file.
+        #[arg(long, requires = "admin_token_file")]
+        admin: bool,
+        /// File of admin tokens: one per line, or `name:token` to name its
+        /// holder in the log. Sent by the page as `Authorization: Bearer`.
+        #[arg(long, value_name = "FILE", requires = "admin")]
+        admin_token_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -77,8 +96,12 @@ enum MembersCommand {
         #[arg(long)]
         topic: Option<String>,
         /// A JSON array instead of a table.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "wide")]
         json: bool,
+        /// Every column, however wide (the default fits 100 columns:
+        /// host, topic, state, since, version, endpoint).
+        #[arg(long)]
+        wide: bool,
     },
     /// JSON lines `{"event":"join"|"leave"|"update","member":{…}}` as they happen.
     Watch {
@@ -179,13 +202,19 @@ impl RegistryArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     // Warnings (an invalid record skipped, a watch resyncing) go to stderr;
-    // stdout stays the command's output. RUST_LOG changes the level.
+    // stdout stays the command's output. RUST_LOG changes the level. The
+    // dashboard is a server: its start and every admin action are logged.
+    let level = if matches!(cli.command, Command::Dashboard { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(level)),
         )
         .try_init();
     let result = tokio::runtime::Builder::new_current_thread()
@@ -208,7 +237,8 @@ async fn run(cli: Cli) -> Result<()> {
             registry,
             topic,
             json,
-        }) => members::list(&registry.connect().await?, topic.as_deref(), json).await,
+            wide,
+        }) => members::list(&registry.connect().await?, topic.as_deref(), json, wide).await,
         Command::Members(MembersCommand::Watch { registry, topic }) => {
             members::watch(&registry.connect().await?, topic.as_deref()).await
         }
@@ -224,6 +254,19 @@ async fn run(cli: Cli) -> Result<()> {
             // Operators call a disabled node by name to debug it.
             target.include_disabled = true;
             call::ping(registry.rpc().await?, target, fanout, arg).await
+        }
+        Command::Dashboard {
+            registry,
+            listen,
+            admin: _,
+            admin_token_file,
+        } => {
+            dashboard::serve(
+                registry.connect().await?,
+                listen,
+                admin_token_file.as_deref(),
+            )
+            .await
         }
         Command::Report { target } => {
             let rpc = target.registry.rpc().await?;

@@ -2,51 +2,17 @@
 
 use std::io::Write;
 
-use futures::StreamExt;
-use serde::Serialize;
+use std::time::SystemTime;
 
-use svckit::servicegroup::{self, AdminChange, Member, Registry};
+use futures::StreamExt;
+
+use svckit::servicegroup::{
+    self, format_age, AdminChange, EventView, Member, MemberView, Registry,
+};
 use svckit::{Error, Result};
 
-/// A member as the CLI shows it; the field names are the JSON contract of
-/// `members list --json` and `members watch`.
-#[derive(Debug, Serialize)]
-pub(crate) struct MemberView<'a> {
-    topic: &'a str,
-    host: &'a str,
-    binary: &'a str,
-    endpoint: Option<&'a str>,
-    state: &'static str,
-    disabled: bool,
-    disabled_reason: Option<&'a str>,
-    forced_down: bool,
-    version: &'a str,
-    workers: u32,
-    services: &'a [String],
-    updated_at: &'a str,
-}
-
-impl<'a> From<&'a Member> for MemberView<'a> {
-    fn from(m: &'a Member) -> Self {
-        let r = &m.record;
-        MemberView {
-            topic: &r.topic,
-            host: &r.host,
-            binary: &r.binary,
-            endpoint: r.endpoints.grpc.as_deref(),
-            state: m.state(),
-            disabled: r.disabled,
-            disabled_reason: r.disabled_reason.as_deref(),
-            forced_down: r.forced_down,
-            version: &r.version,
-            workers: r.workers,
-            services: &r.services,
-            updated_at: &r.updated_at,
-        }
-    }
-}
-
-const COLUMNS: [&str; 12] = [
+/// Every column of the record (`--wide`): the contract's fields.
+const WIDE: [&str; 12] = [
     "TOPIC",
     "HOST",
     "BINARY",
@@ -61,9 +27,9 @@ const COLUMNS: [&str; 12] = [
     "UPDATED_AT",
 ];
 
-fn row(m: &Member) -> [String; 12] {
+fn wide_row(m: &Member) -> Vec<String> {
     let r = &m.record;
-    [
+    vec![
         r.topic.clone(),
         r.host.clone(),
         r.binary.clone(),
@@ -83,22 +49,62 @@ fn row(m: &Member) -> [String; 12] {
     ]
 }
 
-/// Renders members as an aligned table with a header row.
-fn table(members: &[Member]) -> String {
-    let rows: Vec<[String; 12]> = members.iter().map(row).collect();
-    let mut widths = COLUMNS.map(str::len);
-    for r in &rows {
+/// The default columns: what an operator scans for, in 100 columns.
+const NARROW: [&str; 6] = ["HOST", "TOPIC", "STATE", "SINCE", "VERSION", "ENDPOINT"];
+
+/// The width the default table fits in.
+const NARROW_WIDTH: usize = 100;
+
+fn narrow_row(m: &Member, now: SystemTime) -> Vec<String> {
+    let r = &m.record;
+    // The admin marks ride on the state, so a disabled or forced-down node
+    // is visible without `--wide`.
+    let mut state = m.state().to_string();
+    if r.disabled {
+        state.push_str(",disabled");
+    }
+    if r.forced_down {
+        state.push_str(",forced");
+    }
+    vec![
+        r.host.clone(),
+        r.topic.clone(),
+        state,
+        format_age(&r.updated_at, now),
+        r.version.clone(),
+        r.endpoints.grpc.clone().unwrap_or_else(|| "-".into()),
+    ]
+}
+
+/// Renders rows as an aligned table with a header row. With `fit`, the
+/// widest columns are cut (ending in `~`) until a line fits in it.
+fn table(header: &[&str], rows: &[Vec<String>], fit: Option<usize>) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for r in rows {
         for (w, cell) in widths.iter_mut().zip(r) {
-            *w = (*w).max(cell.len());
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    if let Some(fit) = fit {
+        let gaps = 2 * widths.len().saturating_sub(1);
+        while widths.iter().sum::<usize>() + gaps > fit {
+            let Some((i, w)) = widths.iter().copied().enumerate().max_by_key(|&(_, w)| w) else {
+                break;
+            };
+            // Never below the header: past that, cutting cannot help.
+            if w <= header[i].len() {
+                break;
+            }
+            widths[i] = w - 1;
         }
     }
     let mut out = String::new();
-    let header = COLUMNS.map(String::from);
-    for r in std::iter::once(&header).chain(&rows) {
+    let header: Vec<String> = header.iter().map(|h| h.to_string()).collect();
+    for r in std::iter::once(&header).chain(rows) {
         let line: Vec<String> = r
             .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
+            .zip(&widths)
+            .map(|(cell, &w)| format!("{:<w$}", cut(cell, w)))
             .collect();
         out.push_str(line.join("  ").trim_end());
         out.push('\n');
@@ -106,31 +112,50 @@ fn table(members: &[Member]) -> String {
     out
 }
 
-pub(super) async fn list(registry: &Registry, topic: Option<&str>, json: bool) -> Result<()> {
+/// `cell` in at most `width` characters.
+fn cut(cell: &str, width: usize) -> String {
+    if cell.chars().count() <= width {
+        return cell.to_string();
+    }
+    let mut s: String = cell.chars().take(width.saturating_sub(1)).collect();
+    s.push('~');
+    s
+}
+
+/// The table of `members list` (`wide`: every column, as wide as needed).
+fn members_table(members: &[Member], wide: bool) -> String {
+    if wide {
+        let rows: Vec<_> = members.iter().map(wide_row).collect();
+        table(&WIDE, &rows, None)
+    } else {
+        let now = SystemTime::now();
+        let rows: Vec<_> = members.iter().map(|m| narrow_row(m, now)).collect();
+        table(&NARROW, &rows, Some(NARROW_WIDTH))
+    }
+}
+
+pub(super) async fn list(
+    registry: &Registry,
+    topic: Option<&str>,
+    json: bool,
+    wide: bool,
+) -> Result<()> {
     let members = registry.list(topic).await?;
     let text = if json {
         let views: Vec<MemberView<'_>> = members.iter().map(MemberView::from).collect();
         serde_json::to_string_pretty(&views).map_err(|e| Error::Io(e.into()))? + "\n"
     } else {
-        table(&members)
+        members_table(&members, wide)
     };
     write_stdout(text.as_bytes())
 }
 
 pub(super) async fn watch(registry: &Registry, topic: Option<&str>) -> Result<()> {
-    #[derive(Serialize)]
-    struct Line<'a> {
-        event: &'static str,
-        member: MemberView<'a>,
-    }
     let mut events = registry.watch(topic).await?;
     while let Some(event) = events.next().await {
         let event = event?;
-        let line = Line {
-            event: event.kind(),
-            member: MemberView::from(event.member()),
-        };
-        let mut text = serde_json::to_string(&line).map_err(|e| Error::Io(e.into()))?;
+        let mut text =
+            serde_json::to_string(&EventView::from(&event)).map_err(|e| Error::Io(e.into()))?;
         text.push('\n');
         write_stdout(text.as_bytes())?;
     }
@@ -155,7 +180,7 @@ pub(super) async fn admin(
     match action {
         Action::Admin(change) => {
             let member = registry.set_admin(topic, host, change).await?;
-            write_stdout(table(std::slice::from_ref(&member)).as_bytes())
+            write_stdout(members_table(std::slice::from_ref(&member), true).as_bytes())
         }
         Action::Delete { force } => {
             match servicegroup::delete_member(registry.as_ref(), topic, host, force).await? {
@@ -176,7 +201,7 @@ pub(super) async fn admin(
 }
 
 /// Writes and flushes, so `members watch` lines reach a pipe as they happen.
-fn write_stdout(bytes: &[u8]) -> Result<()> {
+pub(super) fn write_stdout(bytes: &[u8]) -> Result<()> {
     let mut out = std::io::stdout().lock();
     out.write_all(bytes)?;
     out.flush()?;

@@ -1,0 +1,50 @@
+//! `svckit dashboard`: the membership dashboard on its own listener.
+
+use std::net::SocketAddr;
+use std::path::Path;
+
+use svckit::dashboard::{AdminTokens, Dashboard, DashboardOptions};
+use svckit::servicegroup::Registry;
+use svckit::{Error, Result};
+
+/// Serves the dashboard on `listen` until SIGINT or SIGTERM. The first line
+/// on stdout is `listening on http://ADDR/`, the bound address (port 0
+/// picks a free one).
+pub(super) async fn serve(
+    registry: Registry,
+    listen: SocketAddr,
+    admin_token_file: Option<&Path>,
+) -> Result<()> {
+    let admin = admin_token_file.map(AdminTokens::from_file).transpose()?;
+    let admin_on = admin.is_some();
+    let dashboard = Dashboard::start(registry, DashboardOptions { admin });
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| Error::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    super::members::write_stdout(format!("listening on http://{addr}/\n").as_bytes())?;
+    tracing::info!(%addr, admin = admin_on, "dashboard serving");
+    let app = dashboard
+        .routes("")
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let stop = async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    };
+    // Event streams never end by themselves: they are closed first, so the
+    // graceful stop only waits for requests in flight.
+    let closing = dashboard.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move {
+            stop.await;
+            closing.close();
+        })
+        .await?;
+    Ok(())
+}

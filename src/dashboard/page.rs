@@ -1,0 +1,247 @@
+//! The page, rendered on the server: complete without its script (the
+//! script only keeps it current and sends admin actions). The markup of a
+//! row is shared with the script through a `<template>` rendered here, so
+//! the two cannot drift apart.
+
+use std::collections::BTreeMap;
+use std::fmt::Write;
+use std::time::SystemTime;
+
+use crate::servicegroup::{format_age, Member};
+
+/// The page's script, served beside it (no inline script, nothing fetched
+/// from elsewhere).
+pub(super) const SCRIPT: &str = include_str!("page.js");
+const STYLE: &str = include_str!("page.css");
+
+/// What one rendering shows.
+pub(super) struct PageInput<'a> {
+    /// The path the dashboard is served under (`""` or `/debug/members`).
+    pub base: &'a str,
+    /// Every member, ordered by (topic, host).
+    pub members: &'a [Member],
+    /// The id of the last change `members` includes: where the script's
+    /// event stream resumes.
+    pub last_event_id: &'a str,
+    /// Admin actions are on: show the token field and the buttons.
+    pub admin: bool,
+    /// `false` when the registry had not answered in time.
+    pub loaded: bool,
+    /// The topic filter to start with.
+    pub topic: Option<&'a str>,
+}
+
+/// Escapes text for HTML content and quoted attribute values.
+pub(super) fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+const COLUMNS: [&str; 10] = [
+    "host",
+    "state",
+    "disabled",
+    "forced down",
+    "version",
+    "workers",
+    "gRPC services",
+    "endpoint",
+    "updated",
+    "",
+];
+
+/// One row; `None` renders the empty template row the script clones.
+fn row(out: &mut String, member: Option<&Member>, admin: bool, now: SystemTime) {
+    let (topic, host) = member.map_or(("", ""), |m| (&m.record.topic, &m.record.host));
+    let up = member.is_some_and(|m| m.up);
+    let state = if up { "up" } else { "down" };
+    let disabled = member.is_some_and(|m| m.record.disabled);
+    let forced = member.is_some_and(|m| m.record.forced_down);
+    let _ = write!(
+        out,
+        r#"<tr class="member" data-topic="{t}" data-host="{h}" data-state="{state}" data-disabled="{disabled}" data-forced="{forced}">"#,
+        t = escape(topic),
+        h = escape(host),
+    );
+    let _ = write!(out, r#"<td class="host">{}</td>"#, escape(host));
+    let _ = write!(
+        out,
+        r#"<td class="state"><span class="badge {state}">{}</span></td>"#,
+        if member.is_some() { state } else { "" }
+    );
+    let reason = member.and_then(|m| m.record.disabled_reason.as_deref());
+    let disabled_text = match (disabled, reason) {
+        (true, Some(r)) => format!("disabled: {r}"),
+        (true, None) => "disabled".into(),
+        (false, _) => String::new(),
+    };
+    let _ = write!(
+        out,
+        r#"<td class="disabled">{}</td>"#,
+        escape(&disabled_text)
+    );
+    let _ = write!(
+        out,
+        r#"<td class="forced">{}</td>"#,
+        if forced { "forced down" } else { "" }
+    );
+    let (version, workers, services, endpoint, updated) = match member {
+        Some(m) => (
+            m.record.version.as_str(),
+            m.record.workers.to_string(),
+            m.record.services.join(" "),
+            m.record.endpoints.grpc.as_deref().unwrap_or("-"),
+            m.record.updated_at.as_str(),
+        ),
+        None => ("", String::new(), String::new(), "", ""),
+    };
+    let _ = write!(out, r#"<td class="version">{}</td>"#, escape(version));
+    let _ = write!(out, r#"<td class="workers">{workers}</td>"#);
+    let _ = write!(out, r#"<td class="services">{}</td>"#, escape(&services));
+    let _ = write!(out, r#"<td class="endpoint">{}</td>"#, escape(endpoint));
+    let age = if member.is_some() {
+        format_age(updated, now)
+    } else {
+        String::new()
+    };
+    let _ = write!(
+        out,
+        r#"<td class="since" data-at="{}" title="{}">{}</td>"#,
+        escape(updated),
+        escape(updated),
+        escape(&age)
+    );
+    out.push_str(r#"<td class="actions">"#);
+    if admin {
+        let buttons = [
+            ("disable", "disable", disabled),
+            ("enable", "enable", !disabled),
+            ("force-down", "force down", forced),
+            ("clear-force-down", "clear force-down", !forced),
+            ("delete", "delete", up),
+        ];
+        for (action, label, hidden) in buttons {
+            let _ = write!(
+                out,
+                r#"<button type="button" data-action="{action}"{}>{label}</button>"#,
+                if hidden { " hidden" } else { "" }
+            );
+        }
+    }
+    out.push_str("</td></tr>");
+}
+
+fn section(out: &mut String, topic: &str, members: &[&Member], admin: bool, now: SystemTime) {
+    let up = members.iter().filter(|m| m.up).count();
+    let _ = write!(
+        out,
+        r#"<section class="topic" data-topic="{t}"><h2><span class="name">{t}</span> <span class="count">{up} of {n} up</span></h2><table><thead><tr>"#,
+        t = escape(topic),
+        n = members.len(),
+    );
+    for c in COLUMNS {
+        let _ = write!(out, "<th>{c}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    for m in members {
+        row(out, Some(m), admin, now);
+    }
+    out.push_str("</tbody></table></section>");
+}
+
+/// The whole page.
+pub(super) fn render(input: &PageInput<'_>) -> String {
+    let now = SystemTime::now();
+    let mut topics: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
+    for m in input.members {
+        topics.entry(&m.record.topic).or_default().push(m);
+    }
+    let mut out = String::with_capacity(2048 + input.members.len() * 700);
+    let _ = write!(
+        out,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>svckit members</title><style>{STYLE}</style></head><body data-base="{base}" data-after="{after}" data-admin="{admin}">"#,
+        base = escape(input.base),
+        after = escape(input.last_event_id),
+        admin = input.admin,
+    );
+    out.push_str(
+        r#"<header><h1>svckit members</h1><span id="status" class="status">connecting…</span>"#,
+    );
+    out.push_str(r#"<label>topic <select id="f-topic"><option value="">all</option>"#);
+    for topic in topics.keys() {
+        let selected = if input.topic == Some(topic) {
+            " selected"
+        } else {
+            ""
+        };
+        let _ = write!(
+            out,
+            r#"<option value="{t}"{selected}>{t}</option>"#,
+            t = escape(topic)
+        );
+    }
+    out.push_str("</select></label>");
+    out.push_str(r#"<label>state <select id="f-state"><option value="">all</option><option value="up">up</option><option value="down">down</option><option value="disabled">disabled</option><option value="forced">forced down</option></select></label>"#);
+    if input.admin {
+        out.push_str(r#"<label>admin token <input id="token" type="password" autocomplete="off" size="16"></label>"#);
+    }
+    out.push_str("</header>");
+    out.push_str(r#"<div id="error" class="error" role="alert" hidden><span class="text"></span> <button type="button" id="error-close">dismiss</button></div>"#);
+    if !input.loaded {
+        out.push_str(r#"<p class="notice">The registry has not answered yet; the page fills in as it does.</p>"#);
+    }
+    out.push_str(r#"<main id="topics">"#);
+    for (topic, members) in &topics {
+        section(&mut out, topic, members, input.admin, now);
+    }
+    out.push_str("</main>");
+    out.push_str(r#"<template id="row-template">"#);
+    let mut empty_section = String::new();
+    section(&mut empty_section, "", &[], input.admin, now);
+    out.push_str(&empty_section);
+    out.push_str("<table><tbody>");
+    row(&mut out, None, input.admin, now);
+    out.push_str("</tbody></table></template>");
+    if input.admin {
+        out.push_str(r#"<dialog id="reason-dialog"><form method="dialog"><p>Disable <b class="who"></b></p><label>reason <input id="reason" size="40"></label> <button id="reason-ok" value="ok">disable</button> <button value="cancel">cancel</button></form></dialog>"#);
+    }
+    let _ = write!(
+        out,
+        r#"<script src="{}/dashboard.js"></script></body></html>"#,
+        escape(input.base)
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn text_from_records_is_escaped() {
+        let mut m = crate::servicegroup::diff::test_member("h1", true);
+        m.record.disabled = true;
+        m.record.disabled_reason = Some("<script>alert(1)</script>".into());
+        let html = render(&PageInput {
+            base: "",
+            members: &[m],
+            last_event_id: "1-1",
+            admin: true,
+            loaded: true,
+            topic: None,
+        });
+        assert!(!html.contains("<script>alert"), "{html}");
+        assert!(html.contains("disabled: &lt;script&gt;"));
+        assert!(html.contains("1 of 1 up"));
+    }
+}
