@@ -57,6 +57,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod config;
 pub mod error;
 pub mod http;

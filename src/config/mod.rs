@@ -178,7 +178,7 @@ options! {
     /// Bound on handling one HTTP request; past it the client gets 503.
     http_request_timeout: Duration = Duration::from_secs(60), mutable = false, secret = false,
         range = "1ms" ..= "1day";
-    /// HTTP connections open at once per process; more wait in the listen backlog.
+    /// HTTP connections open at once per process; a new one past it takes the slot of the oldest that has sent nothing yet, or is closed.
     http_max_connections: usize = 10000, mutable = false, secret = false, range = "1" ..= "1000000";
     /// Longest request target (path and query) in bytes; longer is 414.
     max_url_len: usize = 8192, mutable = false, secret = false, range = "64" ..= "1048576";
@@ -226,6 +226,11 @@ options! {
     rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
+    /// gRPC connections open at once per process; a new one past it takes the slot of the oldest that has not sent its HTTP/2 opening yet, or is closed.
+    rpc_max_connections: usize = 10000, mutable = false, secret = false, range = "1" ..= "1000000";
+    /// Time a gRPC client has, from its connect, to send the HTTP/2 preface and its first frame; a silent or stalled one is cut off.
+    rpc_handshake_timeout: Duration = Duration::from_secs(10), mutable = false, secret = false,
+        range = "10ms" ..= "1h";
     /// Largest gRPC message accepted or sent, in bytes.
     max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
         range = "1024" ..= "1073741824";

@@ -72,7 +72,13 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(600)))
-            .map(move |accepted| accepted.map(|stream| connections.track(stream)));
+            // A connection refused by the limit is dropped here, so closed.
+            .filter_map(move |accepted| {
+                futures::future::ready(match accepted {
+                    Ok(stream) => connections.track(stream).map(Ok),
+                    Err(e) => Some(Err(e)),
+                })
+            });
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);
         let router = Server::builder()

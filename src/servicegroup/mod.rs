@@ -36,6 +36,7 @@ mod diff;
 mod election;
 pub(crate) mod follow;
 mod probe;
+mod record;
 mod status;
 mod url;
 

@@ -182,7 +182,11 @@ impl Store {
     }
 
     pub(super) fn read_record(&self, topic: &str, host: &str) -> Result<Option<ServiceRecord>> {
-        read_json(&self.record_path(topic, host))
+        match fs::read(self.record_path(topic, host)) {
+            Ok(bytes) => ServiceRecord::decode(&bytes, topic, host).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) fn write_record(&self, record: &ServiceRecord) -> Result<()> {
@@ -234,7 +238,15 @@ impl Store {
         let mut members = Vec::new();
         let mut fastest: Option<u64> = None;
         for topic in topics {
-            for host in names(&services.join(&topic), Some(".json"))? {
+            let hosts = match names(&services.join(&topic), Some(".json")) {
+                Ok(hosts) => hosts,
+                // A file put by hand where a topic's directory belongs.
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "skipping an unreadable topic directory");
+                    continue;
+                }
+            };
+            for host in hosts {
                 let record = match self.read_record(&topic, &host) {
                     Ok(Some(record)) => record,
                     // Deleted between the directory read and now.
