@@ -361,8 +361,32 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
+        self.merge_text(&text, path, wanted)
+    }
+
+    /// Parses a config file's text over the defaults and validates the
+    /// result, as `--config` does with a file (without the environment and
+    /// flag layers); `path` names the file in messages. For tools that hold
+    /// the text already, and for fuzzing the parser.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// let config = svckit::Config::from_file_text("workers = 4\n", Path::new("node.toml")).unwrap();
+    /// assert_eq!(config.workers.0, 4);
+    /// let err = svckit::Config::from_file_text("workers = 0\n", Path::new("node.toml")).unwrap_err();
+    /// assert_eq!(err.exit_code(), 64);
+    /// ```
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Self> {
+        let mut config = Config::default();
+        config.merge_text(text, path, |_| true)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::merge_file`] on the file's text.
+    fn merge_text(&mut self, text: &str, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let table: BTreeMap<String, toml::Spanned<toml::Value>> =
-            toml::from_str(&text).map_err(|e| {
+            toml::from_str(text).map_err(|e| {
                 Error::Config(format!(
                     "invalid config file {}: {}",
                     path.display(),
@@ -372,7 +396,7 @@ impl Config {
         for (key, value) in &table {
             let source = Source::File {
                 path: path.to_path_buf(),
-                line: Some(line_at(&text, value.span().start)),
+                line: Some(line_at(text, value.span().start)),
             };
             if !OPTIONS.iter().any(|o| o.name == key) {
                 return Err(Error::Config(format!(
