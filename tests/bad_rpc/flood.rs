@@ -9,6 +9,8 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
 use futures::StreamExt;
+use svckit::pb::base::v1::base_client::BaseClient;
+use svckit::pb::base::v1::ReportRequest;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
@@ -155,6 +157,16 @@ async fn a_full_node_closes_new_connections_until_a_slot_is_free() {
     // The client that held its slot all along still has its connection.
     let (status, text) = call_on(&mut second, addr, &ECHO_BODY).await;
     assert_eq!(status, Some(Code::Ok), "{text}");
+
+    // The report counts the connection closed at once.
+    let report = crate::support::eventually(WAIT, "the node's report", || async {
+        let channel = crate::channel_to(addr).await.ok()?;
+        BaseClient::new(channel).report(ReportRequest {}).await.ok()
+    })
+    .await;
+    let report: serde_json::Value = serde_json::from_str(&report.into_inner().json).unwrap();
+    let refused = report["node"]["connections"]["refused"].as_u64();
+    assert!(refused >= Some(1), "{report:#}");
 }
 
 /// Idle connections, and connections that stop part way through their

@@ -35,11 +35,16 @@ fn node(env: &[(&str, &str)]) -> (Proc, SocketAddr, tempfile::TempDir) {
 }
 
 async fn channel(addr: SocketAddr) -> tonic::transport::Channel {
+    channel_to(addr).await.expect("connect")
+}
+
+async fn channel_to(
+    addr: SocketAddr,
+) -> Result<tonic::transport::Channel, tonic::transport::Error> {
     tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
         .unwrap()
         .connect()
         .await
-        .expect("connect")
 }
 
 /// A plain Echo call: the node still serves.
