@@ -14,11 +14,33 @@
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
+use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use futures::task::AtomicWaker;
+
+/// How long a listener waits after an accept failed for want of
+/// resources, before it accepts again.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// After a failed accept on `listener`: a failure of the listener itself
+/// (out of file descriptors, out of memory) would repeat at once and spin
+/// the accept loop, so it waits [`ACCEPT_PAUSE`] first; a connection reset
+/// before its accept is no reason to wait.
+pub(crate) async fn pause_after_accept_error(listener: &str, error: &io::Error) {
+    use io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+    if matches!(
+        error.kind(),
+        ConnectionAborted | ConnectionReset | ConnectionRefused
+    ) {
+        return;
+    }
+    tracing::warn!(%error, listener, "accepting a connection failed; pausing accepts");
+    tokio::time::sleep(ACCEPT_PAUSE).await;
+}
 
 /// The slots of one listener.
 #[derive(Debug)]

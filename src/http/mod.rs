@@ -34,7 +34,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::admission::Admission;
+use crate::admission::{pause_after_accept_error, Admission};
 use crate::config::Config;
 use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
@@ -162,9 +162,7 @@ impl HttpServer {
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(e) => {
-                            // Out of descriptors, a reset before accept: the
-                            // listener itself is fine.
-                            tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                            pause_after_accept_error("http", &e).await;
                             continue;
                         }
                     },

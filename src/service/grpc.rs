@@ -72,6 +72,12 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(600)))
+            .then(|accepted| async move {
+                if let Err(e) = &accepted {
+                    crate::admission::pause_after_accept_error("grpc", e).await;
+                }
+                accepted
+            })
             // A connection refused by the limit is dropped here, so closed.
             .filter_map(move |accepted| {
                 futures::future::ready(match accepted {

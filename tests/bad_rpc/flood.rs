@@ -16,11 +16,21 @@ use tokio::net::TcpStream;
 use tonic::Code;
 
 use crate::frames::{call_on, h2_client, try_call_on};
-use crate::support::node::{quick_node_args, Proc};
+use crate::support::node::{example_bin, quick_node_args, Proc};
 use crate::{still_serves, WAIT};
 
 /// An Echo request body: an empty message behind its length prefix.
 const ECHO_BODY: [u8; 7] = [0, 0, 0, 0, 2, 0x0a, 0x00];
+
+/// This process's (soft, hard) limit on open files.
+fn nofile() -> (u64, u64) {
+    // SAFETY: a plain system call on a local struct.
+    unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        assert_eq!(libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit), 0);
+        (limit.rlim_cur, limit.rlim_max)
+    }
+}
 
 /// The flood needs a descriptor per connection: raise this process's soft
 /// limit to the hard one, and check that it is enough.
@@ -220,4 +230,54 @@ async fn silent_and_stalled_connections_are_closed_after_the_handshake_timeout()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_workers_silent_connections_are_closed_after_the_handshake_timeout() {
     silent_and_stalled_connections_time_out("2").await;
+}
+
+/// echo_node started under `prlimit --nofile=SOFT:HARD`.
+fn start_with_open_files(
+    soft: u64,
+    hard: u64,
+    env: &[(&str, &str)],
+) -> (Proc, SocketAddr, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let limits = format!("--nofile={soft}:{hard}");
+    let bin = example_bin("echo_node");
+    let mut args = vec![limits.as_str(), bin.to_str().unwrap()];
+    args.extend(quick_node_args(&url, "nofile"));
+    let mut proc = Proc::spawn("prlimit".into(), &args, env);
+    let addr = proc.wait_for_endpoint(WAIT);
+    (proc, addr, dir)
+}
+
+/// Started with the common soft limit of open files far below the
+/// connection limit, the node raises it to the hard limit: a flood larger
+/// than the soft limit does not run it out of descriptors, and a new
+/// client still gets in long before any handshake timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_raises_its_open_file_limit_before_a_flood() {
+    const FLOOD: usize = 1000;
+    raise_nofile(FLOOD as u64 + 256);
+    let (_, hard) = nofile();
+    let (mut node, addr, _dir) =
+        start_with_open_files(128, hard, &[("SVCKIT_RPC_HANDSHAKE_TIMEOUT", "1h")]);
+    let idle = idle_flood(addr, FLOOD).await;
+    still_serves(addr).await;
+    assert!(
+        node.wait_exit(Duration::ZERO).is_none(),
+        "the node is still up"
+    );
+    assert!(
+        !node.stderr().contains("open-file limit"),
+        "{}",
+        node.stderr()
+    );
+    drop(idle);
+}
+
+/// A hard limit of open files below the connection limits is named at
+/// start.
+#[test]
+fn a_hard_open_file_limit_below_the_connection_limits_is_warned_about() {
+    let (node, _addr, _dir) = start_with_open_files(128, 128, &[]);
+    node.wait_for_log("open-file limit is below the connection limits", WAIT);
 }

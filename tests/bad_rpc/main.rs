@@ -49,11 +49,16 @@ async fn channel_to(
 
 /// A plain Echo call: the node still serves.
 async fn still_serves(addr: SocketAddr) {
-    let reply = EchoClient::new(channel(addr).await)
-        .echo(EchoRequest {
-            payload: b"ok".to_vec(),
-        })
+    let call = async {
+        EchoClient::new(channel(addr).await)
+            .echo(EchoRequest {
+                payload: b"ok".to_vec(),
+            })
+            .await
+    };
+    let reply = tokio::time::timeout(WAIT, call)
         .await
+        .expect("an answer in time")
         .expect("the node still serves");
     assert_eq!(reply.into_inner().payload, b"ok");
 }
