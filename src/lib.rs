@@ -59,6 +59,7 @@
 
 #![warn(missing_docs)]
 
+mod admission;
 pub mod config;
 pub mod dashboard;
 pub mod error;

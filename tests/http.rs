@@ -432,8 +432,9 @@ async fn garbage_endless_headers_idle_floods_and_cut_bodies_leave_the_node_up() 
     );
     assert_eq!(get(addr, "/healthz", &[]).await.status, 200);
 
-    // 10,000 idle connections: beyond the connection limit they wait, and
-    // the header-read timeout frees the slots; others are still answered.
+    // 10,000 idle connections: beyond the connection limit each takes the
+    // slot of the oldest silent one, the header-read timeout frees the
+    // rest; a client that speaks is still answered.
     let mut idle = Vec::new();
     for _ in 0..10_000 {
         match TcpStream::connect(addr).await {

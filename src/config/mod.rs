@@ -179,7 +179,7 @@ options! {
     /// Bound on handling one HTTP request; past it the client gets 503.
     http_request_timeout: Duration = Duration::from_secs(60), mutable = false, secret = false,
         range = "1ms" ..= "1day";
-    /// HTTP connections open at once per process; more wait in the listen backlog.
+    /// HTTP connections open at once per process; a new one past it takes the slot of the oldest that has sent nothing yet, or is closed.
     http_max_connections: usize = 10000, mutable = false, secret = false, range = "1" ..= "1000000";
     /// Longest request target (path and query) in bytes; longer is 414.
     max_url_len: usize = 8192, mutable = false, secret = false, range = "64" ..= "1048576";
@@ -234,6 +234,11 @@ options! {
     /// How long a gRPC call waits for a free slot of rpc_pool_size before it is refused (svckit clients then try another node).
     rpc_pool_wait: Duration = Duration::from_millis(100), mutable = false, secret = false,
         range = "0s" ..= "1min";
+    /// gRPC connections open at once per process; a new one past it takes the slot of the oldest that has not sent its HTTP/2 opening yet, or is closed.
+    rpc_max_connections: usize = 10000, mutable = false, secret = false, range = "1" ..= "1000000";
+    /// Time a gRPC client has, from its connect, to send the HTTP/2 preface and its first frame; a silent or stalled one is cut off.
+    rpc_handshake_timeout: Duration = Duration::from_secs(10), mutable = false, secret = false,
+        range = "10ms" ..= "1h";
     /// Largest gRPC message accepted or sent, in bytes.
     max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
         range = "1024" ..= "1073741824";
@@ -382,8 +387,32 @@ impl Config {
         let text = std::fs::read_to_string(path).map_err(|e| {
             Error::Config(format!("cannot read config file {}: {e}", path.display()))
         })?;
+        self.merge_text(&text, path, wanted)
+    }
+
+    /// Parses a config file's text over the defaults and validates the
+    /// result, as `--config` does with a file (without the environment and
+    /// flag layers); `path` names the file in messages. For tools that hold
+    /// the text already, and for fuzzing the parser.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// let config = svckit::Config::from_file_text("workers = 4\n", Path::new("node.toml")).unwrap();
+    /// assert_eq!(config.workers.0, 4);
+    /// let err = svckit::Config::from_file_text("workers = 0\n", Path::new("node.toml")).unwrap_err();
+    /// assert_eq!(err.exit_code(), 64);
+    /// ```
+    pub fn from_file_text(text: &str, path: &Path) -> Result<Self> {
+        let mut config = Config::default();
+        config.merge_text(text, path, |_| true)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// [`Config::merge_file`] on the file's text.
+    fn merge_text(&mut self, text: &str, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let table: BTreeMap<String, toml::Spanned<toml::Value>> =
-            toml::from_str(&text).map_err(|e| {
+            toml::from_str(text).map_err(|e| {
                 Error::Config(format!(
                     "invalid config file {}: {}",
                     path.display(),
@@ -393,7 +422,7 @@ impl Config {
         for (key, value) in &table {
             let source = Source::File {
                 path: path.to_path_buf(),
-                line: Some(line_at(&text, value.span().start)),
+                line: Some(line_at(text, value.span().start)),
             };
             if !OPTIONS.iter().any(|o| o.name == key) {
                 return Err(Error::Config(format!(

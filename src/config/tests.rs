@@ -249,3 +249,18 @@ fn debug_output_hides_secrets() {
     assert!(!format!("{c:?}").contains("s3cret-in-debug"));
     assert!(!format!("{:?}", c.registry_options()).contains("s3cret-in-debug"));
 }
+
+/// The property the `config` fuzz target checks, on the fuzzer's seed: a
+/// config that every option sets shows each one in a form that parses back.
+#[test]
+fn every_option_shows_in_a_form_that_parses_back() {
+    let text = include_str!("../../fuzz/seeds/config/all.toml");
+    let config = Config::from_file_text(text, Path::new("all.toml")).unwrap();
+    assert_eq!(config.rpc_max_connections, 5);
+    for option in OPTIONS.iter().filter(|o| !o.secret) {
+        let shown = config.get(option.name).unwrap();
+        let mut again = config.clone();
+        again.set(option.name, &shown, Source::Default).unwrap();
+        assert_eq!(again.get(option.name), Some(shown), "{}", option.name);
+    }
+}

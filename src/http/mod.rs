@@ -7,7 +7,8 @@
 //! header line limits (414, 431) → pool of `http_pool_size` slots (wait,
 //! then 503) → body limit (413) → request timeout (503) → metrics per route
 //! → the manager's routes. The admin routes skip the pool and the timeout.
-//! Per connection: `http_max_connections` open at once, the first byte and
+//! Per connection: `http_max_connections` open at once (a new one past it
+//! takes the slot of the oldest that has sent nothing yet), the first byte and
 //! then the headers within `header_read_timeout` (a slow or silent client
 //! cannot hold a connection), nothing read or written for
 //! `client_socket_timeout` closes it, keep-alive as `http_keep_alive` says,
@@ -21,7 +22,6 @@
 pub mod admin;
 pub mod limits;
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use axum::response::IntoResponse;
@@ -32,13 +32,14 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceBuilder;
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
+use crate::admission::{pause_after_accept_error, Admission};
 use crate::config::Config;
 use crate::error::Result;
 use crate::telemetry::metrics::Metrics;
@@ -153,7 +154,7 @@ impl HttpServer {
             .header_read_timeout(options.header_read_timeout)
             // The whole header block; a block that never ends is cut here.
             .max_buf_size((options.max_url_len + 8 * options.max_header_line).max(8192));
-        let slots = Arc::new(Semaphore::new(options.max_connections));
+        let slots = Admission::new(options.max_connections);
         let lines = LineLimitLayer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,
@@ -166,24 +167,19 @@ impl HttpServer {
         tokio::spawn(async move {
             let graceful = GracefulShutdown::new();
             loop {
-                let permit = tokio::select! {
-                    _ = stop.changed() => break,
-                    permit = slots.clone().acquire_owned() => match permit {
-                        Ok(permit) => permit,
-                        Err(_) => break,
-                    },
-                };
                 let (stream, _peer) = tokio::select! {
                     _ = stop.changed() => break,
                     accepted = listener.accept() => match accepted {
                         Ok(accepted) => accepted,
                         Err(e) => {
-                            // Out of descriptors, a reset before accept: the
-                            // listener itself is fine.
-                            tracing::warn!(error = %e, "accepting an HTTP connection failed");
+                            pause_after_accept_error("http", &e).await;
                             continue;
                         }
                     },
+                };
+                let Some(ticket) = slots.admit() else {
+                    tracing::debug!("http_max_connections reached; closing a new connection");
+                    continue;
                 };
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
@@ -196,14 +192,19 @@ impl HttpServer {
                 );
                 tokio::spawn(async move {
                     // A connection that sends nothing gets the header read
-                    // timeout too: an idle flood cannot hold the slots.
+                    // timeout too, and gives up its slot to a newer one when
+                    // all are taken: an idle flood cannot hold the slots.
                     let mut byte = [0u8; 1];
-                    if !matches!(
-                        tokio::time::timeout(header_read, stream.peek(&mut byte)).await,
-                        Ok(Ok(1..))
-                    ) {
+                    let spoke = tokio::select! {
+                        peeked = tokio::time::timeout(header_read, stream.peek(&mut byte)) => {
+                            matches!(peeked, Ok(Ok(1..)))
+                        }
+                        () = ticket.evicted() => false,
+                    };
+                    if !spoke {
                         return;
                     }
+                    ticket.spoke();
                     let mut io = tokio_io_timeout::TimeoutStream::new(stream);
                     if !idle.is_zero() {
                         io.set_read_timeout(Some(idle));
@@ -234,7 +235,7 @@ impl HttpServer {
                     let connection =
                         builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                     let _ = watcher.watch(connection.into_owned()).await;
-                    drop(permit);
+                    drop(ticket);
                 });
             }
             // Listener closed: no new connections. Open ones finish the

@@ -107,6 +107,7 @@ where
     let mut inherited = Inherited::take()?;
     let config = Config::load(&args)?;
     let telemetry = Telemetry::init(&config);
+    raise_open_files(&config);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {
         let services = make(config.clone()).await?;
@@ -149,6 +150,44 @@ where
     // second signal asked for.
     runtime.shutdown_background();
     result
+}
+
+/// Raises the soft limit on open files to the hard one (as Go programs do
+/// at start): every connection holds a descriptor, and the distribution
+/// default of 1024 is below the connection limits, so a flood would
+/// exhaust the descriptors before `rpc_max_connections` could act. Warns
+/// when even the hard limit is below what the limits allow.
+fn raise_open_files(config: &Config) {
+    // SAFETY: plain system calls on a local struct.
+    let limit = unsafe {
+        let mut limit = std::mem::zeroed::<libc::rlimit>();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+        limit.rlim_cur
+    };
+    let http = config
+        .http_listen
+        .map_or(0, |_| config.http_max_connections);
+    // Room for the registry, logs and the manager's own files.
+    let wanted = (config.rpc_max_connections + http).saturating_add(256);
+    if (wanted as u64) > limit {
+        tracing::warn!(
+            open_files = limit,
+            rpc_max_connections = config.rpc_max_connections,
+            http_max_connections = http,
+            "the open-file limit is below the connection limits: raise it (ulimit -n, LimitNOFILE) or lower them"
+        );
+    }
 }
 
 /// This program's file name (argv\[0\] without its directory): the prefix

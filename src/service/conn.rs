@@ -1,22 +1,33 @@
-//! Counting a server's open connections for the report: each accepted
-//! stream holds a guard that counts it until the connection is dropped.
+//! The gRPC server's connections: counted for the report, at most
+//! `rpc_max_connections` at once ([`Admission`]), and each closed unless its
+//! client sends its opening within `rpc_handshake_timeout` ([`Opening`]).
+//! Each accepted stream holds a guard that counts it until it is dropped.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::Sleep;
 use tonic::transport::server::{Connected, TcpConnectInfo};
 
+use crate::admission::{Admission, Ticket};
+
 /// Connections of one server.
-#[derive(Debug, Default)]
+#[derive(Debug)]
 pub(crate) struct Connections {
     open: AtomicU64,
     accepted: AtomicU64,
+    /// Refused because every slot was held by a client that had spoken.
+    refused: AtomicU64,
+    admission: Arc<Admission>,
+    handshake_timeout: Duration,
 }
 
 /// The counts as the report shows them.
@@ -26,24 +37,49 @@ pub struct ConnectionCounts {
     pub open: u64,
     /// Connections accepted since the start.
     pub accepted: u64,
+    /// Connections closed at once since the start, because
+    /// `rpc_max_connections` clients that had spoken held every slot.
+    pub refused: u64,
 }
 
 impl Connections {
+    /// At most `max` connections at once, each given `handshake_timeout`
+    /// to send its opening.
+    pub(crate) fn new(max: usize, handshake_timeout: Duration) -> Self {
+        Connections {
+            open: AtomicU64::new(0),
+            accepted: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
+            admission: Admission::new(max),
+            handshake_timeout,
+        }
+    }
+
     pub(crate) fn counts(&self) -> ConnectionCounts {
         ConnectionCounts {
             open: self.open.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
+            refused: self.refused.load(Ordering::Relaxed),
         }
     }
 
-    /// Wraps an accepted stream so that it counts as open while it lives.
-    pub(crate) fn track(self: &Arc<Self>, stream: TcpStream) -> Counted {
-        self.open.fetch_add(1, Ordering::Relaxed);
+    /// Wraps an accepted stream so that it counts as open while it lives
+    /// and is closed if its client stays silent; `None` (the stream is
+    /// dropped, so closed) when no slot can be had.
+    pub(crate) fn track(self: &Arc<Self>, stream: TcpStream) -> Option<Counted> {
         self.accepted.fetch_add(1, Ordering::Relaxed);
-        Counted {
+        let Some(ticket) = self.admission.admit() else {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!("rpc_max_connections reached; closing a new connection");
+            return None;
+        };
+        self.open.fetch_add(1, Ordering::Relaxed);
+        Some(Counted {
             stream,
             connections: self.clone(),
-        }
+            ticket,
+            opening: Some(Opening::new(self.handshake_timeout)),
+        })
     }
 }
 
@@ -51,6 +87,65 @@ impl Connections {
 pub(crate) struct Counted {
     stream: TcpStream,
     connections: Arc<Connections>,
+    ticket: Ticket,
+    /// `Some` until the client has sent its opening.
+    opening: Option<Opening>,
+}
+
+/// What a client sends first, watched as the server reads it: the HTTP/2
+/// preface and the first frame after it (SETTINGS), or, on a TLS
+/// connection, the first record (its ClientHello). Done when all of it
+/// arrived; a client that connects and stays silent, or stops half way,
+/// is cut off at the deadline.
+struct Opening {
+    deadline: Pin<Box<Sleep>>,
+    /// Bytes read so far.
+    seen: usize,
+    /// The first bytes, enough to read the length of the first frame.
+    head: [u8; OPENING_HEAD],
+}
+
+/// The HTTP/2 client preface's length.
+const PREFACE: usize = 24;
+/// The preface and an HTTP/2 frame header (3 bytes length, type, flags,
+/// stream id).
+const OPENING_HEAD: usize = PREFACE + 9;
+/// The TLS record type of a handshake message, a TLS connection's first byte.
+const TLS_HANDSHAKE: u8 = 0x16;
+
+impl Opening {
+    fn new(timeout: Duration) -> Self {
+        Opening {
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+            seen: 0,
+            head: [0; OPENING_HEAD],
+        }
+    }
+
+    /// Takes the next bytes read; true once the whole opening arrived.
+    fn feed(&mut self, bytes: &[u8]) -> bool {
+        let start = self.seen;
+        self.seen = self.seen.saturating_add(bytes.len());
+        if start < OPENING_HEAD {
+            let n = bytes.len().min(OPENING_HEAD - start);
+            self.head[start..start + n].copy_from_slice(&bytes[..n]);
+        }
+        self.needed().is_some_and(|needed| self.seen >= needed)
+    }
+
+    /// The length of the whole opening, once its head says.
+    fn needed(&self) -> Option<usize> {
+        let h = &self.head;
+        if self.seen >= 5 && h[0] == TLS_HANDSHAKE {
+            // A record header: type, version (2), length (2).
+            return Some(5 + usize::from(u16::from_be_bytes([h[3], h[4]])));
+        }
+        if self.seen < OPENING_HEAD {
+            return None;
+        }
+        let length = u32::from_be_bytes([0, h[PREFACE], h[PREFACE + 1], h[PREFACE + 2]]);
+        Some(OPENING_HEAD + length as usize)
+    }
 }
 
 impl Drop for Counted {
@@ -73,7 +168,30 @@ impl AsyncRead for Counted {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_read(cx, buf)
+        let this = &mut *self;
+        if let Some(opening) = &mut this.opening {
+            if this.ticket.poll_evicted(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::ConnectionAborted,
+                    "rpc_max_connections reached and this client had not spoken",
+                )));
+            }
+            if opening.deadline.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no HTTP/2 preface and SETTINGS within rpc_handshake_timeout",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        if let (Poll::Ready(Ok(())), Some(opening)) = (&read, &mut this.opening) {
+            if opening.feed(&buf.filled()[before..]) {
+                this.ticket.spoke();
+                this.opening = None;
+            }
+        }
+        read
     }
 }
 
@@ -104,5 +222,66 @@ impl AsyncWrite for Counted {
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opening() -> Opening {
+        Opening {
+            deadline: Box::pin(tokio::time::sleep_until(tokio::time::Instant::now())),
+            seen: 0,
+            head: [0; OPENING_HEAD],
+        }
+    }
+
+    /// The preface and a SETTINGS frame header announcing `length` bytes.
+    fn h2_head(length: u32) -> Vec<u8> {
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend_from_slice(&length.to_be_bytes()[1..]);
+        bytes.extend_from_slice(&[4, 0, 0, 0, 0, 0]);
+        bytes
+    }
+
+    #[tokio::test]
+    async fn an_h2_opening_is_the_preface_and_the_whole_first_frame() {
+        let head = h2_head(12);
+        let mut o = opening();
+        assert!(!o.feed(&head[..10]));
+        assert!(!o.feed(&head[10..]), "the frame's payload is missing");
+        assert!(!o.feed(&[0; 11]), "one byte short");
+        assert!(o.feed(&[0]));
+
+        // All at once, with more behind it.
+        let mut o = opening();
+        let mut all = h2_head(6);
+        all.extend_from_slice(&[0; 40]);
+        assert!(o.feed(&all));
+
+        // An empty SETTINGS frame, a byte at a time.
+        let mut o = opening();
+        let head = h2_head(0);
+        let last = head.len() - 1;
+        assert!(head[..last].iter().all(|b| !o.feed(&[*b])));
+        assert!(o.feed(&head[last..]));
+    }
+
+    #[tokio::test]
+    async fn a_tls_opening_is_the_first_record() {
+        let mut o = opening();
+        assert!(!o.feed(&[TLS_HANDSHAKE, 3, 1, 0x01]));
+        assert!(!o.feed(&[0x00]), "the record's 256 bytes are missing");
+        assert!(!o.feed(&[0; 255]));
+        assert!(o.feed(&[0]));
+    }
+
+    #[tokio::test]
+    async fn garbage_never_overflows() {
+        let mut o = opening();
+        assert!(!o.feed(&[0xff; OPENING_HEAD]));
+        assert_eq!(o.needed(), Some(OPENING_HEAD + 0xff_ffff));
+        assert!(!o.feed(&[]));
     }
 }

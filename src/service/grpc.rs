@@ -94,7 +94,19 @@ impl GrpcServer {
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
             .with_keepalive(Some(Duration::from_secs(600)))
-            .map(move |accepted| accepted.map(|stream| connections.track(stream)));
+            .then(|accepted| async move {
+                if let Err(e) = &accepted {
+                    crate::admission::pause_after_accept_error("grpc", e).await;
+                }
+                accepted
+            })
+            // A connection refused by the limit is dropped here, so closed.
+            .filter_map(move |accepted| {
+                futures::future::ready(match accepted {
+                    Ok(stream) => connections.track(stream).map(Ok),
+                    Err(e) => Some(Err(e)),
+                })
+            });
         let incoming = tls::incoming(incoming, tls);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);

@@ -81,6 +81,8 @@ impl NodeInfo {
         version: String,
         config: Config,
     ) -> Self {
+        let connections =
+            Connections::new(config.rpc_max_connections, config.rpc_handshake_timeout);
         NodeInfo {
             host,
             topic,
@@ -97,7 +99,7 @@ impl NodeInfo {
             worker: OnceLock::new(),
             state: RwLock::new(NodeState::Created),
             periodic: RwLock::new(None),
-            connections: Arc::default(),
+            connections: Arc::new(connections),
         }
     }
 

@@ -36,6 +36,7 @@ pub(crate) mod diff;
 mod election;
 pub(crate) mod follow;
 mod probe;
+mod record;
 mod status;
 mod url;
 mod view;

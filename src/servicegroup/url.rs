@@ -51,6 +51,11 @@ impl RegistryUrl {
                     None => (rest, None),
                 };
                 let hosts = hosts.trim_end_matches('/');
+                if let Some((_, path)) = hosts.split_once('/') {
+                    return Err(bad(&format!(
+                        "unexpected path {path:?} (the key prefix goes in ?prefix=/p)"
+                    )));
+                }
                 let mut endpoints = Vec::new();
                 for h in hosts.split(',') {
                     let (name, port) = h
@@ -215,6 +220,13 @@ mod tests {
             "etcd://:2379",
             "etcd://h1:2379?prefix=x",
             "etcd://h1:2379?color=red",
+            "etcd://h1:2379/svckit",
+            "etcd://h1:2379/a?prefix=/p",
+            "etcd://h1:2379?prefix=/p&x=1",
+            "etcd://h1:99999",
+            "etcd://",
+            "etcd://h1:2379,",
+            "",
             "file://relative",
             "redis://h:1",
         ] {

@@ -129,7 +129,7 @@ impl Snapshot {
     pub(super) fn apply_put(&mut self, layout: &Layout, kv: &KeyValue) -> Option<Key> {
         let (kind, key) = layout.parse(kv.key())?;
         match kind {
-            Kind::Record => match serde_json::from_slice::<ServiceRecord>(kv.value()) {
+            Kind::Record => match ServiceRecord::decode(kv.value(), &key.0, &key.1) {
                 Ok(record) => {
                     self.records.insert(key.clone(), record);
                 }

@@ -357,10 +357,8 @@ impl Inner {
             let Some(current) = found.kvs().first() else {
                 return Err(Error::NotFound(format!("service {topic}/{host}")));
             };
-            let mut record: crate::servicegroup::ServiceRecord =
-                serde_json::from_slice(current.value()).map_err(|e| {
-                    Error::registry(format!("{record_key}: invalid service record"), e)
-                })?;
+            let mut record =
+                crate::servicegroup::ServiceRecord::decode(current.value(), topic, host)?;
             change.apply(&mut record, SystemTime::now());
             let value = encode(&record)?;
             // Guarded by the revision read above, so a concurrent change (an

@@ -11,9 +11,11 @@
 //! never half of it. The heartbeat only ever writes the liveness file, which
 //! is why an operator's change to the record cannot be lost to it.
 
+use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -97,6 +99,9 @@ pub(super) struct Store {
     /// How long to wait for the lock before giving up (`registry_timeout`):
     /// a process stopped while holding it must not hang every other one.
     lock_timeout: Duration,
+    /// Unreadable records already warned about: a watcher lists the
+    /// directory on every poll, and one bad file must not log every time.
+    warned: Arc<Mutex<BTreeSet<(String, String)>>>,
 }
 
 impl Store {
@@ -105,6 +110,7 @@ impl Store {
         let store = Self {
             dir: dir.to_path_buf(),
             lock_timeout,
+            warned: Arc::default(),
         };
         let probe = || -> io::Result<()> {
             fs::create_dir_all(dir.join("services"))?;
@@ -182,7 +188,11 @@ impl Store {
     }
 
     pub(super) fn read_record(&self, topic: &str, host: &str) -> Result<Option<ServiceRecord>> {
-        read_json(&self.record_path(topic, host))
+        match fs::read(self.record_path(topic, host)) {
+            Ok(bytes) => ServiceRecord::decode(&bytes, topic, host).map(Some),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
     }
 
     pub(super) fn write_record(&self, record: &ServiceRecord) -> Result<()> {
@@ -234,16 +244,36 @@ impl Store {
         let mut members = Vec::new();
         let mut fastest: Option<u64> = None;
         for topic in topics {
-            for host in names(&services.join(&topic), Some(".json"))? {
-                let record = match self.read_record(&topic, &host) {
-                    Ok(Some(record)) => record,
+            let hosts = match names(&services.join(&topic), Some(".json")) {
+                Ok(hosts) => hosts,
+                // A file put by hand where a topic's directory belongs.
+                Err(e) => {
+                    tracing::warn!(%topic, error = %e, "skipping an unreadable topic directory");
+                    continue;
+                }
+            };
+            for host in hosts {
+                let read = self.read_record(&topic, &host);
+                let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+                let record = match read {
+                    Ok(Some(record)) => {
+                        if !warned.is_empty() {
+                            warned.remove(&(topic.clone(), host.clone()));
+                        }
+                        record
+                    }
                     // Deleted between the directory read and now.
                     Ok(None) => continue,
                     Err(e) => {
-                        tracing::warn!(%topic, %host, error = %e, "skipping unreadable service record");
+                        if warned.insert((topic.clone(), host.clone())) {
+                            tracing::warn!(%topic, %host, error = %e, "skipping unreadable service record");
+                        } else {
+                            tracing::debug!(%topic, %host, error = %e, "skipping unreadable service record");
+                        }
                         continue;
                     }
                 };
+                drop(warned);
                 if let Some(alive) = self.read_alive(&topic, &host) {
                     fastest = Some(fastest.map_or(alive.report_interval_ms, |f| {
                         f.min(alive.report_interval_ms)
