@@ -153,8 +153,26 @@ async fn four_workers_share_the_socket_and_the_node_registers_once() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_worker_is_replaced_and_the_others_keep_serving() {
     let etcd = Etcd::start();
-    let (node, addr) = supervisor(&etcd.url().to_string(), "wk", "3", &[]);
+    let (node, addr) = supervisor(
+        &etcd.url().to_string(),
+        "wk",
+        "3",
+        &["--http-listen", "127.0.0.1:0"],
+    );
     wait_until("three workers serving", || serving_pids(&node).len() == 3).await;
+    let http: std::net::SocketAddr = node.ready()["http"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .expect("an HTTP endpoint in the ready file");
+    let restarts = || {
+        support::dashboard::get(http, "/metrics")
+            .body
+            .lines()
+            .find_map(|l| l.strip_prefix("svckit_worker_restarts_total "))
+            .map(str::to_string)
+    };
+    assert_eq!(restarts().as_deref(), Some("0"));
     let mut on = clients_on_workers(addr, 2).await;
     let (_, victim) = on.remove(0);
     let (mut survivor, survivor_pid) = on.remove(0);
@@ -177,6 +195,11 @@ async fn a_killed_worker_is_replaced_and_the_others_keep_serving() {
         "{}",
         node.stderr()
     );
+    // Every worker, the survivors and the replacement, counts the restart:
+    // asked several times, answers come from several workers.
+    for _ in 0..12 {
+        assert_eq!(restarts().as_deref(), Some("1"));
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -184,6 +184,18 @@ pub(crate) fn set_client_nodes(topic: &str, nodes: usize) {
         .set(i64::try_from(nodes).unwrap_or(i64::MAX));
 }
 
+/// Workers the supervisor restarted after they died, as it last told this
+/// worker (0 in a single process).
+static WORKER_RESTARTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+
+/// Sets the restart count the supervisor sent.
+pub(crate) fn set_worker_restarts(restarts: u64) {
+    let seen = WORKER_RESTARTS.get();
+    if restarts > seen {
+        WORKER_RESTARTS.inc_by(restarts - seen);
+    }
+}
+
 /// Every metric of a node, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -224,6 +236,11 @@ impl Metrics {
             "svckit_heartbeat_latency_seconds",
             "round trip of the node's last successful heartbeat to the registry",
             heartbeat_latency.clone(),
+        );
+        registry.register(
+            "svckit_worker_restarts",
+            "workers the supervisor restarted after they died unasked (0 without workers)",
+            WORKER_RESTARTS.clone(),
         );
         registry.register(
             "svckit_rpc_client_nodes",

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use super::notify::notify;
 use super::spawn::spawn;
-use super::worker::STOP;
+use super::worker::{RESTARTS, STOP};
 use crate::config::{CommonArgs, Config, RestartMethod};
 use crate::error::{exit, Error, Result};
 use crate::service;
@@ -60,6 +60,14 @@ impl Worker {
         if (&self.requests).write_all(&[STOP]).is_err() {
             signal_pid(self.pid, Signal::SIGTERM);
         }
+    }
+
+    /// Tells the worker how many workers were restarted so far; one that
+    /// cannot be told is on its way out anyway.
+    fn tell_restarts(&self, restarts: u64) {
+        let mut message = [RESTARTS; 9];
+        message[1..].copy_from_slice(&restarts.to_be_bytes());
+        let _ = (&self.requests).write_all(&message);
     }
 }
 
@@ -253,16 +261,17 @@ impl ProcessLauncher {
             .and_then(|p| i32::try_from(p).ok())
             .unwrap_or(0);
         tracing::info!(slot, pid, "worker started");
-        self.workers.insert(
-            id,
-            Worker {
-                slot,
-                pid,
-                started: Instant::now(),
-                state: State::Starting,
-                requests: spawned.requests,
-            },
-        );
+        let worker = Worker {
+            slot,
+            pid,
+            started: Instant::now(),
+            state: State::Starting,
+            requests: spawned.requests,
+        };
+        if self.restarts > 0 {
+            worker.tell_restarts(self.restarts);
+        }
+        self.workers.insert(id, worker);
         let events = self.events_tx.clone();
         let mut child = spawned.child;
         let mut socket = spawned.socket;
@@ -314,6 +323,9 @@ impl ProcessLauncher {
                 let young = lived < self.config.min_worker_lifetime;
                 tracing::warn!(slot = worker.slot, pid = worker.pid, %reason, lived = ?lived, "worker exited unasked");
                 self.restarts += 1;
+                for worker in self.workers.values() {
+                    worker.tell_restarts(self.restarts);
+                }
                 if self
                     .rolling
                     .as_ref()

@@ -9,7 +9,8 @@
 //! - `SVCKIT_WORKER=<slot>`: this process is worker `slot` of a supervisor;
 //! - `SVCKIT_SUPERVISOR_FD=3+N`: a socket to the supervisor. The worker writes
 //!   [`READY`] when it serves; the supervisor writes [`STOP`] to stop it
-//!   gracefully. End-of-file means the supervisor died, and the worker exits
+//!   gracefully, and [`RESTARTS`] with a count whenever a worker had to be
+//!   restarted. End-of-file means the supervisor died, and the worker exits
 //!   (a backstop to `PR_SET_PDEATHSIG`).
 //!
 //! The stop request travels on the socket, not as SIGTERM, because systemd
@@ -43,6 +44,9 @@ pub(super) const LISTEN_FD: RawFd = 3;
 pub(super) const READY: u8 = b'R';
 /// Supervisor → worker: stop gracefully.
 pub(super) const STOP: u8 = b'T';
+/// Supervisor → worker: the workers restarted so far, as 8 bytes (big
+/// endian) after this one, for the worker's metrics.
+pub(super) const RESTARTS: u8 = b'C';
 
 pub(super) const ENV_WORKER: &str = "SVCKIT_WORKER";
 pub(super) const ENV_SUPERVISOR_FD: &str = "SVCKIT_SUPERVISOR_FD";
@@ -142,12 +146,21 @@ impl Inherited {
         let (mut reader, writer) = socket.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
         tokio::spawn(async move {
-            let mut buf = [0u8; 16];
+            let mut buf = [0u8; 64];
+            let mut pending: Vec<u8> = Vec::new();
             loop {
                 match reader.read(&mut buf).await {
                     Ok(n) if n > 0 => {
-                        if buf[..n].contains(&STOP) {
-                            let _ = tx.send(Control::Stop { signal: None });
+                        pending.extend_from_slice(&buf[..n]);
+                        for request in requests(&mut pending) {
+                            match request {
+                                Request::Stop => {
+                                    let _ = tx.send(Control::Stop { signal: None });
+                                }
+                                Request::Restarts(n) => {
+                                    crate::telemetry::metrics::set_worker_restarts(n)
+                                }
+                            }
                         }
                     }
                     _ => break,
@@ -161,6 +174,42 @@ impl Inherited {
             UnboundedReceiverStream::new(rx).boxed(),
         )))
     }
+}
+
+/// A request of the supervisor.
+#[derive(Debug, PartialEq)]
+enum Request {
+    Stop,
+    Restarts(u64),
+}
+
+/// Takes the whole requests off the front of `pending`; a count cut off by
+/// the read stays for the next one.
+fn requests(pending: &mut Vec<u8>) -> Vec<Request> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at < pending.len() {
+        match pending[at] {
+            STOP => {
+                out.push(Request::Stop);
+                at += 1;
+            }
+            RESTARTS => {
+                let Some(count) = pending.get(at + 1..at + 9) else {
+                    break;
+                };
+                let mut be = [0u8; 8];
+                be.copy_from_slice(count);
+                out.push(Request::Restarts(u64::from_be_bytes(be)));
+                at += 9;
+            }
+            // Unknown bytes are skipped: an older worker ignores what a
+            // newer supervisor adds.
+            _ => at += 1,
+        }
+    }
+    pending.drain(..at);
+    out
 }
 
 /// Tells the supervisor this worker serves.
@@ -177,5 +226,22 @@ impl Ready {
             std::future::pending::<()>().await;
             drop(writer);
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_are_read_whole_across_reads() {
+        let mut pending = vec![STOP, RESTARTS, 0, 0, 0];
+        assert_eq!(requests(&mut pending), [Request::Stop]);
+        pending.extend_from_slice(&[0, 0, 0, 0, 3, b'x', STOP]);
+        assert_eq!(
+            requests(&mut pending),
+            [Request::Restarts(3), Request::Stop]
+        );
+        assert!(pending.is_empty());
     }
 }
