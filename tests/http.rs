@@ -460,3 +460,66 @@ async fn garbage_endless_headers_idle_floods_and_cut_bodies_leave_the_node_up() 
         "the node is still up"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_and_http_share_one_port_when_configured() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let shared = [("SVCKIT_HTTP_SHARED_PORT", "true")];
+    let (echo, echo_port) = Proc::start_example("echo_node", &quick_node_args(&url, "e1"), &shared);
+    let (api, api_port) = Proc::start_example("api_node", &quick_node_args(&url, "a1"), &shared);
+    for node in [&echo, &api] {
+        let ready = node.ready();
+        assert_eq!(ready["http"], ready["grpc"], "one advertised port");
+    }
+    assert_eq!(http_addr(&api), api_port);
+
+    // HTTP to api_node's gRPC port, which calls echo_node over gRPC on the
+    // port echo_node shares with its own HTTP.
+    support::eventually(WAIT, "api_node routes to e1", || async {
+        let reply = get(api_port, "/v1/echo?msg=shared", &[]).await;
+        (reply.status == 200).then_some(reply)
+    })
+    .await;
+    let reply = get(api_port, "/v1/echo?msg=shared", &[]).await;
+    assert_eq!(json(&reply)["host"], "e1", "{reply:?}");
+    assert_eq!(get(echo_port, "/healthz", &[]).await.status, 200);
+    assert_eq!(get(echo_port, "/readyz", &[]).await.status, 200);
+
+    // gRPC straight to the shared port: health, then a call, counted on the
+    // same port's /metrics; a path neither side knows is a plain 404.
+    let channel = tonic::transport::Channel::from_shared(format!("http://{echo_port}"))
+        .unwrap()
+        .connect()
+        .await
+        .expect("gRPC connection to the shared port");
+    let health = tonic_health::pb::health_client::HealthClient::new(channel)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health over the shared port")
+        .into_inner();
+    assert_eq!(
+        health.status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+    let metrics = get(echo_port, "/metrics", &[]).await.body;
+    assert!(
+        metrics.contains(
+            r#"svckit_grpc_requests_total{route="/svckit.examples.echo.v1.Echo/Echo",code="Ok"}"#
+        ),
+        "{metrics}"
+    );
+    assert_eq!(get(echo_port, "/nowhere", &[]).await.status, 404);
+
+    // Both ways at once is a mistake: exit 78 naming the options.
+    let mut args = quick_node_args(&url, "e2");
+    args.extend_from_slice(&["--http-listen", "127.0.0.1:0"]);
+    let mut both = Proc::spawn(support::node::example_bin("echo_node"), &args, &shared);
+    let status = both.wait_exit(WAIT).expect("exits");
+    assert_eq!(status.code(), Some(78), "{}", both.stderr());
+    assert!(
+        both.stderr().contains("http_shared_port"),
+        "{}",
+        both.stderr()
+    );
+}

@@ -201,6 +201,8 @@ options! {
         range = "1s" ..= "1day";
     /// Serve the live membership dashboard, read-only, at `/debug/members` on the HTTP listener.
     http_dashboard: bool = false, mutable = false, secret = false;
+    /// Serve HTTP (the API and the admin endpoints) on the gRPC port, routed by content-type; http_listen must then be unset.
+    http_shared_port: bool = false, mutable = false, secret = false;
     /// Worker processes (`auto`: one per CPU); 1 runs the service in the launcher's own process.
     workers: Workers = Workers(1), mutable = false, secret = false, range = "1" ..= "1024";
     /// What SIGHUP does with worker processes: `reload` replaces them one at a time, `mutate` applies the mutable options in place.
@@ -470,6 +472,12 @@ impl Config {
             }
         }
         self.check_pairs(&[("tls_cert_file", "tls_key_file")])?;
+        if self.http_shared_port && self.http_listen.is_some() {
+            return Err(Error::Config(format!(
+                "http_shared_port serves HTTP on rpc_listen: unset http_listen (from {})",
+                self.source("http_listen")
+            )));
+        }
         if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
             return Err(Error::Config(
                 "tls_client_ca_file needs tls_cert_file and tls_key_file: client certificates are asked for only over TLS".into(),

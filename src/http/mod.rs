@@ -22,7 +22,11 @@
 pub mod admin;
 pub mod limits;
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
 use std::time::Duration;
+
+use futures::future::BoxFuture;
 
 use axum::response::IntoResponse;
 use axum::Router;
@@ -34,14 +38,15 @@ use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
-use tower::ServiceBuilder;
+use tower::util::BoxCloneSyncService;
+use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
 use crate::admission::{pause_after_accept_error, Admission};
 use crate::config::Config;
-use crate::error::Result;
+use crate::error::{BoxError, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
@@ -129,6 +134,54 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
     routes.merge(admin)
 }
 
+/// The gRPC side of a port shared with HTTP (`http_shared_port`).
+pub(crate) type GrpcService =
+    BoxCloneSyncService<http::Request<Incoming>, http::Response<axum::body::Body>, Infallible>;
+
+/// gRPC requests (content-type `application/grpc…`) to `grpc`, the others
+/// to `http`: how one port serves both.
+#[derive(Clone)]
+struct ByContentType<H> {
+    grpc: GrpcService,
+    http: H,
+}
+
+impl<H, B> Service<http::Request<Incoming>> for ByContentType<H>
+where
+    H: Service<http::Request<Incoming>, Response = http::Response<B>, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    H::Future: Send + 'static,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = http::Response<axum::body::Body>;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Self::Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // Each request takes a ready clone of its side.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Incoming>) -> Self::Future {
+        let grpc = request
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+        if grpc {
+            Box::pin(self.grpc.clone().oneshot(request))
+        } else {
+            let http = self.http.clone();
+            Box::pin(async move {
+                let response = http.oneshot(request).await?;
+                Ok(response.map(axum::body::Body::new))
+            })
+        }
+    }
+}
+
 /// A running HTTP server; every method takes `&self`.
 pub(crate) struct HttpServer {
     shutdown: watch::Sender<bool>,
@@ -142,6 +195,7 @@ impl HttpServer {
         router: Router,
         options: &HttpOptions,
         tls: Option<TlsAcceptor>,
+        grpc: Option<GrpcService>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shutdown, mut stop) = watch::channel(false);
@@ -154,6 +208,15 @@ impl HttpServer {
             .header_read_timeout(options.header_read_timeout)
             // The whole header block; a block that never ends is cut here.
             .max_buf_size((options.max_url_len + 8 * options.max_header_line).max(8192));
+        if grpc.is_some() {
+            // What the gRPC server does on its own port: long-lived HTTP/2
+            // connections are checked by pings.
+            builder
+                .http2()
+                .timer(TokioTimer::new())
+                .keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_timeout(Duration::from_secs(10));
+        }
         let slots = Admission::new(options.max_connections);
         let lines = LineLimitLayer {
             max_url_len: options.max_url_len,
@@ -184,11 +247,12 @@ impl HttpServer {
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
                 let _ = stream.set_nodelay(true);
-                let (builder, router, watcher, tls) = (
+                let (builder, router, watcher, tls, grpc) = (
                     builder.clone(),
                     router.clone(),
                     graceful.watcher(),
                     tls.clone(),
+                    grpc.clone(),
                 );
                 tokio::spawn(async move {
                     // A connection that sends nothing gets the header read
@@ -217,24 +281,30 @@ impl HttpServer {
                             None => return,
                         },
                     };
-                    let service = TowerToHyperService::new(
-                        ServiceBuilder::new()
-                            // One access log line per request, in a span
-                            // with its traceparent.
-                            .layer(
-                                TraceLayer::new_for_http()
-                                    .make_span_with(trace::http_span::<Incoming>)
-                                    .on_response(
-                                        DefaultOnResponse::new().level(tracing::Level::INFO),
-                                    ),
-                            )
-                            .layer(TraceContextLayer)
-                            .layer(lines)
-                            .service(router),
-                    );
-                    let connection =
-                        builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                    let _ = watcher.watch(connection.into_owned()).await;
+                    let http = ServiceBuilder::new()
+                        // One access log line per request, in a span with
+                        // its traceparent.
+                        .layer(
+                            TraceLayer::new_for_http()
+                                .make_span_with(trace::http_span::<Incoming>)
+                                .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
+                        )
+                        .layer(TraceContextLayer)
+                        .layer(lines)
+                        .service(router);
+                    let io = TokioIo::new(io);
+                    let _ = match grpc {
+                        None => {
+                            let service = TowerToHyperService::new(http);
+                            let connection = builder.serve_connection_with_upgrades(io, service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                        Some(grpc) => {
+                            let service = TowerToHyperService::new(ByContentType { grpc, http });
+                            let connection = builder.serve_connection_with_upgrades(io, service);
+                            watcher.watch(connection.into_owned()).await
+                        }
+                    };
                     drop(ticket);
                 });
             }
@@ -245,6 +315,11 @@ impl HttpServer {
             let _ = done_tx.send(true);
         });
         Ok(HttpServer { shutdown, done })
+    }
+
+    /// Stops accepting; open connections go on.
+    pub(crate) fn stop_accepting(&self) {
+        let _ = self.shutdown.send(true);
     }
 
     /// Stops accepting and lets open requests finish; resolves when the

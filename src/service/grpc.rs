@@ -8,6 +8,7 @@ use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 
+use hyper::body::Incoming;
 use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 use tokio_rustls::TlsAcceptor;
@@ -16,12 +17,15 @@ use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tonic_health::ServingStatus;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
 use super::limits::MessageLimitLayer;
 use super::pool::PoolLayer;
 use crate::error::{Error, Result};
+use crate::http::{HttpOptions, HttpServer};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls;
@@ -60,6 +64,15 @@ pub(crate) struct Limits {
     pub(crate) pool_wait: Duration,
 }
 
+/// The HTTP side when it shares the gRPC port (`http_shared_port`).
+pub(crate) struct SharedHttp {
+    /// The HTTP stack: the manager's routes and the admin endpoints.
+    pub(crate) router: axum::Router,
+    pub(crate) options: HttpOptions,
+    /// The HTTP acceptor (ALPN h2 and http/1.1), when the node has TLS.
+    pub(crate) tls: Option<TlsAcceptor>,
+}
+
 /// A running gRPC server. Every method takes `&self`, so one task can wait
 /// on the server while another drains it.
 pub(crate) struct GrpcServer {
@@ -70,6 +83,8 @@ pub(crate) struct GrpcServer {
     task: AbortHandle,
     /// `Some` once the server task ended: `Ok` after a drain, `Err` on failure.
     done: watch::Receiver<Option<Result<(), String>>>,
+    /// The server of a port shared with HTTP, which serves the gRPC calls.
+    shared: Option<Arc<HttpServer>>,
 }
 
 impl GrpcServer {
@@ -85,11 +100,7 @@ impl GrpcServer {
         limits: Limits,
     ) -> Result<Self> {
         let Accept { connections, tls } = accept;
-        for name in &names {
-            health
-                .set_service_status(name, ServingStatus::NotServing)
-                .await;
-        }
+        not_serving(&health, &names).await;
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let incoming = TcpIncoming::from(listener)
             .with_nodelay(Some(true))
@@ -139,6 +150,59 @@ impl GrpcServer {
             shutdown: Mutex::new(Some(shutdown_tx)),
             task: task.abort_handle(),
             done,
+            shared: None,
+        })
+    }
+
+    /// [`GrpcServer::start`] on a port shared with HTTP: the HTTP server
+    /// takes the connections (its limits and timeouts apply to both) and
+    /// hands requests with a gRPC content-type to the same gRPC stack.
+    pub(crate) async fn start_shared(
+        listener: std::net::TcpListener,
+        routes: Routes,
+        health: HealthReporter,
+        names: Vec<String>,
+        metrics: &Metrics,
+        limits: Limits,
+        http: SharedHttp,
+    ) -> Result<Self> {
+        not_serving(&health, &names).await;
+        let grpc = ServiceBuilder::new()
+            .map_request(|r: http::Request<Incoming>| r.map(tonic::body::Body::new))
+            .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r)),
+            )
+            .layer(TraceContextLayer)
+            .layer(metrics.grpc_layer())
+            .layer(PoolLayer::new(limits.pool_size, limits.pool_wait))
+            .layer(MessageLimitLayer {
+                max: limits.max_message_size,
+            })
+            .service(routes.prepare());
+        let server = Arc::new(HttpServer::start(
+            listener,
+            http.router,
+            &http.options,
+            http.tls,
+            Some(BoxCloneSyncService::new(grpc)),
+        )?);
+        let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
+        let (done_tx, done) = watch::channel(None);
+        let draining = server.clone();
+        let task = tokio::spawn(async move {
+            let _ = shutdown_rx.await;
+            draining.drain().await;
+            let _ = done_tx.send(Some(Ok(())));
+        });
+        Ok(GrpcServer {
+            health,
+            names,
+            shutdown: Mutex::new(Some(shutdown_tx)),
+            task: task.abort_handle(),
+            done,
+            shared: Some(server),
         })
     }
 
@@ -180,8 +244,21 @@ impl GrpcServer {
         }
     }
 
-    /// Ends the server at once, cutting off in-flight calls.
+    /// Ends the server at once, cutting off in-flight calls (on a shared
+    /// port: stops accepting; the process is about to exit).
     pub(crate) fn abort(&self) {
         self.task.abort();
+        if let Some(server) = &self.shared {
+            server.stop_accepting();
+        }
+    }
+}
+
+/// Every name NOT_SERVING until the node is ready.
+async fn not_serving(health: &HealthReporter, names: &[String]) {
+    for name in names {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
     }
 }

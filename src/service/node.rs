@@ -24,6 +24,7 @@ use crate::manager::{Manager, Services};
 use crate::pb::base::v1::base_server::BaseServer;
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{self, Endpoints, Membership, Registration, Registry};
+use crate::telemetry::metrics::Metrics;
 use crate::tls::ServerTls;
 
 /// Bound on leaving the service group at stop: an etcd that does not answer
@@ -181,16 +182,18 @@ impl<M: Manager> Node<M> {
             (None, Some(http)) => Some(grpc::bind(http)?),
             (None, None) => None,
         };
+        let grpc_url = advertised_url(addr, &self.node.host, tls.is_some());
         let http_url = match &http_listener {
             Some(l) => Some(advertised_url(
                 l.local_addr()?,
                 &self.node.host,
                 tls.is_some(),
             )),
+            None if config.http_shared_port => Some(grpc_url.clone()),
             None => None,
         };
         self.node.set_endpoints(Endpoints {
-            grpc: Some(advertised_url(addr, &self.node.host, tls.is_some())),
+            grpc: Some(grpc_url),
             http: http_url,
         });
 
@@ -211,41 +214,54 @@ impl<M: Manager> Node<M> {
         let mut health_names = advertised.clone();
         health_names.push(String::new());
         let metrics = self.node.metrics().clone();
-        let server = Arc::new(
+        let limits = grpc::Limits {
+            max_message_size: config.max_message_size,
+            pool_size: config.rpc_pool_size,
+            pool_wait: config.rpc_pool_wait,
+        };
+        let server = if config.http_shared_port {
+            let http = grpc::SharedHttp {
+                router: self
+                    .http_router(registry.clone(), &config, &metrics)
+                    .await?,
+                options: HttpOptions::from_config(&config),
+                tls: tls.as_ref().map(ServerTls::http_acceptor),
+            };
+            GrpcServer::start_shared(
+                listener,
+                routes,
+                health,
+                health_names,
+                &metrics,
+                limits,
+                http,
+            )
+            .await?
+        } else {
+            let accept = grpc::Accept {
+                connections: self.node.connections.clone(),
+                tls: tls.as_ref().map(ServerTls::grpc_acceptor),
+            };
             GrpcServer::start(
                 listener,
                 routes,
                 health,
                 health_names,
                 &metrics,
-                grpc::Accept {
-                    connections: self.node.connections.clone(),
-                    tls: tls.as_ref().map(ServerTls::grpc_acceptor),
-                },
-                grpc::Limits {
-                    max_message_size: config.max_message_size,
-                    pool_size: config.rpc_pool_size,
-                    pool_wait: config.rpc_pool_wait,
-                },
+                accept,
+                limits,
             )
-            .await?,
-        );
+            .await?
+        };
+        let server = Arc::new(server);
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Some(http_listener) = http_listener {
-            let mut admin = http::admin::routes(self.node.clone());
-            if config.http_dashboard {
-                let dashboard = self.dashboard(registry.clone(), &config).await?;
-                admin = admin.merge(dashboard.routes(DASHBOARD_PATH));
-                *self
-                    .dashboard
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner) = Some(dashboard);
-            }
-            let api = self.manager.http_routes().unwrap_or_default();
+            let router = self
+                .http_router(registry.clone(), &config, &metrics)
+                .await?;
             let options = HttpOptions::from_config(&config);
-            let router = http::stack(api, admin, &options, &metrics);
             let tls = tls.as_ref().map(ServerTls::http_acceptor);
-            let http = HttpServer::start(http_listener, router, &options, tls)?;
+            let http = HttpServer::start(http_listener, router, &options, tls, None)?;
             *self.http.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(http));
         }
         if let Err(e) = self.manager.post_start_hook().await {
@@ -287,6 +303,32 @@ impl<M: Manager> Node<M> {
         );
         self.start_periodic(Some(registry)).await;
         Ok(())
+    }
+
+    /// The HTTP stack: the manager's routes, the admin endpoints, and the
+    /// dashboard when `http_dashboard` is on.
+    async fn http_router(
+        &self,
+        registry: Option<Registry>,
+        config: &Config,
+        metrics: &Metrics,
+    ) -> Result<axum::Router> {
+        let mut admin = http::admin::routes(self.node.clone());
+        if config.http_dashboard {
+            let dashboard = self.dashboard(registry, config).await?;
+            admin = admin.merge(dashboard.routes(DASHBOARD_PATH));
+            *self
+                .dashboard
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner) = Some(dashboard);
+        }
+        let api = self.manager.http_routes().unwrap_or_default();
+        Ok(http::stack(
+            api,
+            admin,
+            &HttpOptions::from_config(config),
+            metrics,
+        ))
     }
 
     /// The dashboard of `http_dashboard`, on the node's registry; a worker,
