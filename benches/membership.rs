@@ -129,46 +129,57 @@ fn main() {
             summary_line(
                 "crash_leave",
                 "kill -9 → watcher's leave event",
+                "ms",
                 &ms(&crash),
                 "value<=6000;nova 60 s, go-zero 10 s",
             ),
             summary_line(
                 "graceful_leave",
                 "graceful stop → watcher's leave event",
+                "ms",
                 &ms(&graceful),
                 "value<=100;nova: ages out in 60 s",
             ),
             summary_line(
                 "list_cli",
                 "list 10k records, svckit members list --json",
+                "ms",
                 &ms(&list.cli),
                 "value<=300",
             ),
             summary_line(
                 "list_lib",
                 "list 10k records, library Registry::list",
+                "ms",
                 &ms(&list.lib),
                 "-",
             ),
+            summary_line(
+                "idle_etcd",
+                "etcd load of one idle node",
+                "msgs/s",
+                &[msgs_rps],
+                "value<=2",
+            ),
         ];
-        let etcd_line = format!(
-            "idle_etcd\tetcd load of one idle node\tmsgs/s\t{msgs_rps:.2}\t-\t-\tvalue<=2\n"
-        );
         let mut file = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&path)
             .expect("open BENCH_SUMMARY");
-        file.write_all((lines.concat() + &etcd_line).as_bytes())
+        file.write_all(lines.concat().as_bytes())
             .expect("append to BENCH_SUMMARY");
     }
 }
 
-/// One figure for `scripts/bench` in milliseconds, one value per run, with
-/// no baseline (the references in `goal` are other systems' figures).
-fn summary_line(id: &str, measure: &str, runs_ms: &[f64], goal: &str) -> String {
-    let values: Vec<String> = runs_ms.iter().map(|v| format!("{v:.1}")).collect();
-    format!("{id}\t{measure}\tms\t{}\t-\t-\t{goal}\n", values.join(","))
+/// One figure for `scripts/bench`, one value per run, with no baseline (the
+/// references in `goal` are other systems' figures).
+fn summary_line(id: &str, measure: &str, unit: &str, runs: &[f64], goal: &str) -> String {
+    let values: Vec<String> = runs.iter().map(|v| format!("{v:.2}")).collect();
+    format!(
+        "{id}\t{measure}\t{unit}\t{}\t-\t-\t{goal}\n",
+        values.join(",")
+    )
 }
 
 fn ms(times: &[Duration]) -> Vec<f64> {
