@@ -4,7 +4,9 @@
 //!
 //! Run with `scripts/bench-membership`, which builds `echo_node` and the
 //! `svckit` CLI in release mode first. Each figure is printed as one
-//! `name=value …` line, then a summary table against the targets.
+//! `name=value …` line, then a summary table against the targets. With
+//! `BENCH_SUMMARY=FILE` in the environment, the figures are also appended
+//! to FILE in `scripts/bench`'s format (see scripts/lib/summary.sh).
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -121,6 +123,67 @@ fn main() {
     for row in rows {
         println!("{row}");
     }
+
+    if let Some(path) = std::env::var_os("BENCH_SUMMARY") {
+        let lines = [
+            summary_line(
+                "crash_leave",
+                "kill -9 → watcher's leave event",
+                "ms",
+                &ms(&crash),
+                "value<=6000;nova 60 s, go-zero 10 s",
+            ),
+            summary_line(
+                "graceful_leave",
+                "graceful stop → watcher's leave event",
+                "ms",
+                &ms(&graceful),
+                "value<=100;nova: ages out in 60 s",
+            ),
+            summary_line(
+                "list_cli",
+                "list 10k records, svckit members list --json",
+                "ms",
+                &ms(&list.cli),
+                "value<=300",
+            ),
+            summary_line(
+                "list_lib",
+                "list 10k records, library Registry::list",
+                "ms",
+                &ms(&list.lib),
+                "-",
+            ),
+            summary_line(
+                "idle_etcd",
+                "etcd load of one idle node",
+                "msgs/s",
+                &[msgs_rps],
+                "value<=2",
+            ),
+        ];
+        let mut file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .expect("open BENCH_SUMMARY");
+        file.write_all(lines.concat().as_bytes())
+            .expect("append to BENCH_SUMMARY");
+    }
+}
+
+/// One figure for `scripts/bench`, one value per run, with no baseline (the
+/// references in `goal` are other systems' figures).
+fn summary_line(id: &str, measure: &str, unit: &str, runs: &[f64], goal: &str) -> String {
+    let values: Vec<String> = runs.iter().map(|v| format!("{v:.2}")).collect();
+    format!(
+        "{id}\t{measure}\t{unit}\t{}\t-\t-\t{goal}\n",
+        values.join(",")
+    )
+}
+
+fn ms(times: &[Duration]) -> Vec<f64> {
+    times.iter().map(|t| t.as_secs_f64() * 1e3).collect()
 }
 
 /// The built `echo_node` example and `svckit` CLI.
@@ -510,7 +573,7 @@ fn runtime() -> tokio::runtime::Runtime {
 }
 
 fn median(times: &[Duration]) -> f64 {
-    let mut ms: Vec<f64> = times.iter().map(|t| t.as_secs_f64() * 1e3).collect();
+    let mut ms = ms(times);
     ms.sort_by(f64::total_cmp);
     ms[ms.len() / 2]
 }
