@@ -1,5 +1,6 @@
 //! The bound on connections open at once that both listeners (gRPC and
-//! HTTP) put on what they accept.
+//! HTTP) put on what they accept, and the pool of requests served at once
+//! that both stacks share ([`Slots`]).
 //!
 //! A connection holds a [`Ticket`] from its accept until it closes. It is
 //! *silent* until its protocol says the client has spoken (the HTTP/2
@@ -214,5 +215,35 @@ mod tests {
             };
             let ((), _newcomer) = tokio::join!(waiting, newcomer);
         });
+    }
+}
+
+/// Requests in their handlers at once (`http_pool_size`, `rpc_pool_size`):
+/// a request waits up to `wait` for a slot, then is turned away, so that an
+/// overload sheds instead of queueing forever.
+#[derive(Debug, Clone)]
+pub(crate) struct Slots {
+    slots: Arc<tokio::sync::Semaphore>,
+    wait: Duration,
+}
+
+impl Slots {
+    pub(crate) fn new(size: usize, wait: Duration) -> Self {
+        Slots {
+            slots: Arc::new(tokio::sync::Semaphore::new(size)),
+            wait,
+        }
+    }
+
+    /// A slot, held until the permit drops; `None` once `wait` passed.
+    pub(crate) async fn take(&self) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        // A free slot needs no timer; only a full pool waits.
+        match self.slots.clone().try_acquire_owned() {
+            Ok(permit) => Some(permit),
+            Err(_) => tokio::time::timeout(self.wait, self.slots.clone().acquire_owned())
+                .await
+                .ok()?
+                .ok(),
+        }
     }
 }

@@ -3,15 +3,15 @@
 //! requests served at once ([`PoolLayer`]: wait, then 503).
 
 use std::future::{ready, Ready};
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::response::{IntoResponse, Response};
 use futures::future::{BoxFuture, Either};
 use http::StatusCode;
-use tokio::sync::Semaphore;
 use tower::{Layer, Service};
+
+use crate::admission::Slots;
 
 /// Refuses a request target longer than `max_url_len` (414) and a header
 /// line longer than `max_header_line` (431), before any handler runs.
@@ -83,16 +83,14 @@ where
 /// the wait so that an overload sheds instead of queueing forever).
 #[derive(Debug, Clone)]
 pub struct PoolLayer {
-    slots: Arc<Semaphore>,
-    wait: Duration,
+    slots: Slots,
 }
 
 impl PoolLayer {
     /// A pool of `size` slots.
     pub fn new(size: usize, wait: Duration) -> Self {
         PoolLayer {
-            slots: Arc::new(Semaphore::new(size)),
-            wait,
+            slots: Slots::new(size, wait),
         }
     }
 }
@@ -132,21 +130,14 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let (slots, wait) = (self.pool.slots.clone(), self.pool.wait);
+        let slots = self.pool.slots.clone();
         // The clone that was not driven to readiness; take the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            // A free slot needs no timer; only a full pool waits.
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => {
-                        tracing::warn!("http_pool_size reached; answering 503");
-                        return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
-                    }
-                },
+            let Some(permit) = slots.take().await else {
+                tracing::warn!("http_pool_size reached; answering 503");
+                return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
             };
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?

@@ -11,7 +11,6 @@
 //! still answer its probes.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -20,9 +19,10 @@ use futures::future::BoxFuture;
 use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use http_body_util::{Either, Empty};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
+use crate::admission::Slots;
 use crate::error::BoxError;
 
 /// The response header of a call the pool refused before its handler ran.
@@ -34,16 +34,14 @@ const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 /// At most `size` calls at once; see the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct PoolLayer {
-    slots: Arc<Semaphore>,
-    wait: Duration,
+    slots: Slots,
 }
 
 impl PoolLayer {
     /// A pool of `size` slots, waited for up to `wait`.
     pub(crate) fn new(size: usize, wait: Duration) -> Self {
         PoolLayer {
-            slots: Arc::new(Semaphore::new(size)),
-            wait,
+            slots: Slots::new(size, wait),
         }
     }
 }
@@ -101,15 +99,10 @@ where
                 }))
             });
         }
-        let (slots, wait) = (self.pool.slots.clone(), self.pool.wait);
+        let slots = self.pool.slots.clone();
         Box::pin(async move {
-            // A free slot needs no timer; only a full pool waits.
-            let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) => permit,
-                Err(_) => match tokio::time::timeout(wait, slots.acquire_owned()).await {
-                    Ok(Ok(permit)) => permit,
-                    _ => return Ok(refused()),
-                },
+            let Some(permit) = slots.take().await else {
+                return Ok(refused());
             };
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?
