@@ -16,6 +16,7 @@ use serde_json::{json, Value};
 use support::dashboard;
 use support::etcd::Etcd;
 use support::node::{quick_node_args, Proc};
+use support::ports::free_port;
 
 const WAIT: Duration = Duration::from_secs(15);
 const TOKEN: &str = "browser-test-token-0123456789";
@@ -58,13 +59,6 @@ impl Drop for Driver {
         );
         let _ = self.child.wait();
     }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap()
 }
 
 impl Driver {

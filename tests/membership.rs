@@ -193,12 +193,7 @@ async fn a_node_restarted_on_its_fixed_port_takes_its_identity_back() {
         .await
         .unwrap();
     let mut events = registry.watch(Some("echo")).await.unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let listen = format!("127.0.0.1:{port}");
+    let listen = format!("127.0.0.1:{}", support::ports::free_port());
     let mut args = long_lease_args(&url, "f1");
     args[5] = &listen;
     let (mut first, _) = Proc::start_example("echo_node", &args, &[]);

@@ -122,12 +122,7 @@ struct EtcdAt {
 
 impl EtcdAt {
     fn start(addr: &str) -> EtcdAt {
-        let free = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .and_then(|l| l.local_addr())
-                .map(|a| a.port())
-                .unwrap()
-        };
+        let free = crate::support::ports::free_port;
         let endpoint = format!("{addr}:{}", free());
         let peer = format!("http://127.0.0.1:{}", free());
         let dir = tempfile::tempdir().unwrap();

@@ -12,7 +12,13 @@ use std::time::{Duration, Instant};
 
 use svckit::servicegroup::RegistryUrl;
 
+use super::ports::free_port;
+
 const STARTUP: Duration = Duration::from_secs(20);
+
+/// Fresh ports are tried this many times when another process took one of
+/// them between the choice and etcd's bind.
+const START_ATTEMPTS: u32 = 5;
 
 /// One etcd member process (alone, or part of a [`Cluster`]).
 pub struct Etcd {
@@ -44,13 +50,6 @@ pub struct EtcdTls {
 /// The root user [`Etcd::enable_auth`] creates.
 pub const ROOT_PASSWORD: &str = "root-pw-for-tests";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free loopback port")
-}
-
 fn etcd_binary() -> PathBuf {
     let found = std::env::var_os("PATH").and_then(|paths| {
         std::env::split_paths(&paths)
@@ -69,16 +68,25 @@ fn etcd_binary() -> PathBuf {
 impl Etcd {
     /// Starts a single-member etcd and waits until it answers.
     pub fn start() -> Etcd {
-        let mut etcd = Etcd::new("solo".into(), None, free_port(), free_port());
-        etcd.spawn();
-        etcd.wait_ready();
-        etcd
+        Etcd::start_solo(None)
     }
 
     /// Starts a single-member etcd that serves clients over TLS only.
     pub fn start_tls(tls: EtcdTls) -> Etcd {
+        Etcd::start_solo(Some(tls))
+    }
+
+    fn start_solo(tls: Option<EtcdTls>) -> Etcd {
         let mut etcd = Etcd::new("solo".into(), None, free_port(), free_port());
-        etcd.tls = Some(tls);
+        etcd.tls = tls;
+        for _ in 1..START_ATTEMPTS {
+            etcd.spawn();
+            match etcd.await_ready() {
+                Ok(()) => return etcd,
+                Err(Start::PortTaken) => etcd.move_ports(free_port(), free_port()),
+                Err(Start::Failed(why)) => etcd.start_failed(&why),
+            }
+        }
         etcd.spawn();
         etcd.wait_ready();
         etcd
@@ -230,20 +238,54 @@ impl Etcd {
         self.child = Some(cmd.spawn().expect("cannot start etcd"));
     }
 
+    /// Forgets a start that failed to bind, to try again on other ports.
+    fn move_ports(&mut self, client_port: u16, peer_port: u16) {
+        self.stop();
+        self.client_port = client_port;
+        self.peer_port = peer_port;
+        self.metrics_port = free_port();
+        self.generation += 1;
+        let _ = std::fs::remove_file(self.dir.path().join("etcd.log"));
+    }
+
     /// Waits until `/health` reports a healthy member with a leader.
-    pub fn wait_ready(&self) {
+    pub fn wait_ready(&mut self) {
+        match self.await_ready() {
+            Ok(()) => {}
+            Err(Start::PortTaken) => self.start_failed("could not bind: a port it needs is taken"),
+            Err(Start::Failed(why)) => self.start_failed(&why),
+        }
+    }
+
+    fn start_failed(&self, why: &str) -> ! {
+        panic!("etcd {} {why}; log:\n{}", self.name, self.log());
+    }
+
+    /// Waits for `/health` to report a healthy member with a leader, or for
+    /// the process to exit.
+    fn await_ready(&mut self) -> Result<(), Start> {
         let deadline = Instant::now() + STARTUP;
         while Instant::now() < deadline {
             if self.healthy() {
-                return;
+                return Ok(());
+            }
+            let exited = match self.child.as_mut().map(Child::try_wait) {
+                Some(Ok(Some(status))) => Some(status),
+                _ => None,
+            };
+            if let Some(status) = exited {
+                self.child = None;
+                return Err(if self.log().contains("address already in use") {
+                    Start::PortTaken
+                } else {
+                    Start::Failed(format!("exited at start ({status})"))
+                });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        panic!(
-            "etcd {} did not become healthy within {STARTUP:?}; log:\n{}",
-            self.name,
-            std::fs::read_to_string(self.dir.path().join("etcd.log")).unwrap_or_default()
-        );
+        Err(Start::Failed(format!(
+            "did not become healthy within {STARTUP:?}"
+        )))
     }
 
     fn healthy(&self) -> bool {
@@ -311,6 +353,13 @@ impl Drop for Etcd {
     }
 }
 
+/// Why an etcd did not come up.
+enum Start {
+    /// Another process bound one of its ports first.
+    PortTaken,
+    Failed(String),
+}
+
 /// A three-member cluster on loopback.
 pub struct Cluster {
     pub members: Vec<Etcd>,
@@ -318,26 +367,43 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
-        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
-        let initial = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
-            .collect::<Vec<_>>()
-            .join(",");
-        let mut members: Vec<Etcd> = ports
-            .iter()
-            .enumerate()
-            .map(|(i, (client, peer))| {
-                Etcd::new(format!("m{i}"), Some(initial.clone()), *client, *peer)
-            })
-            .collect();
-        // All at once: each member waits for the others to form a quorum.
-        for m in &mut members {
-            m.spawn();
-        }
-        for m in &members {
-            m.wait_ready();
+        let mut members = Vec::new();
+        for attempt in 1..=START_ATTEMPTS {
+            let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+            let initial = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+                .collect::<Vec<_>>()
+                .join(",");
+            members = ports
+                .iter()
+                .enumerate()
+                .map(|(i, (client, peer))| {
+                    Etcd::new(format!("m{i}"), Some(initial.clone()), *client, *peer)
+                })
+                .collect();
+            // All at once: each member waits for the others to form a quorum.
+            for m in &mut members {
+                m.spawn();
+            }
+            let mut taken = false;
+            for m in &mut members {
+                match m.await_ready() {
+                    Ok(()) => {}
+                    Err(Start::PortTaken) if attempt < START_ATTEMPTS => taken = true,
+                    Err(Start::PortTaken) => {
+                        m.start_failed("could not bind: a port it needs is taken")
+                    }
+                    Err(Start::Failed(why)) => m.start_failed(&why),
+                }
+                if taken {
+                    break;
+                }
+            }
+            if !taken {
+                break;
+            }
         }
         Cluster { members }
     }

@@ -10,6 +10,7 @@ pub mod certs;
 pub mod dashboard;
 pub mod etcd;
 pub mod node;
+pub mod ports;
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -137,11 +138,7 @@ pub async fn live_endpoint() -> LiveEndpoint {
 
 /// A loopback endpoint nobody listens on: a crashed node's.
 pub fn dead_endpoint() -> String {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .unwrap();
-    format!("http://127.0.0.1:{port}")
+    format!("http://127.0.0.1:{}", ports::free_port())
 }
 
 /// `registration(topic, host)` advertising `grpc` as its endpoint.
