@@ -126,6 +126,9 @@ async fn bad_records_are_skipped(url: &str, mut store: Store) {
         let event: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
         assert_eq!(event["member"]["host"], "good", "{line}");
     }
+    // Its warnings were written before the update, but stderr is read by
+    // another thread than stdout: wait for them to arrive.
+    watch.wait_for_log("not-json", WAIT);
     let stderr = watch.stderr();
     assert!(!stderr.contains("panicked"), "{stderr}");
     assert!(stderr.contains("service record"), "no warning:\n{stderr}");
