@@ -224,6 +224,75 @@ async fn a_client_sending_headers_slowly_is_cut_off() {
     assert_eq!(get(addr, "/healthz", &[]).await.status, 200);
 }
 
+/// Reads one response off a keep-alive connection: the head, then
+/// content-length bytes of body. `None` once the server closed it.
+async fn read_response(stream: &mut TcpStream) -> Option<Reply> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + length {
+                return Some(parse(&buf));
+            }
+        }
+        match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_quiet_past_client_socket_timeout_is_closed_and_a_busy_one_is_not() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let mut args = quick_node_args(&url, "q1");
+    args.extend_from_slice(&["--http-listen", "127.0.0.1:0"]);
+    // The header-read timeout, which also bounds the wait for the next
+    // request on a kept-alive connection, is far beyond this test's waits.
+    let (node, _) = Proc::start_example(
+        "echo_node",
+        &args,
+        &[
+            ("SVCKIT_CLIENT_SOCKET_TIMEOUT", "1"),
+            ("SVCKIT_HEADER_READ_TIMEOUT", "600"),
+        ],
+    );
+    let addr = http_addr(&node);
+
+    // Busy for three timeouts on one connection: never cut.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut served = 0;
+    while start.elapsed() < Duration::from_secs(3) {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nhost: t\r\n\r\n")
+            .await
+            .unwrap();
+        let reply = read_response(&mut stream)
+            .await
+            .unwrap_or_else(|| panic!("a busy connection was closed after {served} requests"));
+        assert_eq!(reply.status, 200);
+        served += 1;
+    }
+
+    // Then quiet: closed, long before the header-read timeout.
+    let mut rest = Vec::new();
+    let closed = tokio::time::timeout(WAIT, stream.read_to_end(&mut rest)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "a quiet connection stayed open: {closed:?}"
+    );
+    // Others are still served.
+    assert_eq!(get(addr, "/healthz", &[]).await.status, 200);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_pool_sheds_with_503_and_recovers() {
     let f = fleet(

@@ -189,9 +189,11 @@ options! {
     max_request_body: usize = 1048576, mutable = false, secret = false,
         range = "0" ..= "1073741824";
     /// Time a client has to send a request's headers; a slower one is cut off.
+    /// On a kept-alive connection the wait for the next request counts too.
     header_read_timeout: Duration = Duration::from_secs(30), mutable = false, secret = false,
         range = "10ms" ..= "1h";
-    /// An HTTP connection with nothing read or written for this long is closed; 0 never.
+    /// An HTTP connection with nothing read or written for this long is closed
+    /// (at the latest a quarter of it later); 0 never.
     client_socket_timeout: Duration = Duration::from_secs(900), mutable = false, secret = false,
         range = "0s" ..= "1day";
     /// Keep HTTP/1.1 connections open between requests.

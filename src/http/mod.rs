@@ -20,6 +20,7 @@
 //! `/metrics` (Prometheus text), `/debug/report` (the node's report, JSON).
 
 pub mod admin;
+mod idle;
 pub mod limits;
 
 use std::convert::Infallible;
@@ -51,6 +52,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
 
+use self::idle::IdleTimeout;
 use self::limits::{LineLimitLayer, PoolLayer};
 
 /// The HTTP server settings, from the config.
@@ -269,14 +271,10 @@ impl HttpServer {
                         return;
                     }
                     ticket.spoke();
-                    let mut io = tokio_io_timeout::TimeoutStream::new(stream);
-                    if !idle.is_zero() {
-                        io.set_read_timeout(Some(idle));
-                        io.set_write_timeout(Some(idle));
-                    }
+                    let io = IdleTimeout::new(stream, idle);
                     let io = match &tls {
-                        None => MaybeTls::Plain(Box::pin(io)),
-                        Some(acceptor) => match tls::handshake(acceptor, Box::pin(io)).await {
+                        None => MaybeTls::Plain(io),
+                        Some(acceptor) => match tls::handshake(acceptor, io).await {
                             Some(tls) => tls,
                             None => return,
                         },
