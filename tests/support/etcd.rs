@@ -16,8 +16,8 @@ use super::ports::free_port;
 
 const STARTUP: Duration = Duration::from_secs(20);
 
-/// Fresh ports are tried this many times when another process took one of
-/// them between the choice and etcd's bind.
+/// A first start is tried this many times, on fresh ports each time, when
+/// etcd exits at once (another process took one of its ports).
 const START_ATTEMPTS: u32 = 5;
 
 /// One etcd member process (alone, or part of a [`Cluster`]).
@@ -83,8 +83,8 @@ impl Etcd {
             etcd.spawn();
             match etcd.await_ready() {
                 Ok(()) => return etcd,
-                Err(Start::PortTaken) => etcd.move_ports(free_port(), free_port()),
-                Err(Start::Failed(why)) => etcd.start_failed(&why),
+                Err(Start::Exited(_)) => etcd.move_ports(free_port(), free_port()),
+                Err(Start::Slow(why)) => etcd.start_failed(&why),
             }
         }
         etcd.spawn();
@@ -252,8 +252,7 @@ impl Etcd {
     pub fn wait_ready(&mut self) {
         match self.await_ready() {
             Ok(()) => {}
-            Err(Start::PortTaken) => self.start_failed("could not bind: a port it needs is taken"),
-            Err(Start::Failed(why)) => self.start_failed(&why),
+            Err(Start::Exited(why) | Start::Slow(why)) => self.start_failed(&why),
         }
     }
 
@@ -275,15 +274,11 @@ impl Etcd {
             };
             if let Some(status) = exited {
                 self.child = None;
-                return Err(if self.log().contains("address already in use") {
-                    Start::PortTaken
-                } else {
-                    Start::Failed(format!("exited at start ({status})"))
-                });
+                return Err(Start::Exited(format!("exited at start ({status})")));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Err(Start::Failed(format!(
+        Err(Start::Slow(format!(
             "did not become healthy within {STARTUP:?}"
         )))
     }
@@ -355,9 +350,12 @@ impl Drop for Etcd {
 
 /// Why an etcd did not come up.
 enum Start {
-    /// Another process bound one of its ports first.
-    PortTaken,
-    Failed(String),
+    /// It exited: most often because another process bound one of its
+    /// ports between their choice and its start, so a first start is
+    /// tried again on other ports (the log says why when all tries fail).
+    Exited(String),
+    /// It runs but did not become healthy in time.
+    Slow(String),
 }
 
 /// A three-member cluster on loopback.
@@ -391,11 +389,8 @@ impl Cluster {
             for m in &mut members {
                 match m.await_ready() {
                     Ok(()) => {}
-                    Err(Start::PortTaken) if attempt < START_ATTEMPTS => taken = true,
-                    Err(Start::PortTaken) => {
-                        m.start_failed("could not bind: a port it needs is taken")
-                    }
-                    Err(Start::Failed(why)) => m.start_failed(&why),
+                    Err(Start::Exited(_)) if attempt < START_ATTEMPTS => taken = true,
+                    Err(Start::Exited(why) | Start::Slow(why)) => m.start_failed(&why),
                 }
                 if taken {
                     break;
