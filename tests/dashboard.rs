@@ -328,9 +328,14 @@ async fn a_node_serves_the_dashboard_at_debug_members_when_asked() {
         .trim_start_matches("http://")
         .parse()
         .unwrap();
-    let page = get(http, "/debug/members");
-    assert_eq!(page.status, 200, "{}", page.body);
-    assert!(page.body.contains(r#"data-host="w1""#), "{}", page.body);
+    // The page shows what the node's watch has seen: its own join may
+    // reach the watch a moment after the node says it is ready.
+    let page = eventually(WAIT, "the node's own row on its page", || async {
+        let page = get(http, "/debug/members");
+        assert_eq!(page.status, 200, "{}", page.body);
+        page.body.contains(r#"data-host="w1""#).then_some(page)
+    })
+    .await;
     assert!(page.body.contains(r#"src="/debug/members/dashboard.js""#));
     let api = get(http, "/debug/members/api/members").json();
     assert_eq!(api[0]["host"], "w1");
