@@ -74,6 +74,7 @@ pub mod service;
 pub mod servicegroup;
 pub mod telemetry;
 pub mod tls;
+mod wire;
 
 pub use config::Config;
 pub use error::{BoxError, Error, Result};

@@ -229,14 +229,39 @@ async fn ttin_and_ttou_change_the_worker_count_and_usr2_reports() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("file://{}", dir.path().display());
     let (node, _) = supervisor(&url, "wt", "2", &[]);
+    let registry = servicegroup::connect(
+        &servicegroup::RegistryUrl::parse(&url).unwrap(),
+        &support::options(),
+    )
+    .await
+    .unwrap();
+    // The record's `workers` follows the workers that serve, within 2 s.
+    let record_says = |workers: u32| {
+        let registry = registry.clone();
+        async move {
+            support::eventually(
+                Duration::from_secs(2),
+                &format!("the record saying workers = {workers}"),
+                || async {
+                    let member = registry.get("echo", "wt").await.ok().flatten()?;
+                    (member.up && member.record.workers == workers).then_some(())
+                },
+            )
+            .await
+        }
+    };
     wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    record_says(2).await;
 
     node.signal(Signal::SIGTTIN);
     wait_until("three workers serving", || serving_pids(&node).len() == 3).await;
+    record_says(3).await;
     // One at a time: signals of one kind sent together may arrive as one.
     node.signal(Signal::SIGTTOU);
+    record_says(2).await;
     wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
     node.signal(Signal::SIGTTOU);
+    record_says(1).await;
     wait_until("one worker serving", || serving_pids(&node).len() == 1).await;
     // Never below one.
     node.signal(Signal::SIGTTOU);

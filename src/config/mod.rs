@@ -20,10 +20,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use self::args::CommonArgs;
-pub use self::value::{LogFilter, OptionValue, RestartMethod, Workers};
+pub use self::value::{HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers};
 
 use crate::error::{Error, Result};
-use crate::rpc::HedgeDelay;
 use crate::servicegroup::{valid_name, RegistryOptions, RegistryUrl, VALID_NAME};
 
 /// Where an option's value came from, for error messages and reports.
@@ -647,3 +646,15 @@ fn one_line(s: &str) -> String {
 
 #[cfg(test)]
 mod tests;
+
+/// This program's file name (argv\[0\] without its directory): the prefix
+/// of its error lines, its report file names, and a node's default binary.
+pub(crate) fn program_name() -> String {
+    std::env::args()
+        .next()
+        .as_deref()
+        .map(std::path::Path::new)
+        .and_then(|p| p.file_name())
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "svckit".into())
+}

@@ -3,8 +3,10 @@
 //! Every layer (TOML file, `SVCKIT_*` environment, flags) hands values over as
 //! text, so one parser per type gives one behaviour and one error message.
 
+use std::fmt;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::str::FromStr;
 use std::time::Duration;
 
 use crate::servicegroup::RegistryUrl;
@@ -185,6 +187,49 @@ impl OptionValue for LogFilter {
     }
     fn show(&self) -> String {
         self.0.clone()
+    }
+}
+
+/// When a hedged call sends one more copy to another node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HedgeDelay {
+    /// After this long without an answer.
+    Fixed(Duration),
+    /// After the observed 95th percentile latency of the target's calls, so
+    /// that about one call in twenty is hedged (within the budget). Until
+    /// the target has answered enough calls to know it, nothing is hedged.
+    Auto,
+}
+
+impl FromStr for HedgeDelay {
+    type Err = String;
+
+    /// `auto`, seconds (`0.01`) or a duration (`10ms`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s.trim().eq_ignore_ascii_case("auto") {
+            return Ok(HedgeDelay::Auto);
+        }
+        Duration::parse_value(s)
+            .map(HedgeDelay::Fixed)
+            .map_err(|e| format!("{e}, or `auto`"))
+    }
+}
+
+impl fmt::Display for HedgeDelay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HedgeDelay::Fixed(d) => write!(f, "{}", d.show()),
+            HedgeDelay::Auto => write!(f, "auto"),
+        }
+    }
+}
+
+impl OptionValue for HedgeDelay {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        s.parse()
+    }
+    fn show(&self) -> String {
+        self.to_string()
     }
 }
 

@@ -16,7 +16,7 @@
 //!   as a line of `svckit members watch`. Each has an `id`; a client that
 //!   reconnects with `Last-Event-ID` gets only what it missed;
 //! - `POST {base}/api/admin`: disable, enable, force-down, clear-force-down
-//!   or delete (a down record), when admin actions are on ([`admin`]).
+//!   or delete (a down record), when admin actions are on (`actions.rs`).
 //!
 //! ```no_run
 //! # async fn run() -> svckit::Result<()> {
@@ -32,7 +32,7 @@
 //! # }
 //! ```
 
-pub mod admin;
+mod actions;
 mod live;
 mod page;
 
@@ -49,7 +49,7 @@ use serde::Deserialize;
 
 use crate::servicegroup::{MemberView, Registry};
 
-pub use self::admin::AdminTokens;
+pub use self::actions::AdminTokens;
 use self::live::Live;
 
 /// Where a node serves its dashboard (`http_dashboard`).
@@ -107,7 +107,7 @@ impl Dashboard {
             .route(&format!("{base}/dashboard.js"), get(script))
             .route(&format!("{base}/api/members"), get(members))
             .route(&format!("{base}/api/events"), get(events))
-            .route(&format!("{base}/api/admin"), post(admin::act))
+            .route(&format!("{base}/api/admin"), post(actions::act))
             .with_state(self.clone())
     }
 

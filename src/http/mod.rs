@@ -15,11 +15,10 @@
 //! SO_KEEPALIVE with `tcp_keepidle`; on a node with a certificate, the TLS
 //! handshake within [`HANDSHAKE_TIMEOUT`](crate::tls::HANDSHAKE_TIMEOUT).
 //!
-//! Admin endpoints ([`admin`]): `/healthz` (the process answers),
+//! A node adds its operations endpoints to this stack: `/healthz` (the process answers),
 //! `/readyz` (serving and registered; 503 while starting or draining),
 //! `/metrics` (Prometheus text), `/debug/report` (the node's report, JSON).
 
-pub mod admin;
 mod idle;
 pub mod limits;
 

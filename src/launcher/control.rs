@@ -6,8 +6,11 @@ use tokio::signal::unix::{signal, SignalKind};
 
 use crate::error::Result;
 
-/// A request to a running launcher.
+/// A request to a running launcher: the single-process one
+/// ([`ServiceLauncher`](super::ServiceLauncher)) or a
+/// [`Supervisor`](super::Supervisor).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Control {
     /// Stop gracefully. While stopping, a `Stop` with a signal ends the run
     /// at once with exit code 128 + the signal number, as shells expect; one
@@ -20,29 +23,40 @@ pub enum Control {
     Reload,
     /// Write the state report to stderr (SIGUSR2).
     Report,
+    /// One worker process more (SIGTTIN); a single process has none to add.
+    AddWorker,
+    /// One worker process less, never below one (SIGTTOU).
+    RemoveWorker,
 }
 
 /// A stream of requests; it may end (no more requests will come).
 pub type Controls = BoxStream<'static, Control>;
 
 /// The process signals as controls: TERM and INT stop, HUP reloads, USR2
-/// reports. Installed at once, so an early signal takes the graceful path
-/// instead of killing the process.
+/// reports, TTIN and TTOU add and remove a worker. Installed at once, so an
+/// early signal takes the graceful path instead of killing the process.
 pub fn signals() -> Result<Controls> {
     let kinds = [
-        SignalKind::terminate(),
-        SignalKind::interrupt(),
-        SignalKind::hangup(),
-        SignalKind::user_defined2(),
+        (
+            libc::SIGTERM,
+            Control::Stop {
+                signal: Some(libc::SIGTERM),
+            },
+        ),
+        (
+            libc::SIGINT,
+            Control::Stop {
+                signal: Some(libc::SIGINT),
+            },
+        ),
+        (libc::SIGHUP, Control::Reload),
+        (libc::SIGUSR2, Control::Report),
+        (libc::SIGTTIN, Control::AddWorker),
+        (libc::SIGTTOU, Control::RemoveWorker),
     ];
     let mut streams = Vec::with_capacity(kinds.len());
-    for kind in kinds {
-        let mut installed = signal(kind)?;
-        let control = match kind.as_raw_value() {
-            n if n == SignalKind::hangup().as_raw_value() => Control::Reload,
-            n if n == SignalKind::user_defined2().as_raw_value() => Control::Report,
-            n => Control::Stop { signal: Some(n) },
-        };
+    for (signo, control) in kinds {
+        let mut installed = signal(SignalKind::from_raw(signo))?;
         streams.push(
             stream::poll_fn(move |cx| installed.poll_recv(cx))
                 .map(move |()| control)

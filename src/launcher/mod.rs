@@ -1,17 +1,25 @@
 //! Running services: [`launch`] picks a launcher by worker count, and
 //! [`run`] is the whole `main` of a kit binary.
 //!
-//! A launcher is driven by [`Control`] requests. In a process they come from
-//! signals (the README's table): SIGTERM and SIGINT stop gracefully within
+//! Both launchers, [`ServiceLauncher`] (every service in this process) and
+//! [`Supervisor`] (one service in N worker processes), are driven by
+//! [`Control`] requests. In a process they come from signals (the README's
+//! table): SIGTERM and SIGINT stop gracefully within
 //! `graceful_shutdown_timeout`, a second one exits at once (128 + signal);
-//! SIGHUP re-reads the config and applies the mutable options in place;
-//! SIGUSR2 writes a state report ([`crate::report`]) to stderr or
-//! `report_dir`. Embedding programs and tests pass their own stream or a
-//! shutdown future instead ([`ServiceLauncher::run_with`],
-//! [`ServiceLauncher::run_until`]).
+//! SIGHUP re-reads the config and applies the mutable options in place (a
+//! supervisor may replace its workers); SIGUSR2 writes a state report
+//! ([`crate::report`]) to stderr or `report_dir`; SIGTTIN and SIGTTOU add
+//! and remove a worker. Embedding programs and tests pass their own stream
+//! or a shutdown future instead ([`ServiceLauncher::run_with`],
+//! [`Supervisor::run_with`]).
+//!
+//! Both advertise through one component (`advertise.rs`): it joins the
+//! service group once the node serves, keeps the record's `workers` true,
+//! writes the ready file, and leaves first at stop.
 
+mod advertise;
 mod control;
-pub mod process;
+mod process;
 mod single;
 
 use std::future::Future;
@@ -21,12 +29,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 pub use self::control::{signals, until, Control, Controls};
+pub use self::process::Supervisor;
 pub use self::single::ServiceLauncher;
 
 use self::process::worker::Inherited;
 use self::single::WorkerSetup;
 
-use crate::config::{CommonArgs, Config};
+use crate::config::{program_name, CommonArgs, Config};
 use crate::error::{Error, Result};
 use crate::service::Service;
 use crate::telemetry::Telemetry;
@@ -35,8 +44,8 @@ use crate::telemetry::Telemetry;
 ///
 /// `workers` must be at least 1 (0 is a usage error, exit 64). 1 runs the
 /// services in this process ([`ServiceLauncher`]); more runs one service in
-/// that many worker processes under this one ([`process`]), which must then
-/// be the `main` of its binary: workers re-execute it.
+/// that many worker processes under this one ([`Supervisor`]), which must
+/// then be the `main` of its binary: workers re-execute it.
 pub async fn launch(
     args: CommonArgs,
     config: Config,
@@ -53,7 +62,19 @@ pub async fn launch(
                 .run()
                 .await
         }
-        n => process::supervise(args, config, telemetry, services, n).await,
+        n => {
+            if services.len() != 1 {
+                return Err(Error::Usage(format!(
+                    "workers = {n} runs one service per process; {} were given",
+                    services.len()
+                )));
+            }
+            let mut supervisor = Supervisor::new(config)
+                .reload_from(args)
+                .telemetry(telemetry);
+            supervisor.workers = n;
+            supervisor.run().await
+        }
     }
 }
 
@@ -114,20 +135,23 @@ where
         if inherited.worker.is_some() {
             // One worker of a supervisor: serve the shared socket, tell the
             // supervisor when serving, leave registration to it.
-            let mut launcher = ServiceLauncher::new(config, services)
+            let mut controls = signals()?;
+            let mut supervisor = None;
+            if let Some((ready, requests)) = inherited.follow_supervisor()? {
+                supervisor = Some(ready);
+                controls = futures::stream::select(controls, requests).boxed();
+            }
+            return ServiceLauncher::new(config, services)
                 .reload_from(args)
                 .telemetry(telemetry)
                 .worker(WorkerSetup {
                     listener: inherited.listener.take(),
                     http_listener: inherited.http_listener.take(),
                     worker: inherited.worker,
-                });
-            let mut controls = signals()?;
-            if let Some((ready, requests)) = inherited.follow_supervisor()? {
-                launcher = launcher.on_ready(move || ready.send());
-                controls = futures::stream::select(controls, requests).boxed();
-            }
-            return launcher.run_with(controls).await;
+                    supervisor,
+                })
+                .run_with(controls)
+                .await;
         }
         if inherited.listener.is_some() || inherited.http_listener.is_some() {
             // systemd socket activation: one process on the given sockets.
@@ -138,6 +162,7 @@ where
                     listener: inherited.listener.take(),
                     http_listener: inherited.http_listener.take(),
                     worker: None,
+                    supervisor: None,
                 })
                 .run()
                 .await;
@@ -188,16 +213,4 @@ fn raise_open_files(config: &Config) {
             "the open-file limit is below the connection limits: raise it (ulimit -n, LimitNOFILE) or lower them"
         );
     }
-}
-
-/// This program's file name (argv\[0\] without its directory): the prefix
-/// of its error lines, its report file names, and a node's default binary.
-pub(crate) fn program_name() -> String {
-    std::env::args()
-        .next()
-        .as_deref()
-        .map(std::path::Path::new)
-        .and_then(|p| p.file_name())
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "svckit".into())
 }

@@ -7,10 +7,13 @@ use std::time::Duration;
 use futures::future::{join_all, select_all};
 use futures::stream::{self, StreamExt};
 
+use super::advertise::Advertiser;
 use super::control::{self, Control, Controls};
+use super::process::worker::Ready;
 use crate::config::{CommonArgs, Config};
 use crate::error::{exit, Error, Result};
 use crate::service::{Service, StartContext};
+use crate::servicegroup::RegistryHandle;
 use crate::telemetry::Telemetry;
 
 /// Runs services in the current process until asked to stop.
@@ -47,12 +50,9 @@ pub struct ServiceLauncher {
     /// the running config again (and still resets the services).
     reload_from: Option<CommonArgs>,
     telemetry: Option<Telemetry>,
-    /// Set when this process is one worker of a supervisor (see
-    /// [`super::process`]).
+    /// Set when this process serves inherited listeners: as one worker of
+    /// a supervisor, or under systemd socket activation.
     worker: Option<WorkerSetup>,
-    /// Called once every service started (readiness for a supervisor or
-    /// systemd).
-    on_ready: Option<Box<dyn FnOnce() + Send>>,
 }
 
 /// A listener handed down, by a supervisor or by systemd.
@@ -61,9 +61,11 @@ pub(super) struct WorkerSetup {
     pub(super) listener: Option<std::net::TcpListener>,
     /// The HTTP listening socket, likewise.
     pub(super) http_listener: Option<std::net::TcpListener>,
-    /// `Some(slot)` for a supervised worker: registration is the
-    /// supervisor's.
+    /// `Some(slot)` for a supervised worker.
     pub(super) worker: Option<u32>,
+    /// Where a supervised worker tells its supervisor it serves, and what
+    /// to advertise: the supervisor registers the node for all workers.
+    pub(super) supervisor: Option<Ready>,
 }
 
 /// How the start phase ended.
@@ -91,7 +93,6 @@ impl ServiceLauncher {
             reload_from: None,
             telemetry: None,
             worker: None,
-            on_ready: None,
         }
     }
 
@@ -99,12 +100,6 @@ impl ServiceLauncher {
     /// systemd socket activation).
     pub(super) fn worker(mut self, setup: WorkerSetup) -> Self {
         self.worker = Some(setup);
-        self
-    }
-
-    /// Calls `ready` once every service started.
-    pub(super) fn on_ready(mut self, ready: impl FnOnce() + Send + 'static) -> Self {
-        self.on_ready = Some(Box::new(ready));
         self
     }
 
@@ -156,19 +151,30 @@ impl ServiceLauncher {
         // A stream that ended just sends nothing more.
         let mut controls = controls.chain(stream::pending()).boxed();
         let services = self.services.clone();
-        match self.start(&mut controls).await {
-            Started::All => {
-                if let Some(ready) = self.on_ready.take() {
-                    ready();
-                }
-            }
+        let registry =
+            RegistryHandle::new(self.config.registry.clone(), self.config.registry_options());
+        let supervisor = self.worker.as_mut().and_then(|w| w.supervisor.take());
+        let supervised = supervisor.is_some();
+        let mut advertiser = match supervisor {
+            Some(ready) => Advertiser::for_supervisor(registry.clone(), &self.config, ready),
+            None => Advertiser::new(registry.clone(), &self.config),
+        };
+        let started = self
+            .start(&registry, supervised, &mut advertiser, &mut controls)
+            .await;
+        match started {
+            Started::All => advertiser.all_started(),
             Started::Interrupted { count, signal } => {
                 tracing::info!(?signal, "stop requested during start");
-                return self.stop(&services[..count], &mut controls).await;
+                return self
+                    .stop(&services[..count], &mut advertiser, &mut controls)
+                    .await;
             }
             Started::Failed { count, error } => {
                 // The error itself is reported once, by the caller.
-                let _ = self.stop(&services[..count], &mut controls).await;
+                let _ = self
+                    .stop(&services[..count], &mut advertiser, &mut controls)
+                    .await;
                 return Err(error);
             }
         }
@@ -179,10 +185,9 @@ impl ServiceLauncher {
                 control = controls.next() => match control {
                     Some(Control::Stop { signal }) => {
                         tracing::info!(?signal, timeout = ?self.config.graceful_shutdown_timeout, "stopping gracefully");
-                        return self.stop(&services, &mut controls).await;
+                        return self.stop(&services, &mut advertiser, &mut controls).await;
                     }
-                    Some(Control::Reload) => self.reload().await,
-                    Some(Control::Report) => self.report(),
+                    Some(control) => self.handle(control).await,
                     None => {}
                 },
                 (result, _, _) = ended => {
@@ -191,59 +196,126 @@ impl ServiceLauncher {
                         Error::Io(std::io::Error::other("a service ended unexpectedly"))
                     });
                     tracing::error!(error = %reason, "service ended; stopping");
-                    let _ = self.stop(&services, &mut controls).await;
+                    let _ = self.stop(&services, &mut advertiser, &mut controls).await;
                     return Err(reason);
                 }
             }
         }
     }
 
-    async fn start(&mut self, controls: &mut Controls) -> Started {
+    /// Reaches the registry (unless a supervisor advertises this process),
+    /// then starts and advertises each service in turn. A stop request
+    /// interrupts any step.
+    async fn start(
+        &mut self,
+        registry: &RegistryHandle,
+        supervised: bool,
+        advertiser: &mut Advertiser,
+        controls: &mut Controls,
+    ) -> Started {
+        // An unreachable registry fails the start (exit 69) before anything
+        // is bound or initialised.
+        if !supervised {
+            match self.interruptible(registry.get(), controls).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(error)) => return Started::Failed { count: 0, error },
+                Err(signal) => return Started::Interrupted { count: 0, signal },
+            }
+        }
         let services = self.services.clone();
         for (index, service) in services.iter().enumerate() {
-            let context = match &mut self.worker {
-                Some(worker) => StartContext {
-                    listener: worker.listener.take(),
-                    http_listener: worker.http_listener.take(),
-                    worker: worker.worker,
-                },
-                None => StartContext::default(),
+            let mut context = StartContext::new(&self.config);
+            context.registry = registry.clone();
+            if let Some(worker) = &mut self.worker {
+                context.listener = worker.listener.take();
+                context.http_listener = worker.http_listener.take();
+                context.worker = worker.worker;
+            }
+            if supervised {
+                // The supervisor left the group and waited already.
+                context.drain_delay = Duration::ZERO;
+            }
+            let start_and_advertise = async {
+                // The failed service cleaned up after itself.
+                let advert = service
+                    .start(context)
+                    .await
+                    .map_err(|error| (index, error))?;
+                // Advertised only now: a node is never listed before it can
+                // answer. A failed join stops the started service too.
+                advertiser
+                    .advertise(advert)
+                    .await
+                    .map_err(|error| (index + 1, error))
             };
-            let start = service.start(context);
-            tokio::pin!(start);
-            loop {
-                tokio::select! {
-                    result = &mut start => match result {
-                        Ok(()) => break,
-                        // The failed service cleaned up after itself.
-                        Err(error) => return Started::Failed { count: index, error },
-                    },
-                    control = controls.next() => match control {
-                        Some(Control::Stop { signal }) => {
-                            return Started::Interrupted { count: index + 1, signal }
-                        }
-                        Some(Control::Report) => self.report(),
-                        Some(Control::Reload) => {
-                            tracing::info!("reload requested during start; the config just loaded stays");
-                        }
-                        None => {}
-                    },
+            match self.interruptible(start_and_advertise, controls).await {
+                Ok(Ok(advertised)) => service.advertised(advertised).await,
+                Ok(Err((count, error))) => return Started::Failed { count, error },
+                Err(signal) => {
+                    return Started::Interrupted {
+                        count: index + 1,
+                        signal,
+                    }
                 }
             }
         }
         Started::All
     }
 
-    /// Stops `services` together within `graceful_shutdown_timeout`. A
-    /// stop signal now ends the run at once; a stop request without one
-    /// changes nothing.
+    /// Runs `step` of the start; `Err(signal)` when a stop request came
+    /// first. Reports are written meanwhile; reloads wait.
+    async fn interruptible<F: std::future::Future>(
+        &self,
+        step: F,
+        controls: &mut Controls,
+    ) -> std::result::Result<F::Output, Option<i32>> {
+        tokio::pin!(step);
+        loop {
+            tokio::select! {
+                output = &mut step => return Ok(output),
+                control = controls.next() => match control {
+                    Some(Control::Stop { signal }) => return Err(signal),
+                    Some(Control::Report) => self.report(),
+                    Some(Control::Reload) => {
+                        tracing::info!("reload requested during start; the config just loaded stays");
+                    }
+                    Some(_) | None => {}
+                },
+            }
+        }
+    }
+
+    /// A request while serving, other than a stop.
+    async fn handle(&mut self, control: Control) {
+        match control {
+            Control::Reload => self.reload().await,
+            Control::Report => self.report(),
+            Control::AddWorker | Control::RemoveWorker => {
+                tracing::info!(
+                    ?control,
+                    "a single process has no workers to add or remove; set `workers` above 1"
+                );
+            }
+            Control::Stop { .. } => {}
+        }
+    }
+
+    /// Leaves the service group, then stops `services` together, all
+    /// within `graceful_shutdown_timeout`. A stop signal now ends the run
+    /// at once; a stop request without one changes nothing.
     async fn stop(
         &mut self,
         services: &[Arc<dyn Service>],
+        advertiser: &mut Advertiser,
         controls: &mut Controls,
     ) -> Result<i32> {
         let timeout = self.config.graceful_shutdown_timeout;
-        let stop = bounded(timeout, join_all(services.iter().map(|s| s.stop())));
+        let leave_then_stop = async {
+            // Stop advertising first: watchers see the leave at once.
+            advertiser.leave().await;
+            join_all(services.iter().map(|s| s.stop())).await
+        };
+        let stop = bounded(timeout, leave_then_stop);
         tokio::pin!(stop);
         loop {
             tokio::select! {
@@ -261,8 +333,7 @@ impl ServiceLauncher {
                     }
                     // Asked again without a signal: already under way.
                     Some(Control::Stop { signal: None }) => {}
-                    Some(Control::Reload) => self.reload().await,
-                    Some(Control::Report) => self.report(),
+                    Some(control) => self.handle(control).await,
                     None => {}
                 },
             }
@@ -320,7 +391,11 @@ impl ServiceLauncher {
                 Ok([one]) => one,
                 Err(all) => serde_json::json!({ "services": all }),
             };
-            crate::report::emit(&report, report_dir.as_deref(), &super::program_name());
+            crate::report::emit(
+                &report,
+                report_dir.as_deref(),
+                &crate::config::program_name(),
+            );
         });
     }
 }

@@ -15,8 +15,9 @@ use serde::Serialize;
 use super::conn::{ConnectionCounts, Connections};
 use crate::config::Config;
 
+use super::Advertised;
 use crate::periodic::Timer;
-use crate::servicegroup::{self, Endpoints, Membership, MembershipStatus, Registry};
+use crate::servicegroup::{self, Endpoints, MembershipStatus, Registry, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
 
 /// Bound on asking the registry for the members shown in a report: a report
@@ -56,14 +57,14 @@ pub struct NodeInfo {
     endpoints: OnceLock<Endpoints>,
     /// The gRPC service names advertised, known once the server is built.
     services: OnceLock<Vec<String>>,
-    /// `Some` while registered: taken when the node leaves.
-    membership: RwLock<Option<Arc<dyn Membership>>>,
+    /// How the launcher advertised the node (set once it did).
+    advertised: RwLock<Advertised>,
     /// Serving and advertised: what `/readyz` answers.
     ready: AtomicBool,
     metrics: Arc<Metrics>,
-    /// The registry reached at start, for elections and the members list
-    /// of the report; `None` in a worker whose supervisor registers.
-    registry: RwLock<Option<Registry>>,
+    /// The process's registry, handed down at start: for elections and the
+    /// members list of the report.
+    registry: RwLock<Option<RegistryHandle>>,
     /// The worker slot in a multi-process node, known at start.
     worker: OnceLock<Option<u32>>,
     state: RwLock<NodeState>,
@@ -92,7 +93,7 @@ impl NodeInfo {
             config: RwLock::new(config),
             endpoints: OnceLock::new(),
             services: OnceLock::new(),
-            membership: RwLock::new(None),
+            advertised: RwLock::new(Advertised::default()),
             ready: AtomicBool::new(false),
             metrics: Arc::new(Metrics::new()),
             registry: RwLock::new(None),
@@ -117,9 +118,9 @@ impl NodeInfo {
         &self.metrics
     }
 
-    /// The registration's health, while registered.
+    /// The registration's health, while this process holds it.
     pub fn membership_status(&self) -> Option<MembershipStatus> {
-        self.membership().map(|m| m.status())
+        read(&self.advertised).status()
     }
 
     /// The config in force (after any SIGHUP).
@@ -152,34 +153,21 @@ impl NodeInfo {
         let _ = self.services.set(services);
     }
 
-    fn membership(&self) -> Option<Arc<dyn Membership>> {
-        self.membership
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+    pub(super) fn set_advertised(&self, advertised: Advertised) {
+        *write(&self.advertised) = advertised;
     }
 
-    pub(super) fn set_membership(&self, membership: Option<Arc<dyn Membership>>) {
-        *self
-            .membership
-            .write()
-            .unwrap_or_else(PoisonError::into_inner) = membership;
-    }
-
-    pub(super) fn take_membership(&self) -> Option<Arc<dyn Membership>> {
-        self.membership
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take()
-    }
-
-    /// The registry this node reached, if any.
+    /// The process's registry, if it is connected.
     pub fn registry(&self) -> Option<Registry> {
+        read(&self.registry).as_ref()?.connected()
+    }
+
+    pub(super) fn registry_handle(&self) -> Option<RegistryHandle> {
         read(&self.registry).clone()
     }
 
-    pub(super) fn set_registry(&self, registry: Option<Registry>) {
-        *write(&self.registry) = registry;
+    pub(super) fn set_registry(&self, registry: RegistryHandle) {
+        *write(&self.registry) = Some(registry);
     }
 
     /// `Some(slot)` when the node runs as worker `slot` of a multi-process
@@ -265,10 +253,11 @@ impl NodeInfo {
     /// Where the node's registration stands; a worker leaves it to its
     /// supervisor.
     fn registration(&self) -> serde_json::Value {
-        match (self.membership(), self.worker()) {
-            (Some(m), _) => serde_json::json!(m.status()),
-            (None, Some(_)) => serde_json::json!({ "state": "supervisor" }),
-            (None, None) => serde_json::json!({ "state": "unregistered" }),
+        let advertised = read(&self.advertised);
+        match advertised.status() {
+            Some(status) => serde_json::json!(status),
+            None if advertised.is_by_supervisor() => serde_json::json!({ "state": "supervisor" }),
+            None => serde_json::json!({ "state": "unregistered" }),
         }
     }
 

@@ -21,7 +21,8 @@ use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
-const GRPC_STATUS: &str = "grpc-status";
+use crate::wire::GRPC_STATUS;
+
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 

@@ -3,7 +3,6 @@
 //! stop order of the README. The client side is [`crate::rpc`].
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -15,7 +14,7 @@ use tonic::service::Routes;
 use super::base::BaseApi;
 use super::grpc::{self, GrpcServer};
 use super::info::{NodeInfo, NodeState};
-use super::{Service, StartContext};
+use super::{Advertised, Service, StartContext};
 use crate::config::Config;
 use crate::dashboard::{Dashboard, DashboardOptions, NODE_PATH as DASHBOARD_PATH};
 use crate::error::{BoxError, Error, Result};
@@ -23,13 +22,9 @@ use crate::http::{self, HttpOptions, HttpServer};
 use crate::manager::{Manager, Services};
 use crate::pb::base::v1::base_server::BaseServer;
 use crate::periodic::{self, Job, Scope};
-use crate::servicegroup::{self, Endpoints, Membership, Registration, Registry};
+use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::ServerTls;
-
-/// Bound on leaving the service group at stop: an etcd that does not answer
-/// must not delay NOT_SERVING and the drain (the lease expires anyway).
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Builds a [`Node`]; the defaults are nova's (`binary` from `argv[0]`,
 /// `topic` from the binary).
@@ -91,7 +86,7 @@ impl<M: Manager> NodeBuilder<M> {
     /// the config's `topic`, else the builder's, else the binary name
     /// without a `svckit-` prefix.
     pub fn build(self, config: &Config) -> Node<M> {
-        let binary = self.binary.unwrap_or_else(crate::launcher::program_name);
+        let binary = self.binary.unwrap_or_else(crate::config::program_name);
         let topic = config.topic.clone().or(self.topic).unwrap_or_else(|| {
             binary
                 .strip_prefix("svckit-")
@@ -110,6 +105,7 @@ impl<M: Manager> NodeBuilder<M> {
             server: Mutex::new(None),
             http: Mutex::new(None),
             dashboard: Mutex::new(None),
+            drain_delay: Mutex::new(Duration::ZERO),
             initialised: AtomicBool::new(false),
         }
     }
@@ -126,6 +122,9 @@ pub struct Node<M> {
     /// whose event streams are closed before the HTTP drain: they never end
     /// by themselves.
     dashboard: Mutex<Option<Dashboard>>,
+    /// The wait between NOT_SERVING and closing the listeners, from the
+    /// launcher's start context.
+    drain_delay: Mutex<Duration>,
     /// `init_host` succeeded, so `cleanup_host` has something to release.
     initialised: AtomicBool,
 }
@@ -141,11 +140,6 @@ impl<M: Manager> Node<M> {
         }
     }
 
-    /// `Node::builder(manager).build(config)`.
-    pub fn create(config: &Config, manager: M) -> Self {
-        Self::builder(manager).build(config)
-    }
-
     /// The node's identity and state.
     pub fn info(&self) -> &Arc<NodeInfo> {
         &self.node
@@ -158,19 +152,16 @@ impl<M: Manager> Node<M> {
             .clone()
     }
 
-    async fn start_inner(&self, context: StartContext) -> Result<()> {
+    async fn start_inner(&self, context: StartContext) -> Result<Advert> {
         let config = self.node.config();
         self.node.set_worker(context.worker);
+        *self
+            .drain_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = context.drain_delay;
         // Unusable certificate files refuse the start before anything else.
         let tls = ServerTls::from_config(&config)?;
-        // The registry is reached first: if it is down, the start fails
-        // before anything was bound or initialised (exit 69). A supervised
-        // worker leaves the registry to its supervisor.
-        let registry = if context.worker.is_some() {
-            None
-        } else {
-            Some(servicegroup::connect(&config.registry, &config.registry_options()).await?)
-        };
+        let registry = context.registry;
         self.node.set_registry(registry.clone());
         let listener = match context.listener {
             Some(inherited) => inherited,
@@ -221,9 +212,7 @@ impl<M: Manager> Node<M> {
         };
         let server = if config.http_shared_port {
             let http = grpc::SharedHttp {
-                router: self
-                    .http_router(registry.clone(), &config, &metrics)
-                    .await?,
+                router: self.http_router(&registry, &config, &metrics).await?,
                 options: HttpOptions::from_config(&config),
                 tls: tls.as_ref().map(ServerTls::http_acceptor),
             };
@@ -256,9 +245,7 @@ impl<M: Manager> Node<M> {
         let server = Arc::new(server);
         *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
         if let Some(http_listener) = http_listener {
-            let router = self
-                .http_router(registry.clone(), &config, &metrics)
-                .await?;
+            let router = self.http_router(&registry, &config, &metrics).await?;
             let options = HttpOptions::from_config(&config);
             let tls = tls.as_ref().map(ServerTls::http_acceptor);
             let http = HttpServer::start(http_listener, router, &options, tls, None)?;
@@ -270,52 +257,28 @@ impl<M: Manager> Node<M> {
             return Err(hook("post_start_hook")(e));
         }
         server.set_serving(true).await;
-
-        let Some(registry) = registry else {
-            self.node.set_ready(true);
-            tracing::info!(topic = %self.node.topic, host = %self.node.host, endpoint = %addr, "worker serving");
-            self.start_periodic(None).await;
-            return Ok(());
-        };
-        // Advertised only now: a node is never listed before it can answer.
-        let registration =
-            self.registration_for(self.node.endpoints(), advertised, config.workers.0);
-        let membership = match registry.join(registration).await {
-            Ok(m) => Arc::<dyn Membership>::from(m),
-            Err(e) => {
-                server.set_serving(false).await;
-                server.abort();
-                self.cleanup_after_failed_start().await;
-                return Err(e);
-            }
-        };
-        self.node.set_membership(Some(membership));
-        self.node.set_ready(true);
-        if let Some(path) = &config.ready_file {
-            write_ready_file(path, &self.node.endpoints())?;
-        }
-        tracing::info!(
-            topic = %self.node.topic,
-            host = %self.node.host,
-            endpoint = %addr,
-            registry = %config.registry,
-            "node serving and registered"
-        );
-        self.start_periodic(Some(registry)).await;
-        Ok(())
+        tracing::info!(topic = %self.node.topic, host = %self.node.host, endpoint = %addr, "node serving");
+        Ok(Advert::new(
+            self.node.topic.clone(),
+            self.node.host.clone(),
+            self.node.binary.clone(),
+            self.node.version.clone(),
+            self.node.endpoints(),
+            advertised,
+        ))
     }
 
     /// The HTTP stack: the manager's routes, the admin endpoints, and the
     /// dashboard when `http_dashboard` is on.
     async fn http_router(
         &self,
-        registry: Option<Registry>,
+        registry: &RegistryHandle,
         config: &Config,
         metrics: &Metrics,
     ) -> Result<axum::Router> {
-        let mut admin = http::admin::routes(self.node.clone());
+        let mut admin = super::ops::routes(self.node.clone());
         if config.http_dashboard {
-            let dashboard = self.dashboard(registry, config).await?;
+            let dashboard = self.dashboard(registry).await?;
             admin = admin.merge(dashboard.routes(DASHBOARD_PATH));
             *self
                 .dashboard
@@ -331,14 +294,13 @@ impl<M: Manager> Node<M> {
         ))
     }
 
-    /// The dashboard of `http_dashboard`, on the node's registry; a worker,
-    /// which has none, opens its own (a read-only watch).
-    async fn dashboard(&self, registry: Option<Registry>, config: &Config) -> Result<Dashboard> {
-        let registry = match registry {
-            Some(registry) => registry,
-            None => servicegroup::connect(&config.registry, &config.registry_options()).await?,
-        };
-        Ok(Dashboard::start(registry, DashboardOptions::default()))
+    /// The dashboard of `http_dashboard`, a read-only watch on the
+    /// process's registry.
+    async fn dashboard(&self, registry: &RegistryHandle) -> Result<Dashboard> {
+        Ok(Dashboard::start(
+            registry.get().await?,
+            DashboardOptions::default(),
+        ))
     }
 
     fn jobs(&self) -> Vec<Job> {
@@ -350,54 +312,27 @@ impl<M: Manager> Node<M> {
     }
 
     /// Starts the periodic tasks that run in this process, once the node is
-    /// serving and registered. A worker campaigns for its topic tasks
-    /// itself: its supervisor registers the node but runs no task.
-    async fn start_periodic(&self, registry: Option<Registry>) {
+    /// advertised. Tasks of topic scope campaign on the process's registry.
+    async fn start_periodic(&self) {
         let config = self.node.config();
         let jobs = self.jobs();
         let worker = self.node.worker();
         let campaigns = jobs
             .iter()
             .any(|j| j.spec.scope == Scope::Topic && periodic::runs_here(&j.spec, worker));
-        let registry = match registry {
-            Some(registry) => Some(registry),
-            None if campaigns && config.periodic_enable => {
-                match servicegroup::connect(&config.registry, &config.registry_options()).await {
-                    Ok(registry) => {
-                        self.node.set_registry(Some(registry.clone()));
-                        Some(registry)
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "cannot reach the registry to elect topic tasks; periodic tasks do not run");
-                        return;
-                    }
+        let registry = match self.node.registry_handle() {
+            Some(handle) if campaigns && config.periodic_enable => match handle.get().await {
+                Ok(registry) => Some(registry),
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot reach the registry to elect topic tasks; periodic tasks do not run");
+                    return;
                 }
-            }
-            None => None,
+            },
+            _ => None,
         };
         match periodic::start(jobs, worker, &config, &self.node.topic, registry.as_ref()).await {
             Ok(timer) => self.node.set_periodic(timer),
             Err(e) => tracing::error!(error = %e, "periodic tasks do not run"),
-        }
-    }
-
-    fn registration_for(
-        &self,
-        endpoints: Endpoints,
-        services: Vec<String>,
-        workers: u32,
-    ) -> Registration {
-        let config = self.node.config();
-        Registration {
-            topic: self.node.topic.clone(),
-            host: self.node.host.clone(),
-            binary: self.node.binary.clone(),
-            version: self.node.version.clone(),
-            endpoints,
-            services,
-            workers,
-            report_interval: config.report_interval,
-            service_down_time: config.service_down_time,
         }
     }
 
@@ -449,7 +384,6 @@ impl<M: Manager> Node<M> {
     }
 
     async fn stop_inner(&self) -> Result<()> {
-        let config = self.node.config();
         // `/readyz` turns 503 first: HTTP load balancers stop sending too.
         self.node.set_ready(false);
         self.node.set_state(NodeState::Stopping);
@@ -458,33 +392,17 @@ impl<M: Manager> Node<M> {
         if let Some(timer) = &periodic {
             timer.stop_scheduling();
         }
-        // 1. Stop advertising: watchers see the leave at once. Bounded, so
-        //    an etcd black hole cannot hold the drain.
-        if let Some(membership) = self.node.take_membership() {
-            match tokio::time::timeout(LEAVE_TIMEOUT, membership.leave()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "leaving the service group failed; the lease will expire")
-                }
-                Err(_) => tracing::warn!(
-                    timeout = ?LEAVE_TIMEOUT,
-                    "leaving the service group timed out; the lease will expire"
-                ),
-            }
-        }
-        if let Some(path) = &config.ready_file {
-            let _ = std::fs::remove_file(path);
-        }
+        // 1. The launcher has left the service group: watchers saw the leave.
         if let Some(server) = self.server() {
             // 2. Health checkers stop routing here too.
             server.set_serving(false).await;
             // 3. Give clients the time to act on the leave before listeners
-            //    close. A worker has not left anything: its supervisor did,
-            //    and waited; a worker being replaced stops accepting at once
-            //    so that new connections go to the others.
-            if self.node.worker().is_none() {
-                tokio::time::sleep(config.drain_delay).await;
-            }
+            //    close (none for a worker: its supervisor left and waited).
+            let drain_delay = *self
+                .drain_delay
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            tokio::time::sleep(drain_delay).await;
             // 4. Stop accepting; in-flight calls finish (bounded by the launcher).
             let http = self
                 .http
@@ -530,15 +448,23 @@ impl<M: Manager> Service for Node<M> {
         format!("{}/{}", self.node.topic, self.node.host)
     }
 
-    fn start(&self, context: StartContext) -> BoxFuture<'_, Result<()>> {
+    fn start(&self, context: StartContext) -> BoxFuture<'_, Result<Option<Advert>>> {
         Box::pin(async move {
             self.node.set_state(NodeState::Starting);
             let started = self.start_inner(context).await;
             self.node.set_state(match started {
-                Ok(()) => NodeState::Serving,
+                Ok(_) => NodeState::Serving,
                 Err(_) => NodeState::Stopped,
             });
-            started
+            started.map(Some)
+        })
+    }
+
+    fn advertised(&self, advertised: Advertised) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            self.node.set_advertised(advertised);
+            self.node.set_ready(true);
+            self.start_periodic().await;
         })
     }
 
@@ -571,16 +497,6 @@ impl<M: Manager> Service for Node<M> {
     fn report(&self) -> BoxFuture<'_, serde_json::Value> {
         Box::pin(self.node.report())
     }
-
-    fn registration(&self, endpoints: Endpoints, workers: u32) -> Option<Registration> {
-        // The names only: the manager's services are listed, not started.
-        let mut services = Services::new(self.node.config().max_message_size);
-        self.manager.services(&mut services);
-        let (_, names, _) = services.into_parts();
-        let mut advertised: Vec<String> = names.iter().map(|n| n.to_string()).collect();
-        advertised.push(BaseServer::<BaseApi>::NAME.to_string());
-        Some(self.registration_for(endpoints, advertised, workers))
-    }
 }
 
 /// The URL clients use: the bound address, with the host name in place of
@@ -597,19 +513,4 @@ pub fn advertised_url(addr: SocketAddr, host: &str, tls: bool) -> String {
 
 fn hook(name: &'static str) -> impl Fn(BoxError) -> Error {
     move |source| Error::Hook { hook: name, source }
-}
-
-/// Writes the advertised endpoints as JSON, atomically: a reader sees the
-/// whole file or none.
-pub(crate) fn write_ready_file(path: &Path, endpoints: &Endpoints) -> Result<()> {
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    let mut file = tempfile::NamedTempFile::new_in(dir.unwrap_or(Path::new(".")))?;
-    let value = serde_json::json!({
-        "grpc": endpoints.grpc,
-        "http": endpoints.http,
-        "pid": std::process::id(),
-    });
-    serde_json::to_writer(&mut file, &value).map_err(std::io::Error::from)?;
-    file.persist(path).map_err(|e| Error::Io(e.error))?;
-    Ok(())
 }

@@ -3,7 +3,7 @@
 //!
 //! A call over the limit waits up to `rpc_pool_wait` for a slot. Past that
 //! it is refused before its handler runs, as UNAVAILABLE with the
-//! [`REFUSED`] header: svckit's clients know then that nothing ran and send
+//! refusal marker (`svckit-refused`): svckit's clients know then that nothing ran and send
 //! the call to another node of the topic, idempotent or not; other clients
 //! see a plain UNAVAILABLE, which gRPC clients retry. A slot is held until
 //! the response body ends, so a stream counts for as long as it runs.
@@ -24,9 +24,7 @@ use tower::{Layer, Service};
 
 use crate::admission::Slots;
 use crate::error::BoxError;
-
-/// The response header of a call the pool refused before its handler ran.
-pub(crate) const REFUSED: &str = "svckit-refused";
+use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
 /// Paths that skip the pool.
 const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
@@ -116,7 +114,7 @@ where
     }
 }
 
-/// A trailers-only UNAVAILABLE answer marked [`REFUSED`].
+/// A trailers-only UNAVAILABLE answer marked as refused.
 fn refused<RB>() -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
     tracing::warn!("rpc_pool_size reached; refusing a call");
     let mut response = http::Response::new(Held {
@@ -128,9 +126,9 @@ fn refused<RB>() -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    headers.insert("grpc-status", HeaderValue::from_static("14"));
+    headers.insert(GRPC_STATUS, UNAVAILABLE.clone());
     headers.insert(
-        "grpc-message",
+        GRPC_MESSAGE,
         HeaderValue::from_static("rpc_pool_size%20reached"),
     );
     headers.insert(REFUSED, HeaderValue::from_static("pool"));
@@ -208,7 +206,7 @@ mod tests {
             .oneshot(call("/echo.v1.Echo/Echo"))
             .await
             .unwrap();
-        assert_eq!(second.headers()["grpc-status"], "14");
+        assert_eq!(second.headers()[GRPC_STATUS], "14");
         assert_eq!(second.headers()[REFUSED], "pool");
 
         // Probes pass a full pool.

@@ -201,6 +201,18 @@ impl Membership for MemoryMembership {
         self.group.release(&self.key, self.owner);
         futures::future::ready(Ok(())).boxed()
     }
+
+    fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>> {
+        let result = self.group.update(&self.key, |entries| {
+            let entry = entries
+                .get_mut(&self.key)
+                .ok_or_else(|| Error::NotFound(format!("service {}/{}", self.key.0, self.key.1)))?;
+            entry.record.workers = workers;
+            entry.record.updated_at = rfc3339(SystemTime::now());
+            Ok(())
+        });
+        futures::future::ready(result).boxed()
+    }
 }
 
 impl Drop for MemoryMembership {

@@ -115,6 +115,68 @@ impl Member {
     }
 }
 
+/// What a serving node asks its launcher to advertise: everything of its
+/// [`Registration`] that the node itself knows. The launcher adds the worker
+/// count and the heartbeat options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Advert {
+    /// The topic served.
+    pub topic: String,
+    /// The node's host name.
+    pub host: String,
+    /// The binary the node runs.
+    pub binary: String,
+    /// The node's software version.
+    pub version: String,
+    /// Where clients reach the node.
+    pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names served.
+    pub services: Vec<String>,
+}
+
+impl Advert {
+    /// An advert of `topic`/`host` at `endpoints`, serving `services`.
+    pub fn new(
+        topic: impl Into<String>,
+        host: impl Into<String>,
+        binary: impl Into<String>,
+        version: impl Into<String>,
+        endpoints: Endpoints,
+        services: Vec<String>,
+    ) -> Self {
+        Advert {
+            topic: topic.into(),
+            host: host.into(),
+            binary: binary.into(),
+            version: version.into(),
+            endpoints,
+            services,
+        }
+    }
+
+    /// The registration of this advert behind `workers` processes, with
+    /// the heartbeat interval and down time given.
+    pub fn registration(
+        &self,
+        workers: u32,
+        report_interval: Duration,
+        service_down_time: Duration,
+    ) -> Registration {
+        Registration {
+            topic: self.topic.clone(),
+            host: self.host.clone(),
+            binary: self.binary.clone(),
+            version: self.version.clone(),
+            endpoints: self.endpoints.clone(),
+            services: self.services.clone(),
+            workers,
+            report_interval,
+            service_down_time,
+        }
+    }
+}
+
 /// What a node tells the service group when it joins.
 #[derive(Debug, Clone)]
 pub struct Registration {
@@ -319,6 +381,10 @@ pub trait Membership: Send + Sync {
     /// [`Error::Unavailable`](crate::Error::Unavailable), heartbeats have
     /// stopped all the same, and the node turns down by expiry.
     fn leave(&self) -> BoxFuture<'_, Result<()>>;
+    /// Changes the record's `workers` (a supervisor that added or lost a
+    /// worker), keeping the operator's admin state; re-registrations after
+    /// it write the new count too.
+    fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>>;
 }
 
 /// A membership backend. Every driver passes the same behavioural tests.
@@ -378,6 +444,56 @@ pub const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1)
 
 /// A shared driver.
 pub type Registry = Arc<dyn Driver>;
+
+/// The process's one connection to its registry: opened on first use (or
+/// at once, where a start must fail early when the registry is down), then
+/// shared by everything in the process that needs one: advertising, the
+/// dashboard, elections, reports. Cheap to clone.
+#[derive(Clone)]
+pub struct RegistryHandle {
+    url: RegistryUrl,
+    options: RegistryOptions,
+    registry: Arc<tokio::sync::OnceCell<Registry>>,
+}
+
+impl RegistryHandle {
+    /// A handle on the registry at `url`, not connected yet.
+    pub fn new(url: RegistryUrl, options: RegistryOptions) -> Self {
+        RegistryHandle {
+            url,
+            options,
+            registry: Arc::new(tokio::sync::OnceCell::new()),
+        }
+    }
+
+    /// The registry, connected on the first call; a failed connection is
+    /// tried again by the next call.
+    pub async fn get(&self) -> Result<Registry> {
+        self.registry
+            .get_or_try_init(|| connect(&self.url, &self.options))
+            .await
+            .cloned()
+    }
+
+    /// The registry if it is connected already.
+    pub fn connected(&self) -> Option<Registry> {
+        self.registry.get().cloned()
+    }
+
+    /// The registry's URL.
+    pub fn url(&self) -> &RegistryUrl {
+        &self.url
+    }
+}
+
+impl fmt::Debug for RegistryHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RegistryHandle")
+            .field("url", &self.url.to_string())
+            .field("connected", &self.registry.initialized())
+            .finish()
+    }
+}
 
 /// Opens the driver a registry URL names.
 pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Registry> {

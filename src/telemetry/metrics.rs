@@ -25,6 +25,7 @@ use prometheus_client::registry::Registry;
 use tower::{Layer, Service};
 
 use crate::servicegroup::{MembershipStatus, RegistrationState};
+use crate::wire::GRPC_STATUS;
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -396,7 +397,7 @@ where
             record.code = match this.kind {
                 Kind::Http => Some(Code::Http(response.status().as_u16())),
                 // A trailers-only reply (an error before any message).
-                Kind::Grpc => response.headers().get("grpc-status").map(grpc_code),
+                Kind::Grpc => response.headers().get(GRPC_STATUS).map(grpc_code),
             };
         }
         Poll::Ready(Ok(response.map(|body| Measured { body, record })))
@@ -451,7 +452,7 @@ impl<B: Body> Body for Measured<B> {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut())
                 {
-                    if let Some(status) = trailers.get("grpc-status") {
+                    if let Some(status) = trailers.get(GRPC_STATUS) {
                         record.code = Some(grpc_code(status));
                     }
                 }
@@ -499,7 +500,7 @@ mod tests {
                 "0"
             };
             let response = http::Response::builder()
-                .header("grpc-status", status)
+                .header(GRPC_STATUS, status)
                 .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
                 .unwrap();
             Ok::<_, std::convert::Infallible>(response)

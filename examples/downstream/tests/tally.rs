@@ -6,9 +6,9 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use svckit::config::{CommonArgs, Config};
+use svckit::launcher::ServiceLauncher;
 use svckit::rpc::{Rpc, Target};
-use svckit::service::StartContext;
-use svckit::{Node, Service};
+use svckit::Node;
 use svckit_downstream::pb::tally_client::TallyClient;
 use svckit_downstream::pb::{AddRequest, CountRequest};
 use svckit_downstream::TallyManager;
@@ -28,9 +28,11 @@ async fn a_node_of_this_crate_answers_every_call_shape_by_topic() {
             .topic("tally")
             .build(&config),
     );
-    node.start(StartContext::default())
-        .await
-        .expect("node starts");
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let launcher = ServiceLauncher::new(config.clone(), vec![node]);
+    let run = tokio::spawn(launcher.run_until(async {
+        let _ = stopped.await;
+    }));
 
     let rpc = Rpc::from_config(&config).await.expect("client");
     let topic = Target::topic("tally");
@@ -72,5 +74,7 @@ async fn a_node_of_this_crate_answers_every_call_shape_by_topic() {
     drop(tx);
     assert!(running.next().await.is_none());
 
-    node.stop().await.expect("node stops");
+    let _ = stop.send(());
+    let code = run.await.expect("launcher task").expect("launcher");
+    assert_eq!(code, 0, "a graceful stop exits 0");
 }

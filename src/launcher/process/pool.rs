@@ -1,37 +1,31 @@
-//! [`ProcessLauncher`]: the supervisor's loop over its workers.
+//! [`Pool`]: the supervisor's worker processes: starting them, watching
+//! them, restarting those that die, replacing them one at a time.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::ffi::OsString;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::fd::AsRawFd;
-use std::time::{Duration, Instant, SystemTime};
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
-use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::mpsc;
 
-use super::notify::notify;
 use super::spawn::spawn;
-use super::worker::{RESTARTS, STOP};
-use crate::config::{CommonArgs, Config, RestartMethod};
-use crate::error::{exit, Error, Result};
-use crate::service;
-use crate::servicegroup::{self, Membership, Registration, Registry};
-use crate::telemetry::Telemetry;
+use super::worker::{MAX_ADVERT, READY, RESTARTS, STOP};
+use crate::servicegroup::Advert;
 
 /// The first restart delay of a crash loop, and its cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-/// Bound on leaving the group at stop (as a single node).
-const LEAVE_TIMEOUT: Duration = Duration::from_secs(2);
-/// Pause before trying to register again after a failure.
-const REJOIN_PAUSE: Duration = Duration::from_secs(1);
 
 /// What a worker's watcher task reports.
-enum Event {
-    Ready(u64),
+pub(super) enum Event {
+    /// The worker serves, and advertises this.
+    Ready(u64, Option<Advert>),
     Exited(u64, std::process::ExitStatus),
 }
 
@@ -71,7 +65,8 @@ impl Worker {
     }
 }
 
-/// A rolling replacement of workers (SIGHUP with `restart_method = reload`).
+/// A rolling replacement of workers (a reload with `restart_method =
+/// reload`).
 struct Rolling {
     /// Workers still to replace, oldest first.
     old: VecDeque<u64>,
@@ -79,17 +74,23 @@ struct Rolling {
     waiting_for: Option<u64>,
 }
 
-/// The supervisor of a multi-process node.
-#[must_use]
-pub struct ProcessLauncher {
-    config: Config,
+/// The program a worker runs.
+#[derive(Debug, Clone)]
+pub(super) struct Program {
+    pub(super) path: PathBuf,
+    /// Its arguments, `argv[0]` first.
+    pub(super) args: Vec<OsString>,
+}
+
+/// The worker processes of one supervisor.
+pub(super) struct Pool {
+    program: Program,
     /// The sockets every worker accepts on, by role (`grpc`, `http`).
     listeners: Vec<(&'static str, TcpListener)>,
-    registry: Registry,
-    registration: Option<Registration>,
+    /// A worker that dies younger than this restarts after a growing delay.
+    min_lifetime: Duration,
+    /// The number of workers wanted.
     target: u32,
-    reload_from: Option<CommonArgs>,
-    telemetry: Option<Telemetry>,
     workers: BTreeMap<u64, Worker>,
     next_id: u64,
     /// Slots to start again, and when.
@@ -97,146 +98,73 @@ pub struct ProcessLauncher {
     /// The delay of the next restart of a worker that died young.
     backoff: Duration,
     restarts: u64,
-    membership: Option<Box<dyn Membership>>,
-    rejoin_at: Option<Instant>,
     rolling: Option<Rolling>,
-    notified_ready: bool,
-    started_at: SystemTime,
+    /// What the workers advertise, from the newest that serves.
+    advert: Option<Advert>,
     events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
 }
 
-impl ProcessLauncher {
-    /// A supervisor of `workers` processes serving `listeners`, registering
-    /// `registration` (if any) in `registry` while one of them serves.
-    pub fn new(
-        config: Config,
+impl Pool {
+    pub(super) fn new(
+        program: Program,
         listeners: Vec<(&'static str, TcpListener)>,
-        registry: Registry,
-        registration: Option<Registration>,
-        workers: u32,
-    ) -> Self {
+        target: u32,
+        min_lifetime: Duration,
+    ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events) = mpsc::unbounded_channel();
-        ProcessLauncher {
-            config,
+        let pool = Pool {
+            program,
             listeners,
-            registry,
-            registration,
-            target: workers.max(1),
-            reload_from: None,
-            telemetry: None,
+            min_lifetime,
+            target: target.max(1),
             workers: BTreeMap::new(),
             next_id: 0,
             respawns: Vec::new(),
             backoff: BACKOFF_FIRST,
             restarts: 0,
-            membership: None,
-            rejoin_at: None,
             rolling: None,
-            notified_ready: false,
-            started_at: SystemTime::now(),
+            advert: None,
             events_tx,
-            events,
-        }
+        };
+        (pool, events)
     }
 
-    /// Re-reads the config from these sources on SIGHUP.
-    pub fn reload_from(mut self, args: CommonArgs) -> Self {
-        self.reload_from = Some(args);
-        self
+    pub(super) fn target(&self) -> u32 {
+        self.target
     }
 
-    /// Applies a reloaded `log_level` to the supervisor's own logs.
-    pub fn telemetry(mut self, telemetry: Telemetry) -> Self {
-        self.telemetry = Some(telemetry);
-        self
+    pub(super) fn restarts(&self) -> u64 {
+        self.restarts
     }
 
-    /// Starts the workers and supervises them until TERM or INT.
-    pub async fn run(mut self) -> Result<i32> {
-        let mut term = signal(SignalKind::terminate())?;
-        let mut int = signal(SignalKind::interrupt())?;
-        let mut hup = signal(SignalKind::hangup())?;
-        let mut ttin = signal(SignalKind::from_raw(libc::SIGTTIN))?;
-        let mut ttou = signal(SignalKind::from_raw(libc::SIGTTOU))?;
-        let mut usr2 = signal(SignalKind::user_defined2())?;
-        tracing::info!(
-            workers = self.target,
-            pid = std::process::id(),
-            "supervisor starting workers"
-        );
+    pub(super) fn advert(&self) -> Option<&Advert> {
+        self.advert.as_ref()
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.workers.is_empty()
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.workers.len()
+    }
+
+    /// Workers that serve and are not being retired, counted up to the
+    /// target: what the record's `workers` says. A replacement serving
+    /// beside the worker it replaces does not count twice.
+    pub(super) fn serving(&self) -> u32 {
+        let serving = self
+            .workers
+            .values()
+            .filter(|w| w.state == State::Ready)
+            .count();
+        u32::try_from(serving).unwrap_or(u32::MAX).min(self.target)
+    }
+
+    pub(super) fn start_all(&mut self) {
         for slot in 0..self.target {
             self.start_worker(slot);
         }
-        let stop_signal = loop {
-            let wake = self.next_wake();
-            tokio::select! {
-                _ = term.recv() => break libc::SIGTERM,
-                _ = int.recv() => break libc::SIGINT,
-                _ = hup.recv() => self.reload().await,
-                _ = ttin.recv() => self.resize(self.target.saturating_add(1)),
-                _ = ttou.recv() => self.resize(self.target.saturating_sub(1)),
-                _ = usr2.recv() => self.report(),
-                Some(event) = self.events.recv() => self.handle(event),
-                () = sleep_until(wake) => {}
-            }
-            self.start_due();
-            if let Err(e) = self.advertise().await {
-                // Another live node holds this identity: nothing to serve for.
-                self.kill_all(Signal::SIGKILL);
-                return Err(e);
-            }
-        };
-
-        // Graceful stop: stop advertising, then stop the workers.
-        notify("STOPPING=1");
-        let timeout = self.config.graceful_shutdown_timeout;
-        tracing::info!(
-            signal = stop_signal,
-            ?timeout,
-            "stopping workers gracefully"
-        );
-        self.leave().await;
-        // Clients act on the leave while the workers still accept.
-        tokio::select! {
-            () = tokio::time::sleep(self.config.drain_delay) => {}
-            _ = term.recv() => return Ok(self.second_signal(libc::SIGTERM)),
-            _ = int.recv() => return Ok(self.second_signal(libc::SIGINT)),
-        }
-        self.respawns.clear();
-        self.rolling = None;
-        for worker in self.workers.values_mut() {
-            worker.stop();
-        }
-        let deadline = (!timeout.is_zero()).then(|| tokio::time::Instant::now() + timeout);
-        let mut timed_out = false;
-        while !self.workers.is_empty() {
-            tokio::select! {
-                _ = term.recv() => return Ok(self.second_signal(libc::SIGTERM)),
-                _ = int.recv() => return Ok(self.second_signal(libc::SIGINT)),
-                _ = usr2.recv() => self.report(),
-                Some(event) = self.events.recv() => self.handle(event),
-                () = sleep_until_tokio(deadline), if !timed_out => {
-                    tracing::error!(?timeout, remaining = self.workers.len(), "graceful stop timed out; killing the remaining workers");
-                    self.kill_all(Signal::SIGKILL);
-                    timed_out = true;
-                }
-            }
-        }
-        tracing::info!("all workers stopped");
-        if let Some(path) = &self.config.ready_file {
-            let _ = std::fs::remove_file(path);
-        }
-        if timed_out {
-            return Err(Error::ShutdownTimeout(timeout));
-        }
-        Ok(exit::OK)
-    }
-
-    fn second_signal(&mut self, signo: i32) -> i32 {
-        tracing::warn!(signal = signo, "second stop signal; killing the workers");
-        self.kill_all(Signal::SIGKILL);
-        exit::signal(signo)
     }
 
     fn start_worker(&mut self, slot: u32) -> Option<u64> {
@@ -245,7 +173,7 @@ impl ProcessLauncher {
             .iter()
             .map(|(name, l)| (*name, l.as_raw_fd()))
             .collect();
-        let spawned = match spawn(slot, &fds) {
+        let spawned = match spawn(&self.program, slot, &fds) {
             Ok(spawned) => spawned,
             Err(e) => {
                 tracing::error!(slot, error = %e, "cannot start a worker; retrying");
@@ -276,13 +204,12 @@ impl ProcessLauncher {
         let mut child = spawned.child;
         let mut socket = spawned.socket;
         tokio::spawn(async move {
-            let mut byte = [0u8; 1];
             let mut reading = true;
             loop {
                 tokio::select! {
-                    read = socket.read(&mut byte), if reading => {
-                        if matches!(read, Ok(1)) {
-                            let _ = events.send(Event::Ready(id));
+                    ready = read_ready(&mut socket), if reading => {
+                        if let Some(advert) = ready {
+                            let _ = events.send(Event::Ready(id, advert));
                         }
                         reading = false;
                     }
@@ -299,14 +226,17 @@ impl ProcessLauncher {
         Some(id)
     }
 
-    fn handle(&mut self, event: Event) {
+    pub(super) fn handle(&mut self, event: Event) {
         match event {
-            Event::Ready(id) => {
+            Event::Ready(id, advert) => {
                 if let Some(worker) = self.workers.get_mut(&id) {
                     if worker.state == State::Starting {
                         worker.state = State::Ready;
                     }
                     tracing::info!(slot = worker.slot, pid = worker.pid, "worker serving");
+                }
+                if advert.is_some() {
+                    self.advert = advert;
                 }
                 self.roll_on(Some(id));
             }
@@ -320,7 +250,7 @@ impl ProcessLauncher {
                     tracing::info!(slot = worker.slot, pid = worker.pid, %reason, "worker stopped");
                     return;
                 }
-                let young = lived < self.config.min_worker_lifetime;
+                let young = lived < self.min_lifetime;
                 tracing::warn!(slot = worker.slot, pid = worker.pid, %reason, lived = ?lived, "worker exited unasked");
                 self.restarts += 1;
                 for worker in self.workers.values() {
@@ -356,7 +286,7 @@ impl ProcessLauncher {
         self.respawns.push((Instant::now() + delay, slot));
     }
 
-    fn start_due(&mut self) {
+    pub(super) fn start_due(&mut self) {
         let now = Instant::now();
         let (due, later): (Vec<_>, Vec<_>) =
             self.respawns.drain(..).partition(|(at, _)| *at <= now);
@@ -368,123 +298,26 @@ impl ProcessLauncher {
         }
     }
 
-    /// When the loop must wake up by itself: a restart or a rejoin is due.
-    fn next_wake(&self) -> Option<Instant> {
-        self.respawns
+    /// When a restart is due.
+    pub(super) fn next_wake(&self) -> Option<Instant> {
+        self.respawns.iter().map(|(at, _)| *at).min()
+    }
+
+    /// Replaces every worker, one at a time: a new one serves before the
+    /// one it replaces is asked to stop.
+    pub(super) fn replace_all(&mut self) {
+        let old: VecDeque<u64> = self
+            .workers
             .iter()
-            .map(|(at, _)| *at)
-            .chain(self.rejoin_at)
-            .min()
-    }
-
-    fn serving(&self) -> usize {
-        self.workers
-            .values()
-            .filter(|w| w.state == State::Ready)
-            .count()
-    }
-
-    /// Joins the group while a worker serves, leaves it while none does.
-    /// Only a duplicate identity is an error: anything else is retried.
-    async fn advertise(&mut self) -> Result<()> {
-        let serving = self.serving() > 0;
-        if serving && self.membership.is_none() {
-            if self.rejoin_at.is_some_and(|at| at > Instant::now()) {
-                return Ok(());
-            }
-            let Some(registration) = self.registration.clone() else {
-                return Ok(());
-            };
-            match self.registry.join(registration).await {
-                Ok(membership) => {
-                    tracing::info!(workers = self.target, "node registered");
-                    if let (Some(path), Some(registration)) =
-                        (&self.config.ready_file, &self.registration)
-                    {
-                        if let Err(e) = service::write_ready_file(path, &registration.endpoints) {
-                            tracing::error!(path = %path.display(), error = %e, "cannot write the ready file");
-                        }
-                    }
-                    self.membership = Some(membership);
-                    self.rejoin_at = None;
-                    if !self.notified_ready {
-                        notify("READY=1");
-                        self.notified_ready = true;
-                    }
-                }
-                Err(e @ Error::Duplicate { .. }) => return Err(e),
-                Err(e) => {
-                    tracing::warn!(error = %e, "cannot register the node; retrying");
-                    self.rejoin_at = Some(Instant::now() + REJOIN_PAUSE);
-                }
-            }
-        } else if !serving && self.membership.is_some() {
-            tracing::warn!("no worker serves; the node leaves the group until one does");
-            self.leave().await;
-        }
-        Ok(())
-    }
-
-    async fn leave(&mut self) {
-        if let Some(membership) = self.membership.take() {
-            match tokio::time::timeout(LEAVE_TIMEOUT, membership.leave()).await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "leaving the group failed; the lease will expire")
-                }
-                Err(_) => tracing::warn!("leaving the group timed out; the lease will expire"),
-            }
-        }
-    }
-
-    /// SIGHUP: re-read the config, then replace or reset the workers.
-    async fn reload(&mut self) {
-        notify("RELOADING=1");
-        if let Some(args) = &self.reload_from {
-            match Config::load(args) {
-                Ok(new) => match self.config.apply_mutable(&new) {
-                    Ok((applied, ignored)) => {
-                        if !ignored.is_empty() {
-                            tracing::warn!(options = ?ignored, "changed options need a restart of the supervisor; keeping their running values");
-                        }
-                        tracing::info!(changed = ?applied, "config reloaded");
-                    }
-                    Err(e) => {
-                        tracing::error!(error = %e, "config reload failed; keeping the running config")
-                    }
-                },
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; keeping the running config")
-                }
-            }
-        }
-        if let Some(telemetry) = &self.telemetry {
-            if let Err(e) = telemetry.apply(&self.config) {
-                tracing::error!(error = %e, "cannot apply the new log filter");
-            }
-        }
-        match self.config.restart_method {
-            RestartMethod::Mutate => {
-                for worker in self.workers.values() {
-                    signal_pid(worker.pid, Signal::SIGHUP);
-                }
-            }
-            RestartMethod::Reload => {
-                let old: VecDeque<u64> = self
-                    .workers
-                    .iter()
-                    .filter(|(_, w)| w.state != State::Retiring)
-                    .map(|(id, _)| *id)
-                    .collect();
-                tracing::info!(workers = old.len(), "replacing workers one at a time");
-                self.rolling = Some(Rolling {
-                    old,
-                    waiting_for: None,
-                });
-                self.roll_on(None);
-            }
-        }
-        notify("READY=1");
+            .filter(|(_, w)| w.state != State::Retiring)
+            .map(|(id, _)| *id)
+            .collect();
+        tracing::info!(workers = old.len(), "replacing workers one at a time");
+        self.rolling = Some(Rolling {
+            old,
+            waiting_for: None,
+        });
+        self.roll_on(None);
     }
 
     /// Moves a rolling replacement on: when the awaited replacement serves,
@@ -528,8 +361,8 @@ impl ProcessLauncher {
         }
     }
 
-    /// SIGTTIN / SIGTTOU: one worker more or less, never below one.
-    fn resize(&mut self, target: u32) {
+    /// One worker more or less (SIGTTIN / SIGTTOU), never below one.
+    pub(super) fn resize(&mut self, target: u32) {
         let target = target.clamp(1, 1024);
         if target == self.target {
             return;
@@ -554,18 +387,25 @@ impl ProcessLauncher {
         }
     }
 
-    fn kill_all(&self, signal: Signal) {
+    /// Asks every worker to stop, and starts none any more.
+    pub(super) fn stop_all(&mut self) {
+        self.respawns.clear();
+        self.rolling = None;
+        for worker in self.workers.values_mut() {
+            worker.stop();
+        }
+    }
+
+    pub(super) fn signal_all(&self, signal: Signal) {
         for worker in self.workers.values() {
             signal_pid(worker.pid, signal);
         }
     }
 
-    /// SIGUSR2: the supervisor's report (stderr or `report_dir`); each worker
-    /// writes its own.
-    fn report(&self) {
+    /// The workers, for the report.
+    pub(super) fn report(&self) -> Vec<serde_json::Value> {
         let now = Instant::now();
-        let workers: Vec<_> = self
-            .workers
+        self.workers
             .values()
             .map(|w| {
                 serde_json::json!({
@@ -575,29 +415,45 @@ impl ProcessLauncher {
                     "state": format!("{:?}", w.state).to_lowercase(),
                 })
             })
-            .collect();
-        let uptime = SystemTime::now()
-            .duration_since(self.started_at)
-            .unwrap_or_default();
-        let report = serde_json::json!({
-            "supervisor": {
-                "pid": std::process::id(),
-                "started_at": servicegroup::rfc3339(self.started_at),
-                "uptime_secs": uptime.as_secs_f64(),
-                "workers_wanted": self.target,
-                "workers_serving": self.serving(),
-                "restarts": self.restarts,
-                "registered": self.membership.is_some(),
-                "membership": self.membership.as_ref().map(|m| m.status()),
-            },
-            "workers": workers,
-        });
-        crate::report::emit(&report, self.config.report_dir.as_deref(), "supervisor");
-        self.kill_all(Signal::SIGUSR2);
+            .collect()
     }
 }
 
-fn signal_pid(pid: i32, signal: Signal) {
+impl Drop for Pool {
+    fn drop(&mut self) {
+        // Workers never outlive their supervisor, whatever path ends it.
+        self.signal_all(Signal::SIGKILL);
+    }
+}
+
+/// Reads a worker's readiness and advert; `None` when it closed or spoke
+/// out of turn before serving.
+async fn read_ready(socket: &mut tokio::net::UnixStream) -> Option<Option<Advert>> {
+    let mut head = [0u8; 5];
+    socket.read_exact(&mut head).await.ok()?;
+    if head[0] != READY {
+        return None;
+    }
+    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
+    if len == 0 {
+        return Some(None);
+    }
+    if len > MAX_ADVERT {
+        tracing::error!(len, "a worker's advert is too large; ignored");
+        return Some(None);
+    }
+    let mut json = vec![0u8; len];
+    socket.read_exact(&mut json).await.ok()?;
+    match serde_json::from_slice(&json) {
+        Ok(advert) => Some(Some(advert)),
+        Err(e) => {
+            tracing::error!(error = %e, "a worker's advert is unreadable; ignored");
+            Some(None)
+        }
+    }
+}
+
+pub(super) fn signal_pid(pid: i32, signal: Signal) {
     if pid > 0 {
         let _ = kill(Pid::from_raw(pid), signal);
     }
@@ -613,26 +469,5 @@ fn describe(status: std::process::ExitStatus) -> String {
             Err(_) => format!("killed by signal {signo}"),
         },
         _ => "unknown exit".into(),
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at.into()).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until_tokio(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(at).await,
-        None => std::future::pending().await,
-    }
-}
-
-impl Drop for ProcessLauncher {
-    fn drop(&mut self) {
-        // Workers never outlive their supervisor, whatever path ends it.
-        self.kill_all(Signal::SIGKILL);
     }
 }

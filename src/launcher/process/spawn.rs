@@ -7,6 +7,7 @@ use std::os::unix::net::UnixStream as StdUnixStream;
 use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
+use super::pool::Program;
 use super::worker::{ENV_SUPERVISOR_FD, ENV_WORKER, LISTEN_FD};
 use crate::error::Result;
 
@@ -22,8 +23,9 @@ pub(super) struct Spawned {
 /// The most listeners handed to a worker (gRPC, HTTP).
 const MAX_LISTENERS: usize = 2;
 
-/// Starts worker `slot` serving `listeners`, named by role (`grpc`, `http`).
-pub(super) fn spawn(slot: u32, listeners: &[(&str, RawFd)]) -> Result<Spawned> {
+/// Starts worker `slot` of `program` serving `listeners`, named by role
+/// (`grpc`, `http`).
+pub(super) fn spawn(program: &Program, slot: u32, listeners: &[(&str, RawFd)]) -> Result<Spawned> {
     let count = listeners.len().min(MAX_LISTENERS);
     let mut fds = [-1; MAX_LISTENERS];
     for (fd, (_, listener)) in fds.iter_mut().zip(listeners) {
@@ -32,10 +34,11 @@ pub(super) fn spawn(slot: u32, listeners: &[(&str, RawFd)]) -> Result<Spawned> {
     let names: Vec<&str> = listeners.iter().take(count).map(|(n, _)| *n).collect();
     let supervisor_fd = LISTEN_FD + count as RawFd;
     let (ours, theirs) = StdUnixStream::pair()?;
-    // The running binary's own inode, even if a deploy replaced the file
-    // meanwhile: workers run the supervisor's code, not a newer one.
-    let mut command = Command::new("/proc/self/exe");
-    let mut args = std::env::args_os();
+    // By default the running binary's own inode (`/proc/self/exe`), even if
+    // a deploy replaced the file meanwhile: workers run the supervisor's
+    // code, not a newer one.
+    let mut command = Command::new(&program.path);
+    let mut args = program.args.iter();
     if let Some(arg0) = args.next() {
         // Names in logs and the binary name in the record stay the same.
         command.arg0(arg0);

@@ -8,7 +8,9 @@
 //!   fd 3 on (systemd's `SD_LISTEN_FDS_START`), named by their role;
 //! - `SVCKIT_WORKER=<slot>`: this process is worker `slot` of a supervisor;
 //! - `SVCKIT_SUPERVISOR_FD=3+N`: a socket to the supervisor. The worker writes
-//!   [`READY`] when it serves; the supervisor writes [`STOP`] to stop it
+//!   [`READY`] when it serves, followed by what it advertises (a 4-byte big
+//!   endian length, then the [`Advert`] as JSON; length 0 for none), which
+//!   the supervisor registers for all its workers; the supervisor writes [`STOP`] to stop it
 //!   gracefully, and [`RESTARTS`] with a count whenever a worker had to be
 //!   restarted. End-of-file means the supervisor died, and the worker exits
 //!   (a backstop to `PR_SET_PDEATHSIG`).
@@ -34,6 +36,7 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::launcher::{Control, Controls};
+use crate::servicegroup::Advert;
 
 use crate::error::{exit, Error, Result};
 
@@ -215,13 +218,27 @@ fn requests(pending: &mut Vec<u8>) -> Vec<Request> {
 /// Tells the supervisor this worker serves.
 pub(crate) struct Ready(tokio::net::unix::OwnedWriteHalf);
 
+/// The largest advert a supervisor reads.
+pub(super) const MAX_ADVERT: usize = 1 << 20;
+
 impl Ready {
-    /// Writes the readiness byte; a supervisor that is gone is noticed by
-    /// the reader, not here.
-    pub(crate) fn send(self) {
+    /// Writes the readiness byte and the advert; a supervisor that is gone
+    /// is noticed by the reader, not here.
+    pub(crate) fn send(self, advert: Option<&Advert>) {
         let mut writer = self.0;
+        let mut message = vec![READY, 0, 0, 0, 0];
+        if let Some(advert) = advert {
+            match serde_json::to_vec(advert) {
+                Ok(json) if json.len() <= MAX_ADVERT => {
+                    message[1..5].copy_from_slice(&(json.len() as u32).to_be_bytes());
+                    message.extend_from_slice(&json);
+                }
+                Ok(_) => tracing::error!("the advert is too large for the supervisor"),
+                Err(e) => tracing::error!(error = %e, "cannot encode the advert"),
+            }
+        }
         tokio::spawn(async move {
-            let _ = writer.write_all(&[READY]).await;
+            let _ = writer.write_all(&message).await;
             // Kept open: closing it is how the supervisor would see us go.
             std::future::pending::<()>().await;
             drop(writer);

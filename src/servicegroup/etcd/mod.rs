@@ -349,7 +349,14 @@ impl Inner {
         }
     }
 
-    async fn set_admin(&self, topic: &str, host: &str, change: &AdminChange) -> Result<Member> {
+    /// Changes one record with `change`, guarded against concurrent
+    /// writers; returns the member as it now is.
+    async fn update_record(
+        &self,
+        topic: &str,
+        host: &str,
+        change: &(dyn Fn(&mut crate::servicegroup::ServiceRecord) + Sync),
+    ) -> Result<Member> {
         let record_key = self.layout.key(Kind::Record, topic, host);
         let alive_key = self.layout.key(Kind::Alive, topic, host);
         for _ in 0..CAS_ATTEMPTS {
@@ -359,7 +366,8 @@ impl Inner {
             };
             let mut record =
                 crate::servicegroup::ServiceRecord::decode(current.value(), topic, host)?;
-            change.apply(&mut record, SystemTime::now());
+            change(&mut record);
+            record.updated_at = crate::servicegroup::rfc3339(SystemTime::now());
             let value = encode(&record)?;
             // Guarded by the revision read above, so a concurrent change (an
             // operator, a re-registering node) is never overwritten.
@@ -440,7 +448,12 @@ impl Driver for EtcdDriver {
         host: &'a str,
         change: AdminChange,
     ) -> BoxFuture<'a, Result<Member>> {
-        async move { self.inner.set_admin(topic, host, &change).await }.boxed()
+        async move {
+            let now = SystemTime::now();
+            let apply = |record: &mut crate::servicegroup::ServiceRecord| change.apply(record, now);
+            self.inner.update_record(topic, host, &apply).await
+        }
+        .boxed()
     }
 
     fn delete<'a>(&'a self, topic: &'a str, host: &'a str) -> BoxFuture<'a, Result<bool>> {

@@ -5,6 +5,7 @@
 //! processes can share it. A member is up while its heartbeat is younger than
 //! its service_down_time and it is not forced down. Watchers poll and diff.
 
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
@@ -19,8 +20,8 @@ use super::follow::{self, Follow, Step};
 use super::probe::{probe, Holder};
 use super::status::StatusCell;
 use super::{
-    AdminChange, Driver, Election, EventStream, Leadership, Member, Membership, MembershipStatus,
-    Registration, RegistryOptions, LEAVE_TIMEOUT,
+    rfc3339, AdminChange, Driver, Election, EventStream, Leadership, Member, Membership,
+    MembershipStatus, Registration, RegistryOptions, LEAVE_TIMEOUT,
 };
 use crate::error::{Error, Result};
 
@@ -190,6 +191,8 @@ fn register(
 struct FileMembership {
     store: Arc<Store>,
     reg: Registration,
+    /// The record's `workers`, read by every heartbeat that restores it.
+    workers: Arc<AtomicU32>,
     token: u64,
     status: Arc<StatusCell>,
     stop: watch::Sender<bool>,
@@ -247,6 +250,29 @@ impl Membership for FileMembership {
         }
         .boxed()
     }
+
+    fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>> {
+        self.workers.store(workers, Ordering::SeqCst);
+        let (store, t, h) = (
+            self.store.clone(),
+            self.reg.topic.clone(),
+            self.reg.host.clone(),
+        );
+        async move {
+            tokio::task::spawn_blocking(move || {
+                let _lock = store.lock()?;
+                let mut record = store
+                    .read_record(&t, &h)?
+                    .ok_or_else(|| Error::NotFound(format!("service {t}/{h}")))?;
+                record.workers = workers;
+                record.updated_at = rfc3339(SystemTime::now());
+                store.write_record(&record)
+            })
+            .await
+            .map_err(|e| Error::registry("file registry task failed", e))?
+        }
+        .boxed()
+    }
 }
 
 impl Drop for FileMembership {
@@ -259,6 +285,7 @@ impl Drop for FileMembership {
 async fn heartbeat_loop(
     store: Arc<Store>,
     reg: Registration,
+    workers: Arc<AtomicU32>,
     alive: Alive,
     status: Arc<StatusCell>,
     mut stop: watch::Receiver<bool>,
@@ -274,7 +301,8 @@ async fn heartbeat_loop(
         if *stop.borrow() {
             return;
         }
-        let (s, r, a) = (store.clone(), reg.clone(), alive.clone());
+        let (s, mut r, a) = (store.clone(), reg.clone(), alive.clone());
+        r.workers = workers.load(Ordering::SeqCst);
         let started = Instant::now();
         match tokio::task::spawn_blocking(move || heartbeat(&s, &r, &a)).await {
             Ok(Ok(Beat::Kept)) => status.beat(Some(started.elapsed())),
@@ -360,9 +388,11 @@ impl Driver for FileDriver {
             let name = format!("{}/{}", registration.topic, registration.host);
             let status = Arc::new(StatusCell::registered(name));
             let (stop, stopped) = watch::channel(false);
+            let workers = Arc::new(AtomicU32::new(registration.workers));
             let task = tokio::spawn(heartbeat_loop(
                 self.store.clone(),
                 registration.clone(),
+                workers.clone(),
                 alive,
                 status.clone(),
                 stopped,
@@ -370,6 +400,7 @@ impl Driver for FileDriver {
             Ok(Box::new(FileMembership {
                 store: self.store.clone(),
                 reg: registration,
+                workers,
                 token,
                 status,
                 stop,

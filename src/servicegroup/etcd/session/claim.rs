@@ -50,18 +50,19 @@ impl Session {
         })?;
         // The liveness key's mod revision when it is ours to take back.
         let mut ours: Option<i64> = None;
+        let reg = self.registration();
         for _ in 0..CAS_ATTEMPTS {
             let found = self.inner.get(&self.record_key, None).await?;
             let now = SystemTime::now();
             let (record, record_rev) = match found.kvs().first() {
                 Some(kv) => match serde_json::from_slice::<ServiceRecord>(kv.value()) {
                     Ok(mut record) => {
-                        self.reg.refresh_record(&mut record, now);
+                        reg.refresh_record(&mut record, now);
                         (record, kv.mod_revision())
                     }
-                    Err(_) => (self.reg.to_record(now), kv.mod_revision()),
+                    Err(_) => (reg.to_record(now), kv.mod_revision()),
                 },
-                None => (self.reg.to_record(now), 0),
+                None => (reg.to_record(now), 0),
             };
             let alive_guard = match ours {
                 None => Compare::create_revision(self.alive_key.as_str(), CompareOp::Equal, 0),

@@ -12,7 +12,7 @@
 //! holder does not answer SERVING on its advertised endpoint (a crashed node
 //! restarted under systemd or Kubernetes); a live holder is a duplicate.
 
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,7 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
         token: rand::random(),
         status: StatusCell::registered(format!("{}/{}", reg.topic, reg.host)),
         lease: AtomicI64::new(0),
+        workers: AtomicU32::new(reg.workers),
         inner,
         reg,
     });
@@ -75,6 +76,8 @@ struct Session {
     status: StatusCell,
     /// The lease currently holding the liveness key.
     lease: AtomicI64,
+    /// The record's `workers`, changed by [`Membership::set_workers`].
+    workers: AtomicU32,
 }
 
 /// Why keeping a lease alive stopped.
@@ -84,6 +87,13 @@ enum Ended {
 }
 
 impl Session {
+    /// The registration as it stands now (its worker count may change).
+    fn registration(&self) -> Registration {
+        let mut reg = self.reg.clone();
+        reg.workers = self.workers.load(Ordering::SeqCst);
+        reg
+    }
+
     /// Runs the registration loop until told to stop; a panic in it is
     /// logged, counted, and followed by a fresh registration rather than a
     /// node that silently stopped heartbeating.
@@ -291,6 +301,19 @@ impl Membership for EtcdMembership {
                     ))
                 }
             }
+        }
+        .boxed()
+    }
+
+    fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>> {
+        async move {
+            self.session.workers.store(workers, Ordering::SeqCst);
+            let (topic, host) = (&self.session.reg.topic, &self.session.reg.host);
+            self.session
+                .inner
+                .update_record(topic, host, &|record| record.workers = workers)
+                .await
+                .map(drop)
         }
         .boxed()
     }

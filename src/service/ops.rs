@@ -1,4 +1,4 @@
-//! The admin endpoints every node with an HTTP listener serves.
+//! The operations endpoints every node with an HTTP listener serves.
 
 use std::sync::Arc;
 
@@ -8,10 +8,10 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 
-use crate::service::NodeInfo;
+use super::NodeInfo;
 
 /// `/healthz`, `/readyz`, `/metrics` and `/debug/report` for `node`.
-pub fn routes(node: Arc<NodeInfo>) -> Router {
+pub(super) fn routes(node: Arc<NodeInfo>) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))

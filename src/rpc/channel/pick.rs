@@ -1,0 +1,112 @@
+//! Which node takes a call: power of two choices on calls in flight, and
+//! the candidates of one call across its attempts.
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use rand::Rng;
+
+use super::RpcChannel;
+use crate::error::BoxError;
+use crate::rpc::discovery::Node;
+
+/// How many nodes a call may try before giving up.
+pub(super) const MAX_ATTEMPTS: usize = 3;
+
+/// Picks by power of two choices: two distinct random nodes not yet tried,
+/// the one with fewer calls in flight. No allocation.
+pub(super) fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
+    let fresh = |n: &&Arc<Node>| !tried.iter().any(|t| t.host() == n.host());
+    let len = if tried.is_empty() {
+        nodes.len()
+    } else {
+        nodes.iter().filter(fresh).count()
+    };
+    let nth = |i: usize| {
+        if tried.is_empty() {
+            nodes.get(i)
+        } else {
+            nodes.iter().filter(fresh).nth(i)
+        }
+    };
+    match len {
+        0 => None,
+        1 => nth(0).cloned(),
+        len => {
+            let mut rng = rand::rng();
+            let a = rng.random_range(0..len);
+            let b = (a + rng.random_range(1..len)) % len;
+            let (na, nb) = (nth(a)?, nth(b)?);
+            Some(if nb.load() < na.load() {
+                nb.clone()
+            } else {
+                na.clone()
+            })
+        }
+    }
+}
+
+/// The node of the next attempt: one not tried yet, else a tried one again.
+/// A call only comes back for another attempt when it never reached a node
+/// (or is idempotent), and then the same node may well take it: a new
+/// connection to a node with several workers lands on another worker, and
+/// a stream refused by a draining connection goes through on the next.
+fn next_node(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
+    pick(nodes, tried).or_else(|| pick(nodes, &[]))
+}
+
+/// The nodes one call tries, in turn: the first from the nodes it started
+/// with, the next ones (counted as retries) from those the watch shows
+/// now, the failed node having maybe gone meanwhile. The one loop of every
+/// send path that tries nodes one after the other.
+pub(super) struct Candidates<'a> {
+    channel: &'a RpcChannel,
+    first: Option<Arc<[Arc<Node>]>>,
+    tried: Vec<Arc<Node>>,
+    last_error: Option<BoxError>,
+}
+
+impl<'a> Candidates<'a> {
+    pub(super) fn new(channel: &'a RpcChannel, nodes: Arc<[Arc<Node>]>) -> Self {
+        Candidates {
+            channel,
+            first: Some(nodes),
+            tried: Vec::new(),
+            last_error: None,
+        }
+    }
+
+    /// The node of the next attempt, or `None` when the call has had its
+    /// attempts or no node is left.
+    pub(super) fn next(&mut self) -> Option<Arc<Node>> {
+        if self.tried.len() >= MAX_ATTEMPTS {
+            return None;
+        }
+        let nodes = match self.first.take() {
+            Some(nodes) => nodes,
+            None => {
+                let shared = &self.channel.settings.shared;
+                shared.retries.fetch_add(1, Ordering::Relaxed);
+                self.channel.current_nodes()
+            }
+        };
+        next_node(&nodes, &self.tried)
+    }
+
+    /// Whether this is the first attempt.
+    pub(super) fn is_first(&self) -> bool {
+        self.tried.is_empty()
+    }
+
+    /// The attempt on `node` failed without an answer.
+    pub(super) fn failed(&mut self, node: Arc<Node>, error: BoxError) {
+        tracing::debug!(host = node.host(), error = %error, "call not delivered; trying another node");
+        self.tried.push(node);
+        self.last_error = Some(error);
+    }
+
+    /// The error of a call that no node took.
+    pub(super) fn exhausted(self) -> BoxError {
+        self.channel.not_delivered(self.last_error)
+    }
+}

@@ -1,0 +1,66 @@
+//! What the channels of one [`Rpc`](crate::rpc::Rpc) share, and the
+//! client's counters.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::Semaphore;
+
+use super::hedge::{HedgeBudget, Latency};
+use crate::rpc::Target;
+
+/// What the channels of one [`Rpc`](super::Rpc) share: counters, the hedge
+/// budget, latency histograms and the bound on casts.
+pub(in crate::rpc) struct Shared {
+    pub(super) calls: AtomicU64,
+    pub(super) retries: AtomicU64,
+    pub(super) hedges: AtomicU64,
+    pub(super) budget: HedgeBudget,
+    /// Per target, for `HedgeDelay::Auto`; looked up when a channel is
+    /// made hedged, never per call.
+    latencies: Mutex<HashMap<Target, Arc<Latency>>>,
+    /// Casts in flight, bounded.
+    pub(in crate::rpc) casts: Arc<Semaphore>,
+}
+
+impl Shared {
+    pub(in crate::rpc) fn new(max_casts: usize) -> Self {
+        Shared {
+            calls: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            hedges: AtomicU64::new(0),
+            budget: HedgeBudget::default(),
+            latencies: Mutex::new(HashMap::new()),
+            casts: Arc::new(Semaphore::new(max_casts)),
+        }
+    }
+
+    pub(in crate::rpc) fn stats(&self) -> RpcStats {
+        RpcStats {
+            calls: self.calls.load(Ordering::Relaxed),
+            retries: self.retries.load(Ordering::Relaxed),
+            hedges: self.hedges.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(super) fn latency(&self, target: &Target) -> Arc<Latency> {
+        let mut map = match self.latencies.lock() {
+            Ok(map) => map,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        map.entry(target.clone()).or_default().clone()
+    }
+}
+
+/// Counters of a client ([`Rpc::stats`](super::Rpc::stats)), since it
+/// started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RpcStats {
+    /// Calls made through the client's channels.
+    pub calls: u64,
+    /// Extra attempts after a failed one (on another node).
+    pub retries: u64,
+    /// Extra copies sent by hedging.
+    pub hedges: u64,
+}
