@@ -3,6 +3,7 @@
 //! manager's gRPC API served on a topic and registered in the service group.
 
 mod base;
+mod builder;
 mod conn;
 mod grpc;
 mod info;
@@ -16,10 +17,11 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 
+pub use self::builder::NodeBuilder;
 pub use self::conn::ConnectionCounts;
 pub(crate) use self::grpc::bind;
 pub use self::info::{NodeInfo, NodeState};
-pub use self::node::{advertised_url, Node, NodeBuilder};
+pub use self::node::{advertised_url, Node};
 
 use crate::config::Config;
 use crate::error::Result;

@@ -12,6 +12,7 @@ use tonic::server::NamedService;
 use tonic::service::Routes;
 
 use super::base::BaseApi;
+use super::builder::NodeBuilder;
 use super::grpc::{self, GrpcServer};
 use super::info::{NodeInfo, NodeState};
 use super::{Advertised, Service, StartContext};
@@ -26,110 +27,49 @@ use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
 use crate::tls::ServerTls;
 
-/// Builds a [`Node`]; the defaults are nova's (`binary` from `argv[0]`,
-/// `topic` from the binary).
-#[must_use]
-pub struct NodeBuilder<M> {
-    manager: M,
-    binary: Option<String>,
-    topic: Option<String>,
-    version: String,
-}
-
-impl<M: Manager> NodeBuilder<M> {
-    /// The binary name recorded in the service group.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # struct Conductor;
-    /// # impl svckit::Manager for Conductor { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
-    /// # let config = svckit::Config::default();
-    /// let node = svckit::Node::builder(Conductor).binary("conductor").build(&config);
-    /// assert_eq!(node.info().binary, "conductor");
-    /// ```
-    pub fn binary(mut self, binary: impl Into<String>) -> Self {
-        self.binary = Some(binary.into());
-        self
-    }
-
-    /// The topic served when the config sets none.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # struct Echo;
-    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
-    /// # let config = svckit::Config::default();
-    /// let node = svckit::Node::builder(Echo).topic("echo").build(&config);
-    /// assert_eq!(node.info().topic, "echo");
-    /// ```
-    pub fn topic(mut self, topic: impl Into<String>) -> Self {
-        self.topic = Some(topic.into());
-        self
-    }
-
-    /// The software version recorded in the service group.
-    ///
-    /// ```
-    /// # use std::sync::Arc;
-    /// # struct Echo;
-    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
-    /// # let config = svckit::Config::default();
-    /// let node = svckit::Node::builder(Echo).version("1.2.0").build(&config);
-    /// assert_eq!(node.info().version, "1.2.0");
-    /// ```
-    pub fn version(mut self, version: impl Into<String>) -> Self {
-        self.version = version.into();
-        self
-    }
-
-    /// The service, for `config`'s host, registry and listeners. The topic is
-    /// the config's `topic`, else the builder's, else the binary name
-    /// without a `svckit-` prefix.
-    pub fn build(self, config: &Config) -> Node<M> {
-        let binary = self.binary.unwrap_or_else(crate::config::program_name);
-        let topic = config.topic.clone().or(self.topic).unwrap_or_else(|| {
-            binary
-                .strip_prefix("svckit-")
-                .unwrap_or(&binary)
-                .to_string()
-        });
-        Node {
-            node: Arc::new(NodeInfo::new(
-                config.host.clone(),
-                topic,
-                binary,
-                self.version,
-                config.clone(),
-            )),
-            manager: Arc::new(self.manager),
-            server: Mutex::new(None),
-            http: Mutex::new(None),
-            dashboard: Mutex::new(None),
-            drain_delay: Mutex::new(Duration::ZERO),
-            initialised: AtomicBool::new(false),
-        }
-    }
-}
-
 /// A node: the manager's gRPC services plus `Base`, health and reflection,
 /// on one listener, registered in the service group while it serves.
 pub struct Node<M> {
     node: Arc<NodeInfo>,
     manager: Arc<M>,
-    server: Mutex<Option<Arc<GrpcServer>>>,
-    http: Mutex<Option<Arc<HttpServer>>>,
-    /// The read-only dashboard at `/debug/members` (`http_dashboard`),
-    /// whose event streams are closed before the HTTP drain: they never end
-    /// by themselves.
-    dashboard: Mutex<Option<Dashboard>>,
-    /// The wait between NOT_SERVING and closing the listeners, from the
-    /// launcher's start context.
-    drain_delay: Mutex<Duration>,
+    /// What the node runs, set once when it serves.
+    running: Mutex<Option<Running>>,
     /// `init_host` succeeded, so `cleanup_host` has something to release.
     initialised: AtomicBool,
 }
 
+/// The servers of a node that serves, and how to drain them.
+#[derive(Clone)]
+struct Running {
+    grpc: Arc<GrpcServer>,
+    http: Option<Arc<HttpServer>>,
+    /// The read-only dashboard at `/debug/members` (`http_dashboard`),
+    /// whose event streams are closed before the HTTP drain: they never end
+    /// by themselves.
+    dashboard: Option<Dashboard>,
+    /// The wait between NOT_SERVING and closing the listeners, from the
+    /// launcher's start context.
+    drain_delay: Duration,
+}
+
+/// The listeners of a node, bound or inherited, and the URLs they are
+/// reached at.
+struct Bound {
+    grpc: std::net::TcpListener,
+    http: Option<std::net::TcpListener>,
+    endpoints: Endpoints,
+}
+
 impl<M: Manager> Node<M> {
+    pub(super) fn new(node: Arc<NodeInfo>, manager: M) -> Self {
+        Node {
+            node,
+            manager: Arc::new(manager),
+            running: Mutex::new(None),
+            initialised: AtomicBool::new(false),
+        }
+    }
+
     /// A builder with nova's defaults.
     pub fn builder(manager: M) -> NodeBuilder<M> {
         NodeBuilder {
@@ -145,8 +85,8 @@ impl<M: Manager> Node<M> {
         &self.node
     }
 
-    fn server(&self) -> Option<Arc<GrpcServer>> {
-        self.server
+    fn running(&self) -> Option<Running> {
+        self.running
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
@@ -155,102 +95,32 @@ impl<M: Manager> Node<M> {
     async fn start_inner(&self, context: StartContext) -> Result<Advert> {
         let config = self.node.config();
         self.node.set_worker(context.worker);
-        *self
-            .drain_delay
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = context.drain_delay;
         // Unusable certificate files refuse the start before anything else.
         let tls = ServerTls::from_config(&config)?;
-        let registry = context.registry;
-        self.node.set_registry(registry.clone());
-        let listener = match context.listener {
-            Some(inherited) => inherited,
-            None => grpc::bind(config.rpc_listen)?,
-        };
-        let addr = listener.local_addr()?;
-        let http_listener = match (context.http_listener, config.http_listen) {
-            (Some(inherited), _) => Some(inherited),
-            (None, Some(http)) => Some(grpc::bind(http)?),
-            (None, None) => None,
-        };
-        let grpc_url = advertised_url(addr, &self.node.host, tls.is_some());
-        let http_url = match &http_listener {
-            Some(l) => Some(advertised_url(
-                l.local_addr()?,
-                &self.node.host,
-                tls.is_some(),
-            )),
-            None if config.http_shared_port => Some(grpc_url.clone()),
-            None => None,
-        };
-        self.node.set_endpoints(Endpoints {
-            grpc: Some(grpc_url),
-            http: http_url,
-        });
+        self.node.set_registry(context.registry.clone());
+        let drain_delay = context.drain_delay;
+        let bound = self.bind(context, &config, tls.is_some())?;
+        let addr = bound.grpc.local_addr()?;
+        self.node.set_endpoints(bound.endpoints.clone());
 
         self.manager.init_host().await.map_err(hook("init_host"))?;
         self.initialised.store(true, Ordering::SeqCst);
-        if let Err(e) = self.manager.pre_start_hook().await {
-            self.cleanup_after_failed_start().await;
-            return Err(hook("pre_start_hook")(e));
-        }
-
-        let (routes, advertised, health) = match self.routes(&config) {
-            Ok(built) => built,
+        let served = async {
+            self.manager
+                .pre_start_hook()
+                .await
+                .map_err(hook("pre_start_hook"))?;
+            self.serve(bound, &config, tls.as_ref(), drain_delay).await
+        };
+        let (advertised, running) = match served.await {
+            Ok(served) => served,
             Err(e) => {
                 self.cleanup_after_failed_start().await;
                 return Err(e);
             }
         };
-        let mut health_names = advertised.clone();
-        health_names.push(String::new());
-        let metrics = self.node.metrics().clone();
-        let limits = grpc::Limits {
-            max_message_size: config.max_message_size,
-            pool_size: config.rpc_pool_size,
-            pool_wait: config.rpc_pool_wait,
-        };
-        let server = if config.http_shared_port {
-            let http = grpc::SharedHttp {
-                router: self.http_router(&registry, &config, &metrics).await?,
-                options: HttpOptions::from_config(&config),
-                tls: tls.as_ref().map(ServerTls::http_acceptor),
-            };
-            GrpcServer::start_shared(
-                listener,
-                routes,
-                health,
-                health_names,
-                &metrics,
-                limits,
-                http,
-            )
-            .await?
-        } else {
-            let accept = grpc::Accept {
-                connections: self.node.connections.clone(),
-                tls: tls.as_ref().map(ServerTls::grpc_acceptor),
-            };
-            GrpcServer::start(
-                listener,
-                routes,
-                health,
-                health_names,
-                &metrics,
-                accept,
-                limits,
-            )
-            .await?
-        };
-        let server = Arc::new(server);
-        *self.server.lock().unwrap_or_else(PoisonError::into_inner) = Some(server.clone());
-        if let Some(http_listener) = http_listener {
-            let router = self.http_router(&registry, &config, &metrics).await?;
-            let options = HttpOptions::from_config(&config);
-            let tls = tls.as_ref().map(ServerTls::http_acceptor);
-            let http = HttpServer::start(http_listener, router, &options, tls, None)?;
-            *self.http.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(http));
-        }
+        let server = running.grpc.clone();
+        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(running);
         if let Err(e) = self.manager.post_start_hook().await {
             server.abort();
             self.cleanup_after_failed_start().await;
@@ -268,39 +138,125 @@ impl<M: Manager> Node<M> {
         ))
     }
 
+    /// The listeners handed down, or bound here, and their URLs.
+    fn bind(&self, context: StartContext, config: &Config, tls: bool) -> Result<Bound> {
+        let grpc = match context.listener {
+            Some(inherited) => inherited,
+            None => grpc::bind(config.rpc_listen)?,
+        };
+        let http = match (context.http_listener, config.http_listen) {
+            (Some(inherited), _) => Some(inherited),
+            (None, Some(addr)) => Some(grpc::bind(addr)?),
+            (None, None) => None,
+        };
+        let grpc_url = advertised_url(grpc.local_addr()?, &self.node.host, tls);
+        let http_url = match &http {
+            Some(l) => Some(advertised_url(l.local_addr()?, &self.node.host, tls)),
+            None if config.http_shared_port => Some(grpc_url.clone()),
+            None => None,
+        };
+        Ok(Bound {
+            grpc,
+            http,
+            endpoints: Endpoints {
+                grpc: Some(grpc_url),
+                http: http_url,
+            },
+        })
+    }
+
+    /// Starts the gRPC server (health NOT_SERVING) and the HTTP one on the
+    /// bound listeners; returns the gRPC names advertised and the servers.
+    async fn serve(
+        &self,
+        bound: Bound,
+        config: &Config,
+        tls: Option<&ServerTls>,
+        drain_delay: Duration,
+    ) -> Result<(Vec<String>, Running)> {
+        let (routes, advertised, health) = self.routes(config)?;
+        let mut health_names = advertised.clone();
+        health_names.push(String::new());
+        let metrics = self.node.metrics().clone();
+        let limits = grpc::Limits {
+            max_message_size: config.max_message_size,
+            pool_size: config.rpc_pool_size,
+            pool_wait: config.rpc_pool_wait,
+        };
+        let registry = self.node.registry_handle();
+        let mut dashboard = None;
+        let grpc = if config.http_shared_port {
+            let (router, board) = self
+                .http_router(registry.as_ref(), config, &metrics)
+                .await?;
+            dashboard = board;
+            let http = grpc::SharedHttp {
+                router,
+                options: HttpOptions::from_config(config),
+                tls: tls.map(ServerTls::http_acceptor),
+            };
+            let names = health_names;
+            GrpcServer::start_shared(bound.grpc, routes, health, names, &metrics, limits, http)
+                .await?
+        } else {
+            let accept = grpc::Accept {
+                connections: self.node.connections.clone(),
+                tls: tls.map(ServerTls::grpc_acceptor),
+            };
+            let names = health_names;
+            GrpcServer::start(bound.grpc, routes, health, names, &metrics, accept, limits).await?
+        };
+        let grpc = Arc::new(grpc);
+        let mut http = None;
+        if let Some(listener) = bound.http {
+            let started = async {
+                let (router, board) = self
+                    .http_router(registry.as_ref(), config, &metrics)
+                    .await?;
+                let options = HttpOptions::from_config(config);
+                let tls = tls.map(ServerTls::http_acceptor);
+                let server = HttpServer::start(listener, router, &options, tls, None)?;
+                Ok::<_, Error>((server, board))
+            };
+            match started.await {
+                Ok((server, board)) => {
+                    http = Some(Arc::new(server));
+                    dashboard = board;
+                }
+                Err(e) => {
+                    grpc.abort();
+                    return Err(e);
+                }
+            }
+        }
+        let running = Running {
+            grpc,
+            http,
+            dashboard,
+            drain_delay,
+        };
+        Ok((advertised, running))
+    }
+
     /// The HTTP stack: the manager's routes, the admin endpoints, and the
     /// dashboard when `http_dashboard` is on.
     async fn http_router(
         &self,
-        registry: &RegistryHandle,
+        registry: Option<&RegistryHandle>,
         config: &Config,
         metrics: &Metrics,
-    ) -> Result<axum::Router> {
-        let mut admin = super::ops::routes(self.node.clone());
-        if config.http_dashboard {
-            let dashboard = self.dashboard(registry).await?;
-            admin = admin.merge(dashboard.routes(DASHBOARD_PATH));
-            *self
-                .dashboard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner) = Some(dashboard);
+    ) -> Result<(axum::Router, Option<Dashboard>)> {
+        let mut ops = super::ops::routes(self.node.clone());
+        let mut dashboard = None;
+        if let (true, Some(registry)) = (config.http_dashboard, registry) {
+            // A read-only watch on the process's registry.
+            let board = Dashboard::start(registry.get().await?, DashboardOptions::default());
+            ops = ops.merge(board.routes(DASHBOARD_PATH));
+            dashboard = Some(board);
         }
         let api = self.manager.http_routes().unwrap_or_default();
-        Ok(http::stack(
-            api,
-            admin,
-            &HttpOptions::from_config(config),
-            metrics,
-        ))
-    }
-
-    /// The dashboard of `http_dashboard`, a read-only watch on the
-    /// process's registry.
-    async fn dashboard(&self, registry: &RegistryHandle) -> Result<Dashboard> {
-        Ok(Dashboard::start(
-            registry.get().await?,
-            DashboardOptions::default(),
-        ))
+        let options = HttpOptions::from_config(config);
+        Ok((http::stack(api, ops, &options, metrics), dashboard))
     }
 
     fn jobs(&self) -> Vec<Job> {
@@ -393,36 +349,22 @@ impl<M: Manager> Node<M> {
             timer.stop_scheduling();
         }
         // 1. The launcher has left the service group: watchers saw the leave.
-        if let Some(server) = self.server() {
+        if let Some(running) = self.running() {
             // 2. Health checkers stop routing here too.
-            server.set_serving(false).await;
+            running.grpc.set_serving(false).await;
             // 3. Give clients the time to act on the leave before listeners
             //    close (none for a worker: its supervisor left and waited).
-            let drain_delay = *self
-                .drain_delay
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner);
-            tokio::time::sleep(drain_delay).await;
+            tokio::time::sleep(running.drain_delay).await;
             // 4. Stop accepting; in-flight calls finish (bounded by the launcher).
-            let http = self
-                .http
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .clone();
-            if let Some(dashboard) = self
-                .dashboard
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take()
-            {
+            if let Some(dashboard) = &running.dashboard {
                 dashboard.close();
             }
             let http_drained = async {
-                if let Some(http) = http {
+                if let Some(http) = &running.http {
                     http.drain().await;
                 }
             };
-            let (grpc_drained, ()) = tokio::join!(server.drain(), http_drained);
+            let (grpc_drained, ()) = tokio::join!(running.grpc.drain(), http_drained);
             grpc_drained?;
         }
         // 5. Wait for a periodic run in progress (within the launcher's
@@ -474,8 +416,8 @@ impl<M: Manager> Service for Node<M> {
 
     fn wait(&self) -> BoxFuture<'_, Result<()>> {
         Box::pin(async move {
-            match self.server() {
-                Some(server) => server.wait().await,
+            match self.running() {
+                Some(running) => running.grpc.wait().await,
                 None => Ok(()),
             }
         })

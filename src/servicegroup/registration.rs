@@ -1,0 +1,145 @@
+//! What a node tells the service group: the [`Advert`] a serving node
+//! hands its launcher, and the [`Registration`] the launcher joins with.
+
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+
+use super::{rfc3339, Endpoints, ServiceRecord};
+
+/// What a serving node asks its launcher to advertise: everything of its
+/// [`Registration`] that the node itself knows. The launcher adds the worker
+/// count and the heartbeat options.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
+pub struct Advert {
+    /// The topic served.
+    pub topic: String,
+    /// The node's host name.
+    pub host: String,
+    /// The binary the node runs.
+    pub binary: String,
+    /// The node's software version.
+    pub version: String,
+    /// Where clients reach the node.
+    pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names served.
+    pub services: Vec<String>,
+}
+
+impl Advert {
+    /// An advert of `topic`/`host` at `endpoints`, serving `services`.
+    pub fn new(
+        topic: impl Into<String>,
+        host: impl Into<String>,
+        binary: impl Into<String>,
+        version: impl Into<String>,
+        endpoints: Endpoints,
+        services: Vec<String>,
+    ) -> Self {
+        Advert {
+            topic: topic.into(),
+            host: host.into(),
+            binary: binary.into(),
+            version: version.into(),
+            endpoints,
+            services,
+        }
+    }
+
+    /// The registration of this advert behind `workers` processes, with
+    /// the heartbeat interval and down time given.
+    pub fn registration(
+        &self,
+        workers: u32,
+        report_interval: Duration,
+        service_down_time: Duration,
+    ) -> Registration {
+        Registration {
+            topic: self.topic.clone(),
+            host: self.host.clone(),
+            binary: self.binary.clone(),
+            version: self.version.clone(),
+            endpoints: self.endpoints.clone(),
+            services: self.services.clone(),
+            workers,
+            report_interval,
+            service_down_time,
+        }
+    }
+}
+
+/// What a node tells the service group when it joins.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    /// The topic served.
+    pub topic: String,
+    /// The node's host name; with `topic`, its identity in the group.
+    pub host: String,
+    /// The binary the node runs, e.g. `echo_node`.
+    pub binary: String,
+    /// The node's software version.
+    pub version: String,
+    /// Where clients reach the node (the bound addresses); also where a node
+    /// restarting with this identity asks whether this one is alive.
+    pub endpoints: Endpoints,
+    /// Fully qualified gRPC service names served.
+    pub services: Vec<String>,
+    /// Worker processes behind the endpoints.
+    pub workers: u32,
+    /// How often the node proves it is alive.
+    pub report_interval: Duration,
+    /// How long after the last heartbeat the node counts as down (the lease
+    /// TTL on etcd). Raised to `2 × report_interval` when smaller.
+    pub service_down_time: Duration,
+}
+
+impl Registration {
+    /// `service_down_time`, raised to twice the heartbeat interval when it is
+    /// smaller (a warning is logged): one lost heartbeat must never make a
+    /// live node look dead.
+    pub fn effective_down_time(&self) -> Duration {
+        let floor = self.report_interval * 2;
+        if self.service_down_time < floor {
+            tracing::warn!(
+                service_down_time = ?self.service_down_time,
+                report_interval = ?self.report_interval,
+                raised_to = ?floor,
+                "service_down_time is less than 2 x report_interval; raising it"
+            );
+            floor
+        } else {
+            self.service_down_time
+        }
+    }
+
+    /// A fresh record for this registration (admin state cleared).
+    pub fn to_record(&self, now: SystemTime) -> ServiceRecord {
+        let now = rfc3339(now);
+        ServiceRecord {
+            topic: self.topic.clone(),
+            host: self.host.clone(),
+            binary: self.binary.clone(),
+            version: self.version.clone(),
+            endpoints: self.endpoints.clone(),
+            services: self.services.clone(),
+            workers: self.workers,
+            created_at: now.clone(),
+            updated_at: now,
+            disabled: false,
+            disabled_reason: None,
+            forced_down: false,
+        }
+    }
+
+    /// Updates `record` for a re-registration: new endpoints and services,
+    /// but the operator's admin state and `created_at` are kept.
+    pub fn refresh_record(&self, record: &mut ServiceRecord, now: SystemTime) {
+        record.binary = self.binary.clone();
+        record.version = self.version.clone();
+        record.endpoints = self.endpoints.clone();
+        record.services = self.services.clone();
+        record.workers = self.workers;
+        record.updated_at = rfc3339(now);
+    }
+}

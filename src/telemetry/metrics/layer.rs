@@ -1,0 +1,271 @@
+//! [`RequestMetricsLayer`]: one layer for both servers, measuring each
+//! request until its response body ends.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use http_body::{Body, Frame, SizeHint};
+use tower::{Layer, Service};
+
+use super::{Requests, RouteMetrics};
+use crate::wire::GRPC_STATUS;
+
+/// How a request ended, cheap to carry until it is counted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(super) enum Code {
+    /// A gRPC status code.
+    Grpc(i32),
+    /// An HTTP status.
+    Http(u16),
+    /// The response body was dropped before its end: the client went away.
+    Dropped,
+    /// The response body failed.
+    Failed,
+}
+
+impl Code {
+    pub(super) fn label(self) -> String {
+        match self {
+            Code::Grpc(code) => format!("{:?}", tonic::Code::from_i32(code)),
+            Code::Http(status) => status.to_string(),
+            Code::Dropped => "Cancelled".into(),
+            Code::Failed => "Error".into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+pub(super) enum Kind {
+    Grpc,
+    Http,
+}
+
+/// Counts requests through the service it wraps (see the module docs).
+#[derive(Clone)]
+pub struct RequestMetricsLayer {
+    requests: Requests,
+    kind: Kind,
+}
+
+impl RequestMetricsLayer {
+    pub(super) fn new(requests: Requests, kind: Kind) -> Self {
+        RequestMetricsLayer { requests, kind }
+    }
+}
+
+impl<S> Layer<S> for RequestMetricsLayer {
+    type Service = RequestMetrics<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequestMetrics {
+            inner,
+            requests: self.requests.clone(),
+            kind: self.kind,
+        }
+    }
+}
+
+/// The service of [`RequestMetricsLayer`].
+#[derive(Clone)]
+pub struct RequestMetrics<S> {
+    inner: S,
+    requests: Requests,
+    kind: Kind,
+}
+
+impl<S, B, RB> Service<http::Request<B>> for RequestMetrics<S>
+where
+    S: Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+    RB: Body,
+{
+    type Response = http::Response<Measured<RB>>;
+    type Error = S::Error;
+    type Future = MeasuredFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let route = match self.kind {
+            Kind::Http => request
+                .extensions()
+                .get::<axum::extract::MatchedPath>()
+                .map_or("unmatched", |p| p.as_str()),
+            Kind::Grpc => request.uri().path(),
+        };
+        let route = self.requests.route(route);
+        route.in_flight.inc();
+        MeasuredFuture {
+            inner: self.inner.call(request),
+            record: Some(Record {
+                route,
+                started: Instant::now(),
+                code: None,
+            }),
+            kind: self.kind,
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`RequestMetrics`]; not boxed, as every
+    /// request and call passes here.
+    pub struct MeasuredFuture<F> {
+        #[pin]
+        inner: F,
+        record: Option<Record>,
+        kind: Kind,
+    }
+}
+
+impl<F, RB, E> std::future::Future for MeasuredFuture<F>
+where
+    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
+{
+    type Output = Result<http::Response<Measured<RB>>, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        // An error or a dropped future records the request as it is dropped.
+        let response = std::task::ready!(this.inner.poll(cx))?;
+        let mut record = this.record.take();
+        if let Some(record) = record.as_mut() {
+            record.code = match this.kind {
+                Kind::Http => Some(Code::Http(response.status().as_u16())),
+                // A trailers-only reply (an error before any message).
+                Kind::Grpc => response.headers().get(GRPC_STATUS).map(grpc_code),
+            };
+        }
+        Poll::Ready(Ok(response.map(|body| Measured { body, record })))
+    }
+}
+
+fn grpc_code(value: &http::HeaderValue) -> Code {
+    let code = std::str::from_utf8(value.as_bytes())
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .unwrap_or(tonic::Code::Unknown as i32);
+    Code::Grpc(code)
+}
+
+/// What is recorded when a response ends.
+struct Record {
+    route: Arc<RouteMetrics>,
+    started: Instant,
+    code: Option<Code>,
+}
+
+impl Drop for Record {
+    fn drop(&mut self) {
+        self.route.in_flight.dec();
+        self.route.count(self.code.unwrap_or(Code::Dropped));
+        self.route
+            .duration
+            .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that records its request when it ends.
+    pub struct Measured<B> {
+        #[pin]
+        body: B,
+        record: Option<Record>,
+    }
+}
+
+impl<B: Body> Body for Measured<B> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
+        let this = self.project();
+        let polled = this.body.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut())
+                {
+                    if let Some(status) = trailers.get(GRPC_STATUS) {
+                        record.code = Some(grpc_code(status));
+                    }
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(mut record) = this.record.take() {
+                    // A gRPC body that ended without a status in its
+                    // trailers already had it in its headers (or is OK).
+                    record
+                        .code
+                        .get_or_insert(Code::Grpc(tonic::Code::Ok as i32));
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if let Some(mut record) = this.record.take() {
+                    record.code = Some(Code::Failed);
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Metrics;
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test]
+    async fn grpc_calls_are_counted_by_method_and_status_when_their_body_ends() {
+        let metrics = Metrics::new();
+        let service = tower::service_fn(|request: http::Request<()>| async move {
+            let status = if request.uri().path().ends_with("/Fail") {
+                "5"
+            } else {
+                "0"
+            };
+            let response = http::Response::builder()
+                .header(GRPC_STATUS, status)
+                .body(http_body_util::Full::new(bytes::Bytes::from_static(b"x")))
+                .unwrap();
+            Ok::<_, std::convert::Infallible>(response)
+        });
+        let mut service = metrics.grpc_layer().layer(service);
+        for path in ["/pkg.S/Ok", "/pkg.S/Ok", "/pkg.S/Fail"] {
+            let request = http::Request::builder().uri(path).body(()).unwrap();
+            let response = tower::ServiceExt::oneshot(&mut service, request)
+                .await
+                .unwrap();
+            // Still in flight until its body ends.
+            assert!(metrics.render(None).contains(&format!(
+                "svckit_grpc_requests_in_flight{{route=\"{path}\"}} 1"
+            )));
+            response.into_body().collect().await.unwrap();
+        }
+        let text = metrics.render(None);
+        for line in [
+            r#"svckit_grpc_requests_total{route="/pkg.S/Ok",code="Ok"} 2"#,
+            r#"svckit_grpc_requests_total{route="/pkg.S/Fail",code="NotFound"} 1"#,
+            r#"svckit_grpc_requests_in_flight{route="/pkg.S/Ok"} 0"#,
+            r#"svckit_grpc_request_duration_seconds_count{route="/pkg.S/Ok"} 2"#,
+        ] {
+            assert!(text.lines().any(|l| l == line), "no {line} in\n{text}");
+        }
+    }
+}
