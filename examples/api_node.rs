@@ -121,16 +121,19 @@ async fn members(State(b): State<Arc<Backends>>) -> Response {
 }
 
 fn main() -> std::process::ExitCode {
-    svckit::launcher::run(Args::parse().common, |config| async move {
-        let api = Api {
-            config: config.clone(),
-            backends: OnceLock::new(),
-        };
-        let node = Node::builder(api)
-            .binary("api_node")
-            .topic("api")
-            .version(env!("CARGO_PKG_VERSION"))
-            .build(&config);
-        Ok(vec![Arc::new(node) as Arc<dyn Service>])
-    })
+    svckit::launcher::run(
+        svckit::config::parse_args::<Args>().common,
+        |config| async move {
+            let api = Api {
+                config: config.clone(),
+                backends: OnceLock::new(),
+            };
+            let node = Node::builder(api)
+                .binary("api_node")
+                .topic("api")
+                .version(env!("CARGO_PKG_VERSION"))
+                .build(&config);
+            Ok(vec![Arc::new(node) as Arc<dyn Service>])
+        },
+    )
 }

@@ -56,7 +56,7 @@ struct Args {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
-    let args = Args::parse();
+    let args = svckit::config::parse_args::<Args>();
     let config = Config::load(&CommonArgs {
         registry: args.registry.clone(),
         ..CommonArgs::default()

@@ -26,13 +26,17 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    svckit::launcher::run(Args::parse().common, |config| async move {
-        let manager = echo::EchoManager::new(config.host.clone()).with_tick(echo::Tick::from_env());
-        let node = Node::builder(manager)
-            .binary("echo_node")
-            .topic("echo")
-            .version(env!("CARGO_PKG_VERSION"))
-            .build(&config);
-        Ok(vec![Arc::new(node) as Arc<dyn svckit::Service>])
-    })
+    svckit::launcher::run(
+        svckit::config::parse_args::<Args>().common,
+        |config| async move {
+            let manager =
+                echo::EchoManager::new(config.host.clone()).with_tick(echo::Tick::from_env());
+            let node = Node::builder(manager)
+                .binary("echo_node")
+                .topic("echo")
+                .version(env!("CARGO_PKG_VERSION"))
+                .build(&config);
+            Ok(vec![Arc::new(node) as Arc<dyn svckit::Service>])
+        },
+    )
 }

@@ -115,7 +115,7 @@ async fn hold(Query(q): Query<Hold>) -> &'static str {
 }
 
 fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+    let args = svckit::config::parse_args::<Args>();
     let (init_delay, fail, block_cleanup, fail_while) = (
         args.init_delay,
         args.fail,

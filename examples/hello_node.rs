@@ -73,9 +73,12 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    svckit::launcher::run(Args::parse().common, |config| async move {
-        let host = config.host.clone();
-        let node = Node::builder(Hello { host }).topic("hello").build(&config);
-        Ok(vec![Arc::new(node) as Arc<dyn Service>])
-    })
+    svckit::launcher::run(
+        svckit::config::parse_args::<Args>().common,
+        |config| async move {
+            let host = config.host.clone();
+            let node = Node::builder(Hello { host }).topic("hello").build(&config);
+            Ok(vec![Arc::new(node) as Arc<dyn Service>])
+        },
+    )
 }

@@ -75,6 +75,32 @@ fn bad_flag_value_exits_78() {
 }
 
 #[test]
+fn an_unknown_flag_exits_64_with_one_line() {
+    let (code, err) = run(&["--bogus"]);
+    assert_one_line(code, &err, 64, "--bogus");
+    let mut svckit = Proc::spawn(
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_svckit")),
+        &["--bogus"],
+        &[],
+    );
+    let status = svckit.wait_exit(Duration::from_secs(20)).expect("exits");
+    assert_one_line_of("svckit", status.code(), &svckit.stderr(), 64, "--bogus");
+}
+
+#[test]
+fn a_flag_without_its_value_exits_64() {
+    let (code, err) = run(&["--report-interval"]);
+    assert_one_line(code, &err, 64, "--report-interval");
+}
+
+#[test]
+fn a_negative_duration_is_a_value_refused_with_78_naming_the_option() {
+    let (code, err) = run(&["--service-down-time", "-5"]);
+    assert_one_line(code, &err, 78, "service_down_time");
+    assert!(err.contains("--service-down-time"), "{err}");
+}
+
+#[test]
 fn port_in_use_exits_71() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-pub use self::args::CommonArgs;
+pub use self::args::{exit_on_usage_error, parse_args, CommonArgs};
 pub use self::value::{HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers};
 
 use self::load::check_range;

@@ -200,7 +200,7 @@ impl RegistryArgs {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli: Cli = svckit::config::parse_args();
     // Warnings (an invalid record skipped, a watch resyncing) go to stderr;
     // stdout stays the command's output. RUST_LOG changes the level. The
     // dashboard is a server: its start and every admin action are logged.
