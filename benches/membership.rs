@@ -18,7 +18,7 @@ use std::time::{Duration, Instant, SystemTime};
 use etcd_client::{PutOptions, Txn, TxnOp};
 use nix::sys::signal::Signal;
 use svckit::servicegroup::{
-    connect, rfc3339, Endpoints, EventStream, Registry, RegistryOptions, RegistryUrl, ServiceRecord,
+    connect, Advert, Endpoints, EventStream, Registry, RegistryOptions, RegistryUrl,
 };
 
 // The integration tests' helpers: a real etcd on free ports and kit
@@ -399,29 +399,18 @@ async fn write_bulk(endpoint: &str) -> usize {
         .await
         .expect("grant the bulk lease")
         .id();
-    let now = rfc3339(SystemTime::now());
+    let now = SystemTime::now();
     let hosts: Vec<String> = (0..BULK_MEMBERS).map(|i| format!("h{i:05}")).collect();
     let mut alive = 0;
     for chunk in hosts.chunks(100) {
         let mut ops = Vec::with_capacity(chunk.len() * 2);
         for host in chunk {
-            let record = ServiceRecord {
-                topic: "bulk".into(),
-                host: host.clone(),
-                binary: "bulk_node".into(),
-                version: "1.0.0".into(),
-                endpoints: Endpoints {
-                    grpc: Some(format!("http://{host}:7000")),
-                    http: None,
-                },
-                services: vec!["svckit.examples.echo.v1.Echo".into()],
-                workers: 1,
-                created_at: now.clone(),
-                updated_at: now.clone(),
-                disabled: false,
-                disabled_reason: None,
-                forced_down: false,
-            };
+            let endpoints = Endpoints::new(Some(format!("http://{host}:7000")), None);
+            let services = vec!["svckit.examples.echo.v1.Echo".into()];
+            let advert = Advert::new("bulk", host, "bulk_node", "1.0.0", endpoints, services);
+            let record = advert
+                .registration(1, Duration::from_secs(1), Duration::from_secs(5))
+                .to_record(now);
             let value = serde_json::to_vec(&record).expect("encode a service record");
             ops.push(TxnOp::put(
                 format!("/svckit/services/bulk/{host}"),

@@ -53,7 +53,7 @@ impl Manager for Api {
 
     async fn init_host(&self) -> Result<(), BoxError> {
         let registry =
-            servicegroup::connect(&self.config.registry, &self.config.registry_options()).await?;
+            servicegroup::connect(self.config.registry(), &self.config.registry_options()).await?;
         let rpc = Rpc::from_config(&self.config).await?;
         let _ = self.backends.set(Arc::new(Backends { rpc, registry }));
         Ok(())

@@ -57,9 +57,10 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = svckit::config::parse_args::<Args>();
-    let config = Config::load(&CommonArgs {
-        registry: args.registry.clone(),
-        ..CommonArgs::default()
+    let config = Config::load(&{
+        let mut options = CommonArgs::default();
+        options.registry = args.registry.clone();
+        options
     })?;
     let rpc = Rpc::from_config(&config).await?;
     let mut target = Target::topic(&args.topic);

@@ -30,7 +30,7 @@ fn main() -> std::process::ExitCode {
         svckit::config::parse_args::<Args>().common,
         |config| async move {
             let manager =
-                echo::EchoManager::new(config.host.clone()).with_tick(echo::Tick::from_env());
+                echo::EchoManager::new(config.host().clone()).with_tick(echo::Tick::from_env());
             let node = Node::builder(manager)
                 .binary("echo_node")
                 .topic("echo")

@@ -124,7 +124,7 @@ fn main() -> std::process::ExitCode {
     );
     svckit::launcher::run(args.common, move |config| async move {
         let manager = Faulty {
-            echo: Arc::new(echo::EchoManager::new(config.host.clone())),
+            echo: Arc::new(echo::EchoManager::new(config.host().clone())),
             init_delay,
             fail,
             block_cleanup,

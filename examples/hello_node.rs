@@ -73,12 +73,11 @@ struct Args {
 }
 
 fn main() -> std::process::ExitCode {
-    svckit::launcher::run(
-        svckit::config::parse_args::<Args>().common,
-        |config| async move {
-            let host = config.host.clone();
-            let node = Node::builder(Hello { host }).topic("hello").build(&config);
-            Ok(vec![Arc::new(node) as Arc<dyn Service>])
-        },
-    )
+    // Argument errors exit 64 with one line, as every kit binary's do.
+    let args: Args = svckit::config::parse_args();
+    svckit::launcher::run(args.common, |config| async move {
+        let host = config.host().clone();
+        let node = Node::builder(Hello { host }).topic("hello").build(&config);
+        Ok(vec![Arc::new(node) as Arc<dyn Service>])
+    })
 }

@@ -10,13 +10,24 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Everything that can go wrong in svckit, with enough context to act on.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum Error {
     /// A configuration value is unreadable or invalid (exit code 78).
-    #[error("{0}")]
-    Config(String),
-    /// A command-line usage error: `--workers 0`, a bad registry URL (exit code 64).
-    #[error("{0}")]
-    Usage(String),
+    #[error("{problem}{}", caused_by(.source.as_deref()))]
+    Config {
+        /// What is wrong, naming the option and where its value came from.
+        problem: String,
+        /// The parser's or the file system's error, when there is one.
+        #[source]
+        source: Option<BoxError>,
+    },
+    /// A command-line usage error: an unknown flag, `--workers 0`, a bad
+    /// registry URL (exit code 64).
+    #[error("{problem}")]
+    Usage {
+        /// What is wrong with the command line.
+        problem: String,
+    },
     /// The registry could not be reached, or did not answer in time
     /// (exit code 69). `source` is the transport, I/O or timeout error
     /// underneath, when there is one.
@@ -78,9 +89,14 @@ pub enum Error {
         #[source]
         source: Option<BoxError>,
     },
-    /// A member or record that was asked for does not exist.
-    #[error("not found: {0}")]
-    NotFound(String),
+    /// A member's record that was asked for does not exist (exit code 1).
+    #[error("no service record for topic {topic:?} host {host:?}")]
+    NotFound {
+        /// The topic asked for.
+        topic: String,
+        /// The host asked for.
+        host: String,
+    },
     /// An operator asked to delete the record of a member that is up
     /// (exit code 1). Deleting it anyway (`--force`) is short-lived: the live
     /// node writes its record again.
@@ -109,6 +125,37 @@ pub enum Error {
 }
 
 impl Error {
+    /// [`Error::Config`] without an underlying error.
+    pub(crate) fn config(problem: impl Into<String>) -> Self {
+        Error::Config {
+            problem: problem.into(),
+            source: None,
+        }
+    }
+
+    /// [`Error::Config`] caused by `source`.
+    pub(crate) fn config_from(problem: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Config {
+            problem: problem.into(),
+            source: Some(source.into()),
+        }
+    }
+
+    /// [`Error::Usage`].
+    pub(crate) fn usage(problem: impl Into<String>) -> Self {
+        Error::Usage {
+            problem: problem.into(),
+        }
+    }
+
+    /// [`Error::NotFound`] for `topic`/`host`.
+    pub(crate) fn not_found(topic: impl Into<String>, host: impl Into<String>) -> Self {
+        Error::NotFound {
+            topic: topic.into(),
+            host: host.into(),
+        }
+    }
+
     /// [`Error::Unavailable`] with what was being reached and why not.
     pub(crate) fn unavailable(what: impl Into<String>, source: impl Into<BoxError>) -> Self {
         Error::Unavailable {
@@ -136,18 +183,22 @@ impl Error {
 
     /// The process exit code for this error (sysexits.h where one fits).
     pub fn exit_code(&self) -> i32 {
+        // Every variant named: a new one must choose its code here.
         match self {
-            Error::Usage(_) => exit::USAGE,
-            Error::Config(_) | Error::Credentials { .. } | Error::Duplicate { .. } => exit::CONFIG,
+            Error::Usage { .. } => exit::USAGE,
+            Error::Config { .. } | Error::Credentials { .. } | Error::Duplicate { .. } => {
+                exit::CONFIG
+            }
             Error::Unavailable { .. } => exit::UNAVAILABLE,
             Error::Status(s) if s.code() == tonic::Code::Unavailable => exit::UNAVAILABLE,
             Error::Status(_) => exit::FAILURE,
             Error::Bind { .. } => exit::OSERR,
-            Error::Hook { .. } => exit::SOFTWARE,
-            Error::ShutdownTimeout(_) | Error::NotFound(_) | Error::MemberUp { .. } => {
+            Error::Hook { .. } | Error::Registry { .. } | Error::Transport(_) | Error::Io(_) => {
+                exit::SOFTWARE
+            }
+            Error::ShutdownTimeout(_) | Error::NotFound { .. } | Error::MemberUp { .. } => {
                 exit::FAILURE
             }
-            _ => exit::SOFTWARE,
         }
     }
 }

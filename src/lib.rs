@@ -14,21 +14,29 @@
 //!
 //! In the order data flows:
 //!
-//! - [`config`]: typed options, defaults < TOML file < `SVCKIT_*` < flags.
+//! - [`config`]: typed options, defaults < TOML file < `SVCKIT_*` < flags,
+//!   read through accessors.
 //! - [`manager`]: the user's side: services, lifecycle hooks, periodic tasks.
 //! - [`periodic`]: the timer of a manager's periodic tasks and where they run.
-//! - [`service`]: the [`Service`] lifecycle and [`Node`], the server side.
+//! - [`service`]: the [`Service`] trait a launcher runs, and [`Node`], the
+//!   server side, with its operations endpoints.
 //! - [`servicegroup`]: membership on etcd, files or memory: join, heartbeat,
 //!   list, watch, admin state.
-//! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast.
-//! - [`http`]: HTTP APIs and admin endpoints on a node, behind nova's limits.
+//! - [`rpc`]: the client side: targets, load-balanced channels, fanout, cast;
+//!   it imports nothing of the server side.
+//! - [`http`]: the HTTP stack of a node's API, behind nova's limits.
 //! - [`dashboard`]: the service group as a live web page, with JSON beside it.
-//! - [`launcher`]: runs services until signals (or a future) stop them.
+//! - [`launcher`]: [`ServiceLauncher`](launcher::ServiceLauncher) (one
+//!   process) and [`Supervisor`](launcher::Supervisor) (N workers), driven
+//!   by the same controls, and the one component that advertises a node.
 //! - [`report`]: the state report of SIGUSR2, `Base/Report` and `/debug/report`.
 //! - [`telemetry`]: logging set-up and Prometheus metrics.
 //! - [`tls`]: TLS on the listeners and to nodes, certificates re-read when they change.
 //! - [`error`]: the one [`Error`] type and its exit codes.
 //! - [`pb`]: generated code of the kit's own protos.
+//!
+//! Private beside them: `admission` (the slots of the request pools) and
+//! `wire` (the headers clients and nodes exchange).
 //!
 //! # Example
 //!

@@ -15,13 +15,13 @@ use svckit::servicegroup::{connect, Election, Leadership, Registry};
 const WAIT: Duration = Duration::from_secs(10);
 
 fn election(candidate: &str) -> Election {
-    Election {
-        topic: "conductor".into(),
-        name: "reap".into(),
-        candidate: candidate.into(),
-        ttl: Duration::from_secs(1),
-        keepalive: Duration::from_millis(200),
-    }
+    Election::new(
+        "conductor",
+        "reap",
+        candidate,
+        Duration::from_secs(1),
+        Duration::from_millis(200),
+    )
 }
 
 async fn one_leader(candidates: &[&Arc<dyn Leadership>]) -> usize {
@@ -39,9 +39,10 @@ async fn elects_one_leader_at_a_time(a: Registry, b: Registry) {
     let first = a.campaign(election("a")).await.unwrap();
     let second = b.campaign(election("b")).await.unwrap();
     let other_task = b
-        .campaign(Election {
-            name: "other".into(),
-            ..election("b")
+        .campaign({
+            let mut other = election("b");
+            other.name = "other".into();
+            other
         })
         .await
         .unwrap();

@@ -11,7 +11,7 @@ use futures::StreamExt;
 use svckit::launcher::{Control, ServiceLauncher};
 use svckit::manager::{Manager, Services};
 use svckit::service::NodeInfo;
-use svckit::servicegroup::{self, Event, RegistryUrl};
+use svckit::servicegroup::{self, Event};
 use svckit::{BoxError, Config, Node, Service};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::UnboundedReceiverStream;
@@ -113,16 +113,17 @@ struct Setup {
 }
 
 async fn setup(test: &str, recorder: Recorder) -> Setup {
-    let mut config = Config::default();
-    config.host = "h1".into();
-    config.registry = RegistryUrl::parse(&format!("memory://{test}")).unwrap();
-    config.drain_delay = Duration::ZERO;
+    let config = Config::default()
+        .with("host", "h1")
+        .and_then(|c| c.with("registry", &format!("memory://{test}")))
+        .and_then(|c| c.with("drain_delay", "0"))
+        .unwrap();
     let recorder = Arc::new(recorder);
     let node = Node::builder(Shared(recorder.clone()))
         .topic("life")
         .build(&config);
     let _ = recorder.node.set(node.info().clone());
-    let registry = servicegroup::connect(&config.registry, &config.registry_options())
+    let registry = servicegroup::connect(config.registry(), &config.registry_options())
         .await
         .unwrap();
     Setup {
@@ -261,9 +262,8 @@ async fn reload_applies_the_new_config_and_resets_the_manager() {
 async fn a_second_stop_ends_the_run_at_once() {
     let s = setup("second-stop", Recorder::default()).await;
     let mut watch = s.registry.watch(Some("life")).await.unwrap();
-    let mut config = s.config.clone();
     // A drain that would take an hour.
-    config.drain_delay = Duration::from_secs(3600);
+    let config = s.config.clone().with("drain_delay", "1h").unwrap();
     let (tx, rx) = mpsc::unbounded_channel();
     let launcher = ServiceLauncher::new(config.clone(), vec![s.node.clone()]);
     s.node.reset(&config).await.unwrap();

@@ -41,12 +41,13 @@ async fn tasks_run_only_while_the_node_is_registered() {
     let registry = servicegroup::connect(&url, &RegistryOptions::default())
         .await
         .unwrap();
-    let mut config = Config::default();
-    config.registry = url;
-    config.host = "n1".into();
-    config.periodic_fuzzy_delay = Duration::ZERO;
-    // Long enough for many runs, had the tasks not stopped first.
-    config.drain_delay = Duration::from_millis(300);
+    let config = Config::default()
+        .with("registry", &url.to_string())
+        .and_then(|c| c.with("host", "n1"))
+        .and_then(|c| c.with("periodic_fuzzy_delay", "0"))
+        // Long enough for many runs, had the tasks not stopped first.
+        .and_then(|c| c.with("drain_delay", "300ms"))
+        .unwrap();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let watcher = Watcher {
         registry,

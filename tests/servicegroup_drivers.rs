@@ -132,7 +132,7 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
         .unwrap();
     expect_event(&mut watch, WAIT, "n1 up again", is_join("n1")).await;
     match registry.set_admin(t, "nobody", AdminChange::Enable).await {
-        Err(Error::NotFound(_)) => {}
+        Err(Error::NotFound { .. }) => {}
         other => panic!("expected NotFound, got {other:?}"),
     }
 

@@ -262,10 +262,8 @@ async fn leaving_is_bounded_when_etcd_does_not_answer() {
     init_tracing();
     let etcd = Etcd::start();
     // A request timeout well above the leave bound.
-    let slow = svckit::servicegroup::RegistryOptions {
-        timeout: Duration::from_secs(10),
-        ..options()
-    };
+    let mut slow = options();
+    slow.timeout = Duration::from_secs(10);
     let registry = connect(&etcd.url(), &slow).await.unwrap();
     let node = registry.join(registration("compute", "n1")).await.unwrap();
 

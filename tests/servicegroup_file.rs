@@ -176,7 +176,7 @@ async fn the_registry_honours_registry_backoff_max() {
         _ => None,
     };
     let config = Config::load_registry_from(&CommonArgs::default(), env).unwrap();
-    let registry = svckit::servicegroup::connect(&config.registry, &config.registry_options())
+    let registry = svckit::servicegroup::connect(config.registry(), &config.registry_options())
         .await
         .unwrap();
     assert_eq!(registry.backoff_max(), Duration::from_millis(250));

@@ -455,13 +455,11 @@ async fn sigterm_to_a_supervisor_under_load_fails_no_call() {
         &quick_node_args(&url, "sl"),
         &[("SVCKIT_DRAIN_DELAY", "0.2")],
     );
-    let rpc = Rpc::with_options(
-        registry(&etcd).await,
-        RpcOptions {
-            response_timeout: Duration::from_secs(10),
-            ..RpcOptions::default()
-        },
-    )
+    let rpc = Rpc::with_options(registry(&etcd).await, {
+        let mut options = RpcOptions::default();
+        options.response_timeout = Duration::from_secs(10);
+        options
+    })
     .await
     .unwrap();
     let target = Target::topic("echo");

@@ -13,6 +13,7 @@ use clap::Args;
 /// file: a negative number after a flag is such a value (`--service-down-time
 /// -5` is refused with exit 78, naming the option), not a flag of its own.
 #[derive(Debug, Clone, Default, Args)]
+#[non_exhaustive]
 pub struct CommonArgs {
     /// TOML config file [env: SVCKIT_CONFIG]
     #[arg(long, allow_negative_numbers = true, value_name = "FILE")]

@@ -77,7 +77,7 @@ impl Config {
     /// taking those `wanted` accepts.
     fn merge_file(&mut self, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!("cannot read config file {}: {e}", path.display()))
+            Error::config_from(format!("cannot read config file {}", path.display()), e)
         })?;
         self.merge_text(&text, path, wanted)
     }
@@ -105,7 +105,7 @@ impl Config {
     fn merge_text(&mut self, text: &str, path: &Path, wanted: impl Fn(&str) -> bool) -> Result<()> {
         let table: BTreeMap<String, toml::Spanned<toml::Value>> =
             toml::from_str(text).map_err(|e| {
-                Error::Config(format!(
+                Error::config(format!(
                     "invalid config file {}: {}",
                     path.display(),
                     one_line(&e.to_string())
@@ -117,7 +117,7 @@ impl Config {
                 line: Some(line_at(text, value.span().start)),
             };
             if !OPTIONS.iter().any(|o| o.name == key) {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "unknown option `{key}` (from {source})"
                 )));
             }
@@ -130,7 +130,7 @@ impl Config {
                 toml::Value::Float(f) => f.to_string(),
                 toml::Value::Boolean(b) => b.to_string(),
                 _ => {
-                    return Err(Error::Config(format!(
+                    return Err(Error::config(format!(
                     "invalid value for `{key}` from {source}: expected a string, number or boolean"
                 )))
                 }
@@ -145,7 +145,7 @@ impl Config {
         if self.workers.0 == 0 {
             // `--workers 0` is a usage mistake (oslo raises ValueError), not
             // a config one: exit 64.
-            return Err(Error::Usage(format!(
+            return Err(Error::usage(format!(
                 "invalid value for `workers` from {}: must be at least 1",
                 self.source("workers")
             )));
@@ -155,7 +155,7 @@ impl Config {
         let names = [("host", Some(&self.host)), ("topic", self.topic.as_ref())];
         for (name, value) in names {
             if let Some(v) = value.filter(|v| !valid_name(v)) {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "invalid value for `{name}` from {}: {v:?} may only hold {VALID_NAME}",
                     self.source(name)
                 )));
@@ -163,14 +163,14 @@ impl Config {
         }
         self.check_pairs(&[("tls_cert_file", "tls_key_file")])?;
         if self.http_shared_port && self.http_listen.is_some() {
-            return Err(Error::Config(format!(
+            return Err(Error::config(format!(
                 "http_shared_port serves HTTP on rpc_listen: unset http_listen (from {})",
                 self.source("http_listen")
             )));
         }
         if self.tls_client_ca_file.is_some() && self.tls_cert_file.is_none() {
-            return Err(Error::Config(
-                "tls_client_ca_file needs tls_cert_file and tls_key_file: client certificates are asked for only over TLS".into(),
+            return Err(Error::config(
+                "tls_client_ca_file needs tls_cert_file and tls_key_file: client certificates are asked for only over TLS",
             ));
         }
         self.check_registry_pairs()
@@ -191,8 +191,8 @@ impl Config {
         ];
         self.check_pairs(&pairs)?;
         if self.registry_password.is_some() && self.registry_password_file.is_some() {
-            return Err(Error::Config(
-                "registry_password and registry_password_file are two ways to give one password: set one".into(),
+            return Err(Error::config(
+                "registry_password and registry_password_file are two ways to give one password: set one",
             ));
         }
         Ok(())
@@ -203,7 +203,7 @@ impl Config {
         for (a, b) in pairs {
             let set = |name| self.raw(name).is_some_and(|v| !v.is_empty());
             if set(a) != set(b) {
-                return Err(Error::Config(format!("{a} and {b} must be set together")));
+                return Err(Error::config(format!("{a} and {b} must be set together")));
             }
         }
         Ok(())
@@ -219,10 +219,10 @@ pub(super) fn check_range<T: OptionValue + PartialOrd>(
 ) -> Result<()> {
     let bound = |text: &str| {
         T::parse_value(text)
-            .map_err(|e| Error::Config(format!("option `{name}` has a bad bound {text:?}: {e}")))
+            .map_err(|e| Error::config(format!("option `{name}` has a bad bound {text:?}: {e}")))
     };
     if *value < bound(lo)? || *value > bound(hi)? {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "invalid value for `{name}` from {source}: {} is outside {lo} to {hi}",
             value.show()
         )));

@@ -29,6 +29,7 @@ use crate::servicegroup::{RegistryOptions, RegistryUrl};
 
 /// Where an option's value came from, for error messages and reports.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Source {
     /// Nobody set it.
     Default,
@@ -43,6 +44,8 @@ pub enum Source {
     Env(String),
     /// A command-line flag (as typed: `--report-interval`).
     Flag(String),
+    /// The program itself, through [`Config::with`].
+    Program,
 }
 
 impl fmt::Display for Source {
@@ -56,12 +59,14 @@ impl fmt::Display for Source {
             Source::File { path, line: None } => write!(f, "{}", path.display()),
             Source::Env(var) => write!(f, "environment variable {var}"),
             Source::Flag(flag) => write!(f, "flag {flag}"),
+            Source::Program => write!(f, "the program"),
         }
     }
 }
 
 /// One option's description, for the reference and for SIGHUP.
 #[derive(Debug, Clone, Copy)]
+#[non_exhaustive]
 pub struct OptionInfo {
     /// The option's name in files, flags (`-` for `_`) and `SVCKIT_*`.
     pub name: &'static str,
@@ -96,8 +101,19 @@ macro_rules! options {
         /// Its `Debug` shows secrets as `***`, as reports do.
         #[derive(Clone)]
         pub struct Config {
-            $( $(#[doc = $doc])+ pub $name: $ty, )*
+            $( $(#[doc = $doc])+ pub(crate) $name: $ty, )*
             sources: BTreeMap<&'static str, Source>,
+        }
+
+        /// Each option's value, read-only: every value passed validation.
+        /// Change one with [`Config::with`].
+        impl Config {
+            $(
+                $(#[doc = $doc])+
+                pub fn $name(&self) -> &$ty {
+                    &self.$name
+                }
+            )*
         }
 
         impl Default for Config {
@@ -120,13 +136,13 @@ macro_rules! options {
         impl Config {
             /// Sets one option from its text form; the error names the
             /// option and the source of the bad value.
-            pub fn set(&mut self, name: &str, raw: &str, source: Source) -> Result<()> {
+            pub(crate) fn set(&mut self, name: &str, raw: &str, source: Source) -> Result<()> {
                 let (key, parsed) = match name {
                     $( stringify!($name) => (
                         stringify!($name),
                         <$ty as OptionValue>::parse_value(raw).map(|v| self.$name = v),
                     ), )*
-                    _ => return Err(Error::Config(format!("unknown option `{name}` (from {source})"))),
+                    _ => return Err(Error::config(format!("unknown option `{name}` (from {source})"))),
                 };
                 match parsed {
                     Ok(()) => {
@@ -134,8 +150,8 @@ macro_rules! options {
                         Ok(())
                     }
                     // A malformed registry URL is a usage error, wherever it came from.
-                    Err(e) if key == "registry" => Err(Error::Usage(format!("{e} (option `registry` from {source})"))),
-                    Err(e) => Err(Error::Config(format!("invalid value for `{key}` from {source}: {e}"))),
+                    Err(e) if key == "registry" => Err(Error::usage(format!("{e} (option `registry` from {source})"))),
+                    Err(e) => Err(Error::config(format!("invalid value for `{key}` from {source}: {e}"))),
                 }
             }
 
@@ -322,6 +338,24 @@ fn default_registry() -> RegistryUrl {
 }
 
 impl Config {
+    /// This config with one option set from its text form, as a flag
+    /// would set it, and validated again as a whole: the only way to
+    /// change a loaded config, so that every value in force passed the
+    /// same checks.
+    ///
+    /// ```
+    /// # use std::time::Duration;
+    /// let config = svckit::Config::default().with("drain_delay", "250ms")?;
+    /// assert_eq!(*config.drain_delay(), Duration::from_millis(250));
+    /// assert!(svckit::Config::default().with("workers", "0").is_err());
+    /// # Ok::<(), svckit::Error>(())
+    /// ```
+    pub fn with(mut self, name: &str, value: &str) -> Result<Self> {
+        self.set(name, value, Source::Program)?;
+        self.validate()?;
+        Ok(self)
+    }
+
     /// The text form of one option, with secrets shown as `***`.
     pub fn get(&self, name: &str) -> Option<String> {
         let value = self.raw(name)?;

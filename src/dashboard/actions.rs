@@ -43,13 +43,13 @@ impl AdminTokens {
     /// error: admin actions nobody can use are a mistake.
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "cannot read admin token file {}: {e}",
                 path.display()
             ))
         })?;
         Self::parse(&text).ok_or_else(|| {
-            Error::Config(format!(
+            Error::config(format!(
                 "admin token file {} holds no token",
                 path.display()
             ))
@@ -137,9 +137,9 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 /// The HTTP status of a failed action: decided by the error's kind.
 fn status_of(e: &Error) -> StatusCode {
     match e {
-        Error::NotFound(_) => StatusCode::NOT_FOUND,
+        Error::NotFound { .. } => StatusCode::NOT_FOUND,
         Error::MemberUp { .. } => StatusCode::CONFLICT,
-        Error::Usage(_) => StatusCode::BAD_REQUEST,
+        Error::Usage { .. } => StatusCode::BAD_REQUEST,
         Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     }
@@ -220,9 +220,10 @@ async fn perform(dashboard: &Dashboard, request: &ActionRequest) -> Result<serde
         Action::Delete => {
             return match servicegroup::delete_member(registry.as_ref(), topic, host, false).await? {
                 Some(_) => Ok(serde_json::json!({ "deleted": { "topic": topic, "host": host } })),
-                None => Err(Error::NotFound(format!(
-                    "no service record for topic {topic:?} host {host:?}"
-                ))),
+                None => Err(Error::NotFound {
+                    topic: topic.to_string(),
+                    host: host.to_string(),
+                }),
             };
         }
     };

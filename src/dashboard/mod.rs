@@ -61,6 +61,7 @@ const FIRST_LISTING: Duration = Duration::from_secs(5);
 
 /// What a dashboard allows.
 #[derive(Debug, Clone, Default)]
+#[non_exhaustive]
 pub struct DashboardOptions {
     /// `Some`: admin actions are on, for holders of these tokens. `None`
     /// (the default, and always on a node): the page only shows.

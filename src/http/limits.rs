@@ -1,6 +1,6 @@
 //! The request limits nova puts on its WSGI server, as tower layers: the
 //! request line and header lines ([`LineLimitLayer`]: 414, 431) and the
-//! requests served at once ([`PoolLayer`]: wait, then 503).
+//! requests served at once ([`HttpPoolLayer`]: wait, then 503).
 
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
@@ -82,38 +82,38 @@ where
 /// `wait` for a slot, then gets 503 (eventlet's green pool, with a bound on
 /// the wait so that an overload sheds instead of queueing forever).
 #[derive(Debug, Clone)]
-pub struct PoolLayer {
+pub struct HttpPoolLayer {
     slots: Slots,
 }
 
-impl PoolLayer {
+impl HttpPoolLayer {
     /// A pool of `size` slots.
     pub fn new(size: usize, wait: Duration) -> Self {
-        PoolLayer {
+        HttpPoolLayer {
             slots: Slots::new(size, wait),
         }
     }
 }
 
-impl<S> Layer<S> for PoolLayer {
-    type Service = Pool<S>;
+impl<S> Layer<S> for HttpPoolLayer {
+    type Service = HttpPool<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Pool {
+        HttpPool {
             inner,
             pool: self.clone(),
         }
     }
 }
 
-/// The service of [`PoolLayer`].
+/// The service of [`HttpPoolLayer`].
 #[derive(Debug, Clone)]
-pub struct Pool<S> {
+pub struct HttpPool<S> {
     inner: S,
-    pool: PoolLayer,
+    pool: HttpPoolLayer,
 }
 
-impl<S, B> Service<http::Request<B>> for Pool<S>
+impl<S, B> Service<http::Request<B>> for HttpPool<S>
 where
     S: Service<http::Request<B>, Response = Response> + Clone + Send + 'static,
     S::Future: Send + 'static,

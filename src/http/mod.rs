@@ -20,7 +20,7 @@
 //! `/metrics` (Prometheus text), `/debug/report` (the node's report, JSON).
 
 mod idle;
-pub mod limits;
+mod limits;
 
 use std::convert::Infallible;
 use std::task::{Context, Poll};
@@ -52,10 +52,11 @@ use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
 
 use self::idle::IdleTimeout;
-use self::limits::{LineLimitLayer, PoolLayer};
+use self::limits::{HttpPoolLayer, LineLimitLayer};
 
 /// The HTTP server settings, from the config.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct HttpOptions {
     /// Requests in their handlers at once (`http_pool_size`).
     pub pool_size: usize,
@@ -116,7 +117,7 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
     } else {
         routes.route_layer(
             ServiceBuilder::new()
-                .layer(PoolLayer::new(options.pool_size, options.pool_wait))
+                .layer(HttpPoolLayer::new(options.pool_size, options.pool_wait))
                 .map_response(IntoResponse::into_response)
                 .layer(RequestBodyLimitLayer::new(options.max_request_body))
                 .layer(TimeoutLayer::with_status_code(

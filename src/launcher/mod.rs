@@ -54,7 +54,7 @@ pub async fn launch(
     workers: u32,
 ) -> Result<i32> {
     match workers {
-        0 => Err(Error::Usage("workers must be at least 1".into())),
+        0 => Err(Error::usage("workers must be at least 1")),
         1 => {
             ServiceLauncher::new(config, services)
                 .reload_from(args)
@@ -64,7 +64,7 @@ pub async fn launch(
         }
         n => {
             if services.len() != 1 {
-                return Err(Error::Usage(format!(
+                return Err(Error::usage(format!(
                     "workers = {n} runs one service per process; {} were given",
                     services.len()
                 )));

@@ -9,6 +9,7 @@ use super::task::Scope;
 
 /// One task's figures, for the report.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct TaskStatus {
     /// The task's name.
     pub name: String,

@@ -44,6 +44,7 @@ use crate::tls::ClientTls;
 
 /// Client settings.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct RpcOptions {
     /// Default deadline of a call (oslo's `rpc_response_timeout`, 60 s).
     pub response_timeout: Duration,
@@ -83,6 +84,7 @@ pub struct Rpc {
 
 /// One node's answer to a fanout call.
 #[derive(Debug)]
+#[non_exhaustive]
 pub struct FanoutReply<T> {
     /// The node called.
     pub host: String,

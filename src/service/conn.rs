@@ -32,6 +32,7 @@ pub(crate) struct Connections {
 
 /// The counts as the report shows them.
 #[derive(Debug, Clone, Copy, Serialize)]
+#[non_exhaustive]
 pub struct ConnectionCounts {
     /// Connections open now.
     pub open: u64,

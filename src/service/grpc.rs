@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
 use super::limits::MessageLimitLayer;
-use super::pool::PoolLayer;
+use super::pool::RpcPoolLayer;
 use crate::error::{Error, Result};
 use crate::http::{HttpOptions, HttpServer};
 use crate::telemetry::metrics::Metrics;
@@ -82,7 +82,8 @@ pub(crate) struct GrpcServer {
     shutdown: Mutex<Option<oneshot::Sender<()>>>,
     task: AbortHandle,
     /// `Some` once the server task ended: `Ok` after a drain, `Err` on failure.
-    done: watch::Receiver<Option<Result<(), String>>>,
+    /// How the server task ended, once it did.
+    done: watch::Receiver<Option<Result<(), Arc<tonic::transport::Error>>>>,
     /// The server of a port shared with HTTP, which serves the gRPC calls.
     shared: Option<Arc<HttpServer>>,
 }
@@ -130,7 +131,7 @@ impl GrpcServer {
             )
             .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())
-            .layer(PoolLayer::new(limits.pool_size, limits.pool_wait))
+            .layer(RpcPoolLayer::new(limits.pool_size, limits.pool_wait))
             .layer(MessageLimitLayer {
                 max: limits.max_message_size,
             })
@@ -141,7 +142,7 @@ impl GrpcServer {
                     let _ = shutdown_rx.await;
                 })
                 .await
-                .map_err(|e| e.to_string());
+                .map_err(Arc::new);
             let _ = done_tx.send(Some(result));
         });
         Ok(GrpcServer {
@@ -176,7 +177,7 @@ impl GrpcServer {
             )
             .layer(TraceContextLayer)
             .layer(metrics.grpc_layer())
-            .layer(PoolLayer::new(limits.pool_size, limits.pool_wait))
+            .layer(RpcPoolLayer::new(limits.pool_size, limits.pool_wait))
             .layer(MessageLimitLayer {
                 max: limits.max_message_size,
             })
@@ -231,16 +232,15 @@ impl GrpcServer {
     /// Resolves when the server task ended (after a drain, or on failure).
     pub(crate) async fn wait(&self) -> Result<()> {
         let mut done = self.done.clone();
-        let ended = done
-            .wait_for(Option::is_some)
-            .await
-            .map(|r| r.clone())
-            .unwrap_or(Some(Err("server task was aborted".into())));
+        let ended = done.wait_for(Option::is_some).await.map(|r| r.clone());
         match ended {
-            Some(Err(e)) => Err(Error::Io(std::io::Error::other(format!(
-                "gRPC server: {e}"
-            )))),
-            _ => Ok(()),
+            Ok(Some(Err(e))) => Err(Error::Io(std::io::Error::other(e))),
+            Ok(_) => Ok(()),
+            // The task is gone without a word: it was aborted.
+            Err(_) => Err(Error::Io(std::io::Error::new(
+                std::io::ErrorKind::Interrupted,
+                "the gRPC server task was aborted",
+            ))),
         }
     }
 

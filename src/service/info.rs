@@ -27,6 +27,7 @@ pub const MEMBERS_TIMEOUT: Duration = Duration::from_secs(2);
 /// Where a node stands in its lifecycle, for reports.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum NodeState {
     /// Built, not started.
     Created,
@@ -114,7 +115,7 @@ impl NodeInfo {
     }
 
     /// The node's metrics.
-    pub fn metrics(&self) -> &Arc<Metrics> {
+    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics
     }
 

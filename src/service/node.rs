@@ -311,7 +311,7 @@ impl<M: Manager> Node<M> {
             )
         };
         let reflection_err = |e: tonic_reflection::server::Error| {
-            Error::Config(format!("invalid file descriptor set for reflection: {e}"))
+            Error::config(format!("invalid file descriptor set for reflection: {e}"))
         };
         let base = BaseServer::new(BaseApi {
             node: self.node.clone(),

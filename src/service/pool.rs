@@ -31,38 +31,38 @@ const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 
 /// At most `size` calls at once; see the module docs.
 #[derive(Debug, Clone)]
-pub(crate) struct PoolLayer {
+pub(crate) struct RpcPoolLayer {
     slots: Slots,
 }
 
-impl PoolLayer {
+impl RpcPoolLayer {
     /// A pool of `size` slots, waited for up to `wait`.
     pub(crate) fn new(size: usize, wait: Duration) -> Self {
-        PoolLayer {
+        RpcPoolLayer {
             slots: Slots::new(size, wait),
         }
     }
 }
 
-impl<S> Layer<S> for PoolLayer {
-    type Service = Pool<S>;
+impl<S> Layer<S> for RpcPoolLayer {
+    type Service = RpcPool<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        Pool {
+        RpcPool {
             inner,
             pool: self.clone(),
         }
     }
 }
 
-/// The service of [`PoolLayer`].
+/// The service of [`RpcPoolLayer`].
 #[derive(Debug, Clone)]
-pub(crate) struct Pool<S> {
+pub(crate) struct RpcPool<S> {
     inner: S,
-    pool: PoolLayer,
+    pool: RpcPoolLayer,
 }
 
-impl<S, B, RB> Service<http::Request<B>> for Pool<S>
+impl<S, B, RB> Service<http::Request<B>> for RpcPool<S>
 where
     S: Service<http::Request<B>, Response = http::Response<RB>> + Clone + Send + 'static,
     S::Future: Send + 'static,
@@ -184,7 +184,7 @@ mod tests {
         let echo = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("x"))))
         });
-        PoolLayer::new(size, Duration::ZERO).layer(echo)
+        RpcPoolLayer::new(size, Duration::ZERO).layer(echo)
     }
 
     fn call(path: &str) -> http::Request<()> {

@@ -65,7 +65,7 @@ pub const VALID_NAME: &str = "letters, digits and . _ - :";
 pub(crate) fn check_identity(topic: &str, host: &str) -> Result<()> {
     for (what, v) in [("topic", topic), ("host", host)] {
         if !valid_name(v) {
-            return Err(Error::Usage(format!(
+            return Err(Error::usage(format!(
                 "invalid {what} {v:?}: it may only hold {VALID_NAME}"
             )));
         }
@@ -127,7 +127,7 @@ mod tests {
             ("t", "x/y"),
         ] {
             assert!(
-                matches!(check_identity(t, h), Err(Error::Usage(_))),
+                matches!(check_identity(t, h), Err(Error::Usage { .. })),
                 "{t} {h}"
             );
         }

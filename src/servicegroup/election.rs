@@ -18,6 +18,7 @@ use futures::future::BoxFuture;
 
 /// One candidacy.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Election {
     /// The topic the election belongs to.
     pub topic: String,
@@ -31,6 +32,25 @@ pub struct Election {
     pub ttl: Duration,
     /// How often the candidate proves it is alive (`report_interval`).
     pub keepalive: Duration,
+}
+
+impl Election {
+    /// A candidacy of `candidate` in election `name` of `topic`.
+    pub fn new(
+        topic: impl Into<String>,
+        name: impl Into<String>,
+        candidate: impl Into<String>,
+        ttl: Duration,
+        keepalive: Duration,
+    ) -> Self {
+        Election {
+            topic: topic.into(),
+            name: name.into(),
+            candidate: candidate.into(),
+            ttl,
+            keepalive,
+        }
+    }
 }
 
 /// A candidate's standing, campaigning in the background until dropped or

@@ -206,7 +206,7 @@ impl Membership for MemoryMembership {
         let result = self.group.update(&self.key, |entries| {
             let entry = entries
                 .get_mut(&self.key)
-                .ok_or_else(|| Error::NotFound(format!("service {}/{}", self.key.0, self.key.1)))?;
+                .ok_or_else(|| Error::not_found(&self.key.0, &self.key.1))?;
             entry.record.workers = workers;
             entry.record.updated_at = rfc3339(SystemTime::now());
             Ok(())
@@ -310,7 +310,7 @@ impl Driver for MemoryDriver {
         let result = self.group.update(&key, |entries| {
             let entry = entries
                 .get_mut(&key)
-                .ok_or_else(|| Error::NotFound(format!("service {topic}/{host}")))?;
+                .ok_or_else(|| Error::not_found(topic, host))?;
             change.apply(&mut entry.record, SystemTime::now());
             Ok(entry.member())
         });

@@ -54,6 +54,7 @@ pub use self::view::{format_age, EventView, MemberView};
 ///
 /// Stored as JSON; field names are part of the operator contract (README).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct ServiceRecord {
     /// The topic served; with `host`, the member's identity.
     pub topic: String,
@@ -84,6 +85,7 @@ pub struct ServiceRecord {
 
 /// The URLs a node serves on.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Endpoints {
     /// gRPC endpoint, e.g. `http://10.0.0.5:7000`.
     pub grpc: Option<String>,
@@ -91,8 +93,21 @@ pub struct Endpoints {
     pub http: Option<String>,
 }
 
+impl Endpoints {
+    /// A node's gRPC and HTTP URLs.
+    ///
+    /// ```
+    /// let endpoints = svckit::servicegroup::Endpoints::new(Some("http://10.0.0.5:7000".into()), None);
+    /// assert!(endpoints.http.is_none());
+    /// ```
+    pub fn new(grpc: Option<String>, http: Option<String>) -> Self {
+        Endpoints { grpc, http }
+    }
+}
+
 /// A service record together with its liveness.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[non_exhaustive]
 pub struct Member {
     /// The persistent record (flattened into the member's JSON).
     #[serde(flatten)]
@@ -120,6 +135,7 @@ impl Member {
 /// A membership change seen by a watcher.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "event", content = "member", rename_all = "lowercase")]
+#[non_exhaustive]
 pub enum Event {
     /// A member became up (or was first seen up).
     Join(Member),
@@ -173,6 +189,7 @@ impl Event {
 
 /// An operator's change to a record's admin state.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AdminChange {
     /// Stop routing new calls to the node; it stays up.
     Disable {
@@ -206,6 +223,7 @@ impl AdminChange {
 /// Where a membership stands, for reports and metrics.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
+#[non_exhaustive]
 pub enum RegistrationState {
     /// Heartbeats succeed.
     Registered,
@@ -217,6 +235,7 @@ pub enum RegistrationState {
 
 /// A snapshot of a membership's health.
 #[derive(Debug, Clone, Serialize)]
+#[non_exhaustive]
 pub struct MembershipStatus {
     /// Registered, retrying, or left.
     pub state: RegistrationState,

@@ -71,6 +71,7 @@ impl Advert {
 
 /// What a node tells the service group when it joins.
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct Registration {
     /// The topic served.
     pub topic: String,

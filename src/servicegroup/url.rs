@@ -39,7 +39,7 @@ impl RegistryUrl {
     /// Parses a registry URL; a malformed one is a usage error (exit 64).
     pub fn parse(s: &str) -> Result<Self> {
         let bad = |why: &str| {
-            Error::Usage(format!(
+            Error::usage(format!(
                 "invalid registry URL {s:?}: {why} (expected etcd://host:port[,host:port…][?prefix=/p], https://… for etcd over TLS, file:///path or memory://)"
             ))
         };
@@ -131,6 +131,7 @@ impl fmt::Display for RegistryUrl {
 /// Connection options that do not fit in the URL (secrets, files, timing).
 /// Its `Debug` shows the password as `***`.
 #[derive(Clone)]
+#[non_exhaustive]
 pub struct RegistryOptions {
     /// PEM CA certificate to verify etcd servers (enables TLS).
     pub ca_file: Option<PathBuf>,
@@ -231,7 +232,7 @@ mod tests {
             "redis://h:1",
         ] {
             match RegistryUrl::parse(bad) {
-                Err(Error::Usage(msg)) => assert!(msg.contains(bad), "{msg}"),
+                Err(Error::Usage { problem }) => assert!(problem.contains(bad), "{problem}"),
                 other => panic!("{bad}: {other:?}"),
             }
         }

@@ -1,7 +1,7 @@
 //! Logging setup: `tracing` to stderr with a filter SIGHUP can change; and
-//! the Prometheus [`metrics`] of a node.
+//! the Prometheus metrics of a node, served at `/metrics`.
 
-pub mod metrics;
+pub(crate) mod metrics;
 pub mod trace;
 
 use std::io::IsTerminal;
@@ -44,7 +44,7 @@ impl Telemetry {
         if let Some(handle) = &self.filter {
             handle
                 .reload(filter_for(config))
-                .map_err(|e| Error::Config(format!("cannot change the log filter: {e}")))?;
+                .map_err(|e| Error::config(format!("cannot change the log filter: {e}")))?;
         }
         Ok(())
     }

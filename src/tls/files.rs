@@ -103,7 +103,7 @@ impl<T> Reloading<T> {
 
 fn read(option: &str, path: &Path) -> Result<Vec<u8>> {
     std::fs::read(path)
-        .map_err(|e| Error::Config(format!("cannot read {option} {}: {e}", path.display())))
+        .map_err(|e| Error::config_from(format!("cannot read {option} {}", path.display()), e))
 }
 
 /// Every certificate in a PEM file, at least one.
@@ -112,13 +112,13 @@ pub(crate) fn certificates(option: &str, path: &Path) -> Result<Vec<CertificateD
     let certs = CertificateDer::pem_slice_iter(&pem)
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "{option} {} is not a PEM certificate file: {e}",
                 path.display()
             ))
         })?;
     if certs.is_empty() {
-        return Err(Error::Config(format!(
+        return Err(Error::config(format!(
             "{option} {} holds no PEM certificate",
             path.display()
         )));
@@ -130,7 +130,7 @@ pub(crate) fn certificates(option: &str, path: &Path) -> Result<Vec<CertificateD
 pub(crate) fn private_key(option: &str, path: &Path) -> Result<PrivateKeyDer<'static>> {
     let pem = read(option, path)?;
     PrivateKeyDer::from_pem_slice(&pem).map_err(|e| {
-        Error::Config(format!(
+        Error::config(format!(
             "{option} {} holds no usable PEM private key: {e}",
             path.display()
         ))
@@ -142,7 +142,7 @@ pub(crate) fn roots(option: &str, path: &Path) -> Result<RootCertStore> {
     let mut roots = RootCertStore::empty();
     for cert in certificates(option, path)? {
         roots.add(cert).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "{option} {} holds a certificate that cannot be a CA: {e}",
                 path.display()
             ))

@@ -46,7 +46,7 @@ fn provider() -> Arc<CryptoProvider> {
 }
 
 fn tls_error(what: &str) -> impl Fn(rustls::Error) -> Error + '_ {
-    move |e| Error::Config(format!("{what}: {e}"))
+    move |e| Error::config(format!("{what}: {e}"))
 }
 
 /// A certificate and key pair that is read again when its files change.
@@ -63,7 +63,7 @@ fn identity(
         let chain = files::certificates(cert_option, &cert)?;
         let private = files::private_key(key_option, &key)?;
         CertifiedKey::from_der(chain, private, &provider).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "{cert_option} {} and {key_option} {} do not make a pair: {e}",
                 cert.display(),
                 key.display()
@@ -81,7 +81,7 @@ fn pair<'a>(
     match (a, b) {
         (Some(a), Some(b)) => Ok(Some((a, b))),
         (None, None) => Ok(None),
-        _ => Err(Error::Config(format!(
+        _ => Err(Error::config(format!(
             "{a_name} and {b_name} must be set together"
         ))),
     }
@@ -141,7 +141,7 @@ impl ServerTls {
                         )
                         .build()
                         .map_err(|e| {
-                            Error::Config(format!("tls_client_ca_file {}: {e}", path.display()))
+                            Error::config(format!("tls_client_ca_file {}: {e}", path.display()))
                         })
                     })?;
                 builder.with_client_cert_verifier(Arc::new(ClientCa(verifier)))
@@ -188,9 +188,8 @@ impl ClientTls {
         )?;
         let Some(ca) = &config.tls_ca_file else {
             if identity.is_some() {
-                return Err(Error::Config(
-                    "tls_client_cert_file needs tls_ca_file, to verify the nodes it is shown to"
-                        .into(),
+                return Err(Error::config(
+                    "tls_client_cert_file needs tls_ca_file, to verify the nodes it is shown to",
                 ));
             }
             return Ok(None);
@@ -229,7 +228,7 @@ impl ClientTls {
             )
             .build()
             .map(|v| v as Arc<dyn rustls::client::danger::ServerCertVerifier>)
-            .map_err(|e| Error::Config(format!("tls_ca_file {}: {e}", path.display())))
+            .map_err(|e| Error::config(format!("tls_ca_file {}: {e}", path.display())))
         })?;
         let builder = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()

@@ -146,9 +146,10 @@ impl Fleet {
         for proc in nodes.values_mut() {
             blocking(|| proc.wait_for_endpoint(WAIT));
         }
-        let options = RegistryOptions {
-            timeout: Duration::from_secs(2),
-            ..RegistryOptions::default()
+        let options = {
+            let mut options = RegistryOptions::default();
+            options.timeout = Duration::from_secs(2);
+            options
         };
         let registry = servicegroup::connect(url, &options)
             .await
@@ -156,13 +157,11 @@ impl Fleet {
         // Every topic: probes join their own, so that calls by topic `echo`
         // never reach them.
         let events = registry.watch(None).await.expect("watch the service group");
-        let rpc = Rpc::with_options(
-            registry.clone(),
-            RpcOptions {
-                response_timeout: CALL_TIMEOUT,
-                ..RpcOptions::default()
-            },
-        )
+        let rpc = Rpc::with_options(registry.clone(), {
+            let mut options = RpcOptions::default();
+            options.response_timeout = CALL_TIMEOUT;
+            options
+        })
         .await
         .expect("rpc client");
         let mut fleet = Fleet {

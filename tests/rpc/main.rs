@@ -37,13 +37,11 @@ pub async fn rpc_for(etcd: &Etcd) -> (Rpc, svckit::servicegroup::Registry) {
     let registry = servicegroup::connect(&etcd.url(), &RegistryOptions::default())
         .await
         .expect("connect to etcd");
-    let rpc = Rpc::with_options(
-        registry.clone(),
-        RpcOptions {
-            response_timeout: Duration::from_secs(10),
-            ..RpcOptions::default()
-        },
-    )
+    let rpc = Rpc::with_options(registry.clone(), {
+        let mut options = RpcOptions::default();
+        options.response_timeout = Duration::from_secs(10);
+        options
+    })
     .await
     .expect("rpc client");
     (rpc, registry)

@@ -64,14 +64,12 @@ async fn cast_returns_before_the_reply_and_is_bounded() {
     let registry = svckit::servicegroup::connect(&etcd.url(), &Default::default())
         .await
         .unwrap();
-    let rpc = Rpc::with_options(
-        registry,
-        RpcOptions {
-            max_casts_in_flight: 3,
-            response_timeout: Duration::from_secs(10),
-            ..RpcOptions::default()
-        },
-    )
+    let rpc = Rpc::with_options(registry, {
+        let mut options = RpcOptions::default();
+        options.max_casts_in_flight = 3;
+        options.response_timeout = Duration::from_secs(10);
+        options
+    })
     .await
     .unwrap();
     let topic = Target::topic("echo");

@@ -16,34 +16,26 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use svckit::servicegroup::{Endpoints, Event, EventStream, Registration, RegistryOptions};
+use svckit::servicegroup::{Advert, Endpoints, Event, EventStream, Registration, RegistryOptions};
 
 /// Short heartbeats keep the tests quick: 200 ms heartbeat, down after 1 s.
 pub const REPORT_INTERVAL: Duration = Duration::from_millis(200);
 pub const DOWN_TIME: Duration = Duration::from_secs(1);
 
 pub fn registration(topic: &str, host: &str) -> Registration {
-    Registration {
-        topic: topic.into(),
-        host: host.into(),
-        binary: "test_node".into(),
-        version: "1.0.0".into(),
-        endpoints: Endpoints {
-            grpc: Some(format!("http://{host}:7000")),
-            http: None,
-        },
-        services: vec!["svckit.test.v1.Test".into()],
-        workers: 1,
-        report_interval: REPORT_INTERVAL,
-        service_down_time: DOWN_TIME,
-    }
+    let endpoints = Endpoints::new(Some(format!("http://{host}:7000")), None);
+    let services = vec!["svckit.test.v1.Test".into()];
+    Advert::new(topic, host, "test_node", "1.0.0", endpoints, services).registration(
+        1,
+        REPORT_INTERVAL,
+        DOWN_TIME,
+    )
 }
 
 pub fn options() -> RegistryOptions {
-    RegistryOptions {
-        timeout: Duration::from_secs(1),
-        ..Default::default()
-    }
+    let mut options = RegistryOptions::default();
+    options.timeout = Duration::from_secs(1);
+    options
 }
 
 /// Polls `check` until it returns `Some`, or panics after `within`.

@@ -136,13 +136,14 @@ async fn a_rotated_password_file_is_read_when_etcd_refuses_the_login() {
         .await;
     let file = pki.dir.path().join("password");
     std::fs::write(&file, "first-pw\n").unwrap();
-    let options = RegistryOptions {
-        ca_file: Some(ca.cert_file.clone()),
-        cert_file: Some(client.cert_file.clone()),
-        key_file: Some(client.key_file.clone()),
-        user: Some("svc".into()),
-        password_file: Some(file.clone()),
-        ..RegistryOptions::default()
+    let options = {
+        let mut options = RegistryOptions::default();
+        options.ca_file = Some(ca.cert_file.clone());
+        options.cert_file = Some(client.cert_file.clone());
+        options.key_file = Some(client.key_file.clone());
+        options.user = Some("svc".into());
+        options.password_file = Some(file.clone());
+        options
     };
     let registry = servicegroup::connect(&etcd.url(), &options).await.unwrap();
     registry.list(None).await.unwrap();

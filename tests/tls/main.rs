@@ -85,10 +85,11 @@ pub async fn rpc(registry: &RegistryUrl, tls: Option<ClientTls>) -> Rpc {
     let registry = servicegroup::connect(registry, &RegistryOptions::default())
         .await
         .unwrap();
-    let options = RpcOptions {
-        response_timeout: Duration::from_secs(5),
-        tls,
-        ..RpcOptions::default()
+    let options = {
+        let mut options = RpcOptions::default();
+        options.response_timeout = Duration::from_secs(5);
+        options.tls = tls;
+        options
     };
     Rpc::with_options(registry, options).await.unwrap()
 }

@@ -17,7 +17,9 @@ pub(super) async fn serve(
 ) -> Result<()> {
     let admin = admin_token_file.map(AdminTokens::from_file).transpose()?;
     let admin_on = admin.is_some();
-    let dashboard = Dashboard::start(registry, DashboardOptions { admin });
+    let mut options = DashboardOptions::default();
+    options.admin = admin;
+    let dashboard = Dashboard::start(registry, options);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .map_err(|source| Error::Bind {

@@ -174,26 +174,28 @@ impl RegistryArgs {
     /// file): an operator's shell set up for a node must not break the CLI.
     async fn connect(&self) -> Result<Registry> {
         let config = self.config()?;
-        servicegroup::connect(&config.registry, &config.registry_options()).await
+        servicegroup::connect(config.registry(), &config.registry_options()).await
     }
 
     /// An RPC client on the registry, with the client TLS options
     /// (`tls_ca_file`, …) for nodes that serve TLS.
     async fn rpc(&self) -> Result<Rpc> {
         let config = self.config()?;
-        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
-        let options = RpcOptions {
-            tls: ClientTls::from_config(&config)?,
-            ..RpcOptions::default()
+        let registry = servicegroup::connect(config.registry(), &config.registry_options()).await?;
+        let options = {
+            let mut options = RpcOptions::default();
+            options.tls = ClientTls::from_config(&config)?;
+            options
         };
         Rpc::with_options(registry, options).await
     }
 
     fn config(&self) -> Result<Config> {
-        let args = CommonArgs {
-            config: self.config.clone(),
-            registry: self.registry.clone(),
-            ..CommonArgs::default()
+        let args = {
+            let mut options = CommonArgs::default();
+            options.config = self.config.clone();
+            options.registry = self.registry.clone();
+            options
         };
         Config::load_registry(&args)
     }

@@ -192,9 +192,10 @@ pub(super) async fn admin(
                     .as_bytes(),
                 ),
                 Some(_) => write_stdout(format!("deleted {topic}/{host}\n").as_bytes()),
-                None => Err(Error::NotFound(format!(
-                    "no service record for topic {topic:?} host {host:?}"
-                ))),
+                None => Err(Error::NotFound {
+                    topic: topic.to_string(),
+                    host: host.to_string(),
+                }),
             }
         }
     }

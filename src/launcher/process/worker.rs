@@ -73,7 +73,7 @@ impl Inherited {
     pub(crate) fn take() -> Result<Self> {
         let worker = match std::env::var(ENV_WORKER) {
             Ok(slot) => Some(slot.parse::<u32>().map_err(|_| {
-                Error::Usage(format!("{ENV_WORKER}={slot:?} is not a worker slot"))
+                Error::usage(format!("{ENV_WORKER}={slot:?} is not a worker slot"))
             })?),
             Err(_) => None,
         };

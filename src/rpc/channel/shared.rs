@@ -53,9 +53,10 @@ impl Shared {
     }
 }
 
-/// Counters of a client ([`Rpc::stats`](super::Rpc::stats)), since it
+/// Counters of a client ([`Rpc::stats`](crate::rpc::Rpc::stats)), since it
 /// started.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub struct RpcStats {
     /// Calls made through the client's channels.
     pub calls: u64,

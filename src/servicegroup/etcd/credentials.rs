@@ -24,8 +24,8 @@ impl Credentials {
                     password_file: file.clone(),
                 }))
             }
-            _ => Err(Error::Config(
-                "etcd authentication needs registry_user and one of registry_password_file or registry_password".into(),
+            _ => Err(Error::config(
+                "etcd authentication needs registry_user and one of registry_password_file or registry_password",
             )),
         }
     }
@@ -39,7 +39,7 @@ impl Credentials {
             return Ok(String::new());
         };
         let text = std::fs::read_to_string(path).map_err(|e| {
-            Error::Config(format!(
+            Error::config(format!(
                 "cannot read registry_password_file {}: {e}",
                 path.display()
             ))

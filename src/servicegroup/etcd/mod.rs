@@ -87,7 +87,7 @@ impl EtcdDriver {
             tls,
         } = url
         else {
-            return Err(Error::Usage(format!(
+            return Err(Error::usage(format!(
                 "{url} is not an etcd:// registry URL"
             )));
         };
@@ -104,12 +104,12 @@ impl EtcdDriver {
             (true, Some(tls)) => connect = connect.with_tls(tls),
             (false, None) => {}
             (true, None) => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "registry {url} is etcd over TLS: set registry_ca_file to the CA that signed etcd's certificate"
                 )))
             }
             (false, Some(_)) => {
-                return Err(Error::Config(format!(
+                return Err(Error::config(format!(
                     "registry_ca_file, registry_cert_file and registry_key_file are for etcd over TLS; write the registry URL as https://{}",
                     endpoints.join(",")
                 )))
@@ -160,7 +160,7 @@ impl EtcdDriver {
 fn tls_options(options: &RegistryOptions) -> Result<Option<TlsOptions>> {
     let read = |path: &std::path::Path| {
         std::fs::read(path)
-            .map_err(|e| Error::Config(format!("cannot read {}: {e}", path.display())))
+            .map_err(|e| Error::config(format!("cannot read {}: {e}", path.display())))
     };
     let mut tls = None;
     if let Some(ca) = &options.ca_file {
@@ -173,8 +173,8 @@ fn tls_options(options: &RegistryOptions) -> Result<Option<TlsOptions>> {
         }
         (None, None) => {}
         _ => {
-            return Err(Error::Config(
-                "etcd client TLS needs both a certificate and a key file".into(),
+            return Err(Error::config(
+                "etcd client TLS needs both a certificate and a key file",
             ))
         }
     }
@@ -362,7 +362,7 @@ impl Inner {
         for _ in 0..CAS_ATTEMPTS {
             let found = self.get(&record_key, None).await?;
             let Some(current) = found.kvs().first() else {
-                return Err(Error::NotFound(format!("service {topic}/{host}")));
+                return Err(Error::not_found(topic, host));
             };
             let mut record =
                 crate::servicegroup::ServiceRecord::decode(current.value(), topic, host)?;

@@ -263,7 +263,7 @@ impl Membership for FileMembership {
                 let _lock = store.lock()?;
                 let mut record = store
                     .read_record(&t, &h)?
-                    .ok_or_else(|| Error::NotFound(format!("service {t}/{h}")))?;
+                    .ok_or_else(|| Error::not_found(&t, &h))?;
                 record.workers = workers;
                 record.updated_at = rfc3339(SystemTime::now());
                 store.write_record(&record)
@@ -459,12 +459,10 @@ impl Driver for FileDriver {
                 let _lock = store.lock()?;
                 let mut record = store
                     .read_record(&t, &h)?
-                    .ok_or_else(|| Error::NotFound(format!("service {t}/{h}")))?;
+                    .ok_or_else(|| Error::not_found(&t, &h))?;
                 change.apply(&mut record, SystemTime::now());
                 store.write_record(&record)?;
-                store
-                    .get(&t, &h)?
-                    .ok_or_else(|| Error::NotFound(format!("service {t}/{h}")))
+                store.get(&t, &h)?.ok_or_else(|| Error::not_found(&t, &h))
             })
             .await
         }

@@ -21,8 +21,8 @@ use prometheus_client::registry::Registry;
 
 mod layer;
 
+pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
-pub use self::layer::{RequestMetrics, RequestMetricsLayer};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 
 /// Labels of a finished request.
