@@ -166,7 +166,8 @@ async fn the_json_api_matches_the_cli_and_admin_actions_need_the_token_in_a_head
 #[test]
 fn admin_needs_a_token_file_and_the_file_a_token() {
     let (code, _, err) = Proc::run_cli(&["dashboard", "--registry", "memory://", "--admin"]);
-    assert_eq!(code, Some(2), "{err}");
+    assert_eq!(code, Some(64), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
     assert!(err.contains("--admin-token-file"), "{err}");
     let dir = tempfile::tempdir().unwrap();
     let empty = dir.path().join("empty");

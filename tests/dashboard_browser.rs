@@ -80,14 +80,10 @@ impl Driver {
             _profile: profile,
             profile_path,
         };
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not listen on {port}"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        // chromedriver says nothing when it listens: try to connect.
+        support::poll_until(WAIT, &format!("chromedriver on {port}"), || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
         driver
     }
 
@@ -145,6 +141,7 @@ async fn wait_js(c: &Client, within: Duration, what: &str, script: &str) -> Valu
                 .unwrap_or_default();
             panic!("no {what} within {within:?}: last {value}, page status {status}");
         }
+        // The page tells nothing outside itself: read its DOM again.
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
 }

@@ -74,20 +74,20 @@ async fn health_goes_not_serving_before_the_listener_closes() {
     node.wait_for_log("sleep started", Duration::from_secs(10));
     node.signal(Signal::SIGTERM);
     // Within drain_delay: the existing connection still answers, NOT_SERVING.
+    let mut statuses = health
+        .watch(check(""))
+        .await
+        .expect("health answers during the drain")
+        .into_inner();
     let mut status = ServingStatus::Serving as i32;
-    for _ in 0..500 {
-        status = health
-            .check(check(""))
+    while status != ServingStatus::NotServing as i32 {
+        status = tokio::time::timeout(Duration::from_secs(10), statuses.message())
             .await
-            .expect("health answers during the drain")
-            .into_inner()
+            .expect("NOT_SERVING within the drain")
+            .expect("the health watch answers")
+            .expect("the health watch goes on")
             .status;
-        if status == ServingStatus::NotServing as i32 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    assert_eq!(status, ServingStatus::NotServing as i32);
     let status = health
         .check(check("svckit.examples.echo.v1.Echo"))
         .await
@@ -126,8 +126,31 @@ async fn a_second_sigterm_exits_at_once() {
     let mut echo = client(addr).await;
     let _call = tokio::spawn(async move { echo.sleep(SleepRequest { millis: 20_000 }).await });
     node.wait_for_log("sleep started", Duration::from_secs(10));
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut statuses = HealthClient::new(channel)
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .expect("health watch")
+        .into_inner();
     node.signal(Signal::SIGTERM);
-    node.wait_for_log("stopping gracefully", Duration::from_secs(10));
+    // The graceful stop is under way once the node turns NOT_SERVING.
+    loop {
+        let status = tokio::time::timeout(Duration::from_secs(10), statuses.message())
+            .await
+            .expect("NOT_SERVING after SIGTERM")
+            .expect("the health watch answers")
+            .expect("the health watch goes on")
+            .status;
+        if status == ServingStatus::NotServing as i32 {
+            break;
+        }
+    }
     assert!(
         node.wait_exit(Duration::ZERO).is_none(),
         "still draining after one SIGTERM"

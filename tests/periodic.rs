@@ -6,7 +6,7 @@ mod support;
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::etcd::Etcd;
@@ -60,12 +60,10 @@ fn overlaps(runs: &[Run]) -> Vec<(Run, Run)> {
         .collect()
 }
 
-fn wait_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + within;
-    while !check() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+/// The runs are lines in a file written by other processes: no event to
+/// wait for but the file's content.
+fn wait_until(within: Duration, what: &str, check: impl FnMut() -> bool) {
+    support::poll_until(within, what, check);
 }
 
 #[test]

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use nix::sys::signal::Signal;
 use support::node::Proc;
@@ -42,15 +42,15 @@ fn complete(text: &str) -> bool {
     text.contains(svckit::report::END)
 }
 
+/// A report is text another process writes: no event to wait for but the
+/// text itself.
 fn wait_for(what: &str, mut read: impl FnMut() -> Option<String>) -> String {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        if let Some(text) = read() {
-            return text;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let mut text = None;
+    support::poll_until(WAIT, what, || {
+        text = read();
+        text.is_some()
+    });
+    text.unwrap_or_default()
 }
 
 fn assert_text_report(text: &str, host: &str) {

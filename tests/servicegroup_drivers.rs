@@ -178,13 +178,17 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
     // heartbeats every 200 ms with a 50 ms down time never looks down.
     let mut reg = registration(t, "n2");
     reg.service_down_time = Duration::from_millis(50);
+    let mut watch = registry.watch(Some(t)).await.unwrap();
     let fast = registry.join(reg).await.unwrap();
-    let start = std::time::Instant::now();
-    while start.elapsed() < Duration::from_secs(1) {
-        let m = registry.get(t, "n2").await.unwrap().unwrap();
-        assert!(m.up, "n2 looked down {:?} after joining", start.elapsed());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    expect_event(&mut watch, Duration::from_secs(10), "n2 up", is_join("n2")).await;
+    expect_none(
+        &mut watch,
+        Duration::from_secs(1),
+        "n2 looking down",
+        is_leave("n2"),
+    )
+    .await;
+    assert!(registry.get(t, "n2").await.unwrap().unwrap().up);
     fast.leave().await.unwrap();
     other.leave().await.unwrap();
 

@@ -35,11 +35,13 @@ async fn processes_sharing_a_directory_see_one_group() {
     let a = FileDriver::open(dir.path(), &options()).unwrap();
     let b = FileDriver::open(dir.path(), &options()).unwrap();
     let live = live_endpoint().await;
+    let mut watch = a.watch(Some("compute")).await.unwrap();
     let node = a
         .join(registration_at("compute", "n1", &live.url))
         .await
         .unwrap();
     assert!(b.get("compute", "n1").await.unwrap().unwrap().up);
+    expect_event(&mut watch, Duration::from_secs(10), "n1 up", is_join("n1")).await;
 
     // The other "process" may not claim the same (topic, host) while the
     // holder serves...
@@ -61,7 +63,7 @@ async fn processes_sharing_a_directory_see_one_group() {
             .await
             .unwrap();
     }
-    tokio::time::sleep(DOWN_TIME).await;
+    expect_none(&mut watch, DOWN_TIME, "n1 looking down", is_leave("n1")).await;
     assert!(a.get("compute", "n1").await.unwrap().unwrap().up);
 
     // Once the first one is gone (stopped: stale heartbeat), the name is free.
@@ -100,11 +102,28 @@ async fn heartbeat_restores_files_removed_by_someone_else() {
     .await;
     assert!(registry.get("compute", "n1").await.unwrap().unwrap().up);
 
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    expect_event(&mut watch, Duration::from_secs(10), "n1 up", is_join("n1")).await;
     node.leave().await.unwrap();
+    expect_event(
+        &mut watch,
+        Duration::from_secs(10),
+        "n1 leaving",
+        is_leave("n1"),
+    )
+    .await;
     assert!(!alive.exists(), "leave removes the liveness file");
     assert!(record.is_file(), "the record outlives the node");
     assert_eq!(node.status().state, RegistrationState::Left);
-    tokio::time::sleep(REPORT_INTERVAL * 3).await;
+    // A heartbeat after the leave would bring the liveness file back, and
+    // the node up.
+    expect_none(
+        &mut watch,
+        REPORT_INTERVAL * 3,
+        "a heartbeat after leave",
+        is_join("n1"),
+    )
+    .await;
     assert!(!alive.exists(), "no heartbeat after leave");
 }
 

@@ -155,12 +155,17 @@ pub fn exit_on_usage_error(e: clap::Error) -> ! {
         };
         std::process::exit(code);
     }
+    // clap's message spans lines (what is missing, indented below it) and
+    // ends with the usage: keep the message, on one line.
     let rendered = e.render().to_string();
-    let first = rendered
+    let message: Vec<&str> = rendered
         .lines()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("invalid arguments");
-    let message = first.strip_prefix("error: ").unwrap_or(first);
+        .map(str::trim)
+        .take_while(|l| !l.starts_with("Usage:") && !l.starts_with("For more information"))
+        .filter(|l| !l.is_empty())
+        .collect();
+    let message = message.join(" ");
+    let message = message.strip_prefix("error: ").unwrap_or(&message);
     eprintln!("{}: error: {message} (see --help)", super::program_name());
     std::process::exit(crate::error::exit::USAGE)
 }

@@ -81,6 +81,8 @@ impl CallLoop {
                                 Err(status) => t.failed.push((now, status)),
                             }
                         }
+                        // A steady load is paced by the clock: one call per
+                        // PACE, whatever happens to the fleet meanwhile.
                         tokio::select! {
                             _ = tokio::time::sleep(PACE) => {}
                             _ = stopped.changed() => {}

@@ -156,16 +156,12 @@ impl EtcdAt {
             endpoint,
             dir,
         };
-        let deadline = Instant::now() + WAIT;
-        while !etcd.healthy() {
-            assert!(
-                Instant::now() < deadline,
-                "etcd on {} did not start: {}",
-                etcd.endpoint,
-                std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        let what = format!(
+            "etcd on {} in the namespace (its log: {})",
+            etcd.endpoint,
+            etcd.dir.path().join("etcd.log").display()
+        );
+        crate::support::poll_until(WAIT, &what, || etcd.healthy());
         etcd
     }
 

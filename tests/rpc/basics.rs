@@ -1,6 +1,8 @@
 //! Unary calls by topic, server and fanout; node churn; deadlines.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::Signal;
@@ -67,14 +69,17 @@ async fn no_node_is_an_immediate_unavailable_naming_the_target() {
     let etcd = Etcd::start();
     let (_nodes, rpc, _) = fleet(&etcd, &["n1"]).await;
     for target in [Target::topic("nothing"), Target::topic("echo").server("n9")] {
-        let started = Instant::now();
-        let err = EchoClient::new(rpc.channel(target.clone()))
+        // Within an hour's deadline: a call that waited for a node would end
+        // DeadlineExceeded (or hang the test), not Unavailable.
+        let channel = rpc
+            .channel(target.clone())
+            .timeout(Duration::from_secs(3600));
+        let err = EchoClient::new(channel)
             .echo(EchoRequest::default())
             .await
             .unwrap_err();
         assert_eq!(err.code(), Code::Unavailable, "{err:?}");
         assert!(err.message().contains(&target.to_string()), "{err:?}");
-        assert!(started.elapsed() < Duration::from_secs(1), "not immediate");
     }
     let fan = rpc
         .fanout(&Target::topic("nothing"), |_| async {
@@ -163,6 +168,8 @@ async fn kill_9_under_load_fails_no_idempotent_call() {
     let (nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
     let topic = Target::topic("echo");
     let channel = rpc.channel(topic.clone()).idempotent();
+    let batches = Arc::new(AtomicUsize::new(0));
+    let done = batches.clone();
     let steady = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(5);
         let (mut counts, mut errors) = (HashMap::new(), Vec::new());
@@ -172,10 +179,11 @@ async fn kill_9_under_load_fails_no_idempotent_call() {
                 *counts.entry(h).or_insert(0) += n;
             }
             errors.extend(e);
+            done.fetch_add(1, Ordering::SeqCst);
         }
         (counts, errors)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_flowing(&batches).await;
     nodes[0].signal(Signal::SIGKILL);
     // The lease runs out (service_down_time 1 s) and the watch drops the node.
     eventually(
@@ -200,6 +208,8 @@ async fn sigterm_under_load_fails_no_call() {
     let etcd = Etcd::start();
     let (mut nodes, rpc, _) = fleet(&etcd, &["n1", "n2", "n3"]).await;
     let channel = rpc.channel(Target::topic("echo"));
+    let batches = Arc::new(AtomicUsize::new(0));
+    let done = batches.clone();
     let steady = tokio::spawn(async move {
         let deadline = Instant::now() + Duration::from_secs(3);
         let (mut total, mut errors) = (0, Vec::new());
@@ -207,10 +217,11 @@ async fn sigterm_under_load_fails_no_call() {
             let (c, e) = load(channel.clone(), 40, 4).await;
             total += c.values().sum::<usize>();
             errors.extend(e);
+            done.fetch_add(1, Ordering::SeqCst);
         }
         (total, errors)
     });
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    calls_flowing(&batches).await;
     nodes[1].signal(Signal::SIGTERM);
     let status = nodes[1]
         .wait_exit(Duration::from_secs(10))
@@ -233,29 +244,18 @@ async fn calls_end_at_the_channel_deadline_or_a_shorter_one_the_caller_set() {
     let channel = rpc
         .channel(Target::topic("echo"))
         .timeout(Duration::from_millis(300));
-    let started = Instant::now();
+    // The node would answer after 5 s: an error means the deadline ended it.
     let err = EchoClient::new(channel).sleep(slow()).await.unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 
     // The channel allows 10 s; the caller asks for 300 ms, and that wins.
     let mut request = tonic::Request::new(slow());
     request.set_timeout(Duration::from_millis(300));
-    let started = Instant::now();
     let err = EchoClient::new(rpc.channel(Target::topic("echo")))
         .sleep(request)
         .await
         .unwrap_err();
     assert_eq!(err.code(), Code::DeadlineExceeded, "{err:?}");
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "{:?}",
-        started.elapsed()
-    );
 
     // A deadline longer than the call leaves it alone.
     let reply = EchoClient::new(rpc.channel(Target::topic("echo")))
@@ -263,4 +263,13 @@ async fn calls_end_at_the_channel_deadline_or_a_shorter_one_the_caller_set() {
         .await
         .expect("a short call within the deadline");
     assert_eq!(reply.into_inner().host, "n1");
+}
+
+/// Waits until the steady load has finished a few batches of calls: the
+/// fault comes while calls flow.
+async fn calls_flowing(batches: &AtomicUsize) {
+    eventually(Duration::from_secs(10), "calls flowing", || async {
+        (batches.load(Ordering::SeqCst) >= 3).then_some(())
+    })
+    .await;
 }

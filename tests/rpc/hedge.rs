@@ -33,15 +33,9 @@ impl<'a> Stalled<'a> {
                 })
             })
         };
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !stopped() {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "node {} did not stop",
-                proc.pid()
-            );
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        // The kernel tells no one when a thread stops: read its state.
+        let what = format!("every thread of node {} stopped", proc.pid());
+        crate::support::poll_until(Duration::from_secs(10), &what, stopped);
         Stalled(proc)
     }
 }

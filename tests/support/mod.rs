@@ -86,6 +86,38 @@ pub async fn expect_quiet(stream: &mut EventStream, quiet: Duration) {
     }
 }
 
+/// Asserts that no event `matches` for `quiet` (others are let through).
+pub async fn expect_none(
+    stream: &mut EventStream,
+    quiet: Duration,
+    what: &str,
+    matches: impl Fn(&Event) -> bool,
+) {
+    let deadline = tokio::time::Instant::now() + quiet;
+    while let Ok(next) = tokio::time::timeout_at(deadline, stream.next()).await {
+        match next {
+            Some(Ok(event)) if matches(&event) => panic!("{what}: {event:?}"),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("watch failed while checking that {what} does not happen: {e}"),
+            None => panic!("watch ended while checking that {what} does not happen"),
+        }
+    }
+}
+
+/// Polls `check` from a thread that may block until it holds, or panics
+/// after `within` (for checks on files and logs written by other
+/// processes, which give no event to wait for).
+pub fn poll_until(within: Duration, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + within;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 pub fn is_join(host: &str) -> impl Fn(&Event) -> bool + '_ {
     move |e| matches!(e, Event::Join(m) if m.record.host == host)
 }
