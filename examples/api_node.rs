@@ -18,7 +18,7 @@ use axum::{Json, Router};
 use clap::Parser;
 use serde::Deserialize;
 use svckit::config::{CommonArgs, Config};
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::rpc::{Rpc, Target};
 use svckit::servicegroup::{self, Registry};
 use svckit::{BoxError, Node, Service};
@@ -49,7 +49,7 @@ struct Api {
 }
 
 impl Manager for Api {
-    fn services(self: &Arc<Self>, _services: &mut Services) {}
+    fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {}
 
     async fn init_host(&self) -> Result<(), BoxError> {
         let registry =

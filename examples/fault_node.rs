@@ -21,7 +21,7 @@ use axum::Router;
 use clap::Parser;
 use serde::Deserialize;
 use svckit::config::CommonArgs;
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::{BoxError, Node};
 
 #[path = "common/echo.rs"]
@@ -63,8 +63,8 @@ impl Faulty {
 }
 
 impl Manager for Faulty {
-    fn services(self: &Arc<Self>, services: &mut Services) {
-        self.echo.services(services);
+    fn grpc_services(self: &Arc<Self>, services: &mut GrpcServices) {
+        self.echo.grpc_services(services);
     }
 
     fn http_routes(self: &Arc<Self>) -> Option<Router> {

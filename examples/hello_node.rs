@@ -2,7 +2,7 @@
 use std::sync::Arc;
 
 use clap::Parser;
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::{config::CommonArgs, Node, Service};
 use tonic::{Request, Response, Status};
 
@@ -20,7 +20,7 @@ struct Hello {
 }
 
 impl Manager for Hello {
-    fn services(self: &Arc<Self>, services: &mut Services) {
+    fn grpc_services(self: &Arc<Self>, services: &mut GrpcServices) {
         services.add(EchoServer::from_arc(self.clone()));
     }
     async fn init_host(&self) -> Result<(), svckit::BoxError> {

@@ -90,7 +90,7 @@ pub enum Error {
         source: Option<BoxError>,
     },
     /// A member's record that was asked for does not exist (exit code 1).
-    #[error("no service record for topic {topic:?} host {host:?}")]
+    #[error("not found: no service record for topic {topic:?} host {host:?}")]
     NotFound {
         /// The topic asked for.
         topic: String,

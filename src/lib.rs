@@ -46,13 +46,13 @@
 //! ```no_run
 //! use std::sync::Arc;
 //!
-//! use svckit::manager::{Manager, Services};
+//! use svckit::manager::{GrpcServices, Manager};
 //! use svckit::{config::CommonArgs, Node, Service};
 //!
 //! struct Conductor;
 //!
 //! impl Manager for Conductor {
-//!     fn services(self: &Arc<Self>, _services: &mut Services) {
+//!     fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {
 //!         // services.add(ConductorServer::from_arc(self.clone()));
 //!     }
 //! }

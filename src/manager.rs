@@ -22,12 +22,12 @@ use crate::periodic::PeriodicTask;
 ///
 /// ```
 /// use std::sync::Arc;
-/// use svckit::manager::{Manager, Services};
+/// use svckit::manager::{GrpcServices, Manager};
 ///
 /// struct Conductor;
 ///
 /// impl Manager for Conductor {
-///     fn services(self: &Arc<Self>, _services: &mut Services) {
+///     fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {
 ///         // services.add(ConductorServer::from_arc(self.clone()));
 ///     }
 ///     async fn init_host(&self) -> Result<(), svckit::BoxError> {
@@ -38,7 +38,7 @@ use crate::periodic::PeriodicTask;
 /// ```
 pub trait Manager: Send + Sync + 'static {
     /// Registers the manager's tonic services (generated `…Server` types).
-    fn services(self: &Arc<Self>, services: &mut Services);
+    fn grpc_services(self: &Arc<Self>, services: &mut GrpcServices);
 
     /// The manager's HTTP API (nova-api's WSGI app), served on `http_listen`
     /// beside the admin endpoints, behind the HTTP limits. None by default.
@@ -78,13 +78,13 @@ pub trait Manager: Send + Sync + 'static {
     /// ```
     /// use std::sync::Arc;
     /// use std::time::Duration;
-    /// use svckit::manager::{Manager, Services};
+    /// use svckit::manager::{GrpcServices, Manager};
     /// use svckit::periodic::{PeriodicTask, Scope};
     ///
     /// struct Conductor;
     ///
     /// impl Manager for Conductor {
-    ///     fn services(self: &Arc<Self>, _services: &mut Services) {}
+    ///     fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {}
     ///
     ///     fn periodic_tasks(self: &Arc<Self>) -> Vec<PeriodicTask<Self>> {
     ///         vec![PeriodicTask::new("reap_orphans", Duration::from_secs(30), |_c: Arc<Self>| async {
@@ -104,16 +104,16 @@ pub trait Manager: Send + Sync + 'static {
 
 /// The services a manager contributes to its node, with the descriptor sets
 /// that gRPC reflection serves for them.
-pub struct Services {
+pub struct GrpcServices {
     routes: RoutesBuilder,
     names: Vec<&'static str>,
     descriptor_sets: Vec<&'static [u8]>,
     max_message_size: usize,
 }
 
-impl Services {
+impl GrpcServices {
     pub(crate) fn new(max_message_size: usize) -> Self {
-        Services {
+        GrpcServices {
             routes: RoutesBuilder::default(),
             names: Vec::new(),
             descriptor_sets: Vec::new(),

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use svckit::launcher::{Control, ServiceLauncher};
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::service::NodeInfo;
 use svckit::servicegroup::{self, Event};
 use svckit::{BoxError, Config, Node, Service};
@@ -76,7 +76,7 @@ impl Recorder {
 struct Shared(Arc<Recorder>);
 
 impl Manager for Shared {
-    fn services(self: &Arc<Self>, _services: &mut Services) {}
+    fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {}
 
     async fn init_host(&self) -> Result<(), BoxError> {
         self.0.hook("init_host").await

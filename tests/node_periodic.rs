@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use support::eventually;
 use svckit::launcher::ServiceLauncher;
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::periodic::PeriodicTask;
 use svckit::servicegroup::{self, Registry, RegistryOptions, RegistryUrl};
 use svckit::{Config, Node, Service};
@@ -20,7 +20,7 @@ struct Watcher {
 }
 
 impl Manager for Watcher {
-    fn services(self: &Arc<Self>, _services: &mut Services) {}
+    fn grpc_services(self: &Arc<Self>, _services: &mut GrpcServices) {}
 
     fn periodic_tasks(self: &Arc<Self>) -> Vec<PeriodicTask<Self>> {
         vec![PeriodicTask::new(

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures::StreamExt;
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use svckit::periodic::{PeriodicTask, Scope};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
@@ -128,7 +128,7 @@ impl EchoManager {
 }
 
 impl Manager for EchoManager {
-    fn services(self: &Arc<Self>, services: &mut Services) {
+    fn grpc_services(self: &Arc<Self>, services: &mut GrpcServices) {
         let limit = services.max_message_size();
         services
             .add(

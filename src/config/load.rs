@@ -90,7 +90,7 @@ impl Config {
     /// ```
     /// use std::path::Path;
     /// let config = svckit::Config::from_file_text("workers = 4\n", Path::new("node.toml")).unwrap();
-    /// assert_eq!(config.workers.0, 4);
+    /// assert_eq!(config.workers().0, 4);
     /// let err = svckit::Config::from_file_text("workers = 0\n", Path::new("node.toml")).unwrap_err();
     /// assert_eq!(err.exit_code(), 64);
     /// ```

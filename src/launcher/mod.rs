@@ -85,7 +85,7 @@ pub async fn launch(
 /// ```no_run
 /// # use std::sync::Arc;
 /// # struct Echo;
-/// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+/// # impl svckit::Manager for Echo { fn grpc_services(self: &Arc<Self>, _: &mut svckit::manager::GrpcServices) {} }
 /// use clap::Parser;
 /// use svckit::{config::CommonArgs, Node};
 ///

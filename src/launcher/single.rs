@@ -25,7 +25,7 @@ use crate::telemetry::Telemetry;
 /// ```no_run
 /// # use std::sync::Arc;
 /// # struct Echo;
-/// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+/// # impl svckit::Manager for Echo { fn grpc_services(self: &Arc<Self>, _: &mut svckit::manager::GrpcServices) {} }
 /// # async fn demo() -> svckit::Result<()> {
 /// use svckit::launcher::ServiceLauncher;
 /// use svckit::{Config, Node};

@@ -23,7 +23,7 @@ impl<M: Manager> NodeBuilder<M> {
     /// ```
     /// # use std::sync::Arc;
     /// # struct Conductor;
-    /// # impl svckit::Manager for Conductor { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # impl svckit::Manager for Conductor { fn grpc_services(self: &Arc<Self>, _: &mut svckit::manager::GrpcServices) {} }
     /// # let config = svckit::Config::default();
     /// let node = svckit::Node::builder(Conductor).binary("conductor").build(&config);
     /// assert_eq!(node.info().binary, "conductor");
@@ -38,7 +38,7 @@ impl<M: Manager> NodeBuilder<M> {
     /// ```
     /// # use std::sync::Arc;
     /// # struct Echo;
-    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # impl svckit::Manager for Echo { fn grpc_services(self: &Arc<Self>, _: &mut svckit::manager::GrpcServices) {} }
     /// # let config = svckit::Config::default();
     /// let node = svckit::Node::builder(Echo).topic("echo").build(&config);
     /// assert_eq!(node.info().topic, "echo");
@@ -53,7 +53,7 @@ impl<M: Manager> NodeBuilder<M> {
     /// ```
     /// # use std::sync::Arc;
     /// # struct Echo;
-    /// # impl svckit::Manager for Echo { fn services(self: &Arc<Self>, _: &mut svckit::manager::Services) {} }
+    /// # impl svckit::Manager for Echo { fn grpc_services(self: &Arc<Self>, _: &mut svckit::manager::GrpcServices) {} }
     /// # let config = svckit::Config::default();
     /// let node = svckit::Node::builder(Echo).version("1.2.0").build(&config);
     /// assert_eq!(node.info().version, "1.2.0");

@@ -20,7 +20,7 @@ use crate::config::Config;
 use crate::dashboard::{Dashboard, DashboardOptions, NODE_PATH as DASHBOARD_PATH};
 use crate::error::{BoxError, Error, Result};
 use crate::http::{self, HttpOptions, HttpServer};
-use crate::manager::{Manager, Services};
+use crate::manager::{GrpcServices, Manager};
 use crate::pb::base::v1::base_server::BaseServer;
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
@@ -298,8 +298,8 @@ impl<M: Manager> Node<M> {
         &self,
         config: &Config,
     ) -> Result<(Routes, Vec<String>, tonic_health::server::HealthReporter)> {
-        let mut services = Services::new(config.max_message_size);
-        self.manager.services(&mut services);
+        let mut services = GrpcServices::new(config.max_message_size);
+        self.manager.grpc_services(&mut services);
         let (routes, user_names, descriptor_sets) = services.into_parts();
         let (health, health_service) = tonic_health::server::health_reporter();
         let reflection = || {

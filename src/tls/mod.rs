@@ -208,10 +208,8 @@ impl ClientTls {
     /// use svckit::tls::ClientTls;
     ///
     /// let identity = Some((Path::new("client.pem"), Path::new("client.key")));
-    /// let options = RpcOptions {
-    ///     tls: Some(ClientTls::load(Path::new("nodes-ca.pem"), identity)?),
-    ///     ..RpcOptions::default()
-    /// };
+    /// let mut options = RpcOptions::default();
+    /// options.tls = Some(ClientTls::load(Path::new("nodes-ca.pem"), identity)?);
     /// let rpc = Rpc::with_options(registry, options).await?;
     /// # Ok(())
     /// # }

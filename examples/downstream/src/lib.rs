@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use futures::StreamExt;
-use svckit::manager::{Manager, Services};
+use svckit::manager::{GrpcServices, Manager};
 use tonic::codegen::BoxStream;
 use tonic::{Request, Response, Status, Streaming};
 
@@ -36,7 +36,7 @@ impl TallyManager {
 }
 
 impl Manager for TallyManager {
-    fn services(self: &Arc<Self>, services: &mut Services) {
+    fn grpc_services(self: &Arc<Self>, services: &mut GrpcServices) {
         services.add(TallyServer::from_arc(self.clone()));
     }
 }
