@@ -1,11 +1,16 @@
-//! The node set every channel of one [`Rpc`](super::Rpc) picks from: one
-//! service-group watch per registry, turned into snapshots of routable
-//! nodes, each with its (reused) HTTP/2 connection and load counter.
+//! The node sets the channels of one [`Rpc`](super::Rpc) pick from: one
+//! service-group watch per topic a channel calls, turned into snapshots of
+//! routable nodes, each with its (reused) HTTP/2 connection and load
+//! counter.
+//!
+//! A client pays only for the topics it calls: a topic's watch starts with
+//! the first channel to it and stops when the last one is dropped, and
+//! records of other topics are never listed, held or woken up for.
 
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -54,6 +59,9 @@ impl Node {
 /// Routable nodes (up, enabled, with a gRPC endpoint), by topic.
 #[derive(Default)]
 pub(crate) struct Snapshot {
+    /// The topic's members were listed: an empty snapshot means no node,
+    /// not "not known yet".
+    pub(crate) loaded: bool,
     by_topic: HashMap<String, Arc<[Arc<Node>]>>,
     /// Up but disabled nodes, by topic: reachable only by a server target
     /// that asks for them.
@@ -97,17 +105,41 @@ pub(crate) struct ConnectOptions {
     pub(crate) tls: Option<ClientTls>,
 }
 
+/// Records of one topic counted into a client's total, and out of it
+/// when its watch stops.
+struct Held<'a> {
+    total: &'a AtomicUsize,
+    mine: usize,
+}
+
+impl Held<'_> {
+    fn set(&mut self, count: usize) {
+        self.total.fetch_add(count, Ordering::Relaxed);
+        self.total.fetch_sub(self.mine, Ordering::Relaxed);
+        self.mine = count;
+    }
+}
+
+impl Drop for Held<'_> {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.mine, Ordering::Relaxed);
+    }
+}
+
 /// Keeps the members and their connections current from the watch.
-struct Tracker {
+struct Tracker<'a> {
     members: BTreeMap<(String, String), Member>,
     /// Connections by endpoint URL, reused across snapshots (and so across
     /// admin changes) while the member stays routable.
     nodes: HashMap<(String, String), Arc<Node>>,
     options: ConnectOptions,
+    held: Held<'a>,
+    events: &'a std::sync::atomic::AtomicU64,
 }
 
-impl Tracker {
+impl Tracker<'_> {
     fn apply(&mut self, event: &Event) {
+        self.events.fetch_add(1, Ordering::Relaxed);
         let m = event.member();
         let key = (m.record.topic.clone(), m.record.host.clone());
         match event {
@@ -119,6 +151,7 @@ impl Tracker {
     }
 
     fn snapshot(&mut self) -> Snapshot {
+        self.held.set(self.members.len());
         let mut by_topic: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut disabled: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut live = HashMap::new();
@@ -169,6 +202,7 @@ impl Tracker {
             );
         }
         Snapshot {
+            loaded: true,
             by_topic: by_topic.into_iter().map(|(t, n)| (t, n.into())).collect(),
             disabled,
         }
@@ -205,67 +239,167 @@ fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
     }
 }
 
-/// Lists the members, then follows the registry's watch in a background
-/// task; the receiver always holds the latest snapshot. The task ends when
-/// every receiver is gone. A watch that ends or a follower that panics is
-/// logged, counted and started again (with backoff), so a client never keeps
-/// a frozen node set.
-pub(crate) async fn start(
+/// The topic watches of one client, each started by the first channel to
+/// its topic. Cheap to clone.
+#[derive(Clone)]
+pub(crate) struct Discovery {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
     registry: Registry,
     options: ConnectOptions,
-) -> Result<watch::Receiver<Arc<Snapshot>>> {
+    /// How long a watch outlives its last channel ([`LINGER`]).
+    linger: Duration,
+    /// Records held over all topics, and events applied.
+    members: AtomicUsize,
+    events: std::sync::atomic::AtomicU64,
+    /// The live watches, by topic. A watch's task removes its entry when
+    /// the last receiver is gone, under this lock, so that a channel made
+    /// meanwhile never subscribes to a task that ended.
+    topics: Mutex<HashMap<String, watch::Sender<Arc<Snapshot>>>>,
+}
+
+impl Discovery {
+    pub(crate) fn new(registry: Registry, options: ConnectOptions) -> Self {
+        Discovery {
+            inner: Arc::new(Inner {
+                registry,
+                options,
+                linger: LINGER,
+                members: AtomicUsize::new(0),
+                events: std::sync::atomic::AtomicU64::new(0),
+                topics: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The same, with watches retired `linger` after their last channel.
+    #[cfg(test)]
+    fn with_linger(registry: Registry, options: ConnectOptions, linger: Duration) -> Self {
+        let discovery = Discovery::new(registry, options);
+        let mut inner = Arc::try_unwrap(discovery.inner).unwrap_or_else(|_| unreachable!());
+        inner.linger = linger;
+        Discovery {
+            inner: Arc::new(inner),
+        }
+    }
+
+    /// The snapshots of `topic`, its watch started if none runs.
+    pub(crate) fn topic(&self, topic: &str) -> watch::Receiver<Arc<Snapshot>> {
+        let mut topics = lock(&self.inner.topics);
+        if let Some(tx) = topics.get(topic) {
+            return tx.subscribe();
+        }
+        let (tx, rx) = watch::channel(Arc::new(Snapshot::default()));
+        topics.insert(topic.to_string(), tx.clone());
+        tokio::spawn(follow_topic(self.inner.clone(), topic.to_string(), tx));
+        rx
+    }
+
+    /// Adds the topics, records and events of this client to `stats`.
+    pub(crate) fn add_stats(&self, stats: &mut super::RpcStats) {
+        stats.topics_watched = lock(&self.inner.topics).len() as u64;
+        stats.members_held = self.inner.members.load(Ordering::Relaxed) as u64;
+        stats.membership_events = self.inner.events.load(Ordering::Relaxed);
+    }
+
+    /// The topics watched now.
+    #[cfg(test)]
+    pub(crate) fn watched(&self) -> Vec<String> {
+        lock(&self.inner.topics).keys().cloned().collect()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Lists the members of `topic`, then follows its watch; `tx` always holds
+/// the latest snapshot. Ends once no channel has used the topic for
+/// [`LINGER`]. A watch that ends or a follower that panics is logged,
+/// counted and started again (with backoff), so a client never keeps a
+/// frozen node set.
+async fn follow_topic(inner: Arc<Inner>, topic: String, tx: watch::Sender<Arc<Snapshot>>) {
+    tokio::select! {
+        () = unused(&inner, &topic, &tx) => {}
+        () = keep_following(&inner, &topic, &tx) => {}
+    }
+}
+
+/// How long a topic's watch outlives its last channel: a caller that makes
+/// a channel per request must not start a watch per request.
+const LINGER: Duration = Duration::from_secs(30);
+
+/// Resolves once the topic's watch is retired: no channel for [`LINGER`].
+async fn unused(inner: &Inner, topic: &str, tx: &watch::Sender<Arc<Snapshot>>) {
+    loop {
+        tx.closed().await;
+        tokio::time::sleep(inner.linger).await;
+        if retire(inner, topic, tx) {
+            return;
+        }
+    }
+}
+
+async fn keep_following(inner: &Inner, topic: &str, tx: &watch::Sender<Arc<Snapshot>>) {
     let mut tracker = Tracker {
         members: BTreeMap::new(),
         nodes: HashMap::new(),
-        options,
+        options: inner.options.clone(),
+        held: Held {
+            total: &inner.members,
+            mine: 0,
+        },
+        events: &inner.events,
     };
-    for member in registry.list(None).await? {
-        tracker.apply(&Event::Update(member));
-    }
-    let (tx, rx) = watch::channel(Arc::new(tracker.snapshot()));
-    let events = registry.watch(None).await?;
-    tokio::spawn(async move {
-        let mut backoff = Backoff::new(registry.backoff_max());
-        let mut events = Some(events);
-        loop {
-            let stream = match events.take() {
-                Some(stream) => stream,
-                None => match restart(&registry, &mut tracker).await {
-                    Ok(stream) => {
-                        let _ = tx.send(Arc::new(tracker.snapshot()));
-                        stream
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "membership watch cannot start again yet");
-                        tokio::select! {
-                            () = tx.closed() => return,
-                            () = backoff.wait() => continue,
-                        }
-                    }
-                },
-            };
-            let followed = AssertUnwindSafe(follow(stream, &mut tracker, &tx))
-                .catch_unwind()
-                .await;
-            match followed {
-                Ok(Ended::Closed) => return,
-                Ok(Ended::WatchEnded) => restarted("discovery", &"membership watch ended"),
-                Err(_) => restarted("discovery", &"discovery loop panicked"),
+    let registry = &inner.registry;
+    let mut backoff = Backoff::new(registry.backoff_max());
+    loop {
+        match restart(registry, topic, &mut tracker).await {
+            Ok(stream) => {
+                backoff.reset();
+                tx.send_replace(Arc::new(tracker.snapshot()));
+                let followed = AssertUnwindSafe(follow(stream, &mut tracker, tx))
+                    .catch_unwind()
+                    .await;
+                match followed {
+                    Ok(()) => restarted("discovery", &"membership watch ended"),
+                    Err(_) => restarted("discovery", &"discovery loop panicked"),
+                }
             }
-            tokio::select! {
-                () = tx.closed() => return,
-                () = backoff.wait() => {}
+            Err(e) => {
+                tracing::warn!(%topic, error = %e, "membership watch cannot start yet");
             }
         }
-    });
-    Ok(rx)
+        backoff.wait().await;
+    }
 }
 
-/// Lists the members again (records deleted meanwhile are dropped) and
-/// opens a new watch.
-async fn restart(registry: &Registry, tracker: &mut Tracker) -> Result<EventStream> {
-    let members = registry.list(None).await?;
-    let events = registry.watch(None).await?;
+/// Removes a topic's watch once no channel uses it; `false` when a channel
+/// subscribed meanwhile, and the watch goes on.
+fn retire(inner: &Inner, topic: &str, tx: &watch::Sender<Arc<Snapshot>>) -> bool {
+    let mut topics = lock(&inner.topics);
+    // The map's own sender is not a receiver: only channels count.
+    if tx.receiver_count() > 0 {
+        return false;
+    }
+    topics.remove(topic);
+    crate::telemetry::metrics::set_client_nodes(topic, 0);
+    true
+}
+
+/// Lists the topic's members (records deleted meanwhile are dropped) and
+/// opens its watch.
+async fn restart(
+    registry: &Registry,
+    topic: &str,
+    tracker: &mut Tracker<'_>,
+) -> Result<EventStream> {
+    let events = registry.watch(Some(topic)).await?;
+    let members = registry.list(Some(topic)).await?;
     tracker.members = members
         .into_iter()
         .map(|m| ((m.record.topic.clone(), m.record.host.clone()), m))
@@ -273,40 +407,29 @@ async fn restart(registry: &Registry, tracker: &mut Tracker) -> Result<EventStre
     Ok(events)
 }
 
-/// Why following one watch stopped.
-enum Ended {
-    /// Every receiver is gone.
-    Closed,
-    /// The stream ended: watch again.
-    WatchEnded,
-}
-
-/// Applies one watch's events to the tracker and publishes snapshots.
+/// Applies one watch's events to the tracker and publishes snapshots,
+/// until the stream ends.
 async fn follow(
     mut events: EventStream,
-    tracker: &mut Tracker,
+    tracker: &mut Tracker<'_>,
     tx: &watch::Sender<Arc<Snapshot>>,
-) -> Ended {
-    loop {
-        let first = tokio::select! {
-            () = tx.closed() => return Ended::Closed,
-            event = events.next() => event,
-        };
+) {
+    while let Some(first) = events.next().await {
         // Apply everything already queued before publishing, so a burst of
         // events costs one snapshot.
-        let mut next = first;
+        let mut next = Some(first);
         loop {
             match next {
                 Some(Ok(event)) => tracker.apply(&event),
                 Some(Err(e)) => tracing::warn!(error = %e, "membership watch error"),
-                None => return Ended::WatchEnded,
+                None => return,
             }
             match events.next().now_or_never() {
                 Some(more) => next = more,
                 None => break,
             }
         }
-        let _ = tx.send(Arc::new(tracker.snapshot()));
+        tx.send_replace(Arc::new(tracker.snapshot()));
     }
 }
 
@@ -389,8 +512,13 @@ mod tests {
             connect_timeout: Duration::from_secs(1),
             tls: None,
         };
-        let mut snapshots = start(registry.clone(), options).await.unwrap();
+        let discovery = Discovery::new(registry.clone(), options);
+        let mut snapshots = discovery.topic("t");
         let topic = Target::topic("t");
+        tokio::time::timeout(Duration::from_secs(5), snapshots.wait_for(|s| s.loaded))
+            .await
+            .expect("the topic is listed")
+            .unwrap();
         // The first join is the watch's last event.
         let _a = registry.join(registration("a")).await.unwrap();
         tokio::time::timeout(Duration::from_secs(5), async {
@@ -412,6 +540,7 @@ mod tests {
 
     #[tokio::test]
     async fn deleted_records_leave_the_member_map() {
+        let (total, events) = (AtomicUsize::new(0), std::sync::atomic::AtomicU64::new(0));
         let mut tracker = Tracker {
             members: BTreeMap::new(),
             nodes: HashMap::new(),
@@ -419,6 +548,11 @@ mod tests {
                 connect_timeout: Duration::from_secs(1),
                 tls: None,
             },
+            held: Held {
+                total: &total,
+                mine: 0,
+            },
+            events: &events,
         };
         let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
         let up = Member { record, up: true };
@@ -427,5 +561,40 @@ mod tests {
         tracker.apply(&Event::Delete(Member { up: false, ..up }));
         assert!(tracker.members.is_empty());
         assert!(tracker.snapshot().nodes(&Target::topic("t")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_topic_is_watched_while_a_channel_uses_it() {
+        let registry: Registry = Arc::new(MemoryDriver::named("discovery-topics"));
+        let options = ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            tls: None,
+        };
+        let discovery = Discovery::with_linger(registry.clone(), options, Duration::ZERO);
+        assert!(discovery.watched().is_empty(), "nothing before a channel");
+        let mut first = discovery.topic("t");
+        let second = discovery.topic("t");
+        assert_eq!(discovery.watched(), ["t"], "one watch for both");
+        first.wait_for(|s| s.loaded).await.unwrap();
+        drop(first);
+        drop(second);
+        // The watch's task notices the last receiver go and retires it.
+        tokio::time::timeout(Duration::from_secs(5), async {
+            while !discovery.watched().is_empty() {
+                tokio::task::yield_now().await;
+            }
+        })
+        .await
+        .expect("the unused watch stops");
+        // A new channel starts it again, and it follows changes.
+        let mut again = discovery.topic("t");
+        let _a = registry.join(registration("a")).await.unwrap();
+        tokio::time::timeout(
+            Duration::from_secs(5),
+            again.wait_for(|s| s.nodes(&Target::topic("t")).len() == 1),
+        )
+        .await
+        .expect("the restarted watch follows")
+        .unwrap();
     }
 }

@@ -29,14 +29,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::join_all;
-use tokio::sync::watch;
 use tonic::Status;
 
 pub use self::channel::{HedgeDelay, RpcChannel, RpcStats};
 pub use self::target::Target;
 
 use self::channel::{SentSignal, Settings, Shared};
-use self::discovery::{ConnectOptions, Snapshot};
+use self::discovery::{ConnectOptions, Discovery};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::servicegroup::{self, Registry};
@@ -73,11 +72,11 @@ impl Default for RpcOptions {
     }
 }
 
-/// The client side of a registry: one shared membership watch, and
-/// channels to any target over it. Cheap to clone.
+/// The client side of a registry: channels to any target, over one
+/// membership watch per topic called. Cheap to clone.
 #[derive(Clone)]
 pub struct Rpc {
-    snapshot: watch::Receiver<Arc<Snapshot>>,
+    discovery: Discovery,
     options: RpcOptions,
     shared: Arc<Shared>,
 }
@@ -98,19 +97,19 @@ impl Rpc {
         Self::with_options(registry, RpcOptions::default()).await
     }
 
-    /// Follows `registry`; returns once the current members are known.
+    /// A client of `registry`. Nothing is listed or watched yet: a topic's
+    /// members are, from the first channel to it on.
     pub async fn with_options(registry: Registry, options: RpcOptions) -> Result<Self> {
-        let snapshot = discovery::start(
+        let discovery = Discovery::new(
             registry,
             ConnectOptions {
                 connect_timeout: options.connect_timeout,
                 tls: options.tls.clone(),
             },
-        )
-        .await?;
+        );
         let shared = Arc::new(Shared::new(options.max_casts_in_flight));
         Ok(Rpc {
-            snapshot,
+            discovery,
             options,
             shared,
         })
@@ -132,6 +131,7 @@ impl Rpc {
     /// A channel for `target`, to hand to a generated client
     /// (`EchoClient::new(rpc.channel(target))`).
     pub fn channel(&self, target: Target) -> RpcChannel {
+        let target_topic = target.topic.clone();
         RpcChannel {
             settings: Arc::new(Settings::new(
                 target,
@@ -139,13 +139,15 @@ impl Rpc {
                 self.options.hedge_delay,
                 self.shared.clone(),
             )),
-            snapshot: self.snapshot.clone(),
+            snapshot: self.discovery.topic(&target_topic),
         }
     }
 
     /// Calls, retries and hedges of this client's channels so far.
     pub fn stats(&self) -> RpcStats {
-        self.shared.stats()
+        let mut stats = self.shared.stats();
+        self.discovery.add_stats(&mut stats);
+        stats
     }
 
     /// The hosts `target` may be routed to now.
@@ -160,7 +162,7 @@ impl Rpc {
         count: usize,
         timeout: Duration,
     ) -> Result<()> {
-        let mut rx = self.snapshot.clone();
+        let mut rx = self.discovery.topic(&target.topic);
         let reached = matches!(
             tokio::time::timeout(timeout, rx.wait_for(|s| s.nodes(target).len() >= count)).await,
             Ok(Ok(_))
@@ -182,7 +184,11 @@ impl Rpc {
         F: Fn(RpcChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let hosts = self.hosts(target);
+        let hosts = self
+            .channel(target.clone())
+            .loaded(self.options.response_timeout)
+            .await
+            .hosts();
         if hosts.is_empty() {
             return Err(Error::Status(Status::unavailable(format!(
                 "no node available for {target}"
@@ -227,6 +233,7 @@ impl Rpc {
             ))));
         };
         let mut channel = self.channel(target.clone());
+        channel = channel.loaded(self.options.response_timeout).await;
         if channel.hosts().is_empty() {
             return Err(Error::Status(Status::unavailable(format!(
                 "no node available for {target}"

@@ -144,6 +144,14 @@ impl RpcChannel {
             .collect()
     }
 
+    /// This channel once its topic's members are known (the first
+    /// channel to a topic starts its watch), or after `within`.
+    pub(super) async fn loaded(self, within: Duration) -> Self {
+        let mut snapshot = self.snapshot.clone();
+        let _ = tokio::time::timeout(within, snapshot.wait_for(|s| s.loaded)).await;
+        self
+    }
+
     /// The counters of the client this channel belongs to.
     pub fn stats(&self) -> RpcStats {
         self.settings.shared.stats()

@@ -118,7 +118,16 @@ impl RpcChannel {
     ) -> Result<http::Response<Body>, BoxError> {
         let shared = &self.settings.shared;
         shared.calls.fetch_add(1, Ordering::Relaxed);
-        let nodes = self.snapshot.borrow().nodes(&self.settings.target);
+        let mut nodes = self.snapshot.borrow().nodes(&self.settings.target);
+        if nodes.is_empty() && !self.snapshot.borrow().loaded {
+            // The first call of a topic waits for its members to be listed.
+            let mut snapshot = self.snapshot.clone();
+            let listed = tokio::time::timeout_at(deadline.into(), snapshot.wait_for(|s| s.loaded));
+            if listed.await.is_err() {
+                return Err(self.deadline_exceeded());
+            }
+            nodes = self.current_nodes();
+        }
         if nodes.is_empty() {
             return Err(Box::new(unavailable(&self.settings.target)));
         }

@@ -41,6 +41,7 @@ impl Shared {
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             hedges: self.hedges.load(Ordering::Relaxed),
+            ..RpcStats::default()
         }
     }
 
@@ -64,4 +65,11 @@ pub struct RpcStats {
     pub retries: u64,
     /// Extra copies sent by hedging.
     pub hedges: u64,
+    /// Topics whose membership the client follows now: those its channels
+    /// call (and, for a while, called).
+    pub topics_watched: u64,
+    /// Service records the client holds, over the topics it follows.
+    pub members_held: u64,
+    /// Membership events the client has applied.
+    pub membership_events: u64,
 }

@@ -1,0 +1,106 @@
+//! At fleet scale, a client pays only for the topics it calls: with 50,000
+//! service records of another topic in a real etcd, a client of topic
+//! `echo` holds, and is woken up for, `echo`'s records alone.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use etcd_client::{Client, Txn, TxnOp};
+use support::etcd::Etcd;
+use support::{eventually, live_endpoint, registration_at};
+use svckit::rpc::{Rpc, Target};
+use svckit::servicegroup::{self, Advert, Endpoints};
+
+const FOREIGN: usize = 50_000;
+const WAIT: Duration = Duration::from_secs(20);
+
+/// Puts `count` records of topic `topic` straight into etcd, as a fleet's
+/// nodes would have left them, 128 to a transaction (etcd's limit).
+async fn put_records(client: &mut Client, topic: &str, hosts: std::ops::Range<usize>) {
+    let now = SystemTime::now();
+    let hosts: Vec<usize> = hosts.collect();
+    for chunk in hosts.chunks(128) {
+        let ops: Vec<TxnOp> = chunk
+            .iter()
+            .map(|i| {
+                let host = format!("h{i:05}");
+                let endpoints = Endpoints::new(Some(format!("http://{host}:7000")), None);
+                let advert =
+                    Advert::new(topic, host.as_str(), "compute_node", "1", endpoints, vec![]);
+                let record = advert
+                    .registration(1, Duration::from_secs(1), Duration::from_secs(5))
+                    .to_record(now);
+                let value = serde_json::to_vec(&record).expect("encode a record");
+                TxnOp::put(format!("/test/services/{topic}/{host}"), value, None)
+            })
+            .collect();
+        client
+            .txn(Txn::new().and_then(ops))
+            .await
+            .expect("put a batch of records");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_of_other_topics_cost_a_client_nothing() {
+    let etcd = Etcd::start();
+    let mut raw = Client::connect([etcd.endpoint()], None)
+        .await
+        .expect("raw etcd client");
+    put_records(&mut raw, "compute", 0..FOREIGN).await;
+
+    let registry = servicegroup::connect(&etcd.url(), &support::options())
+        .await
+        .expect("connect");
+    let live = live_endpoint().await;
+    let _e1 = registry
+        .join(registration_at("echo", "e1", &live.url))
+        .await
+        .expect("join");
+
+    let rpc = Rpc::new(registry.clone()).await.expect("client");
+    assert_eq!(rpc.stats().topics_watched, 0, "nothing before a channel");
+    let echo = Target::topic("echo");
+    let channel = rpc.channel(echo.clone());
+    rpc.wait_for_nodes(&echo, 1, WAIT).await.expect("e1 seen");
+    let stats = rpc.stats();
+    assert_eq!(stats.topics_watched, 1, "{stats:?}");
+    assert_eq!(
+        stats.members_held, 1,
+        "only echo's record is held: {stats:?}"
+    );
+
+    // Churn on the other topic: a thousand records written and deleted.
+    put_records(&mut raw, "compute", FOREIGN..FOREIGN + 1_000).await;
+    raw.delete(
+        "/test/services/compute/h5",
+        Some(etcd_client::DeleteOptions::new().with_prefix()),
+    )
+    .await
+    .expect("delete a range of records");
+    // Then one change on echo: the client sees it, and only it.
+    let events_before = rpc.stats().membership_events;
+    let _e2 = registry
+        .join(registration_at("echo", "e2", &live.url))
+        .await
+        .expect("join");
+    rpc.wait_for_nodes(&echo, 2, WAIT).await.expect("e2 seen");
+    let stats = rpc.stats();
+    assert_eq!(stats.members_held, 2, "{stats:?}");
+    assert!(
+        stats.membership_events - events_before <= 2,
+        "woken up for other topics: {stats:?}"
+    );
+    assert_eq!(channel.hosts().len(), 2);
+
+    // A topic's watch runs while a channel uses it: a second topic adds a
+    // second watch, and holds its own records only.
+    let compute = rpc.channel(Target::topic("compute"));
+    eventually(WAIT, "compute listed", || async {
+        (rpc.stats().members_held as usize > 2).then_some(())
+    })
+    .await;
+    assert_eq!(rpc.stats().topics_watched, 2);
+    drop(compute);
+}
