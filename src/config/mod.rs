@@ -229,7 +229,7 @@ options! {
     /// A worker that exits sooner than this after its start is restarted with a growing delay (0.1 s doubling to 30 s).
     min_worker_lifetime: Duration = Duration::from_secs(10), mutable = true, secret = false,
         range = "0s" ..= "1h";
-    /// Heartbeat interval (lease keep-alive).
+    /// Heartbeat interval (lease keep-alive); on etcd at most 2.5 per service_down_time.
     report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false,
         range = "10ms" ..= "1h";
     /// How long after the last heartbeat a node counts as down (the lease TTL); raised to 2 x report_interval.

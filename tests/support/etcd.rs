@@ -479,3 +479,52 @@ fn pipe(mut from: TcpStream, mut to: TcpStream) {
         let _ = to.shutdown(Shutdown::Both);
     });
 }
+
+/// etcd's own gRPC proxy (`etcd grpc-proxy start`, the same binary) in
+/// front of one etcd: it merges watches and lease keep-alives of the
+/// clients behind it. Killed on drop.
+pub struct GrpcProxy {
+    port: u16,
+    child: Child,
+    _dir: tempfile::TempDir,
+}
+
+impl GrpcProxy {
+    pub fn start(etcd: &Etcd) -> GrpcProxy {
+        let dir = tempfile::tempdir().expect("proxy dir");
+        let port = super::ports::free_port();
+        let log = std::fs::File::create(dir.path().join("proxy.log")).expect("proxy log");
+        let child = Command::new(etcd_binary())
+            .args(["grpc-proxy", "start"])
+            .arg(format!("--endpoints=127.0.0.1:{}", etcd.client_port))
+            .arg(format!("--listen-addr=127.0.0.1:{port}"))
+            .arg(format!("--advertise-client-url=127.0.0.1:{port}"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("proxy log"))
+            .stderr(log)
+            .spawn()
+            .expect("start etcd grpc-proxy");
+        let proxy = GrpcProxy {
+            port,
+            child,
+            _dir: dir,
+        };
+        // The proxy says nothing when it listens: try to connect.
+        super::poll_until(Duration::from_secs(20), "etcd grpc-proxy listening", || {
+            TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        proxy
+    }
+
+    /// `etcd://127.0.0.1:proxy-port?prefix=/test`.
+    pub fn url(&self) -> RegistryUrl {
+        RegistryUrl::parse(&format!("etcd://127.0.0.1:{}?prefix=/test", self.port)).unwrap()
+    }
+}
+
+impl Drop for GrpcProxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
