@@ -104,3 +104,80 @@ async fn records_of_other_topics_cost_a_client_nothing() {
     assert_eq!(rpc.stats().topics_watched, 2);
     drop(compute);
 }
+
+/// Nodes of one fleet joined through a proxy that an outage then cuts.
+const STORM: usize = 50;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_wide_outage_is_healed_by_spread_reregistrations_and_no_node_looks_down() {
+    let etcd = Etcd::start();
+    let proxy = support::etcd::Proxy::start(&etcd);
+    let through_proxy = servicegroup::connect(&proxy.url(), &support::options())
+        .await
+        .expect("connect through the proxy");
+    let direct = servicegroup::connect(&etcd.url(), &support::options())
+        .await
+        .expect("connect");
+    let mut watch = direct.watch(Some("storm")).await.expect("watch");
+    let mut nodes = Vec::new();
+    for i in 0..STORM {
+        let mut reg = support::registration("storm", &format!("s{i:02}"));
+        // A heartbeat a second, a lease of five: the outage below breaks
+        // every node's streams at once, and no lease expires.
+        reg.report_interval = Duration::from_secs(1);
+        reg.service_down_time = Duration::from_secs(5);
+        nodes.push(through_proxy.join(reg).await.expect("join"));
+    }
+    for _ in 0..STORM {
+        support::expect_event(&mut watch, WAIT, "a join", |e| e.kind() == "join").await;
+    }
+    let joined_at = |m: &svckit::servicegroup::Member| m.record.updated_at.clone();
+    let before: Vec<String> = direct
+        .list(Some("storm"))
+        .await
+        .expect("list")
+        .iter()
+        .map(joined_at)
+        .collect();
+
+    // Every connection of the fleet breaks at once, as in a leader loss.
+    proxy.cut();
+    proxy.restore();
+    let healed = async {
+        for node in &nodes {
+            eventually(WAIT, "every node registered again", || async {
+                let s = node.status();
+                (s.reregistrations >= 1
+                    && s.state == svckit::servicegroup::RegistrationState::Registered)
+                    .then_some(())
+            })
+            .await;
+        }
+    };
+    // Meanwhile no node is ever seen down.
+    let quiet = support::expect_none(
+        &mut watch,
+        Duration::from_secs(4),
+        "a node seen down",
+        |e| e.kind() == "leave",
+    );
+    tokio::join!(healed, quiet);
+
+    // No node gave up, and their re-registrations were spread out: over a
+    // heartbeat, not all at the same moment.
+    let members = direct.list(Some("storm")).await.expect("list");
+    assert_eq!(members.len(), STORM);
+    assert!(members.iter().all(|m| m.up), "{members:?}");
+    let times: Vec<SystemTime> = members
+        .iter()
+        .filter(|m| !before.contains(&m.record.updated_at))
+        .map(|m| humantime::parse_rfc3339(&m.record.updated_at).expect("an RFC 3339 time"))
+        .collect();
+    assert_eq!(times.len(), STORM, "every record was written again");
+    let (first, last) = (times.iter().min().unwrap(), times.iter().max().unwrap());
+    let spread = last.duration_since(*first).unwrap_or_default();
+    assert!(
+        spread >= Duration::from_millis(500),
+        "re-registered within {spread:?}"
+    );
+}

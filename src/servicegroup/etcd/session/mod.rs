@@ -127,15 +127,33 @@ impl Session {
         let mut revision = revision;
         loop {
             let lease = self.lease.load(Ordering::SeqCst);
+            let mut spread = false;
             if let Some(rev) = revision.take() {
                 match self.keep(lease, rev, &mut stop).await {
                     Ended::Stopped => return,
-                    Ended::Lost(e) => self.status.failed(&e),
+                    Ended::Lost(e) => {
+                        // A fault on our own keys is one node's: it heals at
+                        // once. Anything else (a lost stream, an expired
+                        // lease) may hit every node of the fleet at the same
+                        // moment, an etcd restart or leader loss: their
+                        // re-registrations are spread over a keep-alive
+                        // interval, which a lease still alive outlasts.
+                        spread = !matches!(e, Error::Registry { .. });
+                        self.status.failed(&e);
+                    }
                 }
             }
-            // Register again, retrying until etcd lets us. The first try is
-            // immediate: a hand-made fault (a key deleted or overwritten)
-            // heals at once, and an outage is then backed off.
+            if spread {
+                let window = keepalive_interval(self.reg.report_interval, self.down_time);
+                let jitter = window.mul_f64(rand::random::<f64>());
+                tokio::select! {
+                    () = tokio::time::sleep(jitter) => {}
+                    _ = stop.changed() => return,
+                }
+            }
+            // Register again, retrying until etcd lets us. The first try
+            // follows at once (a hand-made fault, a key deleted or
+            // overwritten, heals at once), then retries back off.
             let mut first = true;
             loop {
                 if !first {
@@ -231,7 +249,8 @@ impl Session {
                     }
                     Ok(Some(resp)) => {
                         if let Some(why) = self.foreign_change(&resp, lease) {
-                            return lost(why);
+                            // A change by hand, not an outage.
+                            return Ended::Lost(Error::registry_msg(why));
                         }
                     }
                     Ok(None) => return lost("watch on our keys closed".into()),
