@@ -248,6 +248,8 @@ options! {
     ready_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// Hedging of idempotent RPC calls: a delay (`20ms`) or `auto` (the target's p95 latency); empty for none.
     rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
+    /// A client of a topic with more routable nodes balances over this many of them (its subset, by rendezvous hashing); 0 uses all.
+    rpc_subset_size: usize = 32, mutable = false, secret = false, range = "0" ..= "100000";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.

@@ -62,7 +62,13 @@ pub(crate) struct Snapshot {
     /// The topic's members were listed: an empty snapshot means no node,
     /// not "not known yet".
     pub(crate) loaded: bool,
+    /// What a plain topic target balances over: the client's subset of
+    /// the routable nodes (all of them when there are few).
     by_topic: HashMap<String, Arc<[Arc<Node>]>>,
+    /// Every routable node, by topic: for `server=` targets (any host,
+    /// connected on demand), targets that require a gRPC service, and
+    /// fanout.
+    all: HashMap<String, Arc<[Arc<Node>]>>,
     /// Up but disabled nodes, by topic: reachable only by a server target
     /// that asks for them.
     disabled: HashMap<String, Vec<Arc<Node>>>,
@@ -75,7 +81,7 @@ impl Snapshot {
         if target.include_disabled && target.server.is_some() {
             let disabled = self.disabled.get(&target.topic).into_iter().flatten();
             let enabled = self
-                .by_topic
+                .all
                 .get(&target.topic)
                 .into_iter()
                 .flat_map(|n| n.iter());
@@ -85,9 +91,14 @@ impl Snapshot {
                 .cloned()
                 .collect();
         }
-        match self.by_topic.get(&target.topic) {
+        if target.server.is_none() && target.service.is_none() {
+            return match self.by_topic.get(&target.topic) {
+                Some(nodes) => nodes.clone(),
+                None => Arc::new([]),
+            };
+        }
+        match self.all.get(&target.topic) {
             None => Arc::new([]),
-            Some(nodes) if target.server.is_none() && target.service.is_none() => nodes.clone(),
             Some(nodes) => nodes
                 .iter()
                 .filter(|n| n.matches(target))
@@ -95,12 +106,66 @@ impl Snapshot {
                 .collect(),
         }
     }
+
+    /// Every routable host `target` matches, beyond the subset: what a
+    /// fanout calls.
+    pub(crate) fn all_hosts(&self, target: &Target) -> Vec<String> {
+        self.all
+            .get(&target.topic)
+            .into_iter()
+            .flat_map(|nodes| nodes.iter())
+            .filter(|n| n.matches(target))
+            .map(|n| n.host().to_string())
+            .collect()
+    }
+}
+
+/// Which nodes of a large topic a client talks to: the `size` nodes whose
+/// rendezvous score with `client` is highest (Google SRE book, ch. 20).
+/// Every client ranks the nodes its own way, so the subsets spread over the
+/// fleet; a node that joins or leaves moves only the subsets it enters or
+/// leaves.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Subsetting {
+    pub(crate) client: u64,
+    /// 0: no subsetting.
+    pub(crate) size: usize,
+}
+
+impl Subsetting {
+    /// Keeps the `size` best-scoring of `nodes` (all of them when there
+    /// are no more).
+    fn apply(&self, nodes: &mut Vec<Arc<Node>>) {
+        if self.size == 0 || nodes.len() <= self.size {
+            return;
+        }
+        let score = |n: &Arc<Node>| std::cmp::Reverse(rendezvous(self.client, n.host()));
+        nodes.select_nth_unstable_by_key(self.size - 1, score);
+        nodes.truncate(self.size);
+    }
+}
+
+/// A stable 64-bit score of (client, host): FNV-1a over both, then mixed
+/// (splitmix64's finaliser) so that close inputs score far apart.
+pub(crate) fn rendezvous(client: u64, host: &str) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in client.to_le_bytes().iter().chain(host.as_bytes()) {
+        h ^= u64::from(*byte);
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h ^= h >> 30;
+    h = h.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    h ^= h >> 27;
+    h = h.wrapping_mul(0x94d0_49bb_1331_11eb);
+    h ^ (h >> 31)
 }
 
 /// Connection settings for nodes.
 #[derive(Debug, Clone)]
 pub(crate) struct ConnectOptions {
     pub(crate) connect_timeout: Duration,
+    /// The subset of a large topic this client balances over.
+    pub(crate) subsetting: Subsetting,
     /// For `https://` endpoints.
     pub(crate) tls: Option<ClientTls>,
 }
@@ -201,9 +266,18 @@ impl Tracker<'_> {
                 by_topic.get(topic).map_or(0, Vec::len),
             );
         }
+        let mut all = HashMap::new();
+        let mut subsets = HashMap::new();
+        for (topic, nodes) in by_topic {
+            let mut subset = nodes.clone();
+            self.options.subsetting.apply(&mut subset);
+            subsets.insert(topic.clone(), subset.into());
+            all.insert(topic, nodes.into());
+        }
         Snapshot {
             loaded: true,
-            by_topic: by_topic.into_iter().map(|(t, n)| (t, n.into())).collect(),
+            by_topic: subsets,
+            all,
             disabled,
         }
     }
@@ -510,6 +584,7 @@ mod tests {
         let before = task_restarts();
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
+            subsetting: Subsetting { client: 1, size: 0 },
             tls: None,
         };
         let discovery = Discovery::new(registry.clone(), options);
@@ -546,6 +621,7 @@ mod tests {
             nodes: HashMap::new(),
             options: ConnectOptions {
                 connect_timeout: Duration::from_secs(1),
+                subsetting: Subsetting { client: 1, size: 0 },
                 tls: None,
             },
             held: Held {
@@ -568,6 +644,7 @@ mod tests {
         let registry: Registry = Arc::new(MemoryDriver::named("discovery-topics"));
         let options = ConnectOptions {
             connect_timeout: Duration::from_secs(1),
+            subsetting: Subsetting { client: 1, size: 0 },
             tls: None,
         };
         let discovery = Discovery::with_linger(registry.clone(), options, Duration::ZERO);
@@ -596,5 +673,79 @@ mod tests {
         .await
         .expect("the restarted watch follows")
         .unwrap();
+    }
+
+    fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
+        hosts
+            .into_iter()
+            .map(|host| {
+                let mut reg = registration(&host);
+                reg.host = host;
+                let record = reg.to_record(SystemTime::UNIX_EPOCH);
+                Arc::new(Node {
+                    member: Member { record, up: true },
+                    channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+                    pending: Arc::new(AtomicUsize::new(0)),
+                    abandoned: Arc::new(AtomicUsize::new(0)),
+                })
+            })
+            .collect()
+    }
+
+    fn subset(client: u64, size: usize, fleet: &[Arc<Node>]) -> Vec<String> {
+        let mut chosen = fleet.to_vec();
+        Subsetting { client, size }.apply(&mut chosen);
+        let mut hosts: Vec<String> = chosen.iter().map(|n| n.host().to_string()).collect();
+        hosts.sort();
+        hosts
+    }
+
+    #[tokio::test]
+    async fn subsets_spread_over_the_fleet_and_move_only_what_changed() {
+        let fleet = nodes((0..50).map(|i| format!("n{i:02}")));
+        let clients: Vec<u64> = (0..20).map(|i| rendezvous(i, "client")).collect();
+        // 20 clients of 10 nodes each: 200 places over 50 nodes, 4 each on
+        // average.
+        let mut load: HashMap<String, usize> = HashMap::new();
+        for &client in &clients {
+            let chosen = subset(client, 10, &fleet);
+            assert_eq!(chosen.len(), 10);
+            assert_eq!(chosen, subset(client, 10, &fleet), "deterministic");
+            for host in chosen {
+                *load.entry(host).or_default() += 1;
+            }
+        }
+        let counts: Vec<usize> = fleet
+            .iter()
+            .map(|n| load.get(n.host()).copied().unwrap_or(0))
+            .collect();
+        let max = counts.iter().max().copied().unwrap_or(0);
+        let unused = counts.iter().filter(|&&c| c == 0).count();
+        // Rendezvous scores are independent: each node's count is
+        // Binomial(20, 0.2). An even spread leaves few nodes unused and
+        // none with more than three times its share.
+        assert!(max <= 10, "a node in {max} of 20 subsets: {counts:?}");
+        assert!(unused <= 1, "{unused} nodes in no subset: {counts:?}");
+
+        // One node leaves: only the clients that had it change, by one node.
+        let gone = fleet[7].host().to_string();
+        let smaller: Vec<Arc<Node>> = fleet.iter().filter(|n| n.host() != gone).cloned().collect();
+        for &client in &clients {
+            let before = subset(client, 10, &fleet);
+            let after = subset(client, 10, &smaller);
+            let moved = after.iter().filter(|h| !before.contains(h)).count();
+            if before.contains(&gone) {
+                assert_eq!(moved, 1, "one replacement for the node that left");
+            } else {
+                assert_eq!(before, after, "a subset without the node stays as it was");
+            }
+        }
+        // A small topic is not subset.
+        assert_eq!(subset(clients[0], 10, &fleet[..8]).len(), 8);
+        assert_eq!(
+            subset(clients[0], 0, &fleet).len(),
+            50,
+            "0 turns subsetting off"
+        );
     }
 }

@@ -35,7 +35,7 @@ pub use self::channel::{HedgeDelay, RpcChannel, RpcStats};
 pub use self::target::Target;
 
 use self::channel::{SentSignal, Settings, Shared};
-use self::discovery::{ConnectOptions, Discovery};
+use self::discovery::{ConnectOptions, Discovery, Subsetting};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::servicegroup::{self, Registry};
@@ -58,6 +58,12 @@ pub struct RpcOptions {
     /// TLS to nodes that advertise `https://` endpoints (`tls_ca_file`);
     /// without it such nodes are skipped, with a warning.
     pub tls: Option<ClientTls>,
+    /// A topic with more routable nodes than this is balanced over this
+    /// many of them, the client's subset (`rpc_subset_size`); 0 uses all.
+    pub subset_size: usize,
+    /// What ranks the nodes for this client's subset: random by default,
+    /// so that clients spread over the fleet.
+    pub client_id: u64,
 }
 
 impl Default for RpcOptions {
@@ -68,6 +74,8 @@ impl Default for RpcOptions {
             hedge_delay: None,
             max_casts_in_flight: 1024,
             tls: None,
+            subset_size: 32,
+            client_id: rand::random(),
         }
     }
 }
@@ -104,6 +112,10 @@ impl Rpc {
             registry,
             ConnectOptions {
                 connect_timeout: options.connect_timeout,
+                subsetting: Subsetting {
+                    client: options.client_id,
+                    size: options.subset_size,
+                },
                 tls: options.tls.clone(),
             },
         );
@@ -122,6 +134,7 @@ impl Rpc {
         let options = RpcOptions {
             response_timeout: config.rpc_response_timeout,
             hedge_delay: config.rpc_hedge_delay,
+            subset_size: config.rpc_subset_size,
             tls: ClientTls::from_config(config)?,
             ..RpcOptions::default()
         };
@@ -184,11 +197,12 @@ impl Rpc {
         F: Fn(RpcChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
-        let hosts = self
+        // Every node of the topic, beyond this client's subset.
+        let channel = self
             .channel(target.clone())
             .loaded(self.options.response_timeout)
-            .await
-            .hosts();
+            .await;
+        let hosts = channel.snapshot.borrow().all_hosts(target);
         if hosts.is_empty() {
             return Err(Error::Status(Status::unavailable(format!(
                 "no node available for {target}"
