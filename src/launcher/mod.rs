@@ -177,6 +177,39 @@ where
     result
 }
 
+/// A reload's config step, the same in both launchers: re-reads the
+/// config from `reload_from` (without it, applies the running one again),
+/// takes over what may change in place, and applies a new log filter.
+/// `false` when the config no longer loads: the running one is kept, and
+/// the error logged, for a typo must not take a node down.
+fn reload_config(
+    config: &mut Config,
+    reload_from: Option<&CommonArgs>,
+    telemetry: Option<&Telemetry>,
+) -> bool {
+    let loaded = match reload_from {
+        Some(args) => Config::load(args),
+        None => Ok(config.clone()),
+    };
+    let (applied, ignored) = match loaded.and_then(|new| config.apply_mutable(&new)) {
+        Ok(changes) => changes,
+        Err(e) => {
+            tracing::error!(error = %e, "config reload failed; keeping the running config");
+            return false;
+        }
+    };
+    if !ignored.is_empty() {
+        tracing::warn!(options = ?ignored, "changed options need a restart; keeping their running values");
+    }
+    if let Some(telemetry) = telemetry {
+        if let Err(e) = telemetry.apply(config) {
+            tracing::error!(error = %e, "cannot apply the new log filter");
+        }
+    }
+    tracing::info!(changed = ?applied, log_level = %config.log_level.0, "config reloaded");
+    true
+}
+
 /// Raises the soft limit on open files to the hard one (as Go programs do
 /// at start): every connection holds a descriptor, and the distribution
 /// default of 1024 is below the connection limits, so a flood would

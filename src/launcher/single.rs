@@ -345,37 +345,15 @@ impl ServiceLauncher {
     /// loads is logged and the running one kept: a typo must not take a
     /// node down.
     async fn reload(&mut self) {
-        let new = match &self.reload_from {
-            Some(args) => match Config::load(args) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; keeping the running config");
-                    return;
-                }
-            },
-            None => self.config.clone(),
-        };
-        let (applied, ignored) = match self.config.apply_mutable(&new) {
-            Ok(r) => r,
-            Err(e) => {
-                tracing::error!(error = %e, "config reload failed; keeping the running config");
-                return;
-            }
-        };
-        if !ignored.is_empty() {
-            tracing::warn!(options = ?ignored, "changed options need a restart; keeping their running values");
-        }
-        if let Some(telemetry) = &self.telemetry {
-            if let Err(e) = telemetry.apply(&self.config) {
-                tracing::error!(error = %e, "cannot apply the new log filter");
-            }
+        let reload_from = self.reload_from.as_ref();
+        if !super::reload_config(&mut self.config, reload_from, self.telemetry.as_ref()) {
+            return;
         }
         for service in &self.services {
             if let Err(e) = service.reset(&self.config).await {
                 tracing::error!(service = %service.name(), error = %e, "reset failed");
             }
         }
-        tracing::info!(changed = ?applied, log_level = %self.config.log_level.0, "config reloaded");
     }
 
     /// The state report of every service, as text to stderr or to a file

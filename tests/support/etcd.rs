@@ -327,6 +327,11 @@ impl Etcd {
     }
 
     /// Starts again on the same ports with the same data, and waits for it.
+    /// The process's id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();
@@ -401,6 +406,20 @@ impl Cluster {
             }
         }
         Cluster { members }
+    }
+
+    /// Stops every member, then starts them all again on their data: a
+    /// full restart of the cluster.
+    pub fn restart_all(&mut self) {
+        for m in &mut self.members {
+            m.stop();
+        }
+        for m in &mut self.members {
+            m.spawn();
+        }
+        for m in &mut self.members {
+            m.wait_ready();
+        }
     }
 
     /// `etcd://m0,m1,m2?prefix=/test`.

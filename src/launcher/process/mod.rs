@@ -271,24 +271,11 @@ impl Running {
     /// A reload: re-read the config, then replace or reset the workers.
     async fn reload(&mut self) {
         notify("RELOADING=1");
-        if let Some(args) = &self.reload_from {
-            let applied = Config::load(args).and_then(|new| self.config.apply_mutable(&new));
-            match applied {
-                Ok((applied, ignored)) => {
-                    if !ignored.is_empty() {
-                        tracing::warn!(options = ?ignored, "changed options need a restart of the supervisor; keeping their running values");
-                    }
-                    tracing::info!(changed = ?applied, "config reloaded");
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "config reload failed; keeping the running config")
-                }
-            }
-        }
-        if let Some(telemetry) = &self.telemetry {
-            if let Err(e) = telemetry.apply(&self.config) {
-                tracing::error!(error = %e, "cannot apply the new log filter");
-            }
+        let reload_from = self.reload_from.as_ref();
+        if !super::reload_config(&mut self.config, reload_from, self.telemetry.as_ref()) {
+            // The workers would load the same config: they keep running.
+            notify("READY=1");
+            return;
         }
         match self.config.restart_method {
             RestartMethod::Mutate => self.pool.signal_all(Signal::SIGHUP),

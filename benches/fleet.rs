@@ -1,0 +1,450 @@
+//! Fleet simulator: N simulated nodes on a 3-member etcd cluster on
+//! loopback, registered by the library's own code (real leases,
+//! keep-alives, records and watches), many per process, with a watcher and
+//! a client of the fleet's topic beside them.
+//!
+//! Run it with `scripts/bench-fleet [--quick]`. For each N it prints one
+//! `name=value …` line per figure, then one machine-readable line:
+//! `fleet_nodes=N join_s=… peak_etcd_rps=… steady_etcd_rps=… …`.
+
+use std::collections::{HashMap, HashSet};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures::{stream, StreamExt};
+use svckit::rpc::{Rpc, Target};
+use svckit::servicegroup::{
+    connect, Advert, Endpoints, Event, Membership, Registry, RegistryOptions, RegistryUrl,
+};
+
+#[path = "../tests/support/mod.rs"]
+mod support;
+
+use support::etcd::Cluster;
+
+/// Registry connections the simulated nodes share, as if they were this
+/// many processes' worth of nodes on one connection each.
+const CONNECTIONS: usize = 16;
+/// Joins in flight at once during a cold start.
+const JOINS_IN_FLIGHT: usize = 256;
+/// Simulated nodes killed (their leases left to expire) per run.
+const KILLED: usize = 100;
+const STEADY_WINDOW: Duration = Duration::from_secs(10);
+/// The kit's defaults.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+const DOWN_TIME: Duration = Duration::from_secs(5);
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(at) = args.iter().position(|a| a == "--client-probe") {
+        return client_probe(&args[at + 1], &args[at + 2], &args[at + 3]);
+    }
+    let quick = args.iter().any(|a| a == "--quick");
+    let sizes: Vec<usize> = match std::env::var("FLEET_SIZES") {
+        Ok(list) => list
+            .split(',')
+            .filter_map(|n| n.trim().parse().ok())
+            .collect(),
+        Err(_) if quick => vec![1_000, 10_000],
+        Err(_) => vec![1_000, 5_000, 10_000],
+    };
+    let soak = if quick {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(120)
+    };
+    let mut cluster = Cluster::start();
+    println!(
+        "etcd_members=3 cores={} soak_s={}",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        soak.as_secs()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    for n in sizes {
+        let figures = runtime.block_on(run(&mut cluster, n, soak));
+        println!("{figures}");
+    }
+}
+
+#[derive(Default)]
+struct Figures {
+    nodes: usize,
+    join_s: f64,
+    peak_rps: f64,
+    steady_rps: f64,
+    leader_cpu: f64,
+    leader_rss_mib: f64,
+    detect_p50_s: f64,
+    detect_p99_s: f64,
+    false_down: usize,
+    reregister_s: f64,
+    client_rss_mib: f64,
+    client_load_s: f64,
+    list_s: f64,
+}
+
+impl std::fmt::Display for Figures {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "fleet_nodes={} join_s={:.1} peak_etcd_rps={:.0} steady_etcd_rps={:.0} \
+             steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
+             detect_p50_s={:.2} detect_p99_s={:.2} false_down={} reregister_s={:.1} \
+             client_rss_mib={:.1} client_load_s={:.2} list_s={:.2}",
+            self.nodes,
+            self.join_s,
+            self.peak_rps,
+            self.steady_rps,
+            self.steady_rps / self.nodes.max(1) as f64,
+            self.leader_cpu,
+            self.leader_rss_mib,
+            self.detect_p50_s,
+            self.detect_p99_s,
+            self.false_down,
+            self.reregister_s,
+            self.client_rss_mib,
+            self.client_load_s,
+            self.list_s,
+        )
+    }
+}
+
+fn advert(topic: &str, i: usize) -> Advert {
+    let host = format!("h{i:05}");
+    // Distinct loopback addresses: nobody listens, nobody calls them.
+    let grpc = format!("http://127.{}.{}.{}:7000", i >> 16, (i >> 8) & 255, i & 255);
+    let endpoints = Endpoints::new(Some(grpc), None);
+    Advert::new(topic, host, "fleet_node", "1.0.0", endpoints, vec![])
+}
+
+async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
+    let url = cluster.url();
+    let topic = format!("fleet{n}");
+    let mut options = RegistryOptions::default();
+    options.timeout = Duration::from_secs(10);
+    let mut registries = Vec::new();
+    for _ in 0..CONNECTIONS {
+        registries.push(connect(&url, &options).await.expect("connect"));
+    }
+    let watcher = connect(&url, &options).await.expect("connect");
+    let mut watch = watcher.watch(Some(&topic)).await.expect("watch");
+    let endpoints: Vec<String> = cluster.members.iter().map(|m| m.endpoint()).collect();
+    let mut figures = Figures {
+        nodes: n,
+        ..Figures::default()
+    };
+
+    // Cold start: every node joins, JOINS_IN_FLIGHT at a time.
+    let sampler = RateSampler::start(endpoints.clone());
+    let started = Instant::now();
+    let joins = stream::iter(0..n)
+        .map(|i| {
+            let registry = registries[i % CONNECTIONS].clone();
+            let registration = advert(&topic, i).registration(1, REPORT_INTERVAL, DOWN_TIME);
+            let host = registration.host.clone();
+            async move { (host, registry.join(registration).await.expect("a join")) }
+        })
+        .buffer_unordered(JOINS_IN_FLIGHT)
+        .collect::<HashMap<String, Box<dyn Membership>>>();
+    let mut members = joins.await;
+    let mut up = HashSet::new();
+    while up.len() < n {
+        match watch.next().await {
+            Some(Ok(Event::Join(m))) => {
+                up.insert(m.record.host);
+            }
+            Some(Ok(_)) => {}
+            other => panic!("the watch failed during the cold start: {other:?}"),
+        }
+    }
+    figures.join_s = started.elapsed().as_secs_f64();
+    figures.peak_rps = sampler.stop().await;
+    eprintln!("fleet: {n} nodes up in {:.1}s", figures.join_s);
+
+    // Steady state: etcd requests per second, and the busiest member's CPU.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let before = scrape_all(&endpoints);
+    let cpu_before: Vec<f64> = cluster.members.iter().map(|m| cpu_secs(m.pid())).collect();
+    tokio::time::sleep(STEADY_WINDOW).await;
+    let after = scrape_all(&endpoints);
+    let cpu_after: Vec<f64> = cluster.members.iter().map(|m| cpu_secs(m.pid())).collect();
+    figures.steady_rps = (after - before) / STEADY_WINDOW.as_secs_f64();
+    let (busiest, cpu) = cpu_after
+        .iter()
+        .zip(&cpu_before)
+        .map(|(a, b)| (a - b) / STEADY_WINDOW.as_secs_f64())
+        .enumerate()
+        .fold(
+            (0, 0.0),
+            |best, (i, c)| if c > best.1 { (i, c) } else { best },
+        );
+    figures.leader_cpu = cpu;
+    figures.leader_rss_mib = rss_mib(cluster.members[busiest].pid());
+
+    // A client of the whole topic, in a process of its own.
+    let (client_rss, client_load) = probe_client(&url, &topic, n);
+    figures.client_rss_mib = client_rss;
+    figures.client_load_s = client_load;
+    figures.list_s = cli_list_secs(&url, &topic);
+
+    // kill -9 of KILLED nodes: their heartbeats stop, their leases expire.
+    let step = (n / KILLED).max(1);
+    let victims: Vec<String> = (0..n)
+        .step_by(step)
+        .take(KILLED)
+        .map(|i| format!("h{i:05}"))
+        .collect();
+    let killed_at = Instant::now();
+    for host in &victims {
+        drop(members.remove(host));
+    }
+    let victims: HashSet<String> = victims.into_iter().collect();
+    let mut detected = Vec::new();
+    let mut false_down = 0;
+    let deadline = tokio::time::Instant::now() + DOWN_TIME * 4;
+    while detected.len() < victims.len() {
+        match tokio::time::timeout_at(deadline, watch.next()).await {
+            Ok(Some(Ok(Event::Leave(m)))) if victims.contains(&m.record.host) => {
+                detected.push(killed_at.elapsed().as_secs_f64());
+            }
+            Ok(Some(Ok(Event::Leave(_)))) => false_down += 1,
+            Ok(Some(Ok(_))) => {}
+            Ok(other) => panic!("the watch failed: {other:?}"),
+            Err(_) => {
+                eprintln!(
+                    "fleet: only {} of {} kills seen",
+                    detected.len(),
+                    victims.len()
+                );
+                break;
+            }
+        }
+    }
+    detected.sort_by(f64::total_cmp);
+    figures.detect_p50_s = percentile(&detected, 0.50);
+    figures.detect_p99_s = percentile(&detected, 0.99);
+
+    // Soak: no live node may ever be seen down.
+    let soak_end = tokio::time::Instant::now() + soak;
+    while let Ok(event) = tokio::time::timeout_at(soak_end, watch.next()).await {
+        match event {
+            Some(Ok(Event::Leave(_))) => false_down += 1,
+            Some(Ok(_)) => {}
+            other => panic!("the watch failed during the soak: {other:?}"),
+        }
+    }
+    figures.false_down = false_down;
+
+    // A full etcd restart: every node registers again.
+    let restarted = Instant::now();
+    cluster.restart_all();
+    let registered = |m: &dyn Membership| {
+        let s = m.status();
+        s.reregistrations > 0 && s.state == svckit::servicegroup::RegistrationState::Registered
+    };
+    loop {
+        let waiting = members.values().filter(|m| !registered(m.as_ref())).count();
+        if waiting == 0 {
+            break;
+        }
+        if restarted.elapsed() > Duration::from_secs(600) {
+            eprintln!("fleet: {waiting} nodes not registered again after 600 s");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    figures.reregister_s = restarted.elapsed().as_secs_f64();
+
+    // Leave, so that the next N starts from a quiet cluster.
+    let leaves = stream::iter(members.into_values())
+        .map(|m| async move {
+            let _ = m.leave().await;
+        })
+        .buffer_unordered(JOINS_IN_FLIGHT)
+        .collect::<Vec<()>>();
+    leaves.await;
+    figures
+}
+
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let at = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[at.min(sorted.len() - 1)]
+}
+
+/// etcd requests received, over all members: unary calls and the messages
+/// of streams (each keep-alive is one).
+fn scrape_all(endpoints: &[String]) -> f64 {
+    endpoints.iter().map(|e| scrape(e)).sum()
+}
+
+fn scrape(endpoint: &str) -> f64 {
+    let Ok(mut conn) = TcpStream::connect(endpoint) else {
+        return 0.0;
+    };
+    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+    let _ = write!(conn, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text.lines()
+        .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Samples the cluster's request rate every second until stopped; returns
+/// the highest.
+struct RateSampler {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<f64>,
+}
+
+impl RateSampler {
+    fn start(endpoints: Vec<String>) -> RateSampler {
+        let (stop, mut stopped) = tokio::sync::oneshot::channel();
+        let task = tokio::task::spawn_blocking(move || {
+            let mut last = scrape_all(&endpoints);
+            let mut at = Instant::now();
+            let mut peak: f64 = 0.0;
+            while stopped.try_recv().is_err() {
+                std::thread::sleep(Duration::from_secs(1));
+                let now = scrape_all(&endpoints);
+                peak = peak.max((now - last) / at.elapsed().as_secs_f64());
+                (last, at) = (now, Instant::now());
+            }
+            peak
+        });
+        RateSampler { stop, task }
+    }
+
+    async fn stop(self) -> f64 {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(0.0)
+    }
+}
+
+fn cpu_secs(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    // utime and stime, fields 14 and 15 of the whole line.
+    let ticks: f64 = fields
+        .get(11..13)
+        .map(|f| f.iter().filter_map(|v| v.parse::<f64>().ok()).sum())
+        .unwrap_or(0.0);
+    ticks / 100.0
+}
+
+fn rss_mib(pid: Option<u32>) -> f64 {
+    let Some(pid) = pid else { return 0.0 };
+    status_kib(pid, "VmRSS:") / 1024.0
+}
+
+fn status_kib(pid: u32, field: &str) -> f64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Runs this binary as a client of `topic` alone; returns its peak RSS and
+/// the time its first channel took to know every node.
+fn probe_client(url: &RegistryUrl, topic: &str, n: usize) -> (f64, f64) {
+    let exe = std::env::current_exe().expect("this bench");
+    let out = Command::new(exe)
+        .args(["--client-probe", &url.to_string(), topic, &n.to_string()])
+        .output()
+        .expect("run the client probe");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> f64 {
+        text.split_whitespace()
+            .find_map(|kv| kv.strip_prefix(name)?.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (field("client_rss_mib="), field("client_load_s="))
+}
+
+/// The client probe's process: one `Rpc`, one channel to the topic.
+fn client_probe(url: &str, topic: &str, n: &str) {
+    let n: usize = n.parse().expect("a node count");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    runtime.block_on(async {
+        let url = RegistryUrl::parse(url).expect("registry URL");
+        let registry: Registry = connect(&url, &RegistryOptions::default())
+            .await
+            .expect("connect");
+        let started = Instant::now();
+        let rpc = Rpc::new(registry).await.expect("client");
+        let target = Target::topic(topic);
+        let _channel = rpc.channel(target.clone());
+        rpc.wait_for_nodes(&target, n.min(32), Duration::from_secs(120))
+            .await
+            .expect("the topic's nodes");
+        let loaded = started.elapsed().as_secs_f64();
+        let stats = rpc.stats();
+        println!(
+            "client_rss_mib={:.1} client_load_s={loaded:.2} members_held={}",
+            status_kib(std::process::id(), "VmHWM:") / 1024.0,
+            stats.members_held
+        );
+    });
+}
+
+/// `svckit members list --topic T --json` at N, in seconds.
+fn cli_list_secs(url: &RegistryUrl, topic: &str) -> f64 {
+    let Some(svckit) = release_bin("svckit") else {
+        return f64::NAN;
+    };
+    let started = Instant::now();
+    let out = Command::new(svckit)
+        .args([
+            "members",
+            "list",
+            "--registry",
+            &url.to_string(),
+            "--topic",
+            topic,
+            "--json",
+        ])
+        .output()
+        .expect("run svckit members list");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    started.elapsed().as_secs_f64()
+}
+
+fn release_bin(name: &str) -> Option<PathBuf> {
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?.parent()?.to_path_buf();
+    [
+        dir.join(name),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("target/release")
+            .join(name),
+    ]
+    .into_iter()
+    .find(|p| p.is_file())
+}
