@@ -33,6 +33,9 @@ const JOINS_IN_FLIGHT: usize = 256;
 /// Simulated nodes killed (their leases left to expire) per run.
 const KILLED: usize = 100;
 const STEADY_WINDOW: Duration = Duration::from_secs(10);
+/// How long the bench waits for the fleet to register again after a full
+/// etcd restart.
+const REREGISTER_BOUND: Duration = Duration::from_secs(180);
 /// The kit's defaults.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const DOWN_TIME: Duration = Duration::from_secs(5);
@@ -51,11 +54,21 @@ fn main() {
         Err(_) if quick => vec![1_000, 10_000],
         Err(_) => vec![1_000, 5_000, 10_000],
     };
-    let soak = if quick {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(120)
+    let soak = match std::env::var("FLEET_SOAK_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+    {
+        Some(secs) => Duration::from_secs(secs),
+        None if quick => Duration::from_secs(30),
+        None => Duration::from_secs(120),
     };
+    // RUST_LOG=svckit=warn shows what the simulated nodes go through.
+    let _ = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
+        )
+        .try_init();
     let mut cluster = Cluster::start();
     println!(
         "etcd_members=3 cores={} soak_s={}",
@@ -187,6 +200,7 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
         );
     figures.leader_cpu = cpu;
     figures.leader_rss_mib = rss_mib(cluster.members[busiest].pid());
+    eprintln!("fleet: steady {:.0} etcd requests/s", figures.steady_rps);
 
     // A client of the whole topic, in a process of its own.
     let (client_rss, client_load) = probe_client(&url, &topic, n);
@@ -228,6 +242,7 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
         }
     }
     detected.sort_by(f64::total_cmp);
+    eprintln!("fleet: {} of {} kills seen", detected.len(), KILLED);
     figures.detect_p50_s = percentile(&detected, 0.50);
     figures.detect_p99_s = percentile(&detected, 0.99);
 
@@ -243,6 +258,7 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
     figures.false_down = false_down;
 
     // A full etcd restart: every node registers again.
+    eprintln!("fleet: soak done, {false_down} false downs; restarting etcd");
     let restarted = Instant::now();
     cluster.restart_all();
     let registered = |m: &dyn Membership| {
@@ -254,13 +270,17 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
         if waiting == 0 {
             break;
         }
-        if restarted.elapsed() > Duration::from_secs(600) {
-            eprintln!("fleet: {waiting} nodes not registered again after 600 s");
+        if restarted.elapsed() > REREGISTER_BOUND {
+            eprintln!("fleet: {waiting} nodes not registered again after {REREGISTER_BOUND:?}");
             break;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     figures.reregister_s = restarted.elapsed().as_secs_f64();
+    eprintln!(
+        "fleet: registered again {:.1}s after the restart",
+        figures.reregister_s
+    );
 
     // Leave, so that the next N starts from a quiet cluster.
     let leaves = stream::iter(members.into_values())

@@ -10,7 +10,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -28,7 +28,11 @@ use super::Target;
 /// One node as channels see it.
 pub(crate) struct Node {
     pub(crate) member: Member,
-    pub(crate) channel: Channel,
+    /// The node's HTTP/2 connection, made on the first call: a client of a
+    /// large topic connects to its subset (and the hosts it names), not to
+    /// every node it knows. Shared by the node's versions across snapshots.
+    channel: Arc<OnceLock<Option<Channel>>>,
+    options: Arc<ConnectOptions>,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
     /// Hedged calls given up on this node since it last answered: a
@@ -39,6 +43,17 @@ pub(crate) struct Node {
 impl Node {
     pub(crate) fn host(&self) -> &str {
         &self.member.record.host
+    }
+
+    /// The node's connection, made now if this is its first call; `None`
+    /// when its endpoint cannot be used (checked before it was listed).
+    pub(crate) fn channel(&self) -> Option<Channel> {
+        self.channel
+            .get_or_init(|| {
+                let url = self.member.record.endpoints.grpc.as_deref()?;
+                connect(url, &self.options)
+            })
+            .clone()
     }
 
     pub(crate) fn load(&self) -> usize {
@@ -197,7 +212,7 @@ struct Tracker<'a> {
     /// Connections by endpoint URL, reused across snapshots (and so across
     /// admin changes) while the member stays routable.
     nodes: HashMap<(String, String), Arc<Node>>,
-    options: ConnectOptions,
+    options: Arc<ConnectOptions>,
     held: Held<'a>,
     events: &'a std::sync::atomic::AtomicU64,
 }
@@ -236,18 +251,18 @@ impl Tracker<'_> {
                 Some(n) => Arc::new(Node {
                     member: member.clone(),
                     channel: n.channel.clone(),
+                    options: n.options.clone(),
                     pending: n.pending.clone(),
                     abandoned: n.abandoned.clone(),
                 }),
-                None => match connect(url, &self.options) {
-                    Some(channel) => Arc::new(Node {
-                        member: member.clone(),
-                        channel,
-                        pending: Arc::new(AtomicUsize::new(0)),
-                        abandoned: Arc::new(AtomicUsize::new(0)),
-                    }),
-                    None => continue,
-                },
+                None if usable(url, &self.options) => Arc::new(Node {
+                    member: member.clone(),
+                    channel: Arc::new(OnceLock::new()),
+                    options: self.options.clone(),
+                    pending: Arc::new(AtomicUsize::new(0)),
+                    abandoned: Arc::new(AtomicUsize::new(0)),
+                }),
+                None => continue,
             };
             let group = if member.is_routable() {
                 &mut by_topic
@@ -279,6 +294,27 @@ impl Tracker<'_> {
             by_topic: subsets,
             all,
             disabled,
+        }
+    }
+}
+
+/// Whether a node's endpoint can be connected to (checked when it is
+/// listed, so that a call never picks a node it cannot reach); warns once
+/// per listing when not.
+fn usable(url: &str, options: &ConnectOptions) -> bool {
+    let plain = match (url.strip_prefix("https://"), &options.tls) {
+        (None, _) => url.to_string(),
+        (Some(rest), Some(_)) => format!("http://{rest}"),
+        (Some(_), None) => {
+            tracing::warn!(url, "member serves TLS and no tls_ca_file is set; skipped");
+            return false;
+        }
+    };
+    match Endpoint::from_shared(plain) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(url, error = %e, "member advertises an invalid endpoint; skipped");
+            false
         }
     }
 }
@@ -422,7 +458,7 @@ async fn keep_following(inner: &Inner, topic: &str, tx: &watch::Sender<Arc<Snaps
     let mut tracker = Tracker {
         members: BTreeMap::new(),
         nodes: HashMap::new(),
-        options: inner.options.clone(),
+        options: Arc::new(inner.options.clone()),
         held: Held {
             total: &inner.members,
             mine: 0,
@@ -619,11 +655,11 @@ mod tests {
         let mut tracker = Tracker {
             members: BTreeMap::new(),
             nodes: HashMap::new(),
-            options: ConnectOptions {
+            options: Arc::new(ConnectOptions {
                 connect_timeout: Duration::from_secs(1),
                 subsetting: Subsetting { client: 1, size: 0 },
                 tls: None,
-            },
+            }),
             held: Held {
                 total: &total,
                 mine: 0,
@@ -684,7 +720,12 @@ mod tests {
                 let record = reg.to_record(SystemTime::UNIX_EPOCH);
                 Arc::new(Node {
                     member: Member { record, up: true },
-                    channel: Endpoint::from_static("http://127.0.0.1:1").connect_lazy(),
+                    channel: Arc::new(OnceLock::new()),
+                    options: Arc::new(ConnectOptions {
+                        connect_timeout: Duration::from_secs(1),
+                        subsetting: Subsetting { client: 1, size: 0 },
+                        tls: None,
+                    }),
                     pending: Arc::new(AtomicUsize::new(0)),
                     abandoned: Arc::new(AtomicUsize::new(0)),
                 })

@@ -25,7 +25,9 @@ async fn attempt(
     request: http::Request<Body>,
 ) -> Result<http::Response<Body>, Sent<BoxError>> {
     let guard = PendingGuard::new(&node.pending);
-    let mut channel = node.channel.clone();
+    let Some(mut channel) = node.channel() else {
+        return Err(Sent::No(unusable(&node)));
+    };
     // The node's channel is a buffer in front of its connection: it must be
     // ready before a call; failing that, nothing was sent.
     match tower::ServiceExt::ready(&mut channel).await {
@@ -195,7 +197,10 @@ impl RpcChannel {
         let mut candidates = Candidates::new(self, nodes);
         while let Some(node) = candidates.next() {
             let guard = PendingGuard::new(&node.pending);
-            let mut channel = node.channel.clone();
+            let Some(mut channel) = node.channel() else {
+                candidates.failed(node.clone(), unusable(&node));
+                continue;
+            };
             match tower::ServiceExt::ready(&mut channel).await {
                 Ok(ready) => {
                     return match tower::Service::call(ready, request).await {
@@ -304,4 +309,12 @@ impl RpcChannel {
             }
         }
     }
+}
+
+/// The error of a node whose endpoint cannot be connected to.
+fn unusable(node: &Node) -> BoxError {
+    Box::new(Status::unavailable(format!(
+        "{} advertises an endpoint this client cannot use",
+        node.host()
+    )))
 }
