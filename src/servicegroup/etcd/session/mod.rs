@@ -150,6 +150,15 @@ impl Session {
                     () = tokio::time::sleep(jitter) => {}
                     _ = stop.changed() => return,
                 }
+                // The lease outlives a lost stream, an etcd leader change
+                // and an etcd restart: while it holds our keys, the node
+                // needs new streams, not a new registration (a lease grant
+                // and two writes per node, in a storm).
+                if let Some(rev) = self.resume(lease).await {
+                    revision = Some(rev);
+                    self.status.reregistered();
+                    continue;
+                }
             }
             // Register again, retrying until etcd lets us. The first try
             // follows at once (a hand-made fault, a key deleted or
@@ -349,6 +358,40 @@ impl Membership for EtcdMembership {
 }
 
 impl Session {
+    /// Whether the registration on `lease` still stands after a lost
+    /// stream: the lease alive, our liveness key bound to it, our record
+    /// present. Returns the revision to watch from. Reads only.
+    async fn resume(&self, lease: i64) -> Option<i64> {
+        if lease == 0 {
+            return None;
+        }
+        let leases = self.inner.client.lease_client();
+        let ttl = self
+            .inner
+            .call(|| {
+                let mut leases = leases.clone();
+                async move { leases.time_to_live(lease, None).await }
+            })
+            .await
+            .ok()?;
+        if ttl.ttl() <= 0 {
+            return None;
+        }
+        let keys = Txn::new().and_then([
+            TxnOp::get(self.alive_key.as_str(), None),
+            TxnOp::get(self.record_key.as_str(), None),
+        ]);
+        let resp = self.inner.txn(keys).await.ok()?;
+        let ours = match resp.op_responses().as_slice() {
+            [etcd_client::TxnOpResponse::Get(alive), etcd_client::TxnOpResponse::Get(record)] => {
+                alive.kvs().first().is_some_and(|kv| kv.lease() == lease)
+                    && !record.kvs().is_empty()
+            }
+            _ => false,
+        };
+        ours.then(|| resp.header().map_or(0, |h| h.revision()))
+    }
+
     /// Deletes our liveness key and revokes our lease.
     async fn release(&self) -> Result<()> {
         let lease = self.lease.load(Ordering::SeqCst);
