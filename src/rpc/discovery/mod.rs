@@ -1,0 +1,200 @@
+//! The node sets the channels of one [`Rpc`](super::Rpc) pick from: one
+//! service-group watch per topic a channel calls, turned into snapshots of
+//! routable nodes, each with its (reused) HTTP/2 connection and load
+//! counter.
+//!
+//! A client pays only for the topics it calls: a topic's watch starts with
+//! the first channel to it and stops when the last one is dropped, and
+//! records of other topics are never listed, held or woken up for.
+
+mod subset;
+#[cfg(test)]
+mod tests;
+mod topics;
+mod tracker;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use tonic::transport::{Channel, Endpoint};
+
+use crate::servicegroup::Member;
+use crate::tls::ClientTls;
+
+use super::Target;
+
+pub(crate) use self::subset::Subsetting;
+pub(crate) use self::topics::Discovery;
+
+/// One node as channels see it.
+pub(crate) struct Node {
+    pub(crate) member: Member,
+    /// The node's HTTP/2 connection, made on the first call: a client of a
+    /// large topic connects to its subset (and the hosts it names), not to
+    /// every node it knows. Shared by the node's versions across snapshots.
+    channel: Arc<OnceLock<Option<Channel>>>,
+    options: Arc<ConnectOptions>,
+    /// Calls sent to this node and not yet answered: the p2c load measure.
+    pub(crate) pending: Arc<AtomicUsize>,
+    /// Hedged calls given up on this node since it last answered: a
+    /// stalled node keeps looking loaded after its calls were cancelled.
+    pub(crate) abandoned: Arc<AtomicUsize>,
+}
+
+impl Node {
+    pub(crate) fn host(&self) -> &str {
+        &self.member.record.host
+    }
+
+    /// The node's connection, made now if this is its first call; `None`
+    /// when its endpoint cannot be used (checked before it was listed).
+    pub(crate) fn channel(&self) -> Option<Channel> {
+        self.channel
+            .get_or_init(|| {
+                let url = self.member.record.endpoints.grpc.as_deref()?;
+                connect(url, &self.options)
+            })
+            .clone()
+    }
+
+    pub(crate) fn load(&self) -> usize {
+        self.pending.load(Ordering::Relaxed) + self.abandoned.load(Ordering::Relaxed)
+    }
+
+    fn matches(&self, target: &Target) -> bool {
+        let r = &self.member.record;
+        r.topic == target.topic
+            && target.server.as_ref().is_none_or(|s| *s == r.host)
+            && target
+                .service
+                .as_ref()
+                .is_none_or(|s| r.services.contains(s))
+    }
+}
+
+/// Routable nodes (up, enabled, with a gRPC endpoint), by topic.
+#[derive(Default)]
+pub(crate) struct Snapshot {
+    /// The topic's members were listed: an empty snapshot means no node,
+    /// not "not known yet".
+    pub(crate) loaded: bool,
+    /// What a plain topic target balances over: the client's subset of
+    /// the routable nodes (all of them when there are few).
+    by_topic: HashMap<String, Arc<[Arc<Node>]>>,
+    /// Every routable node, by topic: for `server=` targets (any host,
+    /// connected on demand), targets that require a gRPC service, and
+    /// fanout.
+    all: HashMap<String, Arc<[Arc<Node>]>>,
+    /// Up but disabled nodes, by topic: reachable only by a server target
+    /// that asks for them.
+    disabled: HashMap<String, Vec<Arc<Node>>>,
+}
+
+impl Snapshot {
+    /// The nodes a target may use. A plain topic target shares the
+    /// snapshot's slice: no allocation on the call path.
+    pub(crate) fn nodes(&self, target: &Target) -> Arc<[Arc<Node>]> {
+        if target.include_disabled && target.server.is_some() {
+            let disabled = self.disabled.get(&target.topic).into_iter().flatten();
+            let enabled = self
+                .all
+                .get(&target.topic)
+                .into_iter()
+                .flat_map(|n| n.iter());
+            return enabled
+                .chain(disabled)
+                .filter(|n| n.matches(target))
+                .cloned()
+                .collect();
+        }
+        if target.server.is_none() && target.service.is_none() {
+            return match self.by_topic.get(&target.topic) {
+                Some(nodes) => nodes.clone(),
+                None => Arc::new([]),
+            };
+        }
+        match self.all.get(&target.topic) {
+            None => Arc::new([]),
+            Some(nodes) => nodes
+                .iter()
+                .filter(|n| n.matches(target))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// Every routable host `target` matches, beyond the subset: what a
+    /// fanout calls.
+    pub(crate) fn all_hosts(&self, target: &Target) -> Vec<String> {
+        self.all
+            .get(&target.topic)
+            .into_iter()
+            .flat_map(|nodes| nodes.iter())
+            .filter(|n| n.matches(target))
+            .map(|n| n.host().to_string())
+            .collect()
+    }
+}
+
+/// Connection settings for nodes.
+#[derive(Debug, Clone)]
+pub(crate) struct ConnectOptions {
+    pub(crate) connect_timeout: Duration,
+    /// The subset of a large topic this client balances over.
+    pub(crate) subsetting: Subsetting,
+    /// For `https://` endpoints.
+    pub(crate) tls: Option<ClientTls>,
+}
+
+/// Whether a node's endpoint can be connected to (checked when it is
+/// listed, so that a call never picks a node it cannot reach); warns once
+/// per listing when not.
+fn usable(url: &str, options: &ConnectOptions) -> bool {
+    let plain = match (url.strip_prefix("https://"), &options.tls) {
+        (None, _) => url.to_string(),
+        (Some(rest), Some(_)) => format!("http://{rest}"),
+        (Some(_), None) => {
+            tracing::warn!(url, "member serves TLS and no tls_ca_file is set; skipped");
+            return false;
+        }
+    };
+    match Endpoint::from_shared(plain) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!(url, error = %e, "member advertises an invalid endpoint; skipped");
+            false
+        }
+    }
+}
+
+fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
+    // tonic does TLS only with its own fixed configuration; the connector
+    // does it instead (files re-read on change), so tonic sees plain http.
+    let (url, tls) = match (url.strip_prefix("https://"), &options.tls) {
+        (None, _) => (url.to_string(), None),
+        (Some(rest), Some(tls)) => (format!("http://{rest}"), Some(tls.connector())),
+        (Some(_), None) => {
+            tracing::warn!(url, "member serves TLS and no tls_ca_file is set; skipped");
+            return None;
+        }
+    };
+    match Endpoint::from_shared(url.clone()) {
+        Ok(endpoint) => {
+            let endpoint = endpoint
+                .connect_timeout(options.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(30))
+                .keep_alive_while_idle(true);
+            Some(match tls {
+                Some(connector) => endpoint.connect_with_connector_lazy(connector),
+                None => endpoint.connect_lazy(),
+            })
+        }
+        Err(e) => {
+            tracing::warn!(url, error = %e, "member advertises an invalid endpoint; skipped");
+            None
+        }
+    }
+}

@@ -1,0 +1,250 @@
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::time::SystemTime;
+
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+
+use super::subset::rendezvous;
+use super::tracker::{Held, Tracker};
+use super::*;
+use crate::error::Result;
+use crate::servicegroup::memory::MemoryDriver;
+use crate::servicegroup::{
+    task_restarts, AdminChange, Driver, Endpoints, Event, EventStream, Membership, Registration,
+    Registry,
+};
+
+fn registration(host: &str) -> Registration {
+    Registration {
+        topic: "t".into(),
+        host: host.into(),
+        binary: "b".into(),
+        version: "1".into(),
+        endpoints: Endpoints {
+            grpc: Some("http://127.0.0.1:1".into()),
+            http: None,
+        },
+        services: vec![],
+        workers: 1,
+        report_interval: Duration::from_secs(1),
+        service_down_time: Duration::from_secs(2),
+    }
+}
+
+/// A group whose first watch ends after one event, as a driver's stream
+/// might end for good.
+struct EndsOnce {
+    group: MemoryDriver,
+    ended: AtomicBool,
+}
+
+impl Driver for EndsOnce {
+    fn join(&self, r: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
+        self.group.join(r)
+    }
+    fn get<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<Option<Member>>> {
+        self.group.get(t, h)
+    }
+    fn list<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<Vec<Member>>> {
+        self.group.list(t)
+    }
+    fn watch<'a>(&'a self, t: Option<&'a str>) -> BoxFuture<'a, Result<EventStream>> {
+        let ends = !self.ended.swap(true, Ordering::SeqCst);
+        async move {
+            let events = self.group.watch(t).await?;
+            Ok(if ends { events.take(1).boxed() } else { events })
+        }
+        .boxed()
+    }
+    fn set_admin<'a>(
+        &'a self,
+        t: &'a str,
+        h: &'a str,
+        c: AdminChange,
+    ) -> BoxFuture<'a, Result<Member>> {
+        self.group.set_admin(t, h, c)
+    }
+    fn delete<'a>(&'a self, t: &'a str, h: &'a str) -> BoxFuture<'a, Result<bool>> {
+        self.group.delete(t, h)
+    }
+}
+
+#[tokio::test]
+async fn a_watch_that_ends_is_counted_and_started_again() {
+    let registry: Registry = Arc::new(EndsOnce {
+        group: MemoryDriver::named("discovery-ends-once"),
+        ended: AtomicBool::new(false),
+    });
+    let before = task_restarts();
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(1),
+        subsetting: Subsetting { client: 1, size: 0 },
+        tls: None,
+    };
+    let discovery = Discovery::new(registry.clone(), options);
+    let mut snapshots = discovery.topic("t");
+    let topic = Target::topic("t");
+    tokio::time::timeout(Duration::from_secs(5), snapshots.wait_for(|s| s.loaded))
+        .await
+        .expect("the topic is listed")
+        .unwrap();
+    // The first join is the watch's last event.
+    let _a = registry.join(registration("a")).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while task_restarts() == before {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the ended watch is counted");
+    let _b = registry.join(registration("b")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        snapshots.wait_for(|s| s.nodes(&topic).len() == 2),
+    )
+    .await
+    .expect("changes after the restart reach the client")
+    .unwrap();
+}
+
+#[tokio::test]
+async fn deleted_records_leave_the_member_map() {
+    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let mut tracker = Tracker {
+        members: BTreeMap::new(),
+        nodes: HashMap::new(),
+        options: Arc::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            subsetting: Subsetting { client: 1, size: 0 },
+            tls: None,
+        }),
+        held: Held {
+            total: &total,
+            mine: 0,
+        },
+        events: &events,
+    };
+    let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
+    let up = Member { record, up: true };
+    tracker.apply(&Event::Join(up.clone()));
+    assert_eq!(tracker.snapshot().nodes(&Target::topic("t")).len(), 1);
+    tracker.apply(&Event::Delete(Member { up: false, ..up }));
+    assert!(tracker.members.is_empty());
+    assert!(tracker.snapshot().nodes(&Target::topic("t")).is_empty());
+}
+
+#[tokio::test]
+async fn a_topic_is_watched_while_a_channel_uses_it() {
+    let registry: Registry = Arc::new(MemoryDriver::named("discovery-topics"));
+    let options = ConnectOptions {
+        connect_timeout: Duration::from_secs(1),
+        subsetting: Subsetting { client: 1, size: 0 },
+        tls: None,
+    };
+    let discovery = Discovery::with_linger(registry.clone(), options, Duration::ZERO);
+    assert!(discovery.watched().is_empty(), "nothing before a channel");
+    let mut first = discovery.topic("t");
+    let second = discovery.topic("t");
+    assert_eq!(discovery.watched(), ["t"], "one watch for both");
+    first.wait_for(|s| s.loaded).await.unwrap();
+    drop(first);
+    drop(second);
+    // The watch's task notices the last receiver go and retires it.
+    tokio::time::timeout(Duration::from_secs(5), async {
+        while !discovery.watched().is_empty() {
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("the unused watch stops");
+    // A new channel starts it again, and it follows changes.
+    let mut again = discovery.topic("t");
+    let _a = registry.join(registration("a")).await.unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(5),
+        again.wait_for(|s| s.nodes(&Target::topic("t")).len() == 1),
+    )
+    .await
+    .expect("the restarted watch follows")
+    .unwrap();
+}
+
+fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
+    hosts
+        .into_iter()
+        .map(|host| {
+            let mut reg = registration(&host);
+            reg.host = host;
+            let record = reg.to_record(SystemTime::UNIX_EPOCH);
+            Arc::new(Node {
+                member: Member { record, up: true },
+                channel: Arc::new(OnceLock::new()),
+                options: Arc::new(ConnectOptions {
+                    connect_timeout: Duration::from_secs(1),
+                    subsetting: Subsetting { client: 1, size: 0 },
+                    tls: None,
+                }),
+                pending: Arc::new(AtomicUsize::new(0)),
+                abandoned: Arc::new(AtomicUsize::new(0)),
+            })
+        })
+        .collect()
+}
+
+fn subset(client: u64, size: usize, fleet: &[Arc<Node>]) -> Vec<String> {
+    let mut chosen = fleet.to_vec();
+    Subsetting { client, size }.apply(&mut chosen);
+    let mut hosts: Vec<String> = chosen.iter().map(|n| n.host().to_string()).collect();
+    hosts.sort();
+    hosts
+}
+
+#[tokio::test]
+async fn subsets_spread_over_the_fleet_and_move_only_what_changed() {
+    let fleet = nodes((0..50).map(|i| format!("n{i:02}")));
+    let clients: Vec<u64> = (0..20).map(|i| rendezvous(i, "client")).collect();
+    // 20 clients of 10 nodes each: 200 places over 50 nodes, 4 each on
+    // average.
+    let mut load: HashMap<String, usize> = HashMap::new();
+    for &client in &clients {
+        let chosen = subset(client, 10, &fleet);
+        assert_eq!(chosen.len(), 10);
+        assert_eq!(chosen, subset(client, 10, &fleet), "deterministic");
+        for host in chosen {
+            *load.entry(host).or_default() += 1;
+        }
+    }
+    let counts: Vec<usize> = fleet
+        .iter()
+        .map(|n| load.get(n.host()).copied().unwrap_or(0))
+        .collect();
+    let max = counts.iter().max().copied().unwrap_or(0);
+    let unused = counts.iter().filter(|&&c| c == 0).count();
+    // Rendezvous scores are independent: each node's count is
+    // Binomial(20, 0.2). An even spread leaves few nodes unused and
+    // none with more than three times its share.
+    assert!(max <= 10, "a node in {max} of 20 subsets: {counts:?}");
+    assert!(unused <= 1, "{unused} nodes in no subset: {counts:?}");
+
+    // One node leaves: only the clients that had it change, by one node.
+    let gone = fleet[7].host().to_string();
+    let smaller: Vec<Arc<Node>> = fleet.iter().filter(|n| n.host() != gone).cloned().collect();
+    for &client in &clients {
+        let before = subset(client, 10, &fleet);
+        let after = subset(client, 10, &smaller);
+        let moved = after.iter().filter(|h| !before.contains(h)).count();
+        if before.contains(&gone) {
+            assert_eq!(moved, 1, "one replacement for the node that left");
+        } else {
+            assert_eq!(before, after, "a subset without the node stays as it was");
+        }
+    }
+    // A small topic is not subset.
+    assert_eq!(subset(clients[0], 10, &fleet[..8]).len(), 8);
+    assert_eq!(
+        subset(clients[0], 0, &fleet).len(),
+        50,
+        "0 turns subsetting off"
+    );
+}
