@@ -171,3 +171,60 @@ fn a_node_task_runs_in_one_worker_and_a_worker_task_in_each() {
     let worker_scope = two_workers_tick("worker", "runs in both workers", |t| pids(t).len() >= 2);
     assert_eq!(worker_scope.len(), 2, "{worker_scope:?}");
 }
+
+/// The leases etcd holds, and the leases the keys under `/` are bound to.
+fn leases(etcd: &Etcd) -> (BTreeSet<i64>, BTreeSet<i64>) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+            .await
+            .unwrap();
+        let held = raw.leases().await.unwrap();
+        let held = held.leases().iter().map(|l| l.id()).collect();
+        let all = etcd_client::GetOptions::new().with_prefix();
+        let keys = raw.get("/", Some(all)).await.unwrap();
+        let bound = keys.kvs().iter().map(|kv| kv.lease()).collect();
+        (held, bound)
+    })
+}
+
+#[test]
+fn a_node_and_its_task_election_share_one_lease_revoked_at_stop() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let ticks = dir.path().join("ticks");
+    let ticks_env = ticks.to_string_lossy().into_owned();
+    let args = [
+        "--registry",
+        &url,
+        "--host",
+        "l1",
+        "--report-interval",
+        "0.2",
+    ];
+    let env = [
+        ("ECHO_TICK_FILE", ticks_env.as_str()),
+        ("ECHO_TICK_SPACING", "0.1"),
+        ("ECHO_TICK_MILLIS", "1"),
+        ("SVCKIT_PERIODIC_FUZZY_DELAY", "0"),
+    ];
+    let (mut node, _) = Proc::start_example("echo_node", &args, &env);
+    // Running the task proves the node won its election.
+    wait_until(Duration::from_secs(10), "a run of tick", || {
+        !runs(&ticks).is_empty()
+    });
+    let (held, bound) = leases(&etcd);
+    assert_eq!(held.len(), 1, "leases held: {held:?}");
+    // The record is the one key bound to no lease.
+    let mut expected = held.clone();
+    expected.insert(0);
+    assert_eq!(bound, expected, "the liveness and election keys share it");
+
+    node.signal(Signal::SIGTERM);
+    let status = node.wait_exit(Duration::from_secs(10)).expect("node stops");
+    assert!(status.success(), "{status:?}");
+    let (held, bound) = leases(&etcd);
+    assert!(held.is_empty(), "left behind: {held:?}");
+    assert_eq!(bound, BTreeSet::from([0]), "only the record stays");
+}

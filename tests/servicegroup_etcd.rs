@@ -4,11 +4,12 @@
 
 mod support;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use support::etcd::{Cluster, Etcd, Proxy};
 use support::*;
-use svckit::servicegroup::{connect, Event, RegistrationState, Registry, RegistryUrl};
+use svckit::servicegroup::{connect, Election, Event, RegistrationState, Registry, RegistryUrl};
 use svckit::Error;
 use tokio::sync::Mutex;
 
@@ -246,7 +247,9 @@ async fn reclaims_a_liveness_key_overwritten_by_hand() {
         }
     })
     .await;
-    assert_ne!(new_lease, lease, "a fresh lease holds it");
+    // The process's lease, which never stopped: the key is claimed with
+    // it again.
+    assert_eq!(new_lease, lease, "the process's lease holds it again");
     eventually(WAIT, "a counted re-registration", || async {
         (node.status().reregistrations >= 1).then_some(())
     })
@@ -315,6 +318,73 @@ async fn registers_again_after_its_lease_is_revoked() {
     assert_eq!(ttl.granted_ttl(), 1, "TTL = service_down_time");
     assert!(node.status().reregistrations >= 1);
     assert_eq!(is_up(&registry, "n1").await, Some(true));
+}
+
+/// The leases etcd holds, and the lease of every key bound to one.
+async fn leases(raw: &mut etcd_client::Client) -> (Vec<i64>, BTreeSet<i64>) {
+    let held = raw.leases().await.unwrap();
+    let held = held.leases().iter().map(|l| l.id()).collect();
+    let all = etcd_client::GetOptions::new().with_prefix();
+    let keys = raw.get("/", Some(all)).await.unwrap();
+    let bound = keys
+        .kvs()
+        .iter()
+        .map(|kv| kv.lease())
+        .filter(|&l| l != 0)
+        .collect();
+    (held, bound)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_process_holds_one_lease_for_all_its_registrations_and_elections() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let mut watch = registry.watch(None).await.unwrap();
+    let compute = registry.join(registration("compute", "n1")).await.unwrap();
+    let conductor = registry
+        .join(registration("conductor", "n1"))
+        .await
+        .unwrap();
+    let election = Election::new("conductor", "reap", "n1", DOWN_TIME, DOWN_TIME / 5);
+    let leader = registry.campaign(election).await.unwrap();
+    eventually(WAIT, "leading the election", || async {
+        leader.is_leader().then_some(())
+    })
+    .await;
+    let mut raw = raw_client(&etcd).await;
+    let (held, bound) = leases(&mut raw).await;
+    assert_eq!(held.len(), 1, "leases held: {held:?}");
+    assert_eq!(bound.len(), 1, "leases of the keys: {bound:?}");
+    // Two liveness keys and an election key.
+    let on_lease = raw
+        .get("/", Some(etcd_client::GetOptions::new().with_prefix()))
+        .await
+        .unwrap()
+        .kvs()
+        .iter()
+        .filter(|kv| kv.lease() == held[0])
+        .count();
+    assert_eq!(on_lease, 3);
+
+    // One registration leaving takes only its own key; the lease lives on
+    // for the others, through more than a TTL.
+    compute.leave().await.unwrap();
+    expect_event(&mut watch, WAIT, "leave of compute/n1", is_leave("n1")).await;
+    expect_none(&mut watch, DOWN_TIME * 2, "conductor/n1 down", |e| {
+        e.member().record.topic == "conductor" && !e.member().up
+    })
+    .await;
+    assert!(leader.is_leader(), "the election outlived a TTL");
+    assert_eq!(leases(&mut raw).await.0, held, "the same lease");
+
+    // The last user revokes it: nothing of the process is left behind.
+    leader.resign().await;
+    assert_eq!(leases(&mut raw).await.0, held, "still used by conductor/n1");
+    conductor.leave().await.unwrap();
+    let (held, bound) = leases(&mut raw).await;
+    assert!(held.is_empty() && bound.is_empty(), "{held:?} {bound:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -7,6 +7,7 @@ use crate::servicegroup::RegistryOptions;
 
 /// etcd user and password. The password is never logged or shown: it is
 /// read from its file when needed and handed to the client alone.
+#[derive(Clone)]
 pub(super) struct Credentials {
     pub(super) user: String,
     password: Option<String>,

@@ -1,8 +1,10 @@
 //! Leader election on etcd's election API: one campaign per (topic, task)
-//! under `{prefix}/elections/{topic}/{name}`, on a lease of its own with
-//! TTL = the node's `service_down_time`. A leader that dies stops keeping
+//! under `{prefix}/elections/{topic}/{name}`, on the process's shared lease
+//! (TTL = the node's `service_down_time`). A leader that dies stops keeping
 //! its lease alive; etcd deletes its key when the lease expires and the
-//! next candidate's campaign returns.
+//! next candidate's campaign returns. A candidate that stops deletes its
+//! own key, `{name}/{lease in hex}` as etcd names it, since the lease
+//! lives on with the process.
 //!
 //! A leader counts itself leader only while it can prove its lease is
 //! alive (the last keep-alive answer plus the TTL, counted from when the
@@ -15,6 +17,9 @@ use futures::future::BoxFuture;
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
+
+use super::lease::{keepalive_interval, ttl_secs, LeaseUse, SharedLease};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
@@ -38,8 +43,14 @@ impl EtcdLeadership {
             election.topic,
             election.name
         );
+        let shared = SharedLease::acquire(
+            &inner,
+            ttl_secs(election.ttl),
+            keepalive_interval(election.keepalive, election.ttl),
+        );
         let campaign = Campaign {
             inner,
+            shared,
             name,
             election,
             leads_until: leads_until.clone(),
@@ -81,6 +92,7 @@ impl Drop for EtcdLeadership {
 
 struct Campaign {
     inner: Arc<Inner>,
+    shared: LeaseUse,
     name: String,
     election: Election,
     leads_until: Arc<Mutex<Option<Instant>>>,
@@ -100,52 +112,48 @@ impl Campaign {
     }
 
     /// Campaigns term after term until stopped; every failure is logged and
-    /// retried with a capped backoff.
+    /// retried with a capped backoff. The last user of the process's lease
+    /// revokes it on the way out.
     async fn run(self, mut stopped: watch::Receiver<bool>) {
         let mut backoff = Backoff::new(self.inner.backoff_max);
         loop {
             if *stopped.borrow_and_update() {
-                return;
+                break;
             }
             match self.term(&mut stopped, &mut backoff).await {
-                Ended::Stopped => return,
+                Ended::Stopped => break,
                 Ended::Lost(e) => {
                     self.set_leads_until(None);
                     tracing::warn!(election = %self.name, error = %e, "election campaign interrupted; campaigning again");
                 }
             }
             tokio::select! {
-                _ = stopped.changed() => return,
+                _ = stopped.changed() => break,
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
             }
         }
+        if let Err(e) = self.shared.release().await {
+            tracing::debug!(election = %self.name, error = %e, "lease revoke failed; it expires by itself");
+        }
     }
 
-    /// One lease: campaign on it, then lead until it is lost or stopped.
+    /// One candidacy on the current lease: campaign, then lead until the
+    /// lease is lost or the campaign stopped.
     async fn term(&self, stopped: &mut watch::Receiver<bool>, backoff: &mut Backoff) -> Ended {
-        let ttl = self.election.ttl;
-        let ttl_secs = i64::try_from(ttl.as_secs_f64().ceil() as u64)
-            .unwrap_or(i64::MAX)
-            .max(1);
-        let leases = self.inner.client.lease_client();
-        let granted_at = Instant::now();
-        let lease = match self
-            .inner
-            .call(|| {
-                let mut leases = leases.clone();
-                async move { leases.grant(ttl_secs, None).await }
-            })
-            .await
-        {
-            Ok(granted) => granted.id(),
+        let lease = match self.shared.current().await {
+            Ok(lease) => lease,
             Err(e) => return Ended::Lost(e),
         };
-        let ended = self.lead(lease, granted_at, stopped, backoff).await;
+        let ended = self.lead(lease, stopped, backoff).await;
         self.set_leads_until(None);
-        // Revoking deletes our key at once, so the next candidate need not
-        // wait for the TTL.
-        if let Err(e) = self.inner.revoke(lease).await {
-            tracing::debug!(election = %self.name, error = %e, "lease revoke failed; it expires by itself");
+        // Deleting our key lets the next candidate in at once, rather than
+        // when the process's lease expires (which, shared, it may never).
+        let key = format!("{}/{lease:x}", self.name);
+        let withdraw = Txn::new()
+            .when([Compare::lease(key.as_str(), CompareOp::Equal, lease)])
+            .and_then([TxnOp::delete(key.as_str(), None)]);
+        if let Err(e) = self.inner.txn(withdraw).await {
+            tracing::debug!(election = %self.name, error = %e, "withdrawing from the election failed; the key goes with the lease");
         }
         ended
     }
@@ -153,30 +161,17 @@ impl Campaign {
     async fn lead(
         &self,
         lease: i64,
-        granted_at: Instant,
         stopped: &mut watch::Receiver<bool>,
         backoff: &mut Backoff,
     ) -> Ended {
         let ttl = self.election.ttl;
-        let leases = self.inner.client.lease_client();
-        let keep_alive = self.inner.call(|| {
-            let mut leases = leases.clone();
-            async move { leases.keep_alive(lease).await }
-        });
-        let (mut keeper, mut acks) = match keep_alive.await {
-            Ok(pair) => pair,
-            Err(e) => return Ended::Lost(e),
-        };
+        let mut state = self.shared.subscribe();
         // Not bounded by the request timeout: it returns when we win.
         let mut elections = self.inner.client.election_client();
         let campaign =
             elections.campaign(self.name.clone(), self.election.candidate.clone(), lease);
         tokio::pin!(campaign);
         let mut elected = false;
-        let mut proven_at = granted_at;
-        let mut sent_at = granted_at;
-        let mut ticks = tokio::time::interval(self.election.keepalive);
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
         loop {
             tokio::select! {
@@ -185,31 +180,27 @@ impl Campaign {
                     Ok(_) => {
                         elected = true;
                         backoff.reset();
-                        self.set_leads_until(Some(proven_at + ttl));
+                        let now = *state.borrow();
+                        if now.id != lease {
+                            return lost(format!("lease {lease:x} was replaced"));
+                        }
+                        self.set_leads_until(Some(now.proven_at + ttl));
                         tracing::info!(election = %self.name, candidate = %self.election.candidate, "elected leader");
                     }
                     Err(e) => return Ended::Lost(Error::unavailable(format!("etcd at {}", self.inner.endpoints), e)),
                 },
-                _ = ticks.tick() => {
-                    if proven_at.elapsed() >= ttl {
-                        return lost(format!("no keep-alive answer for {:?}", proven_at.elapsed()));
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return lost("the lease keeper stopped".into());
                     }
-                    sent_at = Instant::now();
-                    if let Err(e) = keeper.keep_alive().await {
-                        return lost(format!("keep-alive failed: {e}"));
+                    let now = *state.borrow_and_update();
+                    if now.id != lease {
+                        return lost(format!("lease {lease:x} expired or was revoked"));
+                    }
+                    if elected {
+                        self.set_leads_until(Some(now.proven_at + ttl));
                     }
                 }
-                ack = acks.message() => match ack {
-                    Ok(Some(ack)) if ack.ttl() > 0 => {
-                        proven_at = sent_at;
-                        if elected {
-                            self.set_leads_until(Some(proven_at + ttl));
-                        }
-                    }
-                    Ok(Some(_)) => return lost("the election lease expired".into()),
-                    Ok(None) => return lost("the keep-alive stream ended".into()),
-                    Err(e) => return Ended::Lost(Error::unavailable(format!("etcd at {}", self.inner.endpoints), e)),
-                },
             }
         }
     }

@@ -1,9 +1,10 @@
 //! The `etcd://` driver: membership on etcd leases.
 //!
 //! A node's record is a plain key; its liveness is a key bound to a lease
-//! with TTL = service_down_time, kept alive every report_interval (the
-//! `session` module, which also repairs keys changed by hand and takes over
-//! from a dead holder). Watchers follow both prefixes, resume a broken
+//! with TTL = service_down_time, one lease per process shared by all its
+//! registrations and elections (the `lease` module), kept alive every
+//! report_interval or 0.4 × TTL. The `session` module repairs keys changed
+//! by hand and takes over from a dead holder. Watchers follow both prefixes, resume a broken
 //! stream from the last revision seen and reload after a compaction (the
 //! `watcher` module). etcd-client leaves keep-alive, watch resumption and
 //! failover to its caller, so this module owns all three: every request is
@@ -33,6 +34,7 @@ use crate::error::{Error, Result};
 mod credentials;
 mod election;
 mod keys;
+mod lease;
 mod session;
 mod watcher;
 
@@ -75,6 +77,8 @@ struct Inner {
     backoff_max: Duration,
     /// To log in again with a rotated password.
     credentials: Option<Credentials>,
+    /// The one lease per TTL that this process's keys share.
+    leases: lease::Leases,
 }
 
 impl EtcdDriver {
@@ -140,6 +144,7 @@ impl EtcdDriver {
             several: endpoints.len() > 1,
             backoff_max: options.backoff_max,
             credentials,
+            leases: lease::Leases::default(),
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -154,6 +159,29 @@ impl EtcdDriver {
         Ok(Self {
             inner: Arc::new(inner),
         })
+    }
+}
+
+impl EtcdDriver {
+    /// A driver on this one's connection that holds leases of its own, as
+    /// another process would. Within one driver every registration and
+    /// election shares a lease; a simulator of many nodes in one process
+    /// (`scripts/bench-fleet`) gives each node its own.
+    pub fn as_another_process(&self) -> EtcdDriver {
+        let inner = &self.inner;
+        EtcdDriver {
+            inner: Arc::new(Inner {
+                client: inner.client.clone(),
+                kv: inner.kv.clone(),
+                layout: inner.layout.clone(),
+                timeout: inner.timeout,
+                endpoints: inner.endpoints.clone(),
+                several: inner.several,
+                backoff_max: inner.backoff_max,
+                credentials: inner.credentials.clone(),
+                leases: lease::Leases::default(),
+            }),
+        }
     }
 }
 

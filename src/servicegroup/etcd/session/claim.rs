@@ -9,32 +9,26 @@ use etcd_client::{Compare, CompareOp, PutOptions, Txn, TxnOp, TxnOpResponse};
 use super::Session;
 use crate::error::{Error, Result};
 use crate::servicegroup::etcd::keys::AliveValue;
-use crate::servicegroup::etcd::{encode, CAS_ATTEMPTS};
+use crate::servicegroup::etcd::{encode, etcd_code, CAS_ATTEMPTS};
 use crate::servicegroup::probe::{probe, Holder};
 use crate::servicegroup::{rfc3339, ServiceRecord};
 
 impl Session {
-    /// Grants a lease and claims the liveness key with it; returns the
+    /// Claims the liveness key with the process's lease; returns the
     /// revision of the claim. `previous` is our own earlier lease, which may
     /// still hold the key (after an etcd restart, say).
     pub(super) async fn register(&self, previous: Option<i64>) -> Result<i64> {
-        let leases = self.inner.client.lease_client();
-        let ttl = self.ttl;
-        let lease = self
-            .inner
-            .call(|| {
-                let mut leases = leases.clone();
-                async move { leases.grant(ttl, None).await }
-            })
-            .await?
-            .id();
+        let lease = self.shared.current().await?;
         match self.claim(lease, previous).await {
             Ok(revision) => {
                 self.lease.store(lease, Ordering::SeqCst);
                 Ok(revision)
             }
             Err(e) => {
-                self.revoke_later(lease);
+                // etcd refuses a key for a lease it no longer knows.
+                if etcd_code(&e) == Some(tonic::Code::NotFound) {
+                    self.shared.gone(lease);
+                }
                 Err(e)
             }
         }
@@ -159,14 +153,5 @@ impl Session {
             )
             .await
             .map(drop)
-    }
-
-    /// Revokes a lease we no longer use, without holding anyone up; if etcd
-    /// is unreachable the lease expires by itself.
-    pub(super) fn revoke_later(&self, lease: i64) {
-        let inner = self.inner.clone();
-        tokio::spawn(async move {
-            let _ = inner.revoke(lease).await;
-        });
     }
 }

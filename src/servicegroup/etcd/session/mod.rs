@@ -1,5 +1,6 @@
-//! One node's registration on etcd: the lease, its keep-alive, and the loop
-//! that gets the node registered again after anything goes wrong.
+//! One node's registration on etcd: its two keys on the process's lease,
+//! and the loop that gets the node registered again after anything goes
+//! wrong.
 //!
 //! The loop never gives up (tooz and kratos members silently vanish after a
 //! lease loss): a failed keep-alive, an expired or revoked lease, a liveness
@@ -14,7 +15,7 @@
 
 use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
 use futures::future::BoxFuture;
@@ -25,7 +26,8 @@ use tokio::task::JoinHandle;
 use std::panic::AssertUnwindSafe;
 
 use super::keys::Kind;
-use super::{etcd_code, Inner};
+use super::lease::{keepalive_interval, ttl_secs, LeaseUse, SharedLease};
+use super::Inner;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::follow::restarted;
@@ -35,15 +37,17 @@ use crate::servicegroup::{Membership, MembershipStatus, Registration, LEAVE_TIME
 /// Registers `reg` and starts keeping it registered.
 pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMembership> {
     let down_time = reg.effective_down_time();
+    let interval = keepalive_interval(reg.report_interval, down_time);
+    let shared = SharedLease::acquire(&inner, ttl_secs(down_time), interval);
     let session = Arc::new(Session {
         record_key: inner.layout.key(Kind::Record, &reg.topic, &reg.host),
         alive_key: inner.layout.key(Kind::Alive, &reg.topic, &reg.host),
-        ttl: ttl_secs(down_time),
-        down_time,
+        interval,
         token: rand::random(),
         status: StatusCell::registered(format!("{}/{}", reg.topic, reg.host)),
         lease: AtomicI64::new(0),
         workers: AtomicU32::new(reg.workers),
+        shared,
         inner,
         reg,
     });
@@ -57,21 +61,6 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
     })
 }
 
-/// How often a lease is kept alive: every `report_interval`, but at most
-/// 2.5 times per TTL. etcd's own client renews at a third of the TTL; at
-/// 0.4 of it one lost keep-alive still leaves a fifth of the TTL for the
-/// next one, and crash detection stays the TTL. At the defaults (1 s, 5 s)
-/// a fleet of N nodes costs etcd N / 2 keep-alives per second, not N.
-pub(super) fn keepalive_interval(report_interval: Duration, down_time: Duration) -> Duration {
-    report_interval.max(down_time.mul_f64(0.4))
-}
-
-/// The lease TTL for a down time: whole seconds, rounded up, at least 1.
-pub(super) fn ttl_secs(down_time: Duration) -> i64 {
-    let secs = down_time.as_secs() + u64::from(down_time.subsec_nanos() > 0);
-    i64::try_from(secs.max(1)).unwrap_or(i64::MAX)
-}
-
 mod claim;
 
 struct Session {
@@ -79,11 +68,13 @@ struct Session {
     reg: Registration,
     record_key: String,
     alive_key: String,
-    ttl: i64,
-    down_time: Duration,
+    /// The keep-alive interval: the window re-registrations spread over.
+    interval: Duration,
     token: u64,
     status: StatusCell,
-    /// The lease currently holding the liveness key.
+    /// The process's lease, shared with its other registrations.
+    shared: LeaseUse,
+    /// The lease holding the liveness key, once claimed.
     lease: AtomicI64,
     /// The record's `workers`, changed by [`Membership::set_workers`].
     workers: AtomicU32,
@@ -144,8 +135,7 @@ impl Session {
                 }
             }
             if spread {
-                let window = keepalive_interval(self.reg.report_interval, self.down_time);
-                let jitter = window.mul_f64(rand::random::<f64>());
+                let jitter = self.interval.mul_f64(rand::random::<f64>());
                 tokio::select! {
                     () = tokio::time::sleep(jitter) => {}
                     _ = stop.changed() => return,
@@ -180,11 +170,6 @@ impl Session {
                         revision = Some(rev);
                         backoff.reset();
                         self.status.reregistered();
-                        // After the new lease holds the key, so that revoking
-                        // the old one cannot delete it.
-                        if lease != 0 && lease != self.lease.load(Ordering::SeqCst) {
-                            self.revoke_later(lease);
-                        }
                         break;
                     }
                     Err(e) => self.status.failed(&e),
@@ -193,18 +178,16 @@ impl Session {
         }
     }
 
-    /// Keeps `lease` alive and watches our liveness key until either fails.
+    /// Follows the shared lease and watches our keys until either fails.
     async fn keep(&self, lease: i64, revision: i64, stop: &mut watch::Receiver<bool>) -> Ended {
         let inner = &self.inner;
-        let leases = inner.client.lease_client();
-        let keep_alive = inner.call(|| {
-            let mut leases = leases.clone();
-            async move { leases.keep_alive(lease).await }
-        });
-        let (mut keeper, mut acks) = match keep_alive.await {
-            Ok(pair) => pair,
-            Err(e) => return Ended::Lost(e),
-        };
+        let mut state = self.shared.subscribe();
+        if state.borrow_and_update().id != lease {
+            return Ended::Lost(Error::Unavailable {
+                what: format!("lease {lease:x} was replaced"),
+                source: None,
+            });
+        }
         let watches = inner.client.watch_client();
         let from = WatchOptions::new().with_start_revision(revision + 1);
         let watch = inner.call(|| {
@@ -221,37 +204,25 @@ impl Session {
             return Ended::Lost(Error::unavailable("watching the service record", e));
         }
         self.status.beat(None);
-        let mut ticks =
-            tokio::time::interval(keepalive_interval(self.reg.report_interval, self.down_time));
-        ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        ticks.tick().await;
-        let mut last_ack = Instant::now();
-        // When the keep-alive now awaited was sent.
-        let mut sent: Option<Instant> = None;
+        let mut acks = state.borrow().acks;
         let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
         let broke = |what: &str, e: etcd_client::Error| Ended::Lost(Error::unavailable(what, e));
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ended::Stopped,
-                _ = ticks.tick() => {
-                    // Past the TTL without an answer, the lease is gone.
-                    if last_ack.elapsed() >= self.down_time {
-                        return lost(format!("no keep-alive answer for {:?}", last_ack.elapsed()));
+                changed = state.changed() => {
+                    if changed.is_err() {
+                        return lost("the lease keeper stopped".into());
                     }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return broke("keep-alive failed", e);
+                    let now = *state.borrow_and_update();
+                    if now.id != lease {
+                        return lost(format!("lease {lease:x} expired or was revoked"));
                     }
-                    sent = Some(Instant::now());
+                    if now.acks != acks {
+                        acks = now.acks;
+                        self.status.beat(now.rtt);
+                    }
                 }
-                ack = acks.message() => match ack {
-                    Ok(Some(ack)) if ack.ttl() > 0 => {
-                        last_ack = Instant::now();
-                        self.status.beat(sent.take().map(|at| at.elapsed()));
-                    }
-                    Ok(Some(_)) => return lost(format!("lease {lease:x} expired or was revoked")),
-                    Ok(None) => return lost("keep-alive stream closed".into()),
-                    Err(e) => return broke("keep-alive stream failed", e),
-                },
                 change = changes.message() => match change {
                     Ok(Some(resp)) if resp.canceled() => {
                         return lost(format!("watch on our keys canceled: {}", resp.cancel_reason()));
@@ -362,19 +333,9 @@ impl Session {
     /// stream: the lease alive, our liveness key bound to it, our record
     /// present. Returns the revision to watch from. Reads only.
     async fn resume(&self, lease: i64) -> Option<i64> {
-        if lease == 0 {
-            return None;
-        }
-        let leases = self.inner.client.lease_client();
-        let ttl = self
-            .inner
-            .call(|| {
-                let mut leases = leases.clone();
-                async move { leases.time_to_live(lease, None).await }
-            })
-            .await
-            .ok()?;
-        if ttl.ttl() <= 0 {
+        // The lease keeper finds out whether the lease lives on; while it
+        // does, it stays the current one.
+        if lease == 0 || self.shared.current().await.ok()? != lease {
             return None;
         }
         let keys = Txn::new().and_then([
@@ -392,10 +353,17 @@ impl Session {
         ours.then(|| resp.header().map_or(0, |h| h.revision()))
     }
 
-    /// Deletes our liveness key and revokes our lease.
+    /// Deletes our liveness key; the last user of the process's lease
+    /// also revokes it.
     async fn release(&self) -> Result<()> {
+        self.delete_alive_key().await?;
+        self.shared.release().await
+    }
+
+    /// Deletes our liveness key, if our lease still holds it: another node
+    /// may have claimed the identity.
+    async fn delete_alive_key(&self) -> Result<()> {
         let lease = self.lease.load(Ordering::SeqCst);
-        // Only our own key: another node may have claimed the identity.
         self.inner
             .txn(
                 Txn::new()
@@ -406,21 +374,25 @@ impl Session {
                     )])
                     .and_then([TxnOp::delete(self.alive_key.as_str(), None)]),
             )
-            .await?;
-        match self.inner.revoke(lease).await {
-            Ok(_) => Ok(()),
-            // Already expired or revoked: nothing left to release.
-            Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => Ok(()),
-            Err(e) => Err(e),
-        }
+            .await
+            .map(drop)
     }
 }
 
 impl Drop for EtcdMembership {
     fn drop(&mut self) {
         // Like a crash: heartbeats stop and the lease expires by its TTL.
+        // A lease the process still uses for other keys does not expire,
+        // so this registration's key is deleted instead.
         if let Some(task) = crate::servicegroup::lock(&self.task).take() {
             task.abort();
+            let runtime = tokio::runtime::Handle::try_current();
+            if let (true, Ok(runtime)) = (self.session.shared.users() > 1, runtime) {
+                let session = self.session.clone();
+                runtime.spawn(async move {
+                    let _ = session.delete_alive_key().await;
+                });
+            }
         }
     }
 }
@@ -442,19 +414,6 @@ mod tests {
             report_interval: report,
             service_down_time: down,
         }
-    }
-
-    #[test]
-    fn keep_alives_go_at_most_two_and_a_half_times_per_ttl() {
-        let s = Duration::from_secs;
-        // The defaults: half a request per node per second.
-        assert_eq!(keepalive_interval(s(1), s(5)), s(2));
-        // A slower heartbeat asked for is kept.
-        assert_eq!(keepalive_interval(s(10), s(60)), s(24));
-        assert_eq!(keepalive_interval(s(30), s(60)), s(30));
-        // The tests' quick settings.
-        let ms = Duration::from_millis;
-        assert_eq!(keepalive_interval(ms(200), s(1)), ms(400));
     }
 
     #[test]
