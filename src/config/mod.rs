@@ -250,6 +250,9 @@ options! {
     rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
     /// A client of a topic with more routable nodes balances over this many of them (its subset, by rendezvous hashing); 0 uses all.
     rpc_subset_size: usize = 32, mutable = false, secret = false, range = "0" ..= "100000";
+    /// A client's connection to a node that no call used for this long is closed (the next call opens another); 0 keeps connections open.
+    rpc_idle_timeout: Duration = Duration::from_secs(300), mutable = false, secret = false,
+        range = "0s" ..= "1day";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.

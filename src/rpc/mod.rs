@@ -64,6 +64,10 @@ pub struct RpcOptions {
     /// What ranks the nodes for this client's subset: random by default,
     /// so that clients spread over the fleet.
     pub client_id: u64,
+    /// A connection to a node that no call used for this long is closed,
+    /// and the next call opens another (`rpc_idle_timeout`, 5 min); `None`
+    /// keeps connections open.
+    pub idle_timeout: Option<Duration>,
 }
 
 impl Default for RpcOptions {
@@ -76,6 +80,7 @@ impl Default for RpcOptions {
             tls: None,
             subset_size: 32,
             client_id: rand::random(),
+            idle_timeout: Some(Duration::from_secs(300)),
         }
     }
 }
@@ -117,6 +122,7 @@ impl Rpc {
                     size: options.subset_size,
                 },
                 tls: options.tls.clone(),
+                idle_timeout: options.idle_timeout,
             },
         );
         let shared = Arc::new(Shared::new(options.max_casts_in_flight));
@@ -135,6 +141,7 @@ impl Rpc {
             response_timeout: config.rpc_response_timeout,
             hedge_delay: config.rpc_hedge_delay,
             subset_size: config.rpc_subset_size,
+            idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
             tls: ClientTls::from_config(config)?,
             ..RpcOptions::default()
         };

@@ -273,3 +273,58 @@ async fn calls_flowing(batches: &AtomicUsize) {
     })
     .await;
 }
+
+/// Established TCP connections whose local end is `port` (the node's side
+/// of each client connection), from the kernel's table.
+fn connections_to(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("read /proc/net/tcp");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let local_port = fields
+                .get(1)
+                .and_then(|a| a.rsplit(':').next())
+                .and_then(|p| u16::from_str_radix(p, 16).ok());
+            local_port == Some(port) && fields.get(3) == Some(&"01")
+        })
+        .count()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_connection_closes_and_the_next_call_opens_another() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let args = crate::support::node::quick_node_args(&url, "i1");
+    let (_node, addr) = crate::support::node::Proc::start_example("echo_node", &args, &[]);
+    let registry = svckit::servicegroup::connect(&etcd.url(), &Default::default())
+        .await
+        .unwrap();
+    let mut options = svckit::rpc::RpcOptions::default();
+    options.idle_timeout = Some(Duration::from_millis(400));
+    let rpc = svckit::rpc::Rpc::with_options(registry, options)
+        .await
+        .unwrap();
+    let target = Target::topic("echo").server("i1");
+    rpc.wait_for_nodes(&target, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let mut client = EchoClient::new(rpc.channel(target));
+    let echo = || EchoRequest {
+        payload: b"x".to_vec(),
+    };
+    // Calls paced well within the idle timeout keep the connection.
+    let mut pace = tokio::time::interval(Duration::from_millis(100));
+    for _ in 0..6 {
+        pace.tick().await;
+        client.echo(echo()).await.unwrap();
+        assert_eq!(connections_to(addr.port()), 1);
+    }
+    // Unused, it closes; the kernel's table is what shows it.
+    crate::support::poll_until(Duration::from_secs(5), "the idle connection closed", || {
+        connections_to(addr.port()) == 0
+    });
+    client.echo(echo()).await.expect("a new connection");
+    assert_eq!(connections_to(addr.port()), 1);
+}

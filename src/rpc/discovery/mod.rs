@@ -14,7 +14,7 @@ mod topics;
 mod tracker;
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -41,6 +41,8 @@ pub(crate) struct Node {
     /// Hedged calls given up on this node since it last answered: a
     /// stalled node keeps looking loaded after its calls were cancelled.
     pub(crate) abandoned: Arc<AtomicUsize>,
+    /// Whether a call took the connection since the last idle sweep.
+    used: Arc<AtomicBool>,
 }
 
 impl Node {
@@ -51,12 +53,36 @@ impl Node {
     /// The node's connection, made now if this is its first call; `None`
     /// when its endpoint cannot be used (checked before it was listed).
     pub(crate) fn channel(&self) -> Option<Channel> {
+        // A read first: the flag is written once per sweep, not per call.
+        if !self.used.load(Ordering::Relaxed) {
+            self.used.store(true, Ordering::Relaxed);
+        }
         self.channel
             .get_or_init(|| {
                 let url = self.member.record.endpoints.grpc.as_deref()?;
                 connect(url, &self.options)
             })
             .clone()
+    }
+
+    /// Whether the node holds a connection that no call took since the
+    /// last sweep, and none is in flight; the sweep clears the mark.
+    fn idle(&self) -> bool {
+        let connected = matches!(self.channel.get(), Some(Some(_)));
+        let used = self.used.swap(false, Ordering::Relaxed);
+        connected && !used && self.load() == 0
+    }
+
+    /// The same node with no connection yet: the next call opens one.
+    fn disconnected(&self) -> Node {
+        Node {
+            member: self.member.clone(),
+            channel: Arc::new(OnceLock::new()),
+            options: self.options.clone(),
+            pending: self.pending.clone(),
+            abandoned: self.abandoned.clone(),
+            used: self.used.clone(),
+        }
     }
 
     pub(crate) fn load(&self) -> usize {
@@ -146,6 +172,9 @@ pub(crate) struct ConnectOptions {
     pub(crate) subsetting: Subsetting,
     /// For `https://` endpoints.
     pub(crate) tls: Option<ClientTls>,
+    /// A connection no call took for about this long is closed (`None`:
+    /// kept).
+    pub(crate) idle_timeout: Option<Duration>,
 }
 
 /// Whether a node's endpoint can be connected to (checked when it is

@@ -81,6 +81,7 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
         connect_timeout: Duration::from_secs(1),
         subsetting: Subsetting { client: 1, size: 0 },
         tls: None,
+        idle_timeout: None,
     };
     let discovery = Discovery::new(registry.clone(), options);
     let mut snapshots = discovery.topic("t");
@@ -118,6 +119,7 @@ async fn deleted_records_leave_the_member_map() {
             connect_timeout: Duration::from_secs(1),
             subsetting: Subsetting { client: 1, size: 0 },
             tls: None,
+            idle_timeout: None,
         }),
         held: Held {
             total: &total,
@@ -135,12 +137,62 @@ async fn deleted_records_leave_the_member_map() {
 }
 
 #[tokio::test]
+async fn a_connection_no_call_took_between_two_sweeps_is_dropped() {
+    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let mut tracker = Tracker {
+        members: BTreeMap::new(),
+        nodes: HashMap::new(),
+        options: Arc::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            subsetting: Subsetting { client: 1, size: 0 },
+            tls: None,
+            idle_timeout: Some(Duration::from_secs(1)),
+        }),
+        held: Held {
+            total: &total,
+            mine: 0,
+        },
+        events: &events,
+    };
+    let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
+    tracker.apply(&Event::Join(Member { record, up: true }));
+    let topic = Target::topic("t");
+    let connected =
+        |snapshot: &Snapshot| matches!(snapshot.nodes(&topic)[0].channel.get(), Some(Some(_)));
+    let first = tracker.snapshot();
+    assert!(!tracker.close_idle(), "nothing to close before a call");
+    first.nodes(&topic)[0].channel().expect("a connection");
+    // Used since the last sweep: kept; a sweep later, unused: dropped.
+    assert!(!tracker.close_idle());
+    assert!(connected(&tracker.snapshot()));
+    // A call in flight keeps it too.
+    first.nodes(&topic)[0]
+        .pending
+        .fetch_add(1, Ordering::Relaxed);
+    assert!(!tracker.close_idle());
+    first.nodes(&topic)[0]
+        .pending
+        .fetch_sub(1, Ordering::Relaxed);
+    assert!(tracker.close_idle());
+    let after = tracker.snapshot();
+    assert!(!connected(&after), "the next snapshot has no connection");
+    // Its load counters are the node's still, and a call connects again.
+    assert!(Arc::ptr_eq(
+        &after.nodes(&topic)[0].pending,
+        &first.nodes(&topic)[0].pending
+    ));
+    after.nodes(&topic)[0].channel().expect("a new connection");
+    assert!(connected(&after));
+}
+
+#[tokio::test]
 async fn a_topic_is_watched_while_a_channel_uses_it() {
     let registry: Registry = Arc::new(MemoryDriver::named("discovery-topics"));
     let options = ConnectOptions {
         connect_timeout: Duration::from_secs(1),
         subsetting: Subsetting { client: 1, size: 0 },
         tls: None,
+        idle_timeout: None,
     };
     let discovery = Discovery::with_linger(registry.clone(), options, Duration::ZERO);
     assert!(discovery.watched().is_empty(), "nothing before a channel");
@@ -184,9 +236,11 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
                     connect_timeout: Duration::from_secs(1),
                     subsetting: Subsetting { client: 1, size: 0 },
                     tls: None,
+                    idle_timeout: None,
                 }),
                 pending: Arc::new(AtomicUsize::new(0)),
                 abandoned: Arc::new(AtomicUsize::new(0)),
+                used: Arc::new(AtomicBool::new(false)),
             })
         })
         .collect()

@@ -144,7 +144,8 @@ async fn keep_following(inner: &Inner, topic: &str, tx: &watch::Sender<Arc<Snaps
             Ok(stream) => {
                 backoff.reset();
                 tx.send_replace(Arc::new(tracker.snapshot()));
-                let followed = AssertUnwindSafe(follow(stream, &mut tracker, tx))
+                let idle_timeout = inner.options.idle_timeout;
+                let followed = AssertUnwindSafe(follow(stream, &mut tracker, tx, idle_timeout))
                     .catch_unwind()
                     .await;
                 match followed {
@@ -190,13 +191,38 @@ async fn restart(
 }
 
 /// Applies one watch's events to the tracker and publishes snapshots,
-/// until the stream ends.
+/// until the stream ends. Every half `idle_timeout` it closes the
+/// connections no call took since the last look: a connection closes after
+/// between one half and one whole `idle_timeout` unused.
 async fn follow(
     mut events: EventStream,
     tracker: &mut Tracker<'_>,
     tx: &watch::Sender<Arc<Snapshot>>,
+    idle_timeout: Option<Duration>,
 ) {
-    while let Some(first) = events.next().await {
+    let mut sweeps = idle_timeout.map(|t| {
+        let half = (t / 2).max(Duration::from_millis(1));
+        tokio::time::interval_at(tokio::time::Instant::now() + half, half)
+    });
+    loop {
+        let sweep = async {
+            match &mut sweeps {
+                Some(ticks) => ticks.tick().await,
+                None => std::future::pending().await,
+            }
+        };
+        let first = tokio::select! {
+            first = events.next() => first,
+            _ = sweep => {
+                if tracker.close_idle() {
+                    tx.send_replace(Arc::new(tracker.snapshot()));
+                }
+                continue;
+            }
+        };
+        let Some(first) = first else {
+            return;
+        };
         // Apply everything already queued before publishing, so a burst of
         // events costs one snapshot.
         let mut next = Some(first);

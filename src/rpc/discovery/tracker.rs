@@ -2,7 +2,7 @@
 //! watch and turned into snapshots.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, OnceLock};
 
 use super::{usable, ConnectOptions, Node, Snapshot};
@@ -53,6 +53,23 @@ impl Tracker<'_> {
         };
     }
 
+    /// Drops the connections no call took since the last sweep; whether
+    /// any was, and a new snapshot is due. A connection closes once the
+    /// snapshots and calls holding it are gone.
+    pub(super) fn close_idle(&mut self) -> bool {
+        let mut closed = 0;
+        for node in self.nodes.values_mut() {
+            if node.idle() {
+                *node = Arc::new(node.disconnected());
+                closed += 1;
+            }
+        }
+        if closed > 0 {
+            tracing::debug!(connections = closed, "closing idle connections");
+        }
+        closed > 0
+    }
+
     pub(super) fn snapshot(&mut self) -> Snapshot {
         self.held.set(self.members.len());
         let mut by_topic: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
@@ -77,6 +94,7 @@ impl Tracker<'_> {
                     options: n.options.clone(),
                     pending: n.pending.clone(),
                     abandoned: n.abandoned.clone(),
+                    used: n.used.clone(),
                 }),
                 None if usable(url, &self.options) => Arc::new(Node {
                     member: member.clone(),
@@ -84,6 +102,7 @@ impl Tracker<'_> {
                     options: self.options.clone(),
                     pending: Arc::new(AtomicUsize::new(0)),
                     abandoned: Arc::new(AtomicUsize::new(0)),
+                    used: Arc::new(AtomicBool::new(false)),
                 }),
                 None => continue,
             };
