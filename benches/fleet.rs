@@ -8,7 +8,7 @@
 //! `fleet_nodes=N join_s=… peak_etcd_rps=… steady_etcd_rps=… …`.
 
 use std::collections::{HashMap, HashSet};
-use std::io::{Read, Write};
+use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,6 +24,17 @@ use svckit::servicegroup::{
 
 #[path = "../tests/support/mod.rs"]
 mod support;
+
+/// The echo API's stubs.
+mod echo {
+    #[allow(dead_code, clippy::all)]
+    pub mod pb {
+        tonic::include_proto!("svckit.examples.echo.v1");
+    }
+}
+
+use echo::pb::echo_client::EchoClient;
+use echo::pb::EchoRequest;
 
 use support::etcd::Cluster;
 
@@ -46,7 +57,7 @@ const DOWN_TIME: Duration = Duration::from_secs(5);
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     if let Some(at) = args.iter().position(|a| a == "--client-probe") {
-        return client_probe(&args[at + 1], &args[at + 2], &args[at + 3]);
+        return client_probe(&args[at + 1], &args[at + 2], &args[at + 3], &args[at + 4]);
     }
     let quick = args.iter().any(|a| a == "--quick");
     let sizes: Vec<usize> = match std::env::var("FLEET_SIZES") {
@@ -73,6 +84,7 @@ fn main() {
         )
         .try_init();
     let mut cluster = Cluster::start();
+    let echo = EchoServer::start();
     println!(
         "etcd_members=3 cores={} soak_s={}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -84,7 +96,7 @@ fn main() {
         .build()
         .expect("runtime");
     for n in sizes {
-        let figures = runtime.block_on(run(&mut cluster, n, soak));
+        let figures = runtime.block_on(run(&mut cluster, &echo.url, n, soak));
         println!("{figures}");
     }
 }
@@ -100,9 +112,12 @@ struct Figures {
     detect_p50_s: f64,
     detect_p99_s: f64,
     false_down: usize,
+    leader_kill_s: f64,
     reregister_s: f64,
     client_rss_mib: f64,
     client_load_s: f64,
+    call_us: f64,
+    raw_call_us: f64,
     list_s: f64,
 }
 
@@ -112,8 +127,8 @@ impl std::fmt::Display for Figures {
             f,
             "fleet_nodes={} join_s={:.1} peak_etcd_rps={:.0} steady_etcd_rps={:.0} \
              steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
-             detect_p50_s={:.2} detect_p99_s={:.2} false_down={} reregister_s={:.1} \
-             client_rss_mib={:.1} client_load_s={:.2} list_s={:.2}",
+             detect_p50_s={:.2} detect_p99_s={:.2} false_down={} leader_kill_s={:.1} reregister_s={:.1} \
+             client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2}",
             self.nodes,
             self.join_s,
             self.peak_rps,
@@ -124,23 +139,27 @@ impl std::fmt::Display for Figures {
             self.detect_p50_s,
             self.detect_p99_s,
             self.false_down,
+            self.leader_kill_s,
             self.reregister_s,
             self.client_rss_mib,
             self.client_load_s,
+            self.call_us,
+            self.raw_call_us,
             self.list_s,
         )
     }
 }
 
-fn advert(topic: &str, i: usize) -> Advert {
+/// Every simulated node advertises the one echo server of the run: a
+/// client's calls through the topic reach a real server, whichever node
+/// its balancer picks.
+fn advert(topic: &str, i: usize, grpc: &str) -> Advert {
     let host = format!("h{i:05}");
-    // Distinct loopback addresses: nobody listens, nobody calls them.
-    let grpc = format!("http://127.{}.{}.{}:7000", i >> 16, (i >> 8) & 255, i & 255);
-    let endpoints = Endpoints::new(Some(grpc), None);
+    let endpoints = Endpoints::new(Some(grpc.to_string()), None);
     Advert::new(topic, host, "fleet_node", "1.0.0", endpoints, vec![])
 }
 
-async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
+async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) -> Figures {
     let url = cluster.url();
     let topic = format!("fleet{n}");
     let mut options = RegistryOptions::default();
@@ -163,7 +182,8 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
     let joins = stream::iter(0..n)
         .map(|i| {
             let registry: Registry = Arc::new(drivers[i % CONNECTIONS].as_another_process());
-            let registration = advert(&topic, i).registration(1, REPORT_INTERVAL, DOWN_TIME);
+            let registration =
+                advert(&topic, i, echo_url).registration(1, REPORT_INTERVAL, DOWN_TIME);
             let host = registration.host.clone();
             async move { (host, registry.join(registration).await.expect("a join")) }
         })
@@ -206,9 +226,11 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
     eprintln!("fleet: steady {:.0} etcd requests/s", figures.steady_rps);
 
     // A client of the whole topic, in a process of its own.
-    let (client_rss, client_load) = probe_client(&url, &topic, n);
-    figures.client_rss_mib = client_rss;
-    figures.client_load_s = client_load;
+    let probe = probe_client(&url, &topic, n, echo_url);
+    figures.client_rss_mib = probe.field("client_rss_mib=");
+    figures.client_load_s = probe.field("client_load_s=");
+    figures.call_us = probe.field("call_us=");
+    figures.raw_call_us = probe.field("raw_call_us=");
     figures.list_s = cli_list_secs(&url, &topic);
 
     // kill -9 of KILLED nodes: their heartbeats stop, their leases expire.
@@ -260,8 +282,48 @@ async fn run(cluster: &mut Cluster, n: usize, soak: Duration) -> Figures {
     }
     figures.false_down = false_down;
 
+    // kill -9 of the etcd leader: the others elect a new one, and every
+    // node's lease outlives the election. Timed until every node has had a
+    // keep-alive answered again; a node seen down meanwhile is a false down.
+    eprintln!("fleet: soak done, {false_down} false downs; killing the etcd leader");
+    let leader = (0..cluster.members.len())
+        .find(|&i| is_leader(&endpoints[i]))
+        .unwrap_or(0);
+    let beats: HashMap<&String, Option<String>> = members
+        .iter()
+        .map(|(host, m)| (host, m.status().last_heartbeat))
+        .collect();
+    let killed = Instant::now();
+    cluster.members[leader].stop();
+    let mut leader_downs = 0;
+    loop {
+        let waiting = members
+            .iter()
+            .filter(|(host, m)| m.status().last_heartbeat == beats[host])
+            .count();
+        if waiting == 0 {
+            break;
+        }
+        if killed.elapsed() > REREGISTER_BOUND {
+            eprintln!("fleet: {waiting} nodes without a heartbeat {REREGISTER_BOUND:?} after the leader kill");
+            break;
+        }
+        if let Ok(Some(Ok(Event::Leave(_)))) =
+            tokio::time::timeout(Duration::from_millis(200), watch.next()).await
+        {
+            leader_downs += 1;
+        }
+    }
+    figures.leader_kill_s = killed.elapsed().as_secs_f64();
+    cluster.members[leader].restart();
+    figures.false_down += leader_downs;
+    eprintln!(
+        "fleet: every node kept alive {:.1}s after the leader kill, {leader_downs} seen down",
+        figures.leader_kill_s
+    );
+
     // A full etcd restart: every node registers again.
-    eprintln!("fleet: soak done, {false_down} false downs; restarting etcd");
+    eprintln!("fleet: restarting etcd");
     let restarted = Instant::now();
     cluster.restart_all();
     let registered = |m: &dyn Membership| {
@@ -311,17 +373,29 @@ fn scrape_all(endpoints: &[String]) -> f64 {
 }
 
 fn scrape(endpoint: &str) -> f64 {
-    let Ok(mut conn) = TcpStream::connect(endpoint) else {
-        return 0.0;
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(conn, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    text.lines()
+    metrics(endpoint)
+        .lines()
         .filter(|l| l.starts_with("grpc_server_msg_received_total{"))
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
+}
+
+/// A member's /metrics text; empty when it does not answer.
+fn metrics(endpoint: &str) -> String {
+    let mut text = String::new();
+    if let Ok(mut conn) = TcpStream::connect(endpoint) {
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
+        let _ = write!(conn, "GET /metrics HTTP/1.0\r\nHost: {endpoint}\r\n\r\n");
+        let _ = conn.read_to_string(&mut text);
+    }
+    text
+}
+
+/// Whether the member at `endpoint` leads the cluster, from its /metrics.
+fn is_leader(endpoint: &str) -> bool {
+    metrics(endpoint)
+        .lines()
+        .any(|l| l.trim() == "etcd_server_is_leader 1")
 }
 
 /// Samples the cluster's request rate every second until stopped; returns
@@ -386,25 +460,49 @@ fn status_kib(pid: u32, field: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
-/// Runs this binary as a client of `topic` alone; returns its peak RSS and
-/// the time its first channel took to know every node.
-fn probe_client(url: &RegistryUrl, topic: &str, n: usize) -> (f64, f64) {
-    let exe = std::env::current_exe().expect("this bench");
-    let out = Command::new(exe)
-        .args(["--client-probe", &url.to_string(), topic, &n.to_string()])
-        .output()
-        .expect("run the client probe");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let field = |name: &str| -> f64 {
-        text.split_whitespace()
+/// What the client probe printed.
+struct Probe(String);
+
+impl Probe {
+    fn field(&self, name: &str) -> f64 {
+        self.0
+            .split_whitespace()
             .find_map(|kv| kv.strip_prefix(name)?.parse().ok())
             .unwrap_or(f64::NAN)
-    };
-    (field("client_rss_mib="), field("client_load_s="))
+    }
 }
 
-/// The client probe's process: one `Rpc`, one channel to the topic.
-fn client_probe(url: &str, topic: &str, n: &str) {
+/// Runs this binary as a client of `topic` alone: its peak RSS, the time
+/// its first channel took to know the topic, and its calls' cost.
+fn probe_client(url: &RegistryUrl, topic: &str, n: usize, echo_url: &str) -> Probe {
+    let exe = std::env::current_exe().expect("this bench");
+    let out = Command::new(exe)
+        .args([
+            "--client-probe",
+            &url.to_string(),
+            topic,
+            &n.to_string(),
+            echo_url,
+        ])
+        .output()
+        .expect("run the client probe");
+    if !out.status.success() {
+        eprintln!(
+            "fleet: client probe failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Probe(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Sequential calls per round of the call-cost comparison.
+const PROBE_CALLS: usize = 2_000;
+
+/// The client probe's process: one `Rpc`, one channel to the topic. Its
+/// calls through the topic (pick among its subset of N nodes, then the
+/// call) are timed against a plain tonic channel to the same echo server,
+/// 5 rounds alternating; the medians are printed.
+fn client_probe(url: &str, topic: &str, n: &str, echo_url: &str) {
     let n: usize = n.parse().expect("a node count");
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -419,18 +517,86 @@ fn client_probe(url: &str, topic: &str, n: &str) {
         let started = Instant::now();
         let rpc = Rpc::new(registry).await.expect("client");
         let target = Target::topic(topic);
-        let _channel = rpc.channel(target.clone());
+        let channel = rpc.channel(target.clone());
         rpc.wait_for_nodes(&target, n.min(32), Duration::from_secs(120))
             .await
             .expect("the topic's nodes");
         let loaded = started.elapsed().as_secs_f64();
         let stats = rpc.stats();
+        let rss = status_kib(std::process::id(), "VmHWM:") / 1024.0;
+        let raw = tonic::transport::Endpoint::from_shared(echo_url.to_string())
+            .expect("echo URL")
+            .tcp_nodelay(true)
+            .connect()
+            .await
+            .expect("connect to the echo server");
+        let mut kit = EchoClient::new(channel);
+        let mut thin = EchoClient::new(raw);
+        let (mut kit_us, mut raw_us) = (Vec::new(), Vec::new());
+        for _ in 0..5 {
+            kit_us.push(time_calls(&mut kit).await);
+            raw_us.push(time_calls(&mut thin).await);
+        }
+        kit_us.sort_by(f64::total_cmp);
+        raw_us.sort_by(f64::total_cmp);
         println!(
-            "client_rss_mib={:.1} client_load_s={loaded:.2} members_held={}",
-            status_kib(std::process::id(), "VmHWM:") / 1024.0,
-            stats.members_held
+            "client_rss_mib={rss:.1} client_load_s={loaded:.2} members_held={} call_us={:.1} raw_call_us={:.1}",
+            stats.members_held, kit_us[2], raw_us[2],
         );
     });
+}
+
+/// Microseconds per sequential echo call through `client`.
+async fn time_calls<C>(client: &mut EchoClient<C>) -> f64
+where
+    C: tonic::client::GrpcService<tonic::body::Body>,
+    C::Error: Into<tonic::codegen::StdError>,
+    C::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <C::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
+    let started = Instant::now();
+    for _ in 0..PROBE_CALLS {
+        let request = EchoRequest {
+            payload: vec![0; 64],
+        };
+        client.echo(request).await.expect("an echo call");
+    }
+    started.elapsed().as_secs_f64() * 1e6 / PROBE_CALLS as f64
+}
+
+/// `raw_echo serve`, the thinnest echo server, in a process of its own.
+struct EchoServer {
+    child: std::process::Child,
+    url: String,
+}
+
+impl EchoServer {
+    fn start() -> EchoServer {
+        let bin = release_bin("examples/raw_echo")
+            .expect("raw_echo is built (cargo build --release --example raw_echo)");
+        let mut child = Command::new(bin)
+            .args(["serve", "127.0.0.1:0"])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start raw_echo");
+        let mut line = String::new();
+        let stdout = child.stdout.take().expect("raw_echo's stdout");
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("raw_echo's address");
+        let addr = line.trim().trim_start_matches("listening on ");
+        EchoServer {
+            url: format!("http://{addr}"),
+            child,
+        }
+    }
+}
+
+impl Drop for EchoServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// `svckit members list --topic T --json` at N, in seconds.

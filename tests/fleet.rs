@@ -10,7 +10,8 @@ use etcd_client::{Client, Txn, TxnOp};
 use support::etcd::Etcd;
 use support::{eventually, live_endpoint, registration_at};
 use svckit::rpc::{Rpc, Target};
-use svckit::servicegroup::{self, Advert, Endpoints};
+use svckit::servicegroup::etcd::EtcdDriver;
+use svckit::servicegroup::{self, Advert, Driver, Endpoints};
 
 const FOREIGN: usize = 50_000;
 const WAIT: Duration = Duration::from_secs(20);
@@ -112,7 +113,7 @@ const STORM: usize = 50;
 async fn a_fleet_wide_outage_is_healed_without_writes_and_no_node_looks_down() {
     let etcd = Etcd::start();
     let proxy = support::etcd::Proxy::start(&etcd);
-    let through_proxy = servicegroup::connect(&proxy.url(), &support::options())
+    let through_proxy = EtcdDriver::connect(&proxy.url(), &support::options())
         .await
         .expect("connect through the proxy");
     let direct = servicegroup::connect(&etcd.url(), &support::options())
@@ -126,7 +127,9 @@ async fn a_fleet_wide_outage_is_healed_without_writes_and_no_node_looks_down() {
         // every node's streams at once, and no lease expires.
         reg.report_interval = Duration::from_secs(1);
         reg.service_down_time = Duration::from_secs(5);
-        nodes.push(through_proxy.join(reg).await.expect("join"));
+        // Each node a process of its own to etcd: its own lease.
+        let node = through_proxy.as_another_process();
+        nodes.push(node.join(reg).await.expect("join"));
     }
     for _ in 0..STORM {
         support::expect_event(&mut watch, WAIT, "a join", |e| e.kind() == "join").await;

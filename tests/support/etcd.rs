@@ -326,12 +326,12 @@ impl Etcd {
         nix::sys::signal::kill(pid, signal).expect("signal etcd");
     }
 
-    /// Starts again on the same ports with the same data, and waits for it.
     /// The process's id while it runs.
     pub fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
+    /// Starts again on the same ports with the same data, and waits for it.
     pub fn restart(&mut self) {
         self.stop();
         self.spawn();

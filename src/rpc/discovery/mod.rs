@@ -30,7 +30,8 @@ pub(crate) use self::topics::Discovery;
 
 /// One node as channels see it.
 pub(crate) struct Node {
-    pub(crate) member: Member,
+    /// Shared with the topic's member map: one copy per record.
+    pub(crate) member: Arc<Member>,
     /// The node's HTTP/2 connection, made on the first call: a client of a
     /// large topic connects to its subset (and the hosts it names), not to
     /// every node it knows. Shared by the node's versions across snapshots.

@@ -230,7 +230,7 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
             reg.host = host;
             let record = reg.to_record(SystemTime::UNIX_EPOCH);
             Arc::new(Node {
-                member: Member { record, up: true },
+                member: Arc::new(Member { record, up: true }),
                 channel: Arc::new(OnceLock::new()),
                 options: Arc::new(ConnectOptions {
                     connect_timeout: Duration::from_secs(1),

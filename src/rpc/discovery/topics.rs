@@ -185,7 +185,7 @@ async fn restart(
     let members = registry.list(Some(topic)).await?;
     tracker.members = members
         .into_iter()
-        .map(|m| ((m.record.topic.clone(), m.record.host.clone()), m))
+        .map(|m| ((m.record.topic.clone(), m.record.host.clone()), Arc::new(m)))
         .collect();
     Ok(events)
 }

@@ -31,7 +31,7 @@ impl Drop for Held<'_> {
 
 /// Keeps the members and their connections current from the watch.
 pub(super) struct Tracker<'a> {
-    pub(super) members: BTreeMap<(String, String), Member>,
+    pub(super) members: BTreeMap<(String, String), Arc<Member>>,
     /// Connections by endpoint URL, reused across snapshots (and so across
     /// admin changes) while the member stays routable.
     pub(super) nodes: HashMap<(String, String), Arc<Node>>,
@@ -49,7 +49,7 @@ impl Tracker<'_> {
             // A deleted record is forgotten, so the map never outgrows the
             // registry.
             Event::Delete(_) => self.members.remove(&key),
-            _ => self.members.insert(key, m.clone()),
+            _ => self.members.insert(key, Arc::new(m.clone())),
         };
     }
 
@@ -87,7 +87,7 @@ impl Tracker<'_> {
                 .get(key)
                 .filter(|n| n.member.record.endpoints.grpc.as_deref() == Some(url));
             let node = match reuse {
-                Some(n) if n.member == *member => n.clone(),
+                Some(n) if *n.member == **member => n.clone(),
                 Some(n) => Arc::new(Node {
                     member: member.clone(),
                     channel: n.channel.clone(),
