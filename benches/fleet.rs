@@ -12,6 +12,7 @@ use std::io::{BufRead, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -105,6 +106,7 @@ fn main() {
 struct Figures {
     nodes: usize,
     join_s: f64,
+    join_retries: usize,
     peak_rps: f64,
     steady_rps: f64,
     leader_cpu: f64,
@@ -125,12 +127,13 @@ impl std::fmt::Display for Figures {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "fleet_nodes={} join_s={:.1} peak_etcd_rps={:.0} steady_etcd_rps={:.0} \
+            "fleet_nodes={} join_s={:.1} join_retries={} peak_etcd_rps={:.0} steady_etcd_rps={:.0} \
              steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
              detect_p50_s={:.2} detect_p99_s={:.2} false_down={} leader_kill_s={:.1} reregister_s={:.1} \
              client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2}",
             self.nodes,
             self.join_s,
+            self.join_retries,
             self.peak_rps,
             self.steady_rps,
             self.steady_rps / self.nodes.max(1) as f64,
@@ -176,20 +179,37 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
         ..Figures::default()
     };
 
-    // Cold start: every node joins, JOINS_IN_FLIGHT at a time.
+    // Cold start: every node joins, JOINS_IN_FLIGHT at a time. A join that
+    // etcd did not answer in time is tried again after a random pause, as
+    // a supervisor (or systemd restarting a node) would: counted.
     let sampler = RateSampler::start(endpoints.clone());
     let started = Instant::now();
+    let retried = AtomicUsize::new(0);
     let joins = stream::iter(0..n)
         .map(|i| {
             let registry: Registry = Arc::new(drivers[i % CONNECTIONS].as_another_process());
             let registration =
                 advert(&topic, i, echo_url).registration(1, REPORT_INTERVAL, DOWN_TIME);
             let host = registration.host.clone();
-            async move { (host, registry.join(registration).await.expect("a join")) }
+            let retried = &retried;
+            async move {
+                loop {
+                    match registry.join(registration.clone()).await {
+                        Ok(member) => return (host, member),
+                        Err(svckit::Error::Unavailable { .. }) => {
+                            retried.fetch_add(1, Ordering::Relaxed);
+                            let pause = Duration::from_secs(2).mul_f64(rand::random::<f64>());
+                            tokio::time::sleep(pause).await;
+                        }
+                        Err(e) => panic!("a join: {e}"),
+                    }
+                }
+            }
         })
         .buffer_unordered(JOINS_IN_FLIGHT)
         .collect::<HashMap<String, Box<dyn Membership>>>();
     let mut members = joins.await;
+    figures.join_retries = retried.load(Ordering::Relaxed);
     let mut up = HashSet::new();
     while up.len() < n {
         match watch.next().await {
@@ -402,23 +422,32 @@ fn is_leader(endpoint: &str) -> bool {
 /// the highest.
 struct RateSampler {
     stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<f64>,
+    task: tokio::sync::oneshot::Receiver<f64>,
 }
 
 impl RateSampler {
     fn start(endpoints: Vec<String>) -> RateSampler {
         let (stop, mut stopped) = tokio::sync::oneshot::channel();
-        let task = tokio::task::spawn_blocking(move || {
+        let (done, task) = tokio::sync::oneshot::channel();
+        // A thread of its own, not the runtime's blocking pool: a bench that
+        // panics must not wait for it at the runtime's shutdown.
+        std::thread::spawn(move || {
             let mut last = scrape_all(&endpoints);
             let mut at = Instant::now();
             let mut peak: f64 = 0.0;
-            while stopped.try_recv().is_err() {
+            let running = |stopped: &mut tokio::sync::oneshot::Receiver<()>| {
+                matches!(
+                    stopped.try_recv(),
+                    Err(tokio::sync::oneshot::error::TryRecvError::Empty)
+                )
+            };
+            while running(&mut stopped) {
                 std::thread::sleep(Duration::from_secs(1));
                 let now = scrape_all(&endpoints);
                 peak = peak.max((now - last) / at.elapsed().as_secs_f64());
                 (last, at) = (now, Instant::now());
             }
-            peak
+            let _ = done.send(peak);
         });
         RateSampler { stop, task }
     }
