@@ -592,3 +592,62 @@ async fn grpc_and_http_share_one_port_when_configured() {
         both.stderr()
     );
 }
+
+/// api_node with stderr (and stdout) on pipes that nobody reads, as behind
+/// a stuck log shipper: every request is still answered, and the lines it
+/// could not write are counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_whose_log_pipe_nobody_reads_keeps_serving_and_counts_the_dropped_lines() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _echo = Proc::start_example("echo_node", &quick_node_args(&url, "e1"), &[]).0;
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready.json");
+    let mut args = quick_node_args(&url, "a1");
+    // Many lines per request: the pipe's 64 KiB and the writer's queue fill
+    // within the first few hundred requests.
+    args.extend_from_slice(&["--http-listen", "127.0.0.1:0", "--log-level", "trace"]);
+    let mut api = std::process::Command::new(support::node::example_bin("api_node"))
+        .args(&args)
+        .env("SVCKIT_READY_FILE", &ready)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("start api_node");
+    // Held open and never read.
+    let _unread = (api.stdout.take(), api.stderr.take());
+    support::poll_until(WAIT, "api_node's ready file", || ready.exists());
+    let text = std::fs::read_to_string(&ready).unwrap();
+    let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let addr: SocketAddr = ready["http"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("http://")
+        .parse()
+        .unwrap();
+
+    let loads = (0..4).map(|_| {
+        tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            for _ in 0..250 {
+                statuses.push(get(addr, "/v1/echo?msg=x", &[]).await.status);
+            }
+            statuses
+        })
+    });
+    for load in loads {
+        let statuses = load.await.unwrap();
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+    }
+    assert_eq!(get(addr, "/healthz", &[]).await.status, 200);
+    let metrics = get(addr, "/metrics", &[]).await.body;
+    let dropped: u64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("svckit_log_lines_dropped_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no dropped-lines counter in {metrics}"));
+    assert!(dropped > 0, "no line dropped with nobody reading");
+    let _ = api.kill();
+    let _ = api.wait();
+}

@@ -115,7 +115,8 @@ where
         }
     };
     // Exit now: a deadline or a second signal must not wait for tasks that
-    // are still running.
+    // are still running; the log lines still queued are written first.
+    crate::telemetry::sink::flush();
     std::process::exit(code)
 }
 

@@ -242,6 +242,7 @@ impl NodeInfo {
                 "cmdline": std::env::args().collect::<Vec<_>>(),
                 "started_at": servicegroup::rfc3339(self.started_at),
                 "uptime_secs": uptime.as_secs_f64(),
+                "log_lines_dropped": crate::telemetry::sink::dropped_lines(),
             },
             "registration": self.registration(),
             "members": self.members_seen().await,

@@ -1,7 +1,9 @@
-//! Logging setup: `tracing` to stderr with a filter SIGHUP can change; and
-//! the Prometheus metrics of a node, served at `/metrics`.
+//! Logging setup: `tracing` to stderr, never blocking the threads that log
+//! ([`sink`]), with a filter SIGHUP can change; and the Prometheus metrics
+//! of a node, served at `/metrics`.
 
 pub(crate) mod metrics;
+pub mod sink;
 pub mod trace;
 
 use std::io::IsTerminal;
@@ -29,7 +31,7 @@ impl Telemetry {
             .with(layer)
             .with(
                 tracing_subscriber::fmt::layer()
-                    .with_writer(std::io::stderr)
+                    .with_writer(sink::stderr())
                     .with_ansi(std::io::stderr().is_terminal()),
             )
             .try_init()

@@ -170,6 +170,7 @@ impl Inherited {
                 }
             }
             tracing::error!("the supervisor is gone; exiting");
+            crate::telemetry::sink::flush();
             std::process::exit(exit::FAILURE);
         });
         Ok(Some((

@@ -159,6 +159,18 @@ pub(crate) fn set_client_nodes(topic: &str, nodes: usize) {
         .set(i64::try_from(nodes).unwrap_or(i64::MAX));
 }
 
+/// Nodes this process's RPC clients ejected as outliers, per topic.
+static CLIENT_EJECTIONS: LazyLock<Family<Topic, Counter>> = LazyLock::new(Family::default);
+
+/// Counts an ejection of a node of `topic`.
+pub(crate) fn count_ejection(topic: &str) {
+    CLIENT_EJECTIONS
+        .get_or_create(&Topic {
+            topic: topic.to_string(),
+        })
+        .inc();
+}
+
 /// Workers the supervisor restarted after they died, as it last told this
 /// worker (0 in a single process).
 static WORKER_RESTARTS: LazyLock<Counter> = LazyLock::new(Counter::default);
@@ -180,6 +192,7 @@ pub struct Metrics {
     heartbeat_failures: Gauge<u64, AtomicU64>,
     heartbeat_latency: Gauge<f64, AtomicU64>,
     reregistrations: Gauge<u64, AtomicU64>,
+    log_lines_dropped: Counter,
 }
 
 impl Default for Metrics {
@@ -222,11 +235,22 @@ impl Metrics {
             "routable nodes per topic, as this process's RPC clients see them",
             CLIENT_NODES.clone(),
         );
+        registry.register(
+            "svckit_rpc_client_ejections",
+            "nodes this process's RPC clients left out as outliers (failing well above their peers), per topic",
+            CLIENT_EJECTIONS.clone(),
+        );
         let reregistrations = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "svckit_reregistrations",
             "times the node registered again (lease lost, key deleted, etcd restarted)",
             reregistrations.clone(),
+        );
+        let log_lines_dropped = Counter::default();
+        registry.register(
+            "svckit_log_lines_dropped",
+            "log lines dropped because the log sink (stderr) did not take them",
+            log_lines_dropped.clone(),
         );
         Metrics {
             registry,
@@ -236,6 +260,7 @@ impl Metrics {
             heartbeat_failures,
             heartbeat_latency,
             reregistrations,
+            log_lines_dropped,
         }
     }
 
@@ -261,6 +286,11 @@ impl Metrics {
                 self.heartbeat_latency.set(latency.as_secs_f64());
             }
             self.reregistrations.set(status.reregistrations);
+        }
+        let dropped = crate::telemetry::sink::dropped_lines();
+        let seen = self.log_lines_dropped.get();
+        if dropped > seen {
+            self.log_lines_dropped.inc_by(dropped - seen);
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
