@@ -6,7 +6,8 @@
 //!
 //! With `ECHO_TICK_FILE=/tmp/ticks` it also runs a periodic task, `tick`,
 //! that appends `host pid start_ms end_ms` lines to that file (see
-//! `common/echo.rs` for its other variables).
+//! `common/echo.rs` for its other variables). With `ECHO_FAIL_EVERY=2`
+//! every second `Echo` fails with INTERNAL: a sick node.
 
 use std::sync::Arc;
 

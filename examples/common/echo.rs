@@ -35,6 +35,10 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 pub struct EchoManager {
     host: String,
     tick: Option<Tick>,
+    /// Every Nth `Echo` fails with INTERNAL (`ECHO_FAIL_EVERY`): a sick
+    /// node, alive and registered, failing its calls.
+    fail_every: Option<u64>,
+    calls: std::sync::atomic::AtomicU64,
 }
 
 /// An optional periodic task, `tick`, that appends `host pid start_ms
@@ -80,6 +84,11 @@ impl EchoManager {
         EchoManager {
             host: host.into(),
             tick: None,
+            fail_every: std::env::var("ECHO_FAIL_EVERY")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0),
+            calls: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -155,6 +164,15 @@ impl Manager for EchoManager {
 #[tonic::async_trait]
 impl Echo for EchoManager {
     async fn echo(&self, request: Request<EchoRequest>) -> Result<Response<EchoResponse>, Status> {
+        if let Some(every) = self.fail_every {
+            let n = self
+                .calls
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
+            if n.is_multiple_of(every) {
+                return Err(Status::internal(format!("{} fails on purpose", self.host)));
+            }
+        }
         Ok(Response::new(self.reply(request.into_inner().payload)))
     }
 

@@ -253,6 +253,9 @@ options! {
     /// A client's connection to a node that no call used for this long is closed (the next call opens another); 0 keeps connections open.
     rpc_idle_timeout: Duration = Duration::from_secs(300), mutable = false, secret = false,
         range = "0s" ..= "1day";
+    /// A client leaves out a node failing well above its peers for this long times the times it was ejected; 0 never ejects.
+    rpc_ejection_time: Duration = Duration::from_secs(30), mutable = false, secret = false,
+        range = "0s" ..= "1h";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.

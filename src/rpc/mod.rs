@@ -68,6 +68,10 @@ pub struct RpcOptions {
     /// and the next call opens another (`rpc_idle_timeout`, 5 min); `None`
     /// keeps connections open.
     pub idle_timeout: Option<Duration>,
+    /// A node failing well above its peers is left out of picks for this
+    /// long × the times it was ejected (`rpc_ejection_time`, 30 s, as
+    /// Envoy); zero never ejects.
+    pub ejection_time: Duration,
 }
 
 impl Default for RpcOptions {
@@ -81,6 +85,7 @@ impl Default for RpcOptions {
             subset_size: 32,
             client_id: rand::random(),
             idle_timeout: Some(Duration::from_secs(300)),
+            ejection_time: Duration::from_secs(30),
         }
     }
 }
@@ -125,7 +130,10 @@ impl Rpc {
                 idle_timeout: options.idle_timeout,
             },
         );
-        let shared = Arc::new(Shared::new(options.max_casts_in_flight));
+        let shared = Arc::new(Shared::new(
+            options.max_casts_in_flight,
+            options.ejection_time,
+        ));
         Ok(Rpc {
             discovery,
             options,
@@ -142,6 +150,7 @@ impl Rpc {
             hedge_delay: config.rpc_hedge_delay,
             subset_size: config.rpc_subset_size,
             idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
+            ejection_time: config.rpc_ejection_time,
             tls: ClientTls::from_config(config)?,
             ..RpcOptions::default()
         };

@@ -21,6 +21,8 @@ use tonic::body::Body;
 pub(super) use self::body::SentSignal;
 pub use self::hedge::HedgeDelay;
 use self::hedge::Latency;
+#[cfg(test)]
+pub(crate) use self::pick::pick as pick_for_test;
 pub use self::shared::RpcStats;
 pub(super) use self::shared::Shared;
 use super::discovery::Snapshot;

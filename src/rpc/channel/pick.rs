@@ -8,25 +8,34 @@ use rand::Rng;
 
 use super::RpcChannel;
 use crate::error::BoxError;
-use crate::rpc::discovery::Node;
+use crate::rpc::discovery::{outlier, Node};
 
 /// How many nodes a call may try before giving up.
 pub(super) const MAX_ATTEMPTS: usize = 3;
 
 /// Picks by power of two choices: two distinct random nodes not yet tried,
-/// the one with fewer calls in flight. No allocation.
-pub(super) fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
-    let fresh = |n: &&Arc<Node>| !tried.iter().any(|t| t.host() == n.host());
-    let len = if tried.is_empty() {
-        nodes.len()
-    } else {
-        nodes.iter().filter(fresh).count()
-    };
+/// the one with fewer calls in flight; nodes ejected as outliers only when
+/// no other is left. No allocation.
+pub(crate) fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
+    let fresh = |n: &Arc<Node>| !tried.iter().any(|t| t.host() == n.host());
+    if tried.is_empty() && outlier::ejected(nodes) == 0 {
+        return choose(nodes, nodes.len(), |_| true);
+    }
+    let healthy = |n: &Arc<Node>| fresh(n) && !n.health.is_ejected();
+    let count = nodes.iter().filter(|n| healthy(n)).count();
+    choose(nodes, count, healthy).or_else(|| {
+        let count = nodes.iter().filter(|n| fresh(n)).count();
+        choose(nodes, count, fresh)
+    })
+}
+
+/// Power of two choices among the `len` nodes that `keep` keeps.
+fn choose(nodes: &[Arc<Node>], len: usize, keep: impl Fn(&Arc<Node>) -> bool) -> Option<Arc<Node>> {
     let nth = |i: usize| {
-        if tried.is_empty() {
+        if len == nodes.len() {
             nodes.get(i)
         } else {
-            nodes.iter().filter(fresh).nth(i)
+            nodes.iter().filter(|n| keep(n)).nth(i)
         }
     };
     match len {

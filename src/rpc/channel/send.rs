@@ -8,58 +8,85 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
 use tonic::body::Body;
-use tonic::Status;
+use tonic::{Code, Status};
 
 use super::body::{self, Guarded, NotifySent, Payload, PendingGuard};
 use super::classify::{never_sent, timed_out, unavailable, Sent};
 use super::pick::{pick, Candidates, MAX_ATTEMPTS};
 use super::RpcChannel;
 use crate::error::BoxError;
-use crate::rpc::discovery::Node;
+use crate::rpc::discovery::{outlier, Node};
 use crate::wire::{grpc_timeout_header, CANCELLED, GRPC_STATUS, GRPC_TIMEOUT, REFUSED};
 
-/// One try of a call on one node: counted as pending there from now until
-/// its response ends.
-async fn attempt(
-    node: Arc<Node>,
-    request: http::Request<Body>,
-) -> Result<http::Response<Body>, Sent<BoxError>> {
-    let guard = PendingGuard::new(&node.pending);
-    let Some(mut channel) = node.channel() else {
-        return Err(Sent::No(unusable(&node)));
-    };
-    // The node's channel is a buffer in front of its connection: it must be
-    // ready before a call; failing that, nothing was sent.
-    match tower::ServiceExt::ready(&mut channel).await {
-        Ok(ready) => match tower::Service::call(ready, request).await {
-            // Refused before its handler ran: another node may take it.
-            Ok(response) if response.headers().contains_key(REFUSED) => Err(Sent::No(Box::new(
-                Status::from_header_map(response.headers()).unwrap_or_else(|| {
-                    Status::unavailable(format!("{} refused the call", node.host()))
-                }),
-            ))),
-            Ok(response) => {
-                if node.abandoned.load(Ordering::Relaxed) > 0 {
-                    node.abandoned.store(0, Ordering::Relaxed);
-                }
-                Ok(response.map(|body| Guarded::wrap(body, guard)))
-            }
-            Err(e) => Err(Sent::Maybe(e.into())),
-        },
-        Err(e) => Err(Sent::No(e.into())),
-    }
-}
-
-/// [`attempt`], telling which node it ran on.
-async fn attempt_on(
-    node: Arc<Node>,
-    request: http::Request<Body>,
-) -> (Arc<Node>, Result<http::Response<Body>, Sent<BoxError>>) {
-    let result = attempt(node.clone(), request).await;
-    (node, result)
-}
-
 impl RpcChannel {
+    /// One try of a call on one node: counted as pending there from now
+    /// until its response ends, and its outcome recorded for outlier
+    /// ejection (an answer from the headers; a refusal is load shed, not a
+    /// failure).
+    async fn attempt(
+        &self,
+        node: Arc<Node>,
+        request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, Sent<BoxError>> {
+        let guard = PendingGuard::new(&node.pending);
+        let Some(mut channel) = node.channel() else {
+            return Err(Sent::No(unusable(&node)));
+        };
+        // The node's channel is a buffer in front of its connection: it must
+        // be ready before a call; failing that, nothing was sent.
+        let result = match tower::ServiceExt::ready(&mut channel).await {
+            Ok(ready) => match tower::Service::call(ready, request).await {
+                // Refused before its handler ran: another node may take it.
+                Ok(response) if response.headers().contains_key(REFUSED) => {
+                    return Err(Sent::No(Box::new(
+                        Status::from_header_map(response.headers()).unwrap_or_else(|| {
+                            Status::unavailable(format!("{} refused the call", node.host()))
+                        }),
+                    )))
+                }
+                Ok(response) => {
+                    if node.abandoned.load(Ordering::Relaxed) > 0 {
+                        node.abandoned.store(0, Ordering::Relaxed);
+                    }
+                    let failed = response
+                        .headers()
+                        .get(GRPC_STATUS)
+                        .is_some_and(|code| outlier::is_failure(Code::from_bytes(code.as_bytes())));
+                    self.record(&node, failed);
+                    return Ok(response.map(|body| Guarded::wrap(body, guard)));
+                }
+                Err(e) => Err(Sent::Maybe(e.into())),
+            },
+            Err(e) => Err(Sent::No(e.into())),
+        };
+        self.record(&node, true);
+        result
+    }
+
+    /// [`attempt`](Self::attempt), telling which node it ran on.
+    async fn attempt_on(
+        &self,
+        node: Arc<Node>,
+        request: http::Request<Body>,
+    ) -> (Arc<Node>, Result<http::Response<Body>, Sent<BoxError>>) {
+        let result = self.attempt(node.clone(), request).await;
+        (node, result)
+    }
+
+    /// A call's outcome on `node`; a failure may eject it among this
+    /// client's nodes of the topic.
+    fn record(&self, node: &Node, failed: bool) {
+        if !failed {
+            node.health.succeeded();
+            return;
+        }
+        let shared = &self.settings.shared;
+        let peers = self.snapshot.borrow().peers(&self.settings.target.topic);
+        if outlier::failed(node, &peers, shared.ejection) {
+            shared.ejections.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
     fn deadline_exceeded(&self) -> BoxError {
         Box::new(Status::deadline_exceeded(format!(
             "no reply from {} within the call's deadline",
@@ -68,12 +95,20 @@ impl RpcChannel {
     }
 
     pub(super) fn not_delivered(&self, last_error: Option<BoxError>) -> BoxError {
+        let peers = self.snapshot.borrow().peers(&self.settings.target.topic);
+        let ejected = match outlier::ejected(&peers) {
+            0 => String::new(),
+            n => format!(" ({n} of {} nodes ejected as outliers)", peers.len()),
+        };
         match last_error {
             Some(e) => Box::new(Status::unavailable(format!(
-                "{}: {e}",
+                "{}: {e}{ejected}",
                 self.settings.target
             ))),
-            None => Box::new(unavailable(&self.settings.target)),
+            None => Box::new(Status::unavailable(format!(
+                "{}{ejected}",
+                unavailable(&self.settings.target).message()
+            ))),
         }
     }
 
@@ -167,7 +202,7 @@ impl RpcChannel {
         while let Some(node) = candidates.next() {
             let retry_deadline = (!candidates.is_first()).then_some(deadline);
             let request = self.request(&parts, &data, retry_deadline)?;
-            let error = match attempt(node.clone(), request).await {
+            let error = match self.attempt(node.clone(), request).await {
                 Ok(response) => {
                     // An idempotent channel hedging `auto` learns its target's
                     // latency from the calls it has not hedged yet.
@@ -203,7 +238,14 @@ impl RpcChannel {
             };
             match tower::ServiceExt::ready(&mut channel).await {
                 Ok(ready) => {
-                    return match tower::Service::call(ready, request).await {
+                    let result = tower::Service::call(ready, request).await;
+                    let failed = result.as_ref().map_or(true, |response| {
+                        response.headers().get(GRPC_STATUS).is_some_and(|code| {
+                            outlier::is_failure(Code::from_bytes(code.as_bytes()))
+                        })
+                    });
+                    self.record(&node, failed);
+                    return match result {
                         Ok(response) => Ok(response.map(|body| Guarded::wrap(body, guard))),
                         Err(e) if timed_out(&e) => Err(self.deadline_exceeded()),
                         Err(e) => Err(e.into()),
@@ -235,10 +277,7 @@ impl RpcChannel {
         let Some(first) = pick(&nodes, &tried) else {
             return Err(Box::new(unavailable(&self.settings.target)));
         };
-        in_flight.push(attempt_on(
-            first.clone(),
-            self.request(&parts, &data, None)?,
-        ));
+        in_flight.push(self.attempt_on(first.clone(), self.request(&parts, &data, None)?));
         tried.push(first);
         // Nodes with a copy of this call still unanswered.
         let mut open: Vec<Arc<Node>> = Vec::with_capacity(2);
@@ -285,7 +324,7 @@ impl RpcChannel {
                         return Err(self.not_delivered(last_error));
                     };
                     shared.retries.fetch_add(1, Ordering::Relaxed);
-                    in_flight.push(attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);
                     launched += 1;
@@ -300,7 +339,7 @@ impl RpcChannel {
                     }
                     shared.hedges.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(host = node.host(), ?delay, "no answer yet; hedging");
-                    in_flight.push(attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);
                     launched += 1;

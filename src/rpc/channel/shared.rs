@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
@@ -16,6 +17,9 @@ pub(in crate::rpc) struct Shared {
     pub(super) calls: AtomicU64,
     pub(super) retries: AtomicU64,
     pub(super) hedges: AtomicU64,
+    pub(super) ejections: AtomicU64,
+    /// An outlier's first ejection; 0 turns ejection off.
+    pub(super) ejection: Duration,
     pub(super) budget: HedgeBudget,
     /// Per target, for `HedgeDelay::Auto`; looked up when a channel is
     /// made hedged, never per call.
@@ -25,11 +29,13 @@ pub(in crate::rpc) struct Shared {
 }
 
 impl Shared {
-    pub(in crate::rpc) fn new(max_casts: usize) -> Self {
+    pub(in crate::rpc) fn new(max_casts: usize, ejection: Duration) -> Self {
         Shared {
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             hedges: AtomicU64::new(0),
+            ejections: AtomicU64::new(0),
+            ejection,
             budget: HedgeBudget::default(),
             latencies: Mutex::new(HashMap::new()),
             casts: Arc::new(Semaphore::new(max_casts)),
@@ -41,6 +47,7 @@ impl Shared {
             calls: self.calls.load(Ordering::Relaxed),
             retries: self.retries.load(Ordering::Relaxed),
             hedges: self.hedges.load(Ordering::Relaxed),
+            ejections: self.ejections.load(Ordering::Relaxed),
             ..RpcStats::default()
         }
     }
@@ -65,6 +72,8 @@ pub struct RpcStats {
     pub retries: u64,
     /// Extra copies sent by hedging.
     pub hedges: u64,
+    /// Nodes ejected as outliers (failing well above their peers).
+    pub ejections: u64,
     /// Topics whose membership the client follows now: those its channels
     /// call (and, for a while, called).
     pub topics_watched: u64,

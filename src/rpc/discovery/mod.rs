@@ -7,6 +7,7 @@
 //! the first channel to it and stops when the last one is dropped, and
 //! records of other topics are never listed, held or woken up for.
 
+pub(crate) mod outlier;
 mod subset;
 #[cfg(test)]
 mod tests;
@@ -44,6 +45,8 @@ pub(crate) struct Node {
     pub(crate) abandoned: Arc<AtomicUsize>,
     /// Whether a call took the connection since the last idle sweep.
     used: Arc<AtomicBool>,
+    /// Its calls' outcomes and ejection as an outlier.
+    pub(crate) health: Arc<outlier::Health>,
 }
 
 impl Node {
@@ -83,6 +86,7 @@ impl Node {
             pending: self.pending.clone(),
             abandoned: self.abandoned.clone(),
             used: self.used.clone(),
+            health: self.health.clone(),
         }
     }
 
@@ -149,6 +153,15 @@ impl Snapshot {
                 .filter(|n| n.matches(target))
                 .cloned()
                 .collect(),
+        }
+    }
+
+    /// The nodes this client balances `topic` over (its subset): the peers
+    /// a node is compared with, and of which at most half are ejected.
+    pub(crate) fn peers(&self, topic: &str) -> Arc<[Arc<Node>]> {
+        match self.by_topic.get(topic) {
+            Some(nodes) => nodes.clone(),
+            None => Arc::new([]),
         }
     }
 

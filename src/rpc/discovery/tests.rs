@@ -241,6 +241,7 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
                 pending: Arc::new(AtomicUsize::new(0)),
                 abandoned: Arc::new(AtomicUsize::new(0)),
                 used: Arc::new(AtomicBool::new(false)),
+                health: Arc::default(),
             })
         })
         .collect()
@@ -301,4 +302,71 @@ async fn subsets_spread_over_the_fleet_and_move_only_what_changed() {
         50,
         "0 turns subsetting off"
     );
+}
+
+#[test]
+fn a_node_failing_in_a_row_is_ejected_but_never_more_than_half_nor_the_last() {
+    let base = Duration::from_secs(30);
+    let three = nodes(["a", "b", "c"].map(String::from));
+    // Answers that are failures eject after five in a row.
+    for i in 0..outlier::CONSECUTIVE {
+        assert!(!three[0].health.is_ejected(), "ejected after {i}");
+        outlier::failed(&three[0], &three, base);
+    }
+    assert!(three[0].health.is_ejected());
+    assert_eq!(outlier::ejected(&three), 1);
+    let metrics = crate::telemetry::metrics::Metrics::new().render(None);
+    assert!(
+        metrics.contains("svckit_rpc_client_ejections_total{topic=\"t\"}"),
+        "{metrics}"
+    );
+    // A second node failing as badly stays in: two of three is more than
+    // half.
+    for _ in 0..outlier::CONSECUTIVE * 4 {
+        outlier::failed(&three[1], &three, base);
+    }
+    assert!(!three[1].health.is_ejected());
+    assert_eq!(outlier::ejected(&three), 1);
+    // Picks leave the ejected node out while others are left.
+    for _ in 0..100 {
+        let picked = crate::rpc::channel::pick_for_test(&three, &[]).unwrap();
+        assert_ne!(picked.host(), "a");
+    }
+    // Alone in its topic, a node is never ejected.
+    let one = nodes(["z".to_string()]);
+    for _ in 0..outlier::CONSECUTIVE * 4 {
+        outlier::failed(&one[0], &one, base);
+    }
+    assert!(!one[0].health.is_ejected());
+}
+
+#[test]
+fn a_node_failing_well_above_its_peers_is_ejected_and_not_when_all_fail() {
+    let base = Duration::from_secs(30);
+    // One node fails one call in three, never twice in a row; its peers
+    // answer: an outlier once its window has the volume.
+    let sick = nodes(["a", "b", "c"].map(String::from));
+    for round in 0..outlier::MIN_VOLUME * 2 {
+        for peer in &sick[1..] {
+            peer.health.succeeded();
+        }
+        if round % 3 == 0 {
+            outlier::failed(&sick[0], &sick, base);
+        } else {
+            sick[0].health.succeeded();
+        }
+    }
+    assert!(sick[0].health.is_ejected(), "a third of its calls failed");
+    // Every node failing alike (the callee's dependency down): no outlier.
+    let all = nodes(["d", "e", "f"].map(String::from));
+    for round in 0..outlier::MIN_VOLUME * 2 {
+        for node in &all {
+            if round % 3 == 0 {
+                outlier::failed(node, &all, base);
+            } else {
+                node.health.succeeded();
+            }
+        }
+    }
+    assert_eq!(outlier::ejected(&all), 0);
 }

@@ -95,6 +95,7 @@ impl Tracker<'_> {
                     pending: n.pending.clone(),
                     abandoned: n.abandoned.clone(),
                     used: n.used.clone(),
+                    health: n.health.clone(),
                 }),
                 None if usable(url, &self.options) => Arc::new(Node {
                     member: member.clone(),
@@ -103,6 +104,7 @@ impl Tracker<'_> {
                     pending: Arc::new(AtomicUsize::new(0)),
                     abandoned: Arc::new(AtomicUsize::new(0)),
                     used: Arc::new(AtomicBool::new(false)),
+                    health: Arc::default(),
                 }),
                 None => continue,
             };

@@ -1,0 +1,64 @@
+//! A sick node (registered, its lease alive, half its calls failing) among
+//! healthy ones: the client ejects it, and tries it again after its time.
+
+use std::time::Duration;
+
+use svckit::rpc::{Rpc, RpcOptions, Target};
+use tonic::Code;
+
+use crate::echo::pb::echo_client::EchoClient;
+use crate::echo::pb::EchoRequest;
+use crate::support::etcd::Etcd;
+use crate::support::node::{quick_node_args, Proc};
+use crate::{load, start_node};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sick_node_is_ejected_then_tried_again_after_its_time() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _healthy = [start_node(&etcd, "h1"), start_node(&etcd, "h2")];
+    let sick_env = [("ECHO_FAIL_EVERY", "2"), ("SVCKIT_DRAIN_DELAY", "0.3")];
+    let _sick: Proc = Proc::start_example("echo_node", &quick_node_args(&url, "sick"), &sick_env).0;
+    let registry = svckit::servicegroup::connect(&etcd.url(), &Default::default())
+        .await
+        .unwrap();
+    let mut options = RpcOptions::default();
+    options.ejection_time = Duration::from_secs(2);
+    let rpc = Rpc::with_options(registry, options).await.unwrap();
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    // Not idempotent: a failed answer reaches the caller. Without ejection
+    // a sixth of the calls would fail (a third to the sick node, half of
+    // those failing).
+    let (_, errors) = load(rpc.channel(topic.clone()), 3_000, 16).await;
+    assert!(
+        errors.iter().all(|e| e.code() == Code::Internal),
+        "{errors:?}"
+    );
+    assert!(errors.len() <= 30, "{} of 3000 calls failed", errors.len());
+    let ejected = rpc.stats().ejections;
+    assert!(ejected >= 1, "the sick node was not ejected");
+
+    // Its ejection over, it takes calls again (and is soon ejected again).
+    let mut client = EchoClient::new(rpc.channel(topic));
+    crate::support::eventually(
+        Duration::from_secs(10),
+        "a reply from the sick node",
+        || {
+            let mut client = client.clone();
+            async move {
+                let reply = client
+                    .echo(EchoRequest {
+                        payload: b"x".to_vec(),
+                    })
+                    .await;
+                reply.ok().filter(|r| r.get_ref().host == "sick").map(drop)
+            }
+        },
+    )
+    .await;
+    let _ = client.echo(EchoRequest { payload: vec![] }).await;
+}
