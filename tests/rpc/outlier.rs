@@ -62,3 +62,47 @@ async fn a_sick_node_is_ejected_then_tried_again_after_its_time() {
     .await;
     let _ = client.echo(EchoRequest { payload: vec![] }).await;
 }
+
+/// A node registered with its lease alive but nothing listening (a process
+/// that closed its listener): every call that picks it first needs a
+/// retry. Retries stay within the budget: 10% of calls plus 10 a second,
+/// after a burst of ten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_stay_within_the_budget() {
+    let etcd = Etcd::start();
+    let _live = start_node(&etcd, "live");
+    let registry = svckit::servicegroup::connect(&etcd.url(), &Default::default())
+        .await
+        .unwrap();
+    let dead = crate::support::registration_at("echo", "dead", &crate::support::dead_endpoint());
+    let _dead = registry.join(dead).await.unwrap();
+    let mut options = RpcOptions::default();
+    // Kept in rotation: the budget alone bounds the retries.
+    options.ejection_time = Duration::ZERO;
+    let rpc = Rpc::with_options(registry, options).await.unwrap();
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let started = std::time::Instant::now();
+    let (replies, errors) = load(rpc.channel(topic), 2_000, 8).await;
+    let elapsed = started.elapsed().as_secs_f64();
+    let stats = rpc.stats();
+    let bound = 10.0 + stats.calls as f64 / 10.0 + 10.0 * elapsed;
+    assert!(
+        (stats.retries as f64) <= bound + 1.0,
+        "{} retries over {} calls in {elapsed:.1}s",
+        stats.retries,
+        stats.calls
+    );
+    assert!(stats.retries > 0, "no retry at all");
+    // The calls the budget did not cover fail fast, as UNAVAILABLE.
+    assert!(stats.over_budget > 0, "{stats:?}");
+    assert!(!errors.is_empty());
+    assert!(
+        errors.iter().all(|e| e.code() == Code::Unavailable),
+        "{errors:?}"
+    );
+    assert_eq!(replies.values().sum::<usize>() + errors.len(), 2_000);
+}

@@ -1,55 +1,11 @@
 //! Hedged calls: when to send the second copy ([`HedgeDelay`], with the
-//! latency histogram behind `auto`) and how many extra copies may be sent
-//! ([`HedgeBudget`]).
+//! latency histogram behind `auto`); how many extra copies may be sent is
+//! the client's retry budget ([`super::budget`]).
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::Duration;
 
 pub use crate::config::HedgeDelay;
-
-/// One token, in thousandths.
-const TOKEN: u32 = 1000;
-/// What each hedgeable call earns: a tenth of a token, so hedges stay
-/// within about 10% of calls.
-const EARNED_PER_CALL: u32 = TOKEN / 10;
-/// The bucket holds at most this: a burst of stalls may use ten hedges at
-/// once, after that one per ten calls.
-const MAX_TOKENS: u32 = 10 * TOKEN;
-
-/// The extra load hedging may add, as gRPC's hedging throttle bounds it: a
-/// token bucket that every hedgeable call fills by a tenth of a token and
-/// every hedge empties by one. Over `n` calls, at most `10 + n / 10` hedges.
-pub(crate) struct HedgeBudget {
-    milli_tokens: AtomicU32,
-}
-
-impl Default for HedgeBudget {
-    fn default() -> Self {
-        HedgeBudget {
-            milli_tokens: AtomicU32::new(MAX_TOKENS),
-        }
-    }
-}
-
-impl HedgeBudget {
-    /// Credits one hedgeable call.
-    pub(crate) fn earn(&self) {
-        let _ = self
-            .milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                (t < MAX_TOKENS).then(|| (t + EARNED_PER_CALL).min(MAX_TOKENS))
-            });
-    }
-
-    /// Takes one token for a hedge; `false` when the budget is spent.
-    pub(crate) fn try_spend(&self) -> bool {
-        self.milli_tokens
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |t| {
-                t.checked_sub(TOKEN)
-            })
-            .is_ok()
-    }
-}
 
 const BUCKETS: usize = 128;
 /// The percentile is recomputed every this many calls.
@@ -164,20 +120,6 @@ mod tests {
             p95 >= Duration::from_micros(10_000) && p95 < Duration::from_micros(13_000),
             "{p95:?}"
         );
-    }
-
-    #[test]
-    fn the_budget_allows_a_tenth_of_calls_after_the_first_burst() {
-        let budget = HedgeBudget::default();
-        let mut hedges = 0;
-        for _ in 0..1000 {
-            budget.earn();
-            if budget.try_spend() {
-                hedges += 1;
-            }
-        }
-        assert!(hedges <= 10 + 1000 / 10, "{hedges}");
-        assert!(hedges >= 100, "{hedges}");
     }
 
     #[test]

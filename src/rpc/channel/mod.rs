@@ -4,6 +4,7 @@
 //! another one, and hedges idempotent calls.
 
 mod body;
+mod budget;
 mod classify;
 mod hedge;
 mod pick;
@@ -114,7 +115,8 @@ impl RpcChannel {
     /// [`idempotent`](Self::idempotent): when a unary call has no answer
     /// after `delay`, one more copy goes to another node; the first answer
     /// wins and the other copy is cancelled. Extra copies are bounded by the
-    /// client's budget (about 10% of calls, after a first burst of ten).
+    /// client's retry budget, shared with retries (10% of calls plus ten a
+    /// second, after a first burst of ten).
     #[must_use]
     pub fn hedge(mut self, delay: HedgeDelay) -> Self {
         self.settings_mut().hedge = Some(delay);

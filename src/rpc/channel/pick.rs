@@ -94,7 +94,11 @@ impl<'a> Candidates<'a> {
         let nodes = match self.first.take() {
             Some(nodes) => nodes,
             None => {
+                // Retries and hedges share the client's budget.
                 let shared = &self.channel.settings.shared;
+                if !shared.budget.try_spend() {
+                    return None;
+                }
                 shared.retries.fetch_add(1, Ordering::Relaxed);
                 self.channel.current_nodes()
             }

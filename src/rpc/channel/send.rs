@@ -36,13 +36,15 @@ impl RpcChannel {
         // be ready before a call; failing that, nothing was sent.
         let result = match tower::ServiceExt::ready(&mut channel).await {
             Ok(ready) => match tower::Service::call(ready, request).await {
-                // Refused before its handler ran: another node may take it.
+                // Refused before its handler ran: another node may take it,
+                // and this one counts as loaded until it answers again.
                 Ok(response) if response.headers().contains_key(REFUSED) => {
+                    node.abandoned.fetch_add(1, Ordering::Relaxed);
                     return Err(Sent::No(Box::new(
                         Status::from_header_map(response.headers()).unwrap_or_else(|| {
                             Status::unavailable(format!("{} refused the call", node.host()))
                         }),
-                    )))
+                    )));
                 }
                 Ok(response) => {
                     if node.abandoned.load(Ordering::Relaxed) > 0 {
@@ -155,6 +157,7 @@ impl RpcChannel {
     ) -> Result<http::Response<Body>, BoxError> {
         let shared = &self.settings.shared;
         shared.calls.fetch_add(1, Ordering::Relaxed);
+        shared.budget.earn();
         let mut nodes = self.snapshot.borrow().nodes(&self.settings.target);
         if nodes.is_empty() && !self.snapshot.borrow().loaded {
             // The first call of a topic waits for its members to be listed.
@@ -270,7 +273,6 @@ impl RpcChannel {
         delay: Duration,
     ) -> Result<http::Response<Body>, BoxError> {
         let shared = &self.settings.shared;
-        shared.budget.earn();
         let started = Instant::now();
         let mut tried: Vec<Arc<Node>> = Vec::with_capacity(2);
         let mut in_flight = FuturesUnordered::new();
@@ -317,7 +319,7 @@ impl RpcChannel {
                     if !in_flight.is_empty() {
                         continue;
                     }
-                    let node = (launched < MAX_ATTEMPTS)
+                    let node = (launched < MAX_ATTEMPTS && shared.budget.try_spend())
                         .then(|| pick(&self.current_nodes(), &tried))
                         .flatten();
                     let Some(node) = node else {

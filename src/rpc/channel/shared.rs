@@ -8,10 +8,11 @@ use std::time::Duration;
 
 use tokio::sync::Semaphore;
 
-use super::hedge::{HedgeBudget, Latency};
+use super::budget::RetryBudget;
+use super::hedge::Latency;
 use crate::rpc::Target;
 
-/// What the channels of one [`Rpc`](super::Rpc) share: counters, the hedge
+/// What the channels of one [`Rpc`](super::Rpc) share: counters, the retry
 /// budget, latency histograms and the bound on casts.
 pub(in crate::rpc) struct Shared {
     pub(super) calls: AtomicU64,
@@ -20,7 +21,7 @@ pub(in crate::rpc) struct Shared {
     pub(super) ejections: AtomicU64,
     /// An outlier's first ejection; 0 turns ejection off.
     pub(super) ejection: Duration,
-    pub(super) budget: HedgeBudget,
+    pub(super) budget: RetryBudget,
     /// Per target, for `HedgeDelay::Auto`; looked up when a channel is
     /// made hedged, never per call.
     latencies: Mutex<HashMap<Target, Arc<Latency>>>,
@@ -36,7 +37,7 @@ impl Shared {
             hedges: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
             ejection,
-            budget: HedgeBudget::default(),
+            budget: RetryBudget::default(),
             latencies: Mutex::new(HashMap::new()),
             casts: Arc::new(Semaphore::new(max_casts)),
         }
@@ -48,6 +49,7 @@ impl Shared {
             retries: self.retries.load(Ordering::Relaxed),
             hedges: self.hedges.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
+            over_budget: self.budget.refused(),
             ..RpcStats::default()
         }
     }
@@ -74,6 +76,8 @@ pub struct RpcStats {
     pub hedges: u64,
     /// Nodes ejected as outliers (failing well above their peers).
     pub ejections: u64,
+    /// Retries and hedges not made because the retry budget was spent.
+    pub over_budget: u64,
     /// Topics whose membership the client follows now: those its channels
     /// call (and, for a while, called).
     pub topics_watched: u64,

@@ -40,8 +40,9 @@ pub(crate) struct Node {
     options: Arc<ConnectOptions>,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
-    /// Hedged calls given up on this node since it last answered: a
-    /// stalled node keeps looking loaded after its calls were cancelled.
+    /// Hedged calls given up on this node, and calls it refused, since it
+    /// last answered: a stalled or full node keeps looking loaded after its
+    /// calls were cancelled or refused.
     pub(crate) abandoned: Arc<AtomicUsize>,
     /// Whether a call took the connection since the last idle sweep.
     used: Arc<AtomicBool>,

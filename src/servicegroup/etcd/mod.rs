@@ -234,12 +234,16 @@ fn is_unavailable(e: &etcd_client::Error) -> bool {
         // hyper reports a connection closed under a request as Cancelled:
         // a member that went away, or a TLS member that refused this
         // client's certificate after the handshake.
+        // ResourceExhausted: etcd's "too many requests", or a connection
+        // the HTTP/2 layer closed after too many cancelled requests
+        // (ENHANCE_YOUR_CALM) in a storm; both pass.
         E::GRpcStatus(s) => matches!(
             s.code(),
             tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded
                 | tonic::Code::Unknown
                 | tonic::Code::Cancelled
+                | tonic::Code::ResourceExhausted
         ),
         _ => false,
     }
