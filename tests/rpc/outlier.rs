@@ -106,3 +106,47 @@ async fn retries_stay_within_the_budget() {
     );
     assert_eq!(replies.values().sum::<usize>() + errors.len(), 2_000);
 }
+
+/// Every node of the topic full (one slot each, held by another client's
+/// long call): they refuse every call, and this client soon stops sending
+/// most of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn local_throttling_engages_when_every_node_refuses() {
+    use crate::echo::pb::SleepRequest;
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let full = [("SVCKIT_RPC_POOL_SIZE", "1"), ("SVCKIT_RPC_POOL_WAIT", "0")];
+    let nodes: Vec<Proc> = ["f1", "f2"]
+        .iter()
+        .map(|h| Proc::start_example("echo_node", &quick_node_args(&url, h), &full).0)
+        .collect();
+    let (holder, _) = crate::rpc_for(&etcd).await;
+    let topic = Target::topic("echo");
+    holder
+        .wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    for (host, node) in ["f1", "f2"].iter().zip(&nodes) {
+        let mut client = EchoClient::new(holder.channel(topic.clone().server(*host)));
+        tokio::spawn(async move { client.sleep(SleepRequest { millis: 20_000 }).await });
+        node.wait_for_log("sleep started", Duration::from_secs(10));
+    }
+
+    let (rpc, _) = crate::rpc_for(&etcd).await;
+    rpc.wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (replies, errors) = load(rpc.channel(topic), 300, 4).await;
+    assert!(replies.is_empty(), "{replies:?}");
+    assert!(
+        errors.iter().all(|e| e.code() == Code::Unavailable),
+        "{errors:?}"
+    );
+    let stats = rpc.stats();
+    assert!(
+        stats.throttled >= 200,
+        "only {} of 300 calls failed locally: {stats:?}",
+        stats.throttled
+    );
+    assert!(errors.iter().any(|e| e.message().contains("throttled")));
+}

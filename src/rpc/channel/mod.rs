@@ -10,6 +10,7 @@ mod hedge;
 mod pick;
 mod send;
 mod shared;
+mod throttle;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -26,6 +27,7 @@ use self::hedge::Latency;
 pub(crate) use self::pick::pick as pick_for_test;
 pub use self::shared::RpcStats;
 pub(super) use self::shared::Shared;
+use self::throttle::Throttle;
 use super::discovery::Snapshot;
 use super::Target;
 use crate::error::BoxError;
@@ -68,6 +70,9 @@ pub(super) struct Settings {
     /// The target's histogram when hedging `auto`.
     pub(super) latency: Option<Arc<Latency>>,
     pub(super) shared: Arc<Shared>,
+    /// The target topic's requests and accepts, shared by the client's
+    /// channels to it.
+    pub(super) throttle: Arc<Throttle>,
     /// Set on a cast's channel: told once the request is written.
     pub(super) sent: Option<Arc<SentSignal>>,
 }
@@ -80,6 +85,7 @@ impl Settings {
         shared: Arc<Shared>,
     ) -> Self {
         Settings {
+            throttle: shared.throttle(&target.topic),
             target,
             timeout,
             timeout_header: grpc_timeout_header(timeout),

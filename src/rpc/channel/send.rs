@@ -158,6 +158,12 @@ impl RpcChannel {
         let shared = &self.settings.shared;
         shared.calls.fetch_add(1, Ordering::Relaxed);
         shared.budget.earn();
+        if !self.settings.throttle.admit() {
+            return Err(Box::new(Status::unavailable(format!(
+                "{}: not sent: its nodes took few of the recent calls (throttled by this client)",
+                self.settings.target
+            ))));
+        }
         let mut nodes = self.snapshot.borrow().nodes(&self.settings.target);
         if nodes.is_empty() && !self.snapshot.borrow().loaded {
             // The first call of a topic waits for its members to be listed.
@@ -182,6 +188,7 @@ impl RpcChannel {
                 self.send_stream(request, nodes).await
             }
         }?;
+        self.settings.throttle.accepted();
         // The server ends a call at the same deadline, as `Cancelled`; when
         // its answer comes before this side's timer, it is still this
         // call's deadline that ended it.

@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 
 use super::budget::RetryBudget;
 use super::hedge::Latency;
+use super::throttle::Throttle;
 use crate::rpc::Target;
 
 /// What the channels of one [`Rpc`](super::Rpc) share: counters, the retry
@@ -27,6 +28,8 @@ pub(in crate::rpc) struct Shared {
     latencies: Mutex<HashMap<Target, Arc<Latency>>>,
     /// Casts in flight, bounded.
     pub(in crate::rpc) casts: Arc<Semaphore>,
+    /// Per topic, looked up when a channel is made.
+    throttles: Mutex<HashMap<String, Arc<Throttle>>>,
 }
 
 impl Shared {
@@ -40,6 +43,7 @@ impl Shared {
             budget: RetryBudget::default(),
             latencies: Mutex::new(HashMap::new()),
             casts: Arc::new(Semaphore::new(max_casts)),
+            throttles: Mutex::new(HashMap::new()),
         }
     }
 
@@ -50,17 +54,31 @@ impl Shared {
             hedges: self.hedges.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
             over_budget: self.budget.refused(),
+            throttled: lock(&self.throttles).values().map(|t| t.throttled()).sum(),
             ..RpcStats::default()
         }
     }
 
     pub(super) fn latency(&self, target: &Target) -> Arc<Latency> {
-        let mut map = match self.latencies.lock() {
-            Ok(map) => map,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        map.entry(target.clone()).or_default().clone()
+        lock(&self.latencies)
+            .entry(target.clone())
+            .or_default()
+            .clone()
     }
+
+    pub(super) fn throttle(&self, topic: &str) -> Arc<Throttle> {
+        let mut map = lock(&self.throttles);
+        if let Some(throttle) = map.get(topic) {
+            return throttle.clone();
+        }
+        map.entry(topic.to_string()).or_default().clone()
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counters of a client ([`Rpc::stats`](crate::rpc::Rpc::stats)), since it
@@ -78,6 +96,9 @@ pub struct RpcStats {
     pub ejections: u64,
     /// Retries and hedges not made because the retry budget was spent.
     pub over_budget: u64,
+    /// Calls failed locally because their topic's nodes refused most
+    /// recent calls (adaptive throttling).
+    pub throttled: u64,
     /// Topics whose membership the client follows now: those its channels
     /// call (and, for a while, called).
     pub topics_watched: u64,

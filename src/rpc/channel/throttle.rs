@@ -1,0 +1,119 @@
+//! Client-side adaptive throttling (Google SRE book, "Handling Overload"):
+//! when a topic's nodes refuse most calls, the client fails calls locally
+//! with probability max(0, (requests − K·accepts) / (requests + 1)), K = 2,
+//! so a refusing fleet is not hammered by calls it will refuse anyway.
+//!
+//! Requests count every call (those failed locally included); accepts, the
+//! calls a node took (any answer but a refusal). Both are halved every
+//! [`WINDOW`], so the client follows the fleet's recovery: as soon as
+//! calls get through again, accepts catch up and the probability falls to
+//! zero.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::LazyLock;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+
+/// How many requests per accept a topic may see before throttling starts.
+const K: f64 = 2.0;
+/// Counts older than this weigh half.
+const WINDOW: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
+}
+
+/// One topic's requests and accepts, shared by a client's channels to it.
+#[derive(Default)]
+pub(crate) struct Throttle {
+    requests: AtomicU64,
+    accepts: AtomicU64,
+    window_start_ms: AtomicU64,
+    /// Calls failed locally.
+    throttled: AtomicU64,
+}
+
+impl Throttle {
+    fn decay(&self, now: u64) {
+        let start = self.window_start_ms.load(Ordering::Relaxed);
+        let window = u64::try_from(WINDOW.as_millis()).unwrap_or(u64::MAX);
+        if now.saturating_sub(start) >= window
+            && self
+                .window_start_ms
+                .compare_exchange(start, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            let half = |n: u64| Some(n / 2);
+            let _ = self
+                .requests
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, half);
+            let _ = self
+                .accepts
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, half);
+        }
+    }
+
+    /// Counts a call; `false` when it is to fail locally.
+    pub(crate) fn admit(&self) -> bool {
+        self.admit_at(now_ms())
+    }
+
+    fn admit_at(&self, now: u64) -> bool {
+        self.decay(now);
+        let requests = self.requests.fetch_add(1, Ordering::Relaxed) as f64;
+        let accepts = self.accepts.load(Ordering::Relaxed) as f64;
+        let reject = (requests - K * accepts) / (requests + 1.0);
+        if reject <= 0.0 || rand::rng().random::<f64>() >= reject {
+            return true;
+        }
+        self.throttled.fetch_add(1, Ordering::Relaxed);
+        false
+    }
+
+    /// A node took a call.
+    pub(crate) fn accepted(&self) {
+        self.accepts.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Calls failed locally so far.
+    pub(crate) fn throttled(&self) -> u64 {
+        self.throttled.load(Ordering::Relaxed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refusing_topic_is_throttled_and_an_answering_one_never() {
+        let answering = Throttle::default();
+        for _ in 0..1000 {
+            assert!(answering.admit());
+            answering.accepted();
+        }
+        // Every call refused: after the first few, most fail locally.
+        let refusing = Throttle::default();
+        let admitted = (0..1000).filter(|_| refusing.admit_at(0)).count();
+        assert!(
+            admitted < 100,
+            "{admitted} of 1000 sent to a refusing topic"
+        );
+        assert_eq!(refusing.throttled(), 1000 - admitted as u64);
+        // The nodes take calls again, 100 a second: as the refusals age
+        // out, accepts catch up and throttling stops within a few minutes.
+        let mut now = 0;
+        for _ in 0..300 {
+            now += 1000;
+            for _ in 0..100 {
+                if refusing.admit_at(now) {
+                    refusing.accepted();
+                }
+            }
+        }
+        let late = (0..100).filter(|_| refusing.admit_at(now)).count();
+        assert!(late >= 95, "{late} of 100 sent once the topic answers");
+    }
+}
