@@ -50,7 +50,7 @@ const KILLED: usize = 100;
 const STEADY_WINDOW: Duration = Duration::from_secs(10);
 /// How long the bench waits for the fleet to register again after a full
 /// etcd restart.
-const REREGISTER_BOUND: Duration = Duration::from_secs(180);
+const REREGISTER_BOUND: Duration = Duration::from_secs(60);
 /// The kit's defaults.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const DOWN_TIME: Duration = Duration::from_secs(5);
@@ -326,6 +326,13 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
         }
         if killed.elapsed() > REREGISTER_BOUND {
             eprintln!("fleet: {waiting} nodes without a heartbeat {REREGISTER_BOUND:?} after the leader kill");
+            for (host, m) in members
+                .iter()
+                .filter(|(host, m)| m.status().last_heartbeat == beats[host])
+                .take(5)
+            {
+                eprintln!("fleet: {host}: {:?}", m.status());
+            }
             break;
         }
         if let Ok(Some(Ok(Event::Leave(_)))) =
