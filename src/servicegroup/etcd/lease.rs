@@ -11,10 +11,12 @@
 //! the old one and must be claimed again.
 
 use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -22,6 +24,7 @@ use tokio::time::Instant;
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::follow::restarted;
 
 /// How often a lease is kept alive: every `report_interval`, but at most
 /// 2.5 times per TTL. etcd's own client renews at a third of the TTL; at
@@ -117,7 +120,7 @@ impl SharedLease {
             state,
             gone,
             interval_ms,
-            task: tokio::spawn(keeper.run()),
+            task: tokio::spawn(keeper.supervise()),
         });
         map.insert(ttl, Arc::downgrade(&shared));
         LeaseUse {
@@ -157,6 +160,29 @@ impl SharedLease {
             Err(elapsed) => Err(Error::unavailable(
                 format!(
                     "no lease granted by etcd at {} within {:?}",
+                    self.inner.endpoints, self.inner.timeout
+                ),
+                elapsed,
+            )),
+        }
+    }
+
+    /// The lease that replaced `old`, once granted (within the request
+    /// timeout).
+    pub(super) async fn replaced(&self, old: i64) -> Result<i64> {
+        let mut state = self.subscribe();
+        let granted = async {
+            state
+                .wait_for(|s| s.id != 0 && s.id != old)
+                .await
+                .map(|s| s.id)
+        };
+        match tokio::time::timeout(self.inner.timeout, granted).await {
+            Ok(Ok(id)) => Ok(id),
+            Ok(Err(_)) => Err(Error::registry_msg("the lease keeper stopped")),
+            Err(elapsed) => Err(Error::unavailable(
+                format!(
+                    "no new lease granted by etcd at {} within {:?}",
                     self.inner.endpoints, self.inner.timeout
                 ),
                 elapsed,
@@ -248,7 +274,20 @@ impl Keeper {
         Duration::from_secs(u64::try_from(self.ttl).unwrap_or(1))
     }
 
-    async fn run(mut self) {
+    /// Keeps a lease forever; a panic is logged, counted, and followed by a
+    /// new lease (its users claim their keys again), never by users left
+    /// waiting on a keeper that is gone.
+    async fn supervise(mut self) {
+        loop {
+            if AssertUnwindSafe(self.run()).catch_unwind().await.is_ok() {
+                return;
+            }
+            restarted("lease keeper", &"the lease keeper panicked");
+            self.state.send_modify(|s| s.id = 0);
+        }
+    }
+
+    async fn run(&mut self) {
         let mut backoff = Backoff::new(self.inner.backoff_max);
         let mut lease = 0;
         loop {

@@ -18,18 +18,27 @@ impl Session {
     /// revision of the claim. `previous` is our own earlier lease, which may
     /// still hold the key (after an etcd restart, say).
     pub(super) async fn register(&self, previous: Option<i64>) -> Result<i64> {
-        let lease = self.shared.current().await?;
-        match self.claim(lease, previous).await {
-            Ok(revision) => {
-                self.lease.store(lease, Ordering::SeqCst);
-                Ok(revision)
-            }
-            Err(e) => {
-                // etcd refuses a key for a lease it no longer knows.
-                if etcd_code(&e) == Some(tonic::Code::NotFound) {
-                    self.shared.gone(lease);
+        let mut lease = self.shared.current().await?;
+        let mut again = true;
+        loop {
+            match self.claim(lease, previous).await {
+                Ok(revision) => {
+                    self.lease.store(lease, Ordering::SeqCst);
+                    return Ok(revision);
                 }
-                Err(e)
+                // etcd refuses a key for a lease it no longer knows: one
+                // that expired before the claim (a start slowed by a
+                // loaded etcd), or was revoked by hand. Once more, on the
+                // lease the keeper grants instead.
+                Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => {
+                    self.shared.gone(lease);
+                    if !again {
+                        return Err(e);
+                    }
+                    again = false;
+                    lease = self.shared.replaced(lease).await?;
+                }
+                Err(e) => return Err(e),
             }
         }
     }
