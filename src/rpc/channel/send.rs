@@ -37,9 +37,9 @@ impl RpcChannel {
         let result = match tower::ServiceExt::ready(&mut channel).await {
             Ok(ready) => match tower::Service::call(ready, request).await {
                 // Refused before its handler ran: another node may take it,
-                // and this one counts as loaded until it answers again.
+                // and this one counts as busy for a moment.
                 Ok(response) if response.headers().contains_key(REFUSED) => {
-                    node.abandoned.fetch_add(1, Ordering::Relaxed);
+                    node.health.refused();
                     return Err(Sent::No(Box::new(
                         Status::from_header_map(response.headers()).unwrap_or_else(|| {
                             Status::unavailable(format!("{} refused the call", node.host()))
@@ -178,7 +178,7 @@ impl RpcChannel {
             return Err(Box::new(unavailable(&self.settings.target)));
         }
         let (parts, body) = request.into_parts();
-        let response = match body::peek(body).map_err(|status| -> BoxError { Box::new(status) })? {
+        let sent = match body::peek(body).map_err(|status| -> BoxError { Box::new(status) })? {
             Payload::Whole(data) => match self.hedge_delay() {
                 Some(delay) => self.send_hedged(parts, data, nodes, deadline, delay).await,
                 None => self.send_whole(parts, data, nodes, deadline).await,
@@ -187,8 +187,16 @@ impl RpcChannel {
                 let request = http::Request::from_parts(parts, body);
                 self.send_stream(request, nodes).await
             }
-        }?;
-        self.settings.throttle.accepted();
+        };
+        // A call its deadline ended was taken by a node, only slowly.
+        let taken = match &sent {
+            Ok(_) => true,
+            Err(e) => e
+                .downcast_ref::<Status>()
+                .is_some_and(|s| s.code() == Code::DeadlineExceeded),
+        };
+        self.settings.throttle.ended(taken);
+        let response = sent?;
         // The server ends a call at the same deadline, as `Cancelled`; when
         // its answer comes before this side's timer, it is still this
         // call's deadline that ended it.

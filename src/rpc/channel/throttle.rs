@@ -1,10 +1,13 @@
 //! Client-side adaptive throttling (Google SRE book, "Handling Overload"):
 //! when a topic's nodes refuse most calls, the client fails calls locally
-//! with probability max(0, (requests − K·accepts) / (requests + 1)), K = 2,
+//! with probability max(0, (requests − 10 − K·accepts) / (requests + 1)),
+//! K = 2,
 //! so a refusing fleet is not hammered by calls it will refuse anyway.
 //!
-//! Requests count every call (those failed locally included); accepts, the
-//! calls a node took (any answer but a refusal). Both are halved every
+//! Requests count every call once it ended (those failed locally
+//! included), so that calls still in flight, as at a busy start, never
+//! look refused; accepts, the calls a node took (any answer but a
+//! refusal; a call its deadline ended was taken). Both are halved every
 //! [`WINDOW`], so the client follows the fleet's recovery: as soon as
 //! calls get through again, accepts catch up and the probability falls to
 //! zero.
@@ -17,6 +20,9 @@ use rand::Rng;
 
 /// How many requests per accept a topic may see before throttling starts.
 const K: f64 = 2.0;
+/// Refused requests that never throttle: a few failures of a quiet client
+/// say little (go-zero's breaker keeps 5).
+const PROTECTION: f64 = 10.0;
 /// Counts older than this weigh half.
 const WINDOW: Duration = Duration::from_secs(10);
 
@@ -55,26 +61,31 @@ impl Throttle {
         }
     }
 
-    /// Counts a call; `false` when it is to fail locally.
+    /// Whether a call may be sent; `false` (counted as a request) when it
+    /// is to fail locally.
     pub(crate) fn admit(&self) -> bool {
         self.admit_at(now_ms())
     }
 
     fn admit_at(&self, now: u64) -> bool {
         self.decay(now);
-        let requests = self.requests.fetch_add(1, Ordering::Relaxed) as f64;
+        let requests = self.requests.load(Ordering::Relaxed) as f64;
         let accepts = self.accepts.load(Ordering::Relaxed) as f64;
-        let reject = (requests - K * accepts) / (requests + 1.0);
+        let reject = (requests - PROTECTION - K * accepts) / (requests + 1.0);
         if reject <= 0.0 || rand::rng().random::<f64>() >= reject {
             return true;
         }
+        self.requests.fetch_add(1, Ordering::Relaxed);
         self.throttled.fetch_add(1, Ordering::Relaxed);
         false
     }
 
-    /// A node took a call.
-    pub(crate) fn accepted(&self) {
-        self.accepts.fetch_add(1, Ordering::Relaxed);
+    /// A call sent ended: a node took it, or none did.
+    pub(crate) fn ended(&self, accepted: bool) {
+        self.requests.fetch_add(1, Ordering::Relaxed);
+        if accepted {
+            self.accepts.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     /// Calls failed locally so far.
@@ -89,14 +100,26 @@ mod tests {
 
     #[test]
     fn a_refusing_topic_is_throttled_and_an_answering_one_never() {
+        // A busy start: 64 calls in flight before any answer.
         let answering = Throttle::default();
-        for _ in 0..1000 {
+        for _ in 0..64 {
             assert!(answering.admit());
-            answering.accepted();
+        }
+        for _ in 0..1000 {
+            answering.ended(true);
+            assert!(answering.admit());
         }
         // Every call refused: after the first few, most fail locally.
         let refusing = Throttle::default();
-        let admitted = (0..1000).filter(|_| refusing.admit_at(0)).count();
+        let admitted = (0..1000)
+            .filter(|_| {
+                let sent = refusing.admit_at(0);
+                if sent {
+                    refusing.ended(false);
+                }
+                sent
+            })
+            .count();
         assert!(
             admitted < 100,
             "{admitted} of 1000 sent to a refusing topic"
@@ -109,7 +132,7 @@ mod tests {
             now += 1000;
             for _ in 0..100 {
                 if refusing.admit_at(now) {
-                    refusing.accepted();
+                    refusing.ended(true);
                 }
             }
         }

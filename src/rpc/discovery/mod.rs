@@ -40,9 +40,8 @@ pub(crate) struct Node {
     options: Arc<ConnectOptions>,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
-    /// Hedged calls given up on this node, and calls it refused, since it
-    /// last answered: a stalled or full node keeps looking loaded after its
-    /// calls were cancelled or refused.
+    /// Hedged calls given up on this node since it last answered: a
+    /// stalled node keeps looking loaded after its calls were cancelled.
     pub(crate) abandoned: Arc<AtomicUsize>,
     /// Whether a call took the connection since the last idle sweep.
     used: Arc<AtomicBool>,
@@ -91,8 +90,15 @@ impl Node {
         }
     }
 
+    /// Calls in flight and given up; a node that refused a call a moment
+    /// ago counts as full.
     pub(crate) fn load(&self) -> usize {
-        self.pending.load(Ordering::Relaxed) + self.abandoned.load(Ordering::Relaxed)
+        let load = self.pending.load(Ordering::Relaxed) + self.abandoned.load(Ordering::Relaxed);
+        if self.health.recently_refused() {
+            load + REFUSED_LOAD
+        } else {
+            load
+        }
     }
 
     fn matches(&self, target: &Target) -> bool {
@@ -105,6 +111,9 @@ impl Node {
                 .is_none_or(|s| r.services.contains(s))
     }
 }
+
+/// What a node that just refused a call weighs in power of two choices.
+const REFUSED_LOAD: usize = 1_000;
 
 /// Routable nodes (up, enabled, with a gRPC endpoint), by topic.
 #[derive(Default)]

@@ -33,6 +33,8 @@ pub(crate) const MIN_RATIO: f64 = 0.2;
 pub(crate) const PEER_FACTOR: f64 = 3.0;
 /// The window over which ratios are counted.
 const WINDOW: Duration = Duration::from_secs(10);
+/// How long a node that refused a call counts as full.
+const REFUSED_FOR: Duration = Duration::from_millis(100);
 /// The longest ejection, in base times.
 const MAX_MULTIPLIER: u32 = 10;
 
@@ -65,6 +67,8 @@ pub(crate) struct Health {
     window_start_ms: AtomicU64,
     /// 0 when not ejected.
     ejected_until_ms: AtomicU64,
+    /// When the node last refused a call (0: never).
+    refused_at_ms: AtomicU64,
     ejections: AtomicU32,
 }
 
@@ -112,6 +116,20 @@ impl Health {
         let calls = self.calls.load(Ordering::Relaxed);
         (calls >= MIN_VOLUME)
             .then(|| f64::from(self.failures.load(Ordering::Relaxed)) / f64::from(calls))
+    }
+
+    /// The node refused a call before its handler ran: for
+    /// [`REFUSED_FOR`], balancers send elsewhere. Not a failure: a full
+    /// node sheds load, and ejecting it would shrink capacity under load.
+    pub(crate) fn refused(&self) {
+        self.refused_at_ms.store(now_ms().max(1), Ordering::Relaxed);
+    }
+
+    /// Whether the node refused a call within [`REFUSED_FOR`].
+    pub(crate) fn recently_refused(&self) -> bool {
+        let at = self.refused_at_ms.load(Ordering::Relaxed);
+        let window = u64::try_from(REFUSED_FOR.as_millis()).unwrap_or(u64::MAX);
+        at != 0 && now_ms().saturating_sub(at) < window
     }
 
     /// A call answered.

@@ -391,15 +391,19 @@ impl Keeper {
         };
         let broke =
             |what: &str, e: etcd_client::Error| Stopped::Broken(Error::unavailable(what, e));
-        let mut next = Instant::now() + self.interval();
+        // Silence counts from the later of the last proof and this stream's
+        // opening: a stream opened after an outage gets a whole TTL for its
+        // first answer, which a loaded cluster may be slow to give.
+        let opened = Instant::now();
+        let mut next = opened + self.interval();
         loop {
             tokio::select! {
                 () = tokio::time::sleep_until(next) => {
                     next = Instant::now() + self.interval();
-                    let proven_at = self.state.borrow().proven_at;
-                    if proven_at.elapsed() >= self.ttl() {
+                    let heard = self.state.borrow().proven_at.max(opened);
+                    if heard.elapsed() >= self.ttl() {
                         return Stopped::Broken(Error::Unavailable {
-                            what: format!("no keep-alive answer for {:?}", proven_at.elapsed()),
+                            what: format!("no keep-alive answer for {:?}", heard.elapsed()),
                             source: None,
                         });
                     }
