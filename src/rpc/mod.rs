@@ -21,6 +21,7 @@
 //! ```
 
 mod channel;
+mod clock;
 mod discovery;
 mod target;
 

@@ -5,9 +5,8 @@
 //! calls in `s` seconds: at most `10 + n / 10 + 10 s` extra attempts, so
 //! a failing topic never meets a retry storm.
 
+use crate::rpc::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
-use std::sync::LazyLock;
-use std::time::Instant;
 
 /// One token, in thousandths.
 const TOKEN: u32 = 1000;
@@ -18,11 +17,6 @@ const EARNED_PER_MS: u32 = 10 * TOKEN / 1000;
 /// The bucket holds at most this: a burst of failures may use ten extra
 /// attempts at once.
 const MAX_TOKENS: u32 = 10 * TOKEN;
-
-fn now_ms() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
 
 pub(crate) struct RetryBudget {
     milli_tokens: AtomicU32,
@@ -93,6 +87,8 @@ impl RetryBudget {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]

@@ -12,9 +12,9 @@
 //! calls get through again, accepts catch up and the probability falls to
 //! zero.
 
+use crate::rpc::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rand::Rng;
 
@@ -25,11 +25,6 @@ const K: f64 = 2.0;
 const PROTECTION: f64 = 10.0;
 /// Counts older than this weigh half.
 const WINDOW: Duration = Duration::from_secs(10);
-
-fn now_ms() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
 
 /// One topic's requests and accepts, shared by a client's channels to it.
 #[derive(Default)]

@@ -15,9 +15,10 @@
 //! DEADLINE_EXCEEDED. Application answers (NOT_FOUND, INVALID_ARGUMENT, …)
 //! are answers.
 
+use crate::rpc::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, LazyLock};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use tonic::Code;
 
@@ -41,13 +42,6 @@ const MAX_MULTIPLIER: u32 = 10;
 /// Nodes ejected now, over the process: while none is, picks skip the
 /// check.
 static EJECTED: AtomicUsize = AtomicUsize::new(0);
-
-/// Milliseconds since the process's first look at the clock: a node's
-/// times fit in atomics.
-fn now_ms() -> u64 {
-    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
-    u64::try_from(START.elapsed().as_millis()).unwrap_or(u64::MAX)
-}
 
 /// Whether a gRPC status says the node, not the request, is at fault.
 pub(crate) fn is_failure(code: Code) -> bool {

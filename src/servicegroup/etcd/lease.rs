@@ -152,24 +152,17 @@ impl SharedLease {
 
     /// The lease now held, waiting for a grant within the request timeout.
     pub(super) async fn current(&self) -> Result<i64> {
-        let mut state = self.subscribe();
-        let granted = async { state.wait_for(|s| s.id != 0).await.map(|s| s.id) };
-        match tokio::time::timeout(self.inner.timeout, granted).await {
-            Ok(Ok(id)) => Ok(id),
-            Ok(Err(_)) => Err(Error::registry_msg("the lease keeper stopped")),
-            Err(elapsed) => Err(Error::unavailable(
-                format!(
-                    "no lease granted by etcd at {} within {:?}",
-                    self.inner.endpoints, self.inner.timeout
-                ),
-                elapsed,
-            )),
-        }
+        self.granted(0).await
     }
 
     /// The lease that replaced `old`, once granted (within the request
     /// timeout).
     pub(super) async fn replaced(&self, old: i64) -> Result<i64> {
+        self.granted(old).await
+    }
+
+    /// The first lease held other than `old` (0: any).
+    async fn granted(&self, old: i64) -> Result<i64> {
         let mut state = self.subscribe();
         let granted = async {
             state
@@ -182,7 +175,7 @@ impl SharedLease {
             Ok(Err(_)) => Err(Error::registry_msg("the lease keeper stopped")),
             Err(elapsed) => Err(Error::unavailable(
                 format!(
-                    "no new lease granted by etcd at {} within {:?}",
+                    "no lease granted by etcd at {} within {:?}",
                     self.inner.endpoints, self.inner.timeout
                 ),
                 elapsed,
