@@ -148,5 +148,4 @@ async fn local_throttling_engages_when_every_node_refuses() {
         "only {} of 300 calls failed locally: {stats:?}",
         stats.throttled
     );
-    assert!(errors.iter().any(|e| e.message().contains("throttled")));
 }
