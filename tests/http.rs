@@ -607,6 +607,14 @@ async fn a_node_whose_log_pipe_nobody_reads_keeps_serving_and_counts_the_dropped
     // Many lines per request: the pipe's 64 KiB and the writer's queue fill
     // within the first few hundred requests.
     args.extend_from_slice(&["--http-listen", "127.0.0.1:0", "--log-level", "trace"]);
+    /// Kills the node however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
     let mut api = std::process::Command::new(support::node::example_bin("api_node"))
         .args(&args)
         .env("SVCKIT_READY_FILE", &ready)
@@ -617,6 +625,7 @@ async fn a_node_whose_log_pipe_nobody_reads_keeps_serving_and_counts_the_dropped
         .expect("start api_node");
     // Held open and never read.
     let _unread = (api.stdout.take(), api.stderr.take());
+    let _api = Killed(api);
     support::poll_until(WAIT, "api_node's ready file", || ready.exists());
     let text = std::fs::read_to_string(&ready).unwrap();
     let ready: serde_json::Value = serde_json::from_str(&text).unwrap();
@@ -648,6 +657,4 @@ async fn a_node_whose_log_pipe_nobody_reads_keeps_serving_and_counts_the_dropped
         .and_then(|v| v.trim().parse().ok())
         .unwrap_or_else(|| panic!("no dropped-lines counter in {metrics}"));
     assert!(dropped > 0, "no line dropped with nobody reading");
-    let _ = api.kill();
-    let _ = api.wait();
 }
