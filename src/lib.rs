@@ -68,6 +68,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod clock;
 pub mod config;
 pub mod dashboard;
 pub mod error;

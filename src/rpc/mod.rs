@@ -21,7 +21,6 @@
 //! ```
 
 mod channel;
-mod clock;
 mod discovery;
 mod target;
 

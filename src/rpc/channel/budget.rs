@@ -5,7 +5,7 @@
 //! calls in `s` seconds: at most `10 + n / 10 + 10 s` extra attempts, so
 //! a failing topic never meets a retry storm.
 
-use crate::rpc::clock::now_ms;
+use crate::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 /// One token, in thousandths.

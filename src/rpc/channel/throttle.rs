@@ -12,7 +12,7 @@
 //! calls get through again, accepts catch up and the probability falls to
 //! zero.
 
-use crate::rpc::clock::now_ms;
+use crate::clock::now_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 

@@ -15,7 +15,7 @@
 //! DEADLINE_EXCEEDED. Application answers (NOT_FOUND, INVALID_ARGUMENT, …)
 //! are answers.
 
-use crate::rpc::clock::now_ms;
+use crate::clock::now_ms;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
