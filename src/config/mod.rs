@@ -21,7 +21,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::args::{exit_on_usage_error, parse_args, CommonArgs};
-pub use self::value::{HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers};
+pub use self::value::{AdmissionMode, HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers};
 
 use self::load::check_range;
 use crate::error::{Error, Result};
@@ -258,6 +258,8 @@ options! {
         range = "0s" ..= "1h";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
+    /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the CPUs are at least 80% busy, no more in flight than the node's best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.
+    rpc_admission: AdmissionMode = AdmissionMode::Adaptive, mutable = false, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.
     rpc_pool_size: usize = 1000, mutable = false, secret = false, range = "1" ..= "100000";
     /// How long a gRPC call waits for a free slot of rpc_pool_size before it is refused (svckit clients then try another node).

@@ -173,6 +173,32 @@ impl OptionValue for RestartMethod {
     }
 }
 
+/// How a node admits gRPC calls and HTTP requests (`rpc_admission`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdmissionMode {
+    /// While the CPUs are busy, no more in flight than the node's best
+    /// throughput times its lowest latency; under the pools' ceilings.
+    Adaptive,
+    /// The pools alone (`rpc_pool_size`, `http_pool_size`).
+    Static,
+}
+
+impl OptionValue for AdmissionMode {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "adaptive" => Ok(Self::Adaptive),
+            "static" => Ok(Self::Static),
+            other => Err(format!("expected adaptive or static, got {other:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        match self {
+            Self::Adaptive => "adaptive".into(),
+            Self::Static => "static".into(),
+        }
+    }
+}
+
 /// A `tracing` filter (`info`, `svckit=debug,warn`), checked when set.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LogFilter(pub String);

@@ -1,6 +1,7 @@
 //! The request limits nova puts on its WSGI server, as tower layers: the
 //! request line and header lines ([`LineLimitLayer`]: 414, 431) and the
-//! requests served at once ([`HttpPoolLayer`]: wait, then 503).
+//! requests served at once ([`HttpPoolLayer`]: the adaptive limit, then
+//! the pool's wait; 503 with `Retry-After` either way).
 
 use std::future::{ready, Ready};
 use std::task::{Context, Poll};
@@ -11,7 +12,9 @@ use futures::future::{BoxFuture, Either};
 use http::StatusCode;
 use tower::{Layer, Service};
 
-use crate::admission::Slots;
+use std::sync::Arc;
+
+use crate::admission::{Limiter, Slots};
 
 /// Refuses a request target longer than `max_url_len` (414) and a header
 /// line longer than `max_header_line` (431), before any handler runs.
@@ -78,21 +81,34 @@ where
     }
 }
 
-/// At most `size` requests in their handlers at once; a request waits up to
-/// `wait` for a slot, then gets 503 (eventlet's green pool, with a bound on
-/// the wait so that an overload sheds instead of queueing forever).
+/// A request past the adaptive limit (`rpc_admission = adaptive`, see
+/// [`crate::admission::adaptive`]) gets 503 at once. Then at most `size`
+/// requests are in their handlers at once; a request waits up to `wait`
+/// for a slot, then gets 503 (eventlet's green pool, with a bound on the
+/// wait so that an overload sheds instead of queueing forever).
 #[derive(Debug, Clone)]
 pub struct HttpPoolLayer {
+    limiter: Arc<Limiter>,
     slots: Slots,
 }
 
 impl HttpPoolLayer {
-    /// A pool of `size` slots.
-    pub fn new(size: usize, wait: Duration) -> Self {
+    /// `limiter`, then a pool of `size` slots.
+    pub(crate) fn new(limiter: Arc<Limiter>, size: usize, wait: Duration) -> Self {
         HttpPoolLayer {
+            limiter,
             slots: Slots::new(size, wait),
         }
     }
+}
+
+/// 503 with `Retry-After: 1`: nothing of the request ran.
+fn unavailable() -> Response {
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(http::header::RETRY_AFTER, "1")],
+    )
+        .into_response()
 }
 
 impl<S> Layer<S> for HttpPoolLayer {
@@ -130,20 +146,26 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let Some(mut pass) = self.pool.limiter.admit() else {
+            return Box::pin(ready(Ok(unavailable())));
+        };
         let slots = self.pool.slots.clone();
+        let limiter = self.pool.limiter.clone();
         // The clone that was not driven to readiness; take the ready one.
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
             let Some(permit) = slots.take().await else {
+                limiter.refused_by_pool();
                 tracing::warn!("http_pool_size reached; answering 503");
-                return Ok(StatusCode::SERVICE_UNAVAILABLE.into_response());
+                return Ok(unavailable());
             };
+            pass.begin();
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?
                 .call(request)
                 .await;
-            drop(permit);
+            drop((permit, pass));
             response
         })
     }

@@ -44,8 +44,8 @@ use tower_http::limit::RequestBodyLimitLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::{DefaultOnResponse, TraceLayer};
 
-use crate::admission::{pause_after_accept_error, Admission};
-use crate::config::Config;
+use crate::admission::{pause_after_accept_error, Admission, Limiter};
+use crate::config::{AdmissionMode, Config};
 use crate::error::{BoxError, Result};
 use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
@@ -62,6 +62,8 @@ pub struct HttpOptions {
     pub pool_size: usize,
     /// How long a request waits for a slot before a 503 (`http_pool_wait`).
     pub pool_wait: Duration,
+    /// Whether the adaptive limit applies under the pool (`rpc_admission`).
+    pub admission: AdmissionMode,
     /// Bound on one request (`http_request_timeout`).
     pub request_timeout: Duration,
     /// Connections open at once (`http_max_connections`).
@@ -88,6 +90,7 @@ impl HttpOptions {
         HttpOptions {
             pool_size: config.http_pool_size,
             pool_wait: config.http_pool_wait,
+            admission: config.rpc_admission,
             request_timeout: config.http_request_timeout,
             max_connections: config.http_max_connections,
             max_url_len: config.max_url_len,
@@ -117,7 +120,15 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
     } else {
         routes.route_layer(
             ServiceBuilder::new()
-                .layer(HttpPoolLayer::new(options.pool_size, options.pool_wait))
+                .layer(HttpPoolLayer::new(
+                    Limiter::new(
+                        options.admission == AdmissionMode::Adaptive,
+                        options.pool_size,
+                        metrics.admission("http"),
+                    ),
+                    options.pool_size,
+                    options.pool_wait,
+                ))
                 .map_response(IntoResponse::into_response)
                 .layer(RequestBodyLimitLayer::new(options.max_request_body))
                 .layer(TimeoutLayer::with_status_code(
@@ -220,6 +231,7 @@ impl HttpServer {
                 .keep_alive_timeout(Duration::from_secs(10));
         }
         let slots = Admission::new(options.max_connections);
+        let context = TraceContextLayer::http(options.request_timeout);
         let lines = LineLimitLayer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,
@@ -287,7 +299,7 @@ impl HttpServer {
                                 .make_span_with(trace::http_span::<Incoming>)
                                 .on_response(DefaultOnResponse::new().level(tracing::Level::INFO)),
                         )
-                        .layer(TraceContextLayer)
+                        .layer(context)
                         .layer(lines)
                         .service(router);
                     let io = TokioIo::new(io);

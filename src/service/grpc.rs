@@ -24,6 +24,7 @@ use tower_http::trace::TraceLayer;
 use super::conn::Connections;
 use super::limits::MessageLimitLayer;
 use super::pool::RpcPoolLayer;
+use crate::admission::Limiter;
 use crate::error::{Error, Result};
 use crate::http::{HttpOptions, HttpServer};
 use crate::telemetry::metrics::Metrics;
@@ -62,6 +63,16 @@ pub(crate) struct Limits {
     pub(crate) pool_size: usize,
     /// How long a call waits for a slot before it is refused.
     pub(crate) pool_wait: Duration,
+    /// Whether the adaptive limit applies under the pool (`rpc_admission`).
+    pub(crate) adaptive: bool,
+}
+
+impl Limits {
+    /// The limit and pool every call passes, counted in `metrics`.
+    fn pool(&self, metrics: &Metrics) -> RpcPoolLayer {
+        let limiter = Limiter::new(self.adaptive, self.pool_size, metrics.admission("grpc"));
+        RpcPoolLayer::new(limiter, self.pool_size, self.pool_wait)
+    }
 }
 
 /// The HTTP side when it shares the gRPC port (`http_shared_port`).
@@ -127,11 +138,12 @@ impl GrpcServer {
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r)),
+                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
+                    .on_failure(trace::grpc_failure),
             )
-            .layer(TraceContextLayer)
+            .layer(TraceContextLayer::default())
             .layer(metrics.grpc_layer())
-            .layer(RpcPoolLayer::new(limits.pool_size, limits.pool_wait))
+            .layer(limits.pool(metrics))
             .layer(MessageLimitLayer {
                 max: limits.max_message_size,
             })
@@ -173,11 +185,12 @@ impl GrpcServer {
             .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
             .layer(
                 TraceLayer::new_for_grpc()
-                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r)),
+                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
+                    .on_failure(trace::grpc_failure),
             )
-            .layer(TraceContextLayer)
+            .layer(TraceContextLayer::default())
             .layer(metrics.grpc_layer())
-            .layer(RpcPoolLayer::new(limits.pool_size, limits.pool_wait))
+            .layer(limits.pool(metrics))
             .layer(MessageLimitLayer {
                 max: limits.max_message_size,
             })

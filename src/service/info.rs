@@ -244,6 +244,7 @@ impl NodeInfo {
                 "uptime_secs": uptime.as_secs_f64(),
                 "log_lines_dropped": crate::telemetry::sink::dropped_lines(),
             },
+            "admission": self.metrics.admission_report(),
             "registration": self.registration(),
             "members": self.members_seen().await,
             "periodic_tasks": self.periodic().map(|t| t.status()).unwrap_or_default(),

@@ -16,7 +16,7 @@ use super::builder::NodeBuilder;
 use super::grpc::{self, GrpcServer};
 use super::info::{NodeInfo, NodeState};
 use super::{Advertised, Service, StartContext};
-use crate::config::Config;
+use crate::config::{AdmissionMode, Config};
 use crate::dashboard::{Dashboard, DashboardOptions, NODE_PATH as DASHBOARD_PATH};
 use crate::error::{BoxError, Error, Result};
 use crate::http::{self, HttpOptions, HttpServer};
@@ -182,6 +182,7 @@ impl<M: Manager> Node<M> {
             max_message_size: config.max_message_size,
             pool_size: config.rpc_pool_size,
             pool_wait: config.rpc_pool_wait,
+            adaptive: config.rpc_admission == AdmissionMode::Adaptive,
         };
         let registry = self.node.registry_handle();
         let mut dashboard = None;

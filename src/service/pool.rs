@@ -1,16 +1,20 @@
-//! The gRPC calls a node serves at once (`rpc_pool_size`), the analog of
-//! oslo.messaging's `executor_thread_pool_size`.
+//! The gRPC calls a node serves at once: the adaptive limit
+//! (`rpc_admission`, see [`crate::admission::adaptive`]) under the pool's
+//! ceiling (`rpc_pool_size`, the analog of oslo.messaging's
+//! `executor_thread_pool_size`).
 //!
-//! A call over the limit waits up to `rpc_pool_wait` for a slot. Past that
-//! it is refused before its handler runs, as UNAVAILABLE with the
-//! refusal marker (`svckit-refused`): svckit's clients know then that nothing ran and send
+//! A call past the adaptive limit is refused at once. A call over the pool
+//! waits up to `rpc_pool_wait` for a slot, then is refused. Either way it is
+//! refused before its handler runs, as UNAVAILABLE with the refusal marker
+//! (`svckit-refused`): svckit's clients know then that nothing ran and send
 //! the call to another node of the topic, idempotent or not; other clients
 //! see a plain UNAVAILABLE, which gRPC clients retry. A slot is held until
 //! the response body ends, so a stream counts for as long as it runs.
-//! Health checks and reflection skip the pool: an overloaded node must
-//! still answer its probes.
+//! Health checks and reflection skip both: an overloaded node must still
+//! answer its probes.
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -22,7 +26,7 @@ use http_body_util::{Either, Empty};
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
-use crate::admission::Slots;
+use crate::admission::{Limiter, Slots};
 use crate::error::BoxError;
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
@@ -32,13 +36,15 @@ const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
 /// At most `size` calls at once; see the module docs.
 #[derive(Debug, Clone)]
 pub(crate) struct RpcPoolLayer {
+    limiter: Arc<Limiter>,
     slots: Slots,
 }
 
 impl RpcPoolLayer {
-    /// A pool of `size` slots, waited for up to `wait`.
-    pub(crate) fn new(size: usize, wait: Duration) -> Self {
+    /// `limiter`, then a pool of `size` slots waited for up to `wait`.
+    pub(crate) fn new(limiter: Arc<Limiter>, size: usize, wait: Duration) -> Self {
         RpcPoolLayer {
+            limiter,
             slots: Slots::new(size, wait),
         }
     }
@@ -98,14 +104,22 @@ where
             });
         }
         let slots = self.pool.slots.clone();
+        let Some(mut pass) = self.pool.limiter.admit() else {
+            return Box::pin(std::future::ready(Ok(refused(Refusal::Limit))));
+        };
+        let limiter = self.pool.limiter.clone();
         Box::pin(async move {
             let Some(permit) = slots.take().await else {
-                return Ok(refused());
+                limiter.refused_by_pool();
+                return Ok(refused(Refusal::Pool));
             };
+            pass.begin();
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?
                 .call(request)
                 .await?;
+            // The handler answered: its place under the limit is free.
+            drop(pass);
             Ok(response.map(|body| Held {
                 body: Either::Left(body),
                 permit: Some(permit),
@@ -114,9 +128,26 @@ where
     }
 }
 
+/// Why a call was refused.
+#[derive(Debug, Clone, Copy)]
+enum Refusal {
+    /// The adaptive limit.
+    Limit,
+    /// No pool slot within the wait.
+    Pool,
+}
+
 /// A trailers-only UNAVAILABLE answer marked as refused.
-fn refused<RB>() -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
-    tracing::warn!("rpc_pool_size reached; refusing a call");
+fn refused<RB>(why: Refusal) -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
+    let (marker, message) = match why {
+        // Counted in the metrics; one line per refusal would flood the log
+        // of a node shedding thousands a second.
+        Refusal::Limit => ("limit", "over%20the%20adaptive%20limit"),
+        Refusal::Pool => {
+            tracing::warn!("rpc_pool_size reached; refusing a call");
+            ("pool", "rpc_pool_size%20reached")
+        }
+    };
     let mut response = http::Response::new(Held {
         body: Either::Right(Empty::new()),
         permit: None,
@@ -127,11 +158,8 @@ fn refused<RB>() -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
         HeaderValue::from_static("application/grpc"),
     );
     headers.insert(GRPC_STATUS, UNAVAILABLE.clone());
-    headers.insert(
-        GRPC_MESSAGE,
-        HeaderValue::from_static("rpc_pool_size%20reached"),
-    );
-    headers.insert(REFUSED, HeaderValue::from_static("pool"));
+    headers.insert(GRPC_MESSAGE, HeaderValue::from_static(message));
+    headers.insert(REFUSED, HeaderValue::from_static(marker));
     response
 }
 
@@ -184,7 +212,8 @@ mod tests {
         let echo = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("x"))))
         });
-        RpcPoolLayer::new(size, Duration::ZERO).layer(echo)
+        let limiter = Limiter::new(false, size, Default::default());
+        RpcPoolLayer::new(limiter, size, Duration::ZERO).layer(echo)
     }
 
     fn call(path: &str) -> http::Request<()> {

@@ -1,12 +1,16 @@
-//! W3C trace context across hops: the `traceparent` of an incoming request
-//! (HTTP or gRPC) is in the request's log span, and the RPC calls made
-//! while serving it carry it on to the next node.
+//! What travels across hops with a request: its W3C trace context and its
+//! deadline. The `traceparent` of an incoming request (HTTP or gRPC) is in
+//! the request's log span, and the RPC calls made while serving it carry it
+//! on to the next node. They also carry what is left of its deadline: the
+//! incoming call's `grpc-timeout`, or for an HTTP request
+//! `http_request_timeout` from its arrival.
 //!
-//! The incoming value lives in a task-local for the handler's future
-//! ([`TraceContextLayer`]); [`crate::rpc::RpcChannel`] copies it into the
+//! Both live in a task-local for the handler's future
+//! ([`TraceContextLayer`]); [`crate::rpc::RpcChannel`] copies them into the
 //! metadata of each call it sends from there.
 
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use http::HeaderValue;
@@ -16,13 +20,28 @@ use tower::{Layer, Service};
 /// The header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
 
+use crate::wire::{parse_grpc_timeout, GRPC_TIMEOUT};
+
+/// What the request being served carries on to the calls it makes.
+#[derive(Debug, Clone)]
+pub struct Served {
+    traceparent: Option<HeaderValue>,
+    deadline: Option<Instant>,
+}
+
 tokio::task_local! {
-    static CURRENT: HeaderValue;
+    static CURRENT: Served;
 }
 
 /// The `traceparent` of the request being served by this task, if any.
 pub fn current() -> Option<HeaderValue> {
-    CURRENT.try_with(Clone::clone).ok()
+    CURRENT.try_with(|s| s.traceparent.clone()).ok().flatten()
+}
+
+/// When the request being served by this task must be answered, if it has
+/// a deadline.
+pub fn deadline() -> Option<Instant> {
+    CURRENT.try_with(|s| s.deadline).ok().flatten()
 }
 
 /// A well-formed `traceparent` header of `request`: version, 32-hex trace
@@ -67,6 +86,31 @@ pub fn grpc_span<B>(request: &http::Request<B>) -> tracing::Span {
     span
 }
 
+/// Logs a gRPC call that failed: a fault of the server (UNKNOWN, INTERNAL,
+/// DATA_LOSS) or of the connection at ERROR, other codes at DEBUG. Those
+/// are answers (NOT_FOUND, INVALID_ARGUMENT, ...) or refusals (UNAVAILABLE,
+/// RESOURCE_EXHAUSTED) that a node shedding load makes by the thousand,
+/// and counts in `/metrics`, where a line each would cost it what it sheds.
+pub(crate) fn grpc_failure(
+    class: tower_http::classify::GrpcFailureClass,
+    latency: Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::GrpcFailureClass;
+    let latency_ms = latency.as_millis();
+    match class {
+        GrpcFailureClass::Code(code) if matches!(code.get(), 2 | 13 | 15) => {
+            tracing::error!(code = code.get(), latency_ms, "call failed");
+        }
+        GrpcFailureClass::Code(code) => {
+            tracing::debug!(code = code.get(), latency_ms, "call failed");
+        }
+        GrpcFailureClass::Error(error) => {
+            tracing::error!(%error, latency_ms, "call failed");
+        }
+    }
+}
+
 fn record_traceparent<B>(span: &tracing::Span, request: &http::Request<B>) {
     if span.is_disabled() {
         return;
@@ -76,15 +120,31 @@ fn record_traceparent<B>(span: &tracing::Span, request: &http::Request<B>) {
     }
 }
 
-/// Serves each request with its `traceparent` as the task's current one.
+/// Serves each request with its `traceparent` and its deadline as the
+/// task's current ones. The deadline is the `grpc-timeout` of the request,
+/// or a fixed time from its arrival ([`TraceContextLayer::http`]).
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TraceContextLayer;
+pub struct TraceContextLayer {
+    request_timeout: Option<Duration>,
+}
+
+impl TraceContextLayer {
+    /// For HTTP: each request must be answered within `request_timeout`.
+    pub fn http(request_timeout: Duration) -> Self {
+        TraceContextLayer {
+            request_timeout: Some(request_timeout),
+        }
+    }
+}
 
 impl<S> Layer<S> for TraceContextLayer {
     type Service = TraceContext<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        TraceContext { inner }
+        TraceContext {
+            inner,
+            request_timeout: self.request_timeout,
+        }
     }
 }
 
@@ -92,6 +152,7 @@ impl<S> Layer<S> for TraceContextLayer {
 #[derive(Debug, Clone)]
 pub struct TraceContext<S> {
     inner: S,
+    request_timeout: Option<Duration>,
 }
 
 impl<S, B> Service<http::Request<B>> for TraceContext<S>
@@ -102,17 +163,27 @@ where
     type Response = S::Response;
     type Error = S::Error;
     // Not boxed: every request passes here.
-    type Future = Either<TaskLocalFuture<HeaderValue, S::Future>, S::Future>;
+    type Future = Either<TaskLocalFuture<Served, S::Future>, S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        match traceparent(&request).cloned() {
-            Some(value) => Either::Left(CURRENT.scope(value, self.inner.call(request))),
-            None => Either::Right(self.inner.call(request)),
+        let timeout = self.request_timeout.or_else(|| {
+            request
+                .headers()
+                .get(GRPC_TIMEOUT)
+                .and_then(parse_grpc_timeout)
+        });
+        let served = Served {
+            traceparent: traceparent(&request).cloned(),
+            deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+        };
+        if served.traceparent.is_none() && served.deadline.is_none() {
+            return Either::Right(self.inner.call(request));
         }
+        Either::Left(CURRENT.scope(served, self.inner.call(request)))
     }
 }
 
@@ -139,7 +210,39 @@ mod tests {
         assert!(current().is_none());
         let value =
             HeaderValue::from_static("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01");
-        let seen = CURRENT.scope(value.clone(), async { current() }).await;
+        let served = Served {
+            traceparent: Some(value.clone()),
+            deadline: None,
+        };
+        let seen = CURRENT.scope(served, async { current() }).await;
         assert_eq!(seen, Some(value));
+    }
+
+    #[tokio::test]
+    async fn a_grpc_timeout_or_the_http_request_timeout_is_the_deadline() {
+        use tower::ServiceExt;
+        let seen = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(deadline())
+        });
+        let call = |timeout: Option<&'static str>| {
+            let mut request = http::Request::builder();
+            if let Some(t) = timeout {
+                request = request.header(GRPC_TIMEOUT, t);
+            }
+            request.body(()).unwrap()
+        };
+        let before = Instant::now();
+        let grpc = TraceContextLayer::default().layer(seen);
+        let deadline = grpc.clone().oneshot(call(Some("2S"))).await.unwrap();
+        let left = deadline.expect("a deadline").duration_since(before);
+        assert!(
+            left <= Duration::from_secs(2) + Duration::from_millis(500)
+                && left >= Duration::from_secs(2)
+        );
+        assert_eq!(grpc.oneshot(call(None)).await.unwrap(), None);
+
+        let http = TraceContextLayer::http(Duration::from_secs(60)).layer(seen);
+        let deadline = http.oneshot(call(Some("2S"))).await.unwrap();
+        assert!(deadline.expect("a deadline").duration_since(before) >= Duration::from_secs(60));
     }
 }

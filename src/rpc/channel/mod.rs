@@ -33,6 +33,10 @@ use super::Target;
 use crate::error::BoxError;
 use crate::wire::{grpc_timeout_header, parse_grpc_timeout, GRPC_TIMEOUT};
 
+/// What a call made while serving a request leaves of that request's
+/// deadline for the answers to travel back: a tenth of it, at most this.
+const DEADLINE_MARGIN: Duration = Duration::from_millis(5);
+
 /// A load-balanced channel to the nodes of a [`Target`]; cheap to clone.
 ///
 /// Every gRPC call shape goes through it: a unary request is kept whole (a
@@ -208,6 +212,23 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
                 self.settings.timeout
             }
         };
+        // A call made while serving a request has at most what is left of
+        // that request's deadline, less a margin for the answer's way back;
+        // with nothing left it is not sent.
+        let mut timeout = timeout;
+        if let Some(deadline) = crate::telemetry::trace::deadline() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let left = left.saturating_sub((left / 10).min(DEADLINE_MARGIN));
+            if left.is_zero() {
+                return Box::pin(std::future::ready(Err(self.expired())));
+            }
+            if left < timeout {
+                timeout = left;
+                request
+                    .headers_mut()
+                    .insert(GRPC_TIMEOUT, grpc_timeout_header(left));
+            }
+        }
         // A call made while serving a traced request carries its context.
         if let Some(parent) = crate::telemetry::trace::current() {
             request

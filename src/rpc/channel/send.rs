@@ -96,6 +96,15 @@ impl RpcChannel {
         )))
     }
 
+    /// A call not sent: the request being served had no time left for it.
+    pub(super) fn expired(&self) -> BoxError {
+        self.settings.shared.expired.fetch_add(1, Ordering::Relaxed);
+        Box::new(Status::deadline_exceeded(format!(
+            "{}: not sent: the deadline of the request being served has passed",
+            self.settings.target
+        )))
+    }
+
     pub(super) fn not_delivered(&self, last_error: Option<BoxError>) -> BoxError {
         let peers = self.snapshot.borrow().peers(&self.settings.target.topic);
         let ejected = match outlier::ejected(&peers) {

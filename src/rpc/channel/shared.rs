@@ -20,6 +20,7 @@ pub(in crate::rpc) struct Shared {
     pub(super) retries: AtomicU64,
     pub(super) hedges: AtomicU64,
     pub(super) ejections: AtomicU64,
+    pub(super) expired: AtomicU64,
     /// An outlier's first ejection; 0 turns ejection off.
     pub(super) ejection: Duration,
     pub(super) budget: RetryBudget,
@@ -39,6 +40,7 @@ impl Shared {
             retries: AtomicU64::new(0),
             hedges: AtomicU64::new(0),
             ejections: AtomicU64::new(0),
+            expired: AtomicU64::new(0),
             ejection,
             budget: RetryBudget::default(),
             latencies: Mutex::new(HashMap::new()),
@@ -53,6 +55,7 @@ impl Shared {
             retries: self.retries.load(Ordering::Relaxed),
             hedges: self.hedges.load(Ordering::Relaxed),
             ejections: self.ejections.load(Ordering::Relaxed),
+            expired: self.expired.load(Ordering::Relaxed),
             over_budget: self.budget.refused(),
             throttled: lock(&self.throttles).values().map(|t| t.throttled()).sum(),
             ..RpcStats::default()
@@ -94,6 +97,9 @@ pub struct RpcStats {
     pub hedges: u64,
     /// Nodes ejected as outliers (failing well above their peers).
     pub ejections: u64,
+    /// Calls not sent because the request being served, whose deadline
+    /// they inherit, had no time left.
+    pub expired: u64,
     /// Retries and hedges not made because the retry budget was spent.
     pub over_budget: u64,
     /// Calls failed locally because their topic's nodes refused most

@@ -23,6 +23,7 @@ mod layer;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
+use crate::admission::AdmissionStats;
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 
 /// Labels of a finished request.
@@ -140,6 +141,72 @@ impl Requests {
     }
 }
 
+/// Labels of an admission figure.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Protocol {
+    protocol: &'static str,
+}
+
+/// Labels of a refusal.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Refused {
+    protocol: &'static str,
+    /// `limit` (the adaptive limit) or `pool` (no slot within the wait).
+    reason: &'static str,
+}
+
+/// The admission figures of both stacks.
+#[derive(Clone, Default)]
+struct Admission {
+    limit: Family<Protocol, Gauge>,
+    in_flight: Family<Protocol, Gauge>,
+    refused: Family<Refused, Counter>,
+    cpu: Family<Protocol, Gauge>,
+}
+
+impl Admission {
+    fn register(registry: &mut Registry) -> Self {
+        let admission = Admission::default();
+        registry.register(
+            "svckit_admission_limit",
+            "requests a stack admits at once now: the adaptive limit while the CPUs are busy, else the pool size",
+            admission.limit.clone(),
+        );
+        registry.register(
+            "svckit_admission_in_flight",
+            "requests past admission whose handler has not answered yet",
+            admission.in_flight.clone(),
+        );
+        registry.register(
+            "svckit_admission_refused",
+            "requests refused before their handler ran: by the adaptive limit or for want of a pool slot",
+            admission.refused.clone(),
+        );
+        registry.register(
+            "svckit_admission_cpu_busy_permille",
+            "busy share of the CPUs the process may run on, in thousandths, as the adaptive limit last read it",
+            admission.cpu.clone(),
+        );
+        admission
+    }
+
+    fn stats(&self, protocol: &'static str) -> AdmissionStats {
+        let labels = Protocol { protocol };
+        let refused = |reason| {
+            self.refused
+                .get_or_create(&Refused { protocol, reason })
+                .clone()
+        };
+        AdmissionStats {
+            in_flight: self.in_flight.get_or_create(&labels).clone(),
+            limit: self.limit.get_or_create(&labels).clone(),
+            refused_limit: refused("limit"),
+            refused_pool: refused("pool"),
+            cpu_permille: self.cpu.get_or_create(&labels).clone(),
+        }
+    }
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Topic {
     topic: String,
@@ -193,6 +260,7 @@ pub struct Metrics {
     heartbeat_latency: Gauge<f64, AtomicU64>,
     reregistrations: Gauge<u64, AtomicU64>,
     log_lines_dropped: Counter,
+    admission: Admission,
 }
 
 impl Default for Metrics {
@@ -252,7 +320,9 @@ impl Metrics {
             "log lines dropped because the log sink (stderr) did not take them",
             log_lines_dropped.clone(),
         );
+        let admission = Admission::register(&mut registry);
         Metrics {
+            admission,
             registry,
             grpc,
             http,
@@ -273,6 +343,26 @@ impl Metrics {
     /// so that the matched route is known).
     pub fn http_layer(&self) -> RequestMetricsLayer {
         RequestMetricsLayer::new(self.http.clone(), Kind::Http)
+    }
+
+    /// The admission figures of one stack (`grpc` or `http`).
+    pub(crate) fn admission(&self, protocol: &'static str) -> AdmissionStats {
+        self.admission.stats(protocol)
+    }
+
+    /// The admission figures of both stacks, for the report.
+    pub(crate) fn admission_report(&self) -> serde_json::Value {
+        let one = |protocol| {
+            let stats = self.admission.stats(protocol);
+            serde_json::json!({
+                "limit": stats.limit.get(),
+                "in_flight": stats.in_flight.get(),
+                "refused_limit": stats.refused_limit.get(),
+                "refused_pool": stats.refused_pool.get(),
+                "cpu_busy": stats.cpu_permille.get() as f64 / 1000.0,
+            })
+        };
+        serde_json::json!({ "grpc": one("grpc"), "http": one("http") })
     }
 
     /// The Prometheus text exposition, with the registration state as of

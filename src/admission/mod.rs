@@ -12,6 +12,9 @@
 //! theirs and a new client still gets in; each silent connection is also
 //! bounded in time by its listener (`rpc_handshake_timeout`,
 //! `header_read_timeout`).
+//!
+//! Requests then pass the adaptive limit ([`Limiter`], see [`adaptive`])
+//! and the pool's slots.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -22,6 +25,12 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::task::AtomicWaker;
+
+pub(crate) mod adaptive;
+mod cpu;
+
+pub use self::adaptive::AdmissionStats;
+pub(crate) use self::adaptive::Limiter;
 
 /// How long a listener waits after an accept failed for want of
 /// resources, before it accepts again.
