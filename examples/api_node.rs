@@ -1,6 +1,9 @@
 //! An HTTP API in front of an RPC topic, as nova-api is in front of
 //! conductor: `GET /v1/echo?msg=…[&server=HOST]` calls topic `echo` and
-//! answers with the serving host; `GET /v1/members` lists the service group.
+//! answers with the serving host; `GET /v1/relay?ms=…[&spin_us=…]` asks a
+//! node of `echo` to call `Sleep` on the topic in turn (a nested call, which
+//! inherits what is left of this request's `http_request_timeout`);
+//! `GET /v1/members` lists the service group.
 //!
 //! ```text
 //! cargo run --example echo_node &
@@ -28,7 +31,8 @@ use svckit::{BoxError, Node, Service};
 mod echo;
 
 use echo::pb::echo_client::EchoClient;
-use echo::pb::EchoRequest;
+use echo::pb::work_client::WorkClient;
+use echo::pb::{EchoRequest, RelayRequest};
 
 #[derive(Parser)]
 #[command(version)]
@@ -64,6 +68,7 @@ impl Manager for Api {
         Some(
             Router::new()
                 .route("/v1/echo", get(echo))
+                .route("/v1/relay", get(relay))
                 .route("/v1/members", get(members))
                 .with_state(backends),
         )
@@ -96,16 +101,54 @@ async fn echo(State(b): State<Arc<Backends>>, Query(q): Query<EchoQuery>) -> Res
             }))
             .into_response()
         }
-        Err(status) => {
-            let code = match status.code() {
-                tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-                tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-                tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
-                _ => StatusCode::BAD_GATEWAY,
+        Err(status) => failed(&status),
+    }
+}
+
+/// A failed call as an HTTP answer.
+fn failed(status: &tonic::Status) -> Response {
+    let code = match status.code() {
+        tonic::Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        tonic::Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        tonic::Code::InvalidArgument => StatusCode::BAD_REQUEST,
+        _ => StatusCode::BAD_GATEWAY,
+    };
+    let body = serde_json::json!({ "error": { "code": format!("{:?}", status.code()), "message": status.message() } });
+    (code, Json(body)).into_response()
+}
+
+#[derive(Deserialize)]
+struct RelayQuery {
+    ms: u64,
+    #[serde(default)]
+    spin_us: u64,
+}
+
+async fn relay(State(b): State<Arc<Backends>>, Query(q): Query<RelayQuery>) -> Response {
+    let reply = WorkClient::new(b.rpc.channel(Target::topic("echo")))
+        .relay(RelayRequest {
+            topic: "echo".into(),
+            sleep_millis: q.ms,
+            spin_micros: q.spin_us,
+        })
+        .await;
+    match reply {
+        Ok(reply) => {
+            let reply = reply.into_inner();
+            // The nested call ran out of this request's time: so did it.
+            let status = if reply.code == tonic::Code::DeadlineExceeded as i32 {
+                StatusCode::GATEWAY_TIMEOUT
+            } else {
+                StatusCode::OK
             };
-            let body = serde_json::json!({ "error": { "code": format!("{:?}", status.code()), "message": status.message() } });
-            (code, Json(body)).into_response()
+            let body = Json(serde_json::json!({
+                "host": reply.host,
+                "nested": { "code": reply.code, "message": reply.message },
+                "expired": reply.expired,
+            }));
+            (status, body).into_response()
         }
+        Err(status) => failed(&status),
     }
 }
 

@@ -30,8 +30,9 @@ fn main() -> std::process::ExitCode {
     svckit::launcher::run(
         svckit::config::parse_args::<Args>().common,
         |config| async move {
-            let manager =
-                echo::EchoManager::new(config.host().clone()).with_tick(echo::Tick::from_env());
+            let manager = echo::EchoManager::new(config.host().clone())
+                .with_tick(echo::Tick::from_env())
+                .with_rpc(config.clone());
             let node = Node::builder(manager)
                 .binary("echo_node")
                 .topic("echo")

@@ -26,9 +26,17 @@ mod echo {
 #[path = "common/bench.rs"]
 mod bench;
 
+#[path = "common/spin.rs"]
+mod spin;
+
+#[path = "common/overload.rs"]
+mod overload;
+
 use echo::pb::echo_server::{Echo, EchoServer};
+use echo::pb::work_server::{Work, WorkServer};
 use echo::pb::{
-    CollectResponse, EchoRequest, EchoResponse, EchoStreamRequest, SleepRequest, SleepResponse,
+    CollectResponse, EchoRequest, EchoResponse, EchoStreamRequest, RelayRequest, RelayResponse,
+    SleepRequest, SleepResponse, SpinRequest, SpinResponse,
 };
 
 #[derive(Parser)]
@@ -54,10 +62,43 @@ enum Command {
         #[arg(long)]
         rate: Option<f64>,
     },
+    /// Call Work.Spin on URL over one connection (see common/overload.rs):
+    /// a closed loop with --concurrency, or an open loop with --rate.
+    Overload {
+        url: String,
+        /// CPU time each call asks for.
+        #[arg(long, default_value_t = 1000)]
+        micros: u64,
+        #[arg(long, default_value_t = 5.0)]
+        secs: f64,
+        /// Closed loop of this many callers: measure capacity.
+        #[arg(long, conflicts_with = "rate")]
+        concurrency: Option<usize>,
+        /// Open loop at this many calls/s.
+        #[arg(long)]
+        rate: Option<f64>,
+        /// Each call's deadline, in milliseconds.
+        #[arg(long, default_value_t = 1000)]
+        deadline_ms: u64,
+    },
 }
 
 /// Echoes; the other methods are not part of the benchmark.
 struct Thin;
+
+/// Spins, with no limit on the calls at once (bench-overload's baseline).
+#[tonic::async_trait]
+impl Work for Thin {
+    async fn spin(&self, request: Request<SpinRequest>) -> Result<Response<SpinResponse>, Status> {
+        let work = std::time::Duration::from_micros(request.into_inner().micros);
+        spin::spin(work.min(spin::MAX_SPIN)).await;
+        Ok(Response::new(SpinResponse::default()))
+    }
+
+    async fn relay(&self, _: Request<RelayRequest>) -> Result<Response<RelayResponse>, Status> {
+        Err(Status::unimplemented("spin only"))
+    }
+}
 
 #[tonic::async_trait]
 impl Echo for Thin {
@@ -108,6 +149,7 @@ async fn main() -> anyhow::Result<()> {
                 tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
             Server::builder()
                 .add_service(EchoServer::new(Thin))
+                .add_service(WorkServer::new(Thin))
                 .serve_with_incoming(incoming)
                 .await?;
         }
@@ -129,6 +171,29 @@ async fn main() -> anyhow::Result<()> {
                 rate,
             };
             println!("{}", bench::run(channel, load).await.line());
+        }
+        Command::Overload {
+            url,
+            micros,
+            secs,
+            concurrency,
+            rate,
+            deadline_ms,
+        } => {
+            let channel = Endpoint::from_shared(url)?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            let line = match (concurrency, rate) {
+                (_, Some(rate)) => {
+                    let deadline = std::time::Duration::from_millis(deadline_ms);
+                    overload::open(channel, micros, rate, secs, deadline).await
+                }
+                (concurrency, None) => {
+                    overload::capacity(channel, micros, concurrency.unwrap_or(4), secs).await
+                }
+            };
+            println!("{line}");
         }
     }
     Ok(())

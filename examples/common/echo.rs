@@ -1,6 +1,7 @@
 //! The echo manager shared by the examples: `Echo` returns the payload with
 //! the serving host and pid, `Sleep` answers after a delay, and one method
-//! of each streaming shape (`EchoStream`, `Collect`, `Chat`).
+//! of each streaming shape (`EchoStream`, `Collect`, `Chat`); and the
+//! `Work` service, whose `Spin` does a fixed amount of CPU work.
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -25,9 +26,30 @@ pub mod pb {
 }
 
 use pb::echo_server::{Echo, EchoServer};
+use pb::work_server::{Work, WorkServer};
 use pb::{
-    CollectResponse, EchoRequest, EchoResponse, EchoStreamRequest, SleepRequest, SleepResponse,
+    CollectResponse, EchoRequest, EchoResponse, EchoStreamRequest, RelayRequest, RelayResponse,
+    SleepRequest, SleepResponse, SpinRequest, SpinResponse,
 };
+
+/// The deadline a call came with, in milliseconds, for the log.
+fn deadline_ms<T>(request: &Request<T>) -> Option<u128> {
+    let value = request.metadata().get("grpc-timeout")?.to_str().ok()?;
+    let (amount, unit) = value.split_at(value.len().checked_sub(1)?);
+    let amount: u128 = amount.parse().ok()?;
+    Some(match unit {
+        "H" => amount * 3_600_000,
+        "M" => amount * 60_000,
+        "S" => amount * 1000,
+        "m" => amount,
+        "u" => amount / 1000,
+        "n" => amount / 1_000_000,
+        _ => return None,
+    })
+}
+
+#[path = "spin.rs"]
+mod spin;
 
 /// The longest `Sleep` accepted: a bad request must not pin a task for days.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
@@ -39,6 +61,12 @@ pub struct EchoManager {
     /// node, alive and registered, failing its calls.
     fail_every: Option<u64>,
     calls: std::sync::atomic::AtomicU64,
+    /// The client of `Relay`'s nested calls, made on first use from this
+    /// config.
+    rpc: Option<(
+        svckit::config::Config,
+        tokio::sync::OnceCell<svckit::rpc::Rpc>,
+    )>,
 }
 
 /// An optional periodic task, `tick`, that appends `host pid start_ms
@@ -89,7 +117,15 @@ impl EchoManager {
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n > 0),
             calls: std::sync::atomic::AtomicU64::new(0),
+            rpc: None,
         }
+    }
+
+    /// Lets `Relay` call other nodes, with a client made from `config`.
+    #[allow(dead_code)] // echo_node's; other examples share this file
+    pub fn with_rpc(mut self, config: svckit::config::Config) -> Self {
+        self.rpc = Some((config, tokio::sync::OnceCell::new()));
+        self
     }
 
     /// Adds the `tick` periodic task.
@@ -145,6 +181,7 @@ impl Manager for EchoManager {
                     .max_decoding_message_size(limit)
                     .max_encoding_message_size(limit),
             )
+            .add(WorkServer::from_arc(self.clone()))
             .file_descriptor_set(pb::FILE_DESCRIPTOR_SET);
     }
 
@@ -158,6 +195,56 @@ impl Manager for EchoManager {
             })
             .scope(tick.scope),
         ]
+    }
+}
+
+#[tonic::async_trait]
+impl Work for EchoManager {
+    async fn spin(&self, request: Request<SpinRequest>) -> Result<Response<SpinResponse>, Status> {
+        let work = Duration::from_micros(request.into_inner().micros);
+        if work > spin::MAX_SPIN {
+            return Err(Status::invalid_argument(format!(
+                "micros must be at most {}",
+                spin::MAX_SPIN.as_micros()
+            )));
+        }
+        spin::spin(work).await;
+        Ok(Response::new(SpinResponse {
+            host: self.host.clone(),
+        }))
+    }
+
+    async fn relay(
+        &self,
+        request: Request<RelayRequest>,
+    ) -> Result<Response<RelayResponse>, Status> {
+        let Some((config, rpc)) = &self.rpc else {
+            return Err(Status::unimplemented("this node has no RPC client"));
+        };
+        // Tests wait for this line, and read the deadline the call came with.
+        tracing::info!(deadline_ms = deadline_ms(&request), "relay started");
+        let relay = request.into_inner();
+        spin::spin(Duration::from_micros(relay.spin_micros).min(spin::MAX_SPIN)).await;
+        let rpc = rpc
+            .get_or_try_init(|| svckit::rpc::Rpc::from_config(config))
+            .await
+            .map_err(|e| Status::unavailable(e.to_string()))?;
+        let nested =
+            pb::echo_client::EchoClient::new(rpc.channel(svckit::rpc::Target::topic(&relay.topic)))
+                .sleep(SleepRequest {
+                    millis: relay.sleep_millis,
+                })
+                .await;
+        let (code, message) = match nested {
+            Ok(_) => (0, String::new()),
+            Err(status) => (status.code() as i32, status.message().to_string()),
+        };
+        Ok(Response::new(RelayResponse {
+            host: self.host.clone(),
+            code,
+            message,
+            expired: rpc.stats().expired,
+        }))
     }
 }
 
@@ -180,6 +267,7 @@ impl Echo for EchoManager {
         &self,
         request: Request<SleepRequest>,
     ) -> Result<Response<SleepResponse>, Status> {
+        let deadline = deadline_ms(&request);
         let millis = request.into_inner().millis;
         let delay = Duration::from_millis(millis);
         if delay > MAX_SLEEP {
@@ -189,7 +277,7 @@ impl Echo for EchoManager {
             )));
         }
         // Tests wait for this line to know a call is in flight.
-        tracing::info!(millis, "sleep started");
+        tracing::info!(millis, deadline_ms = deadline, "sleep started");
         tokio::time::sleep(delay).await;
         Ok(Response::new(SleepResponse {
             host: self.host.clone(),
