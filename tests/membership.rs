@@ -111,7 +111,7 @@ fn a_second_node_with_the_same_topic_and_host_is_refused() {
         .last()
         .unwrap_or_default()
         .to_string();
-    assert!(last.contains("duplicate"), "{last}");
+    assert!(last.contains("duplicate"), "{}", second.stderr());
     assert!(!second.stderr().contains("panicked"));
 }
 

@@ -110,6 +110,9 @@ where
     let code = match run_inner(args, make) {
         Ok(code) => code,
         Err(e) => {
+            // The log lines still queued go first: the error is the last
+            // line an operator reads.
+            crate::telemetry::sink::flush();
             eprintln!("{program}: error: {e}");
             e.exit_code()
         }
