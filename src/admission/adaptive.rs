@@ -185,7 +185,13 @@ impl Drop for Pass {
 
 impl Limiter {
     /// A limiter under `ceiling` calls at once, counting into `stats`.
-    pub(crate) fn new(adaptive: bool, ceiling: usize, stats: AdmissionStats) -> Arc<Self> {
+    /// `processes` share the CPUs this one may run on (its workers).
+    pub(crate) fn new(
+        adaptive: bool,
+        ceiling: usize,
+        processes: usize,
+        stats: AdmissionStats,
+    ) -> Arc<Self> {
         let ceiling_gauge = i64::try_from(ceiling).unwrap_or(i64::MAX);
         stats.limit.set(ceiling_gauge);
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
@@ -203,7 +209,7 @@ impl Limiter {
             rolling: AtomicBool::new(false),
             window: Mutex::new(Window {
                 buckets: std::collections::VecDeque::with_capacity(BUCKETS),
-                gauge: CpuGauge::new(),
+                gauge: CpuGauge::new(processes),
                 last_reading: None,
                 probe: Probe::default(),
             }),
@@ -351,7 +357,7 @@ mod tests {
 
     #[test]
     fn a_busy_cpu_refuses_past_the_limit_and_a_lone_call_always_passes() {
-        let limiter = Limiter::new(true, 1000, AdmissionStats::default());
+        let limiter = Limiter::new(true, 1000, 1, AdmissionStats::default());
         limiter.computed.store(2, Ordering::Relaxed);
         limiter.cpu.store(950, Ordering::Relaxed);
         let now = crate::clock::now_ms();
@@ -410,7 +416,7 @@ mod tests {
 
     #[test]
     fn a_static_limiter_only_counts() {
-        let limiter = Limiter::new(false, 4, AdmissionStats::default());
+        let limiter = Limiter::new(false, 4, 1, AdmissionStats::default());
         let passes: Vec<_> = (0..10).filter_map(|_| limiter.admit()).collect();
         assert_eq!(passes.len(), 10);
         assert_eq!(limiter.stats.in_flight.get(), 10);

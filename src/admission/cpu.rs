@@ -1,114 +1,80 @@
-//! How busy the CPUs this process may run on are, for the adaptive limit:
-//! the busy share of the CPUs in its affinity mask (`/proc/stat`), or of
-//! its cgroup's CPU quota (`cpu.max`) when it has one, whichever is higher.
-//! A node squeezed by its neighbours is as overloaded as one that fills
-//! the CPUs itself, so this is the machine's view, not the process's.
+//! How busy this process keeps the CPUs it may use, for the adaptive
+//! limit: its own CPU time (user and system, all threads) over the wall
+//! time × its share of CPUs. Its share is the CPUs of its affinity mask, or
+//! its cgroup v2 quota (`cpu.max`) when lower, divided among the worker
+//! processes that share them.
+//!
+//! The process's own use, not the machine's: a node on a host its
+//! neighbours fill is slower, but refusing its calls frees nothing for
+//! them, and nodes that share a host (workers, tests, small set-ups) would
+//! all refuse at once. kratos and go-zero read their own cgroup's usage,
+//! which in a container or a systemd unit is the service's own too.
 
 use std::time::Instant;
 
 /// One reading of the counters, to be compared with the next.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Reading {
-    /// Busy and total jiffies of the CPUs in the affinity mask.
-    busy: u64,
-    total: u64,
-    /// Microseconds of CPU the cgroup used, and when that was read.
-    cgroup_usage_us: Option<u64>,
+    /// CPU time the process used, in µs.
+    used_us: u64,
     at: Instant,
 }
 
-/// The CPUs to count and the cgroup quota, found once.
+/// The process's share of CPUs, found once.
 #[derive(Debug)]
 pub(crate) struct CpuGauge {
-    /// CPU numbers this process may run on; empty for all.
-    cpus: Vec<usize>,
-    /// The cgroup's `cpu.stat` path and its quota in CPUs, if it has one.
-    cgroup: Option<(std::path::PathBuf, f64)>,
+    /// CPUs' worth of time this process may use.
+    share: f64,
 }
 
 impl CpuGauge {
-    pub(crate) fn new() -> Self {
+    /// The gauge of a process among `processes` that share its CPUs.
+    pub(crate) fn new(processes: usize) -> Self {
+        let mut cpus = affinity().max(1) as f64;
+        if let Some(quota) = cgroup_quota() {
+            cpus = cpus.min(quota);
+        }
         CpuGauge {
-            cpus: affinity(),
-            cgroup: cgroup_quota(),
+            share: (cpus / processes.max(1) as f64).max(0.01),
         }
     }
 
-    /// The counters now; `None` where `/proc` cannot be read.
+    /// The counters now; `None` where they cannot be read.
     pub(crate) fn read(&self) -> Option<Reading> {
-        let stat = std::fs::read_to_string("/proc/stat").ok()?;
-        let (mut busy, mut total) = (0, 0);
-        for line in stat.lines() {
-            let Some(rest) = line.strip_prefix("cpu") else {
-                break;
-            };
-            let mut fields = rest.split_ascii_whitespace();
-            // The first line, "cpu", sums every CPU; "cpuN" is one.
-            let Ok(n) = fields.next().unwrap_or_default().parse::<usize>() else {
-                continue;
-            };
-            if !self.cpus.is_empty() && !self.cpus.contains(&n) {
-                continue;
-            }
-            let ticks: Vec<u64> = fields.filter_map(|f| f.parse().ok()).collect();
-            // user nice system idle iowait irq softirq steal (guest is in user).
-            let all: u64 = ticks.iter().take(8).sum();
-            let idle = ticks.get(3).copied().unwrap_or(0) + ticks.get(4).copied().unwrap_or(0);
-            busy += all.saturating_sub(idle);
-            total += all;
-        }
-        let cgroup_usage_us = self.cgroup.as_ref().and_then(|(path, _)| {
-            let stat = std::fs::read_to_string(path).ok()?;
-            stat.lines()
-                .find_map(|l| l.strip_prefix("usage_usec "))
-                .and_then(|v| v.trim().parse().ok())
-        });
+        let usage =
+            nix::sys::resource::getrusage(nix::sys::resource::UsageWho::RUSAGE_SELF).ok()?;
+        let micros = |t: nix::sys::time::TimeVal| {
+            u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000
+                + u64::try_from(t.tv_usec()).unwrap_or(0)
+        };
         Some(Reading {
-            busy,
-            total,
-            cgroup_usage_us,
+            used_us: micros(usage.user_time()) + micros(usage.system_time()),
             at: Instant::now(),
         })
     }
 
     /// The busy share, 0 to 1, between two readings.
     pub(crate) fn usage(&self, before: &Reading, after: &Reading) -> f64 {
-        let total = after.total.saturating_sub(before.total);
-        let mut usage = if total == 0 {
-            0.0
-        } else {
-            after.busy.saturating_sub(before.busy) as f64 / total as f64
-        };
-        if let (Some((_, quota)), Some(b), Some(a)) =
-            (&self.cgroup, before.cgroup_usage_us, after.cgroup_usage_us)
-        {
-            let wall_us = after.at.duration_since(before.at).as_micros() as f64;
-            if wall_us > 0.0 {
-                usage = usage.max(a.saturating_sub(b) as f64 / (wall_us * quota));
-            }
+        let wall_us = after.at.duration_since(before.at).as_micros() as f64;
+        if wall_us <= 0.0 {
+            return 0.0;
         }
-        usage.clamp(0.0, 1.0)
+        let used = after.used_us.saturating_sub(before.used_us) as f64;
+        (used / (wall_us * self.share)).clamp(0.0, 1.0)
     }
 }
 
-/// The CPUs in this process's affinity mask; empty when unknown.
-fn affinity() -> Vec<usize> {
-    // SAFETY: a zeroed cpu_set_t is a valid empty set, and the kernel
-    // writes at most its size.
-    unsafe {
-        let mut set: libc::cpu_set_t = std::mem::zeroed();
-        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
-            return Vec::new();
-        }
-        (0..libc::CPU_SETSIZE as usize)
-            .filter(|&cpu| libc::CPU_ISSET(cpu, &set))
-            .collect()
-    }
+/// How many CPUs this process's affinity mask holds; 0 when unknown.
+fn affinity() -> usize {
+    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_or(0, |set| {
+        (0..nix::sched::CpuSet::count())
+            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
+            .count()
+    })
 }
 
-/// The cgroup v2 `cpu.stat` of this process and its quota in CPUs, when
-/// `cpu.max` sets one.
-fn cgroup_quota() -> Option<(std::path::PathBuf, f64)> {
+/// The cgroup v2 quota of this process in CPUs, when `cpu.max` sets one.
+fn cgroup_quota() -> Option<f64> {
     let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
     let path = membership.lines().find_map(|l| l.strip_prefix("0::"))?;
     let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
@@ -116,7 +82,7 @@ fn cgroup_quota() -> Option<(std::path::PathBuf, f64)> {
     let mut fields = max.split_ascii_whitespace();
     let quota: f64 = fields.next()?.parse().ok()?;
     let period: f64 = fields.next()?.parse().ok()?;
-    (period > 0.0 && quota > 0.0).then(|| (dir.join("cpu.stat"), quota / period))
+    (period > 0.0 && quota > 0.0).then_some(quota / period)
 }
 
 #[cfg(test)]
@@ -124,29 +90,30 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_spinning_thread_on_one_cpu_shows_as_busy() {
-        let gauge = CpuGauge {
-            cpus: affinity().into_iter().take(1).collect(),
-            cgroup: None,
-        };
-        let cpu = gauge.cpus[0];
-        // Pin this thread to that CPU and spin there.
-        // SAFETY: as in `affinity`.
-        unsafe {
-            let mut set: libc::cpu_set_t = std::mem::zeroed();
-            libc::CPU_SET(cpu, &mut set);
-            assert_eq!(
-                libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set),
-                0
-            );
-        }
-        let before = gauge.read().expect("/proc/stat");
+    fn a_process_that_spins_shows_as_busy_and_an_idle_one_does_not() {
+        // A share of one CPU, spun on by this thread.
+        let gauge = CpuGauge { share: 1.0 };
+        let before = gauge.read().expect("getrusage");
         let start = Instant::now();
         while start.elapsed() < std::time::Duration::from_millis(300) {
             std::hint::spin_loop();
         }
-        let after = gauge.read().expect("/proc/stat");
+        let after = gauge.read().expect("getrusage");
         let usage = gauge.usage(&before, &after);
-        assert!(usage > 0.5, "one CPU spun on for 300 ms shows {usage}");
+        assert!(usage > 0.5, "a CPU spun on for 300 ms shows {usage}");
+
+        // Sleeping uses none of a share of many.
+        let gauge = CpuGauge { share: 64.0 };
+        let before = gauge.read().expect("getrusage");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let after = gauge.read().expect("getrusage");
+        assert!(gauge.usage(&before, &after) < 0.2);
+    }
+
+    #[test]
+    fn workers_split_the_cpus() {
+        let one = CpuGauge::new(1).share;
+        let four = CpuGauge::new(4).share;
+        assert!((one / 4.0 - four).abs() < 1e-9, "{one} / 4 != {four}");
     }
 }

@@ -65,12 +65,19 @@ pub(crate) struct Limits {
     pub(crate) pool_wait: Duration,
     /// Whether the adaptive limit applies under the pool (`rpc_admission`).
     pub(crate) adaptive: bool,
+    /// Processes sharing the CPUs: the node's workers.
+    pub(crate) processes: usize,
 }
 
 impl Limits {
     /// The limit and pool every call passes, counted in `metrics`.
     fn pool(&self, metrics: &Metrics) -> RpcPoolLayer {
-        let limiter = Limiter::new(self.adaptive, self.pool_size, metrics.admission("grpc"));
+        let limiter = Limiter::new(
+            self.adaptive,
+            self.pool_size,
+            self.processes,
+            metrics.admission("grpc"),
+        );
         RpcPoolLayer::new(limiter, self.pool_size, self.pool_wait)
     }
 }

@@ -212,7 +212,7 @@ mod tests {
         let echo = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("x"))))
         });
-        let limiter = Limiter::new(false, size, Default::default());
+        let limiter = Limiter::new(false, size, 1, Default::default());
         RpcPoolLayer::new(limiter, size, Duration::ZERO).layer(echo)
     }
 
