@@ -60,6 +60,8 @@ pub struct EchoManager {
     /// Every Nth `Echo` fails with INTERNAL (`ECHO_FAIL_EVERY`): a sick
     /// node, alive and registered, failing its calls.
     fail_every: Option<u64>,
+    /// Every `Echo` waits this long first (`ECHO_DELAY_US`): a slow node.
+    delay: Option<Duration>,
     calls: std::sync::atomic::AtomicU64,
     /// The client of `Relay`'s nested calls, made on first use from this
     /// config.
@@ -116,6 +118,11 @@ impl EchoManager {
                 .ok()
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n > 0),
+            delay: std::env::var("ECHO_DELAY_US")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .map(Duration::from_micros),
             calls: std::sync::atomic::AtomicU64::new(0),
             rpc: None,
         }
@@ -259,6 +266,9 @@ impl Echo for EchoManager {
             if n.is_multiple_of(every) {
                 return Err(Status::internal(format!("{} fails on purpose", self.host)));
             }
+        }
+        if let Some(delay) = self.delay {
+            tokio::time::sleep(delay.min(MAX_SLEEP)).await;
         }
         Ok(Response::new(self.reply(request.into_inner().payload)))
     }

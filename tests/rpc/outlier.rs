@@ -149,3 +149,36 @@ async fn local_throttling_engages_when_every_node_refuses() {
         stats.throttled
     );
 }
+
+/// A node ten times slower than its peers (its lease alive, every answer
+/// right, only late) gets few calls: power of two choices weighs calls in
+/// flight by each node's latency. On calls in flight alone, at
+/// concurrency 2 all three nodes are mostly idle when picked, and the slow
+/// one would take a third of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_node_gets_few_calls() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _healthy = [start_node(&etcd, "h1"), start_node(&etcd, "h2")];
+    let slow_env = [("ECHO_DELAY_US", "20000"), ("SVCKIT_DRAIN_DELAY", "0.3")];
+    let _slow: Proc = Proc::start_example("echo_node", &quick_node_args(&url, "slow"), &slow_env).0;
+    let (rpc, _registry) = crate::rpc_for(&etcd).await;
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 3, Duration::from_secs(10))
+        .await
+        .unwrap();
+
+    let (hosts, errors) = load(rpc.channel(topic), 1_000, 2).await;
+    assert!(errors.is_empty(), "{errors:?}");
+    let slow = hosts.get("slow").copied().unwrap_or(0);
+    // Each client learns each node's latency from its answers, and tries
+    // an avoided node again once a second: a few calls, not a third.
+    assert!(
+        slow <= 20,
+        "the slow node took {slow} of 1000 calls: {hosts:?}"
+    );
+    assert!(
+        hosts.get("h1").is_some_and(|&n| n > 300) && hosts.get("h2").is_some_and(|&n| n > 300),
+        "{hosts:?}"
+    );
+}

@@ -1,5 +1,5 @@
-//! Which node takes a call: power of two choices on calls in flight, and
-//! the candidates of one call across its attempts.
+//! Which node takes a call: power of two choices on calls in flight
+//! weighed by latency, and the candidates of one call across its attempts.
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -14,8 +14,8 @@ use crate::rpc::discovery::{outlier, Node};
 pub(super) const MAX_ATTEMPTS: usize = 3;
 
 /// Picks by power of two choices: two distinct random nodes not yet tried,
-/// the one with fewer calls in flight; nodes ejected as outliers only when
-/// no other is left. No allocation.
+/// the one of lower cost; nodes ejected as outliers only when no other is
+/// left. No allocation.
 pub(crate) fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
     let fresh = |n: &Arc<Node>| !tried.iter().any(|t| t.host() == n.host());
     if tried.is_empty() && outlier::ejected(nodes) == 0 {
@@ -46,14 +46,36 @@ fn choose(nodes: &[Arc<Node>], len: usize, keep: impl Fn(&Arc<Node>) -> bool) ->
             let a = rng.random_range(0..len);
             let b = (a + rng.random_range(1..len)) % len;
             let (na, nb) = (nth(a)?, nth(b)?);
-            Some(if nb.load() < na.load() {
-                nb.clone()
-            } else {
-                na.clone()
-            })
+            let cheapest = if cheaper(nb, na) { nb } else { na };
+            Some(cheapest.clone())
         }
     }
 }
+
+/// Whether `a` costs less than `b`: (calls in flight + 1) × latency, as
+/// Finagle's peak EWMA balancer weighs nodes, so a node ten times slower
+/// than its peers gets a call only when they have ten times its calls in
+/// flight. Latencies less than [`LATENCY_GAP`] apart, or unknown, are
+/// alike, and calls in flight alone decide: at low load, weighing every
+/// small difference would send all calls to the node that answered
+/// fastest lately.
+fn cheaper(a: &Node, b: &Node) -> bool {
+    let (load_a, load_b) = (a.load(), b.load());
+    let now = crate::clock::now_ms();
+    match (
+        a.health.latency.estimate(now),
+        b.health.latency.estimate(now),
+    ) {
+        (Some(rt_a), Some(rt_b)) if rt_a.max(rt_b) >= LATENCY_GAP * rt_a.min(rt_b) => {
+            (load_a as f64 + 1.0) * rt_a < (load_b as f64 + 1.0) * rt_b
+        }
+        _ => load_a < load_b,
+    }
+}
+
+/// How many times slower than the other a node must be for latency to
+/// weigh in a pick.
+const LATENCY_GAP: f64 = 2.0;
 
 /// The node of the next attempt: one not tried yet, else a tried one again.
 /// A call only comes back for another attempt when it never reached a node

@@ -32,6 +32,7 @@ impl RpcChannel {
         let Some(mut channel) = node.channel() else {
             return Err(Sent::No(unusable(&node)));
         };
+        let started = std::time::Instant::now();
         // The node's channel is a buffer in front of its connection: it must
         // be ready before a call; failing that, nothing was sent.
         let result = match tower::ServiceExt::ready(&mut channel).await {
@@ -50,6 +51,8 @@ impl RpcChannel {
                     if node.abandoned.load(Ordering::Relaxed) > 0 {
                         node.abandoned.store(0, Ordering::Relaxed);
                     }
+                    let micros = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
+                    node.health.latency.observe(micros);
                     let failed = response
                         .headers()
                         .get(GRPC_STATUS)

@@ -7,6 +7,7 @@
 //! the first channel to it and stops when the last one is dropped, and
 //! records of other topics are never listed, held or woken up for.
 
+mod latency;
 pub(crate) mod outlier;
 mod subset;
 #[cfg(test)]

@@ -64,6 +64,8 @@ pub(crate) struct Health {
     /// When the node last refused a call (0: never).
     refused_at_ms: AtomicU64,
     ejections: AtomicU32,
+    /// How long it takes to answer, for balancers to weigh it by.
+    pub(crate) latency: super::latency::PeakEwma,
 }
 
 impl Health {
