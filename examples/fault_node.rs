@@ -10,7 +10,8 @@
 //!
 //! With `--http-listen` it also serves `GET /v1/hold?millis=N`, which holds
 //! one of the node's `http_pool_size` slots for that long: how tests fill
-//! the node's concurrency limit.
+//! the node's concurrency limit; and `GET /v1/spin?micros=N`, which
+//! computes for that long: how tests fill its CPU.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -68,7 +69,11 @@ impl Manager for Faulty {
     }
 
     fn http_routes(self: &Arc<Self>) -> Option<Router> {
-        Some(Router::new().route("/v1/hold", get(hold)))
+        Some(
+            Router::new()
+                .route("/v1/hold", get(hold))
+                .route("/v1/spin", get(spin)),
+        )
     }
 
     async fn init_host(&self) -> Result<(), BoxError> {
@@ -112,6 +117,18 @@ async fn hold(Query(q): Query<Hold>) -> &'static str {
     tracing::info!(millis = q.millis, "hold started");
     tokio::time::sleep(Duration::from_millis(q.millis.min(3_600_000))).await;
     "released\n"
+}
+
+#[derive(Deserialize)]
+struct Spin {
+    micros: u64,
+}
+
+/// Answers after computing for `micros` of CPU time (at most a second).
+async fn spin(Query(q): Query<Spin>) -> &'static str {
+    let work = Duration::from_micros(q.micros).min(echo::spin::MAX_SPIN);
+    echo::spin::spin(work).await;
+    "done\n"
 }
 
 fn main() -> std::process::ExitCode {

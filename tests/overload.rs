@@ -1,6 +1,6 @@
 //! Overload on real nodes and a real etcd: the adaptive admission of a node
-//! whose CPU is full, and deadlines that travel from an HTTP request through
-//! api_node and echo_node into a nested call.
+//! whose CPU is full, over gRPC and HTTP, and deadlines that travel from an
+//! HTTP request through api_node and echo_node into a nested call.
 
 mod support;
 
@@ -225,6 +225,82 @@ fn logged_deadline(node: &Proc, message: &str) -> u64 {
         .find_map(|w| w.strip_prefix("deadline_ms="))
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no deadline in {line:?}"))
+}
+
+/// HTTP alike: a node held to one CPU and flooded with requests that
+/// compute answers the excess at once with 503 and `Retry-After`, and its
+/// admin endpoints answer whatever the load.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn adaptive_admission_answers_http_with_503_and_retry_after() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let mut args = vec!["-c".to_string(), first_cpu()];
+    args.push(example_bin("fault_node").display().to_string());
+    args.extend(
+        quick_node_args(&url, "busy-http")
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    args.extend(["--http-listen".into(), "127.0.0.1:0".into()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut node = Proc::spawn(PathBuf::from("taskset"), &args, &[]);
+    node.wait_for_endpoint(WAIT);
+    let http = http_addr(&node);
+
+    // 32 clients, each sending the next request of 2 ms of CPU as soon as
+    // the last is answered; the first refusal is handed over.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (refusals, refused) = std::sync::mpsc::channel();
+    let clients: Vec<_> = (0..32)
+        .map(|_| {
+            let (stop, refusals) = (stop.clone(), refusals.clone());
+            std::thread::spawn(move || {
+                let mut other = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let reply = support::dashboard::get(http, "/v1/spin?micros=2000");
+                    match reply.status {
+                        200 => {}
+                        503 => {
+                            let _ = refusals.send(reply);
+                        }
+                        status => other.push(format!("{status} {}", reply.body)),
+                    }
+                }
+                other
+            })
+        })
+        .collect();
+    let refusal = tokio::task::spawn_blocking(move || refused.recv_timeout(WAIT))
+        .await
+        .expect("waiting task");
+    // The admin endpoints skip admission, even now.
+    let health = tokio::task::spawn_blocking(move || support::dashboard::get(http, "/healthz"));
+    let health = health.await.expect("health task");
+    stop.store(true, Ordering::Relaxed);
+    let mut other = Vec::new();
+    for client in clients {
+        other.extend(client.join().expect("client thread"));
+    }
+    let refusal = refusal.expect("a 503 under load");
+    assert!(
+        refusal.headers.contains("retry-after: 1"),
+        "{}",
+        refusal.headers
+    );
+    assert_eq!(health.status, 200);
+    assert!(other.is_empty(), "neither answered nor refused: {other:?}");
+    let metrics = support::dashboard::get(http, "/metrics").body;
+    let refused_by_limit = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("svckit_admission_refused_total")
+                && l.contains("protocol=\"http\"")
+                && l.contains("reason=\"limit\"")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no HTTP refusal counter in:\n{metrics}"));
+    assert!(refused_by_limit > 0.0, "refused by the pool, not the limit");
+    drop(node);
 }
 
 /// A call made while serving another carries what is left of its

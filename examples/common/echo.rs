@@ -49,7 +49,7 @@ fn deadline_ms<T>(request: &Request<T>) -> Option<u128> {
 }
 
 #[path = "spin.rs"]
-mod spin;
+pub mod spin;
 
 /// The longest `Sleep` accepted: a bad request must not pin a task for days.
 const MAX_SLEEP: Duration = Duration::from_secs(3600);
