@@ -32,12 +32,15 @@
 //! - The lowest latency must be seen with a short queue. A node flooded
 //!   from its start, with handlers that take turns on the CPU, never sees
 //!   one: every call waits for all the others, the latency it measures is
-//!   the queue's, and the limit it computes is the load it has. So, as TCP
-//!   BBR probes its round-trip time, a node whose CPUs stay busy for 3 s
-//!   without a refusal holds its limit to the floor until the calls in
-//!   flight drain and fresh ones measure the handler alone, then goes on
-//!   with what it measured. A node that is busy but not queueing loses a
-//!   few calls to another node every 3 s; one that queues starts shedding.
+//!   the queue's, and the limit it computes is the load it has, whether it
+//!   refuses the rest or not. So, as TCP BBR probes its round-trip time, a
+//!   node whose CPUs are busy with more calls in flight than the floor
+//!   holds its limit to the floor, 1 s after they turned busy and then
+//!   every 5 s, until the calls in flight drain and fresh ones measure the
+//!   handler alone (twice the lowest latency measured, 200 ms to 1 s),
+//!   then goes on with what it measured. A node whose limit was right
+//!   refuses a few more calls for 200 ms every 5 s; one that queued sheds
+//!   its queue.
 //! - The window rolls on the calls themselves, and the CPU is read as it
 //!   rolls: nothing runs while no call comes.
 
@@ -58,9 +61,11 @@ const BUCKETS: usize = 50;
 const CPU_THRESHOLD: f64 = 0.9;
 /// How long refusing goes on after the last refusal, whatever the CPU.
 const COOL_OFF_MS: u64 = 1000;
-/// How long busy CPUs go without a refusal before the limit probes for
-/// the latency of a short queue.
-const PROBE_AFTER_MS: u64 = 3000;
+/// How long after the CPUs turned busy the limit first probes for the
+/// latency of a short queue, and how often it probes again while they
+/// stay busy (the window's length: what a probe measured lasts as long).
+const PROBE_FIRST_MS: u64 = 1000;
+const PROBE_EVERY_MS: u64 = BUCKETS as u64 * BUCKET_MS;
 /// The shortest and longest probe.
 const PROBE_MIN_MS: u64 = 200;
 const PROBE_MAX_MS: u64 = 1000;
@@ -95,7 +100,9 @@ pub(crate) struct Limiter {
     bucket: AtomicU64,
     /// The limit computed at the last roll.
     computed: AtomicU64,
-    /// The CPU share, smoothed, in thousandths.
+    /// The CPU share in thousandths: a rise counts at once (an overload
+    /// is refused from its first 100 ms on, not once an average caught
+    /// up with it), a fall by halves each bucket.
     cpu: AtomicU64,
     /// When the last call was refused with the CPUs busy, on the coarse
     /// clock; 0 for never.
@@ -117,33 +124,34 @@ struct Window {
 /// queue is measured again.
 #[derive(Debug, Default)]
 struct Probe {
-    /// Since when the CPUs have been busy with no call refused.
-    quiet_since: Option<u64>,
+    /// Since when the CPUs have been busy.
+    busy_since: Option<u64>,
+    /// When the last probe ended.
+    last: Option<u64>,
     /// Until when the limit is held to the floor; 0 for no probe.
     until: u64,
 }
 
 impl Probe {
     /// One roll at `now`: whether the limit is held to the floor. `busy`
-    /// tells whether the CPUs are busy, `refused` whether a call was
-    /// refused since the last roll, `queued` whether more calls are in
+    /// tells whether the CPUs are busy, `queued` whether more calls are in
     /// flight than the floor, and `drain_ms` how long the calls in flight
     /// take as measured (the probe lasts until they are done).
-    fn step(&mut self, now: u64, busy: bool, refused: bool, queued: bool, drain_ms: u64) -> bool {
+    fn step(&mut self, now: u64, busy: bool, queued: bool, drain_ms: u64) -> bool {
         if self.until != 0 {
             if now < self.until {
                 return true;
             }
             self.until = 0;
-            self.quiet_since = busy.then_some(now);
+            self.last = Some(now);
+        }
+        if !busy {
+            self.busy_since = None;
             return false;
         }
-        if !busy || refused {
-            self.quiet_since = busy.then_some(now);
-            return false;
-        }
-        let since = *self.quiet_since.get_or_insert(now);
-        if queued && now.saturating_sub(since) >= PROBE_AFTER_MS {
+        let since = *self.busy_since.get_or_insert(now);
+        let due = (since + PROBE_FIRST_MS).max(self.last.map_or(0, |l| l + PROBE_EVERY_MS));
+        if queued && now >= due {
             self.until = now + (2 * drain_ms + BUCKET_MS).clamp(PROBE_MIN_MS, PROBE_MAX_MS);
             return true;
         }
@@ -171,10 +179,20 @@ impl Pass {
     }
 }
 
+/// Requests this process answered, gRPC and HTTP, health checks and admin
+/// endpoints aside (a worker's `max_requests`).
+static SERVED: AtomicU64 = AtomicU64::new(0);
+
+/// How many requests this process answered so far.
+pub(crate) fn served() -> u64 {
+    SERVED.load(Ordering::Relaxed)
+}
+
 impl Drop for Pass {
     fn drop(&mut self) {
         let limiter = &self.limiter;
         limiter.stats.in_flight.dec();
+        SERVED.fetch_add(1, Ordering::Relaxed);
         if let Some(started) = self.started {
             let rt = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
             limiter.passes.fetch_add(1, Ordering::Relaxed);
@@ -278,7 +296,9 @@ impl Limiter {
         if let Some(reading) = window.gauge.read() {
             if let Some(last) = window.last_reading {
                 let usage = window.gauge.usage(&last, &reading);
-                let smoothed = (self.cpu.load(Ordering::Relaxed) as f64 + usage * 1000.0) / 2.0;
+                let now_permille = usage * 1000.0;
+                let smoothed = now_permille
+                    .max((self.cpu.load(Ordering::Relaxed) as f64 + now_permille) / 2.0);
                 self.cpu.store(smoothed as u64, Ordering::Relaxed);
                 self.stats.cpu_permille.set(smoothed as i64);
             }
@@ -286,13 +306,11 @@ impl Limiter {
         }
 
         let busy = self.cpu.load(Ordering::Relaxed) >= (CPU_THRESHOLD * 1000.0) as u64;
-        let refused = self.last_refusal_ms.load(Ordering::Relaxed) >= previous * BUCKET_MS;
         let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
         let drain_ms = min_rt_us(&window.buckets).unwrap_or(0) / 1000;
-        let probing =
-            window
-                .probe
-                .step(now, busy, refused, in_flight > self.floor as u64, drain_ms);
+        let probing = window
+            .probe
+            .step(now, busy, in_flight > self.floor as u64, drain_ms);
         let limit = if probing {
             self.floor
         } else {
@@ -384,33 +402,30 @@ mod tests {
     }
 
     #[test]
-    fn busy_cpus_that_never_refuse_probe_for_a_short_queue() {
+    fn busy_cpus_probe_for_a_short_queue_now_and_then() {
         let mut probe = Probe::default();
-        // Busy and queued, but for less than the probe's wait.
-        assert!(!probe.step(1_000, true, false, true, 500));
-        assert!(!probe.step(3_900, true, false, true, 500));
-        // 3 s of busy CPUs without a refusal: probe while twice the
-        // measured drain passes, then measure again.
-        assert!(probe.step(4_000, true, false, true, 500));
-        assert!(probe.step(4_900, true, false, true, 500));
-        assert!(!probe.step(5_100, true, false, true, 10));
-        assert!(!probe.step(8_000, true, false, true, 10));
-        assert!(probe.step(8_100, true, false, true, 10));
-        assert_eq!(probe.until, 8_100 + PROBE_MIN_MS);
+        // Busy and queued from 1,000 ms: the first probe 1 s later.
+        assert!(!probe.step(1_000, true, true, 500));
+        assert!(!probe.step(1_900, true, true, 500));
+        // It lasts twice the measured drain and a bucket, at most 1 s.
+        assert!(probe.step(2_000, true, true, 500));
+        assert!(probe.step(2_900, true, true, 500));
+        assert!(!probe.step(3_000, true, true, 10));
+        // Then every 5 s while busy, short now that the queue is gone.
+        assert!(!probe.step(7_900, true, true, 10));
+        assert!(probe.step(8_000, true, true, 10));
+        assert_eq!(probe.until, 8_000 + PROBE_MIN_MS);
+        assert!(!probe.step(8_200, true, true, 10));
 
-        // Refusals, cool CPUs and a short queue never probe.
+        // Cool CPUs and a short queue never probe.
         let mut probe = Probe::default();
         for now in (0..20_000).step_by(100) {
-            assert!(!probe.step(now, true, now % 2_000 == 0, true, 500));
+            assert!(!probe.step(now, now % 900 != 0, true, 500));
+            assert!(!Probe::default().step(now, true, false, 500));
         }
         let mut probe = Probe::default();
         for now in (0..20_000).step_by(100) {
-            assert!(!probe.step(now, now % 2_000 != 0, false, true, 500));
-            assert!(!Probe::default().step(now, true, false, false, 500));
-        }
-        let mut probe = Probe::default();
-        for now in (0..20_000).step_by(100) {
-            assert!(!probe.step(now, true, false, false, 500));
+            assert!(!probe.step(now, true, false, 500));
         }
     }
 

@@ -30,7 +30,7 @@ pub(crate) mod adaptive;
 mod cpu;
 
 pub use self::adaptive::AdmissionStats;
-pub(crate) use self::adaptive::Limiter;
+pub(crate) use self::adaptive::{served, Limiter};
 
 /// How long a listener waits after an accept failed for want of
 /// resources, before it accepts again.
