@@ -182,3 +182,33 @@ async fn a_slow_node_gets_few_calls() {
         "{hosts:?}"
     );
 }
+
+/// Two nodes failing every call: the first one is ejected after its
+/// failures in a row, the second never (never more than half of the nodes,
+/// never the last one), so every call still reaches a node and gets that
+/// node's own error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_more_than_half_of_the_nodes_are_ever_ejected() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let env = [("ECHO_FAIL_EVERY", "1"), ("SVCKIT_DRAIN_DELAY", "0.3")];
+    let _sick: Vec<Proc> = ["s1", "s2"]
+        .iter()
+        .map(|h| Proc::start_example("echo_node", &quick_node_args(&url, h), &env).0)
+        .collect();
+    let (rpc, _registry) = crate::rpc_for(&etcd).await;
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 2, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let (hosts, errors) = load(rpc.channel(topic), 200, 4).await;
+    assert!(hosts.is_empty(), "{hosts:?}");
+    assert_eq!(errors.len(), 200);
+    assert!(
+        errors
+            .iter()
+            .all(|e| e.code() == Code::Internal && e.message().ends_with("fails on purpose")),
+        "{errors:?}"
+    );
+    assert_eq!(rpc.stats().ejections, 1, "{:?}", rpc.stats());
+}
