@@ -304,3 +304,56 @@ fn a_failing_hook_exits_70_naming_it() {
         );
     }
 }
+
+/// Under systemd's watchdog (`WatchdogSec=` sets `WATCHDOG_USEC`), a
+/// single process sends `WATCHDOG=1` to `NOTIFY_SOCKET` every half period;
+/// meant for another process (`WATCHDOG_PID`), it sends none.
+#[test]
+fn a_single_process_keeps_the_systemd_watchdog_fed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("notify.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    socket
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    let notify = path.display().to_string();
+    let env = [
+        ("NOTIFY_SOCKET", notify.as_str()),
+        ("WATCHDOG_USEC", "200000"),
+    ];
+    let mut args = vec!["--rpc-listen", "127.0.0.1:0", "--registry", "memory://"];
+    args.extend_from_slice(&["--host", "w1"]);
+    let (fed, _) = Proc::start_example("echo_node", &args, &env);
+    let mut buf = [0u8; 256];
+    let mut beats = 0;
+    while beats < 3 {
+        let n = socket.recv(&mut buf).expect("a datagram from the node");
+        if &buf[..n] == b"WATCHDOG=1" {
+            beats += 1;
+        }
+    }
+    drop(fed);
+
+    let path = dir.path().join("other.sock");
+    let socket = std::os::unix::net::UnixDatagram::bind(&path).expect("bind");
+    let notify = path.display().to_string();
+    let env = [
+        ("NOTIFY_SOCKET", notify.as_str()),
+        ("WATCHDOG_USEC", "200000"),
+        ("WATCHDOG_PID", "1"),
+    ];
+    args[5] = "w2";
+    let (other, _) = Proc::start_example("echo_node", &args, &env);
+    other.wait_for_log("node serving", Duration::from_secs(20));
+    // Three periods of the watchdog without a keep-alive.
+    socket
+        .set_read_timeout(Some(Duration::from_millis(600)))
+        .expect("timeout");
+    while let Ok(n) = socket.recv(&mut buf) {
+        assert_ne!(
+            &buf[..n],
+            b"WATCHDOG=1",
+            "a watchdog meant for pid 1 was fed"
+        );
+    }
+}

@@ -169,7 +169,7 @@ async fn a_killed_worker_is_replaced_and_the_others_keep_serving() {
         support::dashboard::get(http, "/metrics")
             .body
             .lines()
-            .find_map(|l| l.strip_prefix("svckit_worker_restarts_total "))
+            .find_map(|l| l.strip_prefix("svckit_worker_restarts_total{reason=\"exited\"} "))
             .map(str::to_string)
     };
     assert_eq!(restarts().as_deref(), Some("0"));
@@ -200,6 +200,74 @@ async fn a_killed_worker_is_replaced_and_the_others_keep_serving() {
     for _ in 0..12 {
         assert_eq!(restarts().as_deref(), Some("1"));
     }
+}
+
+/// A stopped worker (SIGSTOP: as a runtime that blocks, it sends no beat)
+/// is killed and replaced within `worker_timeout` + 2 s; meanwhile the
+/// other worker serves calls by topic, and the restart is counted with
+/// its reason.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stopped_worker_is_killed_and_replaced_after_worker_timeout() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let mut args = quick_node_args(&url, "hung");
+    args.extend_from_slice(&["--workers", "2", "--http-listen", "127.0.0.1:0"]);
+    let env = [
+        ("SVCKIT_DRAIN_DELAY", "0.2"),
+        ("SVCKIT_WORKER_TIMEOUT", "2"),
+    ];
+    let (node, addr) = Proc::start_example("echo_node", &args, &env);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let mut on = clients_on_workers(addr, 2).await;
+    let (_, victim) = on.remove(0);
+    let (mut survivor, survivor_pid) = on.remove(0);
+
+    kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
+    let stopped = std::time::Instant::now();
+    // New connections, those of a client by topic among them, go to the
+    // worker that accepts them.
+    let rpc = svckit::rpc::Rpc::new(registry(&etcd).await)
+        .await
+        .expect("rpc client");
+    let mut by_topic = EchoClient::new(rpc.channel(svckit::rpc::Target::topic("echo")));
+    for _ in 0..20 {
+        let reply = by_topic
+            .echo(EchoRequest::default())
+            .await
+            .expect("a call by topic while a worker is stopped");
+        assert_eq!(reply.into_inner().pid, survivor_pid);
+        assert_eq!(pid_of(&mut survivor).await, survivor_pid);
+    }
+    support::eventually(
+        Duration::from_secs(4),
+        "the stopped worker replaced within worker_timeout + 2 s",
+        || {
+            let pids = serving_pids(&node);
+            let replaced = pids.len() == 2 && !pids.contains(&victim) && !alive(victim);
+            async move { replaced.then_some(()) }
+        },
+    )
+    .await;
+    let waited = stopped.elapsed();
+    assert!(
+        node.stderr().contains("sent no beat within worker_timeout"),
+        "{}",
+        node.stderr()
+    );
+    let http: std::net::SocketAddr = node.ready()["http"]
+        .as_str()
+        .and_then(|u| u.strip_prefix("http://"))
+        .and_then(|a| a.parse().ok())
+        .expect("an HTTP endpoint in the ready file");
+    support::eventually(WAIT, "the restart counted as a timeout", || async {
+        let metrics = support::dashboard::get(http, "/metrics").body;
+        metrics
+            .lines()
+            .any(|l| l == r#"svckit_worker_restarts_total{reason="timeout"} 1"#)
+            .then_some(())
+    })
+    .await;
+    eprintln!("stopped worker replaced after {waited:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -503,4 +571,67 @@ async fn sigterm_to_a_supervisor_under_load_fails_no_call() {
         hosts.extend(h);
     }
     assert!(hosts.contains("wl") && hosts.contains("sl"), "{hosts:?}");
+}
+
+/// `max_requests = 1000` over two workers: 6,000 calls, from four clients
+/// (four connections, spread by the kernel), recycle the workers several
+/// times, each replaced as in a reload, and no call fails.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workers_are_recycled_after_max_requests_without_a_failed_call() {
+    use svckit::rpc::{Rpc, Target};
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("file://{}", dir.path().display());
+    let mut args = quick_node_args(&url, "wm");
+    args.extend_from_slice(&["--workers", "2"]);
+    let env = [
+        ("SVCKIT_DRAIN_DELAY", "0.2"),
+        ("SVCKIT_MAX_REQUESTS", "1000"),
+        ("SVCKIT_MAX_REQUESTS_JITTER", "100"),
+    ];
+    let (node, _) = Proc::start_example("echo_node", &args, &env);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let registry_url = svckit::servicegroup::RegistryUrl::parse(&url).unwrap();
+    let target = Target::topic("echo");
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let registry = servicegroup::connect(&registry_url, &support::options())
+            .await
+            .unwrap();
+        let rpc = Rpc::new(registry).await.unwrap();
+        rpc.wait_for_nodes(&target, 1, WAIT).await.unwrap();
+        let mut client = EchoClient::new(rpc.channel(target.clone()).idempotent());
+        tasks.push(tokio::spawn(async move {
+            let (mut pids, mut errors) = (BTreeSet::new(), Vec::new());
+            for _ in 0..1_500 {
+                match client.echo(EchoRequest::default()).await {
+                    Ok(reply) => {
+                        pids.insert(reply.into_inner().pid);
+                    }
+                    Err(e) => errors.push(e),
+                }
+            }
+            drop(rpc);
+            (pids, errors)
+        }));
+    }
+    let (mut pids, mut errors) = (BTreeSet::new(), Vec::new());
+    for task in tasks {
+        let (p, e) = task.await.unwrap();
+        pids.extend(p);
+        errors.extend(e);
+    }
+    assert!(
+        errors.is_empty(),
+        "{} calls failed: {errors:?}",
+        errors.len()
+    );
+    // Two workers at a time, each replaced after 1,000 to 1,100 calls.
+    assert!(
+        pids.len() >= 5,
+        "6,000 calls were served by {} workers: {pids:?}",
+        pids.len()
+    );
+    assert!(node
+        .stderr()
+        .contains("worker served max_requests; replacing it"));
 }

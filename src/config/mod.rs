@@ -229,6 +229,13 @@ options! {
     /// A worker that exits sooner than this after its start is restarted with a growing delay (0.1 s doubling to 30 s).
     min_worker_lifetime: Duration = Duration::from_secs(10), mutable = true, secret = false,
         range = "0s" ..= "1h";
+    /// A worker that has not proved it is alive for this long (its runtime blocked, or the process stopped) is killed and replaced; 0 never.
+    worker_timeout: Duration = Duration::from_secs(30), mutable = false, secret = false,
+        range = "0s" ..= "1h";
+    /// A worker that answered this many gRPC calls and HTTP requests (plus a random jitter of up to max_requests_jitter) is replaced gracefully, as in a reload; 0 never.
+    max_requests: usize = 0, mutable = false, secret = false, range = "0" ..= "1000000000000";
+    /// The most added at random to max_requests per worker, so that workers are not all replaced at once.
+    max_requests_jitter: usize = 0, mutable = false, secret = false, range = "0" ..= "1000000000000";
     /// Heartbeat interval (lease keep-alive); on etcd at most 2.5 per service_down_time.
     report_interval: Duration = Duration::from_secs(1), mutable = false, secret = false,
         range = "10ms" ..= "1h";
@@ -258,7 +265,7 @@ options! {
         range = "0s" ..= "1h";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
-    /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the CPUs are at least 80% busy, no more in flight than the node's best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.
+    /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the process uses at least 90% of its share of CPUs, no more in flight than its best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.
     rpc_admission: AdmissionMode = AdmissionMode::Adaptive, mutable = false, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.
     rpc_pool_size: usize = 1000, mutable = false, secret = false, range = "1" ..= "100000";

@@ -32,7 +32,7 @@ enum Channel {
     /// To the supervisor of this worker, once every service started.
     Supervisor {
         ready: Option<Ready>,
-        advert: Option<Advert>,
+        advert: Option<Box<Advert>>,
     },
 }
 
@@ -90,7 +90,7 @@ impl Advertiser {
         };
         match &mut self.channel {
             Channel::Supervisor { advert: kept, .. } => {
-                kept.get_or_insert(advert);
+                kept.get_or_insert(Box::new(advert));
                 Ok(Advertised::by_supervisor())
             }
             Channel::Registry => {
@@ -104,7 +104,7 @@ impl Advertiser {
     pub(crate) fn all_started(&mut self) {
         if let Channel::Supervisor { ready, advert } = &mut self.channel {
             if let Some(ready) = ready.take() {
-                ready.send(advert.as_ref());
+                ready.send(advert.as_deref());
             }
         }
     }

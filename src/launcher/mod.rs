@@ -141,7 +141,14 @@ where
             // supervisor when serving, leave registration to it.
             let mut controls = signals()?;
             let mut supervisor = None;
-            if let Some((ready, requests)) = inherited.follow_supervisor()? {
+            // A beat every half timeout: one late beat is not a miss.
+            let beat = Some(config.worker_timeout / 2).filter(|b| !b.is_zero());
+            // gunicorn's max_requests, with its jitter drawn once per worker.
+            let recycle_after = (config.max_requests > 0).then(|| {
+                let jitter = rand::random_range(0..=config.max_requests_jitter);
+                u64::try_from(config.max_requests + jitter).unwrap_or(u64::MAX)
+            });
+            if let Some((ready, requests)) = inherited.follow_supervisor(beat, recycle_after)? {
                 supervisor = Some(ready);
                 controls = futures::stream::select(controls, requests).boxed();
             }
@@ -157,6 +164,7 @@ where
                 .run_with(controls)
                 .await;
         }
+        process::notify::watchdog();
         if inherited.listener.is_some() || inherited.http_listener.is_some() {
             // systemd socket activation: one process on the given sockets.
             return ServiceLauncher::new(config, services)

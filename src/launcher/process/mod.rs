@@ -23,7 +23,7 @@
 //! - Under systemd (`NOTIFY_SOCKET`), READY=1, RELOADING=1 and STOPPING=1
 //!   are sent.
 
-mod notify;
+pub(crate) mod notify;
 mod pool;
 mod spawn;
 pub(crate) mod worker;
@@ -149,8 +149,13 @@ impl Supervisor {
                 args: std::env::args_os().collect(),
             },
         };
-        let (pool, events) =
-            Pool::new(program, listeners, self.workers, config.min_worker_lifetime);
+        let (pool, events) = Pool::new(
+            program,
+            listeners,
+            self.workers,
+            config.min_worker_lifetime,
+            config.worker_timeout,
+        );
         let running = Running {
             advertiser: Advertiser::new(registry, &config),
             config,
@@ -299,6 +304,7 @@ impl Running {
                 "workers_wanted": self.pool.target(),
                 "workers_serving": self.pool.serving(),
                 "restarts": self.pool.restarts(),
+                "timeouts": self.pool.timeouts(),
                 "registered": status.is_some(),
                 "membership": status,
             },

@@ -24,3 +24,37 @@ pub(super) fn notify(state: &str) {
         tracing::warn!(socket = %path, state, error = %e, "cannot notify systemd");
     }
 }
+
+/// Under systemd's watchdog (`WatchdogSec=`, which sets `WATCHDOG_USEC`,
+/// and `WATCHDOG_PID` when it is meant for one process), sends
+/// `WATCHDOG=1` every half period from a task on this runtime: a runtime
+/// that blocks stops sending, and systemd restarts the service. Workers
+/// have the supervisor's `worker_timeout` instead.
+pub(crate) fn watchdog() {
+    let Some(period) = std::env::var("WATCHDOG_USEC")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .filter(|&usec| usec > 0)
+    else {
+        return;
+    };
+    if std::env::var("WATCHDOG_PID")
+        .ok()
+        .and_then(|pid| pid.parse::<u32>().ok())
+        .is_some_and(|pid| pid != std::process::id())
+    {
+        return;
+    }
+    let every = std::time::Duration::from_micros(period / 2);
+    tracing::info!(
+        every_ms = every.as_millis(),
+        "sending systemd watchdog keep-alives"
+    );
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(every);
+        loop {
+            ticks.tick().await;
+            notify("WATCHDOG=1");
+        }
+    });
+}

@@ -15,7 +15,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::spawn::spawn;
-use super::worker::{MAX_ADVERT, READY, RESTARTS, STOP};
+use super::worker::{MAX_ADVERT, READY, RECYCLE, RESTARTS, STOP, TIMEOUTS};
 use crate::servicegroup::Advert;
 
 /// The first restart delay of a crash loop, and its cap.
@@ -26,6 +26,10 @@ const BACKOFF_CAP: Duration = Duration::from_secs(30);
 pub(super) enum Event {
     /// The worker serves, and advertises this.
     Ready(u64, Option<Advert>),
+    /// The worker sent no beat for `worker_timeout`.
+    Hung(u64),
+    /// The worker served its `max_requests`.
+    Recycle(u64),
     Exited(u64, std::process::ExitStatus),
 }
 
@@ -42,6 +46,8 @@ struct Worker {
     pid: i32,
     started: Instant,
     state: State,
+    /// Killed for missing its beats.
+    hung: bool,
     /// Where stop requests are written (see [`super::worker`]).
     requests: std::os::unix::net::UnixStream,
 }
@@ -58,9 +64,11 @@ impl Worker {
 
     /// Tells the worker how many workers were restarted so far; one that
     /// cannot be told is on its way out anyway.
-    fn tell_restarts(&self, restarts: u64) {
-        let mut message = [RESTARTS; 9];
-        message[1..].copy_from_slice(&restarts.to_be_bytes());
+    fn tell_restarts(&self, restarts: u64, timeouts: u64) {
+        let mut message = [RESTARTS; 18];
+        message[1..9].copy_from_slice(&restarts.to_be_bytes());
+        message[9] = TIMEOUTS;
+        message[10..].copy_from_slice(&timeouts.to_be_bytes());
         let _ = (&self.requests).write_all(&message);
     }
 }
@@ -89,6 +97,8 @@ pub(super) struct Pool {
     listeners: Vec<(&'static str, TcpListener)>,
     /// A worker that dies younger than this restarts after a growing delay.
     min_lifetime: Duration,
+    /// A serving worker silent for this long is killed; zero for never.
+    timeout: Duration,
     /// The number of workers wanted.
     target: u32,
     workers: BTreeMap<u64, Worker>,
@@ -98,6 +108,8 @@ pub(super) struct Pool {
     /// The delay of the next restart of a worker that died young.
     backoff: Duration,
     restarts: u64,
+    /// Of those, the workers killed for missing their beats.
+    timeouts: u64,
     rolling: Option<Rolling>,
     /// What the workers advertise, from the newest that serves.
     advert: Option<Advert>,
@@ -110,18 +122,21 @@ impl Pool {
         listeners: Vec<(&'static str, TcpListener)>,
         target: u32,
         min_lifetime: Duration,
+        timeout: Duration,
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let pool = Pool {
             program,
             listeners,
             min_lifetime,
+            timeout,
             target: target.max(1),
             workers: BTreeMap::new(),
             next_id: 0,
             respawns: Vec::new(),
             backoff: BACKOFF_FIRST,
             restarts: 0,
+            timeouts: 0,
             rolling: None,
             advert: None,
             events_tx,
@@ -135,6 +150,11 @@ impl Pool {
 
     pub(super) fn restarts(&self) -> u64 {
         self.restarts
+    }
+
+    /// Of the restarts, the workers killed for missing their beats.
+    pub(super) fn timeouts(&self) -> u64 {
+        self.timeouts
     }
 
     pub(super) fn advert(&self) -> Option<&Advert> {
@@ -194,32 +214,55 @@ impl Pool {
             pid,
             started: Instant::now(),
             state: State::Starting,
+            hung: false,
             requests: spawned.requests,
         };
         if self.restarts > 0 {
-            worker.tell_restarts(self.restarts);
+            worker.tell_restarts(self.restarts, self.timeouts);
         }
         self.workers.insert(id, worker);
         let events = self.events_tx.clone();
         let mut child = spawned.child;
         let mut socket = spawned.socket;
+        let timeout = Some(self.timeout).filter(|t| !t.is_zero());
         tokio::spawn(async move {
-            let mut reading = true;
+            let exited = |status: std::io::Result<std::process::ExitStatus>| {
+                if let Ok(status) = status {
+                    let _ = events.send(Event::Exited(id, status));
+                }
+                // The socket closes when this task ends, after the worker
+                // is gone.
+            };
+            tokio::select! {
+                ready = read_ready(&mut socket) => match ready {
+                    Some(advert) => {
+                        let _ = events.send(Event::Ready(id, advert));
+                    }
+                    // Closed or out of turn: wait for its exit.
+                    None => return exited(child.wait().await),
+                },
+                status = child.wait() => return exited(status),
+            }
+            // Serving: a worker beats every half timeout, and may ask to be
+            // replaced; any message is a sign of life.
+            let silence = timeout.unwrap_or(Duration::MAX);
+            let mut message = [0u8; 64];
             loop {
                 tokio::select! {
-                    ready = read_ready(&mut socket), if reading => {
-                        if let Some(advert) = ready {
-                            let _ = events.send(Event::Ready(id, advert));
+                    heard = tokio::time::timeout(silence, socket.read(&mut message)) => match heard {
+                        Ok(Ok(n)) if n > 0 => {
+                            if message[..n].contains(&RECYCLE) {
+                                let _ = events.send(Event::Recycle(id));
+                            }
                         }
-                        reading = false;
-                    }
-                    status = child.wait() => {
-                        if let Ok(status) = status {
-                            let _ = events.send(Event::Exited(id, status));
+                        // Closed: its exit follows.
+                        Ok(_) => return exited(child.wait().await),
+                        Err(_) => {
+                            let _ = events.send(Event::Hung(id));
+                            return exited(child.wait().await);
                         }
-                        // The socket closes here, after the worker is gone.
-                        return;
-                    }
+                    },
+                    status = child.wait() => return exited(status),
                 }
             }
         });
@@ -240,12 +283,49 @@ impl Pool {
                 }
                 self.roll_on(Some(id));
             }
+            Event::Hung(id) => {
+                if let Some(worker) = self.workers.get_mut(&id) {
+                    tracing::error!(
+                        slot = worker.slot,
+                        pid = worker.pid,
+                        timeout_s = self.timeout.as_secs_f64(),
+                        "worker sent no beat within worker_timeout (its runtime is blocked or it is stopped); killing it"
+                    );
+                    worker.hung = true;
+                    signal_pid(worker.pid, Signal::SIGKILL);
+                }
+            }
+            Event::Recycle(id) => {
+                let Some(worker) = self.workers.get(&id).filter(|w| w.state == State::Ready) else {
+                    return;
+                };
+                tracing::info!(
+                    slot = worker.slot,
+                    pid = worker.pid,
+                    "worker served max_requests; replacing it"
+                );
+                match &mut self.rolling {
+                    Some(rolling) if !rolling.old.contains(&id) => rolling.old.push_back(id),
+                    Some(_) => {}
+                    None => {
+                        self.rolling = Some(Rolling {
+                            old: VecDeque::from([id]),
+                            waiting_for: None,
+                        });
+                        self.roll_on(None);
+                    }
+                }
+            }
             Event::Exited(id, status) => {
                 let Some(worker) = self.workers.remove(&id) else {
                     return;
                 };
                 let lived = worker.started.elapsed();
-                let reason = describe(status);
+                let reason = if worker.hung {
+                    "killed after missing its beats".to_string()
+                } else {
+                    describe(status)
+                };
                 if worker.state == State::Retiring {
                     tracing::info!(slot = worker.slot, pid = worker.pid, %reason, "worker stopped");
                     return;
@@ -253,8 +333,11 @@ impl Pool {
                 let young = lived < self.min_lifetime;
                 tracing::warn!(slot = worker.slot, pid = worker.pid, %reason, lived = ?lived, "worker exited unasked");
                 self.restarts += 1;
+                if worker.hung {
+                    self.timeouts += 1;
+                }
                 for worker in self.workers.values() {
-                    worker.tell_restarts(self.restarts);
+                    worker.tell_restarts(self.restarts, self.timeouts);
                 }
                 if self
                     .rolling
@@ -352,7 +435,7 @@ impl Pool {
                 }
             }
         }
-        tracing::info!("all workers replaced");
+        tracing::info!("replacement done");
     }
 
     fn retire(&mut self, id: u64) {

@@ -10,7 +10,12 @@
 //! - `SVCKIT_SUPERVISOR_FD=3+N`: a socket to the supervisor. The worker writes
 //!   [`READY`] when it serves, followed by what it advertises (a 4-byte big
 //!   endian length, then the [`Advert`] as JSON; length 0 for none), which
-//!   the supervisor registers for all its workers; the supervisor writes [`STOP`] to stop it
+//!   the supervisor registers for all its workers; then [`BEAT`] every half
+//!   `worker_timeout`, from a task on its runtime, so that a worker whose
+//!   runtime is blocked (or which is stopped) falls silent and is replaced.
+//!   Past `max_requests` (and its jitter) it writes [`RECYCLE`] once, and
+//!   the supervisor replaces it as in a reload.
+//!   The supervisor writes [`STOP`] to stop it
 //!   gracefully, and [`RESTARTS`] with a count whenever a worker had to be
 //!   restarted. End-of-file means the supervisor died, and the worker exits
 //!   (a backstop to `PR_SET_PDEATHSIG`).
@@ -28,6 +33,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::time::Duration;
 
 use futures::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -45,11 +51,18 @@ pub(super) const LISTEN_FD: RawFd = 3;
 
 /// Worker → supervisor: serving.
 pub(super) const READY: u8 = b'R';
+/// Worker → supervisor: still alive.
+pub(super) const BEAT: u8 = b'H';
+/// Worker → supervisor: served its `max_requests`; replace me.
+pub(super) const RECYCLE: u8 = b'Q';
 /// Supervisor → worker: stop gracefully.
 pub(super) const STOP: u8 = b'T';
 /// Supervisor → worker: the workers restarted so far, as 8 bytes (big
 /// endian) after this one, for the worker's metrics.
 pub(super) const RESTARTS: u8 = b'C';
+/// Supervisor → worker: how many of those were killed for missing their
+/// beats, as 8 bytes after this one.
+pub(super) const TIMEOUTS: u8 = b'W';
 
 pub(super) const ENV_WORKER: &str = "SVCKIT_WORKER";
 pub(super) const ENV_SUPERVISOR_FD: &str = "SVCKIT_SUPERVISOR_FD";
@@ -138,8 +151,13 @@ impl Inherited {
 
     /// Starts following the supervisor: its stop requests come out of the
     /// returned stream, and the process exits when it goes away. Also
-    /// returns what tells it this worker serves.
-    pub(crate) fn follow_supervisor(&mut self) -> Result<Option<(Ready, Controls)>> {
+    /// returns what tells it this worker serves, then beats every `beat`
+    /// and asks to be replaced once it answered `recycle_after` requests.
+    pub(crate) fn follow_supervisor(
+        &mut self,
+        beat: Option<Duration>,
+        recycle_after: Option<u64>,
+    ) -> Result<Option<(Ready, Controls)>> {
         let Some(fd) = self.supervisor.take() else {
             return Ok(None);
         };
@@ -163,6 +181,9 @@ impl Inherited {
                                 Request::Restarts(n) => {
                                     crate::telemetry::metrics::set_worker_restarts(n)
                                 }
+                                Request::Timeouts(n) => {
+                                    crate::telemetry::metrics::set_worker_timeouts(n)
+                                }
                             }
                         }
                     }
@@ -174,7 +195,11 @@ impl Inherited {
             std::process::exit(exit::FAILURE);
         });
         Ok(Some((
-            Ready(writer),
+            Ready {
+                writer,
+                beat,
+                recycle_after,
+            },
             UnboundedReceiverStream::new(rx).boxed(),
         )))
     }
@@ -185,6 +210,7 @@ impl Inherited {
 enum Request {
     Stop,
     Restarts(u64),
+    Timeouts(u64),
 }
 
 /// Takes the whole requests off the front of `pending`; a count cut off by
@@ -198,13 +224,18 @@ fn requests(pending: &mut Vec<u8>) -> Vec<Request> {
                 out.push(Request::Stop);
                 at += 1;
             }
-            RESTARTS => {
+            kind @ (RESTARTS | TIMEOUTS) => {
                 let Some(count) = pending.get(at + 1..at + 9) else {
                     break;
                 };
                 let mut be = [0u8; 8];
                 be.copy_from_slice(count);
-                out.push(Request::Restarts(u64::from_be_bytes(be)));
+                let count = u64::from_be_bytes(be);
+                out.push(if kind == RESTARTS {
+                    Request::Restarts(count)
+                } else {
+                    Request::Timeouts(count)
+                });
                 at += 9;
             }
             // Unknown bytes are skipped: an older worker ignores what a
@@ -216,8 +247,15 @@ fn requests(pending: &mut Vec<u8>) -> Vec<Request> {
     out
 }
 
-/// Tells the supervisor this worker serves.
-pub(crate) struct Ready(tokio::net::unix::OwnedWriteHalf);
+/// Tells the supervisor this worker serves, then that it lives.
+pub(crate) struct Ready {
+    writer: tokio::net::unix::OwnedWriteHalf,
+    beat: Option<Duration>,
+    recycle_after: Option<u64>,
+}
+
+/// How often a worker with `max_requests` looks at its count.
+const RECYCLE_CHECK: Duration = Duration::from_millis(100);
 
 /// The largest advert a supervisor reads.
 pub(super) const MAX_ADVERT: usize = 1 << 20;
@@ -226,7 +264,11 @@ impl Ready {
     /// Writes the readiness byte and the advert; a supervisor that is gone
     /// is noticed by the reader, not here.
     pub(crate) fn send(self, advert: Option<&Advert>) {
-        let mut writer = self.0;
+        let Ready {
+            mut writer,
+            beat,
+            mut recycle_after,
+        } = self;
         let mut message = vec![READY, 0, 0, 0, 0];
         if let Some(advert) = advert {
             match serde_json::to_vec(advert) {
@@ -238,11 +280,41 @@ impl Ready {
                 Err(e) => tracing::error!(error = %e, "cannot encode the advert"),
             }
         }
+        // On this runtime: a runtime that blocks stops beating. The
+        // socket stays open: closing it is how the supervisor would see us
+        // go.
         tokio::spawn(async move {
-            let _ = writer.write_all(&message).await;
-            // Kept open: closing it is how the supervisor would see us go.
-            std::future::pending::<()>().await;
-            drop(writer);
+            if writer.write_all(&message).await.is_err() {
+                return;
+            }
+            let mut next_beat = beat.map(|every| tokio::time::Instant::now() + every);
+            loop {
+                let next_check = recycle_after.map(|_| tokio::time::Instant::now() + RECYCLE_CHECK);
+                let Some(wake) = next_beat.into_iter().chain(next_check).min() else {
+                    std::future::pending::<()>().await;
+                    return;
+                };
+                tokio::time::sleep_until(wake).await;
+                if recycle_after.is_some_and(|n| crate::admission::served() >= n) {
+                    tracing::info!(
+                        served = crate::admission::served(),
+                        "served max_requests; asking the supervisor for a replacement"
+                    );
+                    recycle_after = None;
+                    if writer.write_all(&[RECYCLE]).await.is_err() {
+                        return;
+                    }
+                }
+                let now = tokio::time::Instant::now();
+                if let (Some(at), Some(every)) = (next_beat, beat) {
+                    if at <= now {
+                        next_beat = Some(now + every);
+                        if writer.write_all(&[BEAT]).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
         });
     }
 }
@@ -255,10 +327,10 @@ mod tests {
     fn requests_are_read_whole_across_reads() {
         let mut pending = vec![STOP, RESTARTS, 0, 0, 0];
         assert_eq!(requests(&mut pending), [Request::Stop]);
-        pending.extend_from_slice(&[0, 0, 0, 0, 3, b'x', STOP]);
+        pending.extend_from_slice(&[0, 0, 0, 0, 3, b'x', STOP, TIMEOUTS, 0, 0, 0, 0, 0, 0, 0, 1]);
         assert_eq!(
             requests(&mut pending),
-            [Request::Restarts(3), Request::Stop]
+            [Request::Restarts(3), Request::Stop, Request::Timeouts(1)]
         );
         assert!(pending.is_empty());
     }

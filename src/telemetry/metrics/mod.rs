@@ -238,17 +238,42 @@ pub(crate) fn count_ejection(topic: &str) {
         .inc();
 }
 
-/// Workers the supervisor restarted after they died, as it last told this
-/// worker (0 in a single process).
-static WORKER_RESTARTS: LazyLock<Counter> = LazyLock::new(Counter::default);
+/// Workers the supervisor restarted, by reason, as it last told this
+/// worker (none in a single process).
+static WORKER_RESTARTS: LazyLock<Family<ReasonLabel, Counter>> = LazyLock::new(Family::default);
 
-/// Sets the restart count the supervisor sent.
-pub(crate) fn set_worker_restarts(restarts: u64) {
-    let seen = WORKER_RESTARTS.get();
-    if restarts > seen {
-        WORKER_RESTARTS.inc_by(restarts - seen);
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabel {
+    reason: &'static str,
+}
+
+/// Sets the restart count the supervisor sent: workers that died, and
+/// (of those) workers it killed for missing their beats.
+fn set_restarts(reason: &'static str, count: u64) {
+    let counter = WORKER_RESTARTS.get_or_create(&ReasonLabel { reason });
+    let seen = counter.get();
+    if count > seen {
+        counter.inc_by(count - seen);
     }
 }
+
+/// Sets the restart count the supervisor sent (every reason).
+pub(crate) fn set_worker_restarts(restarts: u64) {
+    TOLD_RESTARTS.store(restarts, std::sync::atomic::Ordering::Relaxed);
+    let timeouts = TOLD_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed);
+    set_restarts("exited", restarts.saturating_sub(timeouts));
+}
+
+/// Sets how many of the restarts were workers killed as hung.
+pub(crate) fn set_worker_timeouts(timeouts: u64) {
+    TOLD_TIMEOUTS.store(timeouts, std::sync::atomic::Ordering::Relaxed);
+    set_restarts("timeout", timeouts);
+    let restarts = TOLD_RESTARTS.load(std::sync::atomic::Ordering::Relaxed);
+    set_restarts("exited", restarts.saturating_sub(timeouts));
+}
+
+static TOLD_RESTARTS: AtomicU64 = AtomicU64::new(0);
+static TOLD_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 /// Every metric of a node, and the registry that renders them.
 pub struct Metrics {
@@ -293,9 +318,13 @@ impl Metrics {
             "round trip of the node's last successful heartbeat to the registry",
             heartbeat_latency.clone(),
         );
+        // Both reasons show from the start, at 0.
+        for reason in ["exited", "timeout"] {
+            drop(WORKER_RESTARTS.get_or_create(&ReasonLabel { reason }));
+        }
         registry.register(
             "svckit_worker_restarts",
-            "workers the supervisor restarted after they died unasked (0 without workers)",
+            "workers the supervisor restarted, by reason: exited (died unasked) or timeout (killed after missing its beats for worker_timeout)",
             WORKER_RESTARTS.clone(),
         );
         registry.register(
