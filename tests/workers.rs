@@ -635,3 +635,41 @@ async fn workers_are_recycled_after_max_requests_without_a_failed_call() {
         .stderr()
         .contains("worker served max_requests; replacing it"));
 }
+
+/// A package upgrade writes the new binary aside and renames it over the
+/// old path (a new inode); SIGHUP then replaces every worker with one
+/// running the new file, not the deleted one the supervisor runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_after_an_upgrade_runs_the_new_binary_in_every_worker() {
+    use std::os::unix::fs::MetadataExt;
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("echo_node");
+    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
+    let url = format!("file://{}", dir.path().join("registry").display());
+    let mut args = quick_node_args(&url, "up");
+    args.extend_from_slice(&["--workers", "2"]);
+    let mut node = Proc::spawn(binary.clone(), &args, &[("SVCKIT_DRAIN_DELAY", "0.2")]);
+    node.wait_for_endpoint(WAIT);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let before = serving_pids(&node);
+
+    let staged = dir.path().join("echo_node.dpkg-new");
+    std::fs::copy(example_bin("echo_node"), &staged).expect("stage the new binary");
+    std::fs::rename(&staged, &binary).expect("replace the binary");
+    let new = std::fs::metadata(&binary).unwrap().ino();
+    node.signal(Signal::SIGHUP);
+    wait_until("every worker replaced", || {
+        let now = serving_pids(&node);
+        now.len() == 2 && now.is_disjoint(&before)
+    })
+    .await;
+    for pid in serving_pids(&node) {
+        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).expect("a live worker");
+        assert_eq!(exe.ino(), new, "worker {pid} runs the old binary");
+    }
+    assert!(
+        node.stderr().contains("the binary changed"),
+        "{}",
+        node.stderr()
+    );
+}

@@ -23,6 +23,7 @@
 //! - Under systemd (`NOTIFY_SOCKET`), READY=1, RELOADING=1 and STOPPING=1
 //!   are sent.
 
+mod binary;
 pub(crate) mod notify;
 mod pool;
 mod spawn;
@@ -145,7 +146,7 @@ impl Supervisor {
         let program = match self.program {
             Some(program) => program,
             None => Program {
-                path: "/proc/self/exe".into(),
+                path: binary::SELF_EXE.into(),
                 args: std::env::args_os().collect(),
             },
         };

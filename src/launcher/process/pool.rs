@@ -93,6 +93,8 @@ pub(super) struct Program {
 /// The worker processes of one supervisor.
 pub(super) struct Pool {
     program: Program,
+    /// The file `program` names, as resolved at start.
+    binary: super::binary::Binary,
     /// The sockets every worker accepts on, by role (`grpc`, `http`).
     listeners: Vec<(&'static str, TcpListener)>,
     /// A worker that dies younger than this restarts after a growing delay.
@@ -126,6 +128,7 @@ impl Pool {
     ) -> (Self, mpsc::UnboundedReceiver<Event>) {
         let (events_tx, events) = mpsc::unbounded_channel();
         let pool = Pool {
+            binary: super::binary::Binary::resolve(&program.path),
             program,
             listeners,
             min_lifetime,
@@ -193,7 +196,11 @@ impl Pool {
             .iter()
             .map(|(name, l)| (*name, l.as_raw_fd()))
             .collect();
-        let spawned = match spawn(&self.program, slot, &fds) {
+        let program = Program {
+            path: self.binary.for_next_worker(),
+            args: self.program.args.clone(),
+        };
+        let spawned = match spawn(&program, slot, &fds) {
             Ok(spawned) => spawned,
             Err(e) => {
                 tracing::error!(slot, error = %e, "cannot start a worker; retrying");

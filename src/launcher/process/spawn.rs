@@ -34,9 +34,8 @@ pub(super) fn spawn(program: &Program, slot: u32, listeners: &[(&str, RawFd)]) -
     let names: Vec<&str> = listeners.iter().take(count).map(|(n, _)| *n).collect();
     let supervisor_fd = LISTEN_FD + count as RawFd;
     let (ours, theirs) = StdUnixStream::pair()?;
-    // By default the running binary's own inode (`/proc/self/exe`), even if
-    // a deploy replaced the file meanwhile: workers run the supervisor's
-    // code, not a newer one.
+    // The path of the supervisor's binary (see `super::binary`): after an
+    // upgrade replaced the file, new workers run the new one.
     let mut command = Command::new(&program.path);
     let mut args = program.args.iter();
     if let Some(arg0) = args.next() {
