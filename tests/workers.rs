@@ -673,3 +673,60 @@ async fn a_reload_after_an_upgrade_runs_the_new_binary_in_every_worker() {
         node.stderr()
     );
 }
+
+/// A broken upgrade: the new file exits at once, or never serves. SIGHUP
+/// starts one replacement, which fails; the reload stops there, and the
+/// old workers go on serving, neither replaced nor joined by a crash loop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broken_upgrade_leaves_the_old_workers_serving() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let binary = dir.path().join("echo_node");
+    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
+    let url = format!("file://{}", dir.path().join("registry").display());
+    let mut args = quick_node_args(&url, "broken");
+    args.extend_from_slice(&["--workers", "2"]);
+    let env = [
+        ("SVCKIT_DRAIN_DELAY", "0.2"),
+        ("SVCKIT_WORKER_TIMEOUT", "2"),
+    ];
+    let mut node = Proc::spawn(binary.clone(), &args, &env);
+    let addr = node.wait_for_endpoint(WAIT);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let before = serving_pids(&node);
+
+    let staged = dir.path().join("echo_node.dpkg-new");
+    std::fs::write(&staged, "#!/bin/sh\nexit 70\n").unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &binary).expect("replace the binary");
+    node.signal(Signal::SIGHUP);
+    node.wait_for_log("a replacement worker failed to start", WAIT);
+    assert_eq!(serving_pids(&node), before);
+    for (_, pid) in clients_on_workers(addr, 2).await {
+        assert!(before.contains(&pid), "{pid} is not an old worker");
+    }
+    assert_eq!(
+        node.stderr().matches("restarting worker").count(),
+        0,
+        "{}",
+        node.stderr()
+    );
+
+    // One that never reports serving is killed after worker_timeout, with
+    // the same outcome.
+    std::fs::write(&staged, "#!/bin/sh\nexec sleep 3600\n").unwrap();
+    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&staged, &binary).expect("replace the binary");
+    node.signal(Signal::SIGHUP);
+    node.wait_for_log("did not report serving within worker_timeout", WAIT);
+    support::eventually(WAIT, "the reload given up", || async {
+        (node
+            .stderr()
+            .matches("a replacement worker failed to start")
+            .count()
+            == 2)
+            .then_some(())
+    })
+    .await;
+    assert_eq!(serving_pids(&node), before);
+}

@@ -27,6 +27,7 @@ mod binary;
 pub(crate) mod notify;
 mod pool;
 mod spawn;
+mod watch;
 pub(crate) mod worker;
 
 use std::ffi::OsString;

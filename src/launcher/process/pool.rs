@@ -11,27 +11,16 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
-use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
 use super::spawn::spawn;
-use super::worker::{MAX_ADVERT, READY, RECYCLE, RESTARTS, STOP, TIMEOUTS};
+pub(super) use super::watch::Event;
+use super::worker::{RESTARTS, STOP, TIMEOUTS};
 use crate::servicegroup::Advert;
 
 /// The first restart delay of a crash loop, and its cap.
 const BACKOFF_FIRST: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(30);
-
-/// What a worker's watcher task reports.
-pub(super) enum Event {
-    /// The worker serves, and advertises this.
-    Ready(u64, Option<Advert>),
-    /// The worker sent no beat for `worker_timeout`.
-    Hung(u64),
-    /// The worker served its `max_requests`.
-    Recycle(u64),
-    Exited(u64, std::process::ExitStatus),
-}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
@@ -228,51 +217,14 @@ impl Pool {
             worker.tell_restarts(self.restarts, self.timeouts);
         }
         self.workers.insert(id, worker);
-        let events = self.events_tx.clone();
-        let mut child = spawned.child;
-        let mut socket = spawned.socket;
         let timeout = Some(self.timeout).filter(|t| !t.is_zero());
-        tokio::spawn(async move {
-            let exited = |status: std::io::Result<std::process::ExitStatus>| {
-                if let Ok(status) = status {
-                    let _ = events.send(Event::Exited(id, status));
-                }
-                // The socket closes when this task ends, after the worker
-                // is gone.
-            };
-            tokio::select! {
-                ready = read_ready(&mut socket) => match ready {
-                    Some(advert) => {
-                        let _ = events.send(Event::Ready(id, advert));
-                    }
-                    // Closed or out of turn: wait for its exit.
-                    None => return exited(child.wait().await),
-                },
-                status = child.wait() => return exited(status),
-            }
-            // Serving: a worker beats every half timeout, and may ask to be
-            // replaced; any message is a sign of life.
-            let silence = timeout.unwrap_or(Duration::MAX);
-            let mut message = [0u8; 64];
-            loop {
-                tokio::select! {
-                    heard = tokio::time::timeout(silence, socket.read(&mut message)) => match heard {
-                        Ok(Ok(n)) if n > 0 => {
-                            if message[..n].contains(&RECYCLE) {
-                                let _ = events.send(Event::Recycle(id));
-                            }
-                        }
-                        // Closed: its exit follows.
-                        Ok(_) => return exited(child.wait().await),
-                        Err(_) => {
-                            let _ = events.send(Event::Hung(id));
-                            return exited(child.wait().await);
-                        }
-                    },
-                    status = child.wait() => return exited(status),
-                }
-            }
-        });
+        tokio::spawn(super::watch::watch(
+            id,
+            spawned.child,
+            spawned.socket,
+            timeout,
+            self.events_tx.clone(),
+        ));
         Some(id)
     }
 
@@ -292,11 +244,16 @@ impl Pool {
             }
             Event::Hung(id) => {
                 if let Some(worker) = self.workers.get_mut(&id) {
+                    let what = if worker.state == State::Starting {
+                        "worker did not report serving within worker_timeout; killing it"
+                    } else {
+                        "worker sent no beat within worker_timeout (its runtime is blocked or it is stopped); killing it"
+                    };
                     tracing::error!(
                         slot = worker.slot,
                         pid = worker.pid,
                         timeout_s = self.timeout.as_secs_f64(),
-                        "worker sent no beat within worker_timeout (its runtime is blocked or it is stopped); killing it"
+                        "{what}"
                     );
                     worker.hung = true;
                     signal_pid(worker.pid, Signal::SIGKILL);
@@ -339,20 +296,26 @@ impl Pool {
                 }
                 let young = lived < self.min_lifetime;
                 tracing::warn!(slot = worker.slot, pid = worker.pid, %reason, lived = ?lived, "worker exited unasked");
+                if self
+                    .rolling
+                    .as_ref()
+                    .is_some_and(|r| r.waiting_for == Some(id))
+                {
+                    // The worker it was to replace still serves its slot:
+                    // nothing to restart.
+                    tracing::error!(
+                        %reason,
+                        "a replacement worker failed to start; the reload stops here and the old workers go on serving"
+                    );
+                    self.rolling = None;
+                    return;
+                }
                 self.restarts += 1;
                 if worker.hung {
                     self.timeouts += 1;
                 }
                 for worker in self.workers.values() {
                     worker.tell_restarts(self.restarts, self.timeouts);
-                }
-                if self
-                    .rolling
-                    .as_ref()
-                    .is_some_and(|r| r.waiting_for == Some(id))
-                {
-                    tracing::error!("a replacement worker failed to start; the reload stops here");
-                    self.rolling = None;
                 }
                 if worker.slot < self.target {
                     self.schedule(worker.slot, young);
@@ -513,33 +476,6 @@ impl Drop for Pool {
     fn drop(&mut self) {
         // Workers never outlive their supervisor, whatever path ends it.
         self.signal_all(Signal::SIGKILL);
-    }
-}
-
-/// Reads a worker's readiness and advert; `None` when it closed or spoke
-/// out of turn before serving.
-async fn read_ready(socket: &mut tokio::net::UnixStream) -> Option<Option<Advert>> {
-    let mut head = [0u8; 5];
-    socket.read_exact(&mut head).await.ok()?;
-    if head[0] != READY {
-        return None;
-    }
-    let len = u32::from_be_bytes([head[1], head[2], head[3], head[4]]) as usize;
-    if len == 0 {
-        return Some(None);
-    }
-    if len > MAX_ADVERT {
-        tracing::error!(len, "a worker's advert is too large; ignored");
-        return Some(None);
-    }
-    let mut json = vec![0u8; len];
-    socket.read_exact(&mut json).await.ok()?;
-    match serde_json::from_slice(&json) {
-        Ok(advert) => Some(Some(advert)),
-        Err(e) => {
-            tracing::error!(error = %e, "a worker's advert is unreadable; ignored");
-            Some(None)
-        }
     }
 }
 
