@@ -265,7 +265,7 @@ options! {
         range = "0s" ..= "1h";
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
-    /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the process uses at least 90% of its share of CPUs, no more in flight than its best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.
+    /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the process demands at least 90% of its share of CPUs, no more in flight than its best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.
     rpc_admission: AdmissionMode = AdmissionMode::Adaptive, mutable = false, secret = false;
     /// gRPC calls served at once per process (health checks aside); more wait up to rpc_pool_wait, then are refused with UNAVAILABLE before their handler runs.
     rpc_pool_size: usize = 1000, mutable = false, secret = false, range = "1" ..= "100000";
