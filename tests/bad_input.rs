@@ -267,3 +267,26 @@ fn an_empty_config_file_means_the_defaults() {
         node.stderr()
     );
 }
+
+/// `backdoor_port` in a build without the console would do nothing: it is
+/// refused, saying how to build with it; a value that is no port nor
+/// address is refused as any bad value is.
+#[test]
+fn a_backdoor_port_without_the_console_or_with_a_bad_value_exits_78() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("console.toml");
+    std::fs::write(&path, "backdoor_port = \"later\"\n").unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_one_line(code, &err, 78, "`backdoor_port`");
+    if cfg!(all(feature = "console", tokio_unstable)) {
+        return;
+    }
+    std::fs::write(&path, "backdoor_port = 6669\n").unwrap();
+    let (code, err) = run(&["--config", path.to_str().unwrap()]);
+    assert_one_line(
+        code,
+        &err,
+        78,
+        "backdoor_port needs a build with the console",
+    );
+}

@@ -21,7 +21,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 pub use self::args::{exit_on_usage_error, parse_args, CommonArgs};
-pub use self::value::{AdmissionMode, HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers};
+pub use self::value::{
+    AdmissionMode, ConsoleAddr, HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers,
+};
 
 use self::load::check_range;
 use crate::error::{Error, Result};
@@ -253,6 +255,8 @@ options! {
         range = "1ms" ..= "1day";
     /// When set, the node writes its advertised endpoints there as JSON once it serves and is registered, and removes the file when it stops.
     ready_file: Option<PathBuf> = None, mutable = false, secret = false;
+    /// A live debug console (tokio-console) on this port, on loopback (or an address naming its interface); a supervisor's worker N uses the port + 1 + N. Needs a build with the `console` feature and `--cfg tokio_unstable`.
+    backdoor_port: Option<ConsoleAddr> = None, mutable = false, secret = false;
     /// Hedging of idempotent RPC calls: a delay (`20ms`) or `auto` (the target's p95 latency); empty for none.
     rpc_hedge_delay: Option<HedgeDelay> = None, mutable = false, secret = false;
     /// A client of a topic with more routable nodes balances over this many of them (its subset, by rendezvous hashing); 0 uses all.

@@ -89,6 +89,39 @@ impl OptionValue for SocketAddr {
     }
 }
 
+/// Where the debug console listens (`backdoor_port`): a port, on
+/// loopback, or an address that names its interface.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConsoleAddr(pub SocketAddr);
+
+impl ConsoleAddr {
+    /// The address of a process: the port itself for a single process or
+    /// a supervisor, the port + 1 + N for its worker N.
+    pub fn for_slot(self, slot: Option<u32>) -> SocketAddr {
+        let mut addr = self.0;
+        let offset = slot.map_or(0, |n| {
+            u16::try_from(n).unwrap_or(u16::MAX).saturating_add(1)
+        });
+        addr.set_port(addr.port().saturating_add(offset));
+        addr
+    }
+}
+
+impl OptionValue for ConsoleAddr {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if let Ok(port) = s.parse::<u16>() {
+            return Ok(ConsoleAddr(SocketAddr::from(([127, 0, 0, 1], port))));
+        }
+        s.parse().map(ConsoleAddr).map_err(|_| {
+            format!("expected a port (on loopback) or an address like 0.0.0.0:6669, got {s:?}")
+        })
+    }
+    fn show(&self) -> String {
+        self.0.to_string()
+    }
+}
+
 impl OptionValue for RegistryUrl {
     fn parse_value(s: &str) -> Result<Self, String> {
         RegistryUrl::parse(s.trim()).map_err(|e| e.to_string())
@@ -283,5 +316,21 @@ mod tests {
         assert!(bool::parse_value("maybe").is_err());
         assert!(LogFilter::parse_value("svckit=debug,info").is_ok());
         assert!(LogFilter::parse_value("svckit=loud").is_err());
+    }
+}
+
+#[cfg(test)]
+mod console_tests {
+    use super::*;
+
+    #[test]
+    fn a_console_port_is_on_loopback_and_workers_follow_the_supervisor() {
+        let port = ConsoleAddr::parse_value("6669").expect("a port");
+        assert_eq!(port.for_slot(None), "127.0.0.1:6669".parse().unwrap());
+        assert_eq!(port.for_slot(Some(0)), "127.0.0.1:6670".parse().unwrap());
+        assert_eq!(port.for_slot(Some(2)), "127.0.0.1:6672".parse().unwrap());
+        let any = ConsoleAddr::parse_value("0.0.0.0:7000").expect("an address");
+        assert_eq!(any.for_slot(None), "0.0.0.0:7000".parse().unwrap());
+        assert!(ConsoleAddr::parse_value("later").is_err());
     }
 }

@@ -131,7 +131,8 @@ where
     // Before any thread starts: it reads and clears the environment.
     let mut inherited = Inherited::take()?;
     let config = Config::load(&args)?;
-    let telemetry = Telemetry::init(&config);
+    crate::telemetry::check_console(&config)?;
+    let telemetry = Telemetry::init_process(&config, inherited.worker);
     raise_open_files(&config);
     let runtime = tokio::runtime::Runtime::new()?;
     let result = runtime.block_on(async move {

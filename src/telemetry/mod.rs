@@ -26,14 +26,36 @@ impl Telemetry {
     /// and `RUST_LOG` is, `RUST_LOG` is the filter. Installing twice (tests)
     /// keeps the first subscriber, and the returned handle changes nothing.
     pub fn init(config: &Config) -> Self {
-        let (layer, handle) = reload::Layer::new(filter_for(config));
+        Self::init_process(config, None)
+    }
+
+    /// [`Telemetry::init`] for worker `worker` of a supervisor (`None`
+    /// for a process of its own), which places its debug console.
+    pub(crate) fn init_process(config: &Config, worker: Option<u32>) -> Self {
+        let (filter, handle) = reload::Layer::new(filter_for(config));
+        #[cfg(all(feature = "console", tokio_unstable))]
+        if let Some(addr) = config.backdoor_port {
+            // The console sees every task, whatever the log filter: the
+            // filter applies to the log lines alone.
+            use tracing_subscriber::Layer as _;
+            let addr = addr.for_slot(worker);
+            let console = console_subscriber::ConsoleLayer::builder()
+                .server_addr(addr)
+                .spawn();
+            let installed = tracing_subscriber::registry()
+                .with(log_lines().with_filter(filter))
+                .with(console)
+                .try_init()
+                .is_ok();
+            tracing::info!(%addr, "debug console: tokio-console http://{addr}");
+            return Telemetry {
+                filter: installed.then_some(handle),
+            };
+        }
+        let _ = worker;
         let installed = tracing_subscriber::registry()
-            .with(layer)
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .with_writer(sink::stderr())
-                    .with_ansi(std::io::stderr().is_terminal()),
-            )
+            .with(filter)
+            .with(log_lines())
             .try_init()
             .is_ok();
         Telemetry {
@@ -50,6 +72,27 @@ impl Telemetry {
         }
         Ok(())
     }
+}
+
+/// The layer that writes log lines to stderr.
+fn log_lines<S>() -> impl tracing_subscriber::Layer<S>
+where
+    S: tracing::Subscriber + for<'a> tracing_subscriber::registry::LookupSpan<'a>,
+{
+    tracing_subscriber::fmt::layer()
+        .with_writer(sink::stderr())
+        .with_ansi(std::io::stderr().is_terminal())
+}
+
+/// Refuses `backdoor_port` in a build without the console: an option
+/// that would do nothing.
+pub(crate) fn check_console(config: &Config) -> Result<()> {
+    if config.backdoor_port.is_some() && !cfg!(all(feature = "console", tokio_unstable)) {
+        return Err(Error::config(
+            "backdoor_port needs a build with the console: cargo build --features console, with RUSTFLAGS=\"--cfg tokio_unstable\"",
+        ));
+    }
+    Ok(())
 }
 
 fn filter_for(config: &Config) -> EnvFilter {
