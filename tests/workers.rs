@@ -636,6 +636,25 @@ async fn workers_are_recycled_after_max_requests_without_a_failed_call() {
         .contains("worker served max_requests; replacing it"));
 }
 
+/// A supervisor of two workers run from a copy of echo_node installed in
+/// `dir`, as a package installs it, once both serve; with the copy's path
+/// and the gRPC address.
+async fn installed(
+    dir: &tempfile::TempDir,
+    host: &str,
+    env: &[(&str, &str)],
+) -> (Proc, std::path::PathBuf, std::net::SocketAddr) {
+    let binary = dir.path().join("echo_node");
+    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
+    let url = format!("file://{}", dir.path().join("registry").display());
+    let mut args = quick_node_args(&url, host);
+    args.extend_from_slice(&["--workers", "2"]);
+    let mut node = Proc::spawn(binary.clone(), &args, env);
+    let addr = node.wait_for_endpoint(WAIT);
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    (node, binary, addr)
+}
+
 /// A package upgrade writes the new binary aside and renames it over the
 /// old path (a new inode); SIGHUP then replaces every worker with one
 /// running the new file, not the deleted one the supervisor runs.
@@ -643,14 +662,7 @@ async fn workers_are_recycled_after_max_requests_without_a_failed_call() {
 async fn a_reload_after_an_upgrade_runs_the_new_binary_in_every_worker() {
     use std::os::unix::fs::MetadataExt;
     let dir = tempfile::tempdir().unwrap();
-    let binary = dir.path().join("echo_node");
-    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
-    let url = format!("file://{}", dir.path().join("registry").display());
-    let mut args = quick_node_args(&url, "up");
-    args.extend_from_slice(&["--workers", "2"]);
-    let mut node = Proc::spawn(binary.clone(), &args, &[("SVCKIT_DRAIN_DELAY", "0.2")]);
-    node.wait_for_endpoint(WAIT);
-    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let (node, binary, _) = installed(&dir, "up", &[("SVCKIT_DRAIN_DELAY", "0.2")]).await;
     let before = serving_pids(&node);
 
     let staged = dir.path().join("echo_node.dpkg-new");
@@ -681,18 +693,11 @@ async fn a_reload_after_an_upgrade_runs_the_new_binary_in_every_worker() {
 async fn a_broken_upgrade_leaves_the_old_workers_serving() {
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    let binary = dir.path().join("echo_node");
-    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
-    let url = format!("file://{}", dir.path().join("registry").display());
-    let mut args = quick_node_args(&url, "broken");
-    args.extend_from_slice(&["--workers", "2"]);
     let env = [
         ("SVCKIT_DRAIN_DELAY", "0.2"),
         ("SVCKIT_WORKER_TIMEOUT", "2"),
     ];
-    let mut node = Proc::spawn(binary.clone(), &args, &env);
-    let addr = node.wait_for_endpoint(WAIT);
-    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
+    let (node, binary, addr) = installed(&dir, "broken", &env).await;
     let before = serving_pids(&node);
 
     let staged = dir.path().join("echo_node.dpkg-new");

@@ -184,7 +184,7 @@ impl Admission {
         );
         registry.register(
             "svckit_admission_cpu_busy_permille",
-            "busy share of the CPUs the process may run on, in thousandths, as the adaptive limit last read it",
+            "the process's CPU demand (time its threads ran or waited to run) against its share of CPUs, in thousandths, as the adaptive limit last read it",
             admission.cpu.clone(),
         );
         admission
