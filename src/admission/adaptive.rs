@@ -57,8 +57,9 @@ use super::cpu::{CpuGauge, Reading};
 const BUCKET_MS: u64 = 100;
 /// Buckets in the window: five seconds, as go-zero's shedder.
 const BUCKETS: usize = 50;
-/// CPU busy share from which the limit applies (go-zero's; kratos uses 80%).
-const CPU_THRESHOLD: f64 = 0.9;
+/// CPU busy share, in thousandths, from which the limit applies
+/// (go-zero's; kratos uses 80%).
+const BUSY_PERMILLE: u64 = 900;
 /// How long refusing goes on after the last refusal, whatever the CPU.
 const COOL_OFF_MS: u64 = 1000;
 /// How long after the CPUs turned busy the limit first probes for the
@@ -266,7 +267,7 @@ impl Limiter {
         if in_flight <= self.computed.load(Ordering::Relaxed) {
             return false;
         }
-        if self.cpu.load(Ordering::Relaxed) >= (CPU_THRESHOLD * 1000.0) as u64 {
+        if self.cpu.load(Ordering::Relaxed) >= BUSY_PERMILLE {
             self.last_refusal_ms.store(now.max(1), Ordering::Relaxed);
             return true;
         }
@@ -305,7 +306,7 @@ impl Limiter {
             window.last_reading = Some(reading);
         }
 
-        let busy = self.cpu.load(Ordering::Relaxed) >= (CPU_THRESHOLD * 1000.0) as u64;
+        let busy = self.cpu.load(Ordering::Relaxed) >= BUSY_PERMILLE;
         let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
         let drain_ms = min_rt_us(&window.buckets).unwrap_or(0) / 1000;
         let probing = window

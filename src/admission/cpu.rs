@@ -1,9 +1,10 @@
 //! How busy this process keeps the CPUs it may use, for the adaptive
 //! limit: the time its threads ran or waited to run (their demand for
 //! CPU, from `/proc/self/task/*/schedstat`), over the wall time × its share
-//! of CPUs. Its share is the CPUs of its affinity mask, or its cgroup v2
-//! quota (`cpu.max`) when lower, divided among the worker processes that
-//! share them. Without schedstat, the time it ran (`getrusage`).
+//! of CPUs. Its share is what `std::thread::available_parallelism` finds
+//! (its affinity mask, or its cgroup quota when lower), divided among the
+//! worker processes that share them. Without schedstat, the time it ran
+//! (`getrusage`).
 //!
 //! The process's own demand, not the machine's use: a node on a host its
 //! neighbours fill, but which asks for little CPU, refuses nothing, as
@@ -33,12 +34,9 @@ pub(crate) struct CpuGauge {
 impl CpuGauge {
     /// The gauge of a process among `processes` that share its CPUs.
     pub(crate) fn new(processes: usize) -> Self {
-        let mut cpus = affinity().max(1) as f64;
-        if let Some(quota) = cgroup_quota() {
-            cpus = cpus.min(quota);
-        }
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         CpuGauge {
-            share: (cpus / processes.max(1) as f64).max(0.01),
+            share: cpus as f64 / processes.max(1) as f64,
         }
     }
 
@@ -86,27 +84,6 @@ fn run_us() -> Option<u64> {
         u64::try_from(t.tv_sec()).unwrap_or(0) * 1_000_000 + u64::try_from(t.tv_usec()).unwrap_or(0)
     };
     Some(micros(usage.user_time()) + micros(usage.system_time()))
-}
-
-/// How many CPUs this process's affinity mask holds; 0 when unknown.
-fn affinity() -> usize {
-    nix::sched::sched_getaffinity(nix::unistd::Pid::from_raw(0)).map_or(0, |set| {
-        (0..nix::sched::CpuSet::count())
-            .filter(|&cpu| set.is_set(cpu).unwrap_or(false))
-            .count()
-    })
-}
-
-/// The cgroup v2 quota of this process in CPUs, when `cpu.max` sets one.
-fn cgroup_quota() -> Option<f64> {
-    let membership = std::fs::read_to_string("/proc/self/cgroup").ok()?;
-    let path = membership.lines().find_map(|l| l.strip_prefix("0::"))?;
-    let dir = std::path::Path::new("/sys/fs/cgroup").join(path.trim_start_matches('/'));
-    let max = std::fs::read_to_string(dir.join("cpu.max")).ok()?;
-    let mut fields = max.split_ascii_whitespace();
-    let quota: f64 = fields.next()?.parse().ok()?;
-    let period: f64 = fields.next()?.parse().ok()?;
-    (period > 0.0 && quota > 0.0).then_some(quota / period)
 }
 
 #[cfg(test)]

@@ -103,10 +103,10 @@ where
                 }))
             });
         }
-        let slots = self.pool.slots.clone();
         let Some(mut pass) = self.pool.limiter.admit() else {
             return Box::pin(std::future::ready(Ok(refused(Refusal::Limit))));
         };
+        let slots = self.pool.slots.clone();
         let limiter = self.pool.limiter.clone();
         Box::pin(async move {
             let Some(permit) = slots.take().await else {
