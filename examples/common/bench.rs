@@ -83,11 +83,7 @@ where
     };
     let secs = started.elapsed().as_secs_f64();
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0, |d| d.as_micros() as u64)
-    };
+    let pct = |p: f64| percentile_us(&latencies, p);
     Stats {
         calls: load.calls,
         concurrency,
@@ -159,19 +155,15 @@ where
     <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
     T::Error: Into<tonic::codegen::StdError>,
 {
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let due = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due).await;
+    let tasks = paced(calls, rate, |due| {
         let mut client = EchoClient::new(channel.clone());
         let payload = body.clone();
-        tasks.push(tokio::spawn(async move {
+        async move {
             let result = client.echo(EchoRequest { payload }).await;
             result.ok().map(|_| due.elapsed())
-        }));
-    }
+        }
+    })
+    .await;
     let mut latencies = Vec::with_capacity(calls);
     let mut errors = 0;
     for task in tasks {
@@ -181,4 +173,35 @@ where
         }
     }
     (latencies, errors)
+}
+
+/// Starts `calls` calls due at `rate` per second, each as it falls due,
+/// whatever the answers (an open loop); `call(due)` makes one. Returns the
+/// running calls in order.
+pub async fn paced<F, Fut>(
+    calls: usize,
+    rate: f64,
+    mut call: F,
+) -> Vec<tokio::task::JoinHandle<Fut::Output>>
+where
+    F: FnMut(tokio::time::Instant) -> Fut,
+    Fut: std::future::Future + Send + 'static,
+    Fut::Output: Send + 'static,
+{
+    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+    let start = tokio::time::Instant::now();
+    let mut tasks = Vec::with_capacity(calls);
+    for i in 0..calls {
+        let due = start + interval.mul_f64(i as f64);
+        tokio::time::sleep_until(due).await;
+        tasks.push(tokio::spawn(call(due)));
+    }
+    tasks
+}
+
+/// The `p` quantile of sorted latencies, in µs; 0 when there are none.
+pub fn percentile_us(sorted: &[Duration], p: f64) -> u64 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .map_or(0, |d| d.as_micros() as u64)
 }

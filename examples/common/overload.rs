@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 use tonic::Code;
 
+use super::bench::{paced, percentile_us};
 use super::echo::pb::work_client::WorkClient;
 use super::echo::pb::SpinRequest;
 
@@ -87,15 +88,10 @@ pub async fn open(
     deadline: Duration,
 ) -> String {
     let calls = (rate * secs) as usize;
-    let interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
-    let start = tokio::time::Instant::now();
-    let mut tasks = Vec::with_capacity(calls);
-    for i in 0..calls {
-        let due = start + interval.mul_f64(i as f64);
-        tokio::time::sleep_until(due).await;
-        let client = WorkClient::new(channel.clone());
-        tasks.push(tokio::spawn(call(client, micros, deadline, due)));
-    }
+    let tasks = paced(calls, rate, |due| {
+        call(WorkClient::new(channel.clone()), micros, deadline, due)
+    })
+    .await;
     let (mut latencies, mut refused, mut expired, mut failed) = (Vec::new(), 0, 0, 0);
     for task in tasks {
         match task.await {
@@ -106,11 +102,7 @@ pub async fn open(
         }
     }
     latencies.sort_unstable();
-    let pct = |p: f64| {
-        latencies
-            .get(((latencies.len() as f64 * p) as usize).min(latencies.len().saturating_sub(1)))
-            .map_or(0, |d| d.as_micros())
-    };
+    let pct = |p: f64| percentile_us(&latencies, p);
     format!(
         "offered_per_s={:.0} goodput_per_s={:.0} ok={} refused={refused} expired={expired} failed={failed} p50_us={} p99_us={}",
         rate,
