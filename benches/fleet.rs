@@ -121,6 +121,11 @@ struct Figures {
     call_us: f64,
     raw_call_us: f64,
     list_s: f64,
+    /// Leader elections the cluster held on its own (not the bench's
+    /// leader kill) from the cold start to the leader kill.
+    elections: f64,
+    /// The members' mean WAL fsync over the same span, in ms.
+    fsync_ms: f64,
 }
 
 impl std::fmt::Display for Figures {
@@ -130,7 +135,8 @@ impl std::fmt::Display for Figures {
             "fleet_nodes={} join_s={:.1} join_retries={} peak_etcd_rps={:.0} steady_etcd_rps={:.0} \
              steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
              detect_p50_s={:.2} detect_p99_s={:.2} false_down={} leader_kill_s={:.1} reregister_s={:.1} \
-             client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2}",
+             client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2} \
+             elections={:.0} fsync_ms={:.1}",
             self.nodes,
             self.join_s,
             self.join_retries,
@@ -149,6 +155,8 @@ impl std::fmt::Display for Figures {
             self.call_us,
             self.raw_call_us,
             self.list_s,
+            self.elections,
+            self.fsync_ms,
         )
     }
 }
@@ -183,6 +191,7 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
     // etcd did not answer in time is tried again after a random pause, as
     // a supervisor (or systemd restarting a node) would: counted.
     let sampler = RateSampler::start(endpoints.clone());
+    let health_before = ClusterHealth::read(&endpoints);
     let started = Instant::now();
     let retried = AtomicUsize::new(0);
     let joins = stream::iter(0..n)
@@ -313,6 +322,8 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
         .iter()
         .map(|(host, m)| (host, m.status().last_heartbeat))
         .collect();
+    let health = ClusterHealth::read(&endpoints).since(&health_before);
+    (figures.elections, figures.fsync_ms) = (health.elections, health.fsync_ms);
     let killed = Instant::now();
     cluster.members[leader].stop();
     let mut leader_downs = 0;
@@ -416,6 +427,52 @@ fn metrics(endpoint: &str) -> String {
         let _ = conn.read_to_string(&mut text);
     }
     text
+}
+
+/// What tells an overloaded cluster: leader elections (the most any
+/// member saw) and WAL fsyncs (over all members), as counters.
+#[derive(Default)]
+struct ClusterHealth {
+    elections: f64,
+    fsync_s: f64,
+    fsyncs: f64,
+    fsync_ms: f64,
+}
+
+impl ClusterHealth {
+    fn read(endpoints: &[String]) -> ClusterHealth {
+        let mut health = ClusterHealth::default();
+        for endpoint in endpoints {
+            let text = metrics(endpoint);
+            let value = |name: &str| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix(name)?.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            };
+            health.elections = health
+                .elections
+                .max(value("etcd_server_leader_changes_seen_total "));
+            health.fsync_s += value("etcd_disk_wal_fsync_duration_seconds_sum ");
+            health.fsyncs += value("etcd_disk_wal_fsync_duration_seconds_count ");
+        }
+        health
+    }
+
+    /// The change since `before`, with the mean fsync over it.
+    fn since(&self, before: &ClusterHealth) -> ClusterHealth {
+        let fsyncs = self.fsyncs - before.fsyncs;
+        let fsync_s = self.fsync_s - before.fsync_s;
+        ClusterHealth {
+            elections: self.elections - before.elections,
+            fsync_s,
+            fsyncs,
+            fsync_ms: if fsyncs > 0.0 {
+                fsync_s / fsyncs * 1e3
+            } else {
+                0.0
+            },
+        }
+    }
 }
 
 /// Whether the member at `endpoint` leads the cluster, from its /metrics.

@@ -269,6 +269,14 @@ pub trait Membership: Send + Sync {
     /// worker), keeping the operator's admin state; re-registrations after
     /// it write the new count too.
     fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>>;
+
+    /// What a process that takes this one's place in place (the same pid,
+    /// after an exec of an upgraded binary) passes to [`Driver::inherit`]
+    /// to carry on this registration without a leave; `None` where the
+    /// driver has nothing to carry over (the successor joins afresh).
+    fn handover(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A membership backend. Every driver passes the same behavioural tests.
@@ -307,6 +315,14 @@ pub trait Driver: Send + Sync {
     /// discovery restarting a watch.
     fn backoff_max(&self) -> std::time::Duration {
         DEFAULT_BACKOFF_MAX
+    }
+
+    /// Takes over what a [`Membership::handover`] of the process this one
+    /// replaced in place describes, for the joins that follow: on etcd, its
+    /// lease, so that its keys stay and watchers see no leave. Drivers
+    /// without one ignore it.
+    fn inherit(&self, handover: &str) {
+        let _ = handover;
     }
 
     /// Campaigns in `election` until the returned [`Leadership`] is dropped

@@ -4,27 +4,27 @@
 //! keep-alive per interval, not five; and a crash takes all of its keys
 //! with it at the same moment.
 //!
-//! The keeper grants the lease when first used, renews it, and after a
-//! lost stream first asks etcd whether the lease still lives (it outlives
-//! a leader change and an etcd restart) before granting a new one. Users
+//! The keeper grants the lease when first used and renews it. After a
+//! lost stream it opens another on the same lease (which outlives a leader
+//! change and an etcd restart); the first answer says whether the lease
+//! still lives, and only a lease etcd no longer knows is replaced. Users
 //! follow its [`LeaseState`]: a new lease id means their keys went with
 //! the old one and must be claimed again.
 
 use std::collections::HashMap;
-use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::Inner;
 use crate::error::{Error, Result};
-use crate::servicegroup::backoff::Backoff;
-use crate::servicegroup::follow::restarted;
+use keeper::Keeper;
+
+mod keeper;
 
 /// How often a lease is kept alive: every `report_interval`, but at most
 /// 2.5 times per TTL. etcd's own client renews at a third of the TTL; at
@@ -45,12 +45,49 @@ pub(super) fn ttl_secs(down_time: Duration) -> i64 {
 #[derive(Default)]
 pub(super) struct Leases {
     by_ttl: Mutex<HashMap<i64, Weak<SharedLease>>>,
+    /// A lease of this TTL (seconds) held by the process this one replaced
+    /// in place: the first lease of that TTL carries it on.
+    inherited: Mutex<Option<(i64, i64)>>,
 }
 
 impl Leases {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Weak<SharedLease>>> {
         self.by_ttl.lock().unwrap_or_else(PoisonError::into_inner)
     }
+
+    /// Carries on `lease`, of `ttl` seconds, from the process this one
+    /// replaced in place.
+    pub(super) fn inherit(&self, ttl: i64, lease: i64) {
+        *self
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some((ttl, lease));
+    }
+
+    fn take_inherited(&self, ttl: i64) -> Option<i64> {
+        let mut inherited = self
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        match *inherited {
+            Some((t, lease)) if t == ttl => {
+                *inherited = None;
+                Some(lease)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The handover of a lease to a process that replaces this one in place.
+pub(super) fn handover(ttl: i64, lease: i64) -> String {
+    format!("etcd-lease:{ttl}:{lease:x}")
+}
+
+/// The (TTL, lease) of a [`handover`].
+pub(super) fn parse_handover(handover: &str) -> Option<(i64, i64)> {
+    let (ttl, lease) = handover.strip_prefix("etcd-lease:")?.split_once(':')?;
+    Some((ttl.parse().ok()?, i64::from_str_radix(lease, 16).ok()?))
 }
 
 /// What users of a lease see of it.
@@ -65,6 +102,8 @@ pub(super) struct LeaseState {
     pub(super) acks: u64,
     /// The round trip of the last answered keep-alive.
     pub(super) rtt: Option<Duration>,
+    /// Keep-alive streams lost so far (see [`SharedLease::last_error`]).
+    pub(super) failures: u64,
 }
 
 /// A lease shared by the registrations and elections of one process.
@@ -78,6 +117,11 @@ pub(super) struct SharedLease {
     gone: Arc<watch::Sender<i64>>,
     /// The shortest keep-alive interval any user asked for, in ms.
     interval_ms: Arc<AtomicU64>,
+    /// The lease it started from, carried on from the process this one
+    /// replaced in place.
+    inherited: Option<i64>,
+    /// Why the last keep-alive stream was lost.
+    last_error: Arc<Mutex<String>>,
     task: JoinHandle<()>,
 }
 
@@ -97,13 +141,16 @@ impl SharedLease {
                 released: AtomicBool::new(false),
             };
         }
+        let inherited = inner.leases.take_inherited(ttl);
         let (state, _) = watch::channel(LeaseState {
-            id: 0,
+            id: inherited.unwrap_or(0),
             proven_at: Instant::now(),
             acks: 0,
             rtt: None,
+            failures: 0,
         });
         let state = Arc::new(state);
+        let last_error = Arc::new(Mutex::new(String::new()));
         let gone = Arc::new(watch::channel(0).0);
         let interval_ms = Arc::new(AtomicU64::new(interval_ms));
         let keeper = Keeper {
@@ -112,6 +159,8 @@ impl SharedLease {
             state: state.clone(),
             gone: gone.subscribe(),
             interval_ms: interval_ms.clone(),
+            start: inherited.unwrap_or(0),
+            last_error: last_error.clone(),
         };
         let shared = Arc::new(SharedLease {
             inner: inner.clone(),
@@ -120,6 +169,8 @@ impl SharedLease {
             state,
             gone,
             interval_ms,
+            inherited,
+            last_error,
             task: tokio::spawn(keeper.supervise()),
         });
         map.insert(ttl, Arc::downgrade(&shared));
@@ -127,6 +178,25 @@ impl SharedLease {
             shared,
             released: AtomicBool::new(false),
         }
+    }
+
+    /// The lease carried on from the process this one replaced in place,
+    /// if it started from one: keys bound to it are ours.
+    pub(super) fn inherited(&self) -> Option<i64> {
+        self.inherited
+    }
+
+    /// Why the last keep-alive stream was lost.
+    pub(super) fn last_error(&self) -> String {
+        self.last_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Its TTL in seconds.
+    pub(super) fn ttl(&self) -> i64 {
+        self.ttl
     }
 
     /// Uses not yet released.
@@ -237,194 +307,6 @@ impl Drop for LeaseUse {
         // lease expires by its TTL.
         if !self.released.swap(true, Ordering::SeqCst) && self.shared.end_use() {
             self.shared.task.abort();
-        }
-    }
-}
-
-/// The task that grants and renews one shared lease.
-struct Keeper {
-    inner: Arc<Inner>,
-    ttl: i64,
-    state: Arc<watch::Sender<LeaseState>>,
-    gone: watch::Receiver<i64>,
-    interval_ms: Arc<AtomicU64>,
-}
-
-/// Why renewing stopped.
-enum Stopped {
-    /// etcd says the lease is gone: grant another.
-    Expired(String),
-    /// The stream broke: the lease may well live on.
-    Broken(Error),
-}
-
-impl Keeper {
-    fn interval(&self) -> Duration {
-        Duration::from_millis(self.interval_ms.load(Ordering::SeqCst))
-    }
-
-    fn ttl(&self) -> Duration {
-        Duration::from_secs(u64::try_from(self.ttl).unwrap_or(1))
-    }
-
-    /// Keeps a lease forever; a panic is logged, counted, and followed by a
-    /// new lease (its users claim their keys again), never by users left
-    /// waiting on a keeper that is gone.
-    async fn supervise(mut self) {
-        loop {
-            if AssertUnwindSafe(self.run()).catch_unwind().await.is_ok() {
-                return;
-            }
-            restarted("lease keeper", &"the lease keeper panicked");
-            self.state.send_modify(|s| s.id = 0);
-        }
-    }
-
-    async fn run(&mut self) {
-        let mut backoff = Backoff::new(self.inner.backoff_max);
-        let mut lease = 0;
-        loop {
-            if lease == 0 {
-                match self.grant().await {
-                    Ok(id) => {
-                        lease = id;
-                        backoff.reset();
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "cannot get a lease from etcd; trying again");
-                        backoff.wait().await;
-                        continue;
-                    }
-                }
-            }
-            match self.renew(lease).await {
-                Stopped::Expired(why) => {
-                    tracing::warn!(lease = %format!("{lease:x}"), "{why}; granting a new lease");
-                    self.state.send_modify(|s| s.id = 0);
-                    lease = 0;
-                }
-                Stopped::Broken(e) => {
-                    tracing::info!(lease = %format!("{lease:x}"), error = %e, "lease keep-alive interrupted");
-                    // A lost stream may be every node's at once (an etcd
-                    // restart or leader loss): spread the fleet's return
-                    // over an interval, which the lease outlasts.
-                    let jitter = self.interval().mul_f64(rand::random::<f64>());
-                    tokio::time::sleep(jitter).await;
-                    match self.time_to_live(lease).await {
-                        Ok(Some(proven_at)) => {
-                            backoff.reset();
-                            self.state.send_modify(|s| s.proven_at = proven_at);
-                        }
-                        Ok(None) => {
-                            tracing::warn!(lease = %format!("{lease:x}"), "the lease expired; granting a new lease");
-                            self.state.send_modify(|s| s.id = 0);
-                            lease = 0;
-                        }
-                        Err(_) => backoff.wait().await,
-                    }
-                }
-            }
-        }
-    }
-
-    async fn grant(&self) -> Result<i64> {
-        let leases = self.inner.client.lease_client();
-        let ttl = self.ttl;
-        let sent = Instant::now();
-        let id = self
-            .inner
-            .call(|| {
-                let mut leases = leases.clone();
-                async move { leases.grant(ttl, None).await }
-            })
-            .await?
-            .id();
-        self.state.send_modify(|s| {
-            *s = LeaseState {
-                id,
-                proven_at: sent,
-                acks: s.acks,
-                rtt: None,
-            }
-        });
-        Ok(id)
-    }
-
-    /// Whether etcd still holds `lease`, and if so, from when it is
-    /// proven alive for a whole TTL.
-    async fn time_to_live(&self, lease: i64) -> Result<Option<Instant>> {
-        let leases = self.inner.client.lease_client();
-        let asked = Instant::now();
-        let answer = self
-            .inner
-            .call(|| {
-                let mut leases = leases.clone();
-                async move { leases.time_to_live(lease, None).await }
-            })
-            .await?;
-        let left = u64::try_from(answer.ttl()).unwrap_or(0);
-        Ok((left > 0).then(|| {
-            let lost = self.ttl().saturating_sub(Duration::from_secs(left));
-            asked.checked_sub(lost).unwrap_or(asked)
-        }))
-    }
-
-    /// Keeps `lease` alive until it expires or the stream breaks.
-    async fn renew(&mut self, lease: i64) -> Stopped {
-        let leases = self.inner.client.lease_client();
-        // Opening the stream sends a first keep-alive.
-        let mut sent = Some(Instant::now());
-        let keep_alive = self.inner.call(|| {
-            let mut leases = leases.clone();
-            async move { leases.keep_alive(lease).await }
-        });
-        let (mut keeper, mut acks) = match keep_alive.await {
-            Ok(pair) => pair,
-            Err(e) => return Stopped::Broken(e),
-        };
-        let broke =
-            |what: &str, e: etcd_client::Error| Stopped::Broken(Error::unavailable(what, e));
-        // Silence counts from the later of the last proof and this stream's
-        // opening: a stream opened after an outage gets a whole TTL for its
-        // first answer, which a loaded cluster may be slow to give.
-        let opened = Instant::now();
-        let mut next = opened + self.interval();
-        loop {
-            tokio::select! {
-                () = tokio::time::sleep_until(next) => {
-                    next = Instant::now() + self.interval();
-                    let heard = self.state.borrow().proven_at.max(opened);
-                    if heard.elapsed() >= self.ttl() {
-                        return Stopped::Broken(Error::Unavailable {
-                            what: format!("no keep-alive answer for {:?}", heard.elapsed()),
-                            source: None,
-                        });
-                    }
-                    if let Err(e) = keeper.keep_alive().await {
-                        return broke("keep-alive failed", e);
-                    }
-                    sent = Some(Instant::now());
-                }
-                ack = acks.message() => match ack {
-                    Ok(Some(ack)) if ack.ttl() > 0 => {
-                        if let Some(at) = sent.take() {
-                            self.state.send_modify(|s| {
-                                s.proven_at = at;
-                                s.acks += 1;
-                                s.rtt = Some(at.elapsed());
-                            });
-                        }
-                    }
-                    Ok(Some(_)) => return Stopped::Expired(format!("lease {lease:x} expired or was revoked")),
-                    Ok(None) => return Stopped::Broken(Error::Unavailable { what: "keep-alive stream closed".into(), source: None }),
-                    Err(e) => return broke("keep-alive stream failed", e),
-                },
-                changed = self.gone.changed() => {
-                    if changed.is_ok() && *self.gone.borrow_and_update() == lease {
-                        return Stopped::Expired(format!("etcd no longer knows lease {lease:x}"));
-                    }
-                }
-            }
         }
     }
 }

@@ -419,6 +419,13 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 impl Driver for EtcdDriver {
+    fn inherit(&self, handover: &str) {
+        match lease::parse_handover(handover) {
+            Some((ttl, lease)) => self.inner.leases.inherit(ttl, lease),
+            None => tracing::warn!(handover, "not an etcd lease handover; joining afresh"),
+        }
+    }
+
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         let inner = self.inner.clone();
         async move { election::campaign(inner, election) }.boxed()

@@ -38,6 +38,9 @@ pub struct FileDriver {
     store: Arc<Store>,
     /// Cap on the delay between a watcher's failed listings.
     backoff_max: Duration,
+    /// The liveness token of the process this one replaced in place: the
+    /// next join carries it on, so that its liveness file stays ours.
+    inherited: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl FileDriver {
@@ -48,6 +51,7 @@ impl FileDriver {
         Ok(Self {
             store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
             backoff_max: options.backoff_max,
+            inherited: Arc::default(),
         })
     }
 
@@ -273,6 +277,10 @@ impl Membership for FileMembership {
         }
         .boxed()
     }
+
+    fn handover(&self) -> Option<String> {
+        Some(format!("file-token:{:x}", self.token))
+    }
 }
 
 impl Drop for FileMembership {
@@ -360,6 +368,16 @@ impl FileDriver {
 }
 
 impl Driver for FileDriver {
+    fn inherit(&self, handover: &str) {
+        match handover
+            .strip_prefix("file-token:")
+            .and_then(|t| u64::from_str_radix(t, 16).ok())
+        {
+            Some(token) => *crate::servicegroup::lock(&self.inherited) = Some(token),
+            None => tracing::warn!(handover, "not a file registry handover; joining afresh"),
+        }
+    }
+
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         async move {
             check_identity(&election.topic, &election.candidate)?;
@@ -377,7 +395,9 @@ impl Driver for FileDriver {
         async move {
             check_identity(&registration.topic, &registration.host)?;
             let down_time = registration.effective_down_time();
-            let token = rand::random::<u64>();
+            let token = crate::servicegroup::lock(&self.inherited)
+                .take()
+                .unwrap_or_else(rand::random::<u64>);
             let alive = Alive::new(
                 token,
                 down_time,

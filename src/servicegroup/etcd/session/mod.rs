@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicI64, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{Compare, CompareOp, EventType, Txn, TxnOp, WatchOptions};
+use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 use futures::future::BoxFuture;
 use futures::FutureExt;
 use tokio::sync::watch;
@@ -51,7 +51,9 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
         inner,
         reg,
     });
-    let revision = session.register(None).await?;
+    // A lease carried on from the process this one replaced in place
+    // holds our keys: they are ours to take back, not a duplicate's.
+    let revision = session.register(session.shared.inherited()).await?;
     let (stop, stopped) = watch::channel(false);
     let task = tokio::spawn(session.clone().supervise(revision, stopped));
     Ok(EtcdMembership {
@@ -62,6 +64,7 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
 }
 
 mod claim;
+mod keep;
 
 struct Session {
     inner: Arc<Inner>,
@@ -177,93 +180,6 @@ impl Session {
             }
         }
     }
-
-    /// Follows the shared lease and watches our keys until either fails.
-    async fn keep(&self, lease: i64, revision: i64, stop: &mut watch::Receiver<bool>) -> Ended {
-        let inner = &self.inner;
-        let mut state = self.shared.subscribe();
-        if state.borrow_and_update().id != lease {
-            return Ended::Lost(Error::Unavailable {
-                what: format!("lease {lease:x} was replaced"),
-                source: None,
-            });
-        }
-        let watches = inner.client.watch_client();
-        let from = WatchOptions::new().with_start_revision(revision + 1);
-        let watch = inner.call(|| {
-            let (mut watches, from) = (watches.clone(), from.clone());
-            let key = self.alive_key.clone();
-            async move { watches.watch(key, Some(from)).await }
-        });
-        let mut changes = match watch.await {
-            Ok(stream) => stream,
-            Err(e) => return Ended::Lost(e),
-        };
-        // The record on the same stream: deleted by hand, it is written again.
-        if let Err(e) = changes.watch(self.record_key.as_str(), Some(from)).await {
-            return Ended::Lost(Error::unavailable("watching the service record", e));
-        }
-        self.status.beat(None);
-        let mut acks = state.borrow().acks;
-        let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
-        let broke = |what: &str, e: etcd_client::Error| Ended::Lost(Error::unavailable(what, e));
-        loop {
-            tokio::select! {
-                _ = stop.changed() => return Ended::Stopped,
-                changed = state.changed() => {
-                    if changed.is_err() {
-                        return lost("the lease keeper stopped".into());
-                    }
-                    let now = *state.borrow_and_update();
-                    if now.id != lease {
-                        return lost(format!("lease {lease:x} expired or was revoked"));
-                    }
-                    if now.acks != acks {
-                        acks = now.acks;
-                        self.status.beat(now.rtt);
-                    }
-                }
-                change = changes.message() => match change {
-                    Ok(Some(resp)) if resp.canceled() => {
-                        return lost(format!("watch on our keys canceled: {}", resp.cancel_reason()));
-                    }
-                    Ok(Some(resp)) => {
-                        if let Some(why) = self.foreign_change(&resp, lease) {
-                            // A change by hand, not an outage.
-                            return Ended::Lost(Error::registry_msg(why));
-                        }
-                    }
-                    Ok(None) => return lost("watch on our keys closed".into()),
-                    Err(e) => return broke("watch on our keys failed", e),
-                },
-            }
-        }
-    }
-
-    /// Whether a change to our keys undoes the registration: the liveness
-    /// key deleted or bound to another lease (overwritten by hand), or the
-    /// record deleted.
-    fn foreign_change(&self, resp: &etcd_client::WatchResponse, lease: i64) -> Option<String> {
-        resp.events().iter().find_map(|event| {
-            let kv = event.kv()?;
-            let key = kv.key();
-            match event.event_type() {
-                EventType::Delete if key == self.alive_key.as_bytes() => {
-                    Some("liveness key deleted".into())
-                }
-                EventType::Delete if key == self.record_key.as_bytes() => {
-                    Some("service record deleted".into())
-                }
-                EventType::Put if key == self.alive_key.as_bytes() && kv.lease() != lease => {
-                    Some(format!(
-                        "liveness key overwritten (bound to lease {:x}, not ours)",
-                        kv.lease()
-                    ))
-                }
-                _ => None,
-            }
-        })
-    }
 }
 
 /// A node registered on etcd.
@@ -325,6 +241,11 @@ impl Membership for EtcdMembership {
                 .map(drop)
         }
         .boxed()
+    }
+
+    fn handover(&self) -> Option<String> {
+        let lease = self.session.lease.load(Ordering::SeqCst);
+        (lease != 0).then(|| super::lease::handover(self.session.shared.ttl(), lease))
     }
 }
 
