@@ -64,29 +64,8 @@ async fn clients_on_workers(addr: std::net::SocketAddr, distinct: usize) -> Vec<
     );
 }
 
-/// The worker pids the supervisor's log names as started or serving.
 fn serving_pids(supervisor: &Proc) -> BTreeSet<u32> {
-    let log = supervisor.stderr();
-    let mut pids = BTreeSet::new();
-    for line in log.lines().filter(|l| l.contains("pool: worker serving")) {
-        if let Some(pid) = field(line, "pid") {
-            pids.insert(pid);
-        }
-    }
-    for line in log
-        .lines()
-        .filter(|l| l.contains("pool: worker stopped") || l.contains("pool: worker exited"))
-    {
-        if let Some(pid) = field(line, "pid") {
-            pids.remove(&pid);
-        }
-    }
-    pids
-}
-
-fn field(line: &str, name: &str) -> Option<u32> {
-    let rest = line.split(&format!(" {name}=")).nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
+    supervisor.serving_workers()
 }
 
 fn alive(pid: u32) -> bool {
@@ -491,7 +470,7 @@ async fn a_crash_looping_worker_backs_off_and_the_node_is_down_until_one_serves(
         .stderr()
         .lines()
         .filter(|l| l.contains("restarting worker"))
-        .filter_map(|l| field(l, "delay_ms"))
+        .filter_map(|l| support::node::log_field(l, "delay_ms"))
         .collect();
     assert!(delays.windows(2).all(|w| w[0] <= w[1]), "{delays:?}");
     assert!(delays.last().is_some_and(|d| *d >= 800), "{delays:?}");
@@ -634,104 +613,4 @@ async fn workers_are_recycled_after_max_requests_without_a_failed_call() {
     assert!(node
         .stderr()
         .contains("worker served max_requests; replacing it"));
-}
-
-/// A supervisor of two workers run from a copy of echo_node installed in
-/// `dir`, as a package installs it, once both serve; with the copy's path
-/// and the gRPC address.
-async fn installed(
-    dir: &tempfile::TempDir,
-    host: &str,
-    env: &[(&str, &str)],
-) -> (Proc, std::path::PathBuf, std::net::SocketAddr) {
-    let binary = dir.path().join("echo_node");
-    std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
-    let url = format!("file://{}", dir.path().join("registry").display());
-    let mut args = quick_node_args(&url, host);
-    args.extend_from_slice(&["--workers", "2"]);
-    let mut node = Proc::spawn(binary.clone(), &args, env);
-    let addr = node.wait_for_endpoint(WAIT);
-    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
-    (node, binary, addr)
-}
-
-/// A package upgrade writes the new binary aside and renames it over the
-/// old path (a new inode); SIGHUP then replaces every worker with one
-/// running the new file, not the deleted one the supervisor runs.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_reload_after_an_upgrade_runs_the_new_binary_in_every_worker() {
-    use std::os::unix::fs::MetadataExt;
-    let dir = tempfile::tempdir().unwrap();
-    let (node, binary, _) = installed(&dir, "up", &[("SVCKIT_DRAIN_DELAY", "0.2")]).await;
-    let before = serving_pids(&node);
-
-    let staged = dir.path().join("echo_node.dpkg-new");
-    std::fs::copy(example_bin("echo_node"), &staged).expect("stage the new binary");
-    std::fs::rename(&staged, &binary).expect("replace the binary");
-    let new = std::fs::metadata(&binary).unwrap().ino();
-    node.signal(Signal::SIGHUP);
-    wait_until("every worker replaced", || {
-        let now = serving_pids(&node);
-        now.len() == 2 && now.is_disjoint(&before)
-    })
-    .await;
-    for pid in serving_pids(&node) {
-        let exe = std::fs::metadata(format!("/proc/{pid}/exe")).expect("a live worker");
-        assert_eq!(exe.ino(), new, "worker {pid} runs the old binary");
-    }
-    assert!(
-        node.stderr().contains("the binary changed"),
-        "{}",
-        node.stderr()
-    );
-}
-
-/// A broken upgrade: the new file exits at once, or never serves. SIGHUP
-/// starts one replacement, which fails; the reload stops there, and the
-/// old workers go on serving, neither replaced nor joined by a crash loop.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broken_upgrade_leaves_the_old_workers_serving() {
-    use std::os::unix::fs::PermissionsExt;
-    let dir = tempfile::tempdir().unwrap();
-    let env = [
-        ("SVCKIT_DRAIN_DELAY", "0.2"),
-        ("SVCKIT_WORKER_TIMEOUT", "2"),
-    ];
-    let (node, binary, addr) = installed(&dir, "broken", &env).await;
-    let before = serving_pids(&node);
-
-    let staged = dir.path().join("echo_node.dpkg-new");
-    std::fs::write(&staged, "#!/bin/sh\nexit 70\n").unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &binary).expect("replace the binary");
-    node.signal(Signal::SIGHUP);
-    node.wait_for_log("a replacement worker failed to start", WAIT);
-    assert_eq!(serving_pids(&node), before);
-    for (_, pid) in clients_on_workers(addr, 2).await {
-        assert!(before.contains(&pid), "{pid} is not an old worker");
-    }
-    assert_eq!(
-        node.stderr().matches("restarting worker").count(),
-        0,
-        "{}",
-        node.stderr()
-    );
-
-    // One that never reports serving is killed after worker_timeout, with
-    // the same outcome.
-    std::fs::write(&staged, "#!/bin/sh\nexec sleep 3600\n").unwrap();
-    std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&staged, &binary).expect("replace the binary");
-    node.signal(Signal::SIGHUP);
-    node.wait_for_log("did not report serving within worker_timeout", WAIT);
-    support::eventually(WAIT, "the reload given up", || async {
-        (node
-            .stderr()
-            .matches("a replacement worker failed to start")
-            .count()
-            == 2)
-            .then_some(())
-    })
-    .await;
-    assert_eq!(serving_pids(&node), before);
 }

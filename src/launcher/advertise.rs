@@ -167,6 +167,12 @@ impl Advertiser {
     }
 
     /// Whether this process holds a registration, and its health.
+    /// What an upgraded image of this process needs to carry the
+    /// registration on (see [`Membership::handover`]).
+    pub(crate) fn handover(&self) -> Option<String> {
+        self.joined.first().and_then(|j| j.membership.handover())
+    }
+
     pub(crate) fn status(&self) -> Option<MembershipStatus> {
         self.joined.first().map(|j| j.membership.status())
     }

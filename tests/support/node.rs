@@ -176,6 +176,27 @@ impl Proc {
         }
     }
 
+    /// The worker pids a supervisor's log names as serving (or adopted
+    /// serving), less those it names as stopped or exited.
+    pub fn serving_workers(&self) -> std::collections::BTreeSet<u32> {
+        let log = self.stderr();
+        let mut pids = std::collections::BTreeSet::new();
+        for line in log.lines().filter(|l| l.contains("pool: worker serving")) {
+            if let Some(pid) = log_field(line, "pid") {
+                pids.insert(pid);
+            }
+        }
+        for line in log
+            .lines()
+            .filter(|l| l.contains("pool: worker stopped") || l.contains("pool: worker exited"))
+        {
+            if let Some(pid) = log_field(line, "pid") {
+                pids.remove(&pid);
+            }
+        }
+        pids
+    }
+
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
@@ -212,4 +233,10 @@ impl Drop for Proc {
             let _ = self.child.wait();
         }
     }
+}
+
+/// A numeric `name=value` field of a log line.
+pub fn log_field(line: &str, name: &str) -> Option<u32> {
+    let rest = line.split(&format!(" {name}=")).nth(1)?;
+    rest.split_whitespace().next()?.parse().ok()
 }

@@ -58,6 +58,17 @@ impl Binary {
         }
     }
 
+    /// The resolved path.
+    pub(super) fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Whether the file at the path is another one than when resolved (or
+    /// last started); a missing file is no change.
+    pub(super) fn changed(&self) -> bool {
+        Identity::of(&self.path).is_some_and(|now| self.last != Some(now))
+    }
+
     /// The file to start the next worker from: the path, noting a change
     /// of the file there; the running binary while nothing is there (an
     /// upgrade half done).

@@ -27,6 +27,7 @@ mod binary;
 pub(crate) mod notify;
 mod pool;
 mod spawn;
+pub(crate) mod upgrade;
 mod watch;
 pub(crate) mod worker;
 
@@ -127,6 +128,7 @@ impl Supervisor {
     /// Runs until the process signals stop it (see [`control::signals`]).
     pub async fn run(self) -> Result<i32> {
         let signals = control::signals()?;
+        upgrade::signals_handled();
         self.run_with(signals).await
     }
 
@@ -139,11 +141,24 @@ impl Supervisor {
         // unusable ones refuse the start (exit 78) instead of failing workers.
         ServerTls::from_config(&config)?;
         let registry = RegistryHandle::new(config.registry.clone(), config.registry_options());
-        registry.get().await?;
-        let mut listeners = vec![("grpc", service::bind(config.rpc_listen)?)];
-        if let Some(addr) = config.http_listen {
-            listeners.push(("http", service::bind(addr)?));
-        }
+        let connected = registry.get().await?;
+        // After an upgrade in place: what the image before handed down.
+        let handover = upgrade::take();
+        let listeners = match &handover {
+            Some(handover) => pool::listeners(&handover.listeners)?,
+            None => {
+                let mut listeners = vec![("grpc", service::bind(config.rpc_listen)?)];
+                if let Some(addr) = config.http_listen {
+                    listeners.push(("http", service::bind(addr)?));
+                }
+                listeners
+            }
+        };
+        // Only a supervisor that runs its own binary upgrades itself.
+        let self_binary = self
+            .program
+            .is_none()
+            .then(|| binary::Binary::resolve(std::path::Path::new(binary::SELF_EXE)));
         let program = match self.program {
             Some(program) => program,
             None => Program {
@@ -151,13 +166,28 @@ impl Supervisor {
                 args: std::env::args_os().collect(),
             },
         };
-        let (pool, events) = Pool::new(
-            program,
+        let (mut pool, events) = Pool::new(
+            program.clone(),
             listeners,
             self.workers,
             config.min_worker_lifetime,
             config.worker_timeout,
         );
+        let mut started_at = SystemTime::now();
+        if let Some(handover) = handover {
+            if let Some(registration) = &handover.registration {
+                connected.inherit(registration);
+            }
+            pool.adopt(
+                handover.workers,
+                handover.restarts,
+                handover.timeouts,
+                handover.advert,
+            )?;
+            started_at =
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(handover.started_at_ms);
+            tracing::info!(pid = std::process::id(), "supervisor upgraded in place");
+        }
         let running = Running {
             advertiser: Advertiser::new(registry, &config),
             config,
@@ -166,7 +196,10 @@ impl Supervisor {
             pool,
             events,
             notified_ready: false,
-            started_at: SystemTime::now(),
+            started_at,
+            self_binary,
+            args: program.args,
+            upgrading: false,
         };
         running.run(controls.chain(stream::pending()).boxed()).await
     }
@@ -182,6 +215,13 @@ struct Running {
     advertiser: Advertiser,
     notified_ready: bool,
     started_at: SystemTime,
+    /// This process's binary, when it runs its own as workers: a reload
+    /// that finds it replaced upgrades the supervisor too.
+    self_binary: Option<binary::Binary>,
+    /// The arguments the supervisor (and every worker) runs with.
+    args: Vec<OsString>,
+    /// Replacing the workers before an upgrade in place.
+    upgrading: bool,
 }
 
 impl Running {
@@ -193,6 +233,20 @@ impl Running {
         );
         self.pool.start_all();
         let stop_signal = loop {
+            self.pool.start_due();
+            let serving = self.pool.serving();
+            if let Err(e) = self.advertiser.tend(self.pool.advert(), serving).await {
+                // Another live node holds this identity: nothing to serve for.
+                self.pool.signal_all(Signal::SIGKILL);
+                return Err(e);
+            }
+            if serving > 0 && self.advertiser.status().is_some() && !self.notified_ready {
+                notify("READY=1");
+                self.notified_ready = true;
+            }
+            if self.upgrading && self.pool.settled() {
+                self.upgrade();
+            }
             let wake = [self.pool.next_wake(), self.advertiser.next_wake()]
                 .into_iter()
                 .flatten()
@@ -208,17 +262,6 @@ impl Running {
                 },
                 Some(event) = self.events.recv() => self.pool.handle(event),
                 () = sleep_until(wake) => {}
-            }
-            self.pool.start_due();
-            let serving = self.pool.serving();
-            if let Err(e) = self.advertiser.tend(self.pool.advert(), serving).await {
-                // Another live node holds this identity: nothing to serve for.
-                self.pool.signal_all(Signal::SIGKILL);
-                return Err(e);
-            }
-            if serving > 0 && self.advertiser.status().is_some() && !self.notified_ready {
-                notify("READY=1");
-                self.notified_ready = true;
             }
         };
         self.stop(stop_signal, &mut controls).await
@@ -279,7 +322,23 @@ impl Running {
     async fn reload(&mut self) {
         notify("RELOADING=1");
         let reload_from = self.reload_from.as_ref();
-        if !super::reload_config(&mut self.config, reload_from, self.telemetry.as_ref()) {
+        let reloaded = super::reload_config(&mut self.config, reload_from, self.telemetry.as_ref());
+        if self
+            .self_binary
+            .as_ref()
+            .is_some_and(binary::Binary::changed)
+            && !self.upgrading
+        {
+            // The new file serves first, in every worker; then the
+            // supervisor runs it too (see `upgrade`).
+            tracing::info!(
+                "the supervisor's binary changed; replacing the workers, then the supervisor"
+            );
+            self.upgrading = true;
+            self.pool.replace_all();
+            return;
+        }
+        if !reloaded {
             // The workers would load the same config: they keep running.
             notify("READY=1");
             return;
@@ -288,6 +347,39 @@ impl Running {
             RestartMethod::Mutate => self.pool.signal_all(Signal::SIGHUP),
             RestartMethod::Reload => self.pool.replace_all(),
         }
+        notify("READY=1");
+    }
+
+    /// Once the workers run the new binary: re-executes it in place. When
+    /// a new worker did not serve, or the exec fails, the supervisor goes
+    /// on as it is.
+    fn upgrade(&mut self) {
+        self.upgrading = false;
+        if self.pool.roll_failed() {
+            tracing::error!(
+                "the new binary did not serve in a worker; the supervisor keeps the old one"
+            );
+            notify("READY=1");
+            return;
+        }
+        let Some(binary) = self.self_binary.as_ref() else {
+            return;
+        };
+        let handover = upgrade::Handover {
+            listeners: self.pool.listener_fds(),
+            workers: self.pool.handover(),
+            registration: self.advertiser.handover(),
+            restarts: self.pool.restarts(),
+            timeouts: self.pool.timeouts(),
+            advert: self.pool.advert().cloned(),
+            started_at_ms: self
+                .started_at
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        };
+        tracing::info!(path = %binary.path().display(), workers = handover.workers.len(), "re-executing the supervisor's new binary in place");
+        let error = upgrade::exec(binary.path(), &self.args, &handover);
+        tracing::error!(error = %error, "cannot re-execute the supervisor; it keeps the old binary");
         notify("READY=1");
     }
 

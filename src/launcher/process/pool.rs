@@ -13,6 +13,12 @@ use nix::sys::signal::{kill, Signal};
 use nix::unistd::Pid;
 use tokio::sync::mpsc;
 
+mod handover;
+mod rolling;
+
+pub(super) use handover::listeners;
+use rolling::Rolling;
+
 use super::spawn::spawn;
 pub(super) use super::watch::Event;
 use super::worker::{RESTARTS, STOP, TIMEOUTS};
@@ -62,15 +68,6 @@ impl Worker {
     }
 }
 
-/// A rolling replacement of workers (a reload with `restart_method =
-/// reload`).
-struct Rolling {
-    /// Workers still to replace, oldest first.
-    old: VecDeque<u64>,
-    /// The replacement started for the head of `old`, not serving yet.
-    waiting_for: Option<u64>,
-}
-
 /// The program a worker runs.
 #[derive(Debug, Clone)]
 pub(super) struct Program {
@@ -102,6 +99,8 @@ pub(super) struct Pool {
     /// Of those, the workers killed for missing their beats.
     timeouts: u64,
     rolling: Option<Rolling>,
+    /// The last rolling replacement stopped at a replacement that failed.
+    roll_failed: bool,
     /// What the workers advertise, from the newest that serves.
     advert: Option<Advert>,
     events_tx: mpsc::UnboundedSender<Event>,
@@ -130,6 +129,7 @@ impl Pool {
             restarts: 0,
             timeouts: 0,
             rolling: None,
+            roll_failed: false,
             advert: None,
             events_tx,
         };
@@ -173,9 +173,17 @@ impl Pool {
         u32::try_from(serving).unwrap_or(u32::MAX).min(self.target)
     }
 
+    /// Starts a worker in every slot that has none (all of them, but
+    /// after an upgrade, which adopted some).
     pub(super) fn start_all(&mut self) {
         for slot in 0..self.target {
-            self.start_worker(slot);
+            if !self
+                .workers
+                .values()
+                .any(|w| w.slot == slot && w.state != State::Retiring)
+            {
+                self.start_worker(slot);
+            }
         }
     }
 
@@ -217,15 +225,25 @@ impl Pool {
             worker.tell_restarts(self.restarts, self.timeouts);
         }
         self.workers.insert(id, worker);
-        let timeout = Some(self.timeout).filter(|t| !t.is_zero());
-        tokio::spawn(super::watch::watch(
-            id,
-            spawned.child,
-            spawned.socket,
-            timeout,
-            self.events_tx.clone(),
-        ));
+        let mut child = spawned.child;
+        let exit = Box::pin(async move { child.wait().await });
+        self.watch(id, exit, spawned.socket, false);
         Some(id)
+    }
+
+    /// Starts the task that reports what worker `id` says, and its exit.
+    fn watch(
+        &self,
+        id: u64,
+        exit: super::watch::Exit,
+        socket: tokio::net::UnixStream,
+        serving: bool,
+    ) {
+        let timeout = Some(self.timeout).filter(|t| !t.is_zero());
+        let events = self.events_tx.clone();
+        tokio::spawn(super::watch::watch(
+            id, exit, socket, timeout, serving, events,
+        ));
     }
 
     pub(super) fn handle(&mut self, event: Event) {
@@ -308,6 +326,7 @@ impl Pool {
                         "a replacement worker failed to start; the reload stops here and the old workers go on serving"
                     );
                     self.rolling = None;
+                    self.roll_failed = true;
                     return;
                 }
                 self.restarts += 1;
@@ -354,58 +373,6 @@ impl Pool {
     /// When a restart is due.
     pub(super) fn next_wake(&self) -> Option<Instant> {
         self.respawns.iter().map(|(at, _)| *at).min()
-    }
-
-    /// Replaces every worker, one at a time: a new one serves before the
-    /// one it replaces is asked to stop.
-    pub(super) fn replace_all(&mut self) {
-        let old: VecDeque<u64> = self
-            .workers
-            .iter()
-            .filter(|(_, w)| w.state != State::Retiring)
-            .map(|(id, _)| *id)
-            .collect();
-        tracing::info!(workers = old.len(), "replacing workers one at a time");
-        self.rolling = Some(Rolling {
-            old,
-            waiting_for: None,
-        });
-        self.roll_on(None);
-    }
-
-    /// Moves a rolling replacement on: when the awaited replacement serves,
-    /// the worker it replaces stops and the next replacement starts.
-    fn roll_on(&mut self, ready: Option<u64>) {
-        let Some(mut rolling) = self.rolling.take() else {
-            return;
-        };
-        if let Some(waiting) = rolling.waiting_for {
-            if ready != Some(waiting) {
-                self.rolling = Some(rolling);
-                return;
-            }
-            if let Some(old) = rolling.old.pop_front() {
-                self.retire(old);
-            }
-            rolling.waiting_for = None;
-        }
-        // Skip workers that went away meanwhile.
-        while let Some(&old) = rolling.old.front() {
-            match self.workers.get(&old) {
-                Some(w) if w.state != State::Retiring => {
-                    let slot = w.slot;
-                    rolling.waiting_for = self.start_worker(slot);
-                    if rolling.waiting_for.is_some() {
-                        self.rolling = Some(rolling);
-                    }
-                    return;
-                }
-                _ => {
-                    rolling.old.pop_front();
-                }
-            }
-        }
-        tracing::info!("replacement done");
     }
 
     fn retire(&mut self, id: u64) {

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+use futures::future::BoxFuture;
+use futures::FutureExt;
 use tokio::io::AsyncReadExt;
 use tokio::sync::mpsc;
 
@@ -20,16 +22,21 @@ pub(super) enum Event {
     Exited(u64, std::process::ExitStatus),
 }
 
-/// Watches worker `id` until it exits. With a `timeout`, a worker that
+/// A worker's exit, as the supervisor learns it.
+pub(super) type Exit = BoxFuture<'static, std::io::Result<std::process::ExitStatus>>;
+
+/// Watches worker `id` until it `exit`s. With a `timeout`, a worker that
 /// does not serve, or once serving sends nothing, for that long is
-/// reported hung.
+/// reported hung. An adopted worker (an upgrade) is `serving` already.
 pub(super) async fn watch(
     id: u64,
-    mut child: tokio::process::Child,
+    exit: Exit,
     mut socket: tokio::net::UnixStream,
     timeout: Option<Duration>,
+    serving: bool,
     events: mpsc::UnboundedSender<Event>,
 ) {
+    let mut child = exit.fuse();
     let exited = |status: std::io::Result<std::process::ExitStatus>| {
         if let Ok(status) = status {
             let _ = events.send(Event::Exited(id, status));
@@ -39,19 +46,21 @@ pub(super) async fn watch(
     };
     // A worker has worker_timeout to serve, as gunicorn's boot.
     let silence = timeout.unwrap_or(Duration::MAX);
-    tokio::select! {
-        ready = tokio::time::timeout(silence, read_ready(&mut socket)) => match ready {
-            Ok(Some(advert)) => {
-                let _ = events.send(Event::Ready(id, advert));
-            }
-            // Closed or out of turn: wait for its exit.
-            Ok(None) => return exited(child.wait().await),
-            Err(_) => {
-                let _ = events.send(Event::Hung(id));
-                return exited(child.wait().await);
-            }
-        },
-        status = child.wait() => return exited(status),
+    if !serving {
+        tokio::select! {
+            ready = tokio::time::timeout(silence, read_ready(&mut socket)) => match ready {
+                Ok(Some(advert)) => {
+                    let _ = events.send(Event::Ready(id, advert));
+                }
+                // Closed or out of turn: wait for its exit.
+                Ok(None) => return exited((&mut child).await),
+                Err(_) => {
+                    let _ = events.send(Event::Hung(id));
+                    return exited((&mut child).await);
+                }
+            },
+            status = &mut child => return exited(status),
+        }
     }
     // Serving: a worker beats every half timeout, and may ask to be
     // replaced; any message is a sign of life.
@@ -65,13 +74,13 @@ pub(super) async fn watch(
                     }
                 }
                 // Closed: its exit follows.
-                Ok(_) => return exited(child.wait().await),
+                Ok(_) => return exited((&mut child).await),
                 Err(_) => {
                     let _ = events.send(Event::Hung(id));
-                    return exited(child.wait().await);
+                    return exited((&mut child).await);
                 }
             },
-            status = child.wait() => return exited(status),
+            status = &mut child => return exited(status),
         }
     }
 }
@@ -101,4 +110,48 @@ async fn read_ready(socket: &mut tokio::net::UnixStream) -> Option<Option<Advert
             Some(None)
         }
     }
+}
+
+/// The exit of an adopted worker: a child of this process that it did not
+/// start (the image before an upgrade did), so not a tokio [`Child`]. Its
+/// pidfd turns readable when it exits; then it is reaped.
+///
+/// [`Child`]: tokio::process::Child
+pub(super) fn adopted_exit(pid: i32) -> Exit {
+    async move {
+        // SAFETY: pidfd_open takes a pid and flags and returns a new
+        // descriptor, owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+        if let Ok(fd) = std::os::fd::RawFd::try_from(fd) {
+            if fd >= 0 {
+                // SAFETY: a descriptor just returned to this process.
+                let fd =
+                    unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+                // SAFETY: the AsyncFd owns the descriptor, open until it
+                // is dropped.
+                if let Ok(fd) = unsafe { tokio::io::unix::AsyncFd::register(fd) } {
+                    let _ = fd.readable().await;
+                }
+            }
+        }
+        // Without a pidfd (an old kernel), or once it fired: wait for it.
+        tokio::task::spawn_blocking(move || {
+            let mut status = 0;
+            // SAFETY: waits for one child of this process.
+            let reaped = unsafe { libc::waitpid(pid, &mut status, 0) };
+            if reaped < 0 {
+                let error = std::io::Error::last_os_error();
+                // Reaped already, by the image before the exec, after it
+                // wrote the handover: it is gone all the same.
+                if error.raw_os_error() == Some(libc::ECHILD) {
+                    return Ok(std::os::unix::process::ExitStatusExt::from_raw(0));
+                }
+                return Err(error);
+            }
+            Ok(std::os::unix::process::ExitStatusExt::from_raw(status))
+        })
+        .await
+        .map_err(std::io::Error::other)?
+    }
+    .boxed()
 }

@@ -84,6 +84,8 @@ impl Inherited {
     /// this one starts do not inherit them. Call it once, before threads
     /// that read the environment start.
     pub(crate) fn take() -> Result<Self> {
+        // A supervisor's upgrade in place hands its state down too.
+        super::upgrade::take_env()?;
         let worker = match std::env::var(ENV_WORKER) {
             Ok(slot) => Some(slot.parse::<u32>().map_err(|_| {
                 Error::usage(format!("{ENV_WORKER}={slot:?} is not a worker slot"))
