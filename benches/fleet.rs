@@ -84,7 +84,9 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "off".into()),
         )
         .try_init();
-    let mut cluster = Cluster::start();
+    // etcd's own raft timing, as a user's cluster runs (the tests use a
+    // quicker one, which a starved machine turns into elections).
+    let mut cluster = Cluster::start_timed((100, 1000));
     let echo = EchoServer::start();
     println!(
         "etcd_members=3 cores={} soak_s={}",

@@ -35,7 +35,12 @@ pub struct Etcd {
     tls: Option<EtcdTls>,
     /// Plain-HTTP `/health` beside a TLS client port.
     metrics_port: u16,
+    /// `--heartbeat-interval` and `--election-timeout`, in ms.
+    timing: (u32, u32),
 }
+
+/// The tests' raft timing: a killed leader is replaced within a second.
+const TEST_TIMING: (u32, u32) = (50, 500);
 
 /// An etcd serving clients over TLS.
 #[derive(Clone)]
@@ -152,6 +157,7 @@ impl Etcd {
             generation: 0,
             tls: None,
             metrics_port: free_port(),
+            timing: TEST_TIMING,
         }
     }
 
@@ -198,7 +204,10 @@ impl Etcd {
             .arg(self.peer_url())
             .arg("--initial-advertise-peer-urls")
             .arg(self.peer_url())
-            .args(["--heartbeat-interval", "50", "--election-timeout", "500"])
+            .arg("--heartbeat-interval")
+            .arg(self.timing.0.to_string())
+            .arg("--election-timeout")
+            .arg(self.timing.1.to_string())
             .args(["--log-outputs", "stderr", "--logger", "zap"])
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -370,6 +379,12 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start() -> Cluster {
+        Cluster::start_timed(TEST_TIMING)
+    }
+
+    /// A cluster with this `--heartbeat-interval` and `--election-timeout`
+    /// (ms); etcd's own defaults are (100, 1000).
+    pub fn start_timed(timing: (u32, u32)) -> Cluster {
         let mut members = Vec::new();
         for attempt in 1..=START_ATTEMPTS {
             let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
@@ -383,7 +398,10 @@ impl Cluster {
                 .iter()
                 .enumerate()
                 .map(|(i, (client, peer))| {
-                    Etcd::new(format!("m{i}"), Some(initial.clone()), *client, *peer)
+                    let mut member =
+                        Etcd::new(format!("m{i}"), Some(initial.clone()), *client, *peer);
+                    member.timing = timing;
+                    member
                 })
                 .collect();
             // All at once: each member waits for the others to form a quorum.
