@@ -17,7 +17,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use nix::sys::signal::Signal;
 use support::etcd::Etcd;
-use support::node::{example_bin, Proc};
+use support::node::{example_bin, quick_node_args, Proc};
 use svckit::rpc::{Rpc, Target};
 use svckit::servicegroup::{self, Event};
 
@@ -53,20 +53,12 @@ async fn installed(
 ) -> (Proc, PathBuf) {
     let binary = dir.path().join("echo_node");
     std::fs::copy(example_bin("echo_node"), &binary).expect("install the binary");
-    let args = [
-        "--registry",
-        registry,
-        "--host",
-        host,
-        "--rpc-listen",
-        "127.0.0.1:0",
-        "--report-interval",
-        "0.2",
-        "--service-down-time",
-        "3",
-        "--workers",
-        "2",
-    ];
+    let mut args = quick_node_args(registry, host);
+    // Room for a slow start of the upgraded supervisor on a loaded machine.
+    if let Some(at) = args.iter().position(|a| *a == "--service-down-time") {
+        args[at + 1] = "3";
+    }
+    args.extend_from_slice(&["--workers", "2"]);
     let mut node = Proc::spawn(binary.clone(), &args, env);
     node.wait_for_endpoint(WAIT);
     wait_until("two workers serving", || node.serving_workers().len() == 2).await;

@@ -19,7 +19,7 @@ use tokio::time::Instant;
 
 use etcd_client::{Compare, CompareOp, Txn, TxnOp};
 
-use super::lease::{keepalive_interval, ttl_secs, LeaseUse, SharedLease};
+use super::lease::{changed_state, keepalive_interval, ttl_secs, LeaseUse, SharedLease};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
@@ -190,13 +190,10 @@ impl Campaign {
                     Err(e) => return Ended::Lost(Error::unavailable(format!("etcd at {}", self.inner.endpoints), e)),
                 },
                 changed = state.changed() => {
-                    if changed.is_err() {
-                        return lost("the lease keeper stopped".into());
-                    }
-                    let now = *state.borrow_and_update();
-                    if now.id != lease {
-                        return lost(format!("lease {lease:x} expired or was revoked"));
-                    }
+                    let now = match changed_state(changed, &mut state, lease) {
+                        Ok(now) => now,
+                        Err(why) => return lost(why),
+                    };
                     if elected {
                         self.set_leads_until(Some(now.proven_at + ttl));
                     }

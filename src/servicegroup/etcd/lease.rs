@@ -106,6 +106,24 @@ pub(super) struct LeaseState {
     pub(super) failures: u64,
 }
 
+/// A user's reading of a change of the lease's state: the state, or why
+/// the user lost its lease (the keeper stopped, or the lease it holds
+/// keys on was replaced).
+pub(super) fn changed_state(
+    changed: std::result::Result<(), watch::error::RecvError>,
+    state: &mut watch::Receiver<LeaseState>,
+    lease: i64,
+) -> std::result::Result<LeaseState, String> {
+    if changed.is_err() {
+        return Err("the lease keeper stopped".into());
+    }
+    let now = *state.borrow_and_update();
+    if now.id != lease {
+        return Err(format!("lease {lease:x} expired or was revoked"));
+    }
+    Ok(now)
+}
+
 /// A lease shared by the registrations and elections of one process.
 pub(super) struct SharedLease {
     inner: Arc<Inner>,

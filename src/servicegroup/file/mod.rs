@@ -17,7 +17,6 @@ use tokio::task::JoinHandle;
 use self::store::{Alive, Store};
 use super::diff::check_identity;
 use super::follow::{self, Follow, Step};
-use super::probe::{probe, Holder};
 use super::status::StatusCell;
 use super::{
     rfc3339, AdminChange, Driver, Election, EventStream, Leadership, Member, Membership,
@@ -25,6 +24,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+mod claim;
 mod election;
 mod store;
 
@@ -318,52 +318,6 @@ async fn heartbeat_loop(
             Ok(Err(e)) => status.failed(&e),
             Err(e) => status.failed(&e),
         }
-    }
-}
-
-impl FileDriver {
-    /// Registers, taking the identity over from an owner whose heartbeat is
-    /// fresh but who does not answer SERVING (crashed within its down time).
-    async fn claim(&self, registration: &Registration, alive: &Alive) -> Result<()> {
-        let mut replace = None;
-        // Twice at most: a holder found dead is replaced on the next try,
-        // unless yet another owner came in between.
-        for _ in 0..3 {
-            let (reg, a) = (registration.clone(), alive.clone());
-            let claim = self
-                .blocking(move |store| register(store, &reg, &a, replace))
-                .await?;
-            let Claim::Held { holder, url } = claim else {
-                return Ok(());
-            };
-            let own = registration.endpoints.grpc.as_deref();
-            if probe(url.as_deref(), own).await != Holder::Dead {
-                let at = url.map_or_else(
-                    || "no endpoint advertised".into(),
-                    |u| format!("serving at {u}"),
-                );
-                return Err(Error::Duplicate {
-                    member: format!("{}/{}", registration.topic, registration.host),
-                    holder: format!(
-                        "{at}; pid {}, last heartbeat {:.1}s ago",
-                        holder.pid,
-                        holder.age(SystemTime::now()).as_secs_f64()
-                    ),
-                });
-            }
-            tracing::warn!(
-                topic = %registration.topic,
-                host = %registration.host,
-                holder = url.as_deref().unwrap_or("-"),
-                pid = holder.pid,
-                "the node holding this identity does not answer; taking it over"
-            );
-            replace = Some(holder.token);
-        }
-        Err(Error::registry_msg(format!(
-            "{}/{} kept changing owners; registration not applied",
-            registration.topic, registration.host
-        )))
     }
 }
 

@@ -5,6 +5,7 @@ use etcd_client::{EventType, WatchOptions};
 use tokio::sync::watch;
 use tokio::time::Instant;
 
+use super::super::lease::changed_state;
 use super::{Ended, Session};
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
@@ -46,13 +47,10 @@ impl Session {
             tokio::select! {
                 _ = stop.changed() => return Ended::Stopped,
                 changed = state.changed() => {
-                    if changed.is_err() {
-                        return lost("the lease keeper stopped".into());
-                    }
-                    let now = *state.borrow_and_update();
-                    if now.id != lease {
-                        return lost(format!("lease {lease:x} expired or was revoked"));
-                    }
+                    let now = match changed_state(changed, &mut state, lease) {
+                        Ok(now) => now,
+                        Err(why) => return lost(why),
+                    };
                     if now.failures != failures {
                         failures = now.failures;
                         failing = true;
