@@ -40,6 +40,7 @@ impl RpcChannel {
                 // Refused before its handler ran: another node may take it,
                 // and this one counts as busy for a moment.
                 Ok(response) if response.headers().contains_key(REFUSED) => {
+                    node.give_back(channel);
                     node.health.refused();
                     return Err(Sent::No(Box::new(
                         Status::from_header_map(response.headers()).unwrap_or_else(|| {
@@ -48,6 +49,7 @@ impl RpcChannel {
                     )));
                 }
                 Ok(response) => {
+                    node.give_back(channel);
                     if node.abandoned.load(Ordering::Relaxed) > 0 {
                         node.abandoned.store(0, Ordering::Relaxed);
                     }
@@ -269,6 +271,9 @@ impl RpcChannel {
             match tower::ServiceExt::ready(&mut channel).await {
                 Ok(ready) => {
                     let result = tower::Service::call(ready, request).await;
+                    if result.is_ok() {
+                        node.give_back(channel);
+                    }
                     let failed = result.as_ref().map_or(true, |response| {
                         response.headers().get(GRPC_STATUS).is_some_and(|code| {
                             outlier::is_failure(Code::from_bytes(code.as_bytes()))

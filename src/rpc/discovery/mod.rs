@@ -17,7 +17,7 @@ mod tracker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -30,6 +30,31 @@ use super::Target;
 pub(crate) use self::subset::Subsetting;
 pub(crate) use self::topics::Discovery;
 
+/// A node's HTTP/2 connection, made on first use, and handles on it kept
+/// for the next calls.
+#[derive(Default)]
+pub(crate) struct Conn {
+    once: OnceLock<Option<Channel>>,
+    /// Handles given back after their calls. tonic's channel is a buffer in
+    /// front of the connection, and readying a new clone of it allocates;
+    /// a handle used before does not.
+    spare: Mutex<Vec<Channel>>,
+}
+
+/// Handles kept per node: as many as calls in flight at once, up to this.
+const MAX_SPARE_HANDLES: usize = 256;
+
+impl Conn {
+    /// The connection, once made (`Some(None)`: its endpoint is unusable).
+    pub(crate) fn get(&self) -> Option<&Option<Channel>> {
+        self.once.get()
+    }
+
+    fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
+        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
 /// One node as channels see it.
 pub(crate) struct Node {
     /// Shared with the topic's member map: one copy per record.
@@ -37,7 +62,7 @@ pub(crate) struct Node {
     /// The node's HTTP/2 connection, made on the first call: a client of a
     /// large topic connects to its subset (and the hosts it names), not to
     /// every node it knows. Shared by the node's versions across snapshots.
-    channel: Arc<OnceLock<Option<Channel>>>,
+    channel: Arc<Conn>,
     options: Arc<ConnectOptions>,
     /// Calls sent to this node and not yet answered: the p2c load measure.
     pub(crate) pending: Arc<AtomicUsize>,
@@ -57,17 +82,31 @@ impl Node {
 
     /// The node's connection, made now if this is its first call; `None`
     /// when its endpoint cannot be used (checked before it was listed).
+    /// Hand it back with [`Node::give_back`] after the call.
     pub(crate) fn channel(&self) -> Option<Channel> {
         // A read first: the flag is written once per sweep, not per call.
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
+        if let Some(spare) = self.channel.spare().pop() {
+            return Some(spare);
+        }
         self.channel
+            .once
             .get_or_init(|| {
                 let url = self.member.record.endpoints.grpc.as_deref()?;
                 connect(url, &self.options)
             })
             .clone()
+    }
+
+    /// Keeps a handle [`Node::channel`] gave for the next call: a handle
+    /// keeps what readying it allocated, which a new clone allocates again.
+    pub(crate) fn give_back(&self, channel: Channel) {
+        let mut spare = self.channel.spare();
+        if spare.len() < MAX_SPARE_HANDLES {
+            spare.push(channel);
+        }
     }
 
     /// Whether the node holds a connection that no call took since the
@@ -82,7 +121,7 @@ impl Node {
     fn disconnected(&self) -> Node {
         Node {
             member: self.member.clone(),
-            channel: Arc::new(OnceLock::new()),
+            channel: Arc::default(),
             options: self.options.clone(),
             pending: self.pending.clone(),
             abandoned: self.abandoned.clone(),

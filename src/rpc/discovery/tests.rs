@@ -231,7 +231,7 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
             let record = reg.to_record(SystemTime::UNIX_EPOCH);
             Arc::new(Node {
                 member: Arc::new(Member { record, up: true }),
-                channel: Arc::new(OnceLock::new()),
+                channel: Arc::default(),
                 options: Arc::new(ConnectOptions {
                     connect_timeout: Duration::from_secs(1),
                     subsetting: Subsetting { client: 1, size: 0 },

@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use super::{usable, ConnectOptions, Node, Snapshot};
 use crate::servicegroup::{Event, Member};
@@ -99,7 +99,7 @@ impl Tracker<'_> {
                 }),
                 None if usable(url, &self.options) => Arc::new(Node {
                     member: member.clone(),
-                    channel: Arc::new(OnceLock::new()),
+                    channel: Arc::default(),
                     options: self.options.clone(),
                     pending: Arc::new(AtomicUsize::new(0)),
                     abandoned: Arc::new(AtomicUsize::new(0)),
