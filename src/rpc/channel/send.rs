@@ -134,8 +134,8 @@ impl RpcChannel {
         self.snapshot.borrow().nodes(&self.settings.target)
     }
 
-    /// A copy of a whole request, with what is left of the deadline when it
-    /// is not the first try.
+    /// A copy of a whole request (its extensions aside), with what is left
+    /// of the deadline when it is not the first try.
     fn request(
         &self,
         parts: &http::request::Parts,
@@ -151,7 +151,8 @@ impl RpcChannel {
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
         *request.headers_mut() = parts.headers.clone();
-        *request.extensions_mut() = parts.extensions.clone();
+        // Extensions are for the layers above this channel: nothing below
+        // it (tonic's transport, hyper) reads them, so none are copied.
         if let Some(deadline) = retry_deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
