@@ -29,6 +29,8 @@ use echo::pb::echo_client::EchoClient;
 use echo::pb::EchoRequest;
 
 const WAIT: Duration = Duration::from_secs(20);
+/// The liveness key of the node the etcd test upgrades.
+const ALIVE_KEY: &str = "/test/alive/echo/ul";
 
 /// One test at a time: a binary being written (copied in) must not be
 /// inherited, open for writing, by a process another test forks meanwhile,
@@ -211,6 +213,12 @@ async fn the_whole_tree_upgrades_under_load_without_a_failed_call_or_a_leave() {
     let dir = tempfile::tempdir().unwrap();
     let (mut node, binary) = installed(&dir, &url, "ul", &[("SVCKIT_DRAIN_DELAY", "0.3")]).await;
     let before = node.serving_workers();
+    let mut raw = etcd_client::Client::connect([etcd.endpoint()], None)
+        .await
+        .unwrap();
+    let alive_lease = |resp: etcd_client::GetResponse| resp.kvs().first().map(|kv| kv.lease());
+    let lease = alive_lease(raw.get(ALIVE_KEY, None).await.unwrap());
+    assert!(lease.is_some(), "the node is not registered");
 
     let registry = servicegroup::connect(&etcd.url(), &support::options())
         .await
@@ -232,7 +240,11 @@ async fn the_whole_tree_upgrades_under_load_without_a_failed_call_or_a_leave() {
                     Ok(reply) => {
                         pids.insert(reply.into_inner().pid);
                     }
-                    Err(e) => errors.push(e),
+                    Err(e) => {
+                        // One is a failure; more would only spin.
+                        errors.push(e);
+                        break;
+                    }
                 }
             }
             drop(rpc);
@@ -283,6 +295,9 @@ async fn the_whole_tree_upgrades_under_load_without_a_failed_call_or_a_leave() {
     assert!(pids.iter().any(|p| before.contains(p)), "{pids:?}");
     assert!(after.contains(&answered_after));
 
+    // The upgraded supervisor carried its lease on: its liveness key was
+    // never deleted nor claimed again under another lease.
+    assert_eq!(alive_lease(raw.get(ALIVE_KEY, None).await.unwrap()), lease);
     // The watcher saw no leave of the node through the upgrade.
     while let Ok(Some(event)) = tokio::time::timeout(Duration::from_millis(100), watch.next()).await
     {

@@ -42,6 +42,19 @@ impl Backoff {
     pub(crate) async fn wait(&mut self) {
         tokio::time::sleep(self.next_delay()).await;
     }
+
+    /// The next delay after a loss that may be the whole fleet's at once
+    /// (an etcd election or restart): at least a random point of `window`,
+    /// so that the fleet's retries spread over it.
+    pub(crate) fn next_delay_spread(&mut self, window: Duration) -> Duration {
+        self.next_delay().max(spread(window))
+    }
+}
+
+/// A random point of `window`: where one node of a fleet that lost etcd at
+/// one instant comes back.
+pub(crate) fn spread(window: Duration) -> Duration {
+    window.mul_f64(rand::random_range(0.0..=1.0))
 }
 
 #[cfg(test)]

@@ -167,7 +167,7 @@ impl Supervisor {
             },
         };
         let (mut pool, events) = Pool::new(
-            program.clone(),
+            program,
             listeners,
             self.workers,
             config.min_worker_lifetime,
@@ -198,7 +198,6 @@ impl Supervisor {
             notified_ready: false,
             started_at,
             self_binary,
-            args: program.args,
             upgrading: false,
         };
         running.run(controls.chain(stream::pending()).boxed()).await
@@ -218,8 +217,6 @@ struct Running {
     /// This process's binary, when it runs its own as workers: a reload
     /// that finds it replaced upgrades the supervisor too.
     self_binary: Option<binary::Binary>,
-    /// The arguments the supervisor (and every worker) runs with.
-    args: Vec<OsString>,
     /// Replacing the workers before an upgrade in place.
     upgrading: bool,
 }
@@ -378,7 +375,7 @@ impl Running {
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
         };
         tracing::info!(path = %binary.path().display(), workers = handover.workers.len(), "re-executing the supervisor's new binary in place");
-        let error = upgrade::exec(binary.path(), &self.args, &handover);
+        let error = upgrade::exec(binary.path(), self.pool.args(), &handover);
         tracing::error!(error = %error, "cannot re-execute the supervisor; it keeps the old binary");
         notify("READY=1");
     }

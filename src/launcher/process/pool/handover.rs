@@ -27,6 +27,11 @@ impl Pool {
         self.roll_failed
     }
 
+    /// The arguments every worker (and the supervisor) runs with.
+    pub(in super::super) fn args(&self) -> &[std::ffi::OsString] {
+        &self.program.args
+    }
+
     /// The listeners, by role, as handed down.
     pub(in super::super) fn listener_fds(&self) -> Vec<(String, RawFd)> {
         self.listeners

@@ -12,7 +12,7 @@ use tokio::time::Instant;
 use super::super::Inner;
 use super::LeaseState;
 use crate::error::{Error, Result};
-use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::backoff::{spread, Backoff};
 use crate::servicegroup::follow::restarted;
 
 /// The task that grants and renews one shared lease.
@@ -98,11 +98,9 @@ impl Keeper {
                     let answered = self.state.borrow().acks != acks_before;
                     let pause = if answered {
                         backoff.reset();
-                        self.interval().mul_f64(rand::random::<f64>())
+                        spread(self.interval())
                     } else {
-                        backoff
-                            .next_delay()
-                            .max(self.interval().mul_f64(rand::random::<f64>()))
+                        backoff.next_delay_spread(self.interval())
                     };
                     tokio::time::sleep(pause).await;
                 }

@@ -8,7 +8,7 @@ use tokio::time::Instant;
 use super::super::lease::changed_state;
 use super::{Ended, Session};
 use crate::error::{Error, Result};
-use crate::servicegroup::backoff::Backoff;
+use crate::servicegroup::backoff::{spread, Backoff};
 
 impl Session {
     /// Follows the shared lease and watches our keys until the lease is
@@ -86,7 +86,7 @@ impl Session {
                     };
                     tracing::debug!(member = %self.status.name(), why = %broken, "watch on our keys lost; watching again");
                     changes = None;
-                    rewatch_at = Some(Instant::now() + self.interval.mul_f64(rand::random::<f64>()));
+                    rewatch_at = Some(Instant::now() + spread(self.interval));
                 }
                 () = sleep_until(rewatch_at) => match self.watch_keys(seen).await {
                     Ok(stream) => {
@@ -96,8 +96,7 @@ impl Session {
                     }
                     Err(e) => {
                         tracing::debug!(member = %self.status.name(), error = %e, "cannot watch our keys yet");
-                        let pause = backoff.next_delay().max(self.interval.mul_f64(rand::random::<f64>()));
-                        rewatch_at = Some(Instant::now() + pause);
+                        rewatch_at = Some(Instant::now() + backoff.next_delay_spread(self.interval));
                     }
                 },
             }

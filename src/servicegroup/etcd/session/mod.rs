@@ -138,7 +138,7 @@ impl Session {
                 }
             }
             if spread {
-                let jitter = self.interval.mul_f64(rand::random::<f64>());
+                let jitter = crate::servicegroup::backoff::spread(self.interval);
                 tokio::select! {
                     () = tokio::time::sleep(jitter) => {}
                     _ = stop.changed() => return,
