@@ -26,6 +26,8 @@
 //!   it imports nothing of the server side.
 //! - [`http`]: the HTTP stack of a node's API, behind nova's limits.
 //! - [`dashboard`]: the service group as a live web page, with JSON beside it.
+//! - [`xds`]: an xDS control plane fed by the service group, for gRPC
+//!   clients in any language (`xds:///TOPIC`).
 //! - [`launcher`]: [`ServiceLauncher`](launcher::ServiceLauncher) (one
 //!   process) and [`Supervisor`](launcher::Supervisor) (N workers), driven
 //!   by the same controls, and the one component that advertises a node.
@@ -84,6 +86,7 @@ pub mod servicegroup;
 pub mod telemetry;
 pub mod tls;
 mod wire;
+pub mod xds;
 
 pub use config::Config;
 pub use error::{BoxError, Error, Result};

@@ -5,7 +5,7 @@ use std::path::Path;
 
 use svckit::dashboard::{AdminTokens, Dashboard, DashboardOptions};
 use svckit::servicegroup::Registry;
-use svckit::{Error, Result};
+use svckit::Result;
 
 /// Serves the dashboard on `listen` until SIGINT or SIGTERM. The first line
 /// on stdout is `listening on http://ADDR/`, the bound address (port 0
@@ -20,25 +20,13 @@ pub(super) async fn serve(
     let mut options = DashboardOptions::default();
     options.admin = admin;
     let dashboard = Dashboard::start(registry, options);
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .map_err(|source| Error::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
+    let listener = super::bind(listen, "/").await?;
     let addr = listener.local_addr()?;
-    super::members::write_stdout(format!("listening on http://{addr}/\n").as_bytes())?;
     tracing::info!(%addr, admin = admin_on, "dashboard serving");
     let app = dashboard
         .routes("")
         .into_make_service_with_connect_info::<SocketAddr>();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    let stop = async move {
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term.recv() => {}
-        }
-    };
+    let stop = super::stop_signal()?;
     // Event streams never end by themselves: they are closed first, so the
     // graceful stop only waits for requests in flight.
     let closing = dashboard.clone();

@@ -1,6 +1,7 @@
 //! `svckit`, the operator CLI: membership listing and admin state (nova's
 //! `service-list` and `compute service set`), calls to a topic's base API,
-//! a node's state report, and the live membership dashboard. A thin binary
+//! a node's state report, the live membership dashboard, and an xDS
+//! control plane. A thin binary
 //! over the library: parse, connect, print, and map the error to its exit
 //! code.
 
@@ -8,6 +9,7 @@ mod call;
 mod dashboard;
 mod members;
 mod report;
+mod xds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -73,6 +75,15 @@ enum Command {
         /// holder in the log. Sent by the page as `Authorization: Bearer`.
         #[arg(long, value_name = "FILE", requires = "admin")]
         admin_token_file: Option<PathBuf>,
+    },
+    /// An xDS control plane (ADS, state of the world) for gRPC clients in
+    /// any language: `xds:///TOPIC` reaches the topic's up, enabled nodes.
+    Xds {
+        #[command(flatten)]
+        registry: RegistryArgs,
+        /// Address to serve on; port 0 picks a free one.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
+        listen: std::net::SocketAddr,
     },
 }
 
@@ -201,12 +212,37 @@ impl RegistryArgs {
     }
 }
 
+/// Binds a server's listener and says where on stdout, first:
+/// `listening on http://ADDR{path}` (port 0 picks a free one).
+async fn bind(listen: std::net::SocketAddr, path: &str) -> Result<tokio::net::TcpListener> {
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .map_err(|source| svckit::Error::Bind {
+            addr: listen.to_string(),
+            source,
+        })?;
+    let addr = listener.local_addr()?;
+    members::write_stdout(format!("listening on http://{addr}{path}\n").as_bytes())?;
+    Ok(listener)
+}
+
+/// Resolves on the first SIGINT or SIGTERM: a server's stop.
+fn stop_signal() -> Result<impl std::future::Future<Output = ()>> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    Ok(async move {
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = term.recv() => {}
+        }
+    })
+}
+
 fn main() -> ExitCode {
     let cli: Cli = svckit::config::parse_args();
     // Warnings (an invalid record skipped, a watch resyncing) go to stderr;
     // stdout stays the command's output. RUST_LOG changes the level. The
     // dashboard is a server: its start and every admin action are logged.
-    let level = if matches!(cli.command, Command::Dashboard { .. }) {
+    let level = if matches!(cli.command, Command::Dashboard { .. } | Command::Xds { .. }) {
         "info"
     } else {
         "warn"
@@ -270,6 +306,7 @@ async fn run(cli: Cli) -> Result<()> {
             )
             .await
         }
+        Command::Xds { registry, listen } => xds::serve(registry.connect().await?, listen).await,
         Command::Report { target } => {
             let rpc = target.registry.rpc().await?;
             report::report(rpc, target.topic, target.host).await

@@ -1,0 +1,51 @@
+//! `svckit xds`: the xDS control plane on its own listener.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use svckit::servicegroup::Registry;
+use svckit::xds::ControlPlane;
+use svckit::Result;
+
+/// The gRPC service served, as health checks name it.
+const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
+
+/// Serves ADS (and gRPC health) on `listen` until SIGINT or SIGTERM. The
+/// first line on stdout is `listening on http://ADDR`, the bound address
+/// (port 0 picks a free one).
+pub(super) async fn serve(registry: Registry, listen: SocketAddr) -> Result<()> {
+    let plane = ControlPlane::new(registry);
+    let listener = super::bind(listen, "").await?;
+    let addr = listener.local_addr()?;
+    tracing::info!(%addr, "xds control plane serving");
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_service_status(ADS, tonic_health::ServingStatus::Serving)
+        .await;
+    let signal = super::stop_signal()?;
+    let closing = plane.clone();
+    let stop = async move {
+        signal.await;
+        // Streams never end by themselves: they are ended first, so that
+        // the graceful stop only waits for them to close.
+        closing.close();
+    };
+    tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(health_service)
+        .add_service(plane.service())
+        .serve_with_incoming_shutdown(
+            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            stop,
+        )
+        .await?;
+    let stats = plane.stats();
+    tracing::info!(
+        streams = stats.streams_total,
+        pushes = stats.pushes,
+        nacks = stats.nacks,
+        "xds control plane stopped"
+    );
+    Ok(())
+}

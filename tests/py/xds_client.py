@@ -1,0 +1,130 @@
+"""An independent xDS client (Python grpcio's built-in xds resolver) calling
+`xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
+
+Usage: xds_client.py PROTO_ROOT
+
+Stubs are generated at start by grpcio-tools from
+PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. Once the
+channel is up it prints {"ready": true}, then answers one JSON line per
+command read from stdin:
+
+  calls N     N calls one after the other: {"hosts": {host: n}, "errors": [..]}
+  start       calls in a loop on 2 threads until `stop`
+  take        what the loop saw since the last take, with the wall-clock
+              time each host answered first: {"hosts", "errors", "first": {host: t}}
+  stop        stops the loop, then as `take`
+"""
+
+import importlib
+import json
+import os
+import sys
+import tempfile
+import threading
+import time
+
+import grpc
+from grpc_tools import protoc
+
+TARGET = "xds:///echo"
+CALL_TIMEOUT = 5
+
+
+def stubs(proto_root):
+    out = tempfile.mkdtemp(prefix="xds-stubs-")
+    rel = "examples/echo/v1/echo.proto"
+    code = protoc.main(
+        [
+            "protoc",
+            f"-I{proto_root}",
+            f"--python_out={out}",
+            f"--grpc_python_out={out}",
+            os.path.join(proto_root, rel),
+        ]
+    )
+    if code != 0:
+        sys.exit(f"grpc_tools.protoc failed on {rel}: {code}")
+    sys.path.insert(0, out)
+    pb = importlib.import_module("examples.echo.v1.echo_pb2")
+    rpc = importlib.import_module("examples.echo.v1.echo_pb2_grpc")
+    return pb, rpc
+
+
+class Tally:
+    def __init__(self):
+        self.lock = threading.Lock()
+        self.hosts = {}
+        self.errors = []
+        self.first = {}
+
+    def ok(self, host):
+        with self.lock:
+            self.hosts[host] = self.hosts.get(host, 0) + 1
+            self.first.setdefault(host, time.time())
+
+    def error(self, e):
+        with self.lock:
+            self.errors.append(f"{e.code().name}: {e.details()}")
+
+    def take(self):
+        with self.lock:
+            seen = {"hosts": self.hosts, "errors": self.errors, "first": self.first}
+            self.hosts, self.errors, self.first = {}, [], {}
+        return seen
+
+
+def call(stub, pb, tally):
+    try:
+        reply = stub.Echo(pb.EchoRequest(payload=b"xds"), timeout=CALL_TIMEOUT)
+        tally.ok(reply.host)
+    except grpc.RpcError as e:
+        tally.error(e)
+
+
+def main():
+    pb, rpc = stubs(sys.argv[1])
+    channel = grpc.insecure_channel(TARGET)
+    # Wait for the control plane's answer and a first endpoint.
+    grpc.channel_ready_future(channel).result(timeout=30)
+    stub = rpc.EchoStub(channel)
+    print(json.dumps({"ready": True}), flush=True)
+
+    tally = Tally()
+    running = threading.Event()
+    loops = []
+
+    def loop():
+        while running.is_set():
+            call(stub, pb, tally)
+            time.sleep(0.002)
+
+    for line in sys.stdin:
+        words = line.split()
+        if not words:
+            continue
+        if words[0] == "calls":
+            once = Tally()
+            for _ in range(int(words[1])):
+                call(stub, pb, once)
+            print(json.dumps(once.take()), flush=True)
+        elif words[0] == "start":
+            tally.take()
+            running.set()
+            loops = [threading.Thread(target=loop) for _ in range(2)]
+            for t in loops:
+                t.start()
+            print(json.dumps({"started": True}), flush=True)
+        elif words[0] == "take":
+            print(json.dumps(tally.take()), flush=True)
+        elif words[0] == "stop":
+            running.clear()
+            for t in loops:
+                t.join()
+            print(json.dumps(tally.take()), flush=True)
+        else:
+            sys.exit(f"unknown command {words[0]!r}")
+    channel.close()
+
+
+if __name__ == "__main__":
+    main()
