@@ -3,22 +3,11 @@
 
 mod support;
 
-use std::process::Command;
-
 use support::node::Proc;
 
 #[test]
 fn python_grpcio_client_checks_health_reflection_echo_and_ping() {
-    let probe = Command::new("python3")
-        .args(["-c", "import grpc, grpc_health, grpc_reflection"])
-        .output()
-        .expect("python3 is needed for the cross-client test");
-    assert!(
-        probe.status.success(),
-        "Python gRPC packages are missing: pip install -r tests/py/requirements.txt \
-         (scripts/test installs them)\n{}",
-        String::from_utf8_lossy(&probe.stderr)
-    );
+    support::python::require("grpc, grpc_health, grpc_reflection");
 
     let (_node, addr) = Proc::start_example(
         "echo_node",
@@ -32,9 +21,7 @@ fn python_grpcio_client_checks_health_reflection_echo_and_ping() {
         ],
         &[],
     );
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/py/cross_client.py");
-    let out = Command::new("python3")
-        .arg(script)
+    let out = support::python::script("cross_client.py")
         .arg(addr.to_string())
         .output()
         .expect("run python client");

@@ -13,7 +13,7 @@ mod support;
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
-use std::process::{Child, ChildStdin, Command, Stdio};
+use std::process::{Child, ChildStdin, Stdio};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -334,21 +334,8 @@ struct PyClient {
 
 impl PyClient {
     fn start(bootstrap: &std::path::Path) -> PyClient {
-        let probe = Command::new("python3")
-            .args(["-c", "import grpc, grpc_tools"])
-            .output()
-            .expect("python3 is needed for the xDS test");
-        assert!(
-            probe.status.success(),
-            "Python packages are missing: pip install -r tests/py/requirements.txt \
-             (scripts/test installs them)\n{}",
-            String::from_utf8_lossy(&probe.stderr)
-        );
-        let mut child = Command::new("python3")
-            .arg(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/tests/py/xds_client.py"
-            ))
+        support::python::require("grpc, grpc_tools");
+        let mut child = support::python::script("xds_client.py")
             .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/proto"))
             .env("GRPC_XDS_BOOTSTRAP", bootstrap)
             .stdin(Stdio::piped())

@@ -22,7 +22,8 @@ use std::time::Duration;
 
 pub use self::args::{exit_on_usage_error, parse_args, CommonArgs};
 pub use self::value::{
-    AdmissionMode, ConsoleAddr, HedgeDelay, LogFilter, OptionValue, RestartMethod, Workers,
+    AdmissionMode, ConsoleAddr, HedgeDelay, LogFilter, OptionValue, OtlpEndpoint, RestartMethod,
+    SampleRatio, Workers,
 };
 
 use self::load::check_range;
@@ -267,6 +268,10 @@ options! {
     /// A client leaves out a node failing well above its peers for this long times the times it was ejected; 0 never ejects.
     rpc_ejection_time: Duration = Duration::from_secs(30), mutable = false, secret = false,
         range = "0s" ..= "1h";
+    /// OTLP/gRPC endpoint spans are exported to (`http://127.0.0.1:4317`): every served gRPC call and HTTP request, and every call made through an Rpc client, is a span; unset exports nothing.
+    otlp_endpoint: Option<OtlpEndpoint> = None, mutable = false, secret = false;
+    /// Share of the traces this process starts that are exported, from 0 to 1; a call or request with a traceparent follows its parent's sampling decision.
+    otlp_sample_ratio: SampleRatio = SampleRatio(1.0), mutable = false, secret = false;
     /// Log filter (`info`, `svckit=debug,warn`); when unset anywhere, RUST_LOG applies.
     log_level: LogFilter = LogFilter("info".into()), mutable = true, secret = false;
     /// How gRPC calls and HTTP requests are admitted: `adaptive` (while the process demands at least 90% of its share of CPUs, no more in flight than its best throughput times its lowest latency over 5 s; past it refused at once) or `static` (rpc_pool_size and http_pool_size alone). Both stay under those pools.

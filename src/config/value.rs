@@ -292,9 +292,64 @@ impl OptionValue for HedgeDelay {
     }
 }
 
+/// Where spans are exported over OTLP/gRPC: an `http://` or `https://`
+/// URL with a host and a port (`http://127.0.0.1:4317`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OtlpEndpoint(pub String);
+
+impl OptionValue for OtlpEndpoint {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        let expected =
+            || format!("expected an OTLP/gRPC URL like http://127.0.0.1:4317, got {s:?}");
+        let uri: http::Uri = s.parse().map_err(|_| expected())?;
+        let scheme_ok = matches!(uri.scheme_str(), Some("http" | "https"));
+        if !scheme_ok || uri.host().is_none_or(str::is_empty) || uri.port_u16().is_none() {
+            return Err(expected());
+        }
+        Ok(OtlpEndpoint(s.to_string()))
+    }
+    fn show(&self) -> String {
+        self.0.clone()
+    }
+}
+
+/// A share of traces, from 0 (none) to 1 (all).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SampleRatio(pub f64);
+
+impl OptionValue for SampleRatio {
+    fn parse_value(s: &str) -> Result<Self, String> {
+        match s.trim().parse::<f64>() {
+            Ok(r) if (0.0..=1.0).contains(&r) => Ok(SampleRatio(r)),
+            _ => Err(format!("expected a ratio from 0 to 1, got {s:?}")),
+        }
+    }
+    fn show(&self) -> String {
+        self.0.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn otlp_endpoints_and_ratios_are_checked() {
+        assert!(OtlpEndpoint::parse_value("http://127.0.0.1:4317").is_ok());
+        for bad in [
+            "127.0.0.1:4317",
+            "ftp://h:1",
+            "http://collector",
+            "http://:4317",
+        ] {
+            assert!(OtlpEndpoint::parse_value(bad).is_err(), "{bad}");
+        }
+        assert_eq!(SampleRatio::parse_value("0.25"), Ok(SampleRatio(0.25)));
+        for bad in ["-0.1", "1.5", "half", "NaN"] {
+            assert!(SampleRatio::parse_value(bad).is_err(), "{bad}");
+        }
+    }
 
     #[test]
     fn durations_take_seconds_or_units() {

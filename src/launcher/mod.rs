@@ -118,7 +118,8 @@ where
         }
     };
     // Exit now: a deadline or a second signal must not wait for tasks that
-    // are still running; the log lines still queued are written first.
+    // are still running; the spans and log lines still queued go first.
+    crate::telemetry::otel::flush();
     crate::telemetry::sink::flush();
     std::process::exit(code)
 }

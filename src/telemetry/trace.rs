@@ -9,13 +9,18 @@
 //! ([`TraceContextLayer`]); [`crate::rpc::RpcChannel`] copies them into the
 //! metadata of each call it sends from there.
 
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::future::Either;
 use http::HeaderValue;
+use opentelemetry::trace::SpanKind;
+use opentelemetry::KeyValue;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
+
+use super::otel;
 
 /// The header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -155,6 +160,65 @@ pub struct TraceContext<S> {
     request_timeout: Option<Duration>,
 }
 
+impl<S> TraceContext<S> {
+    /// The exported span of a request served, when export is on; the
+    /// layer below ([`RequestMetrics`](super::metrics)) ends it with the
+    /// request's outcome.
+    fn server_span<B>(
+        &self,
+        request: &http::Request<B>,
+        parent: Option<&HeaderValue>,
+    ) -> Option<otel::Span> {
+        if !otel::enabled() {
+            return None;
+        }
+        let address = request
+            .uri()
+            .authority()
+            .map(|a| a.host().to_string())
+            .or_else(|| {
+                let host = request.headers().get(http::header::HOST)?.to_str().ok()?;
+                Some(host.rsplit_once(':').map_or(host, |(h, _)| h).to_string())
+            });
+        let mut attributes = Vec::with_capacity(4);
+        if let Some(address) = address {
+            attributes.push(KeyValue::new("server.address", address));
+        }
+        let name = if self.request_timeout.is_some() {
+            attributes.push(KeyValue::new(
+                "http.request.method",
+                request.method().as_str().to_string(),
+            ));
+            attributes.push(KeyValue::new("url.path", request.uri().path().to_string()));
+            request.method().as_str().to_string()
+        } else {
+            let (service, method) = otel::rpc_names(request.uri().path());
+            let name = format!("{service}/{method}");
+            attributes.push(KeyValue::new("rpc.system", "grpc"));
+            attributes.push(KeyValue::new("rpc.service", service));
+            attributes.push(KeyValue::new("rpc.method", method));
+            name
+        };
+        otel::span(name, SpanKind::Server, parent, attributes)
+    }
+}
+
+/// A served request's exported span, on its way from [`TraceContext`] to
+/// the layer that ends it.
+#[derive(Clone)]
+pub(crate) struct ServerSpan(Arc<Mutex<Option<otel::Span>>>);
+
+impl ServerSpan {
+    fn new(span: otel::Span) -> Self {
+        ServerSpan(Arc::new(Mutex::new(Some(span))))
+    }
+
+    /// The span, once.
+    pub(crate) fn take(&self) -> Option<otel::Span> {
+        self.0.lock().ok()?.take()
+    }
+}
+
 impl<S, B> Service<http::Request<B>> for TraceContext<S>
 where
     S: Service<http::Request<B>>,
@@ -176,10 +240,16 @@ where
                 .get(GRPC_TIMEOUT)
                 .and_then(parse_grpc_timeout)
         });
-        let served = Served {
+        let mut request = request;
+        let mut served = Served {
             traceparent: traceparent(&request).cloned(),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
         };
+        if let Some(span) = self.server_span(&request, served.traceparent.as_ref()) {
+            // The calls made while serving are this span's children.
+            served.traceparent = otel::traceparent(&span);
+            request.extensions_mut().insert(ServerSpan::new(span));
+        }
         if served.traceparent.is_none() && served.deadline.is_none() {
             return Either::Right(self.inner.call(request));
         }

@@ -11,6 +11,7 @@ pub mod dashboard;
 pub mod etcd;
 pub mod node;
 pub mod ports;
+pub mod python;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -11,6 +11,7 @@ mod pick;
 mod send;
 mod shared;
 mod throttle;
+mod traced;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -229,8 +230,11 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
                     .insert(GRPC_TIMEOUT, grpc_timeout_header(left));
             }
         }
-        // A call made while serving a traced request carries its context.
-        if let Some(parent) = crate::telemetry::trace::current() {
+        // A call made while serving a traced request carries its context;
+        // with export on, its own span's, under it.
+        let parent = crate::telemetry::trace::current();
+        let span = traced::ClientSpan::start(&mut request, &self.settings.target, parent.clone());
+        if let (None, Some(parent)) = (&span, parent) {
             request
                 .headers_mut()
                 .entry(crate::telemetry::trace::TRACEPARENT)
@@ -238,6 +242,12 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
         }
         // The deadline is enforced by each node's tonic channel from the
         // header: no second timer per call here.
-        Box::pin(async move { this.send(request, Instant::now() + timeout).await })
+        Box::pin(async move {
+            let result = this.send(request, Instant::now() + timeout).await;
+            match span {
+                Some(span) => span.finish(result),
+                None => result,
+            }
+        })
     }
 }

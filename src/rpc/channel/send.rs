@@ -13,6 +13,7 @@ use tonic::{Code, Status};
 use super::body::{self, Guarded, NotifySent, Payload, PendingGuard};
 use super::classify::{never_sent, timed_out, unavailable, Sent};
 use super::pick::{pick, Candidates, MAX_ATTEMPTS};
+use super::traced::ClientSpan;
 use super::RpcChannel;
 use crate::error::BoxError;
 use crate::rpc::discovery::{outlier, Node};
@@ -235,6 +236,7 @@ impl RpcChannel {
         while let Some(node) = candidates.next() {
             let retry_deadline = (!candidates.is_first()).then_some(deadline);
             let request = self.request(&parts, &data, retry_deadline)?;
+            ClientSpan::attempt(&parts.extensions, &node, false);
             let error = match self.attempt(node.clone(), request).await {
                 Ok(response) => {
                     // An idempotent channel hedging `auto` learns its target's
@@ -264,6 +266,7 @@ impl RpcChannel {
     ) -> Result<http::Response<Body>, BoxError> {
         let mut candidates = Candidates::new(self, nodes);
         while let Some(node) = candidates.next() {
+            ClientSpan::attempt(request.extensions(), &node, false);
             let guard = PendingGuard::new(&node.pending);
             let Some(mut channel) = node.channel() else {
                 candidates.failed(node.clone(), unusable(&node));
@@ -312,6 +315,7 @@ impl RpcChannel {
         let Some(first) = pick(&nodes, &tried) else {
             return Err(Box::new(unavailable(&self.settings.target)));
         };
+        ClientSpan::attempt(&parts.extensions, &first, false);
         in_flight.push(self.attempt_on(first.clone(), self.request(&parts, &data, None)?));
         tried.push(first);
         // Nodes with a copy of this call still unanswered.
@@ -359,6 +363,7 @@ impl RpcChannel {
                         return Err(self.not_delivered(last_error));
                     };
                     shared.retries.fetch_add(1, Ordering::Relaxed);
+                    ClientSpan::attempt(&parts.extensions, &node, false);
                     in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);
@@ -374,6 +379,7 @@ impl RpcChannel {
                     }
                     shared.hedges.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(host = node.host(), ?delay, "no answer yet; hedging");
+                    ClientSpan::attempt(&parts.extensions, &node, true);
                     in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);

@@ -9,7 +9,12 @@ use std::time::Instant;
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
+use opentelemetry::trace::Span as _;
+use opentelemetry::KeyValue;
+
 use super::{Requests, RouteMetrics};
+use crate::telemetry::otel;
+use crate::telemetry::trace::ServerSpan;
 use crate::wire::GRPC_STATUS;
 
 /// How a request ended, cheap to carry until it is counted.
@@ -89,7 +94,21 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        let span = request
+            .extensions_mut()
+            .remove::<ServerSpan>()
+            .and_then(|s| s.take())
+            .map(|mut span| {
+                if let (Kind::Http, Some(route)) = (
+                    self.kind,
+                    request.extensions().get::<axum::extract::MatchedPath>(),
+                ) {
+                    span.update_name(format!("{} {}", request.method(), route.as_str()));
+                    span.set_attribute(KeyValue::new("http.route", route.as_str().to_string()));
+                }
+                span
+            });
         let route = match self.kind {
             Kind::Http => request
                 .extensions()
@@ -105,6 +124,7 @@ where
                 route,
                 started: Instant::now(),
                 code: None,
+                span,
             }),
             kind: self.kind,
         }
@@ -157,15 +177,46 @@ struct Record {
     route: Arc<RouteMetrics>,
     started: Instant,
     code: Option<Code>,
+    /// The request's exported span, ended with it.
+    span: Option<otel::Span>,
 }
 
 impl Drop for Record {
     fn drop(&mut self) {
+        let code = self.code.unwrap_or(Code::Dropped);
+        if let Some(mut span) = self.span.take() {
+            end_span(&mut span, code);
+        }
         self.route.in_flight.dec();
-        self.route.count(self.code.unwrap_or(Code::Dropped));
+        self.route.count(code);
         self.route
             .duration
             .observe(self.started.elapsed().as_secs_f64());
+    }
+}
+
+/// Sets a served span's outcome; the span ends when dropped.
+fn end_span(span: &mut otel::Span, code: Code) {
+    match code {
+        Code::Grpc(code) => {
+            span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
+            // The codes that say the server failed (OpenTelemetry's rule
+            // for gRPC server spans); the others are answers.
+            if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
+                otel::fail(span, code.to_string());
+            }
+        }
+        Code::Http(status) => {
+            span.set_attribute(KeyValue::new(
+                "http.response.status_code",
+                i64::from(status),
+            ));
+            if status >= 500 {
+                otel::fail(span, status.to_string());
+            }
+        }
+        Code::Dropped => otel::fail(span, "the client went away".into()),
+        Code::Failed => otel::fail(span, "the response body failed".into()),
     }
 }
 

@@ -285,6 +285,8 @@ pub struct Metrics {
     heartbeat_latency: Gauge<f64, AtomicU64>,
     reregistrations: Gauge<u64, AtomicU64>,
     log_lines_dropped: Counter,
+    spans_exported: Counter,
+    spans_dropped: Counter,
     admission: Admission,
 }
 
@@ -349,8 +351,22 @@ impl Metrics {
             "log lines dropped because the log sink (stderr) did not take them",
             log_lines_dropped.clone(),
         );
+        let spans_exported = Counter::default();
+        registry.register(
+            "svckit_trace_spans_exported",
+            "spans the OTLP collector took (otlp_endpoint)",
+            spans_exported.clone(),
+        );
+        let spans_dropped = Counter::default();
+        registry.register(
+            "svckit_trace_spans_dropped",
+            "spans dropped because the OTLP collector did not take them (away, or too slow)",
+            spans_dropped.clone(),
+        );
         let admission = Admission::register(&mut registry);
         Metrics {
+            spans_exported,
+            spans_dropped,
             admission,
             registry,
             grpc,
@@ -410,6 +426,17 @@ impl Metrics {
         let seen = self.log_lines_dropped.get();
         if dropped > seen {
             self.log_lines_dropped.inc_by(dropped - seen);
+        }
+        if let Some((exported, dropped)) = crate::telemetry::otel::counts() {
+            for (counter, now) in [
+                (&self.spans_exported, exported),
+                (&self.spans_dropped, dropped),
+            ] {
+                let seen = counter.get();
+                if now > seen {
+                    counter.inc_by(now - seen);
+                }
+            }
         }
         let mut text = String::new();
         if prometheus_client::encoding::text::encode(&mut text, &self.registry).is_err() {
