@@ -98,7 +98,7 @@ impl Driver {
             "--disable-component-update",
             "--disable-sync",
             "--disable-dev-shm-usage",
-            "--window-size=1400,1000",
+            "--window-size=1920,1080",
         ]
         .iter()
         .map(|a| a.to_string())
@@ -473,4 +473,98 @@ async fn a_thousand_records_render_and_update_in_the_browser() {
         dashboard::rss_kb(dash.pid())
     );
     c.close().await.unwrap();
+}
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_row_shows_how_its_node_is_doing_and_a_silent_node_in_words() {
+    let (chromium, chromedriver) = browser_binaries();
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (_n1, _) = Proc::start_example("echo_node", &quick_node_args(&url, "n1"), &[]);
+    // n2 stays `up` for a minute without heartbeats: a stopped process
+    // whose lease has not expired yet.
+    let n2_args = [
+        "--registry",
+        &url,
+        "--host",
+        "n2",
+        "--rpc-listen",
+        "127.0.0.1:0",
+        "--service-down-time",
+        "60",
+    ];
+    let (n2, _) = Proc::start_example("echo_node", &n2_args, &[]);
+    let (_dash, addr) = dashboard::start(&url, &[]);
+    let driver = Driver::start(&chromedriver);
+    let c = driver.browser(&chromium).await;
+    c.goto(&format!("http://{addr}/")).await.unwrap();
+    let cell = |host: &str, class: &str| {
+        format!(
+            "{} const td = tr && tr.querySelector('td.fig.{class}'); const text = td ? td.textContent : '';",
+            row_js(host)
+        )
+    };
+    // Both idle: their figures come in at zero.
+    for host in ["n1", "n2"] {
+        wait_js(
+            &c,
+            WAIT * 2,
+            &format!("{host}'s first figures"),
+            &format!("{} return text === '0.0' && text", cell(host, "calls")),
+        )
+        .await;
+    }
+
+    // Under load, n1's calls per second and its sparkline rise.
+    let registry = svckit::servicegroup::connect(&etcd.url(), &support::options())
+        .await
+        .unwrap();
+    let rpc = svckit::rpc::Rpc::new(registry).await.unwrap();
+    let mut target = svckit::rpc::Target::topic("echo");
+    target.server = Some("n1".into());
+    let channel = rpc.channel(target);
+    let load = tokio::spawn(async move {
+        let mut client = echo::pb::echo_client::EchoClient::new(channel);
+        loop {
+            let _ = client
+                .echo(echo::pb::EchoRequest {
+                    payload: b"load".to_vec(),
+                })
+                .await;
+        }
+    });
+    let busy = wait_js(
+        &c,
+        WAIT * 2,
+        "n1's calls per second under load",
+        &format!(
+            "{} const p99 = tr.querySelector('td.fig.p99').textContent;
+             const spark = tr.querySelector('td.fig.spark').textContent;
+             return parseFloat(text) > 10 && p99.endsWith(' ms') && spark.length >= 2
+                 && {{ calls: text, p99, spark, inflight: tr.querySelector('td.fig.inflight').textContent }}",
+            cell("n1", "calls")
+        ),
+    )
+    .await;
+    println!("n1 under load: {busy}");
+    load.abort();
+
+    // A node that does not answer says so, in words.
+    n2.signal(Signal::SIGSTOP);
+    let silent = wait_js(
+        &c,
+        WAIT * 2,
+        "n2 shown not answering",
+        &format!(
+            "{} return text.startsWith('not answering') && tr.dataset.state === 'up' && text",
+            cell("n2", "calls")
+        ),
+    )
+    .await;
+    println!("n2 stopped: {silent}");
+    n2.signal(Signal::SIGCONT);
 }

@@ -15,6 +15,9 @@
 //!   member (`{"members":[…]}`), then a `member` message per change, shaped
 //!   as a line of `svckit members watch`. Each has an `id`; a client that
 //!   reconnects with `Last-Event-ID` gets only what it missed;
+//! - `GET {base}/api/figures`: how each up node is doing (calls/s,
+//!   errors/s, p99 latency, calls in flight, recent calls/s), when the
+//!   dashboard asks its nodes for their figures (`figures.rs`);
 //! - `POST {base}/api/admin`: disable, enable, force-down, clear-force-down
 //!   or delete (a down record), when admin actions are on (`actions.rs`).
 //!
@@ -33,6 +36,7 @@
 //! ```
 
 mod actions;
+mod figures;
 mod live;
 mod page;
 
@@ -50,6 +54,7 @@ use serde::Deserialize;
 use crate::servicegroup::{MemberView, Registry};
 
 pub use self::actions::AdminTokens;
+use self::figures::Figures;
 use self::live::Live;
 
 /// Where a node serves its dashboard (`http_dashboard`).
@@ -66,6 +71,11 @@ pub struct DashboardOptions {
     /// `Some`: admin actions are on, for holders of these tokens. `None`
     /// (the default, and always on a node): the page only shows.
     pub admin: Option<AdminTokens>,
+    /// `Some`: each row shows how its node is doing (calls/s, errors/s,
+    /// p99 latency, calls in flight, a sparkline), asked of the up nodes
+    /// through this client (`Base/Stats`). `None` (the default, and always
+    /// on a node): membership only.
+    pub figures: Option<crate::rpc::Rpc>,
 }
 
 /// A running dashboard: a watch of the whole registry and the state it
@@ -80,17 +90,20 @@ struct Inner {
     registry: Registry,
     admin: Option<AdminTokens>,
     live: Arc<Live>,
+    figures: Option<Arc<Figures>>,
 }
 
 impl Dashboard {
     /// Starts watching `registry` (every topic). Needs a Tokio runtime.
     pub fn start(registry: Registry, options: DashboardOptions) -> Dashboard {
         let live = Live::start(registry.clone());
+        let figures = options.figures.map(|rpc| Figures::start(live.clone(), rpc));
         Dashboard {
             inner: Arc::new(Inner {
                 registry,
                 admin: options.admin,
                 live,
+                figures,
             }),
         }
     }
@@ -108,6 +121,7 @@ impl Dashboard {
             .route(&format!("{base}/dashboard.js"), get(script))
             .route(&format!("{base}/api/members"), get(members))
             .route(&format!("{base}/api/events"), get(events))
+            .route(&format!("{base}/api/figures"), get(node_figures))
             .route(&format!("{base}/api/admin"), post(actions::act))
             .with_state(self.clone())
     }
@@ -138,6 +152,7 @@ async fn page(
         members: &members,
         last_event_id: &id,
         admin: dashboard.inner.admin.is_some(),
+        figures: dashboard.inner.figures.is_some(),
         loaded,
         topic: query.topic.as_deref(),
     });
@@ -149,6 +164,24 @@ async fn page(
         html,
     )
         .into_response()
+}
+
+/// Every node's figures by `topic/host`, and how often they change:
+/// `{"interval_s": 5, "nodes": {"echo/n1": {"calls_per_sec": …}}}`; 404
+/// when the dashboard shows none.
+async fn node_figures(State(dashboard): State<Dashboard>) -> Response {
+    match &dashboard.inner.figures {
+        Some(figures) => Json(serde_json::json!({
+            "interval_s": figures::INTERVAL.as_secs(),
+            "nodes": figures.snapshot(),
+        }))
+        .into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "this dashboard shows no node figures" })),
+        )
+            .into_response(),
+    }
 }
 
 async fn script() -> Response {

@@ -14,7 +14,7 @@
   const tokenEl = document.getElementById('token');
   const dialog = document.getElementById('reason-dialog');
   // For people reading the console, and for the browser test.
-  const stats = (window.svckitDashboard = { events: 0, snapshots: 0, opens: 0, drops: 0 });
+  const stats = (window.svckitDashboard = { events: 0, snapshots: 0, opens: 0, drops: 0, figures: 0 });
 
   const rows = new Map(); // "topic/host" -> <tr>
   const sections = new Map(); // topic -> <section>
@@ -290,6 +290,58 @@
       pending = null;
     });
   }
+
+  // How each node is doing: the dashboard asks the nodes, the page asks
+  // the dashboard.
+  const BARS = '\u2581\u2582\u2583\u2584\u2585\u2586\u2587\u2588';
+  const sparkline = (values) => {
+    const max = Math.max(0, ...values);
+    return values.map((v) => BARS[max > 0 ? Math.min(7, Math.floor((v / max) * 7.999)) : 0]).join('');
+  };
+  const figure = (v, digits) => (v == null ? '-' : v >= 100 ? String(Math.round(v)) : v.toFixed(digits));
+  const showFigures = (nodes) => {
+    for (const [key, tr] of rows) {
+      const cells = {};
+      for (const td of tr.querySelectorAll('td.fig')) cells[td.classList[1]] = td;
+      if (!cells.calls) continue;
+      const f = tr.dataset.state === 'up' ? nodes[key] : null;
+      const sick = Boolean(f && f.error);
+      cells.calls.classList.toggle('sick', sick);
+      cells.calls.title = sick ? f.error : '';
+      if (!f) {
+        for (const td of Object.values(cells)) setText(td, '');
+        if (tr.dataset.state === 'up') setText(cells.calls, 'asking…');
+        continue;
+      }
+      if (sick) {
+        setText(cells.calls, f.error);
+        for (const name of ['errors', 'p99', 'inflight']) setText(cells[name], '-');
+      } else {
+        setText(cells.calls, figure(f.calls_per_sec, 1));
+        setText(cells.errors, figure(f.errors_per_sec, 1));
+        setText(cells.p99, f.p99_ms == null ? '-' : figure(f.p99_ms, 1) + ' ms');
+        setText(cells.inflight, f.in_flight == null ? '-' : String(f.in_flight));
+      }
+      setText(cells.spark, sparkline(f.history));
+      cells.errors.classList.toggle('bad', (f.errors_per_sec || 0) > 0);
+    }
+  };
+  let figuresEvery = 5000;
+  const pollFigures = async () => {
+    try {
+      const r = await fetch(base + '/api/figures');
+      if (r.ok) {
+        const d = await r.json();
+        stats.figures++;
+        figuresEvery = Math.max(1000, d.interval_s * 1000);
+        showFigures(d.nodes);
+      }
+    } catch (e) {
+      // The event stream's status line says when the dashboard is away.
+    }
+    setTimeout(pollFigures, figuresEvery);
+  };
+  if (body.dataset.figures === 'true') pollFigures();
 
   setInterval(() => {
     const now = Date.now();

@@ -25,6 +25,8 @@ pub(super) struct PageInput<'a> {
     pub last_event_id: &'a str,
     /// Admin actions are on: show the token field and the buttons.
     pub admin: bool,
+    /// The rows show their node's figures.
+    pub figures: bool,
     /// `false` when the registry had not answered in time.
     pub loaded: bool,
     /// The topic filter to start with.
@@ -60,8 +62,17 @@ const COLUMNS: [&str; 10] = [
     "",
 ];
 
+/// The columns of a node's figures, after `state`: (class, header).
+const FIGURE_COLUMNS: [(&str, &str); 5] = [
+    ("calls", "calls/s"),
+    ("errors", "errors/s"),
+    ("p99", "p99"),
+    ("inflight", "in flight"),
+    ("spark", "last 5 min"),
+];
+
 /// One row; `None` renders the empty template row the script clones.
-fn row(out: &mut String, member: Option<&Member>, admin: bool, now: SystemTime) {
+fn row(out: &mut String, member: Option<&Member>, admin: bool, figures: bool, now: SystemTime) {
     let (topic, host) = member.map_or(("", ""), |m| (&m.record.topic, &m.record.host));
     let up = member.is_some_and(|m| m.up);
     let state = if up { "up" } else { "down" };
@@ -79,6 +90,12 @@ fn row(out: &mut String, member: Option<&Member>, admin: bool, now: SystemTime) 
         r#"<td class="state"><span class="badge {state}">{}</span></td>"#,
         if member.is_some() { state } else { "" }
     );
+    if figures {
+        // Filled in by the script from `/api/figures`.
+        for (class, _) in FIGURE_COLUMNS {
+            let _ = write!(out, r#"<td class="fig {class}"></td>"#);
+        }
+    }
     let reason = member.and_then(|m| m.record.disabled_reason.as_deref());
     let disabled_text = match (disabled, reason) {
         (true, Some(r)) => format!("disabled: {r}"),
@@ -141,7 +158,14 @@ fn row(out: &mut String, member: Option<&Member>, admin: bool, now: SystemTime) 
     out.push_str("</td></tr>");
 }
 
-fn section(out: &mut String, topic: &str, members: &[&Member], admin: bool, now: SystemTime) {
+fn section(
+    out: &mut String,
+    topic: &str,
+    members: &[&Member],
+    admin: bool,
+    figures: bool,
+    now: SystemTime,
+) {
     let up = members.iter().filter(|m| m.up).count();
     let _ = write!(
         out,
@@ -149,12 +173,17 @@ fn section(out: &mut String, topic: &str, members: &[&Member], admin: bool, now:
         t = escape(topic),
         n = members.len(),
     );
-    for c in COLUMNS {
+    for (i, c) in COLUMNS.iter().enumerate() {
         let _ = write!(out, "<th>{c}</th>");
+        if i == 1 && figures {
+            for (_, header) in FIGURE_COLUMNS {
+                let _ = write!(out, "<th>{header}</th>");
+            }
+        }
     }
     out.push_str("</tr></thead><tbody>");
     for m in members {
-        row(out, Some(m), admin, now);
+        row(out, Some(m), admin, figures, now);
     }
     out.push_str("</tbody></table></section>");
 }
@@ -169,10 +198,11 @@ pub(super) fn render(input: &PageInput<'_>) -> String {
     let mut out = String::with_capacity(2048 + input.members.len() * 700);
     let _ = write!(
         out,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>svckit members</title><style>{STYLE}</style></head><body data-base="{base}" data-after="{after}" data-admin="{admin}">"#,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>svckit members</title><style>{STYLE}</style></head><body data-base="{base}" data-after="{after}" data-admin="{admin}" data-figures="{figures}">"#,
         base = escape(input.base),
         after = escape(input.last_event_id),
         admin = input.admin,
+        figures = input.figures,
     );
     out.push_str(
         r#"<header><h1>svckit members</h1><span id="status" class="status">connecting…</span>"#,
@@ -202,15 +232,15 @@ pub(super) fn render(input: &PageInput<'_>) -> String {
     }
     out.push_str(r#"<main id="topics">"#);
     for (topic, members) in &topics {
-        section(&mut out, topic, members, input.admin, now);
+        section(&mut out, topic, members, input.admin, input.figures, now);
     }
     out.push_str("</main>");
     out.push_str(r#"<template id="row-template">"#);
     let mut empty_section = String::new();
-    section(&mut empty_section, "", &[], input.admin, now);
+    section(&mut empty_section, "", &[], input.admin, input.figures, now);
     out.push_str(&empty_section);
     out.push_str("<table><tbody>");
-    row(&mut out, None, input.admin, now);
+    row(&mut out, None, input.admin, input.figures, now);
     out.push_str("</tbody></table></template>");
     if input.admin {
         out.push_str(r#"<dialog id="reason-dialog"><form method="dialog"><p>Disable <b class="who"></b></p><label>reason <input id="reason" size="40"></label> <button id="reason-ok" value="ok">disable</button> <button value="cancel">cancel</button></form></dialog>"#);
@@ -237,6 +267,7 @@ mod tests {
             members: &[m],
             last_event_id: "1-1",
             admin: true,
+            figures: true,
             loaded: true,
             topic: None,
         });

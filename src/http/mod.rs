@@ -146,7 +146,7 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
     let admin = admin.route_layer(
         ServiceBuilder::new()
             .layer(RequestBodyLimitLayer::new(options.max_request_body))
-            .layer(metrics.http_layer()),
+            .layer(metrics.http_ops_layer()),
     );
     routes.merge(admin)
 }

@@ -99,6 +99,12 @@ pub struct Rpc {
     shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for Rpc {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rpc").field("stats", &self.stats()).finish()
+    }
+}
+
 /// One node's answer to a fanout call.
 #[derive(Debug)]
 #[non_exhaustive]

@@ -203,6 +203,13 @@ impl NodeInfo {
         *write(&self.periodic) = timer;
     }
 
+    /// How long the process has run.
+    pub(crate) fn uptime(&self) -> std::time::Duration {
+        SystemTime::now()
+            .duration_since(self.started_at)
+            .unwrap_or_default()
+    }
+
     /// The node's state report (see [`crate::report`]): identity, build,
     /// process, lifecycle, registration, the members of its topic the
     /// registry shows (asked within a short bound), periodic tasks,
@@ -219,9 +226,7 @@ impl NodeInfo {
                 )
             })
             .collect();
-        let uptime = SystemTime::now()
-            .duration_since(self.started_at)
-            .unwrap_or_default();
+        let uptime = self.uptime();
         serde_json::json!({
             "package": { "name": env!("CARGO_PKG_NAME"), "version": env!("CARGO_PKG_VERSION") },
             "build": crate::report::build(),

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use svckit::dashboard::{AdminTokens, Dashboard, DashboardOptions};
+use svckit::rpc::Rpc;
 use svckit::servicegroup::Registry;
 use svckit::Result;
 
@@ -12,6 +13,7 @@ use svckit::Result;
 /// picks a free one).
 pub(super) async fn serve(
     registry: Registry,
+    rpc: Rpc,
     listen: SocketAddr,
     admin_token_file: Option<&Path>,
 ) -> Result<()> {
@@ -19,6 +21,8 @@ pub(super) async fn serve(
     let admin_on = admin.is_some();
     let mut options = DashboardOptions::default();
     options.admin = admin;
+    // Each row shows how its node is doing, asked of the nodes here.
+    options.figures = Some(rpc);
     let dashboard = Dashboard::start(registry, options);
     let listener = super::bind(listen, "/").await?;
     let addr = listener.local_addr()?;

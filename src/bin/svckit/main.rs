@@ -193,6 +193,12 @@ impl RegistryArgs {
     async fn rpc(&self) -> Result<Rpc> {
         let config = self.config()?;
         let registry = servicegroup::connect(config.registry(), &config.registry_options()).await?;
+        self.rpc_on(registry).await
+    }
+
+    /// The same on a registry already connected.
+    async fn rpc_on(&self, registry: Registry) -> Result<Rpc> {
+        let config = self.config()?;
         let options = {
             let mut options = RpcOptions::default();
             options.tls = ClientTls::from_config(&config)?;
@@ -299,12 +305,9 @@ async fn run(cli: Cli) -> Result<()> {
             admin: _,
             admin_token_file,
         } => {
-            dashboard::serve(
-                registry.connect().await?,
-                listen,
-                admin_token_file.as_deref(),
-            )
-            .await
+            let connected = registry.connect().await?;
+            let rpc = registry.rpc_on(connected.clone()).await?;
+            dashboard::serve(connected, rpc, listen, admin_token_file.as_deref()).await
         }
         Command::Xds { registry, listen } => xds::serve(registry.connect().await?, listen).await,
         Command::Report { target } => {

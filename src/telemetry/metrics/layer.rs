@@ -12,7 +12,7 @@ use tower::{Layer, Service};
 use opentelemetry::trace::Span as _;
 use opentelemetry::KeyValue;
 
-use super::{Requests, RouteMetrics};
+use super::{totals, Requests, RouteMetrics};
 use crate::telemetry::otel;
 use crate::telemetry::trace::ServerSpan;
 use crate::wire::GRPC_STATUS;
@@ -31,6 +31,16 @@ pub(super) enum Code {
 }
 
 impl Code {
+    /// A failure of the server: the gRPC codes OpenTelemetry counts as
+    /// server errors, an HTTP 5xx, or a body that failed or was cut off.
+    pub(super) fn is_failure(self) -> bool {
+        match self {
+            Code::Grpc(code) => matches!(code, 2 | 4 | 12 | 13 | 14 | 15),
+            Code::Http(status) => status >= 500,
+            Code::Dropped | Code::Failed => true,
+        }
+    }
+
     pub(super) fn label(self) -> String {
         match self {
             Code::Grpc(code) => format!("{:?}", tonic::Code::from_i32(code)),
@@ -52,11 +62,17 @@ pub(super) enum Kind {
 pub struct RequestMetricsLayer {
     requests: Requests,
     kind: Kind,
+    /// Counts in the node's totals (the API, not the operations endpoints).
+    api: bool,
 }
 
 impl RequestMetricsLayer {
-    pub(super) fn new(requests: Requests, kind: Kind) -> Self {
-        RequestMetricsLayer { requests, kind }
+    pub(super) fn new(requests: Requests, kind: Kind, api: bool) -> Self {
+        RequestMetricsLayer {
+            requests,
+            kind,
+            api,
+        }
     }
 }
 
@@ -68,6 +84,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
             inner,
             requests: self.requests.clone(),
             kind: self.kind,
+            api: self.api,
         }
     }
 }
@@ -78,6 +95,7 @@ pub struct RequestMetrics<S> {
     inner: S,
     requests: Requests,
     kind: Kind,
+    api: bool,
 }
 
 impl<S, B, RB> Service<http::Request<B>> for RequestMetrics<S>
@@ -116,8 +134,12 @@ where
                 .map_or("unmatched", |p| p.as_str()),
             Kind::Grpc => request.uri().path(),
         };
-        let route = self.requests.route(route);
+        let api = self.api && (matches!(self.kind, Kind::Http) || totals::counts_grpc(route));
+        let route = self.requests.route(route, api);
         route.in_flight.inc();
+        if let Some(totals) = &route.totals {
+            totals.started();
+        }
         MeasuredFuture {
             inner: self.inner.call(request),
             record: Some(Record {
@@ -189,6 +211,9 @@ impl Drop for Record {
         }
         self.route.in_flight.dec();
         self.route.count(code);
+        if let Some(totals) = &self.route.totals {
+            totals.ended(code, self.started.elapsed());
+        }
         self.route
             .duration
             .observe(self.started.elapsed().as_secs_f64());
@@ -197,26 +222,15 @@ impl Drop for Record {
 
 /// Sets a served span's outcome; the span ends when dropped.
 fn end_span(span: &mut otel::Span, code: Code) {
-    match code {
-        Code::Grpc(code) => {
-            span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(code)));
-            // The codes that say the server failed (OpenTelemetry's rule
-            // for gRPC server spans); the others are answers.
-            if matches!(code, 2 | 4 | 12 | 13 | 14 | 15) {
-                otel::fail(span, code.to_string());
-            }
-        }
-        Code::Http(status) => {
-            span.set_attribute(KeyValue::new(
-                "http.response.status_code",
-                i64::from(status),
-            ));
-            if status >= 500 {
-                otel::fail(span, status.to_string());
-            }
-        }
-        Code::Dropped => otel::fail(span, "the client went away".into()),
-        Code::Failed => otel::fail(span, "the response body failed".into()),
+    let attribute = match code {
+        Code::Grpc(number) => KeyValue::new("rpc.grpc.status_code", i64::from(number)),
+        Code::Http(status) => KeyValue::new("http.response.status_code", i64::from(status)),
+        Code::Dropped | Code::Failed => KeyValue::new("error.type", code.label()),
+    };
+    span.set_attribute(attribute);
+    // The codes that say the server failed; the others are answers.
+    if code.is_failure() {
+        otel::fail(span, code.label());
     }
 }
 

@@ -20,9 +20,12 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod layer;
+mod totals;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
+use self::totals::Totals;
+pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
 use crate::admission::AdmissionStats;
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 
@@ -50,11 +53,15 @@ struct Requests {
     /// Each route's metric handles, made once: a request then costs a map
     /// lookup and a few atomic updates, with no label allocated.
     routes: Arc<RwLock<HashMap<String, Arc<RouteMetrics>>>>,
+    /// The node's totals, shared by both protocols.
+    totals: Arc<Totals>,
 }
 
 /// The handles of one route's metrics.
 struct RouteMetrics {
     route: String,
+    /// The node's totals, for a route of its API.
+    totals: Option<Arc<Totals>>,
     in_flight: Gauge,
     duration: Histogram,
     total: Family<Outcome, Counter>,
@@ -92,9 +99,10 @@ fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
 }
 
 impl Requests {
-    fn register(registry: &mut Registry, protocol: &str) -> Self {
+    fn register(registry: &mut Registry, protocol: &str, totals: Arc<Totals>) -> Self {
         let requests = Requests {
             routes: Arc::default(),
+            totals,
             total: Family::default(),
             // 100 µs to about 100 s.
             duration: Family::new_with_constructor(|| {
@@ -120,7 +128,7 @@ impl Requests {
         requests
     }
 
-    fn route(&self, route: &str) -> Arc<RouteMetrics> {
+    fn route(&self, route: &str, api: bool) -> Arc<RouteMetrics> {
         if let Some(found) = read(&self.routes).get(route) {
             return found.clone();
         }
@@ -129,6 +137,7 @@ impl Requests {
         };
         let made = Arc::new(RouteMetrics {
             route: route.to_string(),
+            totals: api.then(|| self.totals.clone()),
             in_flight: self.in_flight.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
             total: self.total.clone(),
@@ -300,8 +309,9 @@ impl Metrics {
     /// A fresh set of metrics.
     pub fn new() -> Self {
         let mut registry = Registry::default();
-        let grpc = Requests::register(&mut registry, "grpc");
-        let http = Requests::register(&mut registry, "http");
+        let totals = Arc::new(Totals::default());
+        let grpc = Requests::register(&mut registry, "grpc", totals.clone());
+        let http = Requests::register(&mut registry, "http", totals);
         let registered = Gauge::default();
         registry.register(
             "svckit_registered",
@@ -381,13 +391,24 @@ impl Metrics {
 
     /// The layer that counts gRPC calls.
     pub fn grpc_layer(&self) -> RequestMetricsLayer {
-        RequestMetricsLayer::new(self.grpc.clone(), Kind::Grpc)
+        RequestMetricsLayer::new(self.grpc.clone(), Kind::Grpc, true)
     }
 
-    /// The layer that counts HTTP requests (apply it as an axum route layer,
-    /// so that the matched route is known).
+    /// The layer that counts HTTP requests of the node's API (apply it as
+    /// an axum route layer, so that the matched route is known).
     pub fn http_layer(&self) -> RequestMetricsLayer {
-        RequestMetricsLayer::new(self.http.clone(), Kind::Http)
+        RequestMetricsLayer::new(self.http.clone(), Kind::Http, true)
+    }
+
+    /// The same for the operations endpoints, which the node's totals
+    /// leave out.
+    pub fn http_ops_layer(&self) -> RequestMetricsLayer {
+        RequestMetricsLayer::new(self.http.clone(), Kind::Http, false)
+    }
+
+    /// The node's totals over its API (`Base/Stats`).
+    pub(crate) fn totals(&self) -> TotalsSnapshot {
+        self.grpc.totals.snapshot()
     }
 
     /// The admission figures of one stack (`grpc` or `http`).
