@@ -72,6 +72,9 @@ pub struct RpcOptions {
     /// long × the times it was ejected (`rpc_ejection_time`, 30 s, as
     /// Envoy); zero never ejects.
     pub ejection_time: Duration,
+    /// HTTP/2 connections to one node at most (`rpc_connections_per_node`):
+    /// past the first, one more per 16 calls in flight on the node.
+    pub connections_per_node: usize,
 }
 
 impl Default for RpcOptions {
@@ -86,9 +89,13 @@ impl Default for RpcOptions {
             client_id: rand::random(),
             idle_timeout: Some(Duration::from_secs(300)),
             ejection_time: Duration::from_secs(30),
+            connections_per_node: DEFAULT_CONNECTIONS_PER_NODE,
         }
     }
 }
+
+/// `rpc_connections_per_node`'s default.
+pub(crate) const DEFAULT_CONNECTIONS_PER_NODE: usize = 1;
 
 /// The client side of a registry: channels to any target, over one
 /// membership watch per topic called. Cheap to clone.
@@ -134,6 +141,7 @@ impl Rpc {
                 },
                 tls: options.tls.clone(),
                 idle_timeout: options.idle_timeout,
+                connections_per_node: options.connections_per_node,
             },
         );
         let shared = Arc::new(Shared::new(
@@ -157,6 +165,7 @@ impl Rpc {
             subset_size: config.rpc_subset_size,
             idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
             ejection_time: config.rpc_ejection_time,
+            connections_per_node: config.rpc_connections_per_node,
             tls: ClientTls::from_config(config)?,
             ..RpcOptions::default()
         };

@@ -328,3 +328,45 @@ async fn an_idle_connection_closes_and_the_next_call_opens_another() {
     client.echo(echo()).await.expect("a new connection");
     assert_eq!(connections_to(addr.port()), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_up_to_the_bound() {
+    use svckit::pb::base::v1::{base_client::BaseClient, ReportRequest};
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    // Nothing shed: the calls wait in the node's pool instead.
+    let (_node, _) = crate::support::node::Proc::start_example(
+        "echo_node",
+        &crate::support::node::quick_node_args(&url, "n1"),
+        &[("SVCKIT_RPC_ADMISSION", "static")],
+    );
+    let (_, registry) = crate::rpc_for(&etcd).await;
+    let mut options = svckit::rpc::RpcOptions::default();
+    options.connections_per_node = 3;
+    let rpc = svckit::rpc::Rpc::with_options(registry, options)
+        .await
+        .unwrap();
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 1, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // One call alone: one connection.
+    let mut base = BaseClient::new(rpc.channel(topic.clone()));
+    let accepted = |report: &str| -> u64 {
+        let report: serde_json::Value = serde_json::from_str(report).unwrap();
+        report["node"]["connections"]["accepted"].as_u64().unwrap()
+    };
+    let first = base.report(ReportRequest {}).await.unwrap().into_inner();
+    assert_eq!(accepted(&first.json), 1);
+    // 64 in flight at once: one more per 16, three at most.
+    let channel = rpc.channel(topic);
+    let calls = (0..64).map(|_| {
+        let mut client = EchoClient::new(channel.clone());
+        async move { client.sleep(SleepRequest { millis: 300 }).await }
+    });
+    for result in futures::future::join_all(calls).await {
+        result.expect("every call answered");
+    }
+    let after = base.report(ReportRequest {}).await.unwrap().into_inner();
+    assert_eq!(accepted(&after.json), 3, "{}", after.json);
+}

@@ -30,18 +30,18 @@ impl RpcChannel {
         request: http::Request<Body>,
     ) -> Result<http::Response<Body>, Sent<BoxError>> {
         let guard = PendingGuard::new(&node.pending);
-        let Some(mut channel) = node.channel() else {
+        let Some(mut handle) = node.channel() else {
             return Err(Sent::No(unusable(&node)));
         };
         let started = std::time::Instant::now();
         // The node's channel is a buffer in front of its connection: it must
         // be ready before a call; failing that, nothing was sent.
-        let result = match tower::ServiceExt::ready(&mut channel).await {
+        let result = match tower::ServiceExt::ready(&mut handle.channel).await {
             Ok(ready) => match tower::Service::call(ready, request).await {
                 // Refused before its handler ran: another node may take it,
                 // and this one counts as busy for a moment.
                 Ok(response) if response.headers().contains_key(REFUSED) => {
-                    node.give_back(channel);
+                    node.give_back(handle);
                     node.health.refused();
                     return Err(Sent::No(Box::new(
                         Status::from_header_map(response.headers()).unwrap_or_else(|| {
@@ -50,7 +50,7 @@ impl RpcChannel {
                     )));
                 }
                 Ok(response) => {
-                    node.give_back(channel);
+                    node.give_back(handle);
                     if node.abandoned.load(Ordering::Relaxed) > 0 {
                         node.abandoned.store(0, Ordering::Relaxed);
                     }
@@ -268,15 +268,15 @@ impl RpcChannel {
         while let Some(node) = candidates.next() {
             ClientSpan::attempt(request.extensions(), &node, false);
             let guard = PendingGuard::new(&node.pending);
-            let Some(mut channel) = node.channel() else {
+            let Some(mut handle) = node.channel() else {
                 candidates.failed(node.clone(), unusable(&node));
                 continue;
             };
-            match tower::ServiceExt::ready(&mut channel).await {
+            match tower::ServiceExt::ready(&mut handle.channel).await {
                 Ok(ready) => {
                     let result = tower::Service::call(ready, request).await;
                     if result.is_ok() {
-                        node.give_back(channel);
+                        node.give_back(handle);
                     }
                     let failed = result.as_ref().map_or(true, |response| {
                         response.headers().get(GRPC_STATUS).is_some_and(|code| {

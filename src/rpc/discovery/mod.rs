@@ -30,10 +30,22 @@ use super::Target;
 pub(crate) use self::subset::Subsetting;
 pub(crate) use self::topics::Discovery;
 
-/// A node's HTTP/2 connection, made on first use, and handles on it kept
-/// for the next calls.
+/// A node's HTTP/2 connections: the first made on first use, more (up to
+/// `rpc_connections_per_node`) while many calls are in flight on it; and
+/// handles on them kept for the next calls.
 #[derive(Default)]
 pub(crate) struct Conn {
+    first: Slot,
+    /// The connections past the first, made when a node first has more
+    /// calls in flight than [`STREAMS_PER_CONNECTION`].
+    more: OnceLock<Box<[Slot]>>,
+    /// Turns calls over the connections in use.
+    next: AtomicUsize,
+}
+
+/// One connection of a node.
+#[derive(Default)]
+struct Slot {
     once: OnceLock<Option<Channel>>,
     /// Handles given back after their calls. tonic's channel is a buffer in
     /// front of the connection, and readying a new clone of it allocates;
@@ -41,18 +53,45 @@ pub(crate) struct Conn {
     spare: Mutex<Vec<Channel>>,
 }
 
-/// Handles kept per node: as many as calls in flight at once, up to this.
+/// Handles kept per connection: as many as calls in flight at once, up to
+/// this.
 const MAX_SPARE_HANDLES: usize = 256;
 
+/// Calls in flight on a node per connection before the next one opens
+/// (with `rpc_connections_per_node` above 1): one HTTP/2 connection is one
+/// task on each side, and its frames are written in turn.
+pub(crate) const STREAMS_PER_CONNECTION: usize = 16;
+
 impl Conn {
-    /// The connection, once made (`Some(None)`: its endpoint is unusable).
+    /// The first connection, once made (`Some(None)`: its endpoint is
+    /// unusable).
     pub(crate) fn get(&self) -> Option<&Option<Channel>> {
-        self.once.get()
+        self.first.once.get()
     }
 
+    /// Connection `i` of at most `max`.
+    fn slot(&self, i: usize, max: usize) -> &Slot {
+        if i == 0 {
+            return &self.first;
+        }
+        let more = self
+            .more
+            .get_or_init(|| (1..max).map(|_| Slot::default()).collect());
+        more.get(i - 1).unwrap_or(&self.first)
+    }
+}
+
+impl Slot {
     fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
         self.spare.lock().unwrap_or_else(PoisonError::into_inner)
     }
+}
+
+/// A handle on one of a node's connections, for one call; give it back
+/// with [`Node::give_back`].
+pub(crate) struct Handle {
+    pub(crate) channel: Channel,
+    slot: usize,
 }
 
 /// One node as channels see it.
@@ -80,32 +119,59 @@ impl Node {
         &self.member.record.host
     }
 
-    /// The node's connection, made now if this is its first call; `None`
-    /// when its endpoint cannot be used (checked before it was listed).
-    /// Hand it back with [`Node::give_back`] after the call.
-    pub(crate) fn channel(&self) -> Option<Channel> {
+    /// A handle on one of the node's connections, made now if this is its
+    /// first call there; `None` when its endpoint cannot be used (checked
+    /// before it was listed). Hand it back with [`Node::give_back`] after
+    /// the call.
+    pub(crate) fn channel(&self) -> Option<Handle> {
         // A read first: the flag is written once per sweep, not per call.
         if !self.used.load(Ordering::Relaxed) {
             self.used.store(true, Ordering::Relaxed);
         }
-        if let Some(spare) = self.channel.spare().pop() {
-            return Some(spare);
+        let max = self.options.connections_per_node.max(1);
+        let slot = self.pick_slot(max);
+        let conn = self.channel.slot(slot, max);
+        if let Some(spare) = conn.spare().pop() {
+            return Some(Handle {
+                channel: spare,
+                slot,
+            });
         }
-        self.channel
+        let channel = conn
             .once
             .get_or_init(|| {
                 let url = self.member.record.endpoints.grpc.as_deref()?;
                 connect(url, &self.options)
             })
-            .clone()
+            .clone()?;
+        Some(Handle { channel, slot })
+    }
+
+    /// The connection for the next call: the first while few calls are in
+    /// flight (this one counted), then in turn over one connection per
+    /// [`STREAMS_PER_CONNECTION`] of them, up to `max`.
+    fn pick_slot(&self, max: usize) -> usize {
+        if max == 1 {
+            return 0;
+        }
+        let wanted = self
+            .pending
+            .load(Ordering::Relaxed)
+            .div_ceil(STREAMS_PER_CONNECTION)
+            .clamp(1, max);
+        if wanted == 1 {
+            return 0;
+        }
+        self.channel.next.fetch_add(1, Ordering::Relaxed) % wanted
     }
 
     /// Keeps a handle [`Node::channel`] gave for the next call: a handle
     /// keeps what readying it allocated, which a new clone allocates again.
-    pub(crate) fn give_back(&self, channel: Channel) {
-        let mut spare = self.channel.spare();
+    pub(crate) fn give_back(&self, handle: Handle) {
+        let max = self.options.connections_per_node.max(1);
+        let mut spare = self.channel.slot(handle.slot, max).spare();
         if spare.len() < MAX_SPARE_HANDLES {
-            spare.push(channel);
+            spare.push(handle.channel);
         }
     }
 
@@ -239,6 +305,8 @@ pub(crate) struct ConnectOptions {
     /// A connection no call took for about this long is closed (`None`:
     /// kept).
     pub(crate) idle_timeout: Option<Duration>,
+    /// HTTP/2 connections a node may get while many calls are in flight.
+    pub(crate) connections_per_node: usize,
 }
 
 /// Whether a node's endpoint can be connected to (checked when it is

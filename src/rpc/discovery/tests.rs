@@ -79,6 +79,7 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
     let before = task_restarts();
     let options = ConnectOptions {
         connect_timeout: Duration::from_secs(1),
+        connections_per_node: 1,
         subsetting: Subsetting { client: 1, size: 0 },
         tls: None,
         idle_timeout: None,
@@ -112,21 +113,7 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
 #[tokio::test]
 async fn deleted_records_leave_the_member_map() {
     let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let mut tracker = Tracker {
-        members: BTreeMap::new(),
-        nodes: HashMap::new(),
-        options: Arc::new(ConnectOptions {
-            connect_timeout: Duration::from_secs(1),
-            subsetting: Subsetting { client: 1, size: 0 },
-            tls: None,
-            idle_timeout: None,
-        }),
-        held: Held {
-            total: &total,
-            mine: 0,
-        },
-        events: &events,
-    };
+    let mut tracker = tracker(&total, &events, 1, None);
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
     let up = Member { record, up: true };
     tracker.apply(&Event::Join(up.clone()));
@@ -139,21 +126,7 @@ async fn deleted_records_leave_the_member_map() {
 #[tokio::test]
 async fn a_connection_no_call_took_between_two_sweeps_is_dropped() {
     let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let mut tracker = Tracker {
-        members: BTreeMap::new(),
-        nodes: HashMap::new(),
-        options: Arc::new(ConnectOptions {
-            connect_timeout: Duration::from_secs(1),
-            subsetting: Subsetting { client: 1, size: 0 },
-            tls: None,
-            idle_timeout: Some(Duration::from_secs(1)),
-        }),
-        held: Held {
-            total: &total,
-            mine: 0,
-        },
-        events: &events,
-    };
+    let mut tracker = tracker(&total, &events, 1, Some(Duration::from_secs(1)));
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
     tracker.apply(&Event::Join(Member { record, up: true }));
     let topic = Target::topic("t");
@@ -190,6 +163,7 @@ async fn a_topic_is_watched_while_a_channel_uses_it() {
     let registry: Registry = Arc::new(MemoryDriver::named("discovery-topics"));
     let options = ConnectOptions {
         connect_timeout: Duration::from_secs(1),
+        connections_per_node: 1,
         subsetting: Subsetting { client: 1, size: 0 },
         tls: None,
         idle_timeout: None,
@@ -234,6 +208,7 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
                 channel: Arc::default(),
                 options: Arc::new(ConnectOptions {
                     connect_timeout: Duration::from_secs(1),
+                    connections_per_node: 1,
                     subsetting: Subsetting { client: 1, size: 0 },
                     tls: None,
                     idle_timeout: None,
@@ -369,4 +344,62 @@ fn a_node_failing_well_above_its_peers_is_ejected_and_not_when_all_fail() {
         }
     }
     assert_eq!(outlier::ejected(&all), 0);
+}
+
+#[tokio::test]
+async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_in_flight() {
+    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
+    let mut tracker = tracker(&total, &events, 3, None);
+    let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
+    tracker.apply(&Event::Join(Member { record, up: true }));
+    let snapshot = tracker.snapshot();
+    let node = &snapshot.nodes(&Target::topic("t"))[0];
+    let slots = |n: usize| -> std::collections::BTreeSet<usize> {
+        (0..n)
+            .map(|_| {
+                let handle = node.channel().expect("a connection");
+                let slot = handle.slot;
+                node.give_back(handle);
+                slot
+            })
+            .collect()
+    };
+    // A few calls in flight: the first connection alone.
+    node.pending
+        .store(STREAMS_PER_CONNECTION, Ordering::Relaxed);
+    assert_eq!(slots(10), [0].into());
+    assert!(node.channel.more.get().is_none(), "no second one made");
+    // More: a second connection, then a third, never past the bound.
+    node.pending
+        .store(STREAMS_PER_CONNECTION + 1, Ordering::Relaxed);
+    assert_eq!(slots(10), [0, 1].into());
+    node.pending
+        .store(10 * STREAMS_PER_CONNECTION, Ordering::Relaxed);
+    assert_eq!(slots(10), [0, 1, 2].into());
+    // Back to few: the first again.
+    node.pending.store(1, Ordering::Relaxed);
+    assert_eq!(slots(10), [0].into());
+}
+
+/// A tracker of one client, with `connections` per node and connections
+/// idle for `idle_timeout` closed.
+fn tracker<'a>(
+    total: &'a AtomicUsize,
+    events: &'a AtomicU64,
+    connections: usize,
+    idle_timeout: Option<Duration>,
+) -> Tracker<'a> {
+    Tracker {
+        members: BTreeMap::new(),
+        nodes: HashMap::new(),
+        options: Arc::new(ConnectOptions {
+            connect_timeout: Duration::from_secs(1),
+            connections_per_node: connections,
+            subsetting: Subsetting { client: 1, size: 0 },
+            tls: None,
+            idle_timeout,
+        }),
+        held: Held { total, mine: 0 },
+        events,
+    }
 }
