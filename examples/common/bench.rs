@@ -39,14 +39,15 @@ pub struct Stats {
 
 impl Stats {
     /// The contract line: `calls=… conc=… secs=… calls_per_s=… p50_us=…
-    /// p99_us=… p999_us=… max_us=… errors=…`.
+    /// p99_us=… p999_us=… max_us=… errors=…`. `calls_per_s` counts the
+    /// calls answered: a call refused at once is not throughput.
     pub fn line(&self) -> String {
         format!(
             "calls={} conc={} secs={:.3} calls_per_s={:.0} p50_us={} p99_us={} p999_us={} max_us={} errors={}",
             self.calls,
             self.concurrency,
             self.secs,
-            self.calls as f64 / self.secs.max(1e-9),
+            self.calls.saturating_sub(self.errors) as f64 / self.secs.max(1e-9),
             self.p50_us,
             self.p99_us,
             self.p999_us,
