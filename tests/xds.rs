@@ -510,3 +510,17 @@ async fn python_grpcio_calls_a_topic_through_svckit_xds() {
     let status = xds.wait_exit(WAIT).expect("svckit xds stops on SIGTERM");
     assert!(status.success(), "{}", xds.stderr());
 }
+
+#[test]
+fn svckit_xds_refuses_an_unreachable_registry_and_a_taken_port() {
+    let dead = support::dead_endpoint().replace("http://", "etcd://");
+    let (code, _, err) = Proc::run_cli(&["xds", "--registry", &dead, "--listen", "127.0.0.1:0"]);
+    assert_eq!(code, Some(69), "{err}");
+    assert!(err.contains("registry unavailable"), "{err}");
+
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let (code, _, err) = Proc::run_cli(&["xds", "--registry", "memory://", "--listen", &addr]);
+    assert_eq!(code, Some(71), "{err}");
+    assert!(err.contains(&addr), "{err}");
+}
