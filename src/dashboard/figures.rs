@@ -212,20 +212,22 @@ async fn ask(rpc: &Rpc, member: &Member) -> Result<StatsResponse, String> {
     let mut request = tonic::Request::new(StatsRequest {});
     request.set_timeout(TIMEOUT);
     let mut client = BaseClient::new(rpc.channel(target));
+    let silent = || {
+        format!(
+            "not answering: no reply within {}",
+            humantime::format_duration(TIMEOUT)
+        )
+    };
     match tokio::time::timeout(TIMEOUT, client.stats(request)).await {
         Ok(Ok(answer)) => Ok(answer.into_inner()),
-        Ok(Err(status)) if status.code() == tonic::Code::Unimplemented => {
-            Err("no figures: the node's version does not serve Base/Stats".into())
-        }
-        Ok(Err(status)) if status.code() == tonic::Code::DeadlineExceeded => Err(format!(
-            "not answering: no reply within {}",
-            humantime::format_duration(TIMEOUT)
-        )),
-        Ok(Err(status)) => Err(format!("not answering: {}", status.message())),
-        Err(_) => Err(format!(
-            "not answering: no reply within {}",
-            humantime::format_duration(TIMEOUT)
-        )),
+        Ok(Err(status)) => Err(match status.code() {
+            tonic::Code::Unimplemented => {
+                "no figures: the node's version does not serve Base/Stats".into()
+            }
+            tonic::Code::DeadlineExceeded => silent(),
+            _ => format!("not answering: {}", status.message()),
+        }),
+        Err(_) => Err(silent()),
     }
 }
 

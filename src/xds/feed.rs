@@ -200,89 +200,87 @@ impl Topic {
     }
 
     /// The routable members' gRPC endpoints. Left out, with one warning
-    /// each: a member without a gRPC endpoint, an `https://` one (the
-    /// cluster has no transport socket yet), a host name that does not
-    /// resolve.
+    /// each while the reason stays: a member without a gRPC endpoint, an
+    /// `https://` one (the cluster has no transport socket yet), a host
+    /// name that does not resolve.
     async fn backends(&mut self) -> Vec<Backend> {
+        let known = std::mem::take(&mut self.resolved);
+        let mut resolved = HashMap::new();
+        let mut warned = HashMap::new();
         let mut backends = Vec::new();
-        let members: Vec<Member> = self
-            .members
-            .values()
-            .filter(|m| m.is_routable())
-            .cloned()
-            .collect();
-        self.resolved
-            .retain(|name, _| members.iter().any(|m| endpoint_host(m) == Some(name)));
-        self.warned
-            .retain(|host, _| members.iter().any(|m| &m.record.host == host));
-        for member in members {
-            match self.backend(&member).await {
+        for member in self.members.values().filter(|m| m.is_routable()) {
+            match backend(member, &known, &mut resolved).await {
                 Ok(backend) => backends.push(backend),
                 Err(why) => {
-                    let host = member.record.host.clone();
-                    if self.warned.get(&host) != Some(&why) {
-                        self.warned.insert(host, why.clone());
-                        tracing::warn!(topic = %self.name, host = %member.record.host, "xds: endpoint left out: {why}");
+                    let host = &member.record.host;
+                    if self.warned.get(host) != Some(&why) {
+                        tracing::warn!(topic = %self.name, %host, "xds: endpoint left out: {why}");
                     }
+                    warned.insert(host.clone(), why);
                 }
             }
         }
+        // Names and warnings of members gone or mended are forgotten.
+        self.resolved = resolved;
+        self.warned = warned;
         backends
-    }
-
-    async fn backend(&mut self, member: &Member) -> std::result::Result<Backend, String> {
-        let url = member
-            .record
-            .endpoints
-            .grpc
-            .as_deref()
-            .ok_or_else(|| "no gRPC endpoint".to_string())?;
-        let uri: http::Uri = url
-            .parse()
-            .map_err(|e| format!("gRPC endpoint {url:?} is not a URL: {e}"))?;
-        match uri.scheme_str() {
-            Some("http") => {}
-            Some("https") => {
-                return Err(format!(
-                    "{url} serves TLS, and the xDS cluster carries no TLS settings yet"
-                ))
-            }
-            _ => return Err(format!("gRPC endpoint {url:?} is not http://")),
-        }
-        let host = uri.host().unwrap_or_default();
-        let port = uri.port_u16().unwrap_or(80);
-        let ip = match host.trim_start_matches('[').trim_end_matches(']').parse() {
-            Ok(ip) => ip,
-            Err(_) => self.resolve(host, port).await?,
-        };
-        Ok(Backend {
-            host: member.record.host.clone(),
-            ip,
-            port,
-            weight: member.record.workers,
-        })
-    }
-
-    /// gRPC clients take endpoints as addresses: a member that advertises
-    /// a host name is resolved here, once while it is present.
-    async fn resolve(&mut self, name: &str, port: u16) -> std::result::Result<IpAddr, String> {
-        if let Some(found) = self.resolved.get(name) {
-            return found.ok_or_else(|| format!("host name {name} does not resolve"));
-        }
-        let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
-            .await
-            .ok()
-            .and_then(|r| r.ok())
-            .and_then(|mut addrs| addrs.next())
-            .map(|a| a.ip());
-        self.resolved.insert(name.to_string(), found);
-        found.ok_or_else(|| format!("host name {name} does not resolve"))
     }
 }
 
-fn endpoint_host(member: &Member) -> Option<&str> {
-    let url = member.record.endpoints.grpc.as_deref()?;
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split('/').next()?;
-    Some(authority.rsplit_once(':').map_or(authority, |(h, _)| h))
+/// One member's endpoint; host names are looked up in `known` (the last
+/// publish's), else resolved, and kept in `resolved`.
+async fn backend(
+    member: &Member,
+    known: &HashMap<String, Option<IpAddr>>,
+    resolved: &mut HashMap<String, Option<IpAddr>>,
+) -> std::result::Result<Backend, String> {
+    let url = member
+        .record
+        .endpoints
+        .grpc
+        .as_deref()
+        .ok_or_else(|| "no gRPC endpoint".to_string())?;
+    let uri: http::Uri = url
+        .parse()
+        .map_err(|e| format!("gRPC endpoint {url:?} is not a URL: {e}"))?;
+    match uri.scheme_str() {
+        Some("http") => {}
+        Some("https") => {
+            return Err(format!(
+                "{url} serves TLS, and the xDS cluster carries no TLS settings yet"
+            ))
+        }
+        _ => return Err(format!("gRPC endpoint {url:?} is not http://")),
+    }
+    let host = uri.host().unwrap_or_default();
+    let port = uri.port_u16().unwrap_or(80);
+    let ip = match host.trim_start_matches('[').trim_end_matches(']').parse() {
+        Ok(ip) => Some(ip),
+        Err(_) => {
+            let found = match known.get(host) {
+                Some(found) => *found,
+                None => resolve(host, port).await,
+            };
+            resolved.insert(host.to_string(), found);
+            found
+        }
+    };
+    let ip = ip.ok_or_else(|| format!("host name {host} does not resolve"))?;
+    Ok(Backend {
+        host: member.record.host.clone(),
+        ip,
+        port,
+        weight: member.record.workers,
+    })
+}
+
+/// gRPC clients take endpoints as addresses: a member that advertises a
+/// host name is resolved here, once while it is present.
+async fn resolve(name: &str, port: u16) -> Option<IpAddr> {
+    tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((name, port)))
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .and_then(|mut addrs| addrs.next())
+        .map(|a| a.ip())
 }

@@ -138,10 +138,7 @@ impl ClientSpan {
 }
 
 fn parse_code(value: &http::HeaderValue) -> i32 {
-    std::str::from_utf8(value.as_bytes())
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(tonic::Code::Unknown as i32)
+    tonic::Code::from_bytes(value.as_bytes()) as i32
 }
 
 /// A client span's status: any code but OK is an error of the call.

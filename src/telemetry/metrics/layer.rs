@@ -113,9 +113,10 @@ where
     }
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        let span = request
-            .extensions_mut()
-            .remove::<ServerSpan>()
+        // Looked up only with export on: every request passes here.
+        let span = otel::enabled()
+            .then(|| request.extensions_mut().remove::<ServerSpan>())
+            .flatten()
             .and_then(|s| s.take())
             .map(|mut span| {
                 if let (Kind::Http, Some(route)) = (
@@ -134,8 +135,10 @@ where
                 .map_or("unmatched", |p| p.as_str()),
             Kind::Grpc => request.uri().path(),
         };
-        let api = self.api && (matches!(self.kind, Kind::Http) || totals::counts_grpc(route));
-        let route = self.requests.route(route, api);
+        let (api, kind) = (self.api, self.kind);
+        let route = self.requests.route(route, || {
+            api && (matches!(kind, Kind::Http) || totals::counts_grpc(route))
+        });
         route.in_flight.inc();
         if let Some(totals) = &route.totals {
             totals.started();
@@ -211,12 +214,11 @@ impl Drop for Record {
         }
         self.route.in_flight.dec();
         self.route.count(code);
+        let took = self.started.elapsed();
         if let Some(totals) = &self.route.totals {
-            totals.ended(code, self.started.elapsed());
+            totals.ended(code, took);
         }
-        self.route
-            .duration
-            .observe(self.started.elapsed().as_secs_f64());
+        self.route.duration.observe(took.as_secs_f64());
     }
 }
 

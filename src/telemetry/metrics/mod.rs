@@ -128,7 +128,9 @@ impl Requests {
         requests
     }
 
-    fn route(&self, route: &str, api: bool) -> Arc<RouteMetrics> {
+    /// The handles of `route`, made on its first request; `api` says then
+    /// whether it counts in the node's totals.
+    fn route(&self, route: &str, api: impl FnOnce() -> bool) -> Arc<RouteMetrics> {
         if let Some(found) = read(&self.routes).get(route) {
             return found.clone();
         }
@@ -137,7 +139,7 @@ impl Requests {
         };
         let made = Arc::new(RouteMetrics {
             route: route.to_string(),
-            totals: api.then(|| self.totals.clone()),
+            totals: api().then(|| self.totals.clone()),
             in_flight: self.in_flight.get_or_create(&labels).clone(),
             duration: self.duration.get_or_create(&labels).clone(),
             total: self.total.clone(),
