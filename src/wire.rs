@@ -32,6 +32,24 @@ pub(crate) fn grpc_timeout_header(timeout: Duration) -> HeaderValue {
         .unwrap_or_else(|_| HeaderValue::from_static("99999999m"))
 }
 
+/// The HTTP/2 settings of every client connection svckit opens, to nodes
+/// and to etcd.
+///
+/// A call given up on (its deadline passed, a hedge's loser, a keep-alive
+/// stream abandoned for a new one) is reset, and an answer already on its
+/// way may arrive after h2 has forgotten the stream (it remembers 50 for a
+/// second). h2 answers each such frame with a reset of its own and counts
+/// it against a limit of 1,024 over the connection's whole life; past it,
+/// it closes the connection and fails every call on it. That limit guards
+/// a server from a client that provokes resets; on a long-lived client
+/// connection it turns the thousandth late answer into a lost connection
+/// (at 10,000 nodes sharing registry connections, an etcd election made
+/// them fall one after another). Late answers cost one small frame each,
+/// so the client counts none.
+pub(crate) fn client_http2(endpoint: tonic::transport::Endpoint) -> tonic::transport::Endpoint {
+    endpoint.http2_max_local_error_reset_streams(None)
+}
+
 /// Parses a `grpc-timeout` header value (`100m`, `5S`, …).
 pub(crate) fn parse_grpc_timeout(value: &HeaderValue) -> Option<Duration> {
     let s = value.to_str().ok()?;

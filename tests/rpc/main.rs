@@ -6,6 +6,7 @@ mod support;
 
 mod basics;
 mod hedge;
+mod late;
 mod outlier;
 mod semantics;
 mod shapes;

@@ -343,7 +343,7 @@ fn connect(url: &str, options: &ConnectOptions) -> Option<Channel> {
     };
     match Endpoint::from_shared(url.clone()) {
         Ok(endpoint) => {
-            let endpoint = endpoint
+            let endpoint = crate::wire::client_http2(endpoint)
                 .connect_timeout(options.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(30))

@@ -31,6 +31,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 
+mod channel;
 mod credentials;
 mod election;
 mod keys;
@@ -128,14 +129,16 @@ impl EtcdDriver {
         }
         let names = endpoints.join(",");
         let what = format!("cannot reach etcd at {names} within {:?}", options.timeout);
-        let client =
-            tokio::time::timeout(options.timeout, Client::connect(endpoints, Some(connect)))
-                .await
-                .map_err(|elapsed| Error::unavailable(what.clone(), elapsed))?
-                .map_err(|e| match &credentials {
-                    Some(c) if is_refused_login(&e) => c.refused(&names, e),
-                    _ => Error::unavailable(what.clone(), e),
-                })?;
+        let client = tokio::time::timeout(
+            options.timeout,
+            Client::connect_with_balanced_channel(endpoints, Some(connect), channel::Tuned),
+        )
+        .await
+        .map_err(|elapsed| Error::unavailable(what.clone(), elapsed))?
+        .map_err(|e| match &credentials {
+            Some(c) if is_refused_login(&e) => c.refused(&names, e),
+            _ => Error::unavailable(what.clone(), e),
+        })?;
         let inner = Inner {
             kv: client.kv_client().max_decoding_message_size(MAX_RESPONSE),
             client,
