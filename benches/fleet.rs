@@ -128,6 +128,9 @@ struct Figures {
     elections: f64,
     /// The members' mean WAL fsync over the same span, in ms.
     fsync_ms: f64,
+    /// Leases etcd granted during the cold start: N when no grant was lost
+    /// and made again.
+    leases_granted: f64,
 }
 
 impl std::fmt::Display for Figures {
@@ -138,7 +141,7 @@ impl std::fmt::Display for Figures {
              steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
              detect_p50_s={:.2} detect_p99_s={:.2} false_down={} leader_kill_s={:.1} reregister_s={:.1} \
              client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2} \
-             elections={:.0} fsync_ms={:.1}",
+             elections={:.0} fsync_ms={:.1} leases_granted={:.0}",
             self.nodes,
             self.join_s,
             self.join_retries,
@@ -159,6 +162,7 @@ impl std::fmt::Display for Figures {
             self.list_s,
             self.elections,
             self.fsync_ms,
+            self.leases_granted,
         )
     }
 }
@@ -232,6 +236,7 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
         }
     }
     figures.join_s = started.elapsed().as_secs_f64();
+    figures.leases_granted = ClusterHealth::read(&endpoints).since(&health_before).leases;
     figures.peak_rps = sampler.stop().await;
     eprintln!("fleet: {n} nodes up in {:.1}s", figures.join_s);
 
@@ -439,6 +444,8 @@ struct ClusterHealth {
     fsync_s: f64,
     fsyncs: f64,
     fsync_ms: f64,
+    /// Leases granted (the most any member applied).
+    leases: f64,
 }
 
 impl ClusterHealth {
@@ -454,6 +461,9 @@ impl ClusterHealth {
             health.elections = health
                 .elections
                 .max(value("etcd_server_leader_changes_seen_total "));
+            health.leases = health
+                .leases
+                .max(value("etcd_debugging_lease_granted_total "));
             health.fsync_s += value("etcd_disk_wal_fsync_duration_seconds_sum ");
             health.fsyncs += value("etcd_disk_wal_fsync_duration_seconds_count ");
         }
@@ -466,6 +476,7 @@ impl ClusterHealth {
         let fsync_s = self.fsync_s - before.fsync_s;
         ClusterHealth {
             elections: self.elections - before.elections,
+            leases: self.leases - before.leases,
             fsync_s,
             fsyncs,
             fsync_ms: if fsyncs > 0.0 {

@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
+use etcd_client::LeaseGrantOptions;
 use futures::FutureExt;
 use tokio::sync::watch;
 use tokio::time::Instant;
@@ -108,18 +109,35 @@ impl Keeper {
         }
     }
 
+    /// Grants a lease of an id chosen here, not by etcd. A grant whose
+    /// answer was lost (a timeout under load, a leader change) and is sent
+    /// again finds the lease it made ("lease already exists") instead of
+    /// making one more that no one keeps alive, for etcd to expire and
+    /// revoke: at a fleet's cold start, work that an overloaded cluster
+    /// can least afford.
     async fn grant(&self) -> Result<i64> {
         let leases = self.inner.client.lease_client();
         let ttl = self.ttl;
+        let id = new_lease_id();
+        let tries = AtomicU64::new(0);
         let sent = Instant::now();
         let id = self
             .inner
             .call(|| {
                 let mut leases = leases.clone();
-                async move { leases.grant(ttl, None).await }
+                let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
+                async move {
+                    let options = LeaseGrantOptions::new().with_id(id);
+                    match leases.grant(ttl, Some(options)).await {
+                        Ok(granted) => Ok(granted.id()),
+                        // On a first try, another process's lease: the
+                        // next grant draws another id.
+                        Err(e) if retried && lease_exists(&e) => Ok(id),
+                        Err(e) => Err(e),
+                    }
+                }
             })
-            .await?
-            .id();
+            .await?;
         self.state.send_modify(|s| {
             *s = LeaseState {
                 id,
@@ -214,6 +232,18 @@ impl Keeper {
     }
 }
 
+/// A lease id for a new grant: random, positive (etcd reads 0 as "choose
+/// one").
+fn new_lease_id() -> i64 {
+    rand::random_range(1..=i64::MAX)
+}
+
+/// Whether etcd refused a grant because a lease of that id exists.
+fn lease_exists(e: &etcd_client::Error) -> bool {
+    matches!(e, etcd_client::Error::GRpcStatus(s)
+        if s.code() == tonic::Code::FailedPrecondition && s.message().ends_with("lease already exists"))
+}
+
 /// Whether etcd answered that it does not know the lease.
 fn unknown_lease(e: &etcd_client::Error) -> bool {
     match e {
@@ -221,5 +251,32 @@ fn unknown_lease(e: &etcd_client::Error) -> bool {
         // etcd-client's reading of a first answer with no TTL left.
         etcd_client::Error::LeaseKeepAliveError(m) => m == "lease not found",
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lease_that_exists_is_told_from_other_refusals() {
+        let exists = |code, message: &str| {
+            lease_exists(&etcd_client::Error::GRpcStatus(tonic::Status::new(
+                code, message,
+            )))
+        };
+        // etcd's own words (rpctypes.ErrGRPCLeaseExist).
+        assert!(exists(
+            tonic::Code::FailedPrecondition,
+            "etcdserver: lease already exists"
+        ));
+        assert!(!exists(
+            tonic::Code::FailedPrecondition,
+            "etcdserver: requested lease not found"
+        ));
+        assert!(!exists(tonic::Code::Unavailable, "lease already exists"));
+        for _ in 0..1_000 {
+            assert!(new_lease_id() > 0);
+        }
     }
 }
