@@ -303,13 +303,8 @@ async fn an_idle_connection_closes_and_the_next_call_opens_another() {
         .unwrap();
     let mut options = svckit::rpc::RpcOptions::default();
     options.idle_timeout = Some(Duration::from_millis(400));
-    let rpc = svckit::rpc::Rpc::with_options(registry, options)
-        .await
-        .unwrap();
     let target = Target::topic("echo").server("i1");
-    rpc.wait_for_nodes(&target, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let rpc = crate::client_seeing(registry, options, &target, 1).await;
     let mut client = EchoClient::new(rpc.channel(target));
     let echo = || EchoRequest {
         payload: b"x".to_vec(),
@@ -343,13 +338,8 @@ async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_up_to_the_bound(
     let (_, registry) = crate::rpc_for(&etcd).await;
     let mut options = svckit::rpc::RpcOptions::default();
     options.connections_per_node = 3;
-    let rpc = svckit::rpc::Rpc::with_options(registry, options)
-        .await
-        .unwrap();
     let topic = Target::topic("echo");
-    rpc.wait_for_nodes(&topic, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let rpc = crate::client_seeing(registry, options, &topic, 1).await;
     // One call alone: one connection.
     let mut base = BaseClient::new(rpc.channel(topic.clone()));
     let accepted = |report: &str| -> u64 {

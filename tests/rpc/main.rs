@@ -49,6 +49,23 @@ pub async fn rpc_for(etcd: &Etcd) -> (Rpc, svckit::servicegroup::Registry) {
     (rpc, registry)
 }
 
+/// A client of `registry` with `options`, once it sees `nodes` nodes of
+/// `target`.
+pub async fn client_seeing(
+    registry: svckit::servicegroup::Registry,
+    options: RpcOptions,
+    target: &Target,
+    nodes: usize,
+) -> Rpc {
+    let rpc = Rpc::with_options(registry, options)
+        .await
+        .expect("rpc client");
+    rpc.wait_for_nodes(target, nodes, Duration::from_secs(10))
+        .await
+        .expect("nodes visible to the client");
+    rpc
+}
+
 pub async fn fleet(
     etcd: &Etcd,
     hosts: &[&str],

@@ -64,18 +64,11 @@ async fn cast_returns_before_the_reply_and_is_bounded() {
     let registry = svckit::servicegroup::connect(&etcd.url(), &Default::default())
         .await
         .unwrap();
-    let rpc = Rpc::with_options(registry, {
-        let mut options = RpcOptions::default();
-        options.max_casts_in_flight = 3;
-        options.response_timeout = Duration::from_secs(10);
-        options
-    })
-    .await
-    .unwrap();
+    let mut options = RpcOptions::default();
+    options.max_casts_in_flight = 3;
+    options.response_timeout = Duration::from_secs(10);
     let topic = Target::topic("echo");
-    rpc.wait_for_nodes(&topic, 1, Duration::from_secs(10))
-        .await
-        .unwrap();
+    let rpc = crate::client_seeing(registry, options, &topic, 1).await;
 
     // No node for the target: refused at once. (Checked first: with every
     // cast slot taken, ResourceExhausted would come first.)

@@ -119,13 +119,13 @@ impl Keeper {
         let leases = self.inner.client.lease_client();
         let ttl = self.ttl;
         let id = new_lease_id();
-        let tries = AtomicU64::new(0);
+        let mut first_try = true;
         let sent = Instant::now();
         let id = self
             .inner
             .call(|| {
                 let mut leases = leases.clone();
-                let retried = tries.fetch_add(1, Ordering::Relaxed) > 0;
+                let retried = !std::mem::replace(&mut first_try, false);
                 async move {
                     let options = LeaseGrantOptions::new().with_id(id);
                     match leases.grant(ttl, Some(options)).await {
