@@ -446,10 +446,12 @@ async fn a_crash_looping_worker_backs_off_and_the_node_is_down_until_one_serves(
     node.wait_for_endpoint(WAIT);
     support::expect_event(&mut watch, WAIT, "the node up", support::is_join("wc")).await;
 
+    // Both workers serve first: the node is up with one, and a worker
+    // still starting when the flag appears would fail instead.
+    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
     // Every worker now fails in init_host: kill the serving ones, both of
     // them (the log that names them is read by another thread).
     std::fs::write(&flag, b"").unwrap();
-    wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
     for pid in serving_pids(&node) {
         kill(Pid::from_raw(pid as i32), Signal::SIGKILL).unwrap();
     }
