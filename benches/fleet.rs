@@ -229,7 +229,7 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
     while up.len() < n {
         match watch.next().await {
             Some(Ok(Event::Join(m))) => {
-                up.insert(m.record.host);
+                up.insert(m.record.host.clone());
             }
             Some(Ok(_)) => {}
             other => panic!("the watch failed during the cold start: {other:?}"),

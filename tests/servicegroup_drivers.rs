@@ -55,7 +55,7 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
     expect_event(&mut all, WAIT, "join of s1", is_join("s1")).await;
     let hosts = |ms: Vec<svckit::servicegroup::Member>| -> Vec<(String, String)> {
         ms.into_iter()
-            .map(|m| (m.record.topic, m.record.host))
+            .map(|m| (m.record.topic.clone(), m.record.host.clone()))
             .collect()
     };
     assert_eq!(

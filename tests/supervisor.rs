@@ -106,7 +106,12 @@ impl Running {
 
     async fn client(&self) -> EchoClient<tonic::transport::Channel> {
         let member = self.record_says_any().await;
-        let url = member.record.endpoints.grpc.expect("a gRPC endpoint");
+        let url = member
+            .record
+            .endpoints
+            .grpc
+            .clone()
+            .expect("a gRPC endpoint");
         let channel = tonic::transport::Endpoint::from_shared(url)
             .expect("endpoint")
             .connect()

@@ -260,8 +260,9 @@ mod tests {
     #[test]
     fn text_from_records_is_escaped() {
         let mut m = crate::servicegroup::diff::test_member("h1", true);
-        m.record.disabled = true;
-        m.record.disabled_reason = Some("<script>alert(1)</script>".into());
+        std::sync::Arc::make_mut(&mut m.record).disabled = true;
+        std::sync::Arc::make_mut(&mut m.record).disabled_reason =
+            Some("<script>alert(1)</script>".into());
         let html = render(&PageInput {
             base: "",
             members: &[m],

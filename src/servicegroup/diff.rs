@@ -89,7 +89,10 @@ pub(crate) fn test_member(host: &str, up: bool) -> Member {
         service_down_time: Duration::from_secs(2),
     }
     .to_record(SystemTime::UNIX_EPOCH);
-    Member { record, up }
+    Member {
+        record: std::sync::Arc::new(record),
+        up,
+    }
 }
 
 #[cfg(test)]

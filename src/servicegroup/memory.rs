@@ -52,7 +52,7 @@ struct Entry {
 impl Entry {
     fn member(&self) -> Member {
         Member {
-            record: self.record.clone(),
+            record: Arc::new(self.record.clone()),
             up: self.owner.is_some() && !self.record.forced_down,
         }
     }

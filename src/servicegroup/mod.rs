@@ -109,9 +109,11 @@ impl Endpoints {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Member {
-    /// The persistent record (flattened into the member's JSON).
+    /// The persistent record (flattened into the member's JSON), shared
+    /// by every copy of the member: a client watching a 10,000-node topic
+    /// holds each record once, whatever the layers that track it.
     #[serde(flatten)]
-    pub record: ServiceRecord,
+    pub record: Arc<ServiceRecord>,
     /// `true` = the liveness key is present and the record is not forced down.
     pub up: bool,
 }

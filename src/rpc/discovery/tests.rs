@@ -115,7 +115,10 @@ async fn deleted_records_leave_the_member_map() {
     let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
     let mut tracker = tracker(&total, &events, 1, None);
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
-    let up = Member { record, up: true };
+    let up = Member {
+        record: record.into(),
+        up: true,
+    };
     tracker.apply(&Event::Join(up.clone()));
     assert_eq!(tracker.snapshot().nodes(&Target::topic("t")).len(), 1);
     tracker.apply(&Event::Delete(Member { up: false, ..up }));
@@ -128,7 +131,10 @@ async fn a_connection_no_call_took_between_two_sweeps_is_dropped() {
     let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
     let mut tracker = tracker(&total, &events, 1, Some(Duration::from_secs(1)));
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
-    tracker.apply(&Event::Join(Member { record, up: true }));
+    tracker.apply(&Event::Join(Member {
+        record: record.into(),
+        up: true,
+    }));
     let topic = Target::topic("t");
     let connected =
         |snapshot: &Snapshot| matches!(snapshot.nodes(&topic)[0].channel.get(), Some(Some(_)));
@@ -204,7 +210,10 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
             reg.host = host;
             let record = reg.to_record(SystemTime::UNIX_EPOCH);
             Arc::new(Node {
-                member: Arc::new(Member { record, up: true }),
+                member: Arc::new(Member {
+                    record: record.into(),
+                    up: true,
+                }),
                 channel: Arc::default(),
                 options: Arc::new(ConnectOptions {
                     connect_timeout: Duration::from_secs(1),
@@ -351,7 +360,10 @@ async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_in_flight() {
     let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
     let mut tracker = tracker(&total, &events, 3, None);
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
-    tracker.apply(&Event::Join(Member { record, up: true }));
+    tracker.apply(&Event::Join(Member {
+        record: record.into(),
+        up: true,
+    }));
     let snapshot = tracker.snapshot();
     let node = &snapshot.nodes(&Target::topic("t"))[0];
     let slots = |n: usize| -> std::collections::BTreeSet<usize> {

@@ -8,6 +8,7 @@
 //! and the picture of members a range over both prefixes gives.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use etcd_client::KeyValue;
 use serde::{Deserialize, Serialize};
@@ -101,7 +102,7 @@ pub(super) struct Snapshot {
     /// The raft term etcd answered in: a term going backwards means a
     /// cluster rebuilt from nothing.
     pub term: u64,
-    pub records: BTreeMap<Key, ServiceRecord>,
+    pub records: BTreeMap<Key, Arc<ServiceRecord>>,
     pub alive: BTreeSet<Key>,
 }
 
@@ -131,7 +132,7 @@ impl Snapshot {
         match kind {
             Kind::Record => match ServiceRecord::decode(kv.value(), &key.0, &key.1) {
                 Ok(record) => {
-                    self.records.insert(key.clone(), record);
+                    self.records.insert(key.clone(), Arc::new(record));
                 }
                 Err(e) => {
                     // Someone wrote garbage by hand: the member is unknown
@@ -192,5 +193,21 @@ mod tests {
         }
         assert_eq!(layout.range(Kind::Record, Some("c")), "/svckit/services/c/");
         assert_eq!(layout.root(), "/svckit/");
+    }
+
+    /// Members made from the listing share its records: a client of a
+    /// 10,000-node topic holds each record once, not once per layer.
+    #[test]
+    fn members_share_the_listed_record() {
+        let record = crate::servicegroup::diff::test_member("h1", true).record;
+        let key: Key = (record.topic.clone(), record.host.clone());
+        let mut snapshot = Snapshot::default();
+        snapshot.records.insert(key.clone(), record);
+        snapshot.alive.insert(key.clone());
+        let member = snapshot.member(&key).expect("listed");
+        assert!(member.up);
+        assert!(Arc::ptr_eq(&member.record, &snapshot.records[&key]));
+        let again = snapshot.members().remove(0);
+        assert!(Arc::ptr_eq(&again.record, &member.record));
     }
 }

@@ -399,7 +399,10 @@ impl Inner {
                 _ => false,
             };
             let up = alive && !record.forced_down;
-            return Ok(Member { record, up });
+            return Ok(Member {
+                record: Arc::new(record),
+                up,
+            });
         }
         Err(Error::registry_msg(format!(
             "{topic}/{host} kept changing concurrently; admin change not applied"

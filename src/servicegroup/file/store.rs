@@ -222,7 +222,10 @@ impl Store {
             .read_alive(&record.topic, &record.host)
             .is_some_and(|a| a.is_fresh(now));
         let up = alive && !record.forced_down;
-        Member { record, up }
+        Member {
+            record: Arc::new(record),
+            up,
+        }
     }
 
     pub(super) fn get(&self, topic: &str, host: &str) -> Result<Option<Member>> {
