@@ -81,6 +81,14 @@ impl Keeper {
                     tracing::warn!(lease = %format!("{lease:x}"), "{why}; granting a new lease");
                     self.state.send_modify(|s| s.id = 0);
                     lease = 0;
+                    // The keys went with the lease, and the node shows down
+                    // until it registers again. Leases that expired together
+                    // (an outage longer than the TTL, a cluster too loaded to
+                    // answer, revoked by hand) would otherwise bring the
+                    // whole fleet back in one instant: each grant and claim
+                    // waits a random point of the interval, as after a lost
+                    // stream.
+                    tokio::time::sleep(spread(self.interval())).await;
                 }
                 Stopped::Broken(e) => {
                     tracing::info!(lease = %format!("{lease:x}"), error = %e, "lease keep-alive interrupted");
