@@ -240,10 +240,28 @@ impl Keeper {
     }
 }
 
-/// A lease id for a new grant: random, positive (etcd reads 0 as "choose
-/// one").
+/// A lease id for a new grant: positive (etcd reads 0 as "choose one")
+/// and ordered by time, as etcd's own ids are: the milliseconds since 1970
+/// in the high 42 bits, 21 random bits below. etcd keeps leases in a B-tree
+/// keyed by id; a fleet's grants with random ids would land all over it,
+/// and each commit would write many more of its pages than grants that
+/// come in order. Two grants in one millisecond share an id one time in
+/// two million; the second is refused and draws another.
 fn new_lease_id() -> i64 {
-    rand::random_range(1..=i64::MAX)
+    let ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    lease_id(ms, rand::random())
+}
+
+/// The id of a grant made at `ms` since 1970, with `random` bits below.
+fn lease_id(ms: u64, random: u64) -> i64 {
+    const RANDOM_BITS: u32 = 21;
+    let high = ms & ((1 << (63 - RANDOM_BITS)) - 1);
+    let low = random & ((1 << RANDOM_BITS) - 1);
+    i64::try_from((high << RANDOM_BITS) | low)
+        .unwrap_or(1)
+        .max(1)
 }
 
 /// Whether etcd refused a grant because a lease of that id exists.
@@ -286,5 +304,12 @@ mod tests {
         for _ in 0..1_000 {
             assert!(new_lease_id() > 0);
         }
+        // Ordered by time: a later millisecond gives a larger id, whatever
+        // the random bits; and no id is 0, even at the epoch.
+        let now = 1_796_000_000_000;
+        assert!(lease_id(now + 1, 0) > lease_id(now, u64::MAX));
+        assert!(lease_id(now, 1) > lease_id(now, 0));
+        assert_eq!(lease_id(0, 0), 1);
+        assert!(lease_id(u64::MAX, u64::MAX) > 0);
     }
 }
