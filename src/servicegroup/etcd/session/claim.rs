@@ -33,7 +33,19 @@ impl Session {
                 Err(e) if etcd_code(&e) == Some(tonic::Code::NotFound) => {
                     self.shared.gone(lease);
                     if !again {
-                        return Err(e);
+                        // Two leases gone before they could be used: etcd
+                        // answers slower than the TTL (a cluster in an
+                        // election storm, a fleet's cold start on too
+                        // little CPU). That is a registry unavailable, which
+                        // callers retry, as a node's supervisor does; not a
+                        // refusal.
+                        return Err(Error::Unavailable {
+                            what: format!(
+                                "etcd: two leases expired before {} could claim its key with them (etcd answers slower than the lease TTL)",
+                                self.alive_key
+                            ),
+                            source: Some(Box::new(e)),
+                        });
                     }
                     again = false;
                     lease = self.shared.replaced(lease).await?;
