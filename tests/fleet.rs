@@ -11,7 +11,7 @@ use support::etcd::Etcd;
 use support::{eventually, live_endpoint, registration_at};
 use svckit::rpc::{Rpc, Target};
 use svckit::servicegroup::etcd::EtcdDriver;
-use svckit::servicegroup::{self, Advert, Driver, Endpoints};
+use svckit::servicegroup::{self, Advert, Driver, Endpoints, EventStream, Membership};
 
 const FOREIGN: usize = 50_000;
 const WAIT: Duration = Duration::from_secs(20);
@@ -106,8 +106,27 @@ async fn records_of_other_topics_cost_a_client_nothing() {
     drop(compute);
 }
 
-/// Nodes of one fleet joined through a proxy that an outage then cuts.
+/// Nodes of one fleet, in the storm tests.
 const STORM: usize = 50;
+
+/// Joins [`STORM`] nodes of topic `storm` through `driver`, each a process
+/// of its own to etcd (its own lease), with a heartbeat a second and a
+/// lease of five (a keep-alive every 2 s, 0.4 of the TTL); returns once
+/// `watch` saw them all join.
+async fn join_storm(driver: &EtcdDriver, watch: &mut EventStream) -> Vec<Box<dyn Membership>> {
+    let mut nodes = Vec::new();
+    for i in 0..STORM {
+        let mut reg = support::registration("storm", &format!("s{i:02}"));
+        reg.report_interval = Duration::from_secs(1);
+        reg.service_down_time = Duration::from_secs(5);
+        let node = driver.as_another_process();
+        nodes.push(node.join(reg).await.expect("join"));
+    }
+    for _ in 0..STORM {
+        support::expect_event(watch, WAIT, "a join", |e| e.kind() == "join").await;
+    }
+    nodes
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fleet_wide_outage_is_healed_without_writes_and_no_node_looks_down() {
@@ -120,20 +139,9 @@ async fn a_fleet_wide_outage_is_healed_without_writes_and_no_node_looks_down() {
         .await
         .expect("connect");
     let mut watch = direct.watch(Some("storm")).await.expect("watch");
-    let mut nodes = Vec::new();
-    for i in 0..STORM {
-        let mut reg = support::registration("storm", &format!("s{i:02}"));
-        // A heartbeat a second, a lease of five: the outage below breaks
-        // every node's streams at once, and no lease expires.
-        reg.report_interval = Duration::from_secs(1);
-        reg.service_down_time = Duration::from_secs(5);
-        // Each node a process of its own to etcd: its own lease.
-        let node = through_proxy.as_another_process();
-        nodes.push(node.join(reg).await.expect("join"));
-    }
-    for _ in 0..STORM {
-        support::expect_event(&mut watch, WAIT, "a join", |e| e.kind() == "join").await;
-    }
+    // The outage below breaks every node's streams at once, and no lease
+    // expires.
+    let nodes = join_storm(&through_proxy, &mut watch).await;
     let joined_at = |m: &svckit::servicegroup::Member| m.record.updated_at.clone();
     let before: Vec<String> = direct
         .list(Some("storm"))
@@ -189,19 +197,7 @@ async fn leases_lost_together_are_granted_again_spread_over_the_interval() {
         .await
         .expect("connect");
     let mut watch = registry.watch(Some("storm")).await.expect("watch");
-    let mut nodes = Vec::new();
-    for i in 0..STORM {
-        let mut reg = support::registration("storm", &format!("s{i:02}"));
-        // A keep-alive every 2 s (0.4 of the TTL).
-        reg.report_interval = Duration::from_secs(1);
-        reg.service_down_time = Duration::from_secs(5);
-        // Each node a process of its own to etcd: its own lease.
-        let node = driver.as_another_process();
-        nodes.push(node.join(reg).await.expect("join"));
-    }
-    for _ in 0..STORM {
-        support::expect_event(&mut watch, WAIT, "a join", |e| e.kind() == "join").await;
-    }
+    let nodes = join_storm(&driver, &mut watch).await;
     let raw = Client::connect([etcd.endpoint()], None)
         .await
         .expect("raw etcd client");
