@@ -259,9 +259,8 @@ fn lease_id(ms: u64, random: u64) -> i64 {
     const RANDOM_BITS: u32 = 21;
     let high = ms & ((1 << (63 - RANDOM_BITS)) - 1);
     let low = random & ((1 << RANDOM_BITS) - 1);
-    i64::try_from((high << RANDOM_BITS) | low)
-        .unwrap_or(1)
-        .max(1)
+    // 63 bits at most: always a positive i64, or 0 at the epoch.
+    (((high << RANDOM_BITS) | low) as i64).max(1)
 }
 
 /// Whether etcd refused a grant because a lease of that id exists.
