@@ -10,8 +10,10 @@ use http::HeaderValue;
 pub(crate) const GRPC_STATUS: &str = "grpc-status";
 /// The gRPC status message.
 pub(crate) const GRPC_MESSAGE: &str = "grpc-message";
-/// A call's deadline, as the client sends it.
-pub(crate) const GRPC_TIMEOUT: &str = "grpc-timeout";
+/// A call's deadline, as the client sends it. A `HeaderName`, made once:
+/// a custom header inserted by a `&str` name copies the name into a new
+/// buffer on every call.
+pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
 
 /// Set on an UNAVAILABLE answer that a node gave before the call's handler
 /// ran (its pool was full): nothing ran, so svckit's clients send the call

@@ -13,7 +13,7 @@ mod shared;
 mod throttle;
 mod traced;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -80,6 +80,11 @@ pub(super) struct Settings {
     pub(super) throttle: Arc<Throttle>,
     /// Set on a cast's channel: told once the request is written.
     pub(super) sent: Option<Arc<SentSignal>>,
+    /// The headers of this channel's first unary call. A later call with
+    /// the same headers (the usual case: tonic's, and this channel's
+    /// `grpc-timeout`) hands its own to its first attempt and needs no
+    /// copy for a retry; a call with others keeps a copy.
+    pub(super) usual_headers: Arc<OnceLock<http::HeaderMap>>,
 }
 
 impl Settings {
@@ -99,13 +104,17 @@ impl Settings {
             latency: None,
             shared,
             sent: None,
+            usual_headers: Arc::default(),
         }
     }
 }
 
 impl RpcChannel {
     fn settings_mut(&mut self) -> &mut Settings {
-        Arc::make_mut(&mut self.settings)
+        let settings = Arc::make_mut(&mut self.settings);
+        // Another timeout makes other headers.
+        settings.usual_headers = Arc::default();
+        settings
     }
 
     /// Marks the calls of this channel safe to repeat: a call that failed in

@@ -2,11 +2,12 @@
 //! stream sent once, a hedged request raced on two.
 
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use futures::stream::{FuturesUnordered, StreamExt};
+use http::HeaderMap;
 use tonic::body::Body;
 use tonic::{Code, Status};
 
@@ -135,11 +136,12 @@ impl RpcChannel {
         self.snapshot.borrow().nodes(&self.settings.target)
     }
 
-    /// A copy of a whole request (its extensions aside), with what is left
-    /// of the deadline when it is not the first try.
+    /// A whole request on `headers` (its extensions aside), with what is
+    /// left of the deadline when it is not the first try.
     fn request(
         &self,
         parts: &http::request::Parts,
+        headers: HeaderMap,
         data: &Bytes,
         retry_deadline: Option<Instant>,
     ) -> Result<http::Request<Body>, BoxError> {
@@ -151,7 +153,7 @@ impl RpcChannel {
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = parts.uri.clone();
         *request.version_mut() = parts.version;
-        *request.headers_mut() = parts.headers.clone();
+        *request.headers_mut() = headers;
         // Extensions are for the layers above this channel: nothing below
         // it (tonic's transport, hyper) reads them, so none are copied.
         if let Some(deadline) = retry_deadline {
@@ -193,12 +195,21 @@ impl RpcChannel {
         if nodes.is_empty() {
             return Err(Box::new(unavailable(&self.settings.target)));
         }
-        let (parts, body) = request.into_parts();
+        let (mut parts, body) = request.into_parts();
         let sent = match body::peek(body).map_err(|status| -> BoxError { Box::new(status) })? {
-            Payload::Whole(data) => match self.hedge_delay() {
-                Some(delay) => self.send_hedged(parts, data, nodes, deadline, delay).await,
-                None => self.send_whole(parts, data, nodes, deadline).await,
-            },
+            Payload::Whole(data) => {
+                let headers = Replay::new(
+                    &self.settings.usual_headers,
+                    std::mem::take(&mut parts.headers),
+                );
+                match self.hedge_delay() {
+                    Some(delay) => {
+                        self.send_hedged(parts, headers, data, nodes, deadline, delay)
+                            .await
+                    }
+                    None => self.send_whole(parts, headers, data, nodes, deadline).await,
+                }
+            }
             Payload::Stream(body) => {
                 let request = http::Request::from_parts(parts, body);
                 self.send_stream(request, nodes).await
@@ -227,6 +238,7 @@ impl RpcChannel {
     async fn send_whole(
         &self,
         parts: http::request::Parts,
+        mut headers: Replay<'_>,
         data: Bytes,
         nodes: Arc<[Arc<Node>]>,
         deadline: Instant,
@@ -235,7 +247,7 @@ impl RpcChannel {
         let mut candidates = Candidates::new(self, nodes);
         while let Some(node) = candidates.next() {
             let retry_deadline = (!candidates.is_first()).then_some(deadline);
-            let request = self.request(&parts, &data, retry_deadline)?;
+            let request = self.request(&parts, headers.next(), &data, retry_deadline)?;
             ClientSpan::attempt(&parts.extensions, &node, false);
             let error = match self.attempt(node.clone(), request).await {
                 Ok(response) => {
@@ -303,6 +315,7 @@ impl RpcChannel {
     async fn send_hedged(
         &self,
         parts: http::request::Parts,
+        mut headers: Replay<'_>,
         data: Bytes,
         nodes: Arc<[Arc<Node>]>,
         deadline: Instant,
@@ -316,7 +329,10 @@ impl RpcChannel {
             return Err(Box::new(unavailable(&self.settings.target)));
         };
         ClientSpan::attempt(&parts.extensions, &first, false);
-        in_flight.push(self.attempt_on(first.clone(), self.request(&parts, &data, None)?));
+        in_flight.push(self.attempt_on(
+            first.clone(),
+            self.request(&parts, headers.next(), &data, None)?,
+        ));
         tried.push(first);
         // Nodes with a copy of this call still unanswered.
         let mut open: Vec<Arc<Node>> = Vec::with_capacity(2);
@@ -364,7 +380,7 @@ impl RpcChannel {
                     };
                     shared.retries.fetch_add(1, Ordering::Relaxed);
                     ClientSpan::attempt(&parts.extensions, &node, false);
-                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, headers.next(), &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);
                     launched += 1;
@@ -380,7 +396,7 @@ impl RpcChannel {
                     shared.hedges.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(host = node.host(), ?delay, "no answer yet; hedging");
                     ClientSpan::attempt(&parts.extensions, &node, true);
-                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, &data, Some(deadline))?));
+                    in_flight.push(self.attempt_on(node.clone(), self.request(&parts, headers.next(), &data, Some(deadline))?));
                     open.push(node.clone());
                     tried.push(node);
                     launched += 1;
@@ -391,10 +407,111 @@ impl RpcChannel {
     }
 }
 
+/// The headers of a whole request's attempts: the first takes the call's
+/// own; later ones (retries, hedges) take a copy of the channel's usual
+/// headers when the call's are those, so that the usual call, answered at
+/// its first attempt, copies none; else a copy of the call's own, kept.
+struct Replay<'a> {
+    first: Option<HeaderMap>,
+    later: Later<'a>,
+}
+
+enum Later<'a> {
+    Usual(&'a HeaderMap),
+    Kept(HeaderMap),
+}
+
+impl<'a> Replay<'a> {
+    fn new(usual: &'a OnceLock<HeaderMap>, headers: HeaderMap) -> Self {
+        let usual = usual.get_or_init(|| headers.clone());
+        if same_in_order(usual, &headers) {
+            Replay {
+                first: Some(headers),
+                later: Later::Usual(usual),
+            }
+        } else {
+            Replay {
+                first: Some(headers.clone()),
+                later: Later::Kept(headers),
+            }
+        }
+    }
+
+    /// The headers of the next attempt.
+    fn next(&mut self) -> HeaderMap {
+        self.first.take().unwrap_or_else(|| match &self.later {
+            Later::Usual(usual) => (*usual).clone(),
+            Later::Kept(kept) => kept.clone(),
+        })
+    }
+}
+
+/// Whether two header sets hold the same entries in the same order: the
+/// calls of one channel, made by one generated client, list them alike,
+/// and comparing in order needs no hashing. Another order only costs a
+/// copy.
+fn same_in_order(a: &HeaderMap, b: &HeaderMap) -> bool {
+    a.len() == b.len() && a.iter().zip(b.iter()).all(|(x, y)| x == y)
+}
+
 /// The error of a node whose endpoint cannot be connected to.
 fn unusable(node: &Node) -> BoxError {
     Box::new(Status::unavailable(format!(
         "{} advertises an endpoint this client cannot use",
         node.host()
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        pairs
+            .iter()
+            .map(|(k, v)| {
+                (
+                    http::HeaderName::from_static(k),
+                    HeaderValue::from_static(v),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_attempt_carries_the_calls_own_headers() {
+        let usual = OnceLock::new();
+        let plain = headers(&[("te", "trailers"), ("grpc-timeout", "10S")]);
+        // The first call sets the usual headers.
+        let mut first = Replay::new(&usual, plain.clone());
+        assert_eq!(first.next(), plain);
+        assert_eq!(first.next(), plain);
+        // A call with the same headers: nothing kept of its own, and a
+        // retry gets the usual ones, which are its.
+        let mut same = Replay::new(&usual, plain.clone());
+        assert!(matches!(same.later, Later::Usual(_)));
+        assert_eq!(same.next(), plain);
+        assert_eq!(same.next(), plain);
+        // A call with metadata of its own keeps it on every attempt.
+        let own = headers(&[
+            ("te", "trailers"),
+            ("grpc-timeout", "10S"),
+            ("x-request-id", "r1"),
+        ]);
+        let mut other = Replay::new(&usual, own.clone());
+        assert!(matches!(other.later, Later::Kept(_)));
+        assert_eq!(other.next(), own);
+        assert_eq!(other.next(), own);
+        // The same headers in another order are kept as the call's own.
+        let reordered = headers(&[("grpc-timeout", "10S"), ("te", "trailers")]);
+        let mut reordered_call = Replay::new(&usual, reordered.clone());
+        assert!(matches!(reordered_call.later, Later::Kept(_)));
+        assert_eq!(reordered_call.next(), reordered);
+        assert_eq!(reordered_call.next(), reordered);
+        // Fewer headers than the usual ones is another set, not the usual.
+        let mut fewer = Replay::new(&usual, HeaderMap::new());
+        assert!(fewer.next().is_empty());
+        assert!(fewer.next().is_empty());
+    }
 }
