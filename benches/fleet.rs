@@ -51,7 +51,8 @@ const STEADY_WINDOW: Duration = Duration::from_secs(10);
 /// How long the bench waits for the fleet to register again after a full
 /// etcd restart.
 const REREGISTER_BOUND: Duration = Duration::from_secs(60);
-/// The kit's defaults.
+/// The kit's defaults; `FLEET_DOWN_TIME_S` sets another down time (the
+/// lease TTL), and so another keep-alive interval (0.4 of it).
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 const DOWN_TIME: Duration = Duration::from_secs(5);
 
@@ -77,6 +78,10 @@ fn main() {
         None if quick => Duration::from_secs(30),
         None => Duration::from_secs(120),
     };
+    let down_time = std::env::var("FLEET_DOWN_TIME_S")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map_or(DOWN_TIME, Duration::from_secs);
     // RUST_LOG=svckit=warn shows what the simulated nodes go through.
     let _ = tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -89,9 +94,10 @@ fn main() {
     let mut cluster = Cluster::start_timed((100, 1000));
     let echo = EchoServer::start();
     println!(
-        "etcd_members=3 cores={} soak_s={}",
+        "etcd_members=3 cores={} soak_s={} down_time_s={}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
-        soak.as_secs()
+        soak.as_secs(),
+        down_time.as_secs()
     );
     // The simulated nodes stand for thousands of other machines: their
     // threads run at a lower priority (nice 10), so that the CPU they take
@@ -109,7 +115,7 @@ fn main() {
         .build()
         .expect("runtime");
     for n in sizes {
-        let figures = runtime.block_on(run(&mut cluster, &echo.url, n, soak));
+        let figures = runtime.block_on(run(&mut cluster, &echo.url, n, soak, down_time));
         println!("{figures}");
     }
 }
@@ -186,7 +192,13 @@ fn advert(topic: &str, i: usize, grpc: &str) -> Advert {
     Advert::new(topic, host, "fleet_node", "1.0.0", endpoints, vec![])
 }
 
-async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) -> Figures {
+async fn run(
+    cluster: &mut Cluster,
+    echo_url: &str,
+    n: usize,
+    soak: Duration,
+    down_time: Duration,
+) -> Figures {
     let url = cluster.url();
     let topic = format!("fleet{n}");
     let mut options = RegistryOptions::default();
@@ -214,7 +226,7 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
         .map(|i| {
             let registry: Registry = Arc::new(drivers[i % CONNECTIONS].as_another_process());
             let registration =
-                advert(&topic, i, echo_url).registration(1, REPORT_INTERVAL, DOWN_TIME);
+                advert(&topic, i, echo_url).registration(1, REPORT_INTERVAL, down_time);
             let host = registration.host.clone();
             let retried = &retried;
             async move {
@@ -293,7 +305,7 @@ async fn run(cluster: &mut Cluster, echo_url: &str, n: usize, soak: Duration) ->
     let victims: HashSet<String> = victims.into_iter().collect();
     let mut detected = Vec::new();
     let mut false_down = 0;
-    let deadline = tokio::time::Instant::now() + DOWN_TIME * 4;
+    let deadline = tokio::time::Instant::now() + down_time * 4;
     while detected.len() < victims.len() {
         match tokio::time::timeout_at(deadline, watch.next()).await {
             Ok(Some(Ok(Event::Leave(m)))) if victims.contains(&m.record.host) => {
