@@ -8,6 +8,7 @@ mod budget;
 mod classify;
 mod hedge;
 mod pick;
+mod replay;
 mod send;
 mod shared;
 mod throttle;
