@@ -83,6 +83,7 @@ pub mod report;
 pub mod rpc;
 pub mod service;
 pub mod servicegroup;
+mod sync;
 pub mod telemetry;
 pub mod tls;
 mod wire;

@@ -21,6 +21,13 @@ pub(crate) const GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static(
 /// refused.
 pub(crate) const REFUSED: &str = "svckit-refused";
 
+/// How much a call matters when a node must refuse some:
+/// `svckit-criticality: critical | default | sheddable`, on gRPC calls and
+/// HTTP requests alike. svckit's clients set it from the channel and pass
+/// it on to the calls made while serving one.
+pub(crate) const CRITICALITY: http::HeaderName =
+    http::HeaderName::from_static("svckit-criticality");
+
 /// `grpc-status` of a cancelled call.
 pub(crate) static CANCELLED: HeaderValue = HeaderValue::from_static("1");
 /// `grpc-status` UNAVAILABLE.

@@ -1,90 +1,141 @@
 //! The adaptive limit on requests in their handlers (`rpc_admission =
-//! adaptive`), BBR-style as in kratos: when the CPUs are busy, a node
-//! admits no more calls at once than it has shown it can finish, that is
-//! its best throughput times its lowest latency (Little's law), both
-//! measured over the last five seconds in 100 ms buckets.
+//! adaptive`): refuse a call only when admitting it would make it, or the
+//! calls behind it, wait longer than is of use to anyone.
 //!
-//! Why this one: it needs no latency target to be set per service, and
-//! gated on CPU it never refuses a node that waits on something else (a
-//! database, another node), where queueing is bounded by the pool ceiling
-//! and by deadlines instead. Gradient and Vegas limits shrink on any rise
-//! in latency, which a node waiting on a slow dependency shows without
-//! being overloaded. Its weakness: the lowest latency is that of the
-//! fastest method, so on busy CPUs a manager that mixes 1 ms and 1 s
-//! methods may see its slow calls refused when many are in flight; such a
-//! manager is better served by `static`.
+//! The signal is queueing delay, the time a call waits before its handler
+//! runs, as the node's [`Load`] measures it (CoDel's sojourn time; Envoy's
+//! adaptive concurrency and Netflix's limiters also read latency, not CPU).
+//! A queue is an overload when it *stands and grows*: through a whole
+//! interval no call waited less than [`TARGET_US`], and the calls in flight
+//! grew over the last three intervals (a closed loop's callers may take a
+//! couple of intervals to connect). A closed loop of callers, however many,
+//! never grows its queue (each caller waits for its answer), so it is never
+//! refused: refusing it would only send its callers straight back. An open
+//! loop past capacity grows it, and is cut back to the calls in flight the
+//! node finishes within the target (Little's law: completions per second ×
+//! target), until the queue is gone.
 //!
-//! - A call is refused when the CPUs are at least 90% busy and more than
-//!   the limit are in flight. The limit is never below the CPUs the process
-//!   may run on, so a handler that only computes always has a call ready
-//!   on each. Refusing goes on for 1 s after the last refusal with busy
-//!   CPUs, even when they cool down, so that shedding does not flap
-//!   (kratos' cool-off).
-//! - A call is in flight from its admission, when its task first runs,
-//!   until its handler answers, so a long stream holds a pool slot until it
-//!   ends but not a place under this limit. Throughput counts the answered
-//!   calls; latency runs from the start of the handler (after any wait for
-//!   a pool slot) to its answer.
-//! - Handlers that compute yield now and then (or compute in
-//!   `spawn_blocking`): one that computes for long without an `.await`
-//!   holds its thread, and the calls behind it wait in the runtime's queue,
-//!   before admission, where no limit in the process sees them.
-//! - The lowest latency must be seen with a short queue. A node flooded
-//!   from its start, with handlers that take turns on the CPU, never sees
-//!   one: every call waits for all the others, the latency it measures is
-//!   the queue's, and the limit it computes is the load it has, whether it
-//!   refuses the rest or not. So, as TCP BBR probes its round-trip time, a
-//!   node whose CPUs are busy with more calls in flight than the floor
-//!   holds its limit to the floor, 1 s after they turned busy and then
-//!   every 5 s, until the calls in flight drain and fresh ones measure the
-//!   handler alone (twice the lowest latency measured, 200 ms to 1 s),
-//!   then goes on with what it measured. A node whose limit was right
-//!   refuses a few more calls for 200 ms every 5 s; one that queued sheds
-//!   its queue.
-//! - The window rolls on the calls themselves, and the CPU is read as it
-//!   rolls: nothing runs while no call comes.
+//! Per call, at arrival, before anything of it runs:
+//! - a call whose deadline is shorter than the current queueing delay is
+//!   refused at once: it would be answered too late;
+//! - while the node sheds, a call is refused when the calls in flight reach
+//!   its criticality's share of the bound: `sheddable` at half of it,
+//!   `default` at it, `critical` at twice it; so sheddable calls absorb the
+//!   refusals and critical ones are refused last.
+//!
+//! A refusal is an UNAVAILABLE (or a 503) answered from the connection's
+//! task with no handler, no body and no pool slot: it costs a small fraction
+//! of a served call, so a storm of callers retrying at once does not eat the
+//! capacity it is refused for.
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 
-use super::cpu::{CpuGauge, Reading};
+use super::load::{Interval, Load, Observer, INTERVAL};
+use crate::wire::{parse_grpc_timeout, CRITICALITY, GRPC_TIMEOUT};
 
-/// One bucket of the window.
-const BUCKET_MS: u64 = 100;
-/// Buckets in the window: five seconds, as go-zero's shedder.
-const BUCKETS: usize = 50;
-/// CPU busy share, in thousandths, from which the limit applies
-/// (go-zero's; kratos uses 80%).
-const BUSY_PERMILLE: u64 = 900;
-/// How long refusing goes on after the last refusal, whatever the CPU.
-const COOL_OFF_MS: u64 = 1000;
-/// How long after the CPUs turned busy the limit first probes for the
-/// latency of a short queue, and how often it probes again while they
-/// stay busy (the window's length: what a probe measured lasts as long).
-const PROBE_FIRST_MS: u64 = 1000;
-const PROBE_EVERY_MS: u64 = BUCKETS as u64 * BUCKET_MS;
-/// The shortest and longest probe.
-const PROBE_MIN_MS: u64 = 200;
-const PROBE_MAX_MS: u64 = 1000;
+/// The queueing delay, in µs, above which a standing, growing queue is an
+/// overload; also the delay the bound on calls in flight aims at.
+pub(crate) const TARGET_US: u64 = 2_000;
+/// Intervals in a row the calls in flight must grow before the node sheds.
+const GROWING_INTERVALS: u32 = 3;
 
 /// What `/metrics` and the report show of one stack's admission.
 #[derive(Debug, Clone, Default)]
 pub struct AdmissionStats {
     /// Requests past admission whose handler has not answered yet.
     pub in_flight: Gauge,
-    /// The current limit (the pool size when static, or while the CPUs
-    /// are not busy enough for the limit to apply).
+    /// The current limit: the pool size, or while the node sheds, the calls
+    /// in flight it admits (of `default` criticality).
     pub limit: Gauge,
     /// Requests refused by the adaptive limit.
     pub refused_limit: Counter,
+    /// Requests refused because their deadline was shorter than the queue.
+    pub refused_deadline: Counter,
     /// Requests refused after waiting for a pool slot.
     pub refused_pool: Counter,
-    /// The CPU busy share as last read, in thousandths.
-    pub cpu_permille: Gauge,
+    /// The queueing delay last measured, in µs.
+    pub queue_delay_us: Gauge,
+}
+
+/// How much a call matters (`svckit-criticality`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
+pub enum Criticality {
+    /// Refused first: prefetches, retries of background work.
+    Sheddable,
+    /// What a call is unless it says otherwise.
+    #[default]
+    Default,
+    /// Refused last: what a user waits on.
+    Critical,
+}
+
+impl Criticality {
+    /// The header value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Criticality::Sheddable => "sheddable",
+            Criticality::Default => "default",
+            Criticality::Critical => "critical",
+        }
+    }
+
+    /// From a header value; unknown values are `default`.
+    pub fn parse(value: &[u8]) -> Self {
+        match value {
+            b"critical" => Criticality::Critical,
+            b"sheddable" => Criticality::Sheddable,
+            _ => Criticality::Default,
+        }
+    }
+
+    /// The call's criticality, as its headers say.
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        headers
+            .get(CRITICALITY)
+            .map_or(Criticality::Default, |v| Criticality::parse(v.as_bytes()))
+    }
+
+    /// The share of the bound on calls in flight this criticality may fill.
+    fn bound(self, limit: u64) -> u64 {
+        match self {
+            Criticality::Sheddable => (limit / 2).max(1),
+            Criticality::Default => limit,
+            Criticality::Critical => limit.saturating_mul(2),
+        }
+    }
+}
+
+/// What a request says that admission reads: its criticality and deadline.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Ask {
+    pub(crate) criticality: Criticality,
+    /// The time its caller still waits.
+    pub(crate) deadline: Option<Duration>,
+}
+
+impl Ask {
+    /// Read from a request's headers (`grpc-timeout` for the deadline).
+    pub(crate) fn of(headers: &http::HeaderMap) -> Self {
+        Ask {
+            criticality: Criticality::of(headers),
+            deadline: headers.get(GRPC_TIMEOUT).and_then(parse_grpc_timeout),
+        }
+    }
+}
+
+/// Why admission refused a call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// Past the bound while the node sheds.
+    Limit,
+    /// Its deadline is shorter than the queue.
+    Deadline,
 }
 
 /// One stack's limiter: a static one only counts.
@@ -92,91 +143,55 @@ pub struct AdmissionStats {
 pub(crate) struct Limiter {
     adaptive: bool,
     ceiling: usize,
-    /// The lowest limit: the CPUs the process may run on.
-    floor: usize,
+    /// The lowest bound: the CPUs the process may run on, so that a handler
+    /// that only computes always has a call ready on each.
+    floor: u64,
     stats: AdmissionStats,
-    /// Passes and summed latency of the bucket being filled, and its number.
-    passes: AtomicU64,
-    rt_sum_us: AtomicU64,
-    bucket: AtomicU64,
-    /// The limit computed at the last roll.
-    computed: AtomicU64,
-    /// The CPU share in thousandths: a rise counts at once (an overload
-    /// is refused from its first 100 ms on, not once an average caught
-    /// up with it), a fall by halves each bucket.
-    cpu: AtomicU64,
-    /// When the last call was refused with the CPUs busy, on the coarse
-    /// clock; 0 for never.
-    last_refusal_ms: AtomicU64,
-    rolling: AtomicBool,
-    window: Mutex<Window>,
+    load: Arc<Load>,
+    /// Calls answered since the last interval.
+    completed: AtomicU64,
+    /// Whether the node sheds now.
+    shedding: AtomicBool,
+    /// The bound on calls in flight while it sheds (for `default` calls).
+    bound: AtomicU64,
+    control: Mutex<Control>,
 }
 
-#[derive(Debug)]
-struct Window {
-    /// (passes, mean latency in µs) of the finished buckets, newest last.
-    buckets: std::collections::VecDeque<(u64, u64)>,
-    gauge: CpuGauge,
-    last_reading: Option<Reading>,
-    probe: Probe,
-}
-
-/// When to hold the limit to the floor so that the latency of a short
-/// queue is measured again.
+/// What the limiter carries from one interval to the next.
 #[derive(Debug, Default)]
-struct Probe {
-    /// Since when the CPUs have been busy.
-    busy_since: Option<u64>,
-    /// When the last probe ended.
-    last: Option<u64>,
-    /// Until when the limit is held to the floor; 0 for no probe.
-    until: u64,
-}
-
-impl Probe {
-    /// One roll at `now`: whether the limit is held to the floor. `busy`
-    /// tells whether the CPUs are busy, `queued` whether more calls are in
-    /// flight than the floor, and `drain_ms` how long the calls in flight
-    /// take as measured (the probe lasts until they are done).
-    fn step(&mut self, now: u64, busy: bool, queued: bool, drain_ms: u64) -> bool {
-        if self.until != 0 {
-            if now < self.until {
-                return true;
-            }
-            self.until = 0;
-            self.last = Some(now);
-        }
-        if !busy {
-            self.busy_since = None;
-            return false;
-        }
-        let since = *self.busy_since.get_or_insert(now);
-        let due = (since + PROBE_FIRST_MS).max(self.last.map_or(0, |l| l + PROBE_EVERY_MS));
-        if queued && now >= due {
-            self.until = now + (2 * drain_ms + BUCKET_MS).clamp(PROBE_MIN_MS, PROBE_MAX_MS);
-            return true;
-        }
-        false
-    }
+struct Control {
+    /// Calls in flight at the end of the last interval.
+    in_flight: u64,
+    /// Intervals in a row in which they grew.
+    growing: u32,
+    /// Calls answered per interval, smoothed.
+    completions: f64,
 }
 
 /// A call's place under the limit, given back when it drops.
 #[derive(Debug)]
 pub(crate) struct Pass {
     limiter: Arc<Limiter>,
-    /// When its handler started, once it did.
-    started: Option<Instant>,
+    /// When it was admitted, while the limit is adaptive.
+    arrived: Option<Instant>,
 }
 
 impl Pass {
-    /// The call's handler starts: its latency counts from now. The time
-    /// before, waiting for the runtime, counts in flight but not as
-    /// latency, so that a queue shows as more calls in flight than the
-    /// node finishes, and not as a slower node.
-    pub(crate) fn begin(&mut self) {
-        if self.limiter.adaptive {
-            self.started = Some(Instant::now());
+    /// Whether the call, about to run, waited so long that it is better
+    /// refused now: while the node sheds, a call admitted before the queue
+    /// was found growing, and that waited past twice the target, would
+    /// answer late and hold the calls behind it (CoDel drops at the head).
+    pub(crate) fn stale(&self) -> bool {
+        let Some(arrived) = self.arrived else {
+            return false;
+        };
+        if !self.limiter.shedding.load(Ordering::Relaxed)
+            || arrived.elapsed() <= Duration::from_micros(2 * TARGET_US)
+        {
+            return false;
         }
+        self.limiter.stats.refused_limit.inc();
+        true
     }
 }
 
@@ -191,249 +206,328 @@ pub(crate) fn served() -> u64 {
 
 impl Drop for Pass {
     fn drop(&mut self) {
-        let limiter = &self.limiter;
-        limiter.stats.in_flight.dec();
+        self.limiter.stats.in_flight.dec();
+        self.limiter.completed.fetch_add(1, Ordering::Relaxed);
         SERVED.fetch_add(1, Ordering::Relaxed);
-        if let Some(started) = self.started {
-            let rt = u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX);
-            limiter.passes.fetch_add(1, Ordering::Relaxed);
-            limiter.rt_sum_us.fetch_add(rt, Ordering::Relaxed);
+    }
+}
+
+impl Observer for Limiter {
+    fn interval(&self, interval: Interval) {
+        let mut control = crate::sync::lock(&self.control);
+        let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
+        let completed = self.completed.swap(0, Ordering::Relaxed);
+        let was = self.shedding.load(Ordering::Relaxed);
+        let decision = control.step(interval, in_flight, completed, self.floor, was);
+        drop(control);
+        self.shedding.store(decision.shedding, Ordering::Relaxed);
+        if was != decision.shedding {
+            tracing::info!(
+                shedding = decision.shedding,
+                bound = decision.bound,
+                queue_wait_us = interval.min_wait_us,
+                in_flight,
+                "admission: a standing queue {}",
+                if decision.shedding {
+                    "grows; shedding"
+                } else {
+                    "is gone; admitting all"
+                }
+            );
         }
+        self.bound.store(decision.bound, Ordering::Relaxed);
+        let shown = if decision.shedding {
+            decision.bound
+        } else {
+            self.ceiling as u64
+        };
+        self.stats
+            .limit
+            .set(i64::try_from(shown).unwrap_or(i64::MAX));
+        self.stats
+            .queue_delay_us
+            .set(i64::try_from(self.load.wait_us()).unwrap_or(i64::MAX));
+    }
+}
+
+/// One interval's decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Decision {
+    shedding: bool,
+    bound: u64,
+}
+
+impl Control {
+    /// How long a call arriving behind `in_flight` calls may expect to
+    /// take, in µs (0 before anything was answered).
+    fn expected_us(&self, in_flight: u64) -> u64 {
+        if self.completions < 1.0 {
+            return 0;
+        }
+        (in_flight as f64 * INTERVAL.as_micros() as f64 / self.completions) as u64
+    }
+
+    /// Reads one interval: `in_flight` calls at its end, `completed` calls
+    /// answered in it; `shedding`, whether the node shed through it.
+    fn step(
+        &mut self,
+        interval: Interval,
+        in_flight: u64,
+        completed: u64,
+        floor: u64,
+        shedding: bool,
+    ) -> Decision {
+        self.completions = if self.completions == 0.0 {
+            completed as f64
+        } else {
+            0.75 * self.completions + 0.25 * completed as f64
+        };
+        // Growth beyond noise: more than the CPUs' worth and than a tenth of
+        // what the node answers in an interval.
+        let noise = floor.max(completed / 10);
+        if in_flight > self.in_flight.saturating_add(noise) {
+            self.growing += 1;
+        } else {
+            self.growing = 0;
+        }
+        self.in_flight = in_flight;
+        let per_us = self.completions / INTERVAL.as_micros() as f64;
+        // The queue a call meets: the time it waits to run, or with
+        // handlers sharing the CPUs, the calls it shares them with.
+        let standing = interval.min_wait_us.max(self.expected_us(in_flight));
+        let bound = ((per_us * TARGET_US as f64).ceil() as u64).max(floor);
+        let shedding = if shedding {
+            // Until the queue is gone: the calls in flight fell well under
+            // the bound, and some call waited less than half the target.
+            in_flight > bound / 2 || standing >= TARGET_US / 2
+        } else {
+            self.growing >= GROWING_INTERVALS && standing > TARGET_US
+        };
+        Decision { shedding, bound }
     }
 }
 
 impl Limiter {
-    /// A limiter under `ceiling` calls at once, counting into `stats`.
-    /// `processes` share the CPUs this one may run on (its workers).
+    /// A limiter under `ceiling` calls at once, reading `load` and counting
+    /// into `stats`.
     pub(crate) fn new(
         adaptive: bool,
         ceiling: usize,
-        processes: usize,
+        load: Arc<Load>,
         stats: AdmissionStats,
     ) -> Arc<Self> {
-        let ceiling_gauge = i64::try_from(ceiling).unwrap_or(i64::MAX);
-        stats.limit.set(ceiling_gauge);
+        stats.limit.set(i64::try_from(ceiling).unwrap_or(i64::MAX));
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
-        Arc::new(Limiter {
+        let limiter = Arc::new(Limiter {
             adaptive,
             ceiling,
-            floor: cpus.min(ceiling),
+            floor: cpus.min(ceiling).max(1) as u64,
             stats,
-            passes: AtomicU64::new(0),
-            rt_sum_us: AtomicU64::new(0),
-            bucket: AtomicU64::new(crate::clock::now_ms() / BUCKET_MS),
-            computed: AtomicU64::new(ceiling as u64),
-            cpu: AtomicU64::new(0),
-            last_refusal_ms: AtomicU64::new(0),
-            rolling: AtomicBool::new(false),
-            window: Mutex::new(Window {
-                buckets: std::collections::VecDeque::with_capacity(BUCKETS),
-                gauge: CpuGauge::new(processes),
-                last_reading: None,
-                probe: Probe::default(),
-            }),
-        })
+            load: load.clone(),
+            completed: AtomicU64::new(0),
+            shedding: AtomicBool::new(false),
+            bound: AtomicU64::new(ceiling as u64),
+            control: Mutex::default(),
+        });
+        if adaptive {
+            let observer: Arc<dyn Observer> = limiter.clone();
+            load.observe(Arc::downgrade(&observer));
+        }
+        limiter
     }
 
-    /// A place for one more call, or `None`: refuse it.
-    pub(crate) fn admit(self: &Arc<Self>) -> Option<Pass> {
+    /// A place for one more call, or why it is refused.
+    pub(crate) fn admit(self: &Arc<Self>, ask: Ask) -> Result<Pass, Refusal> {
         if self.adaptive {
-            let now = crate::clock::now_ms();
-            if now / BUCKET_MS > self.bucket.load(Ordering::Relaxed) {
-                self.roll(now);
-            }
-            if self.over(now) {
-                self.stats.refused_limit.inc();
-                return None;
+            if let Some(refusal) = self.refusal(ask) {
+                match refusal {
+                    Refusal::Limit => self.stats.refused_limit.inc(),
+                    Refusal::Deadline => self.stats.refused_deadline.inc(),
+                };
+                return Err(refusal);
             }
         }
         self.stats.in_flight.inc();
-        Some(Pass {
+        Ok(Pass {
             limiter: self.clone(),
-            started: None,
+            arrived: self.adaptive.then(Instant::now),
         })
+    }
+
+    fn refusal(&self, ask: Ask) -> Option<Refusal> {
+        if let Some(deadline) = ask.deadline {
+            // Only the wait before a handler runs: calls that share the
+            // CPUs take turns, and a short one is not held by long ones.
+            let wait = Duration::from_micros(self.load.wait_us());
+            if deadline < wait {
+                return Some(Refusal::Deadline);
+            }
+        }
+        if !self.shedding.load(Ordering::Relaxed) {
+            return None;
+        }
+        let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
+        let bound = ask.criticality.bound(self.bound.load(Ordering::Relaxed));
+        (in_flight >= bound).then_some(Refusal::Limit)
     }
 
     /// Counts a refusal for want of a pool slot.
     pub(crate) fn refused_by_pool(&self) {
         self.stats.refused_pool.inc();
     }
-
-    /// Whether a call arriving now is past the limit.
-    fn over(&self, now: u64) -> bool {
-        // As kratos: the calls already in flight, so that one more than the
-        // limit runs and the CPU has the next call ready when one ends.
-        let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
-        if in_flight <= self.computed.load(Ordering::Relaxed) {
-            return false;
-        }
-        if self.cpu.load(Ordering::Relaxed) >= BUSY_PERMILLE {
-            self.last_refusal_ms.store(now.max(1), Ordering::Relaxed);
-            return true;
-        }
-        // Refusals of the cool-off do not prolong it.
-        let last = self.last_refusal_ms.load(Ordering::Relaxed);
-        last != 0 && now.saturating_sub(last) <= COOL_OFF_MS
-    }
-
-    /// Closes the bucket being filled, reads the CPU and computes the
-    /// limit anew; one caller does it, the others go on.
-    fn roll(&self, now: u64) {
-        if self.rolling.swap(true, Ordering::Acquire) {
-            return;
-        }
-        let mut window = self.window.lock().unwrap_or_else(PoisonError::into_inner);
-        let current = now / BUCKET_MS;
-        let previous = self.bucket.swap(current, Ordering::Relaxed);
-        let passes = self.passes.swap(0, Ordering::Relaxed);
-        let rt_sum = self.rt_sum_us.swap(0, Ordering::Relaxed);
-        // Buckets skipped without a call count as empty.
-        let skipped = current.saturating_sub(previous).saturating_sub(1);
-        for _ in 0..skipped.min(BUCKETS as u64) {
-            push(&mut window.buckets, (0, 0));
-        }
-        push(&mut window.buckets, (passes, rt_sum / passes.max(1)));
-
-        if let Some(reading) = window.gauge.read() {
-            if let Some(last) = window.last_reading {
-                let usage = window.gauge.usage(&last, &reading);
-                let now_permille = usage * 1000.0;
-                let smoothed = now_permille
-                    .max((self.cpu.load(Ordering::Relaxed) as f64 + now_permille) / 2.0);
-                self.cpu.store(smoothed as u64, Ordering::Relaxed);
-                self.stats.cpu_permille.set(smoothed as i64);
-            }
-            window.last_reading = Some(reading);
-        }
-
-        let busy = self.cpu.load(Ordering::Relaxed) >= BUSY_PERMILLE;
-        let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
-        let drain_ms = min_rt_us(&window.buckets).unwrap_or(0) / 1000;
-        let probing = window
-            .probe
-            .step(now, busy, in_flight > self.floor as u64, drain_ms);
-        let limit = if probing {
-            self.floor
-        } else {
-            limit(&window.buckets, self.ceiling).max(self.floor)
-        };
-        self.computed.store(limit as u64, Ordering::Relaxed);
-        let shown = if busy { limit } else { self.ceiling };
-        self.stats
-            .limit
-            .set(i64::try_from(shown).unwrap_or(i64::MAX));
-        drop(window);
-        self.rolling.store(false, Ordering::Release);
-    }
-}
-
-fn push(buckets: &mut std::collections::VecDeque<(u64, u64)>, bucket: (u64, u64)) {
-    if buckets.len() == BUCKETS {
-        buckets.pop_front();
-    }
-    buckets.push_back(bucket);
-}
-
-/// Best passes per bucket × lowest mean latency, in calls, at least 1 and
-/// at most `ceiling`; the ceiling while the window holds no call.
-fn limit(buckets: &std::collections::VecDeque<(u64, u64)>, ceiling: usize) -> usize {
-    let max_pass = buckets.iter().map(|&(p, _)| p).max().unwrap_or(0);
-    let Some(min_rt_us) = min_rt_us(buckets) else {
-        return ceiling;
-    };
-    // passes per bucket × (1 s / bucket) × latency in s, rounded.
-    let calls = (max_pass as f64 * min_rt_us as f64 / (BUCKET_MS as f64 * 1000.0) + 0.5) as usize;
-    calls.clamp(1, ceiling)
-}
-
-/// The lowest mean latency of a bucket that had calls, in µs.
-fn min_rt_us(buckets: &std::collections::VecDeque<(u64, u64)>) -> Option<u64> {
-    buckets
-        .iter()
-        .filter(|&&(p, _)| p > 0)
-        .map(|&(_, rt)| rt.max(1))
-        .min()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_limit_is_best_throughput_times_lowest_latency() {
-        let mut buckets = std::collections::VecDeque::new();
-        // 100 calls of 2 ms in the best bucket: 1,000 calls/s × 2 ms = 2.
-        buckets.push_back((100, 2_000));
-        buckets.push_back((50, 3_000));
-        assert_eq!(limit(&buckets, 1000), 2);
-        // The best throughput and the lowest latency need not be the same
-        // bucket's: 2,000 calls/s × 2 ms = 4, under a ceiling of 3.
-        buckets.push_back((200, 10_000));
-        assert_eq!(limit(&buckets, 1000), 4);
-        assert_eq!(limit(&buckets, 3), 3);
-        assert_eq!(limit(&std::collections::VecDeque::new(), 1000), 1000);
+    fn interval(min_wait_us: u64) -> Interval {
+        Interval {
+            min_wait_us,
+            max_wait_us: min_wait_us,
+        }
     }
 
     #[test]
-    fn a_busy_cpu_refuses_past_the_limit_and_a_lone_call_always_passes() {
-        let limiter = Limiter::new(true, 1000, 1, AdmissionStats::default());
-        limiter.computed.store(2, Ordering::Relaxed);
-        limiter.cpu.store(950, Ordering::Relaxed);
-        let now = crate::clock::now_ms();
-        limiter
-            .bucket
-            .store(now / BUCKET_MS + 1_000, Ordering::Relaxed);
-        let first = limiter.admit().expect("a lone call passes");
-        let second = limiter.admit().expect("two are within the limit");
-        let third = limiter
-            .admit()
-            .expect("one more than the limit waits its turn");
-        assert!(limiter.admit().is_none(), "a fourth is past it");
-        assert_eq!(limiter.stats.refused_limit.get(), 1);
-        drop(first);
-        assert!(limiter.admit().is_some());
-        drop((second, third));
-
-        // Cool CPUs still refuse for a second after the last refusal.
-        limiter.cpu.store(100, Ordering::Relaxed);
-        let _held: Vec<_> = (0..3).map(|_| limiter.admit().unwrap()).collect();
-        assert!(limiter.admit().is_none(), "the cool-off goes on refusing");
-        limiter.last_refusal_ms.store(0, Ordering::Relaxed);
-        assert!(limiter.admit().is_some(), "past the cool-off all pass");
+    fn a_closed_loop_never_sheds_however_long_its_queue() {
+        // 256 callers of 500 µs on 2 CPUs: a queue of ~64 ms that stands
+        // but does not grow (each caller waits for its answer).
+        let mut control = Control::default();
+        let mut shedding = false;
+        for round in 0..100 {
+            let in_flight = if round == 0 { 40 } else { 256 };
+            let d = control.step(interval(64_000), in_flight, 200, 2, shedding);
+            shedding = d.shedding;
+            assert!(!shedding, "round {round}");
+        }
     }
 
     #[test]
-    fn busy_cpus_probe_for_a_short_queue_now_and_then() {
-        let mut probe = Probe::default();
-        // Busy and queued from 1,000 ms: the first probe 1 s later.
-        assert!(!probe.step(1_000, true, true, 500));
-        assert!(!probe.step(1_900, true, true, 500));
-        // It lasts twice the measured drain and a bucket, at most 1 s.
-        assert!(probe.step(2_000, true, true, 500));
-        assert!(probe.step(2_900, true, true, 500));
-        assert!(!probe.step(3_000, true, true, 10));
-        // Then every 5 s while busy, short now that the queue is gone.
-        assert!(!probe.step(7_900, true, true, 10));
-        assert!(probe.step(8_000, true, true, 10));
-        assert_eq!(probe.until, 8_000 + PROBE_MIN_MS);
-        assert!(!probe.step(8_200, true, true, 10));
+    fn an_open_loop_past_capacity_sheds_until_its_queue_is_gone() {
+        // 200 answered per 50 ms (4,000/s); 400 arrive: +200 per interval.
+        let mut control = Control::default();
+        let (mut shedding, mut in_flight) = (false, 0);
+        let mut shed_from = None;
+        for round in 0..10 {
+            in_flight += 200;
+            let wait = if round == 0 { 100 } else { in_flight * 250 };
+            let d = control.step(interval(wait), in_flight, 200, 2, shedding);
+            shedding = d.shedding;
+            if shedding && shed_from.is_none() {
+                shed_from = Some(round);
+                // 4,000/s × 2 ms: 8 calls in flight.
+                assert_eq!(d.bound, 8);
+            }
+        }
+        assert_eq!(shed_from, Some(2), "three intervals of growth, then shed");
+        // Shedding holds the queue near the bound: no growth, but it stands.
+        for _ in 0..20 {
+            let d = control.step(interval(TARGET_US), 8, 200, 2, shedding);
+            shedding = d.shedding;
+            assert!(shedding);
+        }
+        // The load falls: the queue goes, and so does the shedding.
+        let d = control.step(interval(200), 2, 100, 2, shedding);
+        assert!(!d.shedding);
+    }
 
-        // Cool CPUs and a short queue never probe.
-        let mut probe = Probe::default();
-        for now in (0..20_000).step_by(100) {
-            assert!(!probe.step(now, now % 900 != 0, true, 500));
-            assert!(!Probe::default().step(now, true, false, 500));
+    #[test]
+    fn a_burst_that_stops_growing_is_not_shed() {
+        let mut control = Control::default();
+        let d1 = control.step(interval(5_000), 300, 200, 2, false);
+        let d2 = control.step(interval(5_000), 300, 200, 2, false);
+        assert!(!d1.shedding && !d2.shedding);
+    }
+
+    fn limiter() -> Arc<Limiter> {
+        Limiter::new(
+            true,
+            1000,
+            Arc::new(Load::default()),
+            AdmissionStats::default(),
+        )
+    }
+
+    #[test]
+    fn shedding_refuses_sheddable_first_and_critical_last() {
+        let limiter = limiter();
+        limiter.shedding.store(true, Ordering::Relaxed);
+        limiter.bound.store(4, Ordering::Relaxed);
+        let ask = |criticality| Ask {
+            criticality,
+            deadline: None,
+        };
+        let mut held = Vec::new();
+        for _ in 0..2 {
+            held.push(limiter.admit(ask(Criticality::Sheddable)).unwrap());
         }
-        let mut probe = Probe::default();
-        for now in (0..20_000).step_by(100) {
-            assert!(!probe.step(now, true, false, 500));
+        assert_eq!(
+            limiter.admit(ask(Criticality::Sheddable)).unwrap_err(),
+            Refusal::Limit
+        );
+        for _ in 0..2 {
+            held.push(limiter.admit(ask(Criticality::Default)).unwrap());
         }
+        assert!(limiter.admit(ask(Criticality::Default)).is_err());
+        for _ in 0..4 {
+            held.push(limiter.admit(ask(Criticality::Critical)).unwrap());
+        }
+        assert!(limiter.admit(ask(Criticality::Critical)).is_err());
+        assert_eq!(limiter.stats.refused_limit.get(), 3);
+        drop(held);
+        assert_eq!(limiter.stats.in_flight.get(), 0);
+        // Not shedding: everything passes, however many.
+        limiter.shedding.store(false, Ordering::Relaxed);
+        let held: Vec<_> = (0..100)
+            .map(|_| limiter.admit(ask(Criticality::Sheddable)).unwrap())
+            .collect();
+        assert_eq!(held.len(), 100);
+    }
+
+    #[test]
+    fn a_deadline_shorter_than_the_queue_is_refused_at_once() {
+        let limiter = limiter();
+        limiter.load.wait_us.store(30_000, Ordering::Relaxed);
+        let short = Ask {
+            criticality: Criticality::Critical,
+            deadline: Some(Duration::from_millis(10)),
+        };
+        assert_eq!(limiter.admit(short).unwrap_err(), Refusal::Deadline);
+        let long = Ask {
+            deadline: Some(Duration::from_millis(100)),
+            ..short
+        };
+        assert!(limiter.admit(long).is_ok());
+        assert!(limiter.admit(Ask::default()).is_ok());
+        assert_eq!(limiter.stats.refused_deadline.get(), 1);
+    }
+
+    #[test]
+    fn criticality_is_read_from_its_header() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(Criticality::of(&headers), Criticality::Default);
+        headers.insert(CRITICALITY, http::HeaderValue::from_static("sheddable"));
+        headers.insert(GRPC_TIMEOUT, http::HeaderValue::from_static("250m"));
+        let ask = Ask::of(&headers);
+        assert_eq!(ask.criticality, Criticality::Sheddable);
+        assert_eq!(ask.deadline, Some(Duration::from_millis(250)));
+        assert_eq!(Criticality::parse(b"critical"), Criticality::Critical);
+        assert_eq!(Criticality::parse(b"bogus"), Criticality::Default);
     }
 
     #[test]
     fn a_static_limiter_only_counts() {
-        let limiter = Limiter::new(false, 4, 1, AdmissionStats::default());
-        let passes: Vec<_> = (0..10).filter_map(|_| limiter.admit()).collect();
+        let limiter = Limiter::new(
+            false,
+            4,
+            Arc::new(Load::default()),
+            AdmissionStats::default(),
+        );
+        limiter.shedding.store(true, Ordering::Relaxed);
+        limiter.bound.store(1, Ordering::Relaxed);
+        let passes: Vec<_> = (0..10)
+            .filter_map(|_| limiter.admit(Ask::default()).ok())
+            .collect();
         assert_eq!(passes.len(), 10);
         assert_eq!(limiter.stats.in_flight.get(), 10);
         assert_eq!(limiter.stats.limit.get(), 4);

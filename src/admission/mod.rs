@@ -13,8 +13,9 @@
 //! bounded in time by its listener (`rpc_handshake_timeout`,
 //! `header_read_timeout`).
 //!
-//! Requests then pass the adaptive limit ([`Limiter`], see [`adaptive`])
-//! and the pool's slots.
+//! Requests then pass the adaptive limit ([`Limiter`], see [`adaptive`]),
+//! which reads the node's one measure of load ([`Load`]), and the pool's
+//! slots.
 
 use std::collections::BTreeMap;
 use std::future::poll_fn;
@@ -27,10 +28,11 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 
 pub(crate) mod adaptive;
-mod cpu;
+pub(crate) mod load;
 
-pub use self::adaptive::AdmissionStats;
-pub(crate) use self::adaptive::{served, Limiter};
+pub(crate) use self::adaptive::{served, Ask, Limiter, Refusal};
+pub use self::adaptive::{AdmissionStats, Criticality};
+pub(crate) use self::load::Load;
 
 /// How long a listener waits after an accept failed for want of
 /// resources, before it accepts again.

@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use std::sync::Arc;
 
-use crate::admission::{Limiter, Slots};
+use crate::admission::{Ask, Limiter, Slots};
 
 /// Refuses a request target longer than `max_url_len` (414) and a header
 /// line longer than `max_header_line` (431), before any handler runs.
@@ -146,7 +146,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Some(mut pass) = self.pool.limiter.admit() else {
+        let Ok(pass) = self.pool.limiter.admit(Ask::of(request.headers())) else {
             return Box::pin(ready(Ok(unavailable())));
         };
         let slots = self.pool.slots.clone();
@@ -160,7 +160,6 @@ where
                 tracing::warn!("http_pool_size reached; answering 503");
                 return Ok(unavailable());
             };
-            pass.begin();
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?
                 .call(request)

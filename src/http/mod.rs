@@ -64,8 +64,6 @@ pub struct HttpOptions {
     pub pool_wait: Duration,
     /// Whether the adaptive limit applies under the pool (`rpc_admission`).
     pub admission: AdmissionMode,
-    /// Processes sharing the CPUs, for the adaptive limit (`workers`).
-    pub processes: usize,
     /// Bound on one request (`http_request_timeout`).
     pub request_timeout: Duration,
     /// Connections open at once (`http_max_connections`).
@@ -93,7 +91,6 @@ impl HttpOptions {
             pool_size: config.http_pool_size,
             pool_wait: config.http_pool_wait,
             admission: config.rpc_admission,
-            processes: config.workers.0 as usize,
             request_timeout: config.http_request_timeout,
             max_connections: config.http_max_connections,
             max_url_len: config.max_url_len,
@@ -127,7 +124,7 @@ pub fn stack(routes: Router, admin: Router, options: &HttpOptions, metrics: &Met
                     Limiter::new(
                         options.admission == AdmissionMode::Adaptive,
                         options.pool_size,
-                        options.processes,
+                        metrics.load(),
                         metrics.admission("http"),
                     ),
                     options.pool_size,

@@ -31,7 +31,7 @@ use std::time::Duration;
 use futures::future::join_all;
 use tonic::Status;
 
-pub use self::channel::{HedgeDelay, RpcChannel, RpcStats};
+pub use self::channel::{Criticality, HedgeDelay, RpcChannel, RpcStats};
 pub use self::target::Target;
 
 use self::channel::{SentSignal, Settings, Shared};

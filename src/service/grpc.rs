@@ -65,8 +65,6 @@ pub(crate) struct Limits {
     pub(crate) pool_wait: Duration,
     /// Whether the adaptive limit applies under the pool (`rpc_admission`).
     pub(crate) adaptive: bool,
-    /// Processes sharing the CPUs: the node's workers.
-    pub(crate) processes: usize,
 }
 
 impl Limits {
@@ -75,7 +73,7 @@ impl Limits {
         let limiter = Limiter::new(
             self.adaptive,
             self.pool_size,
-            self.processes,
+            metrics.load(),
             metrics.admission("grpc"),
         );
         RpcPoolLayer::new(limiter, self.pool_size, self.pool_wait)

@@ -183,7 +183,6 @@ impl<M: Manager> Node<M> {
             pool_size: config.rpc_pool_size,
             pool_wait: config.rpc_pool_wait,
             adaptive: config.rpc_admission == AdmissionMode::Adaptive,
-            processes: config.workers.0 as usize,
         };
         let registry = self.node.registry_handle();
         let mut dashboard = None;

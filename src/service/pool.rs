@@ -26,7 +26,7 @@ use http_body_util::{Either, Empty};
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
-use crate::admission::{Limiter, Slots};
+use crate::admission::{self, Ask, Limiter, Slots};
 use crate::error::BoxError;
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
@@ -103,8 +103,9 @@ where
                 }))
             });
         }
-        let Some(mut pass) = self.pool.limiter.admit() else {
-            return Box::pin(std::future::ready(Ok(refused(Refusal::Limit))));
+        let pass = match self.pool.limiter.admit(Ask::of(request.headers())) {
+            Ok(pass) => pass,
+            Err(refusal) => return Box::pin(std::future::ready(Ok(refused(refusal.into())))),
         };
         let slots = self.pool.slots.clone();
         let limiter = self.pool.limiter.clone();
@@ -113,7 +114,9 @@ where
                 limiter.refused_by_pool();
                 return Ok(refused(Refusal::Pool));
             };
-            pass.begin();
+            if pass.stale() {
+                return Ok(refused(Refusal::Limit));
+            }
             let response = tower::ServiceExt::ready(&mut inner)
                 .await?
                 .call(request)
@@ -133,8 +136,19 @@ where
 enum Refusal {
     /// The adaptive limit.
     Limit,
+    /// A deadline shorter than the queue.
+    Deadline,
     /// No pool slot within the wait.
     Pool,
+}
+
+impl From<admission::Refusal> for Refusal {
+    fn from(refusal: admission::Refusal) -> Self {
+        match refusal {
+            admission::Refusal::Limit => Refusal::Limit,
+            admission::Refusal::Deadline => Refusal::Deadline,
+        }
+    }
 }
 
 /// A trailers-only UNAVAILABLE answer marked as refused.
@@ -143,6 +157,7 @@ fn refused<RB>(why: Refusal) -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
         // Counted in the metrics; one line per refusal would flood the log
         // of a node shedding thousands a second.
         Refusal::Limit => ("limit", "over%20the%20adaptive%20limit"),
+        Refusal::Deadline => ("deadline", "deadline%20shorter%20than%20the%20queue"),
         Refusal::Pool => {
             tracing::warn!("rpc_pool_size reached; refusing a call");
             ("pool", "rpc_pool_size%20reached")
@@ -212,7 +227,7 @@ mod tests {
         let echo = tower::service_fn(|_: http::Request<()>| async {
             Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("x"))))
         });
-        let limiter = Limiter::new(false, size, 1, Default::default());
+        let limiter = Limiter::new(false, size, Default::default(), Default::default());
         RpcPoolLayer::new(limiter, size, Duration::ZERO).layer(echo)
     }
 

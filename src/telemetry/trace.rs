@@ -25,13 +25,15 @@ use super::otel;
 /// The header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
 
-use crate::wire::{parse_grpc_timeout, GRPC_TIMEOUT};
+use crate::wire::{parse_grpc_timeout, CRITICALITY, GRPC_TIMEOUT};
 
 /// What the request being served carries on to the calls it makes.
 #[derive(Debug, Clone)]
 pub struct Served {
     traceparent: Option<HeaderValue>,
     deadline: Option<Instant>,
+    /// Its `svckit-criticality`, passed on as it came.
+    criticality: Option<HeaderValue>,
 }
 
 tokio::task_local! {
@@ -47,6 +49,12 @@ pub fn current() -> Option<HeaderValue> {
 /// a deadline.
 pub fn deadline() -> Option<Instant> {
     CURRENT.try_with(|s| s.deadline).ok().flatten()
+}
+
+/// The `svckit-criticality` of the request being served by this task, if
+/// it had one.
+pub(crate) fn criticality() -> Option<HeaderValue> {
+    CURRENT.try_with(|s| s.criticality.clone()).ok().flatten()
 }
 
 /// A well-formed `traceparent` header of `request`: version, 32-hex trace
@@ -244,13 +252,15 @@ where
         let mut served = Served {
             traceparent: traceparent(&request).cloned(),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
+            criticality: request.headers().get(CRITICALITY).cloned(),
         };
         if let Some(span) = self.server_span(&request, served.traceparent.as_ref()) {
             // The calls made while serving are this span's children.
             served.traceparent = otel::traceparent(&span);
             request.extensions_mut().insert(ServerSpan::new(span));
         }
-        if served.traceparent.is_none() && served.deadline.is_none() {
+        if served.traceparent.is_none() && served.deadline.is_none() && served.criticality.is_none()
+        {
             return Either::Right(self.inner.call(request));
         }
         Either::Left(CURRENT.scope(served, self.inner.call(request)))
@@ -283,6 +293,7 @@ mod tests {
         let served = Served {
             traceparent: Some(value.clone()),
             deadline: None,
+            criticality: None,
         };
         let seen = CURRENT.scope(served, async { current() }).await;
         assert_eq!(seen, Some(value));

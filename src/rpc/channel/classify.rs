@@ -47,6 +47,31 @@ pub(super) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
     error.source().is_some_and(never_sent)
 }
 
+/// `true` when a draining server turned the call away before processing
+/// it: its stream was above a GOAWAY's last stream id, refused
+/// (REFUSED_STREAM), or never written because the connection was closing
+/// (hyper's `Canceled`). The node is still there: the next attempt goes
+/// out on another connection, as gRPC's transparent retry does.
+pub(super) fn drained(error: &(dyn std::error::Error + 'static)) -> bool {
+    if let Some(h2) = error.downcast_ref::<h2::Error>() {
+        if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() && h2.is_remote() {
+            return true;
+        }
+    }
+    if error
+        .downcast_ref::<hyper::Error>()
+        .is_some_and(hyper::Error::is_canceled)
+    {
+        return true;
+    }
+    if let Some(io) = error.downcast_ref::<std::io::Error>() {
+        if io.get_ref().is_some_and(|inner| drained(inner)) {
+            return true;
+        }
+    }
+    error.source().is_some_and(drained)
+}
+
 /// `true` when the node's channel gave up at the `grpc-timeout` deadline.
 pub(super) fn timed_out(error: &(dyn std::error::Error + 'static)) -> bool {
     error.is::<tonic::TimeoutExpired>() || error.source().is_some_and(timed_out)
@@ -74,6 +99,9 @@ mod tests {
         );
         let refused_stream = h2::Error::from(h2::Reason::REFUSED_STREAM);
         assert!(never_sent(&refused_stream));
+        assert!(drained(&refused_stream));
+        assert!(!drained(&wrapped), "a refused connection is no drain");
+        assert!(!drained(&reset));
     }
 
     #[tokio::test]

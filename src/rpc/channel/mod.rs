@@ -32,8 +32,9 @@ pub(super) use self::shared::Shared;
 use self::throttle::Throttle;
 use super::discovery::Snapshot;
 use super::Target;
+pub use crate::admission::Criticality;
 use crate::error::BoxError;
-use crate::wire::{grpc_timeout_header, parse_grpc_timeout, GRPC_TIMEOUT};
+use crate::wire::{grpc_timeout_header, parse_grpc_timeout, CRITICALITY, GRPC_TIMEOUT};
 
 /// What a call made while serving a request leaves of that request's
 /// deadline for the answers to travel back: a tenth of it, at most this.
@@ -86,6 +87,9 @@ pub(super) struct Settings {
     /// `grpc-timeout`) hands its own to its first attempt and needs no
     /// copy for a retry; a call with others keeps a copy.
     pub(super) usual_headers: Arc<OnceLock<http::HeaderMap>>,
+    /// Sent as `svckit-criticality` when set; otherwise a call made while
+    /// serving a request carries that request's.
+    pub(super) criticality: Option<Criticality>,
 }
 
 impl Settings {
@@ -106,6 +110,7 @@ impl Settings {
             shared,
             sent: None,
             usual_headers: Arc::default(),
+            criticality: None,
         }
     }
 }
@@ -151,6 +156,24 @@ impl RpcChannel {
         let settings = self.settings_mut();
         settings.timeout = timeout;
         settings.timeout_header = grpc_timeout_header(timeout);
+        self
+    }
+
+    /// How much the calls of this channel matter to a node that must
+    /// refuse some (`svckit-criticality`): `sheddable` calls are refused
+    /// first, `critical` ones last. Without it, a call made while serving a
+    /// request carries that request's criticality, as it carries its
+    /// deadline.
+    ///
+    /// ```no_run
+    /// # fn demo(rpc: svckit::rpc::Rpc) {
+    /// use svckit::rpc::{Criticality, Target};
+    /// let prefetch = rpc.channel(Target::topic("echo")).criticality(Criticality::Sheddable);
+    /// # }
+    /// ```
+    #[must_use]
+    pub fn criticality(mut self, criticality: Criticality) -> Self {
+        self.settings_mut().criticality = Some(criticality);
         self
     }
 
@@ -238,6 +261,17 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
                 request
                     .headers_mut()
                     .insert(GRPC_TIMEOUT, grpc_timeout_header(left));
+            }
+        }
+        // How much the call matters: the channel's word, else the served
+        // request's, else none (a node reads `default`).
+        if !request.headers().contains_key(CRITICALITY) {
+            let value = match self.settings.criticality {
+                Some(c) => Some(http::HeaderValue::from_static(c.as_str())),
+                None => crate::telemetry::trace::criticality(),
+            };
+            if let Some(value) = value {
+                request.headers_mut().insert(CRITICALITY, value);
             }
         }
         // A call made while serving a traced request carries its context;

@@ -13,6 +13,12 @@ use crate::rpc::discovery::{outlier, Node};
 /// How many nodes a call may try before giving up.
 pub(super) const MAX_ATTEMPTS: usize = 3;
 
+/// How many times a call turned away by a draining connection goes out
+/// again, on top of its attempts and outside the retry budget: nothing of
+/// it ran, and each time it goes out on a newer connection. Bounded, as a
+/// node's workers may all be replaced in turn.
+const DRAINED_AGAIN: usize = 8;
+
 /// Picks by power of two choices: two distinct random nodes not yet tried,
 /// the one of lower cost; nodes ejected as outliers only when no other is
 /// left. No allocation.
@@ -95,6 +101,10 @@ pub(super) struct Candidates<'a> {
     first: Option<Arc<[Arc<Node>]>>,
     tried: Vec<Arc<Node>>,
     last_error: Option<BoxError>,
+    /// Attempts a draining connection turned away.
+    drained: usize,
+    /// The last attempt was one of them: the next is free.
+    free: bool,
 }
 
 impl<'a> Candidates<'a> {
@@ -104,13 +114,22 @@ impl<'a> Candidates<'a> {
             first: Some(nodes),
             tried: Vec::new(),
             last_error: None,
+            drained: 0,
+            free: false,
         }
     }
 
     /// The node of the next attempt, or `None` when the call has had its
     /// attempts or no node is left.
     pub(super) fn next(&mut self) -> Option<Arc<Node>> {
-        if self.tried.len() >= MAX_ATTEMPTS {
+        if std::mem::take(&mut self.free) {
+            // Sent again as it was: the same node may take it, on a new
+            // connection (a node's other workers).
+            let (last, earlier) = self.tried.split_last()?;
+            let nodes = self.channel.current_nodes();
+            return next_node(&nodes, earlier).or_else(|| Some(last.clone()));
+        }
+        if self.tried.len() - self.drained >= MAX_ATTEMPTS {
             return None;
         }
         let nodes = match self.first.take() {
@@ -136,6 +155,10 @@ impl<'a> Candidates<'a> {
     /// The attempt on `node` failed without an answer.
     pub(super) fn failed(&mut self, node: Arc<Node>, error: BoxError) {
         tracing::debug!(host = node.host(), error = %error, "call not delivered; trying another node");
+        if self.drained < DRAINED_AGAIN && super::classify::drained(&*error) {
+            self.drained += 1;
+            self.free = true;
+        }
         self.tried.push(node);
         self.last_error = Some(error);
     }

@@ -26,7 +26,7 @@ pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
 use self::totals::Totals;
 pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
-use crate::admission::AdmissionStats;
+use crate::admission::{AdmissionStats, Load};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 
 /// Labels of a finished request.
@@ -172,7 +172,9 @@ struct Admission {
     limit: Family<Protocol, Gauge>,
     in_flight: Family<Protocol, Gauge>,
     refused: Family<Refused, Counter>,
-    cpu: Family<Protocol, Gauge>,
+    queue_delay: Family<Protocol, Gauge>,
+    /// The node's one reading of load, which both stacks' limits read.
+    load: Arc<Load>,
 }
 
 impl Admission {
@@ -180,7 +182,7 @@ impl Admission {
         let admission = Admission::default();
         registry.register(
             "svckit_admission_limit",
-            "requests a stack admits at once now: the adaptive limit while the CPUs are busy, else the pool size",
+            "requests a stack admits at once now: while the node sheds a growing queue, the calls in flight it finishes within the target delay, else the pool size",
             admission.limit.clone(),
         );
         registry.register(
@@ -190,13 +192,13 @@ impl Admission {
         );
         registry.register(
             "svckit_admission_refused",
-            "requests refused before their handler ran: by the adaptive limit or for want of a pool slot",
+            "requests refused before their handler ran: by the adaptive limit, for a deadline shorter than the queue, or for want of a pool slot",
             admission.refused.clone(),
         );
         registry.register(
-            "svckit_admission_cpu_busy_permille",
-            "the process's CPU demand (time its threads ran or waited to run) against its share of CPUs, in thousandths, as the adaptive limit last read it",
-            admission.cpu.clone(),
+            "svckit_admission_queue_delay_us",
+            "how long a call waits before its handler runs, as last measured, in microseconds",
+            admission.queue_delay.clone(),
         );
         admission
     }
@@ -212,8 +214,9 @@ impl Admission {
             in_flight: self.in_flight.get_or_create(&labels).clone(),
             limit: self.limit.get_or_create(&labels).clone(),
             refused_limit: refused("limit"),
+            refused_deadline: refused("deadline"),
             refused_pool: refused("pool"),
-            cpu_permille: self.cpu.get_or_create(&labels).clone(),
+            queue_delay_us: self.queue_delay.get_or_create(&labels).clone(),
         }
     }
 }
@@ -418,6 +421,11 @@ impl Metrics {
         self.admission.stats(protocol)
     }
 
+    /// The node's reading of load, shared by its gRPC and HTTP stacks.
+    pub(crate) fn load(&self) -> Arc<Load> {
+        self.admission.load.clone()
+    }
+
     /// The admission figures of both stacks, for the report.
     pub(crate) fn admission_report(&self) -> serde_json::Value {
         let one = |protocol| {
@@ -427,7 +435,8 @@ impl Metrics {
                 "in_flight": stats.in_flight.get(),
                 "refused_limit": stats.refused_limit.get(),
                 "refused_pool": stats.refused_pool.get(),
-                "cpu_busy": stats.cpu_permille.get() as f64 / 1000.0,
+                "refused_deadline": stats.refused_deadline.get(),
+                "queue_delay_us": stats.queue_delay_us.get(),
             })
         };
         serde_json::json!({ "grpc": one("grpc"), "http": one("http") })

@@ -1,0 +1,120 @@
+//! The node's one reading of load, for both stacks: how long a task that
+//! became runnable waits before it runs, which is how long a call waits
+//! before its handler runs (an HTTP/2 stream's task, or an HTTP/1
+//! connection's task woken by a request). CPU demand is no such signal: a
+//! closed loop of callers keeps the CPUs busy without anything queueing for
+//! long, and a load generator on the same host makes the node's threads
+//! wait for a CPU without the node being overloaded.
+//!
+//! A probe task on the node's runtime wakes every [`TICK`], yields, and
+//! measures how long the runtime took to run it again: the time it waited
+//! behind the tasks already queued. Every [`INTERVAL`] the samples are
+//! summed up as CoDel does for a queue: the *lowest* wait of the interval
+//! says whether a queue stood all through it (a burst leaves some sample
+//! low), and the calls in flight at its end whether that queue grows.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant};
+
+/// How often the probe measures.
+pub(crate) const TICK: Duration = Duration::from_millis(5);
+/// Probes per interval: CoDel's interval, short enough that an overload
+/// is seen before its queue holds more than a few tens of milliseconds.
+pub(crate) const TICKS_PER_INTERVAL: u32 = 10;
+/// The interval the limiter decides on.
+pub(crate) const INTERVAL: Duration =
+    Duration::from_millis(TICK.as_millis() as u64 * TICKS_PER_INTERVAL as u64);
+
+/// One interval's summary, as the probe hands it to the limiters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Interval {
+    /// The lowest wait measured in it, in µs.
+    pub(crate) min_wait_us: u64,
+    /// The highest.
+    pub(crate) max_wait_us: u64,
+}
+
+/// What reads an interval: the limiters of the node's stacks.
+pub(crate) trait Observer: Send + Sync {
+    fn interval(&self, interval: Interval);
+}
+
+/// The node's load reading, shared by its gRPC and HTTP stacks.
+#[derive(Default)]
+pub(crate) struct Load {
+    /// The wait measured last, in µs: the current queueing delay.
+    pub(super) wait_us: AtomicU64,
+    observers: std::sync::Mutex<Vec<Weak<dyn Observer>>>,
+    started: std::sync::atomic::AtomicBool,
+}
+
+impl std::fmt::Debug for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Load")
+            .field("wait_us", &self.wait_us())
+            .finish()
+    }
+}
+
+impl Load {
+    /// The queueing delay a call arriving now may expect, in µs.
+    pub(crate) fn wait_us(&self) -> u64 {
+        self.wait_us.load(Ordering::Relaxed)
+    }
+
+    /// Adds an observer and starts the probe on the current runtime, once;
+    /// outside a runtime (a unit test) nothing measures.
+    pub(crate) fn observe(self: &Arc<Self>, observer: Weak<dyn Observer>) {
+        crate::sync::lock(&self.observers).push(observer);
+        if tokio::runtime::Handle::try_current().is_err() {
+            return;
+        }
+        if !self.started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(probe(Arc::downgrade(self)));
+        }
+    }
+
+    fn publish(&self, interval: Interval) -> bool {
+        let mut observers = crate::sync::lock(&self.observers);
+        observers.retain(|o| o.strong_count() > 0);
+        for observer in observers.iter().filter_map(Weak::upgrade) {
+            observer.interval(interval);
+        }
+        !observers.is_empty()
+    }
+}
+
+/// Measures until the reading and its last observer are gone.
+async fn probe(load: Weak<Load>) {
+    let mut ticks = tokio::time::interval(TICK);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut current = Interval {
+        min_wait_us: u64::MAX,
+        max_wait_us: 0,
+    };
+    let mut samples = 0;
+    loop {
+        ticks.tick().await;
+        let queued = Instant::now();
+        tokio::task::yield_now().await;
+        let wait = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let Some(load) = load.upgrade() else {
+            return;
+        };
+        load.wait_us.store(wait, Ordering::Relaxed);
+        current.min_wait_us = current.min_wait_us.min(wait);
+        current.max_wait_us = current.max_wait_us.max(wait);
+        samples += 1;
+        if samples == TICKS_PER_INTERVAL {
+            if !load.publish(current) {
+                return;
+            }
+            current = Interval {
+                min_wait_us: u64::MAX,
+                max_wait_us: 0,
+            };
+            samples = 0;
+        }
+    }
+}
