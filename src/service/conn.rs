@@ -28,7 +28,14 @@ pub(crate) struct Connections {
     refused: AtomicU64,
     admission: Arc<Admission>,
     handshake_timeout: Duration,
+    /// Connections closed by the server whose client has not closed its
+    /// side yet (see [`Counted`]'s drop).
+    lingering: AtomicU64,
+    lingered: tokio::sync::Notify,
 }
+
+/// How long a closed connection waits for its client to close its side.
+const LINGER: Duration = Duration::from_secs(2);
 
 /// The counts as the report shows them.
 #[derive(Debug, Clone, Copy, Serialize)]
@@ -53,6 +60,8 @@ impl Connections {
             refused: AtomicU64::new(0),
             admission: Admission::new(max),
             handshake_timeout,
+            lingering: AtomicU64::new(0),
+            lingered: tokio::sync::Notify::new(),
         }
     }
 
@@ -61,6 +70,19 @@ impl Connections {
             open: self.open.load(Ordering::Relaxed),
             accepted: self.accepted.load(Ordering::Relaxed),
             refused: self.refused.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves once no closed connection is left waiting for its client
+    /// (at most [`LINGER`] after the last closed): a worker that exits
+    /// sooner would reset them.
+    pub(crate) async fn lingered(&self) {
+        loop {
+            let notified = self.lingered.notified();
+            if self.lingering.load(Ordering::Acquire) == 0 {
+                return;
+            }
+            notified.await;
         }
     }
 
@@ -76,7 +98,7 @@ impl Connections {
         };
         self.open.fetch_add(1, Ordering::Relaxed);
         Some(Counted {
-            stream,
+            stream: Some(stream),
             connections: self.clone(),
             ticket,
             opening: Some(Opening::new(self.handshake_timeout)),
@@ -85,8 +107,16 @@ impl Connections {
 }
 
 /// An accepted TCP stream, counted until dropped.
+///
+/// Dropped, it closes the way an HTTP/2 server must after its last GOAWAY:
+/// it shuts its side (FIN), then reads and discards until the client
+/// closes its own, or [`LINGER`]. A socket closed with unread data sends a
+/// reset, and a client whose last requests crossed the GOAWAY would lose
+/// the GOAWAY with them: with it, it knows they were never processed and
+/// sends them again on another connection.
 pub(crate) struct Counted {
-    stream: TcpStream,
+    /// `None` only once dropped.
+    stream: Option<TcpStream>,
     connections: Arc<Connections>,
     ticket: Ticket,
     /// `Some` until the client has sent its opening.
@@ -152,6 +182,39 @@ impl Opening {
 impl Drop for Counted {
     fn drop(&mut self) {
         self.connections.open.fetch_sub(1, Ordering::Relaxed);
+        let (Some(stream), Ok(runtime)) =
+            (self.stream.take(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let connections = self.connections.clone();
+        connections.lingering.fetch_add(1, Ordering::AcqRel);
+        runtime.spawn(async move {
+            let _ = tokio::time::timeout(LINGER, linger(stream)).await;
+            if connections.lingering.fetch_sub(1, Ordering::AcqRel) == 1 {
+                connections.lingered.notify_waiters();
+            }
+        });
+    }
+}
+
+/// Shuts the write side, then reads until the peer closes.
+async fn linger(mut stream: TcpStream) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    if stream.shutdown().await.is_err() {
+        return;
+    }
+    let mut sink = [0u8; 4096];
+    while matches!(stream.read(&mut sink).await, Ok(n) if n > 0) {}
+}
+
+impl Counted {
+    /// The stream; an error only for a connection already closed.
+    fn io(&mut self) -> io::Result<Pin<&mut TcpStream>> {
+        self.stream
+            .as_mut()
+            .map(Pin::new)
+            .ok_or_else(|| io::Error::from(io::ErrorKind::NotConnected))
     }
 }
 
@@ -159,7 +222,13 @@ impl Connected for Counted {
     type ConnectInfo = TcpConnectInfo;
 
     fn connect_info(&self) -> TcpConnectInfo {
-        self.stream.connect_info()
+        match &self.stream {
+            Some(stream) => stream.connect_info(),
+            None => TcpConnectInfo {
+                local_addr: None,
+                remote_addr: None,
+            },
+        }
     }
 }
 
@@ -185,7 +254,10 @@ impl AsyncRead for Counted {
             }
         }
         let before = buf.filled().len();
-        let read = Pin::new(&mut this.stream).poll_read(cx, buf);
+        let read = match this.io() {
+            Ok(stream) => stream.poll_read(cx, buf),
+            Err(e) => return Poll::Ready(Err(e)),
+        };
         if let (Poll::Ready(Ok(())), Some(opening)) = (&read, &mut this.opening) {
             if opening.feed(&buf.filled()[before..]) {
                 this.ticket.spoke();
@@ -202,7 +274,10 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        match self.io() {
+            Ok(stream) => stream.poll_write(cx, buf),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn poll_write_vectored(
@@ -210,19 +285,28 @@ impl AsyncWrite for Counted {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        match self.io() {
+            Ok(stream) => stream.poll_write_vectored(cx, bufs),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
+        self.stream.as_ref().is_some_and(|s| s.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
+        match self.io() {
+            Ok(stream) => stream.poll_flush(cx),
+            Err(e) => Poll::Ready(Err(e)),
+        }
     }
 
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // The write side closes in the lingering close, after the last
+        // frame: a shutdown now would send FIN, then a reset at the close.
+        let _ = cx;
+        Poll::Ready(Ok(()))
     }
 }
 

@@ -367,6 +367,10 @@ impl<M: Manager> Node<M> {
             };
             let (grpc_drained, ()) = tokio::join!(running.grpc.drain(), http_drained);
             grpc_drained?;
+            // Closed connections wait for their clients to close theirs: an
+            // exit now would reset those whose last requests crossed the
+            // GOAWAY, and lose it with them.
+            self.node.connections.lingered().await;
         }
         // 5. Wait for a periodic run in progress (within the launcher's
         //    deadline); its elections are resigned once it finished.
