@@ -28,6 +28,7 @@ use std::time::Duration;
 use futures::task::AtomicWaker;
 
 pub(crate) mod adaptive;
+mod criticality;
 pub(crate) mod load;
 
 pub(crate) use self::adaptive::{served, Ask, Limiter, Refusal};
