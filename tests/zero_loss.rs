@@ -251,3 +251,76 @@ async fn sigterm_to_one_of_two_nodes_loses_no_call_at_16_in_flight() {
 async fn sigterm_to_one_of_two_nodes_loses_no_call_at_64_in_flight() {
     one_of_two_nodes_stopped_under(64).await;
 }
+
+/// `api_node --workers 2` in front of an echo node, under `wrk` with 32
+/// connections for `secs`, while `event` runs on the api node: no response
+/// but 2xx, and no socket error.
+async fn http_under(event: &str, env: &[(&str, &str)], secs: u64) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _echo = Proc::start_example("echo_node", &quick_node_args(&url, "ze"), &[]);
+    let host = format!("zh-{event}");
+    let mut args = quick_node_args(&url, &host);
+    args.extend_from_slice(&["--workers", "2", "--http-listen", "127.0.0.1:0"]);
+    let (api, _) = Proc::start_example("api_node", &args, env);
+    support::poll_until(WAIT, "two workers serving", || {
+        api.serving_workers().len() == 2
+    });
+    let http = api.ready()["http"]
+        .as_str()
+        .expect("an http endpoint")
+        .to_string();
+    let before = api.serving_workers();
+    let duration = format!("{secs}s");
+    let mut wrk = Proc::spawn(
+        PathBuf::from("wrk"),
+        &[
+            "-t2",
+            "-c32",
+            "-d",
+            &duration,
+            &format!("{http}/v1/echo?msg=x"),
+        ],
+        &[],
+    );
+    match event {
+        "reload" => {
+            support::poll_until(WAIT, "requests answered", || {
+                api.stderr().matches("/v1/echo").count() >= 100
+            });
+            api.signal(Signal::SIGHUP);
+            support::poll_until(WAIT, "both workers replaced", || {
+                let now = api.serving_workers();
+                now.len() == 2 && now.is_disjoint(&before)
+            });
+        }
+        _ => {
+            support::poll_until(WAIT, "three recycles", || {
+                api.stderr()
+                    .matches("worker served max_requests; replacing it")
+                    .count()
+                    >= 3
+            });
+        }
+    }
+    wrk.wait_exit(WAIT + Duration::from_secs(secs))
+        .expect("wrk ends");
+    let out = wrk.stdout();
+    assert!(out.contains("requests in"), "{out}\n{}", wrk.stderr());
+    assert!(!out.contains("Non-2xx"), "{out}");
+    assert!(!out.contains("Socket errors"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http_reload_answers_every_request_with_2xx_and_no_socket_error() {
+    http_under("reload", &[], 6).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_recycling_answers_every_request_with_2xx_and_no_socket_error() {
+    let env = [
+        ("SVCKIT_MAX_REQUESTS", "1500"),
+        ("SVCKIT_MAX_REQUESTS_JITTER", "150"),
+    ];
+    http_under("recycle", &env, 8).await;
+}

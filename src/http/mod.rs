@@ -19,10 +19,12 @@
 //! `/readyz` (serving and registered; 503 while starting or draining),
 //! `/metrics` (Prometheus text), `/debug/report` (the node's report, JSON).
 
+mod drain;
 mod idle;
 mod limits;
 
 use std::convert::Infallible;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -51,6 +53,7 @@ use crate::telemetry::metrics::Metrics;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
 
+use self::drain::{CloseWhenDraining, Drain};
 use self::idle::IdleTimeout;
 use self::limits::{HttpPoolLayer, LineLimitLayer};
 
@@ -237,6 +240,7 @@ impl HttpServer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,
         };
+        let drain = Arc::new(Drain::default());
         let (idle, keepidle, header_read) = (
             options.client_socket_timeout,
             options.tcp_keepidle,
@@ -269,7 +273,9 @@ impl HttpServer {
                     tls.clone(),
                     grpc.clone(),
                 );
+                let (open, drain) = (drain.open(), drain.clone());
                 tokio::spawn(async move {
+                    let _open = open;
                     // A connection that sends nothing gets the header read
                     // timeout too, and gives up its slot to a newer one when
                     // all are taken: an idle flood cannot hold the slots.
@@ -303,6 +309,7 @@ impl HttpServer {
                         .layer(context)
                         .layer(lines)
                         .service(router);
+                    let http = CloseWhenDraining { inner: http, drain };
                     let io = TokioIo::new(io);
                     let _ = match grpc {
                         None => {
@@ -319,9 +326,11 @@ impl HttpServer {
                     drop(ticket);
                 });
             }
-            // Listener closed: no new connections. Open ones finish the
-            // requests they have, then close.
+            // Listener closed: no new connections. Each open one answers
+            // its next request with `Connection: close`; those left after
+            // the grace (idle, or HTTP/2) finish what they have, then close.
             drop(listener);
+            drain.start().await;
             graceful.shutdown().await;
             let _ = done_tx.send(true);
         });
