@@ -150,10 +150,19 @@ async fn spin_once(
     }
 }
 
+/// What an open loop's calls of one criticality came to.
+#[derive(Debug, Default, Clone, Copy)]
+struct Outcome {
+    answered: usize,
+    refused: usize,
+    /// Admitted, but not answered within the deadline.
+    late: usize,
+}
+
 /// `rate` calls a second for `secs`, due whatever the answers (an open
 /// loop), every other one `sheddable` and the others `critical`, each with
-/// a 1 s deadline; (answered, refused) per criticality, sheddable first.
-async fn open_loop(url: &str, micros: u64, rate: f64, secs: f64) -> [(usize, usize); 2] {
+/// a 1 s deadline; per criticality, sheddable first.
+async fn open_loop(url: &str, micros: u64, rate: f64, secs: f64) -> [Outcome; 2] {
     let channel = tonic::transport::Endpoint::from_shared(url.to_string())
         .expect("url")
         .connect()
@@ -177,14 +186,16 @@ async fn open_loop(url: &str, micros: u64, rate: f64, secs: f64) -> [(usize, usi
             )),
         ));
     }
-    let mut counts = [(0, 0); 2];
+    let mut counts = [Outcome::default(); 2];
     for (class, task) in tasks {
         match task.await.expect("call task") {
-            Ok(true) => counts[class].0 += 1,
-            Ok(false) => counts[class].1 += 1,
-            // A call not answered within its deadline is no goodput (the
-            // node's timer says DEADLINE_EXCEEDED, this client's CANCELLED).
-            Err(status) if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {}
+            Ok(true) => counts[class].answered += 1,
+            Ok(false) => counts[class].refused += 1,
+            // Not answered within its deadline: no goodput (the node's
+            // timer says DEADLINE_EXCEEDED, this client's CANCELLED).
+            Err(status) if matches!(status.code(), Code::DeadlineExceeded | Code::Cancelled) => {
+                counts[class].late += 1
+            }
             Err(status) => panic!("neither answered nor refused: {status}"),
         }
     }
@@ -247,21 +258,27 @@ async fn admission_sheds_a_growing_queue_and_never_a_closed_loop() {
     );
     assert_eq!(refusals_counted(http, "grpc", "limit"), 0.0);
 
-    // Three times the capacity, for three seconds.
-    let [(sheddable_ok, sheddable_refused), (critical_ok, critical_refused)] =
-        open_loop(&grpc, 2_000, 3.0 * capacity, 3.0).await;
-    let goodput = (sheddable_ok + critical_ok) as f64 / 3.0;
+    // Three times the capacity, for three seconds. A node that queued
+    // every call would hold two seconds of work after one, and answer
+    // most calls past their 1 s deadline; a shedding one answers those it
+    // admits in time, and refuses sheddable calls before critical ones.
+    let [sheddable, critical] = open_loop(&grpc, 2_000, 3.0 * capacity, 3.0).await;
+    let summary =
+        format!("sheddable {sheddable:?}, critical {critical:?}, capacity {capacity:.0}/s");
     assert!(
-        sheddable_refused + critical_refused > 0,
-        "an open loop at 3x was not shed"
+        sheddable.refused + critical.refused > 0,
+        "an open loop at 3x was not shed: {summary}"
+    );
+    assert!(sheddable.refused > critical.refused, "{summary}");
+    let answered = sheddable.answered + critical.answered;
+    let late = sheddable.late + critical.late;
+    assert!(
+        late * 10 <= answered,
+        "admitted calls answered late: {summary}"
     );
     assert!(
-        sheddable_refused > critical_refused,
-        "sheddable refused {sheddable_refused}, critical {critical_refused}"
-    );
-    assert!(
-        goodput >= 0.6 * capacity,
-        "goodput {goodput:.0}/s against {capacity:.0}/s answered in a closed loop"
+        answered as f64 >= 0.4 * 3.0 * capacity,
+        "the node answered too few: {summary}"
     );
     assert!(refusals_counted(http, "grpc", "limit") > 0.0);
 

@@ -11,9 +11,9 @@
 //! couple of intervals to connect). A closed loop of callers, however many,
 //! never grows its queue (each caller waits for its answer), so it is never
 //! refused: refusing it would only send its callers straight back. An open
-//! loop past capacity grows it, and is cut back to the calls in flight the
-//! node finishes within the target (Little's law: completions per second ×
-//! target), until the queue is gone.
+//! loop past capacity grows it, and is cut back to two calls per CPU plus
+//! the calls the node finishes within the target (Little's law: answers
+//! per second × target), until the queue is gone.
 //!
 //! Per call, at arrival, before anything of it runs:
 //! - a call whose deadline is shorter than the current queueing delay is
@@ -231,7 +231,10 @@ impl Control {
         // The queue a call meets: the time it waits to run, or with
         // handlers sharing the CPUs, the calls it shares them with.
         let standing = interval.min_wait_us.max(self.expected_us(in_flight));
-        let bound = ((per_us * TARGET_US as f64).ceil() as u64).max(floor);
+        // Two calls per CPU, one running and one ready to (a CPU left idle
+        // between an answer and the next arrival is capacity lost), and
+        // the queue the target allows.
+        let bound = 2 * floor + (per_us * TARGET_US as f64).ceil() as u64;
         let shedding = if shedding {
             // Until the queue is gone: the calls in flight fell well under
             // the bound, and some call waited less than half the target.
@@ -351,8 +354,8 @@ mod tests {
             shedding = d.shedding;
             if shedding && shed_from.is_none() {
                 shed_from = Some(round);
-                // 4,000/s × 2 ms: 8 calls in flight.
-                assert_eq!(d.bound, 8);
+                // Two per CPU, and 4,000/s × 2 ms: 12 calls in flight.
+                assert_eq!(d.bound, 12);
             }
         }
         assert_eq!(shed_from, Some(2), "three intervals of growth, then shed");
