@@ -80,6 +80,9 @@ enum Command {
         /// Each call's deadline, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
+        /// Open loop: every other call sheddable, the others critical.
+        #[arg(long)]
+        mixed: bool,
     },
 }
 
@@ -179,18 +182,20 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             rate,
             deadline_ms,
+            mixed,
         } => {
             let channel = Endpoint::from_shared(url)?
                 .tcp_nodelay(true)
                 .connect()
                 .await?;
+            let deadline = std::time::Duration::from_millis(deadline_ms);
             let line = match (concurrency, rate) {
                 (_, Some(rate)) => {
-                    let deadline = std::time::Duration::from_millis(deadline_ms);
-                    overload::open(channel, micros, rate, secs, deadline).await
+                    overload::open(channel, micros, rate, secs, deadline, mixed).await
                 }
                 (concurrency, None) => {
-                    overload::capacity(channel, micros, concurrency.unwrap_or(4), secs).await
+                    let concurrency = concurrency.unwrap_or(4);
+                    overload::capacity(channel, micros, concurrency, secs, deadline).await
                 }
             };
             println!("{line}");

@@ -263,8 +263,17 @@ async fn admission_sheds_a_growing_queue_and_never_a_closed_loop() {
     // most calls past their 1 s deadline; a shedding one answers those it
     // admits in time, and refuses sheddable calls before critical ones.
     let [sheddable, critical] = open_loop(&grpc, 2_000, 3.0 * capacity, 3.0).await;
-    let summary =
-        format!("sheddable {sheddable:?}, critical {critical:?}, capacity {capacity:.0}/s");
+    let log = node.stderr();
+    let shedding: Vec<&str> = log.lines().filter(|l| l.contains("admission:")).collect();
+    let reasons: Vec<String> = ["limit", "deadline", "pool"]
+        .iter()
+        .map(|r| format!("{r} {}", refusals_counted(http, "grpc", r)))
+        .collect();
+    let summary = format!(
+        "sheddable {sheddable:?}, critical {critical:?}, capacity {capacity:.0}/s, refused by {}\n{}",
+        reasons.join(", "),
+        shedding.join("\n")
+    );
     assert!(
         sheddable.refused + critical.refused > 0,
         "an open loop at 3x was not shed: {summary}"

@@ -6,12 +6,14 @@
 //! long, and a load generator on the same host makes the node's threads
 //! wait for a CPU without the node being overloaded.
 //!
-//! A probe task on the node's runtime wakes every [`TICK`], yields, and
-//! measures how long the runtime took to run it again: the time it waited
-//! behind the tasks already queued. Every [`INTERVAL`] the samples are
-//! summed up as CoDel does for a queue: the *lowest* wait of the interval
-//! says whether a queue stood all through it (a burst leaves some sample
-//! low), and the calls in flight at its end whether that queue grows.
+//! A probe thread of the node's own hands a tiny task to the node's
+//! runtime every [`TICK`] and records how long the runtime took to run it:
+//! the time it waited behind the tasks already queued. The thread keeps the
+//! time, not the runtime, so an overloaded runtime cannot stretch its
+//! intervals; a probe still waiting at the next tick counts as waiting that
+//! long at least. Every [`INTERVAL`] the samples are summed up as CoDel does
+//! for a queue: the *lowest* wait of the interval says whether a queue
+//! stood all through it (a burst leaves some sample low).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -21,7 +23,7 @@ use std::time::{Duration, Instant};
 pub(crate) const TICK: Duration = Duration::from_millis(5);
 /// Probes per interval: CoDel's interval, short enough that an overload
 /// is seen before its queue holds more than a few tens of milliseconds.
-pub(crate) const TICKS_PER_INTERVAL: u32 = 10;
+const TICKS_PER_INTERVAL: u32 = 10;
 /// The interval the limiter decides on.
 pub(crate) const INTERVAL: Duration =
     Duration::from_millis(TICK.as_millis() as u64 * TICKS_PER_INTERVAL as u64);
@@ -45,6 +47,8 @@ pub(crate) trait Observer: Send + Sync {
 pub(crate) struct Load {
     /// The wait measured last, in µs: the current queueing delay.
     pub(super) wait_us: AtomicU64,
+    /// The wait of the last probe that ran, in µs; `u64::MAX` once read.
+    last_us: AtomicU64,
     observers: std::sync::Mutex<Vec<Weak<dyn Observer>>>,
     started: std::sync::atomic::AtomicBool,
 }
@@ -67,11 +71,18 @@ impl Load {
     /// outside a runtime (a unit test) nothing measures.
     pub(crate) fn observe(self: &Arc<Self>, observer: Weak<dyn Observer>) {
         crate::sync::lock(&self.observers).push(observer);
-        if tokio::runtime::Handle::try_current().is_err() {
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        if self.started.swap(true, Ordering::Relaxed) {
             return;
         }
-        if !self.started.swap(true, Ordering::Relaxed) {
-            tokio::spawn(probe(Arc::downgrade(self)));
+        let load = Arc::downgrade(self);
+        let spawned = std::thread::Builder::new()
+            .name("svckit-load-probe".into())
+            .spawn(move || probe(load, runtime));
+        if let Err(e) = spawned {
+            tracing::error!(error = %e, "no load probe: admission sees no queue");
         }
     }
 
@@ -86,27 +97,51 @@ impl Load {
 }
 
 /// Measures until the reading and its last observer are gone.
-async fn probe(load: Weak<Load>) {
-    let mut ticks = tokio::time::interval(TICK);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
+    // When the probe in the runtime's queue was handed over, in µs since
+    // `start`; 0 once it ran.
+    let start = Instant::now();
+    let pending = Arc::new(AtomicU64::new(0));
     let mut current = Interval {
         min_wait_us: u64::MAX,
         max_wait_us: 0,
     };
-    let mut samples = 0;
+    let mut interval_start = Instant::now();
+    let mut next = Instant::now();
     loop {
-        ticks.tick().await;
-        let queued = Instant::now();
-        tokio::task::yield_now().await;
-        let wait = u64::try_from(queued.elapsed().as_micros()).unwrap_or(u64::MAX);
+        next = (next + TICK).max(Instant::now());
+        std::thread::sleep(next.saturating_duration_since(Instant::now()));
         let Some(load) = load.upgrade() else {
             return;
+        };
+        let now_us = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+        let queued = pending.load(Ordering::Acquire);
+        let wait = if queued != 0 {
+            // The last one has not run yet: it has waited this long so far.
+            now_us.saturating_sub(queued)
+        } else {
+            let done = load.last_us.swap(u64::MAX, Ordering::AcqRel);
+            let handed = now_us.max(1);
+            pending.store(handed, Ordering::Release);
+            let (pending, load_ran) = (pending.clone(), Arc::downgrade(&load));
+            drop(runtime.spawn(async move {
+                let ran = u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX);
+                if let Some(load) = load_ran.upgrade() {
+                    load.last_us
+                        .store(ran.saturating_sub(handed), Ordering::Release);
+                }
+                pending.store(0, Ordering::Release);
+            }));
+            if done == u64::MAX {
+                continue;
+            }
+            done
         };
         load.wait_us.store(wait, Ordering::Relaxed);
         current.min_wait_us = current.min_wait_us.min(wait);
         current.max_wait_us = current.max_wait_us.max(wait);
-        samples += 1;
-        if samples == TICKS_PER_INTERVAL {
+        if interval_start.elapsed() >= INTERVAL {
+            interval_start = Instant::now();
             if !load.publish(current) {
                 return;
             }
@@ -114,7 +149,6 @@ async fn probe(load: Weak<Load>) {
                 min_wait_us: u64::MAX,
                 max_wait_us: 0,
             };
-            samples = 0;
         }
     }
 }
