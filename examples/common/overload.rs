@@ -117,7 +117,7 @@ pub async fn open(
     let mut index = 0_usize;
     let tasks = paced(calls, rate, |due| {
         index += 1;
-        let criticality = mixed.then_some(if index % 2 == 0 {
+        let criticality = mixed.then_some(if index.is_multiple_of(2) {
             "critical"
         } else {
             "sheddable"
