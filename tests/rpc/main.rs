@@ -5,6 +5,7 @@
 mod support;
 
 mod basics;
+mod drain;
 mod hedge;
 mod late;
 mod outlier;
