@@ -6,9 +6,11 @@
 //! runs, as the node's [`Load`] measures it (CoDel's sojourn time; Envoy's
 //! adaptive concurrency and Netflix's limiters also read latency, not CPU).
 //! A queue is an overload when it *stands and grows*: through a whole
-//! interval no call waited less than [`TARGET_US`], and the calls in flight
+//! interval no call waited less than [`TARGET_US`], the calls in flight
 //! grew over the last three intervals (a closed loop's callers may take a
-//! couple of intervals to connect). A closed loop of callers, however many,
+//! couple of intervals to connect), and to more than twice the most there
+//! were in the two seconds before (callers that move over from a worker
+//! that stopped bring no more than they had). A closed loop of callers, however many,
 //! never grows its queue (each caller waits for its answer), so it is never
 //! refused: refusing it would only send its callers straight back. An open
 //! loop past capacity grows it, and is cut back to two calls per CPU plus
@@ -102,7 +104,13 @@ struct Control {
     growing: u32,
     /// Calls answered per interval, smoothed.
     completions: f64,
+    /// The calls in flight at the end of each of the last [`SETTLED`]
+    /// intervals, newest last.
+    history: std::collections::VecDeque<u64>,
 }
+
+/// How far back the calls in flight are remembered (2 s of intervals).
+const SETTLED: usize = 40;
 
 /// A call's place under the limit, given back when it drops.
 #[derive(Debug)]
@@ -227,6 +235,16 @@ impl Control {
             self.growing = 0;
         }
         self.in_flight = in_flight;
+        // The most calls in flight before the growth began: a closed loop
+        // whose callers move over from a worker that stopped grows for a
+        // while, but to no more than it had, spread over fewer workers; an
+        // overload grows past any of it.
+        let before = self.history.len().saturating_sub(self.growing as usize);
+        let settled = self.history.iter().take(before).max().copied().unwrap_or(0);
+        if self.history.len() == SETTLED {
+            self.history.pop_front();
+        }
+        self.history.push_back(in_flight);
         let per_us = self.completions / INTERVAL.as_micros() as f64;
         // The queue a call meets: the time it waits to run, or with
         // handlers sharing the CPUs, the calls it shares them with.
@@ -240,7 +258,9 @@ impl Control {
             // the bound, and some call waited less than half the target.
             in_flight > bound / 2 || standing >= TARGET_US / 2
         } else {
-            self.growing >= GROWING_INTERVALS && standing > TARGET_US
+            self.growing >= GROWING_INTERVALS
+                && standing > TARGET_US
+                && in_flight > 2 * settled.max(floor)
         };
         Decision { shedding, bound }
     }
@@ -368,6 +388,19 @@ mod tests {
         // The load falls: the queue goes, and so does the shedding.
         let d = control.step(interval(200), 2, 100, 2, shedding);
         assert!(!d.shedding);
+    }
+
+    #[test]
+    fn callers_moving_over_from_a_stopped_worker_are_not_shed() {
+        // 43 callers settled, then 21 more arrive over four intervals.
+        let mut control = Control::default();
+        for _ in 0..20 {
+            assert!(!control.step(interval(9_000), 43, 20, 2, false).shedding);
+        }
+        for in_flight in [49, 55, 60, 64, 64, 64] {
+            let d = control.step(interval(9_000), in_flight, 20, 2, false);
+            assert!(!d.shedding, "{in_flight}");
+        }
     }
 
     #[test]
