@@ -324,3 +324,114 @@ async fn http_recycling_answers_every_request_with_2xx_and_no_socket_error() {
     ];
     http_under("recycle", &env, 8).await;
 }
+
+/// One HTTP/2 frame: (type, flags, stream id, payload).
+type Frame = (u8, u8, u32, Vec<u8>);
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = (payload.len() as u32).to_be_bytes()[1..].to_vec();
+    out.extend_from_slice(&[kind, flags]);
+    out.extend_from_slice(&stream.to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+async fn read_frame(tcp: &mut tokio::net::TcpStream) -> Option<Frame> {
+    use tokio::io::AsyncReadExt;
+    let mut head = [0u8; 9];
+    tcp.read_exact(&mut head).await.ok()?;
+    let length = u32::from_be_bytes([0, head[0], head[1], head[2]]) as usize;
+    let mut payload = vec![0; length];
+    tcp.read_exact(&mut payload).await.ok()?;
+    let stream = u32::from_be_bytes([head[5], head[6], head[7], head[8]]) & 0x7fff_ffff;
+    Some((head[3], head[4], stream, payload))
+}
+
+/// HEADERS of an `Echo/Sleep` call, HPACK without Huffman or indexing.
+fn sleep_headers(authority: &str) -> Vec<u8> {
+    let mut block = vec![0x83, 0x86]; // :method POST, :scheme http
+    let literal = |block: &mut Vec<u8>, index: u8, value: &str| {
+        block.push(index);
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    };
+    literal(&mut block, 0x04, "/svckit.examples.echo.v1.Echo/Sleep");
+    literal(&mut block, 0x01, authority);
+    for (name, value) in [("content-type", "application/grpc"), ("te", "trailers")] {
+        block.push(0x00);
+        block.push(name.len() as u8);
+        block.extend_from_slice(name.as_bytes());
+        block.push(value.len() as u8);
+        block.extend_from_slice(value.as_bytes());
+    }
+    block
+}
+
+/// A client whose stream crossed a stopping node's GOAWAY may still send
+/// frames for it: a WINDOW_UPDATE for a stream above the GOAWAY's last
+/// stream id is ignored, like its DATA, and the connection's other calls
+/// finish (grpcio does this; the node used to end the connection with
+/// PROTOCOL_ERROR and cut every call on it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frames_for_a_stream_that_crossed_the_goaway_cost_no_other_call() {
+    use tokio::io::AsyncWriteExt;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let registry = format!("file://{}", dir.path().display());
+    let (node, addr) = Proc::start_example(
+        "echo_node",
+        &quick_node_args(&registry, "zg"),
+        &[("SVCKIT_DRAIN_DELAY", "0")],
+    );
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let mut opening = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    opening.extend(frame(4, 0, 0, &[]));
+    // Sleep(400 ms): still running when the stop begins.
+    opening.extend(frame(1, 0x4, 1, &sleep_headers(&addr.to_string())));
+    opening.extend(frame(0, 0x1, 1, &[0, 0, 0, 0, 3, 0x08, 0x90, 0x03]));
+    tcp.write_all(&opening).await.expect("send");
+    let mut stopping = false;
+    let mut crossed = false;
+    let mut answered = false;
+    let outcome = tokio::time::timeout(WAIT, async {
+        while let Some((kind, flags, stream, payload)) = read_frame(&mut tcp).await {
+            match kind {
+                // The node's SETTINGS: acknowledged; then it is asked to stop.
+                4 if flags & 1 == 0 => {
+                    tcp.write_all(&frame(4, 1, 0, &[])).await.expect("ack");
+                    if !stopping {
+                        stopping = true;
+                        node.signal(Signal::SIGTERM);
+                    }
+                }
+                // Its graceful PING, answered.
+                6 if flags & 1 == 0 => {
+                    tcp.write_all(&frame(6, 1, 0, &payload))
+                        .await
+                        .expect("pong");
+                }
+                7 => {
+                    let last = u32::from_be_bytes([payload[0], payload[1], payload[2], payload[3]])
+                        & 0x7fff_ffff;
+                    let code = u32::from_be_bytes([payload[4], payload[5], payload[6], payload[7]]);
+                    assert_eq!(code, 0, "GOAWAY with error code {code}");
+                    if last == 1 && !crossed {
+                        // The final GOAWAY: a stream opened after it, and a
+                        // window update for it.
+                        crossed = true;
+                        let mut late = frame(1, 0x4, 3, &sleep_headers(&addr.to_string()));
+                        late.extend(frame(8, 0, 3, &1000u32.to_be_bytes()));
+                        tcp.write_all(&late).await.expect("late frames");
+                    }
+                }
+                3 if stream == 1 => panic!("the call was reset"),
+                // Trailers ending stream 1: the call finished.
+                1 if stream == 1 && flags & 1 == 1 => answered = true,
+                _ => {}
+            }
+        }
+    })
+    .await;
+    assert!(outcome.is_ok(), "the connection did not end");
+    assert!(crossed, "no final GOAWAY seen");
+    assert!(answered, "the call in flight was not answered");
+}
