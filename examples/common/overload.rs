@@ -135,7 +135,8 @@ pub async fn open(
     // (ok, refused) of the sheddable calls, then of the critical ones.
     let mut by_class = [(0_u64, 0_u64); 2];
     for (i, task) in tasks.into_iter().enumerate() {
-        let class = (i + 1) % 2;
+        // The first call (index 1) was sheddable, the second critical.
+        let class = i % 2;
         match task.await {
             Ok(Outcome::Ok(latency)) => {
                 latencies.push(latency);

@@ -9,8 +9,8 @@
 //! interval no call waited less than [`TARGET_US`], the calls in flight
 //! grew over the last three intervals (a closed loop's callers may take a
 //! couple of intervals to connect), and to more than twice the most there
-//! were in the two seconds before (callers that move over from a worker
-//! that stopped bring no more than they had). A closed loop of callers, however many,
+//! were just before it grew (callers that move over from a worker that
+//! stopped bring no more than they had). A closed loop of callers, however many,
 //! never grows its queue (each caller waits for its answer), so it is never
 //! refused: refusing it would only send its callers straight back. An open
 //! loop past capacity grows it, and is cut back to two calls per CPU plus
@@ -109,8 +109,12 @@ struct Control {
     history: std::collections::VecDeque<u64>,
 }
 
-/// How far back the calls in flight are remembered (2 s of intervals).
+/// How many intervals of calls in flight are kept.
 const SETTLED: usize = 40;
+/// How many intervals just before a growth began say where the calls in
+/// flight had settled (200 ms): a load that ended a second earlier is no
+/// measure of the one that grows now.
+const SETTLED_LOOKBACK: usize = 4;
 
 /// A call's place under the limit, given back when it drops.
 #[derive(Debug)]
@@ -240,7 +244,15 @@ impl Control {
         // while, but to no more than it had, spread over fewer workers; an
         // overload grows past any of it.
         let before = self.history.len().saturating_sub(self.growing as usize);
-        let settled = self.history.iter().take(before).max().copied().unwrap_or(0);
+        let settled = self
+            .history
+            .iter()
+            .take(before)
+            .rev()
+            .take(SETTLED_LOOKBACK)
+            .max()
+            .copied()
+            .unwrap_or(0);
         if self.history.len() == SETTLED {
             self.history.pop_front();
         }
@@ -401,6 +413,25 @@ mod tests {
             let d = control.step(interval(9_000), in_flight, 20, 2, false);
             assert!(!d.shedding, "{in_flight}");
         }
+    }
+
+    #[test]
+    fn a_load_that_ended_earlier_does_not_delay_shedding() {
+        let mut control = Control::default();
+        for _ in 0..10 {
+            control.step(interval(60_000), 256, 200, 2, false);
+        }
+        for _ in 0..20 {
+            control.step(interval(100), 0, 200, 2, false);
+        }
+        let mut shed_at = None;
+        for round in 1..=5 {
+            let d = control.step(interval(30_000), round * 100, 200, 2, false);
+            if d.shedding && shed_at.is_none() {
+                shed_at = Some(round);
+            }
+        }
+        assert_eq!(shed_at, Some(3), "shed at the third interval of growth");
     }
 
     #[test]
