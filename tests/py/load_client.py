@@ -15,34 +15,11 @@ last line `client=grpcio calls=N failed=N codes=CODE:N,...`.
 
 import asyncio
 import collections
-import importlib
-import os
 import signal
 import sys
-import tempfile
 
 import grpc
-from grpc_tools import protoc
-
-
-def stubs(proto_root):
-    out = tempfile.mkdtemp(prefix="load-stubs-")
-    rel = "examples/echo/v1/echo.proto"
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{proto_root}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            os.path.join(proto_root, rel),
-        ]
-    )
-    if code != 0:
-        sys.exit(f"grpc_tools.protoc failed on {rel}: {code}")
-    sys.path.insert(0, out)
-    pb = importlib.import_module("examples.echo.v1.echo_pb2")
-    rpc = importlib.import_module("examples.echo.v1.echo_pb2_grpc")
-    return pb, rpc
+from echo_stubs import stubs
 
 
 async def main(proto_root, target, concurrency):

@@ -15,39 +15,16 @@ command read from stdin:
   stop        stops the loop, then as `take`
 """
 
-import importlib
 import json
-import os
 import sys
-import tempfile
 import threading
 import time
 
 import grpc
-from grpc_tools import protoc
+from echo_stubs import stubs
 
 TARGET = "xds:///echo"
 CALL_TIMEOUT = 5
-
-
-def stubs(proto_root):
-    out = tempfile.mkdtemp(prefix="xds-stubs-")
-    rel = "examples/echo/v1/echo.proto"
-    code = protoc.main(
-        [
-            "protoc",
-            f"-I{proto_root}",
-            f"--python_out={out}",
-            f"--grpc_python_out={out}",
-            os.path.join(proto_root, rel),
-        ]
-    )
-    if code != 0:
-        sys.exit(f"grpc_tools.protoc failed on {rel}: {code}")
-    sys.path.insert(0, out)
-    pb = importlib.import_module("examples.echo.v1.echo_pb2")
-    rpc = importlib.import_module("examples.echo.v1.echo_pb2_grpc")
-    return pb, rpc
 
 
 class Tally:
