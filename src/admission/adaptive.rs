@@ -98,14 +98,13 @@ pub(crate) struct Limiter {
 /// What the limiter carries from one interval to the next.
 #[derive(Debug, Default)]
 struct Control {
-    /// Calls in flight at the end of the last interval.
-    in_flight: u64,
     /// Intervals in a row in which they grew.
     growing: u32,
     /// Calls answered per interval, smoothed.
     completions: f64,
     /// The calls in flight at the end of each of the last [`SETTLED`]
-    /// intervals, newest last.
+    /// intervals, newest last (the last one's is what growth compares
+    /// with).
     history: std::collections::VecDeque<u64>,
 }
 
@@ -233,12 +232,12 @@ impl Control {
         // Growth beyond noise: more than the CPUs' worth and than a tenth of
         // what the node answers in an interval.
         let noise = floor.max(completed / 10);
-        if in_flight > self.in_flight.saturating_add(noise) {
+        let last = self.history.back().copied().unwrap_or(0);
+        if in_flight > last.saturating_add(noise) {
             self.growing += 1;
         } else {
             self.growing = 0;
         }
-        self.in_flight = in_flight;
         // The most calls in flight before the growth began: a closed loop
         // whose callers move over from a worker that stopped grows for a
         // while, but to no more than it had, spread over fewer workers; an
@@ -305,6 +304,20 @@ impl Limiter {
             load.observe(Arc::downgrade(&observer));
         }
         limiter
+    }
+
+    /// [`Limiter::admit`] for a request with these headers, read only when
+    /// the limit is adaptive (a static one looks at nothing).
+    pub(crate) fn admit_request(
+        self: &Arc<Self>,
+        headers: &http::HeaderMap,
+    ) -> Result<Pass, Refusal> {
+        let ask = if self.adaptive {
+            Ask::of(headers)
+        } else {
+            Ask::default()
+        };
+        self.admit(ask)
     }
 
     /// A place for one more call, or why it is refused.

@@ -3,10 +3,7 @@
 use super::*;
 
 fn interval(min_wait_us: u64) -> Interval {
-    Interval {
-        min_wait_us,
-        max_wait_us: min_wait_us,
-    }
+    Interval { min_wait_us }
 }
 
 #[test]

@@ -33,8 +33,6 @@ pub(crate) const INTERVAL: Duration =
 pub(crate) struct Interval {
     /// The lowest wait measured in it, in µs.
     pub(crate) min_wait_us: u64,
-    /// The highest.
-    pub(crate) max_wait_us: u64,
 }
 
 /// What reads an interval: the limiters of the node's stacks.
@@ -104,7 +102,6 @@ fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
     let pending = Arc::new(AtomicU64::new(0));
     let mut current = Interval {
         min_wait_us: u64::MAX,
-        max_wait_us: 0,
     };
     let mut interval_start = Instant::now();
     let mut next = Instant::now();
@@ -139,7 +136,6 @@ fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
         };
         load.wait_us.store(wait, Ordering::Relaxed);
         current.min_wait_us = current.min_wait_us.min(wait);
-        current.max_wait_us = current.max_wait_us.max(wait);
         if interval_start.elapsed() >= INTERVAL {
             interval_start = Instant::now();
             if !load.publish(current) {
@@ -147,7 +143,6 @@ fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
             }
             current = Interval {
                 min_wait_us: u64::MAX,
-                max_wait_us: 0,
             };
         }
     }

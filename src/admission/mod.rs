@@ -31,7 +31,7 @@ pub(crate) mod adaptive;
 mod criticality;
 pub(crate) mod load;
 
-pub(crate) use self::adaptive::{served, Ask, Limiter, Refusal};
+pub(crate) use self::adaptive::{served, Limiter, Refusal};
 pub use self::adaptive::{AdmissionStats, Criticality};
 pub(crate) use self::load::Load;
 

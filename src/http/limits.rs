@@ -14,7 +14,7 @@ use tower::{Layer, Service};
 
 use std::sync::Arc;
 
-use crate::admission::{Ask, Limiter, Slots};
+use crate::admission::{Limiter, Slots};
 
 /// Refuses a request target longer than `max_url_len` (414) and a header
 /// line longer than `max_header_line` (431), before any handler runs.
@@ -146,7 +146,7 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let Ok(pass) = self.pool.limiter.admit(Ask::of(request.headers())) else {
+        let Ok(pass) = self.pool.limiter.admit_request(request.headers()) else {
             return Box::pin(ready(Ok(unavailable())));
         };
         let slots = self.pool.slots.clone();

@@ -26,7 +26,7 @@ use http_body_util::{Either, Empty};
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
-use crate::admission::{self, Ask, Limiter, Slots};
+use crate::admission::{self, Limiter, Slots};
 use crate::error::BoxError;
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
@@ -103,7 +103,7 @@ where
                 }))
             });
         }
-        let pass = match self.pool.limiter.admit(Ask::of(request.headers())) {
+        let pass = match self.pool.limiter.admit_request(request.headers()) {
             Ok(pass) => pass,
             Err(refusal) => return Box::pin(std::future::ready(Ok(refused(refusal.into())))),
         };

@@ -11,10 +11,16 @@ pub(super) enum Sent<E> {
     Maybe(E),
 }
 
-/// `true` when the error shows the request never left this process: the
-/// connection was refused or could not be made, or the server refused the
-/// stream before processing it (HTTP/2 REFUSED_STREAM, GOAWAY).
+/// `true` when the error shows the request never reached a handler: the
+/// connection was refused or could not be made, or a draining server
+/// turned the stream away ([`drained`]).
 pub(super) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
+    not_connected(error) || drained(error)
+}
+
+/// `true` when the error, or one it wraps, is a connection that could not
+/// be made.
+fn not_connected(error: &(dyn std::error::Error + 'static)) -> bool {
     if let Some(io) = error.downcast_ref::<std::io::Error>() {
         use std::io::ErrorKind::*;
         if matches!(
@@ -24,27 +30,11 @@ pub(super) fn never_sent(error: &(dyn std::error::Error + 'static)) -> bool {
             return true;
         }
         // An io::Error's `source()` skips the error it wraps: look inside.
-        if io.get_ref().is_some_and(|inner| never_sent(inner)) {
+        if io.get_ref().is_some_and(|inner| not_connected(inner)) {
             return true;
         }
     }
-    if let Some(h2) = error.downcast_ref::<h2::Error>() {
-        if h2.reason() == Some(h2::Reason::REFUSED_STREAM) || h2.is_go_away() && h2.is_remote() {
-            return true;
-        }
-    }
-    if error.is::<tonic::ConnectError>() {
-        return true;
-    }
-    // hyper cancels a request it could not send: its connection closed
-    // (a GOAWAY from a draining server) before the request went out.
-    if error
-        .downcast_ref::<hyper::Error>()
-        .is_some_and(hyper::Error::is_canceled)
-    {
-        return true;
-    }
-    error.source().is_some_and(never_sent)
+    error.is::<tonic::ConnectError>() || error.source().is_some_and(not_connected)
 }
 
 /// `true` when a draining server turned the call away before processing
