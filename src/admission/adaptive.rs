@@ -269,7 +269,11 @@ impl Control {
             // the bound, and some call waited less than half the target.
             in_flight > bound / 2 || standing >= TARGET_US / 2
         } else {
-            self.growing >= GROWING_INTERVALS
+            // A node that just started has no settled level yet: the
+            // callers of a worker it replaces move in over its first
+            // intervals.
+            self.history.len() > GROWING_INTERVALS as usize + SETTLED_LOOKBACK
+                && self.growing >= GROWING_INTERVALS
                 && standing > TARGET_US
                 && in_flight > 2 * settled.max(floor)
         };

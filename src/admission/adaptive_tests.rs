@@ -22,8 +22,12 @@ fn a_closed_loop_never_sheds_however_long_its_queue() {
 
 #[test]
 fn an_open_loop_past_capacity_sheds_until_its_queue_is_gone() {
-    // 200 answered per 50 ms (4,000/s); 400 arrive: +200 per interval.
+    // 200 answered per 50 ms (4,000/s); 400 arrive: +200 per interval,
+    // on a node that had been running quietly.
     let mut control = Control::default();
+    for _ in 0..10 {
+        control.step(interval(100), 2, 200, 2, false);
+    }
     let (mut shedding, mut in_flight) = (false, 0);
     let mut shed_from = None;
     for round in 0..10 {
@@ -79,6 +83,16 @@ fn a_load_that_ended_earlier_does_not_delay_shedding() {
         }
     }
     assert_eq!(shed_at, Some(3), "shed at the third interval of growth");
+}
+
+#[test]
+fn a_node_that_just_started_sheds_nothing_while_its_callers_move_in() {
+    // A new worker: its callers arrive over five intervals.
+    let mut control = Control::default();
+    for in_flight in [10, 20, 30, 40, 50, 50, 50] {
+        let d = control.step(interval(9_000), in_flight, 20, 2, false);
+        assert!(!d.shedding, "{in_flight}");
+    }
 }
 
 #[test]
