@@ -417,6 +417,22 @@ async fn metrics_parse_as_prometheus_text_and_count_the_requests() {
         "{text}"
     );
     assert_eq!(samples.get("svckit_registered{}"), Some(&1.0), "{text}");
+    // A node joining the topic reaches the api node's watch: its lag is
+    // measured, and etcd's progress answers are stamped.
+    let url = f._etcd.url().to_string();
+    let (_e3, _) = Proc::start_example("echo_node", &quick_node_args(&url, "e3"), &[]);
+    support::eventually(
+        WAIT,
+        "e3's join measured and a progress stamped",
+        || async {
+            let samples = parse_metrics(&get(f.api_addr, "/metrics", &[]).await.body);
+            let lags = samples.get("svckit_membership_lag_seconds_count{topic=echo}")?;
+            let progress =
+                samples.get("svckit_membership_progress_timestamp_seconds{topic=echo}")?;
+            (*lags >= 1.0 && *progress > 1.7e9).then_some(())
+        },
+    )
+    .await;
     // Set once a keep-alive was answered (one report interval in).
     support::eventually(WAIT, "a timed heartbeat in /metrics", || async {
         let text = get(f.api_addr, "/metrics", &[]).await.body;

@@ -557,3 +557,113 @@ async fn lists_ten_thousand_members_quickly() {
     })
     .await;
 }
+
+/// A watch of one topic is scoped to it: while 5,000 nodes of another
+/// topic register (record and liveness key each, as a node writes them),
+/// etcd sends the watcher none of their bytes. A watch on the deployment's
+/// root would receive every one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_topic_watch_receives_nothing_of_other_topics() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let proxy = Proxy::start(&etcd);
+    let direct = connect(&etcd.url(), &options()).await.unwrap();
+    let watching = connect(&proxy.url(), &options()).await.unwrap();
+    // One real node of the other topic, whose keys the flood copies.
+    let _model = direct
+        .join(registration("compute2", "model"))
+        .await
+        .unwrap();
+    let mut raw = raw_client(&etcd).await;
+    let record = raw
+        .get("/test/services/compute2/model", None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .value()
+        .to_vec();
+    let alive = raw
+        .get("/test/alive/compute2/model", None)
+        .await
+        .unwrap()
+        .kvs()[0]
+        .value()
+        .to_vec();
+
+    let mut watch = watching.watch(Some("echo")).await.unwrap();
+    let _echo = direct.join(registration("echo", "e1")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of e1", is_join("e1")).await;
+
+    let before = proxy.received();
+    let mut written = 0usize;
+    for batch in 0..100 {
+        let puts: Vec<etcd_client::TxnOp> = (0..50)
+            .flat_map(|i| {
+                let host = format!("c{}", batch * 50 + i);
+                let record = String::from_utf8_lossy(&record).replace("model", &host);
+                [
+                    etcd_client::TxnOp::put(
+                        format!("/test/services/compute2/{host}"),
+                        record,
+                        None,
+                    ),
+                    etcd_client::TxnOp::put(
+                        format!("/test/alive/compute2/{host}"),
+                        alive.clone(),
+                        None,
+                    ),
+                ]
+            })
+            .collect();
+        written += puts.len();
+        raw.txn(etcd_client::Txn::new().and_then(puts))
+            .await
+            .unwrap();
+    }
+    assert_eq!(written, 10_000);
+    // The watcher is still following: a change of its own topic reaches it.
+    let _e2 = direct.join(registration("echo", "e2")).await.unwrap();
+    expect_event(&mut watch, WAIT, "join of e2", is_join("e2")).await;
+    let received = proxy.received() - before;
+    // e2's two keys, a few progress requests and pings: about 1 KB. The
+    // 5,000 foreign nodes' keys alone are over 1.5 MB.
+    assert!(
+        received < 16 * 1024,
+        "the echo watcher received {received} bytes while another topic's 5,000 nodes registered"
+    );
+}
+
+/// A node's two keys, written at one revision, come on the topic's two
+/// watches (records, liveness) in no set order; the watcher applies the
+/// revision whole, so every joining node is one Join, never a down record
+/// first.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_is_one_join_though_its_keys_come_on_two_watches() {
+    let _serial = SERIAL.lock().await;
+    init_tracing();
+    let etcd = Etcd::start();
+    let registry = connect(&etcd.url(), &options()).await.unwrap();
+    let mut watch = registry.watch(Some("compute")).await.unwrap();
+    let mut nodes = Vec::new();
+    for i in 0..40 {
+        nodes.push(
+            registry
+                .join(registration("compute", &format!("n{i}")))
+                .await
+                .unwrap(),
+        );
+    }
+    let mut first: std::collections::BTreeMap<String, &'static str> = Default::default();
+    while first.len() < nodes.len() {
+        let (event, _) = expect_event(&mut watch, WAIT, "the nodes' joins", |_| true).await;
+        first
+            .entry(event.member().record.host.clone())
+            .or_insert(event.kind());
+    }
+    let split: Vec<_> = first.iter().filter(|(_, kind)| **kind != "join").collect();
+    assert!(
+        split.is_empty(),
+        "first events other than a join: {split:?}"
+    );
+}

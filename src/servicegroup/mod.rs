@@ -35,6 +35,7 @@ pub(crate) mod backoff;
 pub(crate) mod diff;
 mod election;
 pub(crate) mod follow;
+pub(crate) mod lag;
 mod probe;
 mod record;
 mod registration;

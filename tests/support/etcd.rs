@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -453,6 +454,8 @@ impl Cluster {
 pub struct Proxy {
     port: u16,
     state: Arc<Mutex<ProxyState>>,
+    /// Bytes etcd sent to the clients behind the proxy.
+    received: Arc<AtomicU64>,
 }
 
 #[derive(Default)]
@@ -469,6 +472,8 @@ impl Proxy {
         let upstream = etcd.client_port;
         let state = Arc::new(Mutex::new(ProxyState::default()));
         let shared = state.clone();
+        let received = Arc::new(AtomicU64::new(0));
+        let counted = received.clone();
         std::thread::spawn(move || {
             for client in listener.incoming() {
                 let Ok(client) = client else { continue };
@@ -482,11 +487,24 @@ impl Proxy {
                 for socket in [&client, &server] {
                     state.sockets.push(socket.try_clone().unwrap());
                 }
-                pipe(client.try_clone().unwrap(), server.try_clone().unwrap());
-                pipe(server, client);
+                pipe(
+                    client.try_clone().unwrap(),
+                    server.try_clone().unwrap(),
+                    None,
+                );
+                pipe(server, client, Some(counted.clone()));
             }
         });
-        Proxy { port, state }
+        Proxy {
+            port,
+            state,
+            received,
+        }
+    }
+
+    /// Bytes etcd has sent through the proxy so far.
+    pub fn received(&self) -> u64 {
+        self.received.load(Ordering::Relaxed)
     }
 
     /// `etcd://127.0.0.1:proxy-port?prefix=/test`.
@@ -509,10 +527,23 @@ impl Proxy {
     }
 }
 
-/// Copies `from` to `to` on a thread until either side closes.
-fn pipe(mut from: TcpStream, mut to: TcpStream) {
+/// Copies `from` to `to` on a thread until either side closes, adding
+/// what it copies to `count`.
+fn pipe(mut from: TcpStream, mut to: TcpStream, count: Option<Arc<AtomicU64>>) {
     std::thread::spawn(move || {
-        let _ = std::io::copy(&mut from, &mut to);
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            let n = match from.read(&mut buf) {
+                Ok(0) | Err(_) => break,
+                Ok(n) => n,
+            };
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            if let Some(count) = &count {
+                count.fetch_add(n as u64, Ordering::Relaxed);
+            }
+        }
         let _ = to.shutdown(Shutdown::Both);
     });
 }

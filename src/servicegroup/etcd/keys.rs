@@ -95,6 +95,25 @@ pub(super) struct AliveValue {
     pub grpc: Option<String>,
 }
 
+/// When a key's value was written, by its writer's clock: a record's
+/// `updated_at`, a liveness key's `since`.
+pub(super) fn written_at(layout: &Layout, kv: &KeyValue) -> Option<std::time::SystemTime> {
+    #[derive(Deserialize)]
+    struct Stamp<'a> {
+        #[serde(borrow, default)]
+        updated_at: Option<&'a str>,
+        #[serde(borrow, default)]
+        since: Option<&'a str>,
+    }
+    let (kind, _) = layout.parse(kv.key())?;
+    let stamp: Stamp<'_> = serde_json::from_slice(kv.value()).ok()?;
+    let text = match kind {
+        Kind::Record => stamp.updated_at,
+        Kind::Alive => stamp.since,
+    }?;
+    humantime::parse_rfc3339_weak(text).ok()
+}
+
 /// Records and liveness at one revision.
 #[derive(Debug, Default)]
 pub(super) struct Snapshot {

@@ -1,37 +1,59 @@
 //! Following members on etcd, through restarts, compactions and dead streams.
 //!
-//! A watcher lists both prefixes at revision R, then watches from R + 1 and
-//! keeps the listing current. A broken stream (etcd restarted, a member lost
-//! its leader or its connection) is opened again from the last revision seen,
-//! after a backoff, so nothing is listed twice; only a compaction, or a
-//! cluster that went back in time (wiped), forces a full reload
+//! A watcher lists both ranges of its scope (records and liveness, of one
+//! topic or of all) at revision R, then watches each range from R + 1, two
+//! watches on one stream, and keeps the listing current. It never watches
+//! the deployment's root: a client of one topic receives nothing of the
+//! others.
+//!
+//! Each watch delivers its own range in revision order, but the two are not
+//! ordered against each other, and a registration writes both at one
+//! revision. So events wait in `pending` until both watches have passed
+//! their revision (an event, or a progress notification, at or above it),
+//! and a revision is applied whole: a joining node is one Join rather than a
+//! down member that comes up. A revision that waits is followed by a
+//! progress request, and after [`HOLD`] is applied anyway.
+//!
+//! A broken stream (etcd restarted, a member lost its leader or its
+//! connection) is opened again after a backoff, each watch from the last
+//! revision it delivered, so nothing is received twice; only a compaction,
+//! or a cluster that went back in time (wiped), forces a full reload
 //! ([`Step::Reload`]). The stream is opened with `hasleader=true`
 //! (`ConnectOptions::with_require_leader`), so a member cut off from its
 //! quorum ends it instead of leaving it silent, and a stream that stays
 //! silent anyway is found by progress requests.
 
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use etcd_client::{
-    EventType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
+    Event, EventType, WatchOptions, WatchRequestSender, WatchResponse, WatchResponseStream,
 };
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
-use super::keys::Snapshot;
+use super::keys::{Kind, Snapshot};
 use super::Inner;
 use crate::error::Result;
 use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::diff::Key;
 use crate::servicegroup::follow::{self, Follow, Step};
-use crate::servicegroup::{EventStream, Member};
+use crate::servicegroup::{lag, EventStream, Member};
 
 /// How often a quiet watch asks etcd to prove it is still there (etcd's own
 /// progress notifications come every 10 minutes by default).
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Silence after which a watch stream counts as dead.
 const DEAD_AFTER: Duration = Duration::from_secs(8);
+/// The longest a revision seen on one range waits for the other range's
+/// watch to pass it.
+const HOLD: Duration = Duration::from_millis(100);
+/// The watch id of a progress notification that answers a request, and so
+/// speaks for every watch of the stream.
+const ALL_WATCHES: i64 = -1;
+/// The ranges watched, in the order their watches are created.
+const RANGES: [Kind; 2] = [Kind::Record, Kind::Alive];
 
 /// Lists, then streams changes; the first listing's failure is the caller's.
 pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<EventStream> {
@@ -43,7 +65,9 @@ pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<Ev
     let follower = EtcdFollow {
         inner,
         topic,
+        done: [snapshot.revision; RANGES.len()],
         snapshot,
+        pending: BTreeMap::new(),
         stream: None,
         backoff,
         failing: false,
@@ -54,8 +78,13 @@ pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<Ev
 struct EtcdFollow {
     inner: Arc<Inner>,
     topic: Option<String>,
-    /// The members at `snapshot.revision`, the last revision seen.
+    /// The members as every event applied so far leaves them.
     snapshot: Snapshot,
+    /// Per range: the revision through which its watch delivered every
+    /// event; the watch resumes after it.
+    done: [i64; RANGES.len()],
+    /// Events received, by revision, that wait for the other range's watch.
+    pending: BTreeMap<i64, Vec<Event>>,
     stream: Option<Stream>,
     /// Between attempts to open the stream again.
     backoff: Backoff,
@@ -67,8 +96,14 @@ struct EtcdFollow {
 struct Stream {
     requests: WatchRequestSender,
     responses: WatchResponseStream,
+    /// The watch id of each range, as etcd confirmed them.
+    ids: [i64; RANGES.len()],
+    /// Responses that came while the watches were being created.
+    early: VecDeque<WatchResponse>,
     ticks: tokio::time::Interval,
     heard: Instant,
+    /// Until when the oldest pending revision waits.
+    hold: Option<tokio::time::Instant>,
 }
 
 /// Why following a stream stopped.
@@ -79,11 +114,15 @@ enum Broken {
     Reload(String),
 }
 
+type Changes = Vec<(Key, Option<Member>)>;
+
 impl Follow for EtcdFollow {
     fn list(&mut self) -> BoxFuture<'_, Result<Vec<Member>>> {
         async move {
             self.stream = None;
+            self.pending.clear();
             self.snapshot = self.inner.snapshot(self.topic.as_deref()).await?;
+            self.done = [self.snapshot.revision; RANGES.len()];
             Ok(self.snapshot.members())
         }
         .boxed()
@@ -114,12 +153,17 @@ impl Follow for EtcdFollow {
                 match broken {
                     Broken::Reload(why) => return Step::Reload { why, now: true },
                     Broken::Resume(why) => {
+                        // What the dead stream delivered stands.
+                        let changes = self.release(i64::MAX);
                         if !self.failing {
                             tracing::warn!(topic = ?self.topic, reason = %why, revision = self.snapshot.revision,
                                 "membership watch stream broken; resuming from the last revision seen");
                             self.failing = true;
                         } else {
                             tracing::debug!(topic = ?self.topic, reason = %why, "watch stream still down");
+                        }
+                        if !changes.is_empty() {
+                            return Step::Changes(changes);
                         }
                         self.backoff.wait().await;
                     }
@@ -131,48 +175,60 @@ impl Follow for EtcdFollow {
 }
 
 impl EtcdFollow {
-    /// Opens a stream from the revision after the last one seen and waits
-    /// for etcd to confirm it.
+    fn options(&self, range: usize) -> WatchOptions {
+        WatchOptions::new()
+            .with_prefix()
+            .with_start_revision(self.done[range] + 1)
+            .with_progress_notify()
+            .with_prev_key()
+    }
+
+    /// Opens one watch per range, each from the revision after the last
+    /// one it delivered, and waits for etcd to confirm them.
     async fn open(&mut self) -> std::result::Result<Stream, Broken> {
         let inner = self.inner.clone();
-        let options = WatchOptions::new()
-            .with_prefix()
-            .with_start_revision(self.snapshot.revision + 1)
-            .with_progress_notify()
-            .with_prev_key();
+        let topic = self.topic.as_deref();
+        let keys = RANGES.map(|kind| inner.layout.range(kind, topic));
+        let first = self.options(0);
         let watches = inner.client.watch_client();
         let stream = inner
             .call(|| {
-                let (mut watches, options) = (watches.clone(), options.clone());
-                let root = inner.layout.root();
-                async move { watches.watch(root, Some(options)).await }
+                let (mut watches, options) = (watches.clone(), first.clone());
+                let key = keys[0].clone();
+                async move { watches.watch(key, Some(options)).await }
             })
             .await
             .map_err(|e| Broken::Resume(e.to_string()))?;
-        let (requests, mut responses) = stream.split();
-        let created = tokio::time::timeout(inner.timeout, responses.message())
-            .await
-            .map_err(|_| Broken::Resume("etcd did not confirm the watch".into()))?
-            .map_err(|e| Broken::Resume(e.to_string()))?
-            .ok_or_else(|| Broken::Resume("watch stream ended at once".into()))?;
-        if let Some(header) = created.header() {
-            // A cluster behind our revision, or on an older term, was wiped
-            // and rebuilt: our revision means nothing there.
-            if header.revision() < self.snapshot.revision || header.raft_term() < self.snapshot.term
-            {
-                return Err(Broken::Reload(format!(
-                    "etcd is at revision {} (term {}), behind the {} (term {}) this watch saw: reloading",
-                    header.revision(),
-                    header.raft_term(),
-                    self.snapshot.revision,
-                    self.snapshot.term
-                )));
+        let (mut requests, mut responses) = stream.split();
+        for (range, key) in keys.iter().enumerate().skip(1) {
+            requests
+                .watch(key.as_str(), Some(self.options(range)))
+                .await
+                .map_err(|e| Broken::Resume(e.to_string()))?;
+        }
+        // etcd confirms the watches in the order they were asked for; a
+        // confirmed watch's events may come before the next confirmation.
+        let mut ids = Vec::with_capacity(RANGES.len());
+        let mut early = VecDeque::new();
+        while ids.len() < RANGES.len() {
+            let response = tokio::time::timeout(inner.timeout, responses.message())
+                .await
+                .map_err(|_| Broken::Resume("etcd did not confirm the watch".into()))?
+                .map_err(|e| Broken::Resume(e.to_string()))?
+                .ok_or_else(|| Broken::Resume("watch stream ended at once".into()))?;
+            if !response.created() {
+                early.push_back(response);
+                continue;
             }
-            self.snapshot.term = header.raft_term();
+            self.check_history(&response)?;
+            if let Some(broken) = cancelled(&response) {
+                return Err(broken);
+            }
+            ids.push(response.watch_id());
         }
-        if let Some(broken) = cancelled(&created) {
-            return Err(broken);
-        }
+        let ids: [i64; RANGES.len()] = ids
+            .try_into()
+            .map_err(|_| Broken::Resume("etcd confirmed too many watches".into()))?;
         if self.failing {
             tracing::info!(topic = ?self.topic, revision = self.snapshot.revision, "membership watch resumed");
             self.failing = false;
@@ -183,84 +239,142 @@ impl EtcdFollow {
         Ok(Stream {
             requests,
             responses,
+            ids,
+            early,
             ticks,
             heard: Instant::now(),
+            hold: None,
         })
     }
 
-    /// Reads one response and applies it to the snapshot; returns the
-    /// members it changed (none for progress notifications).
-    async fn read(
-        &mut self,
-        stream: &mut Stream,
-    ) -> std::result::Result<Vec<(Key, Option<Member>)>, Broken> {
-        let response = tokio::select! {
-            _ = stream.ticks.tick() => {
-                if stream.heard.elapsed() >= DEAD_AFTER {
-                    return Err(Broken::Resume(format!("no answer from etcd for {:?}", stream.heard.elapsed())));
-                }
-                stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
-                return Ok(Vec::new());
-            }
-            response = stream.responses.message() => response,
+    /// A cluster behind the revisions this watch saw, or on an older term,
+    /// was wiped and rebuilt: those revisions mean nothing there.
+    fn check_history(&mut self, response: &WatchResponse) -> std::result::Result<(), Broken> {
+        let Some(header) = response.header() else {
+            return Ok(());
         };
-        let response = response
-            .map_err(|e| Broken::Resume(e.to_string()))?
-            .ok_or_else(|| Broken::Resume("watch stream ended".into()))?;
+        let seen = self.done.iter().copied().max().unwrap_or(0);
+        if header.revision() < seen || header.raft_term() < self.snapshot.term {
+            return Err(Broken::Reload(format!(
+                "etcd is at revision {} (term {}), behind the {} (term {}) this watch saw: reloading",
+                header.revision(),
+                header.raft_term(),
+                seen,
+                self.snapshot.term
+            )));
+        }
+        self.snapshot.term = header.raft_term();
+        Ok(())
+    }
+
+    /// Reads one response and returns the members that changed with the
+    /// revisions it completes (none for most progress notifications).
+    async fn read(&mut self, stream: &mut Stream) -> std::result::Result<Changes, Broken> {
+        let response = match stream.early.pop_front() {
+            Some(response) => response,
+            None => {
+                let hold = stream.hold;
+                let response = tokio::select! {
+                    _ = stream.ticks.tick() => {
+                        if stream.heard.elapsed() >= DEAD_AFTER {
+                            return Err(Broken::Resume(format!("no answer from etcd for {:?}", stream.heard.elapsed())));
+                        }
+                        stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
+                        return Ok(Vec::new());
+                    }
+                    () = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
+                        // The other watch stayed silent: what waited is
+                        // applied, and no event of that watch is lost, as
+                        // it resumes from its own revision.
+                        stream.hold = None;
+                        return Ok(self.release(i64::MAX));
+                    }
+                    response = stream.responses.message() => response,
+                };
+                response
+                    .map_err(|e| Broken::Resume(e.to_string()))?
+                    .ok_or_else(|| Broken::Resume("watch stream ended".into()))?
+            }
+        };
         stream.heard = Instant::now();
         if let Some(broken) = cancelled(&response) {
             return Err(broken);
         }
-        let layout = &self.inner.layout;
-        // One revision (a registration's two puts) is applied whole before
-        // diffing, so a joining node is one Join rather than an Update then
-        // a Join. A response replaying history holds several revisions:
-        // each is diffed on its own, so a node that came and went while the
-        // stream was down is a Join then a Leave, as it happened.
-        let mut changes = Vec::new();
-        let mut touched: Vec<Key> = Vec::new();
-        let mut at = None;
-        for event in response.events() {
-            let Some(kv) = event.kv() else { continue };
-            if at.is_some_and(|rev| rev != kv.mod_revision()) {
-                changes.extend(self.changes(&mut touched));
-            }
-            at = Some(kv.mod_revision());
-            self.snapshot.revision = self.snapshot.revision.max(kv.mod_revision());
-            let in_topic = |k: &Key| self.topic.as_deref().is_none_or(|t| t == k.0);
-            if !layout.parse(kv.key()).is_some_and(|(_, k)| in_topic(&k)) {
-                continue;
-            }
-            let key = match event.event_type() {
-                EventType::Put => self.snapshot.apply_put(layout, kv),
-                EventType::Delete => self.snapshot.apply_delete(layout, kv.key()),
-            };
-            if let Some(key) = key {
-                if !touched.contains(&key) {
-                    touched.push(key);
+        let range = stream.ids.iter().position(|&id| id == response.watch_id());
+        if response.events().is_empty() {
+            // A progress notification: everything up to its revision has
+            // been sent, to its watch or (a requested one) to every watch.
+            let every = response.watch_id() == ALL_WATCHES;
+            if let Some(header) = response.header().filter(|_| every || range.is_some()) {
+                lag::progressed(self.topic.as_deref());
+                for (i, done) in self.done.iter_mut().enumerate() {
+                    if every || range == Some(i) {
+                        *done = (*done).max(header.revision());
+                    }
                 }
             }
-        }
-        changes.extend(self.changes(&mut touched));
-        // Progress notifications carry the revision everything before
-        // has been sent for: resume from there.
-        if let Some(header) = response.header() {
-            if response.events().is_empty() {
-                self.snapshot.revision = self.snapshot.revision.max(header.revision());
+        } else if let Some(range) = range {
+            for event in response.events() {
+                let Some(kv) = event.kv() else { continue };
+                let revision = kv.mod_revision();
+                self.done[range] = self.done[range].max(revision);
+                self.pending
+                    .entry(revision)
+                    .or_default()
+                    .push(event.clone());
             }
+        }
+        let floor = self.done.iter().copied().min().unwrap_or(0);
+        let changes = self.release(floor);
+        if self.pending.is_empty() {
+            stream.hold = None;
+        } else if stream.hold.is_none() {
+            stream.hold = Some(tokio::time::Instant::now() + HOLD);
+            // Ask the other watch to catch up now rather than at the next tick.
+            stream
+                .requests
+                .request_progress()
+                .await
+                .map_err(|e| Broken::Resume(e.to_string()))?;
         }
         Ok(changes)
     }
 
-    /// The members `touched` (now emptied) name, as the snapshot has them.
-    fn changes(&self, touched: &mut Vec<Key>) -> Vec<(Key, Option<Member>)> {
-        touched
-            .drain(..)
-            .map(|key| {
+    /// Applies the pending revisions up to `upto`, each whole, and returns
+    /// the members they changed.
+    fn release(&mut self, upto: i64) -> Changes {
+        let later = self.pending.split_off(&upto.saturating_add(1));
+        let ready = std::mem::replace(&mut self.pending, later);
+        let layout = &self.inner.layout;
+        let now = SystemTime::now();
+        let mut changes = Vec::new();
+        for (revision, events) in ready {
+            let mut touched: Vec<Key> = Vec::new();
+            for event in &events {
+                let Some(kv) = event.kv() else { continue };
+                let key = match event.event_type() {
+                    EventType::Put => {
+                        let key = self.snapshot.apply_put(layout, kv);
+                        if let Some(stamp) = super::keys::written_at(layout, kv) {
+                            lag::observe(self.topic.as_deref(), now, stamp);
+                        }
+                        key
+                    }
+                    EventType::Delete => self.snapshot.apply_delete(layout, kv.key()),
+                };
+                if let Some(key) = key {
+                    if !touched.contains(&key) {
+                        touched.push(key);
+                    }
+                }
+            }
+            self.snapshot.revision = self.snapshot.revision.max(revision);
+            changes.extend(touched.into_iter().map(|key| {
                 let member = self.snapshot.member(&key);
                 (key, member)
-            })
-            .collect()
+            }));
+        }
+        changes
     }
 }
 

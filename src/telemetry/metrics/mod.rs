@@ -378,6 +378,7 @@ impl Metrics {
             "spans dropped because the OTLP collector did not take them (away, or too slow)",
             spans_dropped.clone(),
         );
+        crate::servicegroup::lag::register(&mut registry);
         let admission = Admission::register(&mut registry);
         Metrics {
             spans_exported,

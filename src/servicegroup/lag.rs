@@ -1,0 +1,76 @@
+//! How stale this process's view of membership is, per topic watched.
+//!
+//! - `svckit_membership_lag_seconds{topic}`: from the moment a writer put a
+//!   member's key (the time it stamps into the value, just before etcd
+//!   commits it) to the moment a watcher of this process applied it. Clocks
+//!   of different hosts add their skew; on one host it is the watch's own
+//!   delay. Only puts carry a stamp: a lease that expires has none.
+//! - `svckit_membership_progress_timestamp_seconds{topic}`: when etcd last
+//!   told a watcher that it had been sent everything up to a revision; the
+//!   age of that proof is `time() - ` this.
+//!
+//! Both are process-wide, as the watches are: one per topic, shared by
+//! every client of the process.
+
+use std::sync::atomic::AtomicU64;
+use std::sync::LazyLock;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Topic {
+    topic: String,
+}
+
+/// Lags from 1 ms to about 33 s.
+fn buckets() -> Histogram {
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.001, 2.0, 16,
+    ))
+}
+
+type Lags = Family<Topic, Histogram, fn() -> Histogram>;
+
+static LAG: LazyLock<Lags> = LazyLock::new(|| Family::new_with_constructor(buckets));
+static PROGRESS: LazyLock<Family<Topic, Gauge<f64, AtomicU64>>> = LazyLock::new(Family::default);
+
+/// A put was written at `written` and applied `now`.
+pub(crate) fn observe(topic: Option<&str>, now: SystemTime, written: SystemTime) {
+    // A stamp from a clock ahead of ours counts as no lag rather than none.
+    let lag = now.duration_since(written).unwrap_or(Duration::ZERO);
+    LAG.get_or_create(&label(topic)).observe(lag.as_secs_f64());
+}
+
+/// etcd proved a watcher of `topic` current.
+pub(crate) fn progressed(topic: Option<&str>) {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO);
+    PROGRESS.get_or_create(&label(topic)).set(now.as_secs_f64());
+}
+
+fn label(topic: Option<&str>) -> Topic {
+    Topic {
+        topic: topic.unwrap_or("*").to_string(),
+    }
+}
+
+/// Registers both families (a process may have several registries: each
+/// node's shows the process's watches).
+pub fn register(registry: &mut Registry) {
+    registry.register(
+        "svckit_membership_lag_seconds",
+        "time from a member's key being written to this process's watch applying it, per topic",
+        LAG.clone(),
+    );
+    registry.register(
+        "svckit_membership_progress_timestamp_seconds",
+        "unix time at which etcd last proved this process's watch of a topic current (a progress notification)",
+        PROGRESS.clone(),
+    );
+}
