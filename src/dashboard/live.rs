@@ -14,9 +14,11 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures::{Stream, StreamExt};
+use futures::future::BoxFuture;
+use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{broadcast, watch};
 
+use crate::servicegroup::feed::{Members, Project, TopicFeeds};
 use crate::servicegroup::{self, Event, EventView, Member, MemberView, Registry};
 
 /// Frames kept for clients that reconnect.
@@ -58,15 +60,9 @@ pub(super) struct Live {
     /// `true` when the dashboard closes: every stream ends, so an HTTP
     /// server can drain.
     closed: watch::Sender<bool>,
-    task: Mutex<Option<tokio::task::AbortHandle>>,
-}
-
-impl Drop for Live {
-    fn drop(&mut self) {
-        if let Some(task) = servicegroup::lock(&self.task).take() {
-            task.abort();
-        }
-    }
+    /// The service group's feed of every topic, held while the dashboard
+    /// lives.
+    feed: Mutex<Option<watch::Receiver<Arc<()>>>>,
 }
 
 /// Where a client resumes: `epoch-seq`, as in the frames' `id:` lines.
@@ -89,10 +85,13 @@ impl Live {
             frames: broadcast::channel(RING).0,
             ready: watch::channel(false).0,
             closed: watch::channel(false).0,
-            task: Mutex::new(None),
+            feed: Mutex::new(None),
         });
-        let task = tokio::spawn(follow(Arc::downgrade(&live), registry));
-        *servicegroup::lock(&live.task) = Some(task.abort_handle());
+        let weak = Arc::downgrade(&live);
+        let feeds = TopicFeeds::new(registry, Duration::ZERO, move |_| Mirror {
+            live: weak.clone(),
+        });
+        *servicegroup::lock(&live.feed) = Some(feeds.subscribe(None));
         live
     }
 
@@ -281,46 +280,28 @@ impl Follower {
     }
 }
 
-/// Lists, then follows the watch, for as long as the dashboard lives.
-async fn follow(live: Weak<Live>, registry: Registry) {
-    let mut delay = Duration::from_millis(100);
-    let max = registry.backoff_max();
-    loop {
-        let started = tokio::time::Instant::now();
-        match follow_once(&live, &registry).await {
-            Ok(()) => return,
-            Err(e) => {
-                // A watch that ran a while was healthy: start the delays over.
-                if started.elapsed() > max {
-                    delay = Duration::from_millis(100);
-                }
-                tracing::warn!(error = %e, "dashboard: membership watch failed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(max);
-            }
-        }
-    }
+/// Mirrors the feed of every topic into the dashboard's view.
+struct Mirror {
+    live: Weak<Live>,
 }
 
-/// `Ok` when the dashboard is gone; an error when the registry failed.
-async fn follow_once(live: &Weak<Live>, registry: &Registry) -> crate::Result<()> {
-    let members = registry.list(None).await?;
-    let mut events = registry.watch(None).await?;
-    {
-        let Some(live) = live.upgrade() else {
-            return Ok(());
-        };
-        live.resync(members);
-        live.ready.send_replace(true);
-    }
-    while let Some(event) = events.next().await {
-        let Some(live) = live.upgrade() else {
-            return Ok(());
-        };
-        match event {
-            Ok(event) => live.apply(&event),
-            Err(e) => tracing::warn!(error = %e, "dashboard: membership watch error"),
+impl Project for Mirror {
+    type View = ();
+
+    fn project<'a>(
+        &'a mut self,
+        members: &'a Members,
+        changes: Option<&'a [Event]>,
+    ) -> BoxFuture<'a, ()> {
+        if let Some(live) = self.live.upgrade() {
+            match changes {
+                Some(events) => events.iter().for_each(|e| live.apply(e)),
+                None => {
+                    live.resync(members.values().map(|m| Member::clone(m)).collect());
+                    live.ready.send_replace(true);
+                }
+            }
         }
+        futures::future::ready(()).boxed()
     }
-    Err(crate::Error::registry_msg("the membership watch ended"))
 }

@@ -31,10 +31,11 @@ pub mod etcd;
 pub mod file;
 pub mod memory;
 
-pub(crate) mod backoff;
+mod backoff;
 pub(crate) mod diff;
 mod election;
-pub(crate) mod follow;
+pub(crate) mod feed;
+mod follow;
 pub(crate) mod lag;
 mod probe;
 mod record;

@@ -120,7 +120,7 @@ impl ControlPlane {
     pub fn new(registry: Registry) -> Self {
         ControlPlane {
             shared: Arc::new(Shared {
-                feeds: Feeds::new(registry),
+                feeds: feed::feeds(registry),
                 stats: Counters::default(),
                 closing: watch::channel(false).0,
             }),
@@ -145,7 +145,7 @@ impl ControlPlane {
         XdsStats {
             streams: c.streams.load(Ordering::Relaxed),
             streams_total: c.streams_total.load(Ordering::Relaxed),
-            topics: self.shared.feeds.watched() as u64,
+            topics: self.shared.feeds.watched().len() as u64,
             pushes: c.pushes.load(Ordering::Relaxed),
             acks: c.acks.load(Ordering::Relaxed),
             nacks: c.nacks.load(Ordering::Relaxed),

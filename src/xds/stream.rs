@@ -27,7 +27,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
-use super::feed::Feed;
+use super::feed::TopicState;
 use super::resources::Kind;
 use super::Shared;
 
@@ -50,7 +50,7 @@ pub(super) struct AdsStream {
     shared: Arc<Shared>,
     out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
     subscriptions: [Subscription; 4],
-    feeds: HashMap<String, Arc<Feed>>,
+    feeds: HashMap<String, watch::Receiver<Arc<TopicState>>>,
     nonces: u64,
     node: String,
     warned_wildcard: bool,
@@ -152,7 +152,7 @@ impl AdsStream {
         self.feeds.retain(|topic, _| wanted.contains(topic));
         for topic in wanted {
             if !self.feeds.contains_key(topic) {
-                let feed = self.shared.feeds.topic(topic);
+                let feed = self.shared.feeds.subscribe(Some(topic));
                 self.feeds.insert(topic.clone(), feed);
             }
         }
@@ -179,7 +179,7 @@ impl AdsStream {
         let mut now = BTreeMap::new();
         for name in &sub.names {
             let feed = self.feeds.get(name)?;
-            let state = feed.state.borrow().clone();
+            let state = feed.borrow().clone();
             if !state.ready {
                 return None;
             }

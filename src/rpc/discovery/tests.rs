@@ -1,14 +1,14 @@
-use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::AtomicBool;
 use std::time::SystemTime;
 
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use super::subset::rendezvous;
-use super::tracker::{Held, Tracker};
+use super::tracker::Tracker;
 use super::*;
 use crate::error::Result;
+use crate::servicegroup::feed::Members;
 use crate::servicegroup::memory::MemoryDriver;
 use crate::servicegroup::{
     task_restarts, AdminChange, Driver, Endpoints, Event, EventStream, Membership, Registration,
@@ -112,8 +112,7 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
 
 #[tokio::test]
 async fn deleted_records_leave_the_member_map() {
-    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let mut tracker = tracker(&total, &events, 1, None);
+    let mut tracker = tracker(1, None);
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
     let up = Member {
         record: record.into(),
@@ -128,8 +127,7 @@ async fn deleted_records_leave_the_member_map() {
 
 #[tokio::test]
 async fn a_connection_no_call_took_between_two_sweeps_is_dropped() {
-    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let mut tracker = tracker(&total, &events, 1, Some(Duration::from_secs(1)));
+    let mut tracker = tracker(1, Some(Duration::from_secs(1)));
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
     tracker.apply(&Event::Join(Member {
         record: record.into(),
@@ -357,8 +355,7 @@ fn a_node_failing_well_above_its_peers_is_ejected_and_not_when_all_fail() {
 
 #[tokio::test]
 async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_in_flight() {
-    let (total, events) = (AtomicUsize::new(0), AtomicU64::new(0));
-    let mut tracker = tracker(&total, &events, 3, None);
+    let mut tracker = tracker(3, None);
     let record = registration("h").to_record(SystemTime::UNIX_EPOCH);
     tracker.apply(&Event::Join(Member {
         record: record.into(),
@@ -394,24 +391,36 @@ async fn a_busy_node_gets_one_more_connection_per_sixteen_calls_in_flight() {
 }
 
 /// A tracker of one client, with `connections` per node and connections
-/// idle for `idle_timeout` closed.
-fn tracker<'a>(
-    total: &'a AtomicUsize,
-    events: &'a AtomicU64,
-    connections: usize,
-    idle_timeout: Option<Duration>,
-) -> Tracker<'a> {
-    Tracker {
-        members: BTreeMap::new(),
-        nodes: HashMap::new(),
-        options: Arc::new(ConnectOptions {
-            connect_timeout: Duration::from_secs(1),
-            connections_per_node: connections,
-            subsetting: Subsetting { client: 1, size: 0 },
-            tls: None,
-            idle_timeout,
-        }),
-        held: Held { total, mine: 0 },
-        events,
+/// closed after `idle_timeout`, and the members its feed would hold.
+fn tracker(connections: usize, idle_timeout: Option<Duration>) -> Fixture {
+    let options = Arc::new(ConnectOptions {
+        connect_timeout: Duration::from_secs(1),
+        connections_per_node: connections,
+        subsetting: Subsetting { client: 1, size: 0 },
+        tls: None,
+        idle_timeout,
+    });
+    Fixture {
+        tracker: Tracker::new("t", options, Arc::default(), Arc::default()),
+        members: Members::new(),
+    }
+}
+
+struct Fixture {
+    tracker: Tracker,
+    members: Members,
+}
+
+impl Fixture {
+    fn apply(&mut self, event: &Event) {
+        crate::servicegroup::feed::apply(&mut self.members, event);
+    }
+
+    fn snapshot(&mut self) -> Snapshot {
+        self.tracker.snapshot(&self.members)
+    }
+
+    fn close_idle(&mut self) -> bool {
+        self.tracker.close_idle()
     }
 }

@@ -1,21 +1,26 @@
-//! [`Tracker`]: one topic's members and their nodes, kept current from its
-//! watch and turned into snapshots.
+//! [`Tracker`]: one topic's nodes, made from its feed's members and
+//! turned into snapshots.
 
-use std::collections::{BTreeMap, HashMap};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
+
+use futures::future::BoxFuture;
+use futures::FutureExt;
 
 use super::{usable, ConnectOptions, Node, Snapshot};
-use crate::servicegroup::{Event, Member};
+use crate::servicegroup::feed::{Members, Project};
+use crate::servicegroup::Event;
 
 /// Records of one topic counted into a client's total, and out of it
 /// when its watch stops.
-pub(super) struct Held<'a> {
-    pub(super) total: &'a AtomicUsize,
+pub(super) struct Held {
+    pub(super) total: Arc<AtomicUsize>,
     pub(super) mine: usize,
 }
 
-impl Held<'_> {
+impl Held {
     fn set(&mut self, count: usize) {
         self.total.fetch_add(count, Ordering::Relaxed);
         self.total.fetch_sub(self.mine, Ordering::Relaxed);
@@ -23,34 +28,37 @@ impl Held<'_> {
     }
 }
 
-impl Drop for Held<'_> {
+impl Drop for Held {
     fn drop(&mut self) {
         self.total.fetch_sub(self.mine, Ordering::Relaxed);
     }
 }
 
-/// Keeps the members and their connections current from the watch.
-pub(super) struct Tracker<'a> {
-    pub(super) members: BTreeMap<(String, String), Arc<Member>>,
+/// Keeps one topic's connections current with its members.
+pub(super) struct Tracker {
+    pub(super) topic: String,
     /// Connections by endpoint URL, reused across snapshots (and so across
     /// admin changes) while the member stays routable.
     pub(super) nodes: HashMap<(String, String), Arc<Node>>,
     pub(super) options: Arc<ConnectOptions>,
-    pub(super) held: Held<'a>,
-    pub(super) events: &'a std::sync::atomic::AtomicU64,
+    pub(super) held: Held,
+    pub(super) events: Arc<AtomicU64>,
 }
 
-impl Tracker<'_> {
-    pub(super) fn apply(&mut self, event: &Event) {
-        self.events.fetch_add(1, Ordering::Relaxed);
-        let m = event.member();
-        let key = (m.record.topic.clone(), m.record.host.clone());
-        match event {
-            // A deleted record is forgotten, so the map never outgrows the
-            // registry.
-            Event::Delete(_) => self.members.remove(&key),
-            _ => self.members.insert(key, Arc::new(m.clone())),
-        };
+impl Tracker {
+    pub(super) fn new(
+        topic: &str,
+        options: Arc<ConnectOptions>,
+        total: Arc<AtomicUsize>,
+        events: Arc<AtomicU64>,
+    ) -> Self {
+        Tracker {
+            topic: topic.to_string(),
+            nodes: HashMap::new(),
+            options,
+            held: Held { total, mine: 0 },
+            events,
+        }
     }
 
     /// Drops the connections no call took since the last sweep; whether
@@ -70,12 +78,12 @@ impl Tracker<'_> {
         closed > 0
     }
 
-    pub(super) fn snapshot(&mut self) -> Snapshot {
-        self.held.set(self.members.len());
+    pub(super) fn snapshot(&mut self, members: &Members) -> Snapshot {
+        self.held.set(members.len());
         let mut by_topic: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut disabled: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut live = HashMap::new();
-        for (key, member) in &self.members {
+        for (key, member) in members {
             let Some(url) = member.record.endpoints.grpc.as_deref() else {
                 continue;
             };
@@ -119,12 +127,10 @@ impl Tracker<'_> {
         // Nodes no longer routable drop out here; calls in flight hold their
         // own channel clone and finish on it.
         self.nodes = live;
-        for (topic, _) in self.members.keys() {
-            crate::telemetry::metrics::set_client_nodes(
-                topic,
-                by_topic.get(topic).map_or(0, Vec::len),
-            );
-        }
+        crate::telemetry::metrics::set_client_nodes(
+            &self.topic,
+            by_topic.get(&self.topic).map_or(0, Vec::len),
+        );
         let mut all = HashMap::new();
         let mut subsets = HashMap::new();
         for (topic, nodes) in by_topic {
@@ -139,5 +145,37 @@ impl Tracker<'_> {
             all,
             disabled,
         }
+    }
+}
+
+impl Project for Tracker {
+    type View = Snapshot;
+
+    fn project<'a>(
+        &'a mut self,
+        members: &'a Members,
+        changes: Option<&'a [Event]>,
+    ) -> BoxFuture<'a, Snapshot> {
+        let applied = changes.map_or(0, <[Event]>::len);
+        self.events.fetch_add(applied as u64, Ordering::Relaxed);
+        futures::future::ready(self.snapshot(members)).boxed()
+    }
+
+    /// Every half `idle_timeout` the connections no call took since the
+    /// last look close: a connection closes after between one half and one
+    /// whole `idle_timeout` unused.
+    fn every(&self) -> Option<Duration> {
+        self.options.idle_timeout.map(|t| t / 2)
+    }
+
+    fn tick(&mut self, members: &Members) -> Option<Snapshot> {
+        self.close_idle().then(|| self.snapshot(members))
+    }
+}
+
+impl Drop for Tracker {
+    /// The topic's watch stopped: this client routes to none of its nodes.
+    fn drop(&mut self) {
+        crate::telemetry::metrics::set_client_nodes(&self.topic, 0);
     }
 }
