@@ -155,12 +155,18 @@ impl Session {
             }
             // Register again, retrying until etcd lets us. The first try
             // follows at once (a hand-made fault, a key deleted or
-            // overwritten, heals at once), then retries back off.
+            // overwritten, heals at once), then retries back off; but a
+            // lease the keeper grants meanwhile says etcd answers again (a
+            // partition healed), and the next try follows at once: the
+            // keeper's grants are spread over the interval already.
             let mut first = true;
+            let mut leases = self.shared.subscribe();
             loop {
                 if !first {
+                    let held = leases.borrow_and_update().id;
                     tokio::select! {
                         () = backoff.wait() => {}
+                        _ = leases.wait_for(|s| s.id != 0 && s.id != held) => {}
                         _ = stop.changed() => return,
                     }
                 }
