@@ -18,7 +18,10 @@ fn sources(dir: &str) -> Vec<(PathBuf, String)> {
         }
     }
     let mut out = Vec::new();
-    walk(&Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir), &mut out);
+    walk(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("src").join(dir),
+        &mut out,
+    );
     assert!(!out.is_empty(), "no sources under src/{dir}");
     out
 }
@@ -45,5 +48,9 @@ fn membership_is_followed_only_through_the_topic_feeds() {
             }
         }
     }
-    assert!(found.is_empty(), "a follow loop of its own:\n{}", found.join("\n"));
+    assert!(
+        found.is_empty(),
+        "a follow loop of its own:\n{}",
+        found.join("\n")
+    );
 }

@@ -98,6 +98,11 @@ impl CallLoop {
         self.tally.lock().unwrap().ok
     }
 
+    /// Calls failed so far.
+    pub fn failed(&self) -> usize {
+        self.tally.lock().unwrap().failed.len()
+    }
+
     /// Waits until `n` more calls succeeded than now.
     pub async fn wait_ok(&self, n: u64, what: &str) {
         let target = self.ok() + n;

@@ -14,6 +14,7 @@ mod echo;
 mod calls;
 mod etcd_faults;
 mod harness;
+mod history;
 mod node_faults;
 mod partition;
 mod worker_faults;
