@@ -147,6 +147,21 @@ struct Figures {
     /// Leases etcd granted during the cold start: N when no grant was lost
     /// and made again.
     leases_granted: f64,
+    /// Per join the watch saw during the cold start, the time from the
+    /// writer's stamp (`updated_at`) to the watch applying it: what
+    /// `svckit_membership_lag_seconds` measures.
+    lags: Vec<f64>,
+}
+
+/// The time from a member's record being written to now.
+fn lag_of(m: &svckit::servicegroup::Member) -> Option<f64> {
+    let written = humantime::parse_rfc3339_weak(&m.record.updated_at).ok()?;
+    Some(
+        std::time::SystemTime::now()
+            .duration_since(written)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    )
 }
 
 impl std::fmt::Display for Figures {
@@ -157,7 +172,7 @@ impl std::fmt::Display for Figures {
              steady_rps_per_node={:.2} leader_cpu={:.2} leader_rss_mib={:.0} \
              detect_p50_s={:.2} detect_p99_s={:.2} false_down={} leader_kill_s={:.1} reregister_s={:.1} \
              client_rss_mib={:.1} client_load_s={:.2} call_us={:.0} raw_call_us={:.0} list_s={:.2} \
-             elections={:.0} fsync_ms={:.1} leases_granted={:.0}",
+             elections={:.0} fsync_ms={:.1} leases_granted={:.0} lag_p50_s={:.3} lag_p99_s={:.3}",
             self.nodes,
             self.join_s,
             self.join_retries,
@@ -179,8 +194,16 @@ impl std::fmt::Display for Figures {
             self.elections,
             self.fsync_ms,
             self.leases_granted,
+            percentile(&sorted(&self.lags), 0.50),
+            percentile(&sorted(&self.lags), 0.99),
         )
     }
+}
+
+fn sorted(values: &[f64]) -> Vec<f64> {
+    let mut values = values.to_vec();
+    values.sort_by(f64::total_cmp);
+    values
 }
 
 /// Every simulated node advertises the one echo server of the run: a
@@ -251,6 +274,9 @@ async fn run(
     while up.len() < n {
         match watch.next().await {
             Some(Ok(Event::Join(m))) => {
+                if let Some(lag) = lag_of(&m) {
+                    figures.lags.push(lag);
+                }
                 up.insert(m.record.host.clone());
             }
             Some(Ok(_)) => {}
