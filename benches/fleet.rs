@@ -268,21 +268,28 @@ async fn run(
         })
         .buffer_unordered(JOINS_IN_FLIGHT)
         .collect::<HashMap<String, Box<dyn Membership>>>();
-    let mut members = joins.await;
-    figures.join_retries = retried.load(Ordering::Relaxed);
-    let mut up = HashSet::new();
-    while up.len() < n {
-        match watch.next().await {
-            Some(Ok(Event::Join(m))) => {
-                if let Some(lag) = lag_of(&m) {
-                    figures.lags.push(lag);
+    // The watch is read while the nodes join, as a client would: each
+    // join's lag is from its write to the watch applying it.
+    let seen = async {
+        let mut up = HashSet::new();
+        let mut lags = Vec::with_capacity(n);
+        while up.len() < n {
+            match watch.next().await {
+                Some(Ok(Event::Join(m))) => {
+                    if let Some(lag) = lag_of(&m) {
+                        lags.push(lag);
+                    }
+                    up.insert(m.record.host.clone());
                 }
-                up.insert(m.record.host.clone());
+                Some(Ok(_)) => {}
+                other => panic!("the watch failed during the cold start: {other:?}"),
             }
-            Some(Ok(_)) => {}
-            other => panic!("the watch failed during the cold start: {other:?}"),
         }
-    }
+        lags
+    };
+    let (mut members, lags) = tokio::join!(joins, seen);
+    figures.lags = lags;
+    figures.join_retries = retried.load(Ordering::Relaxed);
     figures.join_s = started.elapsed().as_secs_f64();
     figures.leases_granted = ClusterHealth::read(&endpoints).since(&health_before).leases;
     figures.peak_rps = sampler.stop().await;

@@ -11,8 +11,10 @@
 //! revision. So events wait in `pending` until both watches have passed
 //! their revision (an event, or a progress notification, at or above it),
 //! and a revision is applied whole: a joining node is one Join rather than a
-//! down member that comes up. A revision that waits is followed by a
-//! progress request, and after [`HOLD`] is applied anyway.
+//! down member that comes up. The other range's events of a revision
+//! follow at once when it has any; a revision still waiting after
+//! [`QUIET`] is followed by a progress request, and after [`HOLD`] more is
+//! applied anyway.
 //!
 //! A broken stream (etcd restarted, a member lost its leader or its
 //! connection) is opened again after a backoff, each watch from the last
@@ -46,8 +48,10 @@ use crate::servicegroup::{lag, EventStream, Member};
 const PROGRESS_EVERY: Duration = Duration::from_secs(2);
 /// Silence after which a watch stream counts as dead.
 const DEAD_AFTER: Duration = Duration::from_secs(8);
-/// The longest a revision seen on one range waits for the other range's
-/// watch to pass it.
+/// How long a revision seen on one range waits for the other range's
+/// events of it before etcd is asked whether there are any.
+const QUIET: Duration = Duration::from_millis(10);
+/// How long it then waits for the answer before it is applied anyway.
 const HOLD: Duration = Duration::from_millis(100);
 /// The watch id of a progress notification that answers a request, and so
 /// speaks for every watch of the stream.
@@ -102,8 +106,16 @@ struct Stream {
     early: VecDeque<WatchResponse>,
     ticks: tokio::time::Interval,
     heard: Instant,
-    /// Until when the oldest pending revision waits.
-    hold: Option<tokio::time::Instant>,
+    /// How long the oldest pending revision waits.
+    hold: Option<Hold>,
+}
+
+/// A revision seen on one range, waiting for the other range's watch.
+#[derive(Clone, Copy)]
+struct Hold {
+    until: tokio::time::Instant,
+    /// Whether etcd was asked for a progress notification.
+    asked: bool,
 }
 
 /// Why following a stream stopped.
@@ -282,10 +294,17 @@ impl EtcdFollow {
                         stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
                         return Ok(Vec::new());
                     }
-                    () = tokio::time::sleep_until(hold.unwrap_or_else(tokio::time::Instant::now)), if hold.is_some() => {
-                        // The other watch stayed silent: what waited is
-                        // applied, and no event of that watch is lost, as
-                        // it resumes from its own revision.
+                    () = tokio::time::sleep_until(hold.map_or_else(tokio::time::Instant::now, |h| h.until)), if hold.is_some() => {
+                        let asked = hold.is_some_and(|h| h.asked);
+                        if !asked {
+                            // The other range is quiet: ask etcd to say so.
+                            stream.hold = hold.map(|h| Hold { until: h.until + HOLD, asked: true });
+                            stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
+                            return Ok(Vec::new());
+                        }
+                        // No answer either: what waited is applied, and no
+                        // event of the other watch is lost, as it resumes
+                        // from its own revision.
                         stream.hold = None;
                         return Ok(self.release(i64::MAX));
                     }
@@ -329,13 +348,12 @@ impl EtcdFollow {
         if self.pending.is_empty() {
             stream.hold = None;
         } else if stream.hold.is_none() {
-            stream.hold = Some(tokio::time::Instant::now() + HOLD);
-            // Ask the other watch to catch up now rather than at the next tick.
-            stream
-                .requests
-                .request_progress()
-                .await
-                .map_err(|e| Broken::Resume(e.to_string()))?;
+            // The other range's events of the same revision follow at once
+            // when it has any; only a quiet range costs a progress request.
+            stream.hold = Some(Hold {
+                until: tokio::time::Instant::now() + QUIET,
+                asked: false,
+            });
         }
         Ok(changes)
     }
