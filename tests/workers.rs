@@ -198,8 +198,16 @@ async fn a_stopped_worker_is_killed_and_replaced_after_worker_timeout() {
     let (node, addr) = Proc::start_example("echo_node", &args, &env);
     wait_until("two workers serving", || serving_pids(&node).len() == 2).await;
     let mut on = clients_on_workers(addr, 2).await;
-    let (_, victim) = on.remove(0);
+    let (mut inside, victim) = on.remove(0);
     let (mut survivor, survivor_pid) = on.remove(0);
+    // One call inside the victim when it stops: the one call that fails
+    // with it, and the count the supervisor logs when it kills it.
+    let held = tokio::spawn(async move {
+        inside
+            .sleep(echo::pb::SleepRequest { millis: 30_000 })
+            .await
+    });
+    node.wait_for_log("sleep started", WAIT);
 
     kill(Pid::from_raw(victim as i32), Signal::SIGSTOP).unwrap();
     let stopped = std::time::Instant::now();
@@ -228,11 +236,14 @@ async fn a_stopped_worker_is_killed_and_replaced_after_worker_timeout() {
     )
     .await;
     let waited = stopped.elapsed();
-    assert!(
-        node.stderr().contains("sent no beat within worker_timeout"),
-        "{}",
-        node.stderr()
-    );
+    let log = node.stderr();
+    let killed = log
+        .lines()
+        .find(|l| l.contains("sent no beat within worker_timeout"))
+        .unwrap_or_else(|| panic!("no kill logged: {log}"));
+    assert!(killed.contains("calls_in_flight=1"), "{killed}");
+    let held = held.await.expect("the held call's task");
+    assert!(held.is_err(), "the call inside the killed worker: {held:?}");
     let http: std::net::SocketAddr = node.ready()["http"]
         .as_str()
         .and_then(|u| u.strip_prefix("http://"))

@@ -24,6 +24,7 @@
 //!   are sent.
 
 mod binary;
+mod calls;
 pub(crate) mod notify;
 mod pool;
 mod spawn;

@@ -45,6 +45,9 @@ struct Worker {
     hung: bool,
     /// Where stop requests are written (see [`super::worker`]).
     requests: std::os::unix::net::UnixStream,
+    /// Its calls in flight, as it counts them; `None` for a worker adopted
+    /// from the supervisor this one replaced in place.
+    calls: Option<super::calls::CallCount>,
 }
 
 impl Worker {
@@ -220,6 +223,7 @@ impl Pool {
             state: State::Starting,
             hung: false,
             requests: spawned.requests,
+            calls: Some(spawned.calls),
         };
         if self.restarts > 0 {
             worker.tell_restarts(self.restarts, self.timeouts);
@@ -267,10 +271,14 @@ impl Pool {
                     } else {
                         "worker sent no beat within worker_timeout (its runtime is blocked or it is stopped); killing it"
                     };
+                    // Only the calls inside it fail with it: new
+                    // connections go to the workers that accept them.
+                    let calls_in_flight = worker.calls.as_ref().map(|c| c.get());
                     tracing::error!(
                         slot = worker.slot,
                         pid = worker.pid,
                         timeout_s = self.timeout.as_secs_f64(),
+                        calls_in_flight,
                         "{what}"
                     );
                     worker.hung = true;

@@ -134,12 +134,20 @@ impl Inherited {
             }
             _ => None,
         };
+        let calls = LISTEN_FD + fds + 1;
+        match std::env::var(super::calls::ENV_CALLS_FD) {
+            Ok(fd) if supervisor.is_some() && fd.parse::<RawFd>().ok() == Some(calls) => {
+                super::calls::share(calls)?
+            }
+            _ => {}
+        }
         for var in [
             "LISTEN_FDS",
             "LISTEN_PID",
             "LISTEN_FDNAMES",
             ENV_WORKER,
             ENV_SUPERVISOR_FD,
+            super::calls::ENV_CALLS_FD,
         ] {
             std::env::remove_var(var);
         }

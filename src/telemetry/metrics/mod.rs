@@ -21,6 +21,7 @@ use prometheus_client::registry::Registry;
 
 mod layer;
 mod totals;
+pub(crate) use self::totals::share_in_flight;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};

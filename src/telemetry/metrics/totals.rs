@@ -5,6 +5,7 @@
 //! so that the dashboard asking for them does not count itself.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use super::layer::Code;
@@ -37,13 +38,29 @@ pub(crate) struct TotalsSnapshot {
     pub(crate) buckets: Vec<u64>,
 }
 
+/// A supervised worker's count of calls in flight, in memory its
+/// supervisor reads (see `launcher::process::calls`): a worker process
+/// serves one node, whose calls it counts there too.
+static SHARED: OnceLock<&'static AtomicI64> = OnceLock::new();
+
+/// Counts this process's calls in flight in `slot` too.
+pub(crate) fn share_in_flight(slot: &'static AtomicI64) {
+    let _ = SHARED.set(slot);
+}
+
 impl Totals {
     pub(super) fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
+        if let Some(slot) = SHARED.get() {
+            slot.fetch_add(1, Ordering::Relaxed);
+        }
     }
 
     pub(super) fn ended(&self, code: Code, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if let Some(slot) = SHARED.get() {
+            slot.fetch_sub(1, Ordering::Relaxed);
+        }
         self.calls.fetch_add(1, Ordering::Relaxed);
         if code.is_failure() {
             self.errors.fetch_add(1, Ordering::Relaxed);

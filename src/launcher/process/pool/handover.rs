@@ -96,6 +96,7 @@ impl Pool {
                     state,
                     hung: false,
                     requests,
+                    calls: None,
                 },
             );
             self.watch(id, adopted_exit(adopted.pid), socket, true);
