@@ -54,3 +54,38 @@ fn membership_is_followed_only_through_the_topic_feeds() {
         found.join("\n")
     );
 }
+
+/// Configuration sits below everything that reads it: the option table
+/// states each default once, and the client and the server build their
+/// options from it, never the other way round.
+#[test]
+fn config_imports_neither_the_client_nor_the_server_side() {
+    let above = [
+        "crate::rpc",
+        "crate::service",
+        "crate::launcher",
+        "crate::http",
+        "crate::xds",
+        "crate::dashboard",
+    ];
+    // `crate::service` but not `crate::servicegroup`.
+    let names = |line: &str, name: &str| {
+        line.match_indices(name).any(|(at, _)| {
+            let next = line[at + name.len()..].chars().next();
+            !next.is_some_and(|c| c.is_alphanumeric() || c == '_')
+        })
+    };
+    let mut found = Vec::new();
+    for (path, text) in sources("config") {
+        for (n, line) in text.lines().enumerate() {
+            for name in above.iter().filter(|a| names(line, a)) {
+                found.push(format!("{}:{}: {name}", path.display(), n + 1));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "config reaches above itself:\n{}",
+        found.join("\n")
+    );
+}

@@ -266,7 +266,7 @@ options! {
     rpc_idle_timeout: Duration = Duration::from_secs(300), mutable = false, secret = false,
         range = "0s" ..= "1day";
     /// HTTP/2 connections a client opens to one node at most: past the first, one more per 16 calls in flight on the node.
-    rpc_connections_per_node: usize = crate::rpc::DEFAULT_CONNECTIONS_PER_NODE, mutable = false, secret = false,
+    rpc_connections_per_node: usize = 1, mutable = false, secret = false,
         range = "1" ..= "64";
     /// A client leaves out a node failing well above its peers for this long times the times it was ejected; 0 never ejects.
     rpc_ejection_time: Duration = Duration::from_secs(30), mutable = false, secret = false,

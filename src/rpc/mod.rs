@@ -78,24 +78,29 @@ pub struct RpcOptions {
 }
 
 impl Default for RpcOptions {
+    /// The option table's defaults (`Config::default()`), stated there once.
     fn default() -> Self {
-        RpcOptions {
-            response_timeout: Duration::from_secs(60),
-            connect_timeout: Duration::from_secs(1),
-            hedge_delay: None,
-            max_casts_in_flight: 1024,
-            tls: None,
-            subset_size: 32,
-            client_id: rand::random(),
-            idle_timeout: Some(Duration::from_secs(300)),
-            ejection_time: Duration::from_secs(30),
-            connections_per_node: DEFAULT_CONNECTIONS_PER_NODE,
-        }
+        RpcOptions::from_table(&Config::default())
     }
 }
 
-/// `rpc_connections_per_node`'s default.
-pub(crate) const DEFAULT_CONNECTIONS_PER_NODE: usize = 1;
+impl RpcOptions {
+    /// The options the config's `rpc_*` settings give, without TLS.
+    fn from_table(config: &Config) -> Self {
+        RpcOptions {
+            response_timeout: config.rpc_response_timeout,
+            connect_timeout: Duration::from_secs(1),
+            hedge_delay: config.rpc_hedge_delay,
+            max_casts_in_flight: 1024,
+            tls: None,
+            subset_size: config.rpc_subset_size,
+            client_id: rand::random(),
+            idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
+            ejection_time: config.rpc_ejection_time,
+            connections_per_node: config.rpc_connections_per_node,
+        }
+    }
+}
 
 /// The client side of a registry: channels to any target, over one
 /// membership watch per topic called. Cheap to clone.
@@ -160,14 +165,8 @@ impl Rpc {
     pub async fn from_config(config: &Config) -> Result<Self> {
         let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
         let options = RpcOptions {
-            response_timeout: config.rpc_response_timeout,
-            hedge_delay: config.rpc_hedge_delay,
-            subset_size: config.rpc_subset_size,
-            idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
-            ejection_time: config.rpc_ejection_time,
-            connections_per_node: config.rpc_connections_per_node,
             tls: ClientTls::from_config(config)?,
-            ..RpcOptions::default()
+            ..RpcOptions::from_table(config)
         };
         Self::with_options(registry, options).await
     }
