@@ -262,7 +262,32 @@ async fn admission_sheds_a_growing_queue_and_never_a_closed_loop() {
     // every call would hold two seconds of work after one, and answer
     // most calls past their 1 s deadline; a shedding one answers those it
     // admits in time, and refuses sheddable calls before critical ones.
-    let [sheddable, critical] = open_loop(&grpc, 2_000, 3.0 * capacity, 3.0).await;
+    let overload = tokio::spawn({
+        let grpc = grpc.clone();
+        async move { open_loop(&grpc, 2_000, 3.0 * capacity, 3.0).await }
+    });
+    // Once the node sheds, its queue is longer than a 100 µs deadline: a
+    // call with one is refused before it waits, for that reason.
+    support::eventually(WAIT, "shedding under the open loop", || async {
+        (refusals_counted(http, "grpc", "limit") > 0.0).then_some(())
+    })
+    .await;
+    let short = tonic::transport::Endpoint::from_shared(grpc.clone())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    // One such call every 10 ms while the open loop lasts, until one is
+    // refused: the queue's length varies from one moment to the next.
+    while !overload.is_finished() && refusals_counted(http, "grpc", "deadline") == 0.0 {
+        let _ = spin_once(short.clone(), 2_000, "critical", Duration::from_micros(100)).await;
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let [sheddable, critical] = overload.await.expect("the open loop");
+    assert!(
+        refusals_counted(http, "grpc", "deadline") > 0.0,
+        "no call refused for a deadline shorter than the queue"
+    );
     let log = node.stderr();
     let shedding: Vec<&str> = log.lines().filter(|l| l.contains("admission:")).collect();
     let reasons: Vec<String> = ["limit", "deadline", "pool"]
