@@ -152,6 +152,28 @@ fn names(response: &DiscoveryResponse) -> Vec<String> {
         .collect()
 }
 
+/// Per listener of an LDS response: its name and the routes of its
+/// inline route configuration.
+fn routes(response: &DiscoveryResponse) -> Vec<(String, usize)> {
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+        http_connection_manager::RouteSpecifier, HttpConnectionManager,
+    };
+    response
+        .resources
+        .iter()
+        .map(|any| {
+            let listener = Listener::decode(any.value.as_slice()).unwrap();
+            let manager = listener.api_listener.and_then(|a| a.api_listener).unwrap();
+            let manager = HttpConnectionManager::decode(manager.value.as_slice()).unwrap();
+            let Some(RouteSpecifier::RouteConfig(config)) = manager.route_specifier else {
+                panic!("no inline route configuration in {}", listener.name)
+            };
+            let routes = config.virtual_hosts.iter().map(|v| v.routes.len()).sum();
+            (listener.name, routes)
+        })
+        .collect()
+}
+
 /// The ports of the endpoints in an EDS response of one topic.
 fn ports(response: &DiscoveryResponse) -> Vec<u32> {
     assert_eq!(response.type_url, EDS);
@@ -202,14 +224,15 @@ async fn ads_protocol_subscribe_ack_nack_unsubscribe_and_missing_resources() {
     let addr = serve(&plane).await;
     let mut ads = Ads::open(addr, "proto-test").await;
 
-    // Listeners: the topic with records exists, the other is left out.
+    // Listeners: the topic with records routes to its cluster; the other
+    // has no route, so that calls to it fail at once.
     ads.subscribe(LDS, &["echo", "missing"], "", "");
     let lds = ads.next("the first LDS response").await;
     assert_eq!(lds.type_url, LDS);
     assert_eq!(
-        names(&lds),
-        ["echo"],
-        "a topic without records does not exist"
+        routes(&lds),
+        [("echo".to_string(), 1), ("missing".to_string(), 0)],
+        "a topic without records routes nowhere"
     );
     assert!(!lds.version_info.is_empty() && !lds.nonce.is_empty());
     ads.ack(&lds, &["echo", "missing"]);
@@ -278,7 +301,7 @@ async fn ads_protocol_subscribe_ack_nack_unsubscribe_and_missing_resources() {
     // A topic that appears: the listener set is pushed whole.
     ads.subscribe(LDS, &["missing"], &lds.version_info, &lds.nonce);
     let narrowed = ads.next("LDS after the change of names").await;
-    assert!(names(&narrowed).is_empty(), "{narrowed:?}");
+    assert_eq!(routes(&narrowed), [("missing".to_string(), 0)]);
     ads.ack(&narrowed, &["missing"]);
     let _m1 = registry
         .join(registration_at("missing", "m1", "http://127.0.0.1:7003"))
@@ -286,7 +309,7 @@ async fn ads_protocol_subscribe_ack_nack_unsubscribe_and_missing_resources() {
         .expect("m1 joins");
     let appeared = ads.next("the listener of a topic that appeared").await;
     assert_eq!(appeared.type_url, LDS);
-    assert_eq!(names(&appeared), ["missing"]);
+    assert_eq!(routes(&appeared), [("missing".to_string(), 1)]);
 
     // A second stream on the same topic shares its watch.
     let mut other = Ads::open(addr, "proto-test-2").await;
@@ -447,6 +470,15 @@ async fn python_grpcio_calls_a_topic_through_svckit_xds() {
     for host in ["a", "b", "c"] {
         assert!(hosts.get(host).copied().unwrap_or(0) >= 10, "{hosts:?}");
     }
+
+    // A topic that does not exist fails a call at once, with a status that
+    // says so, rather than after the client's 15 s does-not-exist timer.
+    let other = py.command("other nosuch");
+    assert_eq!(other["code"], "UNAVAILABLE", "{other}");
+    assert!(
+        other["seconds"].as_f64().is_some_and(|s| s < 1.0),
+        "a call to xds:///nosuch took {other}"
+    );
 
     // A disabled node receives no new calls.
     registry

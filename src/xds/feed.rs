@@ -4,7 +4,10 @@
 
 use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::Arc;
 use std::time::Duration;
+
+use envoy_types::pb::google::protobuf::Any;
 
 use futures::future::BoxFuture;
 use futures::FutureExt;
@@ -23,6 +26,9 @@ pub(crate) struct TopicState {
     pub(crate) ready: bool,
     /// `None`: the topic has no service record; its resources do not exist.
     pub(crate) resources: Option<TopicResources>,
+    /// While `resources` is `None`: the listener that fails calls to the
+    /// topic at once.
+    pub(crate) absent: Option<Arc<Any>>,
 }
 
 /// The service group's feeds of the topics xDS streams subscribe to: a
@@ -34,6 +40,7 @@ pub(crate) fn feeds(registry: Registry) -> Feeds {
     TopicFeeds::new(registry, Duration::ZERO, |topic| Topic {
         name: topic.unwrap_or_default().to_string(),
         previous: None,
+        absent: None,
         resolved: HashMap::new(),
         warned: HashMap::new(),
     })
@@ -44,6 +51,8 @@ pub(crate) struct Topic {
     name: String,
     /// The resources last made, whose unchanged parts the next share.
     previous: Option<TopicResources>,
+    /// The listener of the topic while it does not exist, made once.
+    absent: Option<Arc<Any>>,
     /// Host names of endpoints and what they resolved to.
     resolved: HashMap<String, Option<IpAddr>>,
     /// Members already warned about (an `https://` endpoint, a name that
@@ -71,9 +80,18 @@ impl Project for Topic {
             };
             tracing::debug!(topic = %self.name, records = members.len(), endpoints = backends.len(), "xds: topic changed");
             self.previous.clone_from(&resources);
+            let absent = match resources {
+                Some(_) => None,
+                None => Some(
+                    self.absent
+                        .get_or_insert_with(|| super::resources::absent_listener(&self.name))
+                        .clone(),
+                ),
+            };
             TopicState {
                 ready: true,
                 resources,
+                absent,
             }
         }
         .boxed()

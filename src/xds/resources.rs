@@ -129,6 +129,31 @@ fn pack<M: Message + Name>(message: &M) -> Any {
     }
 }
 
+/// The listener of a topic no node registered: a route configuration with
+/// no route, so that a client fails each call to it at once (UNAVAILABLE,
+/// "no matching route") instead of waiting out its 15 s does-not-exist
+/// timer; a node that registers the topic replaces it.
+pub(crate) fn absent_listener(topic: &str) -> Arc<Any> {
+    let mut listener = listener(topic);
+    let manager = HttpConnectionManager {
+        route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
+            name: topic.to_string(),
+            virtual_hosts: vec![VirtualHost {
+                name: format!("{topic} (no node registered)"),
+                domains: vec!["*".to_string()],
+                routes: Vec::new(),
+                ..Default::default()
+            }],
+            ..Default::default()
+        })),
+        ..manager(topic)
+    };
+    listener.api_listener = Some(ApiListener {
+        api_listener: Some(pack(&manager)),
+    });
+    Arc::new(pack(&listener))
+}
+
 fn route_configuration(topic: &str) -> RouteConfiguration {
     RouteConfiguration {
         name: topic.to_string(),
@@ -152,8 +177,8 @@ fn route_configuration(topic: &str) -> RouteConfiguration {
     }
 }
 
-fn listener(topic: &str) -> Listener {
-    let manager = HttpConnectionManager {
+fn manager(topic: &str) -> HttpConnectionManager {
+    HttpConnectionManager {
         route_specifier: Some(RouteSpecifier::RouteConfig(route_configuration(topic))),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_string(),
@@ -161,11 +186,14 @@ fn listener(topic: &str) -> Listener {
             ..Default::default()
         }],
         ..Default::default()
-    };
+    }
+}
+
+fn listener(topic: &str) -> Listener {
     Listener {
         name: topic.to_string(),
         api_listener: Some(ApiListener {
-            api_listener: Some(pack(&manager)),
+            api_listener: Some(pack(&manager(topic))),
         }),
         ..Default::default()
     }

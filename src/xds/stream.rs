@@ -183,8 +183,14 @@ impl AdsStream {
             if !state.ready {
                 return None;
             }
-            if let Some(resources) = &state.resources {
-                now.insert(name.clone(), resources.get(kind).clone());
+            match (&state.resources, &state.absent) {
+                (Some(resources), _) => {
+                    now.insert(name.clone(), resources.get(kind).clone());
+                }
+                (None, Some(absent)) if kind == Kind::Listener => {
+                    now.insert(name.clone(), absent.clone());
+                }
+                _ => {}
             }
         }
         let sub = &mut self.subscriptions[kind.index()];

@@ -13,6 +13,9 @@ command read from stdin:
   take        what the loop saw since the last take, with the wall-clock
               time each host answered first: {"hosts", "errors", "first": {host: t}}
   stop        stops the loop, then as `take`
+  other TOPIC one call to xds:///TOPIC on a channel of its own, waiting for
+              the channel as a caller does: {"code": "OK" or the status
+              code's name, "details": ..., "seconds": time to the outcome}
 """
 
 import json
@@ -98,6 +101,19 @@ def main():
             for t in loops:
                 t.join()
             print(json.dumps(tally.take()), flush=True)
+        elif words[0] == "other":
+            other = grpc.insecure_channel(f"xds:///{words[1]}")
+            started = time.monotonic()
+            try:
+                rpc.EchoStub(other).Echo(
+                    pb.EchoRequest(payload=b"xds"), timeout=30, wait_for_ready=False
+                )
+                code, details = "OK", ""
+            except grpc.RpcError as e:
+                code, details = e.code().name, e.details()
+            seconds = time.monotonic() - started
+            other.close()
+            print(json.dumps({"code": code, "details": details, "seconds": seconds}), flush=True)
         else:
             sys.exit(f"unknown command {words[0]!r}")
     channel.close()
