@@ -21,7 +21,7 @@
 //! ```
 
 mod channel;
-mod discovery;
+pub(crate) mod discovery;
 mod target;
 
 use std::future::Future;

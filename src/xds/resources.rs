@@ -16,7 +16,7 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
     ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
 };
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
 use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
 use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
@@ -41,7 +41,7 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
     HttpConnectionManager, HttpFilter,
 };
-use envoy_types::pb::google::protobuf::{Any, UInt32Value};
+use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::{Message, Name};
 
 /// The resource types served, one per xDS type URL.
@@ -214,6 +214,37 @@ fn cluster(topic: &str) -> Cluster {
             service_name: String::new(),
         }),
         lb_policy: LbPolicy::RoundRobin as i32,
+        outlier_detection: Some(outlier_detection()),
+        ..Default::default()
+    }
+}
+
+/// The kit client's ejection of sick nodes, for any gRPC client (gRFC
+/// A50): a node that failed at least a fifth of at least 20 calls over a
+/// second, or whose success rate is well below its peers', is left out for
+/// 30 s × the times it was ejected (at most 300 s), never more than half
+/// of the topic. gRPC counts as failures what the kit's client does
+/// (UNAVAILABLE, INTERNAL, UNKNOWN, DEADLINE_EXCEEDED, transport errors);
+/// consecutive failures are not among A50's rules.
+fn outlier_detection() -> OutlierDetection {
+    use crate::rpc::discovery::outlier::{MIN_RATIO, MIN_VOLUME};
+    let count = |value: u32| Some(UInt32Value { value });
+    let seconds = |seconds: i64| Some(PbDuration { seconds, nanos: 0 });
+    let base = crate::rpc::RpcOptions::default().ejection_time.as_secs();
+    let base = i64::try_from(base).unwrap_or(30);
+    OutlierDetection {
+        interval: seconds(1),
+        base_ejection_time: seconds(base),
+        max_ejection_time: seconds(base * 10),
+        max_ejection_percent: count(50),
+        failure_percentage_threshold: count((MIN_RATIO * 100.0) as u32),
+        enforcing_failure_percentage: count(100),
+        failure_percentage_minimum_hosts: count(2),
+        failure_percentage_request_volume: count(MIN_VOLUME),
+        enforcing_success_rate: count(100),
+        success_rate_minimum_hosts: count(3),
+        success_rate_request_volume: count(MIN_VOLUME),
+        success_rate_stdev_factor: count(1900),
         ..Default::default()
     }
 }
