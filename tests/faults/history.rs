@@ -45,7 +45,7 @@ use svckit::servicegroup::{self, Event, RegistryOptions, RegistryUrl};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
-use crate::harness::{blocking, serial, CallLoop, WAIT};
+use crate::harness::{blocking, ip, serial, CallLoop, WAIT};
 use crate::support::node::{example_bin, Proc};
 
 /// The nodes' heartbeat and down time: down after 2 s without one.
@@ -61,24 +61,6 @@ const BACK_BOUND: Duration = Duration::from_secs(2);
 /// etcd, each on its own connection.
 const SLACK: Duration = Duration::from_secs(1);
 const WATCHERS: [&str; 2] = ["watcher-a", "watcher-b"];
-
-/// Runs `ip args…`.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// A bridge and one namespace per etcd member, removed on drop.
 struct Net {
@@ -510,6 +492,45 @@ struct Phase {
     agreed: Result<Duration, String>,
 }
 
+/// A fault under way: when it began, and the calls failed before it.
+struct Running {
+    start: Instant,
+    failed_before: usize,
+}
+
+impl Running {
+    fn begin(calls: &CallLoop) -> Running {
+        Running {
+            start: Instant::now(),
+            failed_before: calls.failed(),
+        }
+    }
+
+    /// The fault healed at `healed`: waits for the watchers to agree with
+    /// etcd, then for the cluster to settle before the next fault.
+    async fn healed(
+        self,
+        name: &'static str,
+        victim: Option<(String, Instant)>,
+        blind: Vec<&'static str>,
+        healed: Instant,
+        (history, calls, members): (&Shared, &CallLoop, &[EtcdMember]),
+    ) -> Phase {
+        let agreed = agreement(history, healed).await;
+        let phase = Phase {
+            name,
+            start: self.start,
+            victim,
+            healed,
+            blind,
+            calls_failed: calls.failed() - self.failed_before,
+            agreed,
+        };
+        stable(members).await;
+        phase
+    }
+}
+
 /// A watcher's view of who is up, from its events up to `until`.
 fn view_of(seen: &[Seen], until: Instant) -> BTreeMap<String, bool> {
     let mut view = BTreeMap::new();
@@ -791,31 +812,22 @@ async fn membership_history_under_partitions() {
         .expect("the watchers agree before any fault");
 
     let mut phases = Vec::new();
-    let mut failed_before = calls.failed();
+    let lab = (&history, &calls, &members[..]);
 
     // A node cut from etcd, both ways, but not from its clients.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
+    let victim = Some(("n3".to_string(), run.start));
     node_links[2].set(Mode::Cut);
     tokio::time::sleep(DEAD_BOUND + Duration::from_secs(1)).await;
     node_links[2].set(Mode::Clear);
     let healed = Instant::now();
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "a node cut from etcd, not from its clients",
-        start,
-        victim: Some(("n3".into(), start)),
-        healed,
-        blind: vec![],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
-    failed_before = calls.failed();
-    stable(&members).await;
+    let name = "a node cut from etcd, not from its clients";
+    phases.push(run.healed(name, victim, vec![], healed, lab).await);
 
     // A client cut from etcd while a node dies.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
     watcher_links[0].set(Mode::Cut);
-    let died = Instant::now();
+    let victim = Some(("n2".to_string(), Instant::now()));
     if let Some(n2) = nodes.get("n2") {
         n2.signal(Signal::SIGKILL);
     }
@@ -823,61 +835,32 @@ async fn membership_history_under_partitions() {
     watcher_links[0].set(Mode::Clear);
     let healed = Instant::now();
     nodes.insert("n2", start_node("n2", &node_links[1]));
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "a client cut from etcd (watcher-a) while n2 is killed and restarted",
-        start,
-        victim: Some(("n2".into(), died)),
-        healed,
-        blind: vec!["watcher-a"],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
-    failed_before = calls.failed();
-    stable(&members).await;
+    let name = "a client cut from etcd (watcher-a) while n2 is killed and restarted";
+    phases.push(run.healed(name, victim, vec!["watcher-a"], healed, lab).await);
 
     // The etcd leader isolated from the majority.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
     let lead = leader(&members).await;
     net.isolate(lead);
     tokio::time::sleep(ELECTION * 6).await;
     net.rejoin(lead);
     let healed = Instant::now();
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "the etcd leader isolated from the majority",
-        start,
-        victim: None,
-        healed,
-        blind: vec![],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
-    failed_before = calls.failed();
-    stable(&members).await;
+    let name = "the etcd leader isolated from the majority";
+    phases.push(run.healed(name, None, vec![], healed, lab).await);
 
     // An asymmetric partition: n3's packets to etcd dropped, etcd's to it
     // delivered.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
+    let victim = Some(("n3".to_string(), run.start));
     node_links[2].set(Mode::OneWay);
     tokio::time::sleep(DEAD_BOUND + Duration::from_secs(1)).await;
     node_links[2].set(Mode::Clear);
     let healed = Instant::now();
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "an asymmetric partition (n3 to etcd dropped, etcd to n3 delivered)",
-        start,
-        victim: Some(("n3".into(), start)),
-        healed,
-        blind: vec![],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
-    failed_before = calls.failed();
-    stable(&members).await;
+    let name = "an asymmetric partition (n3 to etcd dropped, etcd to n3 delivered)";
+    phases.push(run.healed(name, victim, vec![], healed, lab).await);
 
     // Delay and loss between every node and etcd.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
     for link in &node_links {
         link.set(Mode::Impaired);
     }
@@ -886,37 +869,19 @@ async fn membership_history_under_partitions() {
         link.set(Mode::Clear);
     }
     let healed = Instant::now();
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "100 ms ± 50 ms delay and 20% loss between the nodes and etcd",
-        start,
-        victim: None,
-        healed,
-        blind: vec![],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
-    failed_before = calls.failed();
-    stable(&members).await;
+    let name = "100 ms ± 50 ms delay and 20% loss between the nodes and etcd";
+    phases.push(run.healed(name, None, vec![], healed, lab).await);
 
     // A SIGSTOP of the leader for twice the election timeout.
-    let start = Instant::now();
+    let run = Running::begin(&calls);
     let lead = leader(&members).await;
     let pid = Pid::from_raw(members[lead].child.id() as i32);
     kill(pid, Signal::SIGSTOP).expect("stop the leader");
     tokio::time::sleep(ELECTION * 2).await;
     kill(pid, Signal::SIGCONT).expect("continue the leader");
     let healed = Instant::now();
-    let agreed = agreement(&history, healed).await;
-    phases.push(Phase {
-        name: "SIGSTOP of the etcd leader for 2× the election timeout",
-        start,
-        victim: None,
-        healed,
-        blind: vec![],
-        calls_failed: calls.failed() - failed_before,
-        agreed,
-    });
+    let name = "SIGSTOP of the etcd leader for 2× the election timeout";
+    phases.push(run.healed(name, None, vec![], healed, lab).await);
 
     let calls = calls.stop().await;
     truth.abort();

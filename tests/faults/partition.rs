@@ -12,27 +12,9 @@ use std::time::{Duration, Instant};
 
 use svckit::servicegroup::RegistryUrl;
 
-use crate::harness::{assert_no_failed_call, blocking, serial, Fleet, NodeSpec, Row, WAIT};
+use crate::harness::{assert_no_failed_call, blocking, ip, serial, Fleet, NodeSpec, Row, WAIT};
 use crate::node_faults::WARM;
 use crate::support::{is_join, is_leave};
-
-/// Runs `ip args…`; the error output when it fails.
-fn ip(args: &[&str]) -> Result<(), String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run ip: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ))
-    }
-}
 
 /// A namespace and its veth pair, removed on drop (also after a panic).
 struct Netns {
