@@ -208,7 +208,7 @@ fn caused_by(source: Option<&(dyn std::error::Error + Send + Sync + 'static)>) -
     source.map(|s| format!(": {s}")).unwrap_or_default()
 }
 
-/// Exit codes of every kit binary; the README documents them.
+/// Exit codes of every kit binary; docs/exit-codes.md documents them.
 pub mod exit {
     /// Normal exit, including a graceful stop.
     pub const OK: i32 = 0;

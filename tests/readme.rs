@@ -1,5 +1,6 @@
-//! The README promises things the code must keep: its walkthrough is the
-//! compiled `examples/hello_node.rs`, and its config table lists every option.
+//! The README and the manual promise things the code must keep: the
+//! README walkthrough is the compiled `examples/hello_node.rs`, and
+//! docs/config.md lists every option.
 
 const README: &str = include_str!("../README.md");
 
@@ -18,19 +19,22 @@ fn walkthrough_is_the_compiled_example() {
     );
 }
 
+/// The manual's page on configuration.
+const CONFIG: &str = include_str!("../docs/config.md");
+
 #[test]
 fn config_reference_lists_every_option() {
-    let start = README
-        .find("\n## Configuration")
-        .expect("Configuration section");
-    let section = &README[start..];
-    let section = &section[..section[1..].find("\n## ").map_or(section.len(), |e| e + 1)];
+    let start = CONFIG
+        .find("\n## Options")
+        .or_else(|| CONFIG.find("| option |"))
+        .expect("the option table in docs/config.md");
+    let section = &CONFIG[start..];
     for option in svckit::config::OPTIONS {
         let row = format!("| `{}` |", option.name);
         let line = section
             .lines()
             .find(|l| l.starts_with(&row))
-            .unwrap_or_else(|| panic!("README config table has no row for {}", option.name));
+            .unwrap_or_else(|| panic!("docs/config.md has no row for {}", option.name));
         let sighup = if option.mutable {
             "in place"
         } else {
@@ -51,7 +55,7 @@ fn config_reference_lists_every_option() {
         let name = line[3..].split('`').next().unwrap_or_default();
         assert!(
             svckit::config::OPTIONS.iter().any(|o| o.name == name),
-            "README config table lists `{name}`, which is no option"
+            "docs/config.md lists `{name}`, which is no option"
         );
     }
 }

@@ -3,7 +3,7 @@
 //! Every option is declared once, in [`Config`]'s table below; that table
 //! drives parsing at every layer, the error messages (which name the option
 //! and where its value came from, with the file line), the `SVCKIT_<NAME>`
-//! environment variables, the README's config reference, and which options a
+//! environment variables, the option table of docs/config.md, and which options a
 //! SIGHUP may change in place (`mutable`).
 //!
 //! Unknown keys in the config file are refused (exit 78), because a

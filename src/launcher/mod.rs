@@ -3,7 +3,7 @@
 //!
 //! Both launchers, [`ServiceLauncher`] (every service in this process) and
 //! [`Supervisor`] (one service in N worker processes), are driven by
-//! [`Control`] requests. In a process they come from signals (the README's
+//! [`Control`] requests. In a process they come from signals (docs/lifecycle.md's
 //! table): SIGTERM and SIGINT stop gracefully within
 //! `graceful_shutdown_timeout`, a second one exits at once (128 + signal);
 //! SIGHUP re-reads the config and applies the mutable options in place (a

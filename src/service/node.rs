@@ -1,6 +1,6 @@
 //! [`Node`]: the server side of svckit, one running instance of a binary
 //! serving a manager's API on a topic (nova's `Service`), with the start and
-//! stop order of the README. The client side is [`crate::rpc`].
+//! stop order of docs/lifecycle.md. The client side is [`crate::rpc`].
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};

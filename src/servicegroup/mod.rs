@@ -6,7 +6,7 @@
 //! [`Driver::list`] or [`Driver::watch`] the members of a topic, and
 //! operators change the admin state of a record.
 //!
-//! Two kinds of data per member (the etcd layout of the README):
+//! Two kinds of data per member (the etcd layout of docs/membership.md):
 //! - the persistent **service record** ([`ServiceRecord`]), which outlives the
 //!   node so that a dead node shows as `down` rather than vanishing;
 //! - the **liveness** of the node (an etcd key bound to its lease, a
@@ -54,7 +54,7 @@ pub use self::view::{format_age, EventView, MemberView};
 
 /// The persistent record of one (topic, host): nova's `services` row.
 ///
-/// Stored as JSON; field names are part of the operator contract (README).
+/// Stored as JSON; field names are part of the operator contract (docs/membership.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ServiceRecord {

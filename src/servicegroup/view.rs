@@ -7,7 +7,7 @@ use serde::Serialize;
 use super::{Event, Member};
 
 /// A member flattened for operators. The field names are a contract
-/// (README): scripts read them.
+/// (docs/membership.md): scripts read them.
 #[derive(Debug, Clone, Serialize)]
 pub struct MemberView<'a> {
     /// The topic served.

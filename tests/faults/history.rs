@@ -836,7 +836,10 @@ async fn membership_history_under_partitions() {
     let healed = Instant::now();
     nodes.insert("n2", start_node("n2", &node_links[1]));
     let name = "a client cut from etcd (watcher-a) while n2 is killed and restarted";
-    phases.push(run.healed(name, victim, vec!["watcher-a"], healed, lab).await);
+    phases.push(
+        run.healed(name, victim, vec!["watcher-a"], healed, lab)
+            .await,
+    );
 
     // The etcd leader isolated from the majority.
     let run = Running::begin(&calls);

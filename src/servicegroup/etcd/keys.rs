@@ -1,4 +1,4 @@
-//! The etcd key layout and values (the README documents them for operators):
+//! The etcd key layout and values (docs/membership.md documents them for operators):
 //!
 //! ```text
 //! {prefix}/services/{topic}/{host}   ServiceRecord JSON, no lease

@@ -1,7 +1,7 @@
 //! The on-disk layout of the file registry, and atomic reads and writes of it.
 //!
 //! ```text
-//! {dir}/services/{topic}/{host}.json   the ServiceRecord (README format)
+//! {dir}/services/{topic}/{host}.json   the ServiceRecord (docs/membership.md)
 //! {dir}/alive/{topic}/{host}.json      the heartbeat: time, owner, down time
 //! {dir}/.lock                          flock taken by read-modify-writes
 //! ```
