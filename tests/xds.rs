@@ -266,6 +266,41 @@ async fn ads_protocol_subscribe_ack_nack_unsubscribe_and_missing_resources() {
     // NACK: logged, and not sent again while nothing changes.
     ads.nack(&eds2, &["echo"], &eds.version_info);
     ads.quiet("a NACKed version is not sent again").await;
+    // The rejection is counted per client and type, and the config dump
+    // shows what the stream was sent and what its client kept, and why.
+    let metrics = plane.metrics();
+    assert!(
+        metrics.contains(
+            r#"svckit_xds_nacks_total{client="proto-test",type="ClusterLoadAssignment"} 1"#
+        ),
+        "{metrics}"
+    );
+    let dump = plane.config_dump();
+    let stream = dump["streams"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["node"] == "proto-test"))
+        .unwrap_or_else(|| panic!("no stream of proto-test in {dump}"));
+    let eds_dump = &stream["types"]["ClusterLoadAssignment"];
+    assert_eq!(
+        eds_dump["version_sent"],
+        eds2.version_info.as_str(),
+        "{dump}"
+    );
+    assert_eq!(eds_dump["names"], serde_json::json!(["echo"]), "{dump}");
+    assert_eq!(
+        eds_dump["nacked"]["kept_version"],
+        eds.version_info.as_str(),
+        "{dump}"
+    );
+    assert_eq!(
+        eds_dump["nacked"]["error"], "test: rejected on purpose",
+        "{dump}"
+    );
+    assert_eq!(
+        stream["types"]["Listener"]["acked"],
+        lds.version_info.as_str(),
+        "{dump}"
+    );
     // The next change is pushed as a new version.
     registry
         .set_admin(
@@ -524,6 +559,26 @@ async fn python_grpcio_calls_a_topic_through_svckit_xds() {
     assert!(
         other["seconds"].as_f64().is_some_and(|s| s < 1.0),
         "a call to xds:///nosuch took {other}"
+    );
+
+    // The control plane's port answers HTTP too: the figures, and what
+    // the Python client's stream was sent.
+    let http: std::net::SocketAddr = addr.parse().expect("the xds address");
+    let metrics = support::dashboard::get(http, "/metrics");
+    assert_eq!(metrics.status, 200);
+    for figure in [
+        "svckit_xds_streams ",
+        "svckit_xds_responses_total ",
+        "svckit_xds_acks_total ",
+    ] {
+        assert!(metrics.body.contains(figure), "{figure}: {}", metrics.body);
+    }
+    let dump = support::dashboard::get(http, "/config_dump");
+    assert_eq!(dump.status, 200);
+    assert!(
+        dump.body.contains(r#""node":"python-test""#),
+        "{}",
+        dump.body
     );
 
     // A disabled node receives no new calls.

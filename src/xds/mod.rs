@@ -35,6 +35,7 @@
 //! # }
 //! ```
 
+mod dump;
 mod feed;
 mod resources;
 mod stream;
@@ -72,6 +73,7 @@ pub struct ControlPlane {
 struct Shared {
     feeds: Feeds,
     stats: Counters,
+    dumps: dump::Dumps,
     closing: watch::Sender<bool>,
 }
 
@@ -122,6 +124,7 @@ impl ControlPlane {
             shared: Arc::new(Shared {
                 feeds: feed::feeds(registry),
                 stats: Counters::default(),
+                dumps: dump::Dumps::default(),
                 closing: watch::channel(false).0,
             }),
         }
@@ -153,6 +156,23 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// What every open stream was last sent and what its client answered
+    /// (`GET /config_dump` of `svckit xds`): per stream, the client's node
+    /// id and, per resource type, the names, version and nonce sent, the
+    /// version last accepted and the last rejection.
+    pub fn config_dump(&self) -> serde_json::Value {
+        self.shared.dumps.json()
+    }
+
+    /// The control plane's figures in Prometheus' text format (`GET
+    /// /metrics` of `svckit xds`), NACKs per client and resource type
+    /// among them.
+    pub fn metrics(&self) -> String {
+        self.shared.dumps.metrics(&self.stats())
+    }
+}
+
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
@@ -163,12 +183,14 @@ impl std::fmt::Debug for ControlPlane {
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// Counts a stream open while it lives.
-struct Open(Arc<Shared>);
+/// Counts a stream open while it lives, and keeps its exchange in the
+/// config dump.
+struct Open(Arc<Shared>, u64);
 
 impl Drop for Open {
     fn drop(&mut self) {
         self.0.stats.streams.fetch_sub(1, Ordering::Relaxed);
+        self.0.dumps.close(self.1);
     }
 }
 
@@ -189,10 +211,11 @@ impl AggregatedDiscoveryService for ControlPlane {
         let shared = self.shared.clone();
         shared.stats.streams.fetch_add(1, Ordering::Relaxed);
         shared.stats.streams_total.fetch_add(1, Ordering::Relaxed);
-        let open = Open(shared.clone());
+        let id = shared.dumps.open();
+        let open = Open(shared.clone(), id);
         let closing = shared.closing.subscribe();
         tokio::spawn(async move {
-            AdsStream::new(shared, tx).run(requests, closing).await;
+            AdsStream::new(shared, tx, id).run(requests, closing).await;
             drop(open);
         });
         Ok(Response::new(Box::pin(ReceiverStream::new(rx))))

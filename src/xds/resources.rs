@@ -72,6 +72,12 @@ impl Kind {
 
     /// Listener and Cluster responses carry the whole subscribed set (a
     /// resource left out does not exist); the others only what they carry.
+    /// The type's short name, as in its URL.
+    pub(crate) fn name(self) -> &'static str {
+        let url = self.type_url();
+        url.rsplit('.').next().unwrap_or(url)
+    }
+
     pub(crate) fn state_of_the_world(self) -> bool {
         matches!(self, Kind::Listener | Kind::Cluster)
     }

@@ -54,12 +54,15 @@ pub(super) struct AdsStream {
     nonces: u64,
     node: String,
     warned_wildcard: bool,
+    /// This stream's entry in the config dump.
+    id: u64,
 }
 
 impl AdsStream {
     pub(super) fn new(
         shared: Arc<Shared>,
         out: mpsc::Sender<Result<DiscoveryResponse, Status>>,
+        id: u64,
     ) -> Self {
         AdsStream {
             shared,
@@ -69,6 +72,7 @@ impl AdsStream {
             nonces: 0,
             node: String::new(),
             warned_wildcard: false,
+            id,
         }
     }
 
@@ -105,6 +109,7 @@ impl AdsStream {
         if self.node.is_empty() {
             if let Some(node) = &request.node {
                 self.node = node.id.clone();
+                self.shared.dumps.node(self.id, &self.node);
                 tracing::debug!(node = %self.node, "xds: stream opened");
             }
         }
@@ -119,6 +124,11 @@ impl AdsStream {
         }
         if let Some(error) = &request.error_detail {
             self.shared.stats.nack();
+            let (id, node) = (self.id, &self.node);
+            let kept = &request.version_info;
+            self.shared
+                .dumps
+                .nacked(id, node, kind, kept, &error.message);
             tracing::warn!(
                 node = %self.node,
                 type_url = %request.type_url,
@@ -129,6 +139,9 @@ impl AdsStream {
             );
         } else if !request.response_nonce.is_empty() {
             self.shared.stats.ack();
+            self.shared
+                .dumps
+                .acked(self.id, kind, &request.version_info);
         }
         let names: BTreeSet<String> = request.resource_names.into_iter().collect();
         let first = !sub.requested;
@@ -215,6 +228,11 @@ impl AdsStream {
         sub.nonce = self.nonces.to_string();
         sub.answer = false;
         let resources = now.values().map(|any| (**any).clone()).collect();
+        let names = sub.names.iter().cloned().collect();
+        let version = sub.version.to_string();
+        self.shared
+            .dumps
+            .sent(self.id, kind, names, &version, &sub.nonce);
         sub.sent = now;
         Some(DiscoveryResponse {
             version_info: sub.version.to_string(),

@@ -10,7 +10,8 @@ use svckit::Result;
 /// The gRPC service served, as health checks name it.
 const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-/// Serves ADS (and gRPC health) on `listen` until SIGINT or SIGTERM. The
+/// Serves ADS (and gRPC health, `GET /config_dump` and `GET /metrics`) on
+/// `listen` until SIGINT or SIGTERM. The
 /// first line on stdout is `listening on http://ADDR`, the bound address
 /// (port 0 picks a free one).
 pub(super) async fn serve(registry: Registry, listen: SocketAddr) -> Result<()> {
@@ -30,11 +31,27 @@ pub(super) async fn serve(registry: Registry, listen: SocketAddr) -> Result<()> 
         // the graceful stop only waits for them to close.
         closing.close();
     };
+    // Beside ADS, on the same port over HTTP/1 or 2: what each stream was
+    // sent and answered, and the figures (NACKs per client and type).
+    let (dump, figures) = (plane.clone(), plane.clone());
+    let http = axum::Router::new()
+        .route(
+            "/config_dump",
+            axum::routing::get(move || async move { axum::Json(dump.config_dump()) }),
+        )
+        .route(
+            "/metrics",
+            axum::routing::get(move || async move { figures.metrics() }),
+        );
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(plane.service())
+        .into_axum_router()
+        .merge(http);
     tonic::transport::Server::builder()
+        .accept_http1(true)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(health_service)
-        .add_service(plane.service())
+        .add_routes(routes.into())
         .serve_with_incoming_shutdown(
             tokio_stream::wrappers::TcpListenerStream::new(listener),
             stop,
