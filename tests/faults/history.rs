@@ -230,8 +230,16 @@ fn start_cluster(net: &Net) -> Vec<EtcdMember> {
 
 /// The member that leads now, by index.
 async fn leader(members: &[EtcdMember]) -> usize {
+    leader_but(members, None).await
+}
+
+/// The member that leads now, other than `not`.
+async fn leader_but(members: &[EtcdMember], not: Option<usize>) -> usize {
     crate::support::eventually(WAIT, "an etcd leader", || async {
         for (i, m) in members.iter().enumerate() {
+            if Some(i) == not {
+                continue;
+            }
             let Ok(mut c) = etcd_client::Client::connect([m.client.as_str()], None).await else {
                 continue;
             };
@@ -248,6 +256,28 @@ async fn leader(members: &[EtcdMember]) -> usize {
         None
     })
     .await
+}
+
+/// Waits until each of `watchers` shows `host` down (or gone) after
+/// `since`, or for twice the bound: the fault lasts until its effect is
+/// seen, and a watcher that never shows it is invariant 2's counterexample.
+async fn shown_down(history: &Shared, host: &str, watchers: &[&str], since: Instant) {
+    let deadline = since + DEAD_BOUND * 2;
+    while Instant::now() < deadline {
+        let all = {
+            let h = history.lock().unwrap();
+            watchers.iter().all(|w| {
+                h.shown.get(w).is_some_and(|seen| {
+                    seen.iter()
+                        .any(|s| s.host == host && s.at >= since && s.up != Some(true))
+                })
+            })
+        };
+        if all {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// Waits until every member names the same leader in the same term, and
@@ -818,7 +848,7 @@ async fn membership_history_under_partitions() {
     let run = Running::begin(&calls);
     let victim = Some(("n3".to_string(), run.start));
     node_links[2].set(Mode::Cut);
-    tokio::time::sleep(DEAD_BOUND + Duration::from_secs(1)).await;
+    shown_down(&history, "n3", &WATCHERS, run.start).await;
     node_links[2].set(Mode::Clear);
     let healed = Instant::now();
     let name = "a node cut from etcd, not from its clients";
@@ -831,7 +861,9 @@ async fn membership_history_under_partitions() {
     if let Some(n2) = nodes.get("n2") {
         n2.signal(Signal::SIGKILL);
     }
-    tokio::time::sleep(DEAD_BOUND + Duration::from_secs(1)).await;
+    // Until the watcher that still reaches etcd saw it; the cut one shows
+    // it only after the heal (invariant 2 bounds it from there).
+    shown_down(&history, "n2", &["watcher-b"], run.start).await;
     watcher_links[0].set(Mode::Clear);
     let healed = Instant::now();
     nodes.insert("n2", start_node("n2", &node_links[1]));
@@ -845,7 +877,8 @@ async fn membership_history_under_partitions() {
     let run = Running::begin(&calls);
     let lead = leader(&members).await;
     net.isolate(lead);
-    tokio::time::sleep(ELECTION * 6).await;
+    // Until the majority elected another leader.
+    leader_but(&members, Some(lead)).await;
     net.rejoin(lead);
     let healed = Instant::now();
     let name = "the etcd leader isolated from the majority";
@@ -856,7 +889,7 @@ async fn membership_history_under_partitions() {
     let run = Running::begin(&calls);
     let victim = Some(("n3".to_string(), run.start));
     node_links[2].set(Mode::OneWay);
-    tokio::time::sleep(DEAD_BOUND + Duration::from_secs(1)).await;
+    shown_down(&history, "n3", &WATCHERS, run.start).await;
     node_links[2].set(Mode::Clear);
     let healed = Instant::now();
     let name = "an asymmetric partition (n3 to etcd dropped, etcd to n3 delivered)";
