@@ -13,8 +13,18 @@
 //! and a revision is applied whole: a joining node is one Join rather than a
 //! down member that comes up. The other range's events of a revision
 //! follow at once when it has any; a revision still waiting after
-//! [`QUIET`] is followed by a progress request, and after [`HOLD`] more is
-//! applied anyway.
+//! [`QUIET`] is followed by a progress request, asked again every [`HOLD`]
+//! (etcd 3.4.24 and later hold the answer back while a watch still catches
+//! up on history), and only a revision still waiting after [`HOLD_MAX`] is
+//! applied alone. Older etcd (Debian's 3.4.23 among them) answers at once
+//! with its current revision, ahead of history a watch opened in the past
+//! has yet to send (etcd issue 15220), so after such an open the watcher
+//! neither asks nor believes the answer until each such watch has sent a
+//! response reaching the revision etcd was at when it was created, or for
+//! [`SYNC_GRACE`] if it has nothing to send (etcd syncs watches every 100
+//! ms). Pending revisions outlive a
+//! broken stream: each watch resumes from its own revision and delivers the
+//! rest of them.
 //!
 //! A broken stream (etcd restarted, a member lost its leader or its
 //! connection) is opened again after a backoff, each watch from the last
@@ -51,8 +61,17 @@ const DEAD_AFTER: Duration = Duration::from_secs(8);
 /// How long a revision seen on one range waits for the other range's
 /// events of it before etcd is asked whether there are any.
 const QUIET: Duration = Duration::from_millis(10);
-/// How long it then waits for the answer before it is applied anyway.
+/// How long it then waits for the answer before asking again.
 const HOLD: Duration = Duration::from_millis(100);
+/// How long a revision waits in all before it is applied without the other
+/// range's events.
+const HOLD_MAX: Duration = Duration::from_secs(1);
+/// How long after a watch opened in the past a requested progress
+/// notification is not believed (several of etcd's 100 ms sync rounds).
+const SYNC_GRACE: Duration = Duration::from_millis(500);
+/// How many revisions etcd sends a watch catching up on history at most in
+/// one response (`watchBatchMaxRevs`).
+const HISTORY_BATCH: usize = 1000;
 /// The watch id of a progress notification that answers a request, and so
 /// speaks for every watch of the stream.
 const ALL_WATCHES: i64 = -1;
@@ -108,14 +127,29 @@ struct Stream {
     heard: Instant,
     /// How long the oldest pending revision waits.
     hold: Option<Hold>,
+    /// Per range: the revision etcd was at when a watch opened in the past
+    /// was created, until the watch shows it sent its history through it.
+    catching_up: [Option<i64>; RANGES.len()],
+    /// When a watch still catching up is taken to be in sync anyway.
+    syncing_until: tokio::time::Instant,
+}
+
+impl Stream {
+    /// Whether a requested progress notification can be believed: no watch
+    /// of the stream is still sending history (etcd before 3.4.24 answers
+    /// ahead of it).
+    fn in_sync(&self) -> bool {
+        self.catching_up.iter().all(Option::is_none)
+            || tokio::time::Instant::now() >= self.syncing_until
+    }
 }
 
 /// A revision seen on one range, waiting for the other range's watch.
 #[derive(Clone, Copy)]
 struct Hold {
     until: tokio::time::Instant,
-    /// Whether etcd was asked for a progress notification.
-    asked: bool,
+    /// When the revision began to wait.
+    since: tokio::time::Instant,
 }
 
 /// Why following a stream stopped.
@@ -165,17 +199,14 @@ impl Follow for EtcdFollow {
                 match broken {
                     Broken::Reload(why) => return Step::Reload { why, now: true },
                     Broken::Resume(why) => {
-                        // What the dead stream delivered stands.
-                        let changes = self.release(i64::MAX);
+                        // Pending revisions wait for the new stream: each
+                        // watch resumes after the last event it delivered.
                         if !self.failing {
                             tracing::warn!(topic = ?self.topic, reason = %why, revision = self.snapshot.revision,
                                 "membership watch stream broken; resuming from the last revision seen");
                             self.failing = true;
                         } else {
                             tracing::debug!(topic = ?self.topic, reason = %why, "watch stream still down");
-                        }
-                        if !changes.is_empty() {
-                            return Step::Changes(changes);
                         }
                         self.backoff.wait().await;
                     }
@@ -222,6 +253,7 @@ impl EtcdFollow {
         // confirmed watch's events may come before the next confirmation.
         let mut ids = Vec::with_capacity(RANGES.len());
         let mut early = VecDeque::new();
+        let mut behind = Vec::with_capacity(RANGES.len());
         while ids.len() < RANGES.len() {
             let response = tokio::time::timeout(inner.timeout, responses.message())
                 .await
@@ -236,9 +268,16 @@ impl EtcdFollow {
             if let Some(broken) = cancelled(&response) {
                 return Err(broken);
             }
+            // A watch starting at or before etcd's revision has history to
+            // catch up on before it is in sync.
+            let current = response.header().map_or(0, |h| h.revision());
+            behind.push((self.done[ids.len()] < current).then_some(current));
             ids.push(response.watch_id());
         }
         let ids: [i64; RANGES.len()] = ids
+            .try_into()
+            .map_err(|_| Broken::Resume("etcd confirmed too many watches".into()))?;
+        let catching_up: [Option<i64>; RANGES.len()] = behind
             .try_into()
             .map_err(|_| Broken::Resume("etcd confirmed too many watches".into()))?;
         if self.failing {
@@ -248,6 +287,12 @@ impl EtcdFollow {
         self.backoff.reset();
         let mut ticks = tokio::time::interval(PROGRESS_EVERY);
         ticks.reset();
+        // Revisions left pending by the broken stream wait as new ones do.
+        let now = tokio::time::Instant::now();
+        let hold = (!self.pending.is_empty()).then_some(Hold {
+            until: now + QUIET,
+            since: now,
+        });
         Ok(Stream {
             requests,
             responses,
@@ -255,7 +300,9 @@ impl EtcdFollow {
             early,
             ticks,
             heard: Instant::now(),
-            hold: None,
+            hold,
+            catching_up,
+            syncing_until: now + SYNC_GRACE,
         })
     }
 
@@ -295,16 +342,23 @@ impl EtcdFollow {
                         return Ok(Vec::new());
                     }
                     () = tokio::time::sleep_until(hold.map_or_else(tokio::time::Instant::now, |h| h.until)), if hold.is_some() => {
-                        let asked = hold.is_some_and(|h| h.asked);
-                        if !asked {
-                            // The other range is quiet: ask etcd to say so.
-                            stream.hold = hold.map(|h| Hold { until: h.until + HOLD, asked: true });
+                        let now = tokio::time::Instant::now();
+                        if let Some(hold) = hold.filter(|h| now < h.since + HOLD_MAX) {
+                            let last = hold.since + HOLD_MAX;
+                            if !stream.in_sync() {
+                                // History is still coming: its events, not
+                                // a progress answer, end the wait.
+                                stream.hold = Some(Hold { until: (now + HOLD).min(stream.syncing_until).min(last), ..hold });
+                                return Ok(Vec::new());
+                            }
+                            // The other range is quiet: ask etcd to say so
+                            // (again, if a watch was still syncing).
+                            stream.hold = Some(Hold { until: (now + HOLD).min(last), ..hold });
                             stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
                             return Ok(Vec::new());
                         }
-                        // No answer either: what waited is applied, and no
-                        // event of the other watch is lost, as it resumes
-                        // from its own revision.
+                        // No answer at all: what waited is applied, and the
+                        // other watch's events of it follow as they come.
                         stream.hold = None;
                         return Ok(self.release(i64::MAX));
                     }
@@ -324,6 +378,10 @@ impl EtcdFollow {
             // A progress notification: everything up to its revision has
             // been sent, to its watch or (a requested one) to every watch.
             let every = response.watch_id() == ALL_WATCHES;
+            if every && !stream.in_sync() {
+                // Possibly ahead of history still on its way.
+                return Ok(Vec::new());
+            }
             if let Some(header) = response.header().filter(|_| every || range.is_some()) {
                 lag::progressed(self.topic.as_deref());
                 for (i, done) in self.done.iter_mut().enumerate() {
@@ -333,6 +391,15 @@ impl EtcdFollow {
                 }
             }
         } else if let Some(range) = range {
+            // History is sent in batches of whole revisions, up to the
+            // revision in the header; a batch under etcd's limit is the
+            // last, and the watch is then in sync.
+            let header = response.header().map_or(0, |h| h.revision());
+            if stream.catching_up[range].is_some_and(|at| header >= at)
+                && revisions(&response) < HISTORY_BATCH
+            {
+                stream.catching_up[range] = None;
+            }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
                 let revision = kv.mod_revision();
@@ -350,9 +417,10 @@ impl EtcdFollow {
         } else if stream.hold.is_none() {
             // The other range's events of the same revision follow at once
             // when it has any; only a quiet range costs a progress request.
+            let now = tokio::time::Instant::now();
             stream.hold = Some(Hold {
-                until: tokio::time::Instant::now() + QUIET,
-                asked: false,
+                until: now + QUIET,
+                since: now,
             });
         }
         Ok(changes)
@@ -394,6 +462,17 @@ impl EtcdFollow {
         }
         changes
     }
+}
+
+/// How many revisions a response's events span.
+fn revisions(response: &WatchResponse) -> usize {
+    let mut revisions: Vec<i64> = response
+        .events()
+        .iter()
+        .filter_map(|e| e.kv().map(|kv| kv.mod_revision()))
+        .collect();
+    revisions.dedup();
+    revisions.len()
 }
 
 /// A cancelled watch: compacted past our revision (reload), or refused for
