@@ -80,9 +80,10 @@ enum Command {
         /// Each call's deadline, in milliseconds.
         #[arg(long, default_value_t = 1000)]
         deadline_ms: u64,
-        /// Open loop: every other call sheddable, the others critical.
-        #[arg(long)]
-        mixed: bool,
+        /// Open loop: every Nth call `critical`, the others `sheddable`
+        /// (0: no criticality header).
+        #[arg(long, default_value_t = 0)]
+        critical_every: usize,
     },
 }
 
@@ -182,7 +183,7 @@ async fn main() -> anyhow::Result<()> {
             concurrency,
             rate,
             deadline_ms,
-            mixed,
+            critical_every,
         } => {
             let channel = Endpoint::from_shared(url)?
                 .tcp_nodelay(true)
@@ -191,7 +192,7 @@ async fn main() -> anyhow::Result<()> {
             let deadline = std::time::Duration::from_millis(deadline_ms);
             let line = match (concurrency, rate) {
                 (_, Some(rate)) => {
-                    overload::open(channel, micros, rate, secs, deadline, mixed).await
+                    overload::open(channel, micros, rate, secs, deadline, critical_every).await
                 }
                 (concurrency, None) => {
                     let concurrency = concurrency.unwrap_or(4);

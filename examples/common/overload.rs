@@ -7,10 +7,13 @@
 //! - `open`: calls due at `rate` per second for `secs`, whatever the
 //!   answers; each call's latency counts from when it was due. The line is
 //!   `offered_per_s=… goodput_per_s=… ok=… refused=… expired=… failed=…
-//!   p50_us=… p99_us=…`, the percentiles over the calls that succeeded.
-//!   With `mixed`, every other call is `svckit-criticality: sheddable` and
-//!   the others `critical`, and the line adds `ok_critical=…
-//!   refused_critical=… ok_sheddable=… refused_sheddable=…`.
+//!   p50_us=… p99_us=… p99_after_1s_us=…`, the percentiles over the calls
+//!   that succeeded (the last over those due after the first second: the
+//!   overload's onset excluded). With `critical_every` N > 0, every Nth call
+//!   is `svckit-criticality: critical` and the others `sheddable`, and the
+//!   line adds `ok_critical=… refused_critical=… ok_sheddable=…
+//!   refused_sheddable=… critical_after_1s=…` (the share of critical calls
+//!   due after the first second that succeeded).
 
 use std::time::{Duration, Instant};
 
@@ -111,17 +114,18 @@ pub async fn open(
     rate: f64,
     secs: f64,
     deadline: Duration,
-    mixed: bool,
+    critical_every: usize,
 ) -> String {
     let calls = (rate * secs) as usize;
+    let is_critical = |i: usize| critical_every > 0 && i % critical_every == critical_every - 1;
     let mut index = 0_usize;
     let tasks = paced(calls, rate, |due| {
-        index += 1;
-        let criticality = mixed.then_some(if index.is_multiple_of(2) {
+        let criticality = (critical_every > 0).then_some(if is_critical(index) {
             "critical"
         } else {
             "sheddable"
         });
+        index += 1;
         call(
             WorkClient::new(channel.clone()),
             micros,
@@ -132,14 +136,25 @@ pub async fn open(
     })
     .await;
     let (mut latencies, mut refused, mut expired, mut failed) = (Vec::new(), 0, 0, 0);
+    // The calls due after the first second: past the overload's onset.
+    let settled = rate as usize;
+    let mut steady = Vec::new();
     // (ok, refused) of the sheddable calls, then of the critical ones.
     let mut by_class = [(0_u64, 0_u64); 2];
+    let (mut critical_late, mut critical_late_ok) = (0_u64, 0_u64);
     for (i, task) in tasks.into_iter().enumerate() {
-        // The first call (index 1) was sheddable, the second critical.
-        let class = i % 2;
-        match task.await {
+        let class = usize::from(is_critical(i));
+        let outcome = task.await;
+        if class == 1 && i >= settled {
+            critical_late += 1;
+            critical_late_ok += u64::from(matches!(outcome, Ok(Outcome::Ok(_))));
+        }
+        match outcome {
             Ok(Outcome::Ok(latency)) => {
                 latencies.push(latency);
+                if i >= settled {
+                    steady.push(latency);
+                }
                 by_class[class].0 += 1;
             }
             Ok(Outcome::Refused) => {
@@ -151,19 +166,22 @@ pub async fn open(
         }
     }
     latencies.sort_unstable();
+    steady.sort_unstable();
     let pct = |p: f64| percentile_us(&latencies, p);
     let mut line = format!(
-        "offered_per_s={:.0} goodput_per_s={:.0} ok={} refused={refused} expired={expired} failed={failed} p50_us={} p99_us={}",
+        "offered_per_s={:.0} goodput_per_s={:.0} ok={} refused={refused} expired={expired} failed={failed} p50_us={} p99_us={} p99_after_1s_us={}",
         rate,
         latencies.len() as f64 / secs,
         latencies.len(),
         pct(0.50),
         pct(0.99),
+        percentile_us(&steady, 0.99),
     );
-    if mixed {
+    if critical_every > 0 {
         let [(ok_s, refused_s), (ok_c, refused_c)] = by_class;
         line.push_str(&format!(
-            " ok_critical={ok_c} refused_critical={refused_c} ok_sheddable={ok_s} refused_sheddable={refused_s}"
+            " ok_critical={ok_c} refused_critical={refused_c} ok_sheddable={ok_s} refused_sheddable={refused_s} critical_after_1s={:.4}",
+            critical_late_ok as f64 / critical_late.max(1) as f64
         ));
     }
     line

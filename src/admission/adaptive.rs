@@ -15,7 +15,10 @@
 //! refused: refusing it would only send its callers straight back. An open
 //! loop past capacity grows it, and is cut back to two calls per CPU plus
 //! the calls the node finishes within the target (Little's law: answers
-//! per second × target), until the queue is gone.
+//! per second × target), until the queue is gone and an interval passed
+//! in which nothing was refused: while callers are still refused, the load
+//! still exceeds what the node answers, and admitting all again would let
+//! a fresh wave in (each costing the latency the shedding was for).
 //!
 //! Per call, at arrival, before anything of it runs:
 //! - a call whose deadline is shorter than the current queueing delay is
@@ -88,6 +91,8 @@ pub(crate) struct Limiter {
     load: Arc<Load>,
     /// Calls answered since the last interval.
     completed: AtomicU64,
+    /// Calls refused for the bound since the last interval.
+    refused: AtomicU64,
     /// Whether the node sheds now.
     shedding: AtomicBool,
     /// The bound on calls in flight while it sheds (for `default` calls).
@@ -108,12 +113,12 @@ struct Control {
     history: std::collections::VecDeque<u64>,
 }
 
-/// How many intervals of calls in flight are kept.
-const SETTLED: usize = 40;
+/// How many intervals of calls in flight are kept (2 s).
+const SETTLED: usize = 100;
 /// How many intervals just before a growth began say where the calls in
 /// flight had settled (200 ms): a load that ended a second earlier is no
 /// measure of the one that grows now.
-const SETTLED_LOOKBACK: usize = 4;
+const SETTLED_LOOKBACK: usize = 10;
 
 /// A call's place under the limit, given back when it drops.
 #[derive(Debug)]
@@ -137,7 +142,7 @@ impl Pass {
         {
             return false;
         }
-        self.limiter.stats.refused_limit.inc();
+        self.limiter.refused_limit();
         true
     }
 }
@@ -164,8 +169,14 @@ impl Observer for Limiter {
         let mut control = crate::sync::lock(&self.control);
         let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
         let completed = self.completed.swap(0, Ordering::Relaxed);
+        let refused = self.refused.swap(0, Ordering::Relaxed);
         let was = self.shedding.load(Ordering::Relaxed);
-        let decision = control.step(interval, in_flight, completed, self.floor, was);
+        let observed = Observed {
+            in_flight,
+            completed,
+            refused,
+        };
+        let decision = control.step(interval, observed, self.floor, was);
         drop(control);
         self.shedding.store(decision.shedding, Ordering::Relaxed);
         if was != decision.shedding {
@@ -197,6 +208,17 @@ impl Observer for Limiter {
     }
 }
 
+/// What the limiter counted through one interval.
+#[derive(Debug, Clone, Copy, Default)]
+struct Observed {
+    /// Calls in flight at its end.
+    in_flight: u64,
+    /// Calls answered in it.
+    completed: u64,
+    /// Calls refused for the bound in it.
+    refused: u64,
+}
+
 /// One interval's decision.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Decision {
@@ -214,16 +236,19 @@ impl Control {
         (in_flight as f64 * INTERVAL.as_micros() as f64 / self.completions) as u64
     }
 
-    /// Reads one interval: `in_flight` calls at its end, `completed` calls
-    /// answered in it; `shedding`, whether the node shed through it.
+    /// Reads one interval; `shedding`, whether the node shed through it.
     fn step(
         &mut self,
         interval: Interval,
-        in_flight: u64,
-        completed: u64,
+        observed: Observed,
         floor: u64,
         shedding: bool,
     ) -> Decision {
+        let Observed {
+            in_flight,
+            completed,
+            refused,
+        } = observed;
         self.completions = if self.completions == 0.0 {
             completed as f64
         } else {
@@ -265,9 +290,10 @@ impl Control {
         // the queue the target allows.
         let bound = 2 * floor + (per_us * TARGET_US as f64).ceil() as u64;
         let shedding = if shedding {
-            // Until the queue is gone: the calls in flight fell well under
-            // the bound, and some call waited less than half the target.
-            in_flight > bound / 2 || standing >= TARGET_US / 2
+            // Until the overload is over: nothing was refused through a
+            // whole interval, the calls in flight fell well under the
+            // bound, and some call waited less than half the target.
+            refused > 0 || in_flight > bound / 2 || standing >= TARGET_US / 2
         } else {
             // A node that just started has no settled level yet: the
             // callers of a worker it replaces move in over its first
@@ -299,6 +325,7 @@ impl Limiter {
             stats,
             load: load.clone(),
             completed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             bound: AtomicU64::new(ceiling as u64),
             control: Mutex::default(),
@@ -329,9 +356,11 @@ impl Limiter {
         if self.adaptive {
             if let Some(refusal) = self.refusal(ask) {
                 match refusal {
-                    Refusal::Limit => self.stats.refused_limit.inc(),
-                    Refusal::Deadline => self.stats.refused_deadline.inc(),
-                };
+                    Refusal::Limit => self.refused_limit(),
+                    Refusal::Deadline => {
+                        self.stats.refused_deadline.inc();
+                    }
+                }
                 return Err(refusal);
             }
         }
@@ -357,6 +386,11 @@ impl Limiter {
         let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
         let bound = ask.criticality.bound(self.bound.load(Ordering::Relaxed));
         (in_flight >= bound).then_some(Refusal::Limit)
+    }
+
+    fn refused_limit(&self) {
+        self.stats.refused_limit.inc();
+        self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
     /// Counts a refusal for want of a pool slot.

@@ -6,6 +6,14 @@ fn interval(min_wait_us: u64) -> Interval {
     Interval { min_wait_us }
 }
 
+fn seen(in_flight: u64, completed: u64, refused: u64) -> Observed {
+    Observed {
+        in_flight,
+        completed,
+        refused,
+    }
+}
+
 #[test]
 fn a_closed_loop_never_sheds_however_long_its_queue() {
     // 256 callers of 500 µs on 2 CPUs: a queue of ~64 ms that stands
@@ -14,7 +22,7 @@ fn a_closed_loop_never_sheds_however_long_its_queue() {
     let mut shedding = false;
     for round in 0..100 {
         let in_flight = if round == 0 { 40 } else { 256 };
-        let d = control.step(interval(64_000), in_flight, 200, 2, shedding);
+        let d = control.step(interval(64_000), seen(in_flight, 200, 0), 2, shedding);
         shedding = d.shedding;
         assert!(!shedding, "round {round}");
     }
@@ -22,18 +30,18 @@ fn a_closed_loop_never_sheds_however_long_its_queue() {
 
 #[test]
 fn an_open_loop_past_capacity_sheds_until_its_queue_is_gone() {
-    // 200 answered per 50 ms (4,000/s); 400 arrive: +200 per interval,
-    // on a node that had been running quietly.
+    // 80 answered per 20 ms interval (4,000/s); 160 arrive: +80 per
+    // interval, on a node that had been running quietly.
     let mut control = Control::default();
-    for _ in 0..10 {
-        control.step(interval(100), 2, 200, 2, false);
+    for _ in 0..20 {
+        control.step(interval(100), seen(2, 80, 0), 2, false);
     }
     let (mut shedding, mut in_flight) = (false, 0);
     let mut shed_from = None;
     for round in 0..10 {
-        in_flight += 200;
+        in_flight += 80;
         let wait = if round == 0 { 100 } else { in_flight * 250 };
-        let d = control.step(interval(wait), in_flight, 200, 2, shedding);
+        let d = control.step(interval(wait), seen(in_flight, 80, 0), 2, shedding);
         shedding = d.shedding;
         if shedding && shed_from.is_none() {
             shed_from = Some(round);
@@ -42,14 +50,20 @@ fn an_open_loop_past_capacity_sheds_until_its_queue_is_gone() {
         }
     }
     assert_eq!(shed_from, Some(2), "three intervals of growth, then shed");
-    // Shedding holds the queue near the bound: no growth, but it stands.
+    // Shedding holds the queue near the bound: no growth, but it stands,
+    // and half the calls are refused.
     for _ in 0..20 {
-        let d = control.step(interval(TARGET_US), 8, 200, 2, shedding);
+        let d = control.step(interval(TARGET_US), seen(8, 80, 80), 2, shedding);
         shedding = d.shedding;
         assert!(shedding);
     }
-    // The load falls: the queue goes, and so does the shedding.
-    let d = control.step(interval(200), 2, 100, 2, shedding);
+    // A dip in the calls in flight while callers are still refused is the
+    // same overload: admitting all again would let a new wave in.
+    let d = control.step(interval(200), seen(1, 80, 75), 2, shedding);
+    assert!(d.shedding);
+    // The load falls: nothing is refused, the queue goes, and so does the
+    // shedding.
+    let d = control.step(interval(200), seen(2, 40, 0), 2, shedding);
     assert!(!d.shedding);
 }
 
@@ -58,10 +72,14 @@ fn callers_moving_over_from_a_stopped_worker_are_not_shed() {
     // 43 callers settled, then 21 more arrive over four intervals.
     let mut control = Control::default();
     for _ in 0..20 {
-        assert!(!control.step(interval(9_000), 43, 20, 2, false).shedding);
+        assert!(
+            !control
+                .step(interval(9_000), seen(43, 20, 0), 2, false)
+                .shedding
+        );
     }
     for in_flight in [49, 55, 60, 64, 64, 64] {
-        let d = control.step(interval(9_000), in_flight, 20, 2, false);
+        let d = control.step(interval(9_000), seen(in_flight, 20, 0), 2, false);
         assert!(!d.shedding, "{in_flight}");
     }
 }
@@ -70,14 +88,14 @@ fn callers_moving_over_from_a_stopped_worker_are_not_shed() {
 fn a_load_that_ended_earlier_does_not_delay_shedding() {
     let mut control = Control::default();
     for _ in 0..10 {
-        control.step(interval(60_000), 256, 200, 2, false);
+        control.step(interval(60_000), seen(256, 200, 0), 2, false);
     }
     for _ in 0..20 {
-        control.step(interval(100), 0, 200, 2, false);
+        control.step(interval(100), seen(0, 200, 0), 2, false);
     }
     let mut shed_at = None;
     for round in 1..=5 {
-        let d = control.step(interval(30_000), round * 100, 200, 2, false);
+        let d = control.step(interval(30_000), seen(round * 100, 200, 0), 2, false);
         if d.shedding && shed_at.is_none() {
             shed_at = Some(round);
         }
@@ -90,7 +108,7 @@ fn a_node_that_just_started_sheds_nothing_while_its_callers_move_in() {
     // A new worker: its callers arrive over five intervals.
     let mut control = Control::default();
     for in_flight in [10, 20, 30, 40, 50, 50, 50] {
-        let d = control.step(interval(9_000), in_flight, 20, 2, false);
+        let d = control.step(interval(9_000), seen(in_flight, 20, 0), 2, false);
         assert!(!d.shedding, "{in_flight}");
     }
 }
@@ -98,8 +116,8 @@ fn a_node_that_just_started_sheds_nothing_while_its_callers_move_in() {
 #[test]
 fn a_burst_that_stops_growing_is_not_shed() {
     let mut control = Control::default();
-    let d1 = control.step(interval(5_000), 300, 200, 2, false);
-    let d2 = control.step(interval(5_000), 300, 200, 2, false);
+    let d1 = control.step(interval(5_000), seen(300, 200, 0), 2, false);
+    let d2 = control.step(interval(5_000), seen(300, 200, 0), 2, false);
     assert!(!d1.shedding && !d2.shedding);
 }
 

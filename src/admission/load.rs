@@ -21,9 +21,10 @@ use std::time::{Duration, Instant};
 
 /// How often the probe measures.
 pub(crate) const TICK: Duration = Duration::from_millis(5);
-/// Probes per interval: CoDel's interval, short enough that an overload
-/// is seen before its queue holds more than a few tens of milliseconds.
-const TICKS_PER_INTERVAL: u32 = 10;
+/// Probes per interval: short enough that an overload is seen (three
+/// intervals of growth) before its queue holds more than a few tens of
+/// milliseconds.
+const TICKS_PER_INTERVAL: u32 = 4;
 /// The interval the limiter decides on.
 pub(crate) const INTERVAL: Duration =
     Duration::from_millis(TICK.as_millis() as u64 * TICKS_PER_INTERVAL as u64);
