@@ -256,7 +256,7 @@ async fn run(
                 loop {
                     match registry.join(registration.clone()).await {
                         Ok(member) => return (host, member),
-                        Err(svckit::Error::Unavailable { .. }) => {
+                        Err(e) if e.kind() == svckit::ErrorKind::Unavailable => {
                             retried.fetch_add(1, Ordering::Relaxed);
                             let pause = Duration::from_secs(2).mul_f64(rand::random::<f64>());
                             tokio::time::sleep(pause).await;

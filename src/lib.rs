@@ -70,6 +70,7 @@
 #![warn(missing_docs)]
 
 mod admission;
+mod body;
 mod clock;
 pub mod config;
 pub mod dashboard;
@@ -90,6 +91,6 @@ mod wire;
 pub mod xds;
 
 pub use config::Config;
-pub use error::{BoxError, Error, Result};
+pub use error::{BoxError, Error, ErrorKind, Result};
 pub use manager::Manager;
 pub use service::{Node, Service};

@@ -16,7 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::servicegroup::{self, AdminChange, MemberView};
 
 use super::Dashboard;
@@ -136,11 +136,11 @@ fn refuse(status: StatusCode, message: impl Into<String>) -> Response {
 
 /// The HTTP status of a failed action: decided by the error's kind.
 fn status_of(e: &Error) -> StatusCode {
-    match e {
-        Error::NotFound { .. } => StatusCode::NOT_FOUND,
-        Error::MemberUp { .. } => StatusCode::CONFLICT,
-        Error::Usage { .. } => StatusCode::BAD_REQUEST,
-        Error::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+    match e.kind() {
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::MemberUp => StatusCode::CONFLICT,
+        ErrorKind::Usage => StatusCode::BAD_REQUEST,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::BAD_GATEWAY,
     }
 }
@@ -220,10 +220,7 @@ async fn perform(dashboard: &Dashboard, request: &ActionRequest) -> Result<serde
         Action::Delete => {
             return match servicegroup::delete_member(registry.as_ref(), topic, host, false).await? {
                 Some(_) => Ok(serde_json::json!({ "deleted": { "topic": topic, "host": host } })),
-                None => Err(Error::NotFound {
-                    topic: topic.to_string(),
-                    host: host.to_string(),
-                }),
+                None => Err(Error::not_found(topic, host)),
             };
         }
     };

@@ -20,7 +20,7 @@ use super::live::Live;
 use crate::pb::base::v1::base_client::BaseClient;
 use crate::pb::base::v1::{StatsRequest, StatsResponse};
 use crate::rpc::{Rpc, Target};
-use crate::servicegroup::{self, Member};
+use crate::servicegroup::Member;
 
 /// How often a node is asked, in a fleet small enough.
 pub(super) const INTERVAL: Duration = Duration::from_secs(5);
@@ -65,7 +65,7 @@ pub(super) struct Figures {
 
 impl Drop for Figures {
     fn drop(&mut self) {
-        if let Some(task) = servicegroup::lock(&self.task).take() {
+        if let Some(task) = crate::sync::lock(&self.task).take() {
             task.abort();
         }
     }
@@ -79,13 +79,13 @@ impl Figures {
             task: Mutex::new(None),
         });
         let task = tokio::spawn(ask_all(Arc::downgrade(&figures), live, rpc));
-        *servicegroup::lock(&figures.task) = Some(task.abort_handle());
+        *crate::sync::lock(&figures.task) = Some(task.abort_handle());
         figures
     }
 
     /// Every node's figures, by `topic/host`.
     pub(super) fn snapshot(&self) -> HashMap<String, NodeFigures> {
-        servicegroup::lock(&self.nodes)
+        crate::sync::lock(&self.nodes)
             .iter()
             .map(|((topic, host), node)| (format!("{topic}/{host}"), node.figures.clone()))
             .collect()
@@ -97,14 +97,14 @@ impl Figures {
             .iter()
             .map(|m| (m.record.topic.as_str(), m.record.host.as_str()))
             .collect();
-        servicegroup::lock(&self.nodes)
+        crate::sync::lock(&self.nodes)
             .retain(|(topic, host), _| wanted.contains(&(topic.as_str(), host.as_str())));
     }
 
     fn record(&self, member: &Member, answer: Result<StatsResponse, String>) {
         let now = Instant::now();
         let key = (member.record.topic.clone(), member.record.host.clone());
-        let mut nodes = servicegroup::lock(&self.nodes);
+        let mut nodes = crate::sync::lock(&self.nodes);
         let node = nodes.entry(key).or_insert_with(|| Node {
             figures: NodeFigures::default(),
             last: None,

@@ -19,7 +19,7 @@ use futures::{FutureExt, Stream, StreamExt};
 use tokio::sync::{broadcast, watch};
 
 use crate::servicegroup::feed::{Members, Project, TopicFeeds};
-use crate::servicegroup::{self, Event, EventView, Member, MemberView, Registry};
+use crate::servicegroup::{Event, EventView, Member, MemberView, Registry};
 
 /// Frames kept for clients that reconnect.
 const RING: usize = 1024;
@@ -91,7 +91,7 @@ impl Live {
         let feeds = TopicFeeds::new(registry, Duration::ZERO, move |_| Mirror {
             live: weak.clone(),
         });
-        *servicegroup::lock(&live.feed) = Some(feeds.subscribe(None));
+        *crate::sync::lock(&live.feed) = Some(feeds.subscribe(None));
         live
     }
 
@@ -110,7 +110,7 @@ impl Live {
     /// The members, ordered by (topic, host), and the id of the last change
     /// they include.
     pub(super) fn members(&self) -> (Vec<Member>, String) {
-        let state = servicegroup::lock(&self.state);
+        let state = crate::sync::lock(&self.state);
         (
             state.members.values().cloned().collect(),
             format!("{}-{}", self.epoch, state.seq),
@@ -122,7 +122,7 @@ impl Live {
     fn apply(&self, event: &Event) {
         let member = event.member();
         let key = (member.record.topic.clone(), member.record.host.clone());
-        let mut state = servicegroup::lock(&self.state);
+        let mut state = crate::sync::lock(&self.state);
         let new = match event {
             Event::Delete(_) => None,
             _ => Some(member),
@@ -152,7 +152,7 @@ impl Live {
             .map(|m| (m.record.topic.as_str(), m.record.host.as_str()))
             .collect();
         let gone: Vec<Member> = {
-            let state = servicegroup::lock(&self.state);
+            let state = crate::sync::lock(&self.state);
             state
                 .members
                 .values()
@@ -204,7 +204,7 @@ impl Live {
         after: Option<(u64, u64)>,
     ) -> impl Stream<Item = Bytes> + Send + 'static {
         let (first, rx, last) = {
-            let mut state = servicegroup::lock(&self.state);
+            let mut state = crate::sync::lock(&self.state);
             // Subscribed under the lock: no frame falls between the replay
             // (or snapshot) and the live ones.
             let rx = self.frames.subscribe();
@@ -268,7 +268,7 @@ impl Follower {
                 // channel, so it gets the whole picture again.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     let (seq, frame) = {
-                        let mut state = servicegroup::lock(&self.live.state);
+                        let mut state = crate::sync::lock(&self.live.state);
                         self.live.snapshot_frame(&mut state)
                     };
                     self.last = seq;

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::process::worker::Ready;
 use crate::config::Config;
-use crate::error::{Error, Result};
+use crate::error::{Error, ErrorKind, Result};
 use crate::service::Advertised;
 use crate::servicegroup::{Advert, Endpoints, Membership, MembershipStatus, RegistryHandle};
 
@@ -126,7 +126,7 @@ impl Advertiser {
             }
             (Some(advert), None) => match self.join(advert, serving).await {
                 Ok(_) => tracing::info!(workers = serving, "node registered"),
-                Err(e @ Error::Duplicate { .. }) => return Err(e),
+                Err(e) if e.kind() == ErrorKind::Duplicate => return Err(e),
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot register the node; retrying");
                     self.retry_at = Some(Instant::now() + REJOIN_PAUSE);
@@ -231,6 +231,6 @@ fn write_ready_file(path: &std::path::Path, endpoints: &Endpoints) -> Result<()>
         "pid": std::process::id(),
     });
     serde_json::to_writer(&mut file, &value).map_err(std::io::Error::from)?;
-    file.persist(path).map_err(|e| Error::Io(e.error))?;
+    file.persist(path).map_err(|e| Error::from(e.error))?;
     Ok(())
 }

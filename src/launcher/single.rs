@@ -193,7 +193,7 @@ impl ServiceLauncher {
                 (result, _, _) = ended => {
                     // A service died on its own: stop the others and fail.
                     let reason = result.err().unwrap_or_else(|| {
-                        Error::Io(std::io::Error::other("a service ended unexpectedly"))
+                        Error::from(std::io::Error::other("a service ended unexpectedly"))
                     });
                     tracing::error!(error = %reason, "service ended; stopping");
                     let _ = self.stop(&services, &mut advertiser, &mut controls).await;
@@ -320,7 +320,7 @@ impl ServiceLauncher {
         loop {
             tokio::select! {
                 results = &mut stop => {
-                    let results = results.ok_or(Error::ShutdownTimeout(timeout))?;
+                    let results = results.ok_or(Error::shutdown_timeout(timeout))?;
                     let failed = results.into_iter().filter_map(|r| r.err()).inspect(|e| {
                         tracing::error!(error = %e, "graceful stop failed");
                     }).count();

@@ -74,7 +74,7 @@ pub(crate) async fn start(
             topic: topic.to_string(),
             name: job.spec.name.clone(),
             candidate: config.host.clone(),
-            ttl: config.service_down_time.max(config.report_interval * 2),
+            ttl: crate::servicegroup::down_time(config.service_down_time, config.report_interval),
             keepalive: config.report_interval,
         };
         let leadership: Option<Arc<dyn Leadership>> = match (job.spec.scope, registry) {

@@ -213,7 +213,7 @@ impl Rpc {
         if reached {
             Ok(())
         } else {
-            Err(Error::Status(Status::unavailable(format!(
+            Err(Error::from(Status::unavailable(format!(
                 "fewer than {count} nodes for {target} after {timeout:?}"
             ))))
         }
@@ -234,7 +234,7 @@ impl Rpc {
             .await;
         let hosts = channel.snapshot.borrow().all_hosts(target);
         if hosts.is_empty() {
-            return Err(Error::Status(Status::unavailable(format!(
+            return Err(Error::from(Status::unavailable(format!(
                 "no node available for {target}"
             ))));
         }
@@ -271,7 +271,7 @@ impl Rpc {
         Fut: Future<Output = Result<T, Status>> + Send + 'static,
     {
         let Ok(permit) = self.shared.casts.clone().try_acquire_owned() else {
-            return Err(Error::Status(Status::resource_exhausted(format!(
+            return Err(Error::from(Status::resource_exhausted(format!(
                 "{} casts already in flight",
                 self.options.max_casts_in_flight
             ))));
@@ -279,7 +279,7 @@ impl Rpc {
         let mut channel = self.channel(target.clone());
         channel = channel.loaded(self.options.response_timeout).await;
         if channel.hosts().is_empty() {
-            return Err(Error::Status(Status::unavailable(format!(
+            return Err(Error::from(Status::unavailable(format!(
                 "no node available for {target}"
             ))));
         }
@@ -303,8 +303,8 @@ impl Rpc {
                 Ok(Ok(())) => Ok(()),
                 // Written, then failed: that was the reply, logged above.
                 Ok(Err(_)) if written.try_recv().is_ok() => Ok(()),
-                Ok(Err(status)) => Err(Error::Status(status)),
-                Err(join) => Err(Error::Status(Status::internal(format!("cast task: {join}")))),
+                Ok(Err(status)) => Err(Error::from(status)),
+                Err(join) => Err(Error::from(Status::internal(format!("cast task: {join}")))),
             },
         }
     }

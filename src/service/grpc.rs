@@ -35,10 +35,7 @@ use crate::tls;
 /// restarted node gets its port back while old connections sit in
 /// TIME_WAIT, and a backlog large enough for bursts of reconnects.
 pub(crate) fn bind(addr: SocketAddr) -> Result<std::net::TcpListener> {
-    let bind_err = |source| Error::Bind {
-        addr: addr.to_string(),
-        source,
-    };
+    let bind_err = |source| Error::bind(addr, source);
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, None).map_err(bind_err)?;
     socket.set_reuse_address(true).map_err(bind_err)?;
     socket.set_nonblocking(true).map_err(bind_err)?;
@@ -65,6 +62,27 @@ pub(crate) struct Limits {
     pub(crate) pool_wait: Duration,
     /// Whether the adaptive limit applies under the pool (`rpc_admission`).
     pub(crate) adaptive: bool,
+}
+
+/// Adds the layers every gRPC call passes, outermost first, to a tonic
+/// `Server` builder or a tower `ServiceBuilder` (a port shared with HTTP):
+/// its span, the trace context, the metrics, admission and the pool, the
+/// message size limit.
+macro_rules! grpc_layers {
+    ($builder:expr, $metrics:expr, $limits:expr) => {
+        $builder
+            .layer(
+                TraceLayer::new_for_grpc()
+                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
+                    .on_failure(trace::grpc_failure),
+            )
+            .layer(TraceContextLayer::default())
+            .layer($metrics.grpc_layer())
+            .layer($limits.pool($metrics))
+            .layer(MessageLimitLayer {
+                max: $limits.max_message_size,
+            })
+    };
 }
 
 impl Limits {
@@ -140,19 +158,8 @@ impl GrpcServer {
         let (done_tx, done) = watch::channel(None);
         let router = Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
-                    .on_failure(trace::grpc_failure),
-            )
-            .layer(TraceContextLayer::default())
-            .layer(metrics.grpc_layer())
-            .layer(limits.pool(metrics))
-            .layer(MessageLimitLayer {
-                max: limits.max_message_size,
-            })
-            .add_routes(routes);
+            .http2_keepalive_timeout(Some(Duration::from_secs(10)));
+        let router = grpc_layers!(router, metrics, limits).add_routes(routes);
         let task = tokio::spawn(async move {
             let result = router
                 .serve_with_incoming_shutdown(incoming, async {
@@ -187,19 +194,8 @@ impl GrpcServer {
         not_serving(&health, &names).await;
         let grpc = ServiceBuilder::new()
             .map_request(|r: http::Request<Incoming>| r.map(tonic::body::Body::new))
-            .map_response(|r: http::Response<_>| r.map(axum::body::Body::new))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
-                    .on_failure(trace::grpc_failure),
-            )
-            .layer(TraceContextLayer::default())
-            .layer(metrics.grpc_layer())
-            .layer(limits.pool(metrics))
-            .layer(MessageLimitLayer {
-                max: limits.max_message_size,
-            })
-            .service(routes.prepare());
+            .map_response(|r: http::Response<_>| r.map(axum::body::Body::new));
+        let grpc = grpc_layers!(grpc, metrics, limits).service(routes.prepare());
         let server = Arc::new(HttpServer::start(
             listener,
             http.router,
@@ -252,10 +248,10 @@ impl GrpcServer {
         let mut done = self.done.clone();
         let ended = done.wait_for(Option::is_some).await.map(|r| r.clone());
         match ended {
-            Ok(Some(Err(e))) => Err(Error::Io(std::io::Error::other(e))),
+            Ok(Some(Err(e))) => Err(Error::from(std::io::Error::other(e))),
             Ok(_) => Ok(()),
             // The task is gone without a word: it was aborted.
-            Err(_) => Err(Error::Io(std::io::Error::new(
+            Err(_) => Err(Error::from(std::io::Error::new(
                 std::io::ErrorKind::Interrupted,
                 "the gRPC server task was aborted",
             ))),

@@ -7,7 +7,7 @@
 //! value, so a panic elsewhere cannot leave it half-written.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, OnceLock, PoisonError, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
 use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
@@ -18,6 +18,7 @@ use crate::config::Config;
 use super::Advertised;
 use crate::periodic::Timer;
 use crate::servicegroup::{self, Endpoints, MembershipStatus, Registry, RegistryHandle};
+use crate::sync::{read, write};
 use crate::telemetry::metrics::Metrics;
 
 /// Bound on asking the registry for the members shown in a report: a report
@@ -126,14 +127,11 @@ impl NodeInfo {
 
     /// The config in force (after any SIGHUP).
     pub fn config(&self) -> Config {
-        self.config
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::read(&self.config).clone()
     }
 
     pub(super) fn set_config(&self, config: Config) {
-        *self.config.write().unwrap_or_else(PoisonError::into_inner) = config;
+        *crate::sync::write(&self.config) = config;
     }
 
     /// The advertised endpoints (empty until the listeners are bound).
@@ -294,12 +292,4 @@ impl NodeInfo {
             }
         }
     }
-}
-
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read().unwrap_or_else(PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write().unwrap_or_else(PoisonError::into_inner)
 }

@@ -21,6 +21,7 @@ use http::HeaderValue;
 use http_body::{Body, Frame, SizeHint};
 use tower::{Layer, Service};
 
+use crate::body::{Polled, Watch, Watched};
 use crate::wire::GRPC_STATUS;
 
 const OUT_OF_RANGE: &str = "11";
@@ -68,16 +69,8 @@ where
     fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
         let oversized = Arc::new(AtomicBool::new(false));
         let (max, flag) = (self.max, oversized.clone());
-        let request = request.map(|body| {
-            tonic::body::Body::new(Scanned {
-                body,
-                max,
-                oversized: flag,
-                header: [0; 5],
-                filled: 0,
-                skip: 0,
-            })
-        });
+        let request =
+            request.map(|body| tonic::body::Body::new(Scanned::new(body, Scanner::new(max, flag))));
         let future = self.inner.call(request);
         Box::pin(async move {
             let mut response = future.await?;
@@ -96,70 +89,65 @@ fn remap(headers: &mut http::HeaderMap) {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A request body whose message length prefixes are read on the way.
-    struct Scanned<B> {
-        #[pin]
-        body: B,
-        max: usize,
-        oversized: Arc<AtomicBool>,
-        // The 5-byte prefix of the next message: flag, then length (BE).
-        header: [u8; 5],
-        filled: usize,
-        // Payload bytes of the current message still to pass.
-        skip: usize,
+/// A request body whose message length prefixes are read on the way.
+type Scanned<B> = Watched<B, Scanner>;
+
+/// Reads the 5-byte prefix of each gRPC message as the body streams by.
+struct Scanner {
+    max: usize,
+    oversized: Arc<AtomicBool>,
+    // The 5-byte prefix of the next message: flag, then length (BE).
+    header: [u8; 5],
+    filled: usize,
+    // Payload bytes of the current message still to pass.
+    skip: usize,
+}
+
+impl Scanner {
+    fn new(max: usize, oversized: Arc<AtomicBool>) -> Self {
+        Scanner {
+            max,
+            oversized,
+            header: [0; 5],
+            filled: 0,
+            skip: 0,
+        }
     }
 }
 
-impl<B: Body<Data = Bytes>> Body for Scanned<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if let Poll::Ready(Some(Ok(frame))) = &polled {
-            if let Some(data) = frame.data_ref() {
-                let mut data = data.clone();
-                while data.has_remaining() {
-                    if *this.skip > 0 {
-                        let n = (*this.skip).min(data.remaining());
-                        data.advance(n);
-                        *this.skip -= n;
-                        continue;
-                    }
-                    let n = (5 - *this.filled).min(data.remaining());
-                    this.header[*this.filled..*this.filled + n].copy_from_slice(&data[..n]);
+impl<B: Body<Data = Bytes>> Watch<B> for Scanner {
+    fn polled(&mut self, polled: &Polled<B>, _: &B) {
+        let Poll::Ready(Some(Ok(frame))) = polled else {
+            return;
+        };
+        if let Some(data) = frame.data_ref() {
+            let mut data = data.clone();
+            while data.has_remaining() {
+                if self.skip > 0 {
+                    let n = (self.skip).min(data.remaining());
                     data.advance(n);
-                    *this.filled += n;
-                    if *this.filled == 5 {
-                        let len = u32::from_be_bytes([
-                            this.header[1],
-                            this.header[2],
-                            this.header[3],
-                            this.header[4],
-                        ]) as usize;
-                        if len > *this.max {
-                            this.oversized.store(true, Ordering::Relaxed);
-                        }
-                        *this.filled = 0;
-                        *this.skip = len;
+                    self.skip -= n;
+                    continue;
+                }
+                let n = (5 - self.filled).min(data.remaining());
+                self.header[self.filled..self.filled + n].copy_from_slice(&data[..n]);
+                data.advance(n);
+                self.filled += n;
+                if self.filled == 5 {
+                    let len = u32::from_be_bytes([
+                        self.header[1],
+                        self.header[2],
+                        self.header[3],
+                        self.header[4],
+                    ]) as usize;
+                    if len > self.max {
+                        self.oversized.store(true, Ordering::Relaxed);
                     }
+                    self.filled = 0;
+                    self.skip = len;
                 }
             }
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 
@@ -223,14 +211,10 @@ mod tests {
                 .into_iter()
                 .map(|c| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::from(c)))),
         );
-        let body = Scanned {
-            body: http_body_util::StreamBody::new(stream),
-            max,
-            oversized: oversized.clone(),
-            header: [0; 5],
-            filled: 0,
-            skip: 0,
-        };
+        let body = Scanned::new(
+            http_body_util::StreamBody::new(stream),
+            Scanner::new(max, oversized.clone()),
+        );
         let _ = body.collect().await;
         oversized.load(Ordering::Relaxed)
     }

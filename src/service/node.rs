@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -86,10 +86,7 @@ impl<M: Manager> Node<M> {
     }
 
     fn running(&self) -> Option<Running> {
-        self.running
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.running).clone()
     }
 
     async fn start_inner(&self, context: StartContext) -> Result<Advert> {
@@ -120,7 +117,7 @@ impl<M: Manager> Node<M> {
             }
         };
         let server = running.grpc.clone();
-        *self.running.lock().unwrap_or_else(PoisonError::into_inner) = Some(running);
+        *crate::sync::lock(&self.running) = Some(running);
         if let Err(e) = self.manager.post_start_hook().await {
             server.abort();
             self.cleanup_after_failed_start().await;
@@ -459,5 +456,5 @@ pub fn advertised_url(addr: SocketAddr, host: &str, tls: bool) -> String {
 }
 
 fn hook(name: &'static str) -> impl Fn(BoxError) -> Error {
-    move |source| Error::Hook { hook: name, source }
+    move |source| Error::hook(name, source)
 }

@@ -13,7 +13,6 @@
 //! Health checks and reflection skip both: an overloaded node must still
 //! answer its probes.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -21,12 +20,13 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures::future::BoxFuture;
 use http::HeaderValue;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use http_body_util::{Either, Empty};
 use tokio::sync::OwnedSemaphorePermit;
 use tower::{Layer, Service};
 
 use crate::admission::{self, Limiter, Slots};
+use crate::body::{ended, Polled, Watch, Watched};
 use crate::error::BoxError;
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
@@ -97,10 +97,7 @@ where
                     .await?
                     .call(request)
                     .await?;
-                Ok(response.map(|body| Held {
-                    body: Either::Left(body),
-                    permit: None,
-                }))
+                Ok(response.map(|body| Held::new(Either::Left(body), Slot(None))))
             });
         }
         let pass = match self.pool.limiter.admit_request(request.headers()) {
@@ -123,10 +120,7 @@ where
                 .await?;
             // The handler answered: its place under the limit is free.
             drop(pass);
-            Ok(response.map(|body| Held {
-                body: Either::Left(body),
-                permit: Some(permit),
-            }))
+            Ok(response.map(|body| Held::new(Either::Left(body), Slot(Some(permit)))))
         })
     }
 }
@@ -163,10 +157,7 @@ fn refused<RB>(why: Refusal) -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
             ("pool", "rpc_pool_size%20reached")
         }
     };
-    let mut response = http::Response::new(Held {
-        body: Either::Right(Empty::new()),
-        permit: None,
-    });
+    let mut response = http::Response::new(Held::new(Either::Right(Empty::new()), Slot(None)));
     let headers = response.headers_mut();
     headers.insert(
         http::header::CONTENT_TYPE,
@@ -178,37 +169,17 @@ fn refused<RB>(why: Refusal) -> http::Response<Held<Either<RB, Empty<Bytes>>>> {
     response
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that holds its call's slot until it ends.
-    pub(crate) struct Held<B> {
-        #[pin]
-        body: B,
-        permit: Option<OwnedSemaphorePermit>,
-    }
-}
+/// A response body that holds its call's slot until it ends.
+pub(crate) type Held<B> = Watched<B, Slot>;
 
-impl<B: Body<Data = Bytes>> Body for Held<B> {
-    type Data = Bytes;
-    type Error = B::Error;
+/// A call's pool slot, given back when its response ends.
+pub(crate) struct Slot(Option<OwnedSemaphorePermit>);
 
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_)))) {
-            this.permit.take();
+impl<B: Body> Watch<B> for Slot {
+    fn polled(&mut self, polled: &Polled<B>, _: &B) {
+        if ended::<B>(polled) {
+            self.0 = None;
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -92,7 +92,7 @@ impl LocalLeadership {
     }
 
     fn release(&self) {
-        let mut holders = holders().lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = crate::sync::lock(holders());
         if holders.get(&self.key) == Some(&self.id) {
             holders.remove(&self.key);
         }
@@ -104,7 +104,7 @@ impl Leadership for LocalLeadership {
         if self.resigned.load(Ordering::SeqCst) {
             return false;
         }
-        let mut holders = holders().lock().unwrap_or_else(PoisonError::into_inner);
+        let mut holders = crate::sync::lock(holders());
         *holders.entry(self.key.clone()).or_insert(self.id) == self.id
     }
 

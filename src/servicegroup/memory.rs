@@ -61,7 +61,7 @@ impl Entry {
 impl MemoryDriver {
     /// The group called `name` in this process (created on first use).
     pub fn named(name: &str) -> Self {
-        let mut groups = crate::servicegroup::lock(&GROUPS);
+        let mut groups = crate::sync::lock(&GROUPS);
         let group = groups
             .entry(name.to_string())
             .or_insert_with(|| {
@@ -78,7 +78,7 @@ impl MemoryDriver {
 
 impl Group {
     fn lock(&self) -> MutexGuard<'_, BTreeMap<Key, Entry>> {
-        crate::servicegroup::lock(&self.entries)
+        crate::sync::lock(&self.entries)
     }
 
     /// Applies `change` to one entry under the lock and broadcasts the event.
@@ -245,10 +245,10 @@ impl Driver for MemoryDriver {
             self.group.update(&key, |entries| {
                 let now = SystemTime::now();
                 match entries.get_mut(&key) {
-                    Some(Entry { owner: Some(_), .. }) => Err(Error::Duplicate {
-                        member: format!("{}/{}", key.0, key.1),
-                        holder: "another membership of this process".into(),
-                    }),
+                    Some(Entry { owner: Some(_), .. }) => Err(Error::duplicate(
+                        &format!("{}/{}", key.0, key.1),
+                        "another membership of this process",
+                    )),
                     Some(entry) => {
                         registration.refresh_record(&mut entry.record, now);
                         entry.owner = Some(owner);

@@ -40,6 +40,7 @@ pub(crate) mod lag;
 mod probe;
 mod record;
 mod registration;
+pub(crate) use registration::down_time;
 mod status;
 mod url;
 mod view;
@@ -266,7 +267,7 @@ pub trait Membership: Send + Sync {
     /// Leaves the group: the node shows as down at once (liveness removed,
     /// lease revoked), its record stays. Bounded by [`LEAVE_TIMEOUT`]: when
     /// the registry does not answer in time, it fails with
-    /// [`Error::Unavailable`](crate::Error::Unavailable), heartbeats have
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable), heartbeats have
     /// stopped all the same, and the node turns down by expiry.
     fn leave(&self) -> BoxFuture<'_, Result<()>>;
     /// Changes the record's `workers` (a supervisor that added or lost a
@@ -286,9 +287,9 @@ pub trait Membership: Send + Sync {
 /// A membership backend. Every driver passes the same behavioural tests.
 pub trait Driver: Send + Sync {
     /// Registers a node and keeps it registered. Fails with
-    /// [`Error::Duplicate`](crate::Error::Duplicate) when another live node
+    /// [`ErrorKind::Duplicate`](crate::ErrorKind::Duplicate) when another live node
     /// holds the same (topic, host), and with
-    /// [`Error::Unavailable`](crate::Error::Unavailable) when the registry
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) when the registry
     /// cannot be reached.
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>>;
 
@@ -408,28 +409,15 @@ pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Reg
     })
 }
 
-/// Locks one of the service group's mutexes.
-///
-/// The one answer to poisoning here: every critical section in this module
-/// assigns whole values (a map insert, a field, an `Option::take`), so the
-/// data behind a lock poisoned by a panic elsewhere is still consistent. The
-/// service group keeps using it rather than carrying one panic into the
-/// heartbeat and watch loops that keep a node registered.
-pub(crate) fn lock<T>(mutex: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
 /// Deletes a member's record and liveness, as `svckit service delete` does,
 /// and returns the member as it was (`None`: there was no record).
 ///
-/// A member that is up is refused with [`Error::MemberUp`] unless `force`:
+/// A member that is up is refused with [`ErrorKind::MemberUp`] unless `force`:
 /// its node would write the record again within about two seconds (it
 /// repairs a deleted record), so deleting it only makes sense for a node
 /// about to stop, and then `force` says so.
 ///
-/// [`Error::MemberUp`]: crate::Error::MemberUp
+/// [`ErrorKind::MemberUp`]: crate::ErrorKind::MemberUp
 pub async fn delete_member(
     registry: &dyn Driver,
     topic: &str,
@@ -440,10 +428,7 @@ pub async fn delete_member(
         return Ok(None);
     };
     if member.up && !force {
-        return Err(crate::Error::MemberUp {
-            topic: topic.to_string(),
-            host: host.to_string(),
-        });
+        return Err(crate::Error::member_up(topic, host));
     }
     Ok(registry.delete(topic, host).await?.then_some(member))
 }

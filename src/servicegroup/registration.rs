@@ -95,23 +95,28 @@ pub struct Registration {
     pub service_down_time: Duration,
 }
 
+/// `service_down_time`, raised to twice the heartbeat interval when it is
+/// smaller: one lost heartbeat must never make a live holder (a node, a
+/// leader) look gone.
+pub(crate) fn down_time(service_down_time: Duration, report_interval: Duration) -> Duration {
+    service_down_time.max(report_interval * 2)
+}
+
 impl Registration {
     /// `service_down_time`, raised to twice the heartbeat interval when it is
     /// smaller (a warning is logged): one lost heartbeat must never make a
     /// live node look dead.
     pub fn effective_down_time(&self) -> Duration {
-        let floor = self.report_interval * 2;
-        if self.service_down_time < floor {
+        let down_time = down_time(self.service_down_time, self.report_interval);
+        if down_time != self.service_down_time {
             tracing::warn!(
                 service_down_time = ?self.service_down_time,
                 report_interval = ?self.report_interval,
-                raised_to = ?floor,
+                raised_to = ?down_time,
                 "service_down_time is less than 2 x report_interval; raising it"
             );
-            floor
-        } else {
-            self.service_down_time
         }
+        down_time
     }
 
     /// A fresh record for this registration (admin state cleared).

@@ -34,7 +34,7 @@ impl StatusCell {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut MembershipStatus) -> T) -> T {
-        f(&mut crate::servicegroup::lock(&self.inner))
+        f(&mut crate::sync::lock(&self.inner))
     }
 
     pub(crate) fn snapshot(&self) -> MembershipStatus {

@@ -5,7 +5,7 @@
 //! ([`dropped_lines`]: the report and `/metrics` show it), and once the
 //! sink takes lines again, a warning says how many were lost.
 
-use std::sync::{Mutex, OnceLock, PoisonError};
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use tracing_appender::non_blocking::{ErrorCounter, NonBlocking, WorkerGuard};
@@ -32,7 +32,7 @@ pub(super) fn stderr() -> NonBlocking {
             .buffered_lines_limit(QUEUE_LINES)
             .thread_name("svckit-log")
             .finish(std::io::stderr());
-        *GUARD.lock().unwrap_or_else(PoisonError::into_inner) = Some(guard);
+        *crate::sync::lock(&GUARD) = Some(guard);
         let watching = std::thread::Builder::new()
             .name("svckit-log-watch".into())
             .spawn(watch_drops);
@@ -55,7 +55,7 @@ pub fn dropped_lines() -> u64 {
 /// Writes the lines still queued (waiting a bounded time for the sink).
 /// Called before the process exits.
 pub fn flush() {
-    let guard = GUARD.lock().unwrap_or_else(PoisonError::into_inner).take();
+    let guard = crate::sync::lock(&GUARD).take();
     drop(guard);
 }
 

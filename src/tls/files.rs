@@ -10,7 +10,7 @@
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use rustls::pki_types::pem::PemObject;
@@ -81,7 +81,7 @@ impl<T> Reloading<T> {
     /// The value for the files as they are now.
     pub(crate) fn get(&self) -> Arc<T> {
         let now = stamps(&self.paths);
-        let mut current = self.current.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut current = crate::sync::lock(&self.current);
         // A file missing for a moment (replaced by delete + create) keeps
         // the old value until it is back.
         if now.is_none() || now == current.0 {

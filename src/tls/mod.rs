@@ -98,7 +98,7 @@ pub struct ServerTls {
 impl ServerTls {
     /// The node's TLS from `tls_cert_file`, `tls_key_file` and
     /// `tls_client_ca_file`; `None` when no certificate is set. Missing,
-    /// unreadable or unusable files are [`Error::Config`] (exit 78).
+    /// unreadable or unusable files are [`ErrorKind::Config`](crate::ErrorKind::Config) (exit 78).
     pub fn from_config(config: &Config) -> Result<Option<Self>> {
         let Some((cert, key)) = pair(
             (config.tls_cert_file.as_ref(), "tls_cert_file"),

@@ -47,7 +47,7 @@ pub(super) async fn ping(rpc: Rpc, target: Target, fanout: bool, arg: String) ->
         match result {
             Ok(r) => vec![(r.host.clone(), Ok(r))],
             // Not reached any node: that is the command's error, not a reply.
-            Err(s) if s.code() == tonic::Code::Unavailable => return Err(Error::Status(s)),
+            Err(s) if s.code() == tonic::Code::Unavailable => return Err(Error::from(s)),
             Err(s) => vec![(String::new(), Err(s))],
         }
     };
@@ -59,7 +59,7 @@ pub(super) async fn ping(rpc: Rpc, target: Target, fanout: bool, arg: String) ->
     }
     out.flush()?;
     if failed > 0 {
-        return Err(Error::Status(Status::unknown(format!(
+        return Err(Error::from(Status::unknown(format!(
             "{failed} of {} nodes failed",
             replies.len()
         ))));

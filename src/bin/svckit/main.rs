@@ -223,10 +223,7 @@ impl RegistryArgs {
 async fn bind(listen: std::net::SocketAddr, path: &str) -> Result<tokio::net::TcpListener> {
     let listener = tokio::net::TcpListener::bind(listen)
         .await
-        .map_err(|source| svckit::Error::Bind {
-            addr: listen.to_string(),
-            source,
-        })?;
+        .map_err(|source| svckit::Error::bind(listen, source))?;
     let addr = listener.local_addr()?;
     members::write_stdout(format!("listening on http://{addr}{path}\n").as_bytes())?;
     Ok(listener)

@@ -143,7 +143,8 @@ pub(super) async fn list(
     let members = registry.list(topic).await?;
     let text = if json {
         let views: Vec<MemberView<'_>> = members.iter().map(MemberView::from).collect();
-        serde_json::to_string_pretty(&views).map_err(|e| Error::Io(e.into()))? + "\n"
+        serde_json::to_string_pretty(&views).map_err(|e| Error::from(std::io::Error::from(e)))?
+            + "\n"
     } else {
         members_table(&members, wide)
     };
@@ -154,8 +155,8 @@ pub(super) async fn watch(registry: &Registry, topic: Option<&str>) -> Result<()
     let mut events = registry.watch(topic).await?;
     while let Some(event) = events.next().await {
         let event = event?;
-        let mut text =
-            serde_json::to_string(&EventView::from(&event)).map_err(|e| Error::Io(e.into()))?;
+        let mut text = serde_json::to_string(&EventView::from(&event))
+            .map_err(|e| Error::from(std::io::Error::from(e)))?;
         text.push('\n');
         write_stdout(text.as_bytes())?;
     }
@@ -192,10 +193,7 @@ pub(super) async fn admin(
                     .as_bytes(),
                 ),
                 Some(_) => write_stdout(format!("deleted {topic}/{host}\n").as_bytes()),
-                None => Err(Error::NotFound {
-                    topic: topic.to_string(),
-                    host: host.to_string(),
-                }),
+                None => Err(Error::not_found(topic, host)),
             }
         }
     }

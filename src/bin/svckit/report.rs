@@ -15,7 +15,7 @@ pub(super) async fn report(rpc: Rpc, topic: String, host: String) -> Result<()> 
         .into_inner();
     // Re-encoded so the output is JSON whatever the node's formatting.
     let value: serde_json::Value = serde_json::from_str(&reply.json).map_err(|e| {
-        Error::Io(std::io::Error::new(
+        Error::from(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             format!("the node's report is not JSON: {e}"),
         ))

@@ -311,7 +311,7 @@ impl Running {
         }
         tracing::info!("all workers stopped");
         if timed_out {
-            return Err(Error::ShutdownTimeout(timeout));
+            return Err(Error::shutdown_timeout(timeout));
         }
         Ok(exit::OK)
     }

@@ -88,13 +88,13 @@ pub(crate) fn take_env() -> Result<()> {
         set_cloexec(fd, true)?;
     }
     UPGRADED.store(true, Ordering::SeqCst);
-    *crate::servicegroup::lock(&HANDED_DOWN) = Some(handover);
+    *crate::sync::lock(&HANDED_DOWN) = Some(handover);
     Ok(())
 }
 
 /// What the supervisor this image replaced handed down, once.
 pub(super) fn take() -> Option<Handover> {
-    crate::servicegroup::lock(&HANDED_DOWN).take()
+    crate::sync::lock(&HANDED_DOWN).take()
 }
 
 /// The signals held across the exec: those the launcher handles.
@@ -166,14 +166,14 @@ pub(super) fn exec(binary: &Path, args: &[OsString], handover: &Handover) -> Err
     let mut before = SigSet::empty();
     if let Err(e) = pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&held()), Some(&mut before)) {
         restore(handover);
-        return Error::Io(e.into());
+        return Error::from(std::io::Error::from(e));
     }
     crate::telemetry::sink::flush();
     // Only returns on failure.
     let Err(errno) = nix::unistd::execve(&path, &argv, &envp);
     let _ = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&before), None);
     restore(handover);
-    Error::Io(errno.into())
+    Error::from(std::io::Error::from(errno))
 }
 
 /// After a failed exec: the descriptors close on exec again.
@@ -188,7 +188,7 @@ fn set_cloexec(fd: RawFd, on: bool) -> Result<()> {
     // SAFETY: F_SETFD on a descriptor this process owns changes only its
     // close-on-exec flag.
     if unsafe { libc::fcntl(fd, libc::F_SETFD, flags) } < 0 {
-        return Err(Error::Io(std::io::Error::last_os_error()));
+        return Err(Error::from(std::io::Error::last_os_error()));
     }
     Ok(())
 }

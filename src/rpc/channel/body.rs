@@ -17,6 +17,8 @@ use tokio::sync::oneshot;
 use tonic::body::Body;
 use tonic::Status;
 
+use crate::body::{ended, Polled, Watch, Watched};
+
 /// A request body up to this size, complete without waiting, is kept whole
 /// so that a call that never reached a node can be sent to another.
 const MAX_REPLAY_BYTES: usize = 1 << 20;
@@ -152,43 +154,20 @@ impl Drop for PendingGuard {
 /// A response body that holds its call's [`PendingGuard`] until the last
 /// frame (or until it is dropped): a stream is load on its node for as long
 /// as it runs, not only until its headers came.
-pub(super) struct Guarded {
-    inner: Body,
-    guard: Option<PendingGuard>,
+pub(super) type Guarded = Watched<Body, Option<PendingGuard>>;
+
+/// Wraps a response body in its call's guard.
+pub(super) fn guarded(inner: Body, guard: PendingGuard) -> Body {
+    Body::new(Guarded::new(inner, Some(guard)))
 }
 
-impl Guarded {
-    pub(super) fn wrap(inner: Body, guard: PendingGuard) -> Body {
-        Body::new(Guarded {
-            inner,
-            guard: Some(guard),
-        })
-    }
-}
-
-impl HttpBody for Guarded {
-    type Data = Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
-        let polled = Pin::new(&mut self.inner).poll_frame(cx);
-        match &polled {
-            Poll::Ready(None | Some(Err(_))) => self.guard = None,
-            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.guard = None,
-            _ => {}
+impl Watch<Body> for Option<PendingGuard> {
+    fn polled(&mut self, polled: &Polled<Body>, body: &Body) {
+        if ended::<Body>(polled)
+            || (matches!(polled, Poll::Ready(Some(Ok(_)))) && body.is_end_stream())
+        {
+            *self = None;
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
     }
 }
 
@@ -316,7 +295,7 @@ mod tests {
     #[test]
     fn the_pending_count_lasts_until_the_response_ends() {
         let pending = Arc::new(AtomicUsize::new(0));
-        let body = Guarded::wrap(
+        let body = guarded(
             Body::new(http_body_util::Full::new(Bytes::from_static(b"reply"))),
             PendingGuard::new(&pending),
         );

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::body::{self, Guarded, NotifySent, Payload, PendingGuard};
+use super::body::{self, NotifySent, Payload, PendingGuard};
 use super::classify::{never_sent, timed_out, unavailable, Sent};
 use super::pick::{pick, Candidates, MAX_ATTEMPTS};
 use super::replay::Replay;
@@ -62,7 +62,7 @@ impl RpcChannel {
                         .get(GRPC_STATUS)
                         .is_some_and(|code| outlier::is_failure(Code::from_bytes(code.as_bytes())));
                     self.record(&node, failed);
-                    return Ok(response.map(|body| Guarded::wrap(body, guard)));
+                    return Ok(response.map(|body| body::guarded(body, guard)));
                 }
                 Err(e) => Err(Sent::Maybe(e.into())),
             },
@@ -297,7 +297,7 @@ impl RpcChannel {
                     });
                     self.record(&node, failed);
                     return match result {
-                        Ok(response) => Ok(response.map(|body| Guarded::wrap(body, guard))),
+                        Ok(response) => Ok(response.map(|body| body::guarded(body, guard))),
                         Err(e) if timed_out(&e) => Err(self.deadline_exceeded()),
                         Err(e) => Err(e.into()),
                     };

@@ -12,6 +12,7 @@ use super::budget::RetryBudget;
 use super::hedge::Latency;
 use super::throttle::Throttle;
 use crate::rpc::Target;
+use crate::sync::lock;
 
 /// What the channels of one [`Rpc`](super::Rpc) share: counters, the retry
 /// budget, latency histograms and the bound on casts.
@@ -76,12 +77,6 @@ impl Shared {
         }
         map.entry(topic.to_string()).or_default().clone()
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// Counters of a client ([`Rpc::stats`](crate::rpc::Rpc::stats)), since it

@@ -3,11 +3,9 @@
 //! and whether the call was hedged or retried, and ended with the call's
 //! status when its response ends.
 
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
+use std::task::Poll;
 
-use http_body::{Frame, SizeHint};
 use opentelemetry::trace::{Span as _, SpanKind};
 use opentelemetry::KeyValue;
 use tonic::body::Body;
@@ -15,6 +13,7 @@ use tonic::Status;
 
 use super::super::discovery::Node;
 use super::super::Target;
+use crate::body::{Polled, Watch, Watched};
 use crate::error::BoxError;
 use crate::telemetry::otel;
 use crate::telemetry::trace::TRACEPARENT;
@@ -128,12 +127,7 @@ impl ClientSpan {
             }
         }
         let response = result?;
-        Ok(response.map(|body| {
-            Body::new(Traced {
-                body,
-                call: Some(self),
-            })
-        }))
+        Ok(response.map(|body| Body::new(Traced::new(body, Some(self)))))
     }
 }
 
@@ -149,29 +143,15 @@ fn status(span: &mut otel::Span, code: i32) {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that ends its call's span when it ends.
-    struct Traced {
-        #[pin]
-        body: Body,
-        call: Option<ClientSpan>,
-    }
-}
+/// A response body that ends its call's span when it ends.
+type Traced = Watched<Body, Option<ClientSpan>>;
 
-impl http_body::Body for Traced {
-    type Data = bytes::Bytes;
-    type Error = Status;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        match &polled {
+impl Watch<Body> for Option<ClientSpan> {
+    fn polled(&mut self, polled: &Polled<Body>, _: &Body) {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(code) = frame.trailers_ref().and_then(|t| t.get(GRPC_STATUS)) {
-                    if let Some(call) = this.call.take() {
+                    if let Some(call) = self.take() {
                         if let Ok(mut call) = call.0.lock() {
                             status(&mut call.span, parse_code(code));
                         }
@@ -179,25 +159,16 @@ impl http_body::Body for Traced {
                 }
             }
             Poll::Ready(Some(Err(e))) => {
-                if let Some(call) = this.call.take() {
+                if let Some(call) = self.take() {
                     if let Ok(mut call) = call.0.lock() {
                         status(&mut call.span, e.code() as i32);
                     }
                 }
             }
             Poll::Ready(None) => {
-                this.call.take();
+                self.take();
             }
             Poll::Pending => {}
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }

@@ -17,7 +17,7 @@ mod tracker;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use tonic::transport::{Channel, Endpoint};
@@ -83,7 +83,7 @@ impl Conn {
 
 impl Slot {
     fn spare(&self) -> std::sync::MutexGuard<'_, Vec<Channel>> {
-        self.spare.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.spare)
     }
 }
 

@@ -51,8 +51,8 @@ impl Credentials {
     /// etcd refused the user name or password (exit 78): the message names
     /// the user, never the password.
     pub(super) fn refused(&self, endpoints: &str, source: etcd_client::Error) -> Error {
-        Error::Credentials {
-            what: format!(
+        Error::credentials(
+            format!(
                 "etcd at {endpoints} refused user {:?}: wrong user name or password (registry_user, {})",
                 self.user,
                 if self.password_file.is_some() {
@@ -61,8 +61,8 @@ impl Credentials {
                     "registry_password"
                 }
             ),
-            source: source.into(),
-        }
+            source,
+        )
     }
 }
 

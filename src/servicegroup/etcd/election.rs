@@ -11,7 +11,7 @@
 //! request was sent): cut off from etcd it steps down by itself, before
 //! another node can be elected.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use tokio::sync::watch;
@@ -66,10 +66,7 @@ impl EtcdLeadership {
 
 impl Leadership for EtcdLeadership {
     fn is_leader(&self) -> bool {
-        let until = *self
-            .leads_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let until = *crate::sync::lock(&self.leads_until);
         until.is_some_and(|until| Instant::now() < until)
     }
 
@@ -105,10 +102,7 @@ enum Ended {
 
 impl Campaign {
     fn set_leads_until(&self, until: Option<Instant>) {
-        *self
-            .leads_until
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = until;
+        *crate::sync::lock(&self.leads_until) = until;
     }
 
     /// Campaigns term after term until stopped; every failure is logged and
@@ -172,7 +166,7 @@ impl Campaign {
             elections.campaign(self.name.clone(), self.election.candidate.clone(), lease);
         tokio::pin!(campaign);
         let mut elected = false;
-        let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
+        let lost = |what: String| Ended::Lost(Error::unavailable_msg(what));
         loop {
             tokio::select! {
                 _ = stopped.changed() => return Ended::Stopped,

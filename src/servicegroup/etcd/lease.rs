@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -52,23 +52,17 @@ pub(super) struct Leases {
 
 impl Leases {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<i64, Weak<SharedLease>>> {
-        self.by_ttl.lock().unwrap_or_else(PoisonError::into_inner)
+        crate::sync::lock(&self.by_ttl)
     }
 
     /// Carries on `lease`, of `ttl` seconds, from the process this one
     /// replaced in place.
     pub(super) fn inherit(&self, ttl: i64, lease: i64) {
-        *self
-            .inherited
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some((ttl, lease));
+        *crate::sync::lock(&self.inherited) = Some((ttl, lease));
     }
 
     fn take_inherited(&self, ttl: i64) -> Option<i64> {
-        let mut inherited = self
-            .inherited
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut inherited = crate::sync::lock(&self.inherited);
         match *inherited {
             Some((t, lease)) if t == ttl => {
                 *inherited = None;
@@ -206,10 +200,7 @@ impl SharedLease {
 
     /// Why the last keep-alive stream was lost.
     pub(super) fn last_error(&self) -> String {
-        self.last_error
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        crate::sync::lock(&self.last_error).clone()
     }
 
     /// Its TTL in seconds.

@@ -85,7 +85,7 @@ struct Inner {
 
 impl EtcdDriver {
     /// Connects to the cluster `url` names and checks that it answers, within
-    /// `options.timeout`; otherwise [`Error::Unavailable`].
+    /// `options.timeout`; otherwise [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
     pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Self> {
         let RegistryUrl::Etcd {
             endpoints,
@@ -156,9 +156,13 @@ impl EtcdDriver {
         inner
             .get(&inner.layout.root(), Some(probe))
             .await
-            .map_err(|e| match e {
-                Error::Unavailable { source, .. } => Error::Unavailable { what, source },
-                other => other,
+            .map_err(|e| match e.kind() {
+                // Named after the cluster, not the request.
+                crate::ErrorKind::Unavailable => match e.into_source() {
+                    Some(source) => Error::unavailable(what, source),
+                    None => Error::unavailable_msg(what),
+                },
+                _ => e,
             })?;
         Ok(Self {
             inner: Arc::new(inner),

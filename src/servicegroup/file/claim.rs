@@ -30,14 +30,14 @@ impl FileDriver {
                     || "no endpoint advertised".into(),
                     |u| format!("serving at {u}"),
                 );
-                return Err(Error::Duplicate {
-                    member: format!("{}/{}", registration.topic, registration.host),
-                    holder: format!(
+                return Err(Error::duplicate(
+                    &format!("{}/{}", registration.topic, registration.host),
+                    &format!(
                         "{at}; pid {}, last heartbeat {:.1}s ago",
                         holder.pid,
                         holder.age(SystemTime::now()).as_secs_f64()
                     ),
-                });
+                ));
             }
             tracing::warn!(
                 topic = %registration.topic,

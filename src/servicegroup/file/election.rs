@@ -6,7 +6,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 
 use futures::future::BoxFuture;
 use nix::fcntl::{Flock, FlockArg};
@@ -55,7 +55,7 @@ impl FileLeadership {
 
 impl Leadership for FileLeadership {
     fn is_leader(&self) -> bool {
-        let mut held = self.held.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut held = crate::sync::lock(&self.held);
         match &mut *held {
             None => false,
             Some(lock) => {
@@ -69,10 +69,7 @@ impl Leadership for FileLeadership {
 
     fn resign(&self) -> BoxFuture<'_, ()> {
         // Dropping the lock unlocks it.
-        self.held
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .take();
+        crate::sync::lock(&self.held).take();
         Box::pin(async {})
     }
 }

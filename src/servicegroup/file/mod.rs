@@ -46,7 +46,7 @@ pub struct FileDriver {
 impl FileDriver {
     /// Opens (creating it if needed) the registry directory `path`. A
     /// directory that cannot be created or written is
-    /// [`Error::Unavailable`].
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable).
     pub fn open(path: impl AsRef<std::path::Path>, options: &RegistryOptions) -> Result<Self> {
         Ok(Self {
             store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
@@ -126,10 +126,10 @@ fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
     let existing = store.read_alive(topic, host);
     if let Some(other) = existing.as_ref() {
         if other.token != alive.token && other.is_fresh(now) {
-            return Err(Error::Duplicate {
-                member: format!("{topic}/{host}"),
-                holder: format!("taken over by pid {}", other.pid),
-            });
+            return Err(Error::duplicate(
+                &format!("{topic}/{host}"),
+                &format!("taken over by pid {}", other.pid),
+            ));
         }
     }
     store.write_alive(topic, host, &alive.touched())?;
@@ -211,7 +211,7 @@ impl Membership for FileMembership {
     fn leave(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             let _ = self.stop.send(true);
-            let task = crate::servicegroup::lock(&self.task).take();
+            let task = crate::sync::lock(&self.task).take();
             let abort = task.as_ref().map(JoinHandle::abort_handle);
             let (store, reg, token) = (self.store.clone(), self.reg.clone(), self.token);
             let leaving = async {
@@ -327,7 +327,7 @@ impl Driver for FileDriver {
             .strip_prefix("file-token:")
             .and_then(|t| u64::from_str_radix(t, 16).ok())
         {
-            Some(token) => *crate::servicegroup::lock(&self.inherited) = Some(token),
+            Some(token) => *crate::sync::lock(&self.inherited) = Some(token),
             None => tracing::warn!(handover, "not a file registry handover; joining afresh"),
         }
     }
@@ -349,7 +349,7 @@ impl Driver for FileDriver {
         async move {
             check_identity(&registration.topic, &registration.host)?;
             let down_time = registration.effective_down_time();
-            let token = crate::servicegroup::lock(&self.inherited)
+            let token = crate::sync::lock(&self.inherited)
                 .take()
                 .unwrap_or_else(rand::random::<u64>);
             let alive = Alive::new(

@@ -15,7 +15,7 @@ use std::collections::BTreeSet;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{Flock, FlockArg};
@@ -153,7 +153,7 @@ impl Store {
     /// Serialises read-modify-writes of records across processes; released
     /// on drop. Waits at most `lock_timeout` for another holder (a process
     /// stopped with SIGSTOP, or stuck, keeps it forever), then fails with
-    /// [`Error::Unavailable`] naming the lock file.
+    /// [`ErrorKind::Unavailable`](crate::ErrorKind::Unavailable) naming the lock file.
     pub(super) fn lock(&self) -> Result<Flock<File>> {
         let path = self.dir.join(".lock");
         let mut file = OpenOptions::new()
@@ -182,7 +182,7 @@ impl Store {
                     std::thread::sleep(pause);
                     pause = (pause * 2).min(Duration::from_millis(20));
                 }
-                Err((_, errno)) => return Err(Error::Io(io::Error::from(errno))),
+                Err((_, errno)) => return Err(Error::from(io::Error::from(errno))),
             }
         }
     }
@@ -257,7 +257,7 @@ impl Store {
             };
             for host in hosts {
                 let read = self.read_record(&topic, &host);
-                let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+                let mut warned = crate::sync::lock(&self.warned);
                 let record = match read {
                     Ok(Some(record)) => {
                         if !warned.is_empty() {

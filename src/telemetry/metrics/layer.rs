@@ -6,13 +6,14 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tower::{Layer, Service};
 
 use opentelemetry::trace::Span as _;
 use opentelemetry::KeyValue;
 
 use super::{totals, Requests, RouteMetrics};
+use crate::body::{Polled, Watch, Watched};
 use crate::telemetry::otel;
 use crate::telemetry::trace::ServerSpan;
 use crate::wire::GRPC_STATUS;
@@ -185,7 +186,7 @@ where
                 Kind::Grpc => response.headers().get(GRPC_STATUS).map(grpc_code),
             };
         }
-        Poll::Ready(Ok(response.map(|body| Measured { body, record })))
+        Poll::Ready(Ok(response.map(|body| Measured::new(body, record))))
     }
 }
 
@@ -197,8 +198,8 @@ fn grpc_code(value: &http::HeaderValue) -> Code {
     Code::Grpc(code)
 }
 
-/// What is recorded when a response ends.
-struct Record {
+/// What is recorded when a response ends (once, when dropped).
+pub struct Record {
     route: Arc<RouteMetrics>,
     started: Instant,
     code: Option<Code>,
@@ -236,36 +237,21 @@ fn end_span(span: &mut otel::Span, code: Code) {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body that records its request when it ends.
-    pub struct Measured<B> {
-        #[pin]
-        body: B,
-        record: Option<Record>,
-    }
-}
+/// A response body that records its request when it ends (or is dropped).
+pub type Measured<B> = Watched<B, Option<Record>>;
 
-impl<B: Body> Body for Measured<B> {
-    type Data = B::Data;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.body.poll_frame(cx);
-        match &polled {
+impl<B: Body> Watch<B> for Option<Record> {
+    fn polled(&mut self, polled: &Polled<B>, _: &B) {
+        match polled {
             Poll::Ready(Some(Ok(frame))) => {
-                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), this.record.as_mut())
-                {
+                if let (Some(trailers), Some(record)) = (frame.trailers_ref(), self.as_mut()) {
                     if let Some(status) = trailers.get(GRPC_STATUS) {
                         record.code = Some(grpc_code(status));
                     }
                 }
             }
             Poll::Ready(None) => {
-                if let Some(mut record) = this.record.take() {
+                if let Some(mut record) = self.take() {
                     // A gRPC body that ended without a status in its
                     // trailers already had it in its headers (or is OK).
                     record
@@ -274,21 +260,12 @@ impl<B: Body> Body for Measured<B> {
                 }
             }
             Poll::Ready(Some(Err(_))) => {
-                if let Some(mut record) = this.record.take() {
+                if let Some(mut record) = self.take() {
                     record.code = Some(Code::Failed);
                 }
             }
             Poll::Pending => {}
         }
-        polled
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
     }
 }
 

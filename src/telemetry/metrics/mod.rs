@@ -29,6 +29,7 @@ use self::totals::Totals;
 pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
 use crate::admission::{AdmissionStats, Load};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
+use crate::sync::{read, write};
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -85,18 +86,6 @@ impl RouteMetrics {
         counter.inc();
         write(&self.outcomes).insert(code, counter);
     }
-}
-
-/// The maps below only ever get whole entries inserted, so a lock poisoned
-/// by a panic elsewhere still guards consistent data: it is used on.
-fn read<T>(lock: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    lock.read()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(lock: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    lock.write()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl Requests {

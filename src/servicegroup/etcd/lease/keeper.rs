@@ -2,7 +2,7 @@
 
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::LeaseGrantOptions;
@@ -92,10 +92,7 @@ impl Keeper {
                 }
                 Stopped::Broken(e) => {
                     tracing::info!(lease = %format!("{lease:x}"), error = %e, "lease keep-alive interrupted");
-                    *self
-                        .last_error
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner) = e.to_string();
+                    *crate::sync::lock(&self.last_error) = e.to_string();
                     self.state.send_modify(|s| s.failures += 1);
                     // The lease outlives a lost stream, a leader change and
                     // an etcd restart, and the next stream's first answer
@@ -206,10 +203,7 @@ impl Keeper {
                     next = Instant::now() + self.interval();
                     let heard = self.state.borrow().proven_at.max(opened);
                     if heard.elapsed() >= self.ttl() {
-                        return Stopped::Broken(Error::Unavailable {
-                            what: format!("no keep-alive answer for {:?}", heard.elapsed()),
-                            source: None,
-                        });
+                        return Stopped::Broken(Error::unavailable_msg(format!("no keep-alive answer for {:?}", heard.elapsed())));
                     }
                     if let Err(e) = keeper.keep_alive().await {
                         return broke("keep-alive failed", e);
@@ -227,7 +221,7 @@ impl Keeper {
                         }
                     }
                     Ok(Some(_)) => return Stopped::Expired(format!("lease {lease:x} expired or was revoked")),
-                    Ok(None) => return Stopped::Broken(Error::Unavailable { what: "keep-alive stream closed".into(), source: None }),
+                    Ok(None) => return Stopped::Broken(Error::unavailable_msg("keep-alive stream closed")),
                     Err(e) => return broke("keep-alive stream failed", e),
                 },
                 changed = self.gone.changed() => {

@@ -39,13 +39,13 @@ impl Session {
                         // little CPU). That is a registry unavailable, which
                         // callers retry, as a node's supervisor does; not a
                         // refusal.
-                        return Err(Error::Unavailable {
-                            what: format!(
+                        return Err(Error::unavailable(
+                            format!(
                                 "etcd: two leases expired before {} could claim its key with them (etcd answers slower than the lease TTL)",
                                 self.alive_key
                             ),
-                            source: Some(Box::new(e)),
-                        });
+                            e,
+                        ));
                     }
                     again = false;
                     lease = self.shared.replaced(lease).await?;
@@ -154,10 +154,7 @@ impl Session {
                 || "no endpoint advertised".into(),
                 |u| format!("serving at {u}"),
             );
-            return Err(Error::Duplicate {
-                member,
-                holder: format!("{at}; {who}"),
-            });
+            return Err(Error::duplicate(&member, &format!("{at}; {who}")));
         }
         tracing::warn!(
             %member,

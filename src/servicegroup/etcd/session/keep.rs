@@ -24,10 +24,9 @@ impl Session {
     ) -> Ended {
         let mut state = self.shared.subscribe();
         if state.borrow_and_update().id != lease {
-            return Ended::Lost(Error::Unavailable {
-                what: format!("lease {lease:x} was replaced"),
-                source: None,
-            });
+            return Ended::Lost(Error::unavailable_msg(format!(
+                "lease {lease:x} was replaced"
+            )));
         }
         // Every change to our keys up to `seen` has been looked at.
         let mut seen = revision;
@@ -42,7 +41,7 @@ impl Session {
         let mut failing = false;
         let mut rewatch_at = None;
         let mut backoff = Backoff::new(self.inner.backoff_max);
-        let lost = |what: String| Ended::Lost(Error::Unavailable { what, source: None });
+        let lost = |what: String| Ended::Lost(Error::unavailable_msg(what));
         loop {
             tokio::select! {
                 _ = stop.changed() => return Ended::Stopped,

@@ -132,7 +132,7 @@ impl Session {
                         // moment, an etcd restart or leader loss: their
                         // re-registrations are spread over a keep-alive
                         // interval, which a lease still alive outlasts.
-                        spread = !matches!(e, Error::Registry { .. });
+                        spread = e.kind() != crate::ErrorKind::Registry;
                         self.status.failed(&e);
                     }
                 }
@@ -203,7 +203,7 @@ impl Membership for EtcdMembership {
     fn leave(&self) -> BoxFuture<'_, Result<()>> {
         async move {
             let _ = self.stop.send(true);
-            let task = crate::servicegroup::lock(&self.task).take();
+            let task = crate::sync::lock(&self.task).take();
             let abort = task.as_ref().map(JoinHandle::abort_handle);
             let leaving = async {
                 if let Some(task) = task {
@@ -311,7 +311,7 @@ impl Drop for EtcdMembership {
         // Like a crash: heartbeats stop and the lease expires by its TTL.
         // A lease the process still uses for other keys does not expire,
         // so this registration's key is deleted instead.
-        if let Some(task) = crate::servicegroup::lock(&self.task).take() {
+        if let Some(task) = crate::sync::lock(&self.task).take() {
             task.abort();
             let runtime = tokio::runtime::Handle::try_current();
             if let (true, Ok(runtime)) = (self.session.shared.users() > 1, runtime) {
