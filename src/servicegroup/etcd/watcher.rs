@@ -13,18 +13,16 @@
 //! and a revision is applied whole: a joining node is one Join rather than a
 //! down member that comes up. The other range's events of a revision
 //! follow at once when it has any; a revision still waiting after
-//! [`QUIET`] is followed by a progress request, asked again every [`HOLD`]
-//! (etcd 3.4.24 and later hold the answer back while a watch still catches
-//! up on history), and only a revision still waiting after [`HOLD_MAX`] is
-//! applied alone. Older etcd (Debian's 3.4.23 among them) answers at once
-//! with its current revision, ahead of history a watch opened in the past
-//! has yet to send (etcd issue 15220), so after such an open the watcher
-//! neither asks nor believes the answer until each such watch has sent a
-//! response reaching the revision etcd was at when it was created, or for
-//! [`SYNC_GRACE`] if it has nothing to send (etcd syncs watches every 100
-//! ms). Pending revisions outlive a
-//! broken stream: each watch resumes from its own revision and delivers the
-//! rest of them.
+//! [`QUIET`] is followed by a progress request, and after [`HOLD`] more is
+//! applied anyway (etcd's grpc-proxy never answers one). etcd before 3.4.24
+//! (Debian's 3.4.23 among them) answers with its current revision, ahead of
+//! history a watch opened in the past has yet to send (etcd issue 15220), so
+//! after such an open the watcher neither asks nor believes the answer
+//! until each such watch has sent a response reaching the revision etcd was
+//! at when it was created, or for [`SYNC_GRACE`] if it has nothing to send
+//! (etcd syncs watches every 100 ms); a revision waits that long too.
+//! Pending revisions outlive a broken stream: each watch resumes from its
+//! own revision and delivers the rest of them.
 //!
 //! A broken stream (etcd restarted, a member lost its leader or its
 //! connection) is opened again after a backoff, each watch from the last
@@ -61,11 +59,8 @@ const DEAD_AFTER: Duration = Duration::from_secs(8);
 /// How long a revision seen on one range waits for the other range's
 /// events of it before etcd is asked whether there are any.
 const QUIET: Duration = Duration::from_millis(10);
-/// How long it then waits for the answer before asking again.
+/// How long it then waits for the answer before it is applied anyway.
 const HOLD: Duration = Duration::from_millis(100);
-/// How long a revision waits in all before it is applied without the other
-/// range's events.
-const HOLD_MAX: Duration = Duration::from_secs(1);
 /// How long after a watch opened in the past a requested progress
 /// notification is not believed (several of etcd's 100 ms sync rounds).
 const SYNC_GRACE: Duration = Duration::from_millis(500);
@@ -148,8 +143,8 @@ impl Stream {
 #[derive(Clone, Copy)]
 struct Hold {
     until: tokio::time::Instant,
-    /// When the revision began to wait.
-    since: tokio::time::Instant,
+    /// Whether etcd was asked for a progress notification.
+    asked: bool,
 }
 
 /// Why following a stream stopped.
@@ -291,7 +286,7 @@ impl EtcdFollow {
         let now = tokio::time::Instant::now();
         let hold = (!self.pending.is_empty()).then_some(Hold {
             until: now + QUIET,
-            since: now,
+            asked: false,
         });
         Ok(Stream {
             requests,
@@ -343,17 +338,15 @@ impl EtcdFollow {
                     }
                     () = tokio::time::sleep_until(hold.map_or_else(tokio::time::Instant::now, |h| h.until)), if hold.is_some() => {
                         let now = tokio::time::Instant::now();
-                        if let Some(hold) = hold.filter(|h| now < h.since + HOLD_MAX) {
-                            let last = hold.since + HOLD_MAX;
-                            if !stream.in_sync() {
-                                // History is still coming: its events, not
-                                // a progress answer, end the wait.
-                                stream.hold = Some(Hold { until: (now + HOLD).min(stream.syncing_until).min(last), ..hold });
-                                return Ok(Vec::new());
-                            }
-                            // The other range is quiet: ask etcd to say so
-                            // (again, if a watch was still syncing).
-                            stream.hold = Some(Hold { until: (now + HOLD).min(last), ..hold });
+                        if !stream.in_sync() {
+                            // History is still coming: its events, not a
+                            // progress answer, end the wait.
+                            stream.hold = Some(Hold { until: (now + HOLD).min(stream.syncing_until), asked: false });
+                            return Ok(Vec::new());
+                        }
+                        if !hold.is_some_and(|h| h.asked) {
+                            // The other range is quiet: ask etcd to say so.
+                            stream.hold = Some(Hold { until: now + HOLD, asked: true });
                             stream.requests.request_progress().await.map_err(|e| Broken::Resume(e.to_string()))?;
                             return Ok(Vec::new());
                         }
@@ -399,6 +392,12 @@ impl EtcdFollow {
                 && revisions(&response) < HISTORY_BATCH
             {
                 stream.catching_up[range] = None;
+                if stream.in_sync() {
+                    // A revision held for history asks etcd now.
+                    if let Some(hold) = stream.hold.as_mut().filter(|h| !h.asked) {
+                        hold.until = hold.until.min(tokio::time::Instant::now() + QUIET);
+                    }
+                }
             }
             for event in response.events() {
                 let Some(kv) = event.kv() else { continue };
@@ -417,10 +416,9 @@ impl EtcdFollow {
         } else if stream.hold.is_none() {
             // The other range's events of the same revision follow at once
             // when it has any; only a quiet range costs a progress request.
-            let now = tokio::time::Instant::now();
             stream.hold = Some(Hold {
-                until: now + QUIET,
-                since: now,
+                until: tokio::time::Instant::now() + QUIET,
+                asked: false,
             });
         }
         Ok(changes)
