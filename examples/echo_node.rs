@@ -7,7 +7,8 @@
 //! With `ECHO_TICK_FILE=/tmp/ticks` it also runs a periodic task, `tick`,
 //! that appends `host pid start_ms end_ms` lines to that file (see
 //! `common/echo.rs` for its other variables). With `ECHO_FAIL_EVERY=2`
-//! every second `Echo` fails with INTERNAL: a sick node. With
+//! every second `Echo` fails with INTERNAL (UNAVAILABLE with
+//! `ECHO_FAIL_CODE=unavailable`): a sick node. With
 //! `ECHO_DELAY_US=2000` every `Echo` waits 2 ms first: a slow node.
 
 use std::sync::Arc;

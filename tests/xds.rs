@@ -455,7 +455,17 @@ impl Drop for PyClient {
 /// `svckit xds` on `registry`, its address, and a gRPC bootstrap file
 /// naming it.
 fn control_plane(registry: &str) -> (Proc, String, std::path::PathBuf, tempfile::TempDir) {
-    let xds = Proc::cli(&["xds", "--registry", registry, "--listen", "127.0.0.1:0"]);
+    control_plane_with(registry, &[])
+}
+
+/// [`control_plane`] with more arguments to `svckit xds`.
+fn control_plane_with(
+    registry: &str,
+    more: &[&str],
+) -> (Proc, String, std::path::PathBuf, tempfile::TempDir) {
+    let mut args = vec!["xds", "--registry", registry, "--listen", "127.0.0.1:0"];
+    args.extend_from_slice(more);
+    let xds = Proc::cli(&args);
     support::poll_until(WAIT, "svckit xds to listen", || {
         xds.stdout().contains("listening on")
     });
@@ -517,6 +527,87 @@ async fn grpcio_leaves_out_a_node_that_fails_half_its_calls() {
     );
     assert!(hosts.get("a").is_some_and(|n| *n > 5_000), "{hosts:?}");
     assert!(hosts.get("b").is_some_and(|n| *n > 5_000), "{hosts:?}");
+}
+
+/// A topic's retry policy (gRFC A44) reaches grpcio: calls a node fails
+/// with UNAVAILABLE, named in `retry_on`, are sent again and none is lost;
+/// calls failed with INTERNAL, which it does not name, are not. Each node
+/// is alone in its topic, so no outlier ejection hides its failures.
+/// Without the policy a third of the first topic's calls fail.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_retries_the_codes_a_topic_policy_names() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[default]\nretry_on = [\"unavailable\"]\nretries = 2\nbackoff = \"10ms\"\n",
+    )
+    .unwrap();
+    let mut nodes = vec![Proc::start_example("echo_node", &quick_node_args(&url, "e1"), &[]).0];
+    for (topic, code) in [("flaky", "unavailable"), ("broken", "internal")] {
+        let mut args = quick_node_args(&url, topic);
+        args.extend(["--topic", topic]);
+        let env = [("ECHO_FAIL_EVERY", "3"), ("ECHO_FAIL_CODE", code)];
+        nodes.push(Proc::start_example("echo_node", &args, &env).0);
+    }
+    let (_xds, _, bootstrap, _bootstrap_dir) =
+        control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
+    let mut py = PyClient::start(&bootstrap);
+    let flaky = py.command_within("calls 3000 flaky", Duration::from_secs(120));
+    let errors: Vec<String> = serde_json::from_value(flaky["errors"].clone()).unwrap();
+    eprintln!(
+        "grpcio, UNAVAILABLE on every third call, retried: {} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        errors.len() <= 15,
+        "{} of 3,000 failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let broken = py.command_within("calls 3000 broken", Duration::from_secs(120));
+    let errors: Vec<String> = serde_json::from_value(broken["errors"].clone()).unwrap();
+    eprintln!(
+        "grpcio, INTERNAL on every third call: {} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        (900..=1100).contains(&errors.len()),
+        "{} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        errors.iter().all(|e| e.starts_with("INTERNAL")),
+        "{:?}",
+        &errors[..5]
+    );
+}
+
+#[test]
+fn svckit_xds_refuses_a_policies_file_a_client_would_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[topic.echo]\nretry_on = [\"not-found\"]\nretries = 1\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = Proc::run_cli(&[
+        "xds",
+        "--registry",
+        "memory://",
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("[topic.echo]: retry_on: \"not-found\""),
+        "{stderr}"
+    );
 }
 
 fn unix_now() -> f64 {

@@ -57,9 +57,11 @@ const MAX_SLEEP: Duration = Duration::from_secs(3600);
 pub struct EchoManager {
     host: String,
     tick: Option<Tick>,
-    /// Every Nth `Echo` fails with INTERNAL (`ECHO_FAIL_EVERY`): a sick
-    /// node, alive and registered, failing its calls.
+    /// Every Nth `Echo` fails (`ECHO_FAIL_EVERY`): a sick node, alive and
+    /// registered, failing its calls.
     fail_every: Option<u64>,
+    /// With INTERNAL, or with UNAVAILABLE when `ECHO_FAIL_CODE=unavailable`.
+    fail_unavailable: bool,
     /// Every `Echo` waits this long first (`ECHO_DELAY_US`): a slow node.
     delay: Option<Duration>,
     calls: std::sync::atomic::AtomicU64,
@@ -118,6 +120,7 @@ impl EchoManager {
                 .ok()
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n > 0),
+            fail_unavailable: std::env::var("ECHO_FAIL_CODE").is_ok_and(|c| c == "unavailable"),
             delay: std::env::var("ECHO_DELAY_US")
                 .ok()
                 .and_then(|n| n.parse().ok())
@@ -264,7 +267,12 @@ impl Echo for EchoManager {
                 .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
                 + 1;
             if n.is_multiple_of(every) {
-                return Err(Status::internal(format!("{} fails on purpose", self.host)));
+                let message = format!("{} fails on purpose", self.host);
+                return Err(if self.fail_unavailable {
+                    Status::unavailable(message)
+                } else {
+                    Status::internal(message)
+                });
             }
         }
         if let Some(delay) = self.delay {

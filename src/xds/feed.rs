@@ -12,6 +12,7 @@ use envoy_types::pb::google::protobuf::Any;
 use futures::future::BoxFuture;
 use futures::FutureExt;
 
+use super::policy::{Policies, RoutePolicy};
 use super::resources::{Backend, TopicResources};
 use crate::servicegroup::feed::{Members, Project, TopicFeeds};
 use crate::servicegroup::{Event, Member, Registry};
@@ -36,19 +37,25 @@ pub(crate) struct TopicState {
 /// the last one lets go.
 pub(crate) type Feeds = TopicFeeds<Topic>;
 
-pub(crate) fn feeds(registry: Registry) -> Feeds {
-    TopicFeeds::new(registry, Duration::ZERO, |topic| Topic {
-        name: topic.unwrap_or_default().to_string(),
-        previous: None,
-        absent: None,
-        resolved: HashMap::new(),
-        warned: HashMap::new(),
+pub(crate) fn feeds(registry: Registry, policies: Arc<Policies>) -> Feeds {
+    TopicFeeds::new(registry, Duration::ZERO, move |topic| {
+        let name = topic.unwrap_or_default().to_string();
+        Topic {
+            policy: policies.of(&name).clone(),
+            name,
+            previous: None,
+            absent: None,
+            resolved: HashMap::new(),
+            warned: HashMap::new(),
+        }
     })
 }
 
 /// Makes a topic's resources from its members.
 pub(crate) struct Topic {
     name: String,
+    /// What its route tells clients: retries and timeout.
+    policy: RoutePolicy,
     /// The resources last made, whose unchanged parts the next share.
     previous: Option<TopicResources>,
     /// The listener of the topic while it does not exist, made once.
@@ -75,7 +82,7 @@ impl Project for Topic {
             } else {
                 Some(match &self.previous {
                     Some(r) => r.with_backends(&self.name, &backends),
-                    None => TopicResources::build(&self.name, &backends),
+                    None => TopicResources::build(&self.name, &backends, &self.policy),
                 })
             };
             tracing::debug!(topic = %self.name, records = members.len(), endpoints = backends.len(), "xds: topic changed");

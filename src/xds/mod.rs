@@ -37,6 +37,7 @@
 
 mod dump;
 mod feed;
+mod policy;
 mod resources;
 mod stream;
 
@@ -56,6 +57,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::servicegroup::Registry;
+
+pub use self::policy::Policies;
 
 use self::feed::Feeds;
 use self::stream::AdsStream;
@@ -120,9 +123,15 @@ impl ControlPlane {
     /// A control plane over `registry`. Needs a Tokio runtime once streams
     /// arrive.
     pub fn new(registry: Registry) -> Self {
+        ControlPlane::with_policies(registry, Policies::default())
+    }
+
+    /// A control plane whose topics' routes carry `policies` (retries and
+    /// timeouts, see [`Policies::from_file`]).
+    pub fn with_policies(registry: Registry, policies: Policies) -> Self {
         ControlPlane {
             shared: Arc::new(Shared {
-                feeds: feed::feeds(registry),
+                feeds: feed::feeds(registry, Arc::new(policies)),
                 stats: Counters::default(),
                 dumps: dump::Dumps::default(),
                 closing: watch::channel(false).0,

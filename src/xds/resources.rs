@@ -4,7 +4,8 @@
 //! - Listener `TOPIC`: an API listener whose HttpConnectionManager holds
 //!   the router filter and an inline route of every path to cluster `TOPIC`;
 //! - RouteConfiguration `TOPIC`: the same route, for a client that asks for
-//!   it over RDS;
+//!   it over RDS; with the topic's retry policy and timeout, if it has
+//!   them ([`super::policy`]);
 //! - Cluster `TOPIC`: EDS over the same ADS stream, round robin;
 //! - ClusterLoadAssignment `TOPIC`: the gRPC endpoints of the topic's
 //!   routable members (up, not disabled, not forced down), weighted by
@@ -43,6 +44,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 };
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::{Message, Name};
+
+use super::policy::RoutePolicy;
 
 /// The resource types served, one per xDS type URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -104,11 +107,11 @@ pub(crate) struct TopicResources {
 
 impl TopicResources {
     /// The listener, route and cluster of `topic`, and its endpoints.
-    pub(crate) fn build(topic: &str, backends: &[Backend]) -> TopicResources {
+    pub(crate) fn build(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> TopicResources {
         TopicResources {
             by_kind: [
-                Arc::new(pack(&listener(topic))),
-                Arc::new(pack(&route_configuration(topic))),
+                Arc::new(pack(&listener(topic, policy))),
+                Arc::new(pack(&route_configuration(topic, policy))),
                 Arc::new(pack(&cluster(topic))),
                 Arc::new(pack(&load_assignment(topic, backends))),
             ],
@@ -140,7 +143,8 @@ fn pack<M: Message + Name>(message: &M) -> Any {
 /// "no matching route") instead of waiting out its 15 s does-not-exist
 /// timer; a node that registers the topic replaces it.
 pub(crate) fn absent_listener(topic: &str) -> Arc<Any> {
-    let mut listener = listener(topic);
+    let policy = RoutePolicy::default();
+    let mut listener = listener(topic, &policy);
     let manager = HttpConnectionManager {
         route_specifier: Some(RouteSpecifier::RouteConfig(RouteConfiguration {
             name: topic.to_string(),
@@ -152,7 +156,7 @@ pub(crate) fn absent_listener(topic: &str) -> Arc<Any> {
             }],
             ..Default::default()
         })),
-        ..manager(topic)
+        ..manager(topic, &policy)
     };
     listener.api_listener = Some(ApiListener {
         api_listener: Some(pack(&manager)),
@@ -160,7 +164,7 @@ pub(crate) fn absent_listener(topic: &str) -> Arc<Any> {
     Arc::new(pack(&listener))
 }
 
-fn route_configuration(topic: &str) -> RouteConfiguration {
+fn route_configuration(topic: &str, policy: &RoutePolicy) -> RouteConfiguration {
     RouteConfiguration {
         name: topic.to_string(),
         virtual_hosts: vec![VirtualHost {
@@ -173,6 +177,8 @@ fn route_configuration(topic: &str) -> RouteConfiguration {
                 }),
                 action: Some(Action::Route(RouteAction {
                     cluster_specifier: Some(ClusterSpecifier::Cluster(topic.to_string())),
+                    retry_policy: policy.retry_policy(),
+                    max_stream_duration: policy.max_stream_duration(),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -183,9 +189,11 @@ fn route_configuration(topic: &str) -> RouteConfiguration {
     }
 }
 
-fn manager(topic: &str) -> HttpConnectionManager {
+fn manager(topic: &str, policy: &RoutePolicy) -> HttpConnectionManager {
     HttpConnectionManager {
-        route_specifier: Some(RouteSpecifier::RouteConfig(route_configuration(topic))),
+        route_specifier: Some(RouteSpecifier::RouteConfig(route_configuration(
+            topic, policy,
+        ))),
         http_filters: vec![HttpFilter {
             name: "envoy.filters.http.router".to_string(),
             config_type: Some(ConfigType::TypedConfig(pack(&Router::default()))),
@@ -195,11 +203,11 @@ fn manager(topic: &str) -> HttpConnectionManager {
     }
 }
 
-fn listener(topic: &str) -> Listener {
+fn listener(topic: &str, policy: &RoutePolicy) -> Listener {
     Listener {
         name: topic.to_string(),
         api_listener: Some(ApiListener {
-            api_listener: Some(pack(&manager(topic))),
+            api_listener: Some(pack(&manager(topic, policy))),
         }),
         ..Default::default()
     }
@@ -226,8 +234,8 @@ fn cluster(topic: &str) -> Cluster {
 }
 
 /// The kit client's ejection of sick nodes, for any gRPC client (gRFC
-/// A50): a node that failed at least a fifth of at least 20 calls over a
-/// second, or whose success rate is well below its peers', is left out for
+/// A50): a node that failed at least a fifth of at least 20 calls over half
+/// a second (a sick node's failures are cut short), or whose success rate is well below its peers', is left out for
 /// 30 s × the times it was ejected (at most 300 s), never more than half
 /// of the topic. gRPC counts as failures what the kit's client does
 /// (UNAVAILABLE, INTERNAL, UNKNOWN, DEADLINE_EXCEEDED, transport errors);
@@ -239,7 +247,10 @@ fn outlier_detection() -> OutlierDetection {
     let base = crate::rpc::RpcOptions::default().ejection_time.as_secs();
     let base = i64::try_from(base).unwrap_or(30);
     OutlierDetection {
-        interval: seconds(1),
+        interval: Some(PbDuration {
+            seconds: 0,
+            nanos: 500_000_000,
+        }),
         base_ejection_time: seconds(base),
         max_ejection_time: seconds(base * 10),
         max_ejection_percent: count(50),
@@ -309,7 +320,7 @@ mod tests {
             port: 7000,
             weight: 4,
         }];
-        let any = TopicResources::build("echo", &backends)
+        let any = TopicResources::build("echo", &backends, &RoutePolicy::default())
             .get(Kind::Endpoints)
             .clone();
         assert_eq!(any.type_url, Kind::Endpoints.type_url());
@@ -336,7 +347,7 @@ mod tests {
 
     #[test]
     fn listener_routes_everything_to_the_topic_cluster() {
-        let any = TopicResources::build("echo", &[])
+        let any = TopicResources::build("echo", &[], &RoutePolicy::default())
             .get(Kind::Listener)
             .clone();
         let listener = Listener::decode(any.value.as_slice()).unwrap();

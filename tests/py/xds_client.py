@@ -8,7 +8,9 @@ PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. Once the
 channel is up it prints {"ready": true}, then answers one JSON line per
 command read from stdin:
 
-  calls N     N calls one after the other: {"hosts": {host: n}, "errors": [..]}
+  calls N [TOPIC]
+              N calls one after the other, to xds:///echo or to TOPIC (on a
+              channel of its own, kept): {"hosts": {host: n}, "errors": [..]}
   start       calls in a loop on 2 threads until `stop`
   take        what the loop saw since the last take, with the wall-clock
               time each host answered first: {"hosts", "errors", "first": {host: t}}
@@ -69,6 +71,7 @@ def main():
     stub = rpc.EchoStub(channel)
     print(json.dumps({"ready": True}), flush=True)
 
+    topics = {}
     tally = Tally()
     running = threading.Event()
     loops = []
@@ -83,9 +86,16 @@ def main():
         if not words:
             continue
         if words[0] == "calls":
+            target = stub
+            if len(words) > 2:
+                if words[2] not in topics:
+                    topic = grpc.insecure_channel(f"xds:///{words[2]}")
+                    grpc.channel_ready_future(topic).result(timeout=30)
+                    topics[words[2]] = rpc.EchoStub(topic)
+                target = topics[words[2]]
             once = Tally()
             for _ in range(int(words[1])):
-                call(stub, pb, once)
+                call(target, pb, once)
             print(json.dumps(once.take()), flush=True)
         elif words[0] == "start":
             tally.take()

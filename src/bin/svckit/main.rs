@@ -84,6 +84,10 @@ enum Command {
         /// Address to serve on; port 0 picks a free one.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:18000")]
         listen: std::net::SocketAddr,
+        /// TOML file of the topics' retry policies and timeouts (see
+        /// docs/xds.md); without it routes carry neither.
+        #[arg(long, value_name = "FILE")]
+        policies: Option<PathBuf>,
     },
 }
 
@@ -306,7 +310,18 @@ async fn run(cli: Cli) -> Result<()> {
             let rpc = registry.rpc_on(connected.clone()).await?;
             dashboard::serve(connected, rpc, listen, admin_token_file.as_deref()).await
         }
-        Command::Xds { registry, listen } => xds::serve(registry.connect().await?, listen).await,
+        Command::Xds {
+            registry,
+            listen,
+            policies,
+        } => {
+            // A mistake in the file is refused before anything connects.
+            let policies = match policies {
+                Some(path) => svckit::xds::Policies::from_file(&path)?,
+                None => svckit::xds::Policies::default(),
+            };
+            xds::serve(registry.connect().await?, listen, policies).await
+        }
         Command::Report { target } => {
             let rpc = target.registry.rpc().await?;
             report::report(rpc, target.topic, target.host).await

@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use svckit::servicegroup::Registry;
-use svckit::xds::ControlPlane;
+use svckit::xds::{ControlPlane, Policies};
 use svckit::Result;
 
 /// The gRPC service served, as health checks name it.
@@ -14,8 +14,12 @@ const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 /// `listen` until SIGINT or SIGTERM. The
 /// first line on stdout is `listening on http://ADDR`, the bound address
 /// (port 0 picks a free one).
-pub(super) async fn serve(registry: Registry, listen: SocketAddr) -> Result<()> {
-    let plane = ControlPlane::new(registry);
+pub(super) async fn serve(
+    registry: Registry,
+    listen: SocketAddr,
+    policies: Policies,
+) -> Result<()> {
+    let plane = ControlPlane::with_policies(registry, policies);
     let listener = super::bind(listen, "").await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "xds control plane serving");
