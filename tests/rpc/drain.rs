@@ -38,33 +38,38 @@ async fn bare_node(script: Script) -> (String, Arc<AtomicUsize>) {
                 let Ok(mut connection) = h2::server::handshake(socket).await else {
                     return;
                 };
+                // Each stream is served by a task of its own, so that the
+                // connection keeps being polled (its frames read, its pings
+                // answered) while a request's body is still on its way.
                 while let Some(Ok((request, mut respond))) = connection.accept().await {
                     let nth = seen.fetch_add(1, Ordering::SeqCst);
                     if matches!(script, Script::RefuseFirst) && nth == 0 {
                         respond.send_reset(h2::Reason::REFUSED_STREAM);
                         continue;
                     }
-                    let mut body = request.into_body();
-                    while let Some(Ok(chunk)) = body.data().await {
-                        let _ = body.flow_control().release_capacity(chunk.len());
-                    }
-                    if matches!(script, Script::BreakOffAfterReading) {
-                        respond.send_reset(h2::Reason::INTERNAL_ERROR);
-                        continue;
-                    }
-                    let head = http::Response::builder()
-                        .status(200)
-                        .header("content-type", "application/grpc")
-                        .body(())
-                        .unwrap();
-                    let Ok(mut send) = respond.send_response(head, false) else {
-                        continue;
-                    };
-                    // An empty EchoResponse: no compression, length 0.
-                    let _ = send.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
-                    let mut trailers = http::HeaderMap::new();
-                    trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
-                    let _ = send.send_trailers(trailers);
+                    tokio::spawn(async move {
+                        let mut body = request.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        if matches!(script, Script::BreakOffAfterReading) {
+                            respond.send_reset(h2::Reason::INTERNAL_ERROR);
+                            return;
+                        }
+                        let head = http::Response::builder()
+                            .status(200)
+                            .header("content-type", "application/grpc")
+                            .body(())
+                            .unwrap();
+                        let Ok(mut send) = respond.send_response(head, false) else {
+                            return;
+                        };
+                        // An empty EchoResponse: no compression, length 0.
+                        let _ = send.send_data(Bytes::from_static(&[0, 0, 0, 0, 0]), false);
+                        let mut trailers = http::HeaderMap::new();
+                        trailers.insert("grpc-status", http::HeaderValue::from_static("0"));
+                        let _ = send.send_trailers(trailers);
+                    });
                 }
             });
         }
