@@ -89,3 +89,83 @@ fn config_imports_neither_the_client_nor_the_server_side() {
         found.join("\n")
     );
 }
+
+/// The crate's modules form layers: no module reaches, through the
+/// `crate::…` paths of its code (comments and unit tests aside), back to
+/// itself. A cycle is named with the paths that make it.
+#[test]
+fn the_modules_import_one_another_without_a_cycle() {
+    use std::collections::{BTreeMap, BTreeSet};
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    // module -> module it names -> where.
+    let mut edges: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+    for (path, text) in sources("") {
+        let relative = path.strip_prefix(&src).expect("under src");
+        let module = relative
+            .components()
+            .next()
+            .and_then(|c| c.as_os_str().to_str())
+            .unwrap_or_default()
+            .trim_end_matches(".rs")
+            .to_string();
+        let file = relative.file_name().and_then(|f| f.to_str()).unwrap_or("");
+        if module == "lib" || module == "bin" || file.ends_with("tests.rs") {
+            continue;
+        }
+        // A file's unit tests may reach anything.
+        let code = text.split("#[cfg(test)]\nmod tests").next().unwrap_or("");
+        for (n, line) in code.lines().enumerate() {
+            if line.trim_start().starts_with("//") {
+                continue;
+            }
+            for (at, _) in line.match_indices("crate::") {
+                let named: String = line[at + "crate::".len()..]
+                    .chars()
+                    .take_while(|c| c.is_ascii_lowercase() || *c == '_')
+                    .collect();
+                if !named.is_empty() && named != module {
+                    edges
+                        .entry(module.clone())
+                        .or_default()
+                        .entry(named)
+                        .or_insert_with(|| format!("{}:{}", relative.display(), n + 1));
+                }
+            }
+        }
+    }
+    // A depth-first walk from every module; a module met again on the
+    // current path closes a cycle.
+    fn walk(
+        module: &str,
+        edges: &BTreeMap<String, BTreeMap<String, String>>,
+        path: &mut Vec<String>,
+        done: &mut BTreeSet<String>,
+    ) -> Option<Vec<String>> {
+        if let Some(at) = path.iter().position(|m| m == module) {
+            let mut cycle = path[at..].to_vec();
+            cycle.push(module.to_string());
+            return Some(cycle);
+        }
+        if !done.insert(module.to_string()) {
+            return None;
+        }
+        path.push(module.to_string());
+        for next in edges.get(module).into_iter().flat_map(|e| e.keys()) {
+            if let Some(cycle) = walk(next, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        None
+    }
+    let mut done = BTreeSet::new();
+    for module in edges.keys() {
+        if let Some(cycle) = walk(module, &edges, &mut Vec::new(), &mut done) {
+            let steps: Vec<String> = cycle
+                .windows(2)
+                .map(|w| format!("{} -> {} ({})", w[0], w[1], edges[&w[0]][&w[1]]))
+                .collect();
+            panic!("an import cycle:\n{}", steps.join("\n"));
+        }
+    }
+}
