@@ -438,7 +438,16 @@ impl PyClient {
 
     /// `calls N`: the hosts that answered, and the errors.
     fn calls(&mut self, n: usize) -> (BTreeMap<String, u64>, Vec<String>) {
-        let seen = self.command(&format!("calls {n}"));
+        self.calls_within(&format!("calls {n}"), WAIT * 3)
+    }
+
+    /// A `calls …` command that may take up to `within`.
+    fn calls_within(
+        &mut self,
+        command: &str,
+        within: Duration,
+    ) -> (BTreeMap<String, u64>, Vec<String>) {
+        let seen = self.command_within(command, within);
         let hosts = serde_json::from_value(seen["hosts"].clone()).unwrap();
         let errors = serde_json::from_value(seen["errors"].clone()).unwrap();
         (hosts, errors)
@@ -512,9 +521,7 @@ async fn grpcio_leaves_out_a_node_that_fails_half_its_calls() {
     let mut py = PyClient::start(&bootstrap);
     // The sick node is among the endpoints when the count starts.
     support::poll_until(WAIT, "calls on every node", || py.calls(30).0.len() == 3);
-    let seen = py.command_within("calls 20000", Duration::from_secs(300));
-    let hosts: BTreeMap<String, u64> = serde_json::from_value(seen["hosts"].clone()).unwrap();
-    let errors: Vec<String> = serde_json::from_value(seen["errors"].clone()).unwrap();
+    let (hosts, errors) = py.calls_within("calls 20000", Duration::from_secs(300));
     eprintln!(
         "grpcio with a sick node: {} of 20,000 calls failed; {hosts:?}",
         errors.len()
@@ -555,8 +562,7 @@ async fn grpcio_retries_the_codes_a_topic_policy_names() {
     let (_xds, _, bootstrap, _bootstrap_dir) =
         control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
     let mut py = PyClient::start(&bootstrap);
-    let flaky = py.command_within("calls 3000 flaky", Duration::from_secs(120));
-    let errors: Vec<String> = serde_json::from_value(flaky["errors"].clone()).unwrap();
+    let (_, errors) = py.calls_within("calls 3000 flaky", Duration::from_secs(120));
     eprintln!(
         "grpcio, UNAVAILABLE on every third call, retried: {} of 3,000 failed",
         errors.len()
@@ -567,8 +573,7 @@ async fn grpcio_retries_the_codes_a_topic_policy_names() {
         errors.len(),
         &errors[..errors.len().min(5)]
     );
-    let broken = py.command_within("calls 3000 broken", Duration::from_secs(120));
-    let errors: Vec<String> = serde_json::from_value(broken["errors"].clone()).unwrap();
+    let (_, errors) = py.calls_within("calls 3000 broken", Duration::from_secs(120));
     eprintln!(
         "grpcio, INTERNAL on every third call: {} of 3,000 failed",
         errors.len()
