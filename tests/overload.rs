@@ -503,3 +503,64 @@ async fn a_deadline_travels_from_api_node_through_echo_node_into_a_nested_call()
     );
     assert!(at_sleep > 1_000, "sleep had {at_sleep} ms");
 }
+
+/// A kit client calling a node that refuses every call throttles itself:
+/// after its first few refusals, most calls fail at the client and never
+/// reach the node (the SRE book's adaptive throttling), so a client that
+/// keeps calling costs a shedding node little. The node's one slot is held
+/// by a long call from a plain tonic client; it refuses the rest at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kit_client_throttles_itself_against_a_node_that_refuses_everything() {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let mut args = quick_node_args(&url, "full");
+    args.extend(["--http-listen", "127.0.0.1:0"]);
+    let env = [
+        ("SVCKIT_RPC_ADMISSION", "static"),
+        ("SVCKIT_RPC_POOL_SIZE", "1"),
+        ("SVCKIT_RPC_POOL_WAIT", "0s"),
+    ];
+    let (node, addr) = Proc::start_example("echo_node", &args, &env);
+    let http = http_addr(&node);
+    let mut holder = EchoClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect"),
+    );
+    let held = tokio::spawn(async move { holder.sleep(SleepRequest { millis: 60_000 }).await });
+    support::eventually(WAIT, "the slot held", || async {
+        (node.stderr().contains("sleep started")).then_some(())
+    })
+    .await;
+
+    let rpc = rpc_for(&etcd).await;
+    let topic = Target::topic("echo");
+    rpc.wait_for_nodes(&topic, 1, WAIT)
+        .await
+        .expect("the node seen");
+    let mut client = EchoClient::new(rpc.channel(topic));
+    const CALLS: usize = 2_000;
+    for _ in 0..CALLS {
+        let status = client
+            .sleep(SleepRequest { millis: 0 })
+            .await
+            .expect_err("no call is answered");
+        assert_eq!(status.code(), Code::Unavailable, "{status}");
+    }
+    let throttled = rpc.stats().throttled;
+    let refused = refusals_counted(http, "grpc", "pool");
+    eprintln!("{CALLS} calls: {throttled} failed at the client, {refused} refused by the node");
+    assert_eq!(
+        throttled as f64 + refused,
+        CALLS as f64,
+        "every call either throttled or refused"
+    );
+    assert!(
+        refused <= CALLS as f64 / 10.0,
+        "{refused} of {CALLS} calls reached the refusing node"
+    );
+    held.abort();
+    drop(node);
+}

@@ -88,8 +88,18 @@ const LATENCY_GAP: f64 = 2.0;
 /// (or is idempotent), and then the same node may well take it: a new
 /// connection to a node with several workers lands on another worker, and
 /// a stream refused by a draining connection goes through on the next.
+/// Not a node that refused a call within the moment, though: sent straight
+/// back, the call would only be refused again, at the cost of the node's
+/// time.
 fn next_node(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
-    pick(nodes, tried).or_else(|| pick(nodes, &[]))
+    pick(nodes, tried).or_else(|| {
+        let refusing: Vec<Arc<Node>> = tried
+            .iter()
+            .filter(|n| n.health.recently_refused())
+            .cloned()
+            .collect();
+        pick(nodes, &refusing)
+    })
 }
 
 /// The nodes one call tries, in turn: the first from the nodes it started
