@@ -9,9 +9,11 @@
 pub mod certs;
 pub mod dashboard;
 pub mod etcd;
+pub mod js;
 pub mod node;
 pub mod ports;
 pub mod python;
+pub mod xds;
 
 use std::future::Future;
 use std::time::{Duration, Instant};

@@ -1,0 +1,160 @@
+// An independent xDS client (Node's @grpc/grpc-js with @grpc/grpc-js-xds)
+// calling `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
+//
+// Usage: node xds_client.js PROTO_ROOT
+//
+// The echo API is loaded at start by @grpc/proto-loader from
+// PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. It
+// answers the commands of tests/py/xds_client.py, one JSON line each:
+//
+//   calls N [TOPIC]  N calls one after the other, to xds:///echo or to
+//                    TOPIC (on a client of its own, kept): {"hosts", "errors"}
+//   start            calls in a loop, 2 at a time, until `stop`
+//   take             what the loop saw since the last take, with the time
+//                    each host answered first: {"hosts", "errors", "first"}
+//   stop             stops the loop, then as `take`
+//   other TOPIC      one call to xds:///TOPIC on a client of its own:
+//                    {"code", "details", "seconds"}
+//
+// A call may carry metadata: `calls N TOPIC key=value` sends the header
+// `key` with `value` on each call.
+
+'use strict';
+
+const path = require('path');
+const readline = require('readline');
+const grpc = require('@grpc/grpc-js');
+const xds = require('@grpc/grpc-js-xds');
+const protoLoader = require('@grpc/proto-loader');
+
+const CALL_TIMEOUT_MS = 5000;
+
+function codeName(code) {
+  return Object.keys(grpc.status).find((k) => grpc.status[k] === code) || String(code);
+}
+
+class Tally {
+  constructor() {
+    this.hosts = {};
+    this.errors = [];
+    this.first = {};
+  }
+  ok(host) {
+    this.hosts[host] = (this.hosts[host] || 0) + 1;
+    if (!(host in this.first)) this.first[host] = Date.now() / 1000;
+  }
+  error(e) {
+    this.errors.push(`${codeName(e.code)}: ${e.details}`);
+  }
+  take() {
+    const seen = { hosts: this.hosts, errors: this.errors, first: this.first };
+    this.hosts = {};
+    this.errors = [];
+    this.first = {};
+    return seen;
+  }
+}
+
+function call(client, tally, metadata) {
+  return new Promise((resolve) => {
+    const deadline = Date.now() + CALL_TIMEOUT_MS;
+    client.Echo({ payload: Buffer.from('xds') }, metadata || new grpc.Metadata(), { deadline }, (err, reply) => {
+      if (err) tally.error(err);
+      else tally.ok(reply.host);
+      resolve();
+    });
+  });
+}
+
+function ready(client) {
+  return new Promise((resolve, reject) => {
+    client.waitForReady(Date.now() + 30000, (err) => (err ? reject(err) : resolve()));
+  });
+}
+
+function print(value) {
+  process.stdout.write(JSON.stringify(value) + '\n');
+}
+
+async function main() {
+  xds.register();
+  const root = process.argv[2];
+  const definition = protoLoader.loadSync(path.join(root, 'examples/echo/v1/echo.proto'), {
+    includeDirs: [root],
+  });
+  const Echo = grpc.loadPackageDefinition(definition).svckit.examples.echo.v1.Echo;
+  const creds = grpc.credentials.createInsecure();
+  const client = new Echo('xds:///echo', creds);
+  await ready(client);
+  print({ ready: true });
+
+  const topics = {};
+  const tally = new Tally();
+  let running = false;
+  let loops = [];
+
+  const loop = async () => {
+    while (running) {
+      await call(client, tally);
+      await new Promise((r) => setTimeout(r, 2));
+    }
+  };
+
+  const lines = readline.createInterface({ input: process.stdin });
+  for await (const line of lines) {
+    const words = line.trim().split(/\s+/);
+    if (!words[0]) continue;
+    if (words[0] === 'calls') {
+      let target = client;
+      if (words.length > 2) {
+        if (!(words[2] in topics)) {
+          topics[words[2]] = new Echo(`xds:///${words[2]}`, creds);
+          await ready(topics[words[2]]);
+        }
+        target = topics[words[2]];
+      }
+      let metadata;
+      if (words.length > 3) {
+        const [key, value] = words[3].split('=');
+        metadata = new grpc.Metadata();
+        metadata.set(key, value);
+      }
+      const once = new Tally();
+      for (let i = 0; i < Number(words[1]); i++) await call(target, once, metadata);
+      print(once.take());
+    } else if (words[0] === 'start') {
+      tally.take();
+      running = true;
+      loops = [loop(), loop()];
+      print({ started: true });
+    } else if (words[0] === 'take') {
+      print(tally.take());
+    } else if (words[0] === 'stop') {
+      running = false;
+      await Promise.all(loops);
+      print(tally.take());
+    } else if (words[0] === 'other') {
+      const other = new Echo(`xds:///${words[1]}`, creds);
+      const started = process.hrtime.bigint();
+      const outcome = await new Promise((resolve) => {
+        other.Echo({ payload: Buffer.from('xds') }, { deadline: Date.now() + 30000 }, (err) =>
+          resolve(err ? { code: codeName(err.code), details: err.details } : { code: 'OK', details: '' }),
+        );
+      });
+      outcome.seconds = Number(process.hrtime.bigint() - started) / 1e9;
+      other.close();
+      print(outcome);
+    } else {
+      process.stderr.write(`unknown command ${JSON.stringify(words[0])}\n`);
+      process.exit(2);
+    }
+  }
+  client.close();
+  for (const t of Object.values(topics)) t.close();
+  process.exit(0);
+}
+
+main().catch((e) => {
+  process.stderr.write(`${e.stack || e}\n`);
+  process.exit(1);
+});

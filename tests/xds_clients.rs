@@ -1,0 +1,146 @@
+//! What `svckit xds` puts in a topic's resources reaches clients that are
+//! not svckit's: Python grpcio and Node's grpc-js with grpc-js-xds, each
+//! through its own xDS resolver, against real echo_nodes and a real etcd.
+//! Each test runs once per client, and fails when its feature is off.
+
+mod support;
+
+use std::time::Duration;
+
+use support::etcd::Etcd;
+use support::node::{quick_node_args, Proc};
+use support::xds::{control_plane, control_plane_with, Lang, XdsClient};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A node that keeps its lease but fails every other call stops getting
+/// the client's calls: each topic's Cluster carries the kit's outlier
+/// ejection (gRFC A50). Without it, a third of the calls go to the sick
+/// node and half of those fail: about 3,300 of 20,000.
+async fn leaves_out_a_node_that_fails_half_its_calls(lang: Lang) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let mut nodes = Vec::new();
+    for host in ["a", "b"] {
+        nodes.push(Proc::start_example("echo_node", &quick_node_args(&url, host), &[]).0);
+    }
+    let sick = [("ECHO_FAIL_EVERY", "2")];
+    nodes.push(Proc::start_example("echo_node", &quick_node_args(&url, "sick"), &sick).0);
+    let (_xds, _, bootstrap, _dir) = control_plane(&url);
+    let mut client = XdsClient::start(lang, &bootstrap);
+    // The sick node is among the endpoints when the count starts.
+    support::poll_until(WAIT, "calls on every node", || {
+        client.calls(30).0.len() == 3
+    });
+    let (hosts, errors) = client.calls_within("calls 20000", Duration::from_secs(300));
+    eprintln!(
+        "{lang:?} with a sick node: {} of 20,000 calls failed; {hosts:?}",
+        errors.len()
+    );
+    assert!(
+        errors.len() <= 200,
+        "{} of 20,000 calls failed (hosts {hosts:?}): {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    assert!(hosts.get("a").is_some_and(|n| *n > 5_000), "{hosts:?}");
+    assert!(hosts.get("b").is_some_and(|n| *n > 5_000), "{hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_leaves_out_a_node_that_fails_half_its_calls() {
+    leaves_out_a_node_that_fails_half_its_calls(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_leaves_out_a_node_that_fails_half_its_calls() {
+    leaves_out_a_node_that_fails_half_its_calls(Lang::Node).await;
+}
+
+/// A topic's retry policy (gRFC A44) reaches the client: calls a node
+/// fails with UNAVAILABLE, named in `retry_on`, are sent again and none is
+/// lost; calls failed with INTERNAL, which it does not name, are not. Each
+/// node is alone in its topic, so no outlier ejection hides its failures.
+/// Without the policy a third of the first topic's calls fail.
+async fn retries_the_codes_a_topic_policy_names(lang: Lang) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[default]\nretry_on = [\"unavailable\"]\nretries = 2\nbackoff = \"10ms\"\n",
+    )
+    .unwrap();
+    let mut nodes = vec![Proc::start_example("echo_node", &quick_node_args(&url, "e1"), &[]).0];
+    for (topic, code) in [("flaky", "unavailable"), ("broken", "internal")] {
+        let mut args = quick_node_args(&url, topic);
+        args.extend(["--topic", topic]);
+        let env = [("ECHO_FAIL_EVERY", "3"), ("ECHO_FAIL_CODE", code)];
+        nodes.push(Proc::start_example("echo_node", &args, &env).0);
+    }
+    let (_xds, _, bootstrap, _bootstrap_dir) =
+        control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
+    let mut client = XdsClient::start(lang, &bootstrap);
+    let (_, errors) = client.calls_within("calls 3000 flaky", Duration::from_secs(120));
+    eprintln!(
+        "{lang:?}, UNAVAILABLE on every third call, retried: {} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        errors.len() <= 15,
+        "{} of 3,000 failed: {:?}",
+        errors.len(),
+        &errors[..errors.len().min(5)]
+    );
+    let (_, errors) = client.calls_within("calls 3000 broken", Duration::from_secs(120));
+    eprintln!(
+        "{lang:?}, INTERNAL on every third call: {} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        (900..=1100).contains(&errors.len()),
+        "{} of 3,000 failed",
+        errors.len()
+    );
+    assert!(
+        errors.iter().all(|e| e.starts_with("INTERNAL")),
+        "{:?}",
+        &errors[..5]
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_retries_the_codes_a_topic_policy_names() {
+    retries_the_codes_a_topic_policy_names(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_retries_the_codes_a_topic_policy_names() {
+    retries_the_codes_a_topic_policy_names(Lang::Node).await;
+}
+
+#[test]
+fn svckit_xds_refuses_a_policies_file_a_client_would_reject() {
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[topic.echo]\nretry_on = [\"not-found\"]\nretries = 1\n",
+    )
+    .unwrap();
+    let (code, _, stderr) = Proc::run_cli(&[
+        "xds",
+        "--registry",
+        "memory://",
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        policies.to_str().unwrap(),
+    ]);
+    assert_eq!(code, Some(78), "{stderr}");
+    assert!(
+        stderr.contains("[topic.echo]: retry_on: \"not-found\""),
+        "{stderr}"
+    );
+}
