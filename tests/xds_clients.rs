@@ -5,11 +5,15 @@
 
 mod support;
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
+use nix::sys::signal::Signal;
 use support::etcd::Etcd;
 use support::node::{quick_node_args, Proc};
 use support::xds::{control_plane, control_plane_with, Lang, XdsClient};
+use support::{expect_event, is_leave};
+use svckit::servicegroup;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -143,4 +147,91 @@ fn svckit_xds_refuses_a_policies_file_a_client_would_reject() {
         stderr.contains("[topic.echo]: retry_on: \"not-found\""),
         "{stderr}"
     );
+}
+
+/// Which node answered each key of a `keyed` command, or `None` while
+/// some key's calls went to more than one node (as they do while the
+/// client connects, or takes in a change) or failed.
+fn owners(client: &mut XdsClient, keys: usize) -> Option<BTreeMap<String, String>> {
+    let seen = client.command_within(&format!("keyed x-user {keys} 5"), WAIT * 3);
+    if seen["errors"] != serde_json::json!([]) {
+        return None;
+    }
+    let by_key: BTreeMap<String, BTreeMap<String, u64>> =
+        serde_json::from_value(seen["keys"].clone()).expect("keys");
+    by_key
+        .into_iter()
+        .map(|(key, hosts)| match hosts.len() {
+            1 => Some((key, hosts.into_keys().next()?)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Ring hash (gRFC A42) keyed by a request header: every call with one
+/// key lands on one node, and when a node leaves only its keys move. With
+/// round robin each key's calls would spread over all three nodes.
+async fn ring_hash_keeps_a_key_on_one_node(lang: Lang) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let registry = servicegroup::connect(&etcd.url(), &support::options())
+        .await
+        .expect("connect");
+    let mut watch = registry.watch(Some("echo")).await.expect("watch");
+    let mut nodes = BTreeMap::new();
+    for host in ["a", "b", "c"] {
+        nodes.insert(
+            host,
+            Proc::start_example("echo_node", &quick_node_args(&url, host), &[]).0,
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[topic.echo]\nbalance = \"ring_hash\"\nhash_header = \"x-user\"\n",
+    )
+    .unwrap();
+    let (_xds, _, bootstrap, _bootstrap_dir) =
+        control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
+    let mut client = XdsClient::start(lang, &bootstrap);
+    const KEYS: usize = 40;
+    let mut before = BTreeMap::new();
+    support::poll_until(WAIT, "each key on one node, keys on all three", || {
+        before = owners(&mut client, KEYS).unwrap_or_default();
+        before.values().collect::<BTreeSet<_>>().len() == 3
+    });
+    // The same keys again: the same nodes.
+    assert_eq!(owners(&mut client, KEYS), Some(before.clone()));
+
+    let b = nodes.remove("b").expect("b");
+    b.signal(Signal::SIGTERM);
+    expect_event(&mut watch, WAIT, "b's leave", is_leave("b")).await;
+    support::poll_until(WAIT, "each key on one node, none on b", || {
+        owners(&mut client, KEYS).is_some_and(|keys| !keys.values().any(|h| h == "b"))
+    });
+    let after = owners(&mut client, KEYS).expect("each key on one node");
+    let moved: Vec<_> = before
+        .iter()
+        .filter(|(key, host)| after[*key] != **host)
+        .collect();
+    eprintln!(
+        "{lang:?} ring hash: {} of {KEYS} keys were on b, {} moved",
+        before.values().filter(|h| *h == "b").count(),
+        moved.len()
+    );
+    assert!(
+        moved.iter().all(|(_, host)| *host == "b"),
+        "keys of a and c moved: {moved:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_ring_hash_keeps_a_key_on_one_node() {
+    ring_hash_keeps_a_key_on_one_node(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_ring_hash_keeps_a_key_on_one_node() {
+    ring_hash_keeps_a_key_on_one_node(Lang::Node).await;
 }

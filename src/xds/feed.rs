@@ -81,7 +81,7 @@ impl Project for Topic {
                 None
             } else {
                 Some(match &self.previous {
-                    Some(r) => r.with_backends(&self.name, &backends),
+                    Some(r) => r.with_backends(&self.name, &backends, &self.policy),
                     None => TopicResources::build(&self.name, &backends, &self.policy),
                 })
             };

@@ -35,6 +35,7 @@
 //! # }
 //! ```
 
+mod balance;
 mod dump;
 mod feed;
 mod policy;

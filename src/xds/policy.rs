@@ -1,6 +1,7 @@
-//! What each topic's route tells a gRPC client beyond where to send a call:
-//! which failures to retry and how (gRFC A44), and how long a call may take
-//! at most (gRFC A31, `max_stream_duration`).
+//! What each topic's route and cluster tell a gRPC client beyond where to
+//! send a call: which failures to retry and how (gRFC A44), how long a call
+//! may take at most (gRFC A31, `max_stream_duration`), and how calls are
+//! spread over the nodes ([`super::balance`]).
 //!
 //! `svckit xds --policies FILE` reads them from a TOML file; a topic not
 //! named there takes `[default]`, and an option a topic leaves out is the
@@ -13,9 +14,15 @@
 //! backoff = "25ms"             # first backoff; each doubles, jittered
 //! max_backoff = "250ms"        # cap on the backoff (10 × backoff unless set)
 //! timeout = "5s"               # a call's longest life, retries included
+//! balance = "round_robin"      # or "ring_hash", "weighted_round_robin"
 //!
 //! [topic.compute]
 //! retry_on = ["unavailable", "resource-exhausted"]
+//! balance = "weighted_round_robin"
+//!
+//! [topic.sessions]
+//! balance = "ring_hash"
+//! hash_header = "x-session"    # calls with one value go to one node
 //! ```
 //!
 //! With no file, routes carry no retry policy and no timeout: gRPC's own
@@ -33,6 +40,7 @@ use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
 use envoy_types::pb::google::protobuf::{Duration as PbDuration, UInt32Value};
 use serde::Deserialize;
 
+use super::balance::Balance;
 use crate::config::OptionValue;
 use crate::error::{Error, Result};
 
@@ -62,6 +70,7 @@ pub struct RoutePolicy {
     backoff: Duration,
     max_backoff: Duration,
     timeout: Option<Duration>,
+    balance: Balance,
 }
 
 /// Every topic's route policy.
@@ -80,6 +89,8 @@ struct Written {
     backoff: Option<String>,
     max_backoff: Option<String>,
     timeout: Option<String>,
+    balance: Option<String>,
+    hash_header: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -170,12 +181,25 @@ impl RoutePolicy {
         if timeout.is_some_and(|t| t.is_zero()) {
             return Err("timeout: must be more than 0".into());
         }
+        let balance = Balance::parse(
+            written
+                .balance
+                .as_ref()
+                .or(default.balance.as_ref())
+                .map(String::as_str),
+            written
+                .hash_header
+                .as_ref()
+                .or(default.hash_header.as_ref())
+                .map(String::as_str),
+        )?;
         Ok(RoutePolicy {
             retry_on,
             retries,
             backoff,
             max_backoff,
             timeout,
+            balance,
         })
     }
 
@@ -195,6 +219,11 @@ impl RoutePolicy {
             }),
             ..Default::default()
         })
+    }
+
+    /// How the topic's calls are spread over its nodes.
+    pub(crate) fn balance(&self) -> &Balance {
+        &self.balance
     }
 
     /// The route's bound on a call's life, if it has one.

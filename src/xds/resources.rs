@@ -6,7 +6,8 @@
 //! - RouteConfiguration `TOPIC`: the same route, for a client that asks for
 //!   it over RDS; with the topic's retry policy and timeout, if it has
 //!   them ([`super::policy`]);
-//! - Cluster `TOPIC`: EDS over the same ADS stream, round robin;
+//! - Cluster `TOPIC`: EDS over the same ADS stream, round robin unless the
+//!   topic's policy balances otherwise ([`super::balance`]);
 //! - ClusterLoadAssignment `TOPIC`: the gRPC endpoints of the topic's
 //!   routable members (up, not disabled, not forced down), weighted by
 //!   their `workers`.
@@ -15,7 +16,7 @@ use std::net::IpAddr;
 use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::cluster::v3::cluster::{
-    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig, LbPolicy,
+    ClusterDiscoveryType, DiscoveryType, EdsClusterConfig,
 };
 use envoy_types::pb::envoy::config::cluster::v3::{Cluster, OutlierDetection};
 use envoy_types::pb::envoy::config::core::v3::address::Address as AddressKind;
@@ -112,17 +113,27 @@ impl TopicResources {
             by_kind: [
                 Arc::new(pack(&listener(topic, policy))),
                 Arc::new(pack(&route_configuration(topic, policy))),
-                Arc::new(pack(&cluster(topic))),
+                Arc::new(pack(&cluster(topic, backends, policy))),
                 Arc::new(pack(&load_assignment(topic, backends))),
             ],
         }
     }
 
     /// The same resources with the endpoints changed; the others are kept
-    /// (the same `Arc`s: a stream sees they did not change).
-    pub(crate) fn with_backends(&self, topic: &str, backends: &[Backend]) -> TopicResources {
+    /// (the same `Arc`s: a stream sees they did not change), but for a ring
+    /// hash cluster whose ring size follows the endpoints.
+    pub(crate) fn with_backends(
+        &self,
+        topic: &str,
+        backends: &[Backend],
+        policy: &RoutePolicy,
+    ) -> TopicResources {
         let mut next = self.clone();
         next.by_kind[Kind::Endpoints.index()] = Arc::new(pack(&load_assignment(topic, backends)));
+        let cluster = pack(&cluster(topic, backends, policy));
+        if cluster != *self.get(Kind::Cluster).as_ref() {
+            next.by_kind[Kind::Cluster.index()] = Arc::new(cluster);
+        }
         next
     }
 
@@ -179,6 +190,7 @@ fn route_configuration(topic: &str, policy: &RoutePolicy) -> RouteConfiguration 
                     cluster_specifier: Some(ClusterSpecifier::Cluster(topic.to_string())),
                     retry_policy: policy.retry_policy(),
                     max_stream_duration: policy.max_stream_duration(),
+                    hash_policy: policy.balance().hash_policy(),
                     ..Default::default()
                 })),
                 ..Default::default()
@@ -213,8 +225,8 @@ fn listener(topic: &str, policy: &RoutePolicy) -> Listener {
     }
 }
 
-fn cluster(topic: &str) -> Cluster {
-    Cluster {
+fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> Cluster {
+    let mut cluster = Cluster {
         name: topic.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
         eds_cluster_config: Some(EdsClusterConfig {
@@ -227,10 +239,12 @@ fn cluster(topic: &str) -> Cluster {
             }),
             service_name: String::new(),
         }),
-        lb_policy: LbPolicy::RoundRobin as i32,
         outlier_detection: Some(outlier_detection()),
         ..Default::default()
-    }
+    };
+    let weights: Vec<u32> = backends.iter().map(|b| b.weight.max(1)).collect();
+    policy.balance().apply(&mut cluster, &weights);
+    cluster
 }
 
 /// The kit client's ejection of sick nodes, for any gRPC client (gRFC

@@ -13,11 +13,11 @@
 //   take             what the loop saw since the last take, with the time
 //                    each host answered first: {"hosts", "errors", "first"}
 //   stop             stops the loop, then as `take`
+//   keyed HEADER K N N calls for each of K keys (key-0 … key-K-1), each with
+//                    request header HEADER set to its key:
+//                    {"keys": {key: {host: n}}, "errors"}
 //   other TOPIC      one call to xds:///TOPIC on a client of its own:
 //                    {"code", "details", "seconds"}
-//
-// A call may carry metadata: `calls N TOPIC key=value` sends the header
-// `key` with `value` on each call.
 
 'use strict';
 
@@ -66,9 +66,13 @@ function call(client, tally, metadata) {
   });
 }
 
+// A first call that waits for the control plane's answer and a first
+// endpoint (a ring hash channel stays idle until a call picks a node, so
+// the channel's state alone would not do).
 function ready(client) {
   return new Promise((resolve, reject) => {
-    client.waitForReady(Date.now() + 30000, (err) => (err ? reject(err) : resolve()));
+    const options = { deadline: Date.now() + 30000, waitForReady: true };
+    client.Echo({ payload: Buffer.from('ready') }, options, (err) => (err ? reject(err) : resolve()));
   });
 }
 
@@ -113,15 +117,22 @@ async function main() {
         }
         target = topics[words[2]];
       }
-      let metadata;
-      if (words.length > 3) {
-        const [key, value] = words[3].split('=');
-        metadata = new grpc.Metadata();
-        metadata.set(key, value);
-      }
       const once = new Tally();
-      for (let i = 0; i < Number(words[1]); i++) await call(target, once, metadata);
+      for (let i = 0; i < Number(words[1]); i++) await call(target, once);
       print(once.take());
+    } else if (words[0] === 'keyed') {
+      const [header, keys, n] = [words[1], Number(words[2]), Number(words[3])];
+      const seen = {};
+      const errors = [];
+      for (let k = 0; k < keys; k++) {
+        const metadata = new grpc.Metadata();
+        metadata.set(header, `key-${k}`);
+        const once = new Tally();
+        for (let i = 0; i < n; i++) await call(client, once, metadata);
+        seen[`key-${k}`] = once.hosts;
+        errors.push(...once.errors);
+      }
+      print({ keys: seen, errors });
     } else if (words[0] === 'start') {
       tally.take();
       running = true;

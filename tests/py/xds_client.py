@@ -15,6 +15,10 @@ command read from stdin:
   take        what the loop saw since the last take, with the wall-clock
               time each host answered first: {"hosts", "errors", "first": {host: t}}
   stop        stops the loop, then as `take`
+  keyed HEADER K N
+              N calls for each of K keys (key-0 … key-K-1), each with
+              request header HEADER set to its key: {"keys": {key: {host: n}},
+              "errors": [..]}
   other TOPIC one call to xds:///TOPIC on a channel of its own, waiting for
               the channel as a caller does: {"code": "OK" or the status
               code's name, "details": ..., "seconds": time to the outcome}
@@ -55,9 +59,9 @@ class Tally:
         return seen
 
 
-def call(stub, pb, tally):
+def call(stub, pb, tally, metadata=None):
     try:
-        reply = stub.Echo(pb.EchoRequest(payload=b"xds"), timeout=CALL_TIMEOUT)
+        reply = stub.Echo(pb.EchoRequest(payload=b"xds"), timeout=CALL_TIMEOUT, metadata=metadata)
         tally.ok(reply.host)
     except grpc.RpcError as e:
         tally.error(e)
@@ -66,9 +70,11 @@ def call(stub, pb, tally):
 def main():
     pb, rpc = stubs(sys.argv[1])
     channel = grpc.insecure_channel(TARGET)
-    # Wait for the control plane's answer and a first endpoint.
-    grpc.channel_ready_future(channel).result(timeout=30)
     stub = rpc.EchoStub(channel)
+    # Wait for the control plane's answer and a first endpoint: a first
+    # call that waits for them (a ring hash channel stays idle until a call
+    # picks a node, so the channel's state alone would not do).
+    stub.Echo(pb.EchoRequest(payload=b"ready"), timeout=30, wait_for_ready=True)
     print(json.dumps({"ready": True}), flush=True)
 
     topics = {}
@@ -89,14 +95,24 @@ def main():
             target = stub
             if len(words) > 2:
                 if words[2] not in topics:
-                    topic = grpc.insecure_channel(f"xds:///{words[2]}")
-                    grpc.channel_ready_future(topic).result(timeout=30)
-                    topics[words[2]] = rpc.EchoStub(topic)
+                    topic = rpc.EchoStub(grpc.insecure_channel(f"xds:///{words[2]}"))
+                    topic.Echo(pb.EchoRequest(payload=b"ready"), timeout=30, wait_for_ready=True)
+                    topics[words[2]] = topic
                 target = topics[words[2]]
             once = Tally()
             for _ in range(int(words[1])):
                 call(target, pb, once)
             print(json.dumps(once.take()), flush=True)
+        elif words[0] == "keyed":
+            header, keys, n = words[1], int(words[2]), int(words[3])
+            seen, errors = {}, []
+            for k in range(keys):
+                once = Tally()
+                for _ in range(n):
+                    call(stub, pb, once, metadata=((header, f"key-{k}"),))
+                seen[f"key-{k}"] = once.hosts
+                errors.extend(once.errors)
+            print(json.dumps({"keys": seen, "errors": errors}), flush=True)
         elif words[0] == "start":
             tally.take()
             running.set()
