@@ -6,6 +6,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         &["proto"],
         "svckit_base",
     )?;
+    // ORCA load reports (xds.data.orca.v3, xds.service.orca.v3).
+    svckit_build::compile_protos(
+        &["proto/xds/service/orca/v3/orca.proto"],
+        &["proto"],
+        "xds_orca",
+    )?;
     svckit_build::compile_protos(
         &["proto/examples/echo/v1/echo.proto"],
         &["proto"],

@@ -9,7 +9,8 @@
 //! `common/echo.rs` for its other variables). With `ECHO_FAIL_EVERY=2`
 //! every second `Echo` fails with INTERNAL (UNAVAILABLE with
 //! `ECHO_FAIL_CODE=unavailable`): a sick node. With
-//! `ECHO_DELAY_US=2000` every `Echo` waits 2 ms first: a slow node.
+//! `ECHO_DELAY_US=2000` every `Echo` waits 2 ms first: a slow node; with
+//! `ECHO_SPIN_US=300` every `Echo` uses 300 µs of CPU first: a costly one.
 
 use std::sync::Arc;
 

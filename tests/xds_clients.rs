@@ -6,6 +6,7 @@
 mod support;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
@@ -14,6 +15,13 @@ use support::node::{quick_node_args, Proc};
 use support::xds::{control_plane, control_plane_with, Lang, XdsClient};
 use support::{expect_event, is_leave};
 use svckit::servicegroup;
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
+
+use echo::pb::echo_client::EchoClient;
+use echo::pb::EchoRequest;
 
 const WAIT: Duration = Duration::from_secs(20);
 
@@ -234,4 +242,176 @@ async fn grpcio_ring_hash_keeps_a_key_on_one_node() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_js_ring_hash_keeps_a_key_on_one_node() {
     ring_hash_keeps_a_key_on_one_node(Lang::Node).await;
+}
+
+/// Topic `echo` balanced by weighted round robin over nodes a and b, whose
+/// calls cost 1 ms of CPU, and `costly`, whose calls cost 3 ms; its nodes,
+/// its control plane and the bootstrap naming it.
+fn costly_topic(etcd: &Etcd) -> (Vec<Proc>, Proc, PathBuf, [tempfile::TempDir; 2]) {
+    let url = etcd.url().to_string();
+    let mut nodes = Vec::new();
+    for (host, micros) in [("a", "1000"), ("b", "1000"), ("costly", "3000")] {
+        let env = [("ECHO_SPIN_US", micros)];
+        nodes.push(Proc::start_example("echo_node", &quick_node_args(&url, host), &env).0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[topic.echo]\nbalance = \"weighted_round_robin\"\n",
+    )
+    .unwrap();
+    let (xds, _, bootstrap, bootstrap_dir) =
+        control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
+    (nodes, xds, bootstrap, [dir, bootstrap_dir])
+}
+
+/// The costly node's share of the calls in `hosts`.
+fn share(hosts: &BTreeMap<String, u64>) -> f64 {
+    let all: u64 = hosts.values().sum();
+    hosts.get("costly").copied().unwrap_or(0) as f64 / all.max(1) as f64
+}
+
+/// Weighted round robin (gRFC A58) from the nodes' ORCA reports: among
+/// three nodes, one whose calls cost three times the CPU gets about a
+/// seventh of the calls (weights 1, 1 and ⅓) instead of round robin's
+/// third. grpc-js 1.14 takes WRR only with
+/// `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`.
+async fn weighted_round_robin_sends_fewer_calls_to_a_costly_node(lang: Lang) {
+    let etcd = Etcd::start();
+    let (_nodes, _xds, bootstrap, _dir) = costly_topic(&etcd);
+    let env = [("GRPC_EXPERIMENTAL_XDS_WRR_LB", "true")];
+    let mut client = XdsClient::start_with(lang, &bootstrap, &env);
+    // Weights count once each node has reported for the blackout period.
+    let started = std::time::Instant::now();
+    support::poll_until(
+        Duration::from_secs(60),
+        "the costly node's share to fall",
+        || {
+            let (hosts, errors) = client.calls(300);
+            assert!(errors.is_empty(), "{errors:?}");
+            share(&hosts) < 0.2
+        },
+    );
+    let shifted = started.elapsed();
+    let (hosts, errors) = client.calls_within("calls 3000", Duration::from_secs(120));
+    assert!(errors.is_empty(), "{errors:?}");
+    eprintln!(
+        "{lang:?} WRR: the costly node's share {:.3} (round robin: 0.333), {hosts:?}; shifted after {shifted:.1?}",
+        share(&hosts)
+    );
+    assert!(share(&hosts) < 0.2, "{hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_weighted_round_robin_sends_fewer_calls_to_a_costly_node() {
+    weighted_round_robin_sends_fewer_calls_to_a_costly_node(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_weighted_round_robin_sends_fewer_calls_to_a_costly_node() {
+    weighted_round_robin_sends_fewer_calls_to_a_costly_node(Lang::Node).await;
+}
+
+/// A client without weighted round robin (grpc-js 1.14 unless
+/// `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`) takes the round robin listed after
+/// it (gRFC A52) and rejects nothing: the control plane counts no NACK
+/// from it, and the costly node keeps its third of the calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_without_wrr_takes_round_robin_and_sends_no_nack() {
+    let etcd = Etcd::start();
+    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd);
+    let addr = xds
+        .stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("listening on http://"))
+        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
+        .expect("the control plane's address");
+    let mut client = XdsClient::start(Lang::Node, &bootstrap);
+    for _ in 0..3 {
+        let (hosts, errors) = client.calls(600);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!((0.3..0.37).contains(&share(&hosts)), "{hosts:?}");
+    }
+    let metrics = support::dashboard::get(addr, "/metrics").body;
+    let client_id = Lang::Node.node_id();
+    assert!(
+        !metrics.contains(&format!("svckit_xds_nacks_total{{client=\"{client_id}\"")),
+        "{metrics}"
+    );
+    let dump = support::dashboard::get(addr, "/config_dump").body;
+    assert!(dump.contains(client_id), "{dump}");
+    assert!(!dump.contains("nacked\":{"), "{dump}");
+}
+
+/// A node's out-of-band ORCA stream reports its calls and CPU, and ends
+/// with OK when the node stops, so that it does not hold the connection's
+/// drain (a stream cut by the drain's end would fail instead).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_reports_its_load_and_ends_the_report_stream_when_it_stops() {
+    use svckit::pb::xds::service::orca::v3::open_rca_service_client::OpenRcaServiceClient;
+    use svckit::pb::xds::service::orca::v3::OrcaLoadReportRequest;
+
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let env = [("ECHO_SPIN_US", "2000")];
+    let (mut node, addr) = Proc::start_example("echo_node", &quick_node_args(&url, "a"), &env);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut reports = OpenRcaServiceClient::new(channel.clone())
+        .stream_core_metrics(OrcaLoadReportRequest {
+            report_interval: Some(prost_types::Duration {
+                seconds: 0,
+                nanos: 100_000_000,
+            }),
+            request_cost_names: Vec::new(),
+        })
+        .await
+        .expect("the report stream")
+        .into_inner();
+    let calls = tokio::spawn(async move {
+        let mut echo = EchoClient::new(channel);
+        for _ in 0..200 {
+            echo.echo(EchoRequest::default()).await.expect("echo");
+        }
+    });
+    let mut busy = None;
+    while busy.is_none() {
+        let report = tokio::time::timeout(WAIT, reports.message())
+            .await
+            .expect("a report within the wait")
+            .expect("a report")
+            .expect("the stream goes on");
+        if report.rps_fractional > 10.0 {
+            busy = Some(report);
+        }
+    }
+    let busy = busy.expect("a busy report");
+    eprintln!("ORCA report under calls: {busy:?}");
+    // Each call spends 2 ms of CPU: the CPU share follows the calls.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    assert!(
+        busy.cpu_utilization * cpus >= busy.rps_fractional * 0.002 * 0.5,
+        "{busy:?}"
+    );
+    assert!(busy.application_utilization >= busy.cpu_utilization);
+    assert_eq!(busy.named_metrics["limit"], 1000.0, "{busy:?}");
+    calls.await.expect("the calls");
+
+    node.signal(Signal::SIGTERM);
+    let end = tokio::time::timeout(WAIT, async {
+        loop {
+            match reports.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(matches!(end, Ok(None)), "the stream ended with {end:?}");
+    assert!(node.wait_exit(WAIT).is_some_and(|s| s.success()));
 }

@@ -64,6 +64,9 @@ pub struct EchoManager {
     fail_unavailable: bool,
     /// Every `Echo` waits this long first (`ECHO_DELAY_US`): a slow node.
     delay: Option<Duration>,
+    /// Every `Echo` uses this much CPU first (`ECHO_SPIN_US`): a node whose
+    /// calls cost more.
+    work: Option<Duration>,
     calls: std::sync::atomic::AtomicU64,
     /// The client of `Relay`'s nested calls, made on first use from this
     /// config.
@@ -126,6 +129,11 @@ impl EchoManager {
                 .and_then(|n| n.parse().ok())
                 .filter(|&n| n > 0)
                 .map(Duration::from_micros),
+            work: std::env::var("ECHO_SPIN_US")
+                .ok()
+                .and_then(|n| n.parse().ok())
+                .filter(|&n| n > 0)
+                .map(|n| Duration::from_micros(n).min(spin::MAX_SPIN)),
             calls: std::sync::atomic::AtomicU64::new(0),
             rpc: None,
         }
@@ -277,6 +285,9 @@ impl Echo for EchoManager {
         }
         if let Some(delay) = self.delay {
             tokio::time::sleep(delay.min(MAX_SLEEP)).await;
+        }
+        if let Some(work) = self.work {
+            spin::spin(work).await;
         }
         Ok(Response::new(self.reply(request.into_inner().payload)))
     }

@@ -69,7 +69,7 @@ pub struct NodeInfo {
     registry: RwLock<Option<RegistryHandle>>,
     /// The worker slot in a multi-process node, known at start.
     worker: OnceLock<Option<u32>>,
-    state: RwLock<NodeState>,
+    state: tokio::sync::watch::Sender<NodeState>,
     /// The gRPC server's connections, counted for the report.
     pub(super) connections: Arc<Connections>,
     /// The periodic task timer, while one runs in this process.
@@ -100,7 +100,7 @@ impl NodeInfo {
             metrics: Arc::new(Metrics::new()),
             registry: RwLock::new(None),
             worker: OnceLock::new(),
-            state: RwLock::new(NodeState::Created),
+            state: tokio::sync::watch::Sender::new(NodeState::Created),
             periodic: RwLock::new(None),
             connections: Arc::new(connections),
         }
@@ -186,11 +186,20 @@ impl NodeInfo {
 
     /// Where the node stands in its lifecycle.
     pub fn state(&self) -> NodeState {
-        *read(&self.state)
+        *self.state.borrow()
     }
 
     pub(super) fn set_state(&self, state: NodeState) {
-        *write(&self.state) = state;
+        self.state.send_replace(state);
+    }
+
+    /// Resolves once the node leaves [`NodeState::Serving`] for a stop:
+    /// what long-lived streams end on, so that they do not hold the drain.
+    pub(crate) async fn stopping(&self) {
+        let mut state = self.state.subscribe();
+        let _ = state
+            .wait_for(|s| matches!(s, NodeState::Stopping | NodeState::Stopped))
+            .await;
     }
 
     pub(crate) fn periodic(&self) -> Option<Arc<Timer>> {

@@ -10,6 +10,7 @@ mod info;
 mod limits;
 mod node;
 mod ops;
+mod orca;
 pub(crate) mod pool;
 
 use std::sync::Arc;

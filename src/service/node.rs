@@ -15,6 +15,7 @@ use super::base::BaseApi;
 use super::builder::NodeBuilder;
 use super::grpc::{self, GrpcServer};
 use super::info::{NodeInfo, NodeState};
+use super::orca::OrcaApi;
 use super::{Advertised, Service, StartContext};
 use crate::config::{AdmissionMode, Config};
 use crate::dashboard::{Dashboard, DashboardOptions, NODE_PATH as DASHBOARD_PATH};
@@ -22,6 +23,7 @@ use crate::error::{BoxError, Error, Result};
 use crate::http::{self, HttpOptions, HttpServer};
 use crate::manager::{GrpcServices, Manager};
 use crate::pb::base::v1::base_server::BaseServer;
+use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaServiceServer;
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
@@ -304,7 +306,8 @@ impl<M: Manager> Node<M> {
             descriptor_sets.iter().fold(
                 tonic_reflection::server::Builder::configure()
                     .register_encoded_file_descriptor_set(crate::pb::base::FILE_DESCRIPTOR_SET)
-                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+                    .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+                    .register_encoded_file_descriptor_set(crate::pb::xds::FILE_DESCRIPTOR_SET),
                 |builder, set| builder.register_encoded_file_descriptor_set(set),
             )
         };
@@ -319,6 +322,9 @@ impl<M: Manager> Node<M> {
         let routes = routes
             .add_service(base)
             .add_service(health_service)
+            .add_service(OpenRcaServiceServer::new(OrcaApi {
+                node: self.node.clone(),
+            }))
             .add_service(reflection().build_v1().map_err(reflection_err)?)
             .add_service(reflection().build_v1alpha().map_err(reflection_err)?);
         let mut advertised: Vec<String> = user_names.iter().map(|n| n.to_string()).collect();

@@ -31,7 +31,11 @@ use crate::error::BoxError;
 use crate::wire::{GRPC_MESSAGE, GRPC_STATUS, REFUSED, UNAVAILABLE};
 
 /// Paths that skip the pool.
-const EXEMPT: [&str; 2] = ["/grpc.health.v1.Health/", "/grpc.reflection."];
+const EXEMPT: [&str; 3] = [
+    "/grpc.health.v1.Health/",
+    "/grpc.reflection.",
+    "/xds.service.orca.",
+];
 
 /// At most `size` calls at once; see the module docs.
 #[derive(Debug, Clone)]

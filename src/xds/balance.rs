@@ -44,6 +44,10 @@ const ENTRIES_PER_NODE: u64 = 128;
 const RING_CAP: u64 = 4096;
 /// How often a node's ORCA stream reports when WRR asks out of band.
 const OOB_PERIOD_SECS: i64 = 1;
+/// How long a node's weight is ignored after its first report (gRPC's
+/// default is 10 s): a node's report covers all its clients' calls, so it
+/// is as good from the first one.
+const BLACKOUT_SECS: i64 = 2;
 
 impl Balance {
     /// From a policies file's `balance` and `hash_header`; the error names
@@ -92,6 +96,10 @@ impl Balance {
                     enable_oob_load_report: Some(BoolValue { value: true }),
                     oob_reporting_period: Some(PbDuration {
                         seconds: OOB_PERIOD_SECS,
+                        nanos: 0,
+                    }),
+                    blackout_period: Some(PbDuration {
+                        seconds: BLACKOUT_SECS,
                         nanos: 0,
                     }),
                     ..Default::default()

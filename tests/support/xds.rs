@@ -45,6 +45,11 @@ impl XdsClient {
     /// names (its node id aside, which the client's language sets), once
     /// its channel to `xds:///echo` is ready.
     pub fn start(lang: Lang, bootstrap: &Path) -> XdsClient {
+        XdsClient::start_with(lang, bootstrap, &[])
+    }
+
+    /// [`XdsClient::start`] with more environment variables.
+    pub fn start_with(lang: Lang, bootstrap: &Path, env: &[(&str, &str)]) -> XdsClient {
         let bootstrap = bootstrap_for(lang, bootstrap);
         let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/proto");
         let mut command = match lang {
@@ -60,6 +65,7 @@ impl XdsClient {
         let mut child = command
             .arg(proto)
             .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
+            .envs(env.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())

@@ -1,0 +1,135 @@
+//! ORCA load reports (gRFC A51), out of band: `xds.service.orca.v3.
+//! OpenRcaService`, which every node serves. A client's weighted round
+//! robin (gRFC A58, `balance = "weighted_round_robin"` in `svckit xds`)
+//! opens one stream per connection and weighs the node by the calls it
+//! answers per unit of CPU.
+//!
+//! Each report covers the time since the stream's last one:
+//! - `cpu_utilization`: the process's CPU time over that time, as a share
+//!   of the CPUs it may run on (a worker of several reports its own share
+//!   of the node's CPUs, with its own calls, so their ratio holds);
+//! - `rps_fractional` and `eps`: the API's calls answered and failed per
+//!   second (the kit's own endpoints left out, as in `Base/Stats`);
+//! - `utilization["in_flight"]`: calls in flight over the admission limit,
+//!   and `named_metrics`: `in_flight`, `limit` and `limit_headroom` (the
+//!   calls the limit still admits);
+//! - `application_utilization`: the higher of the CPU's and the limit's,
+//!   what the node runs out of first. WRR prefers it to the CPU's (and
+//!   grpc-js reads nothing else), so a node that sheds, its CPU idle,
+//!   weighs little too.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+use super::info::NodeInfo;
+use crate::pb::xds::data::orca::v3::OrcaLoadReport;
+use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaService;
+use crate::pb::xds::service::orca::v3::OrcaLoadReportRequest;
+
+/// Shortest interval between two reports on one stream.
+const MIN_INTERVAL: Duration = Duration::from_millis(100);
+/// The interval when the client names none.
+const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+pub(super) struct OrcaApi {
+    pub(super) node: Arc<NodeInfo>,
+}
+
+/// What a report is computed from: a reading of the process's CPU time
+/// and the node's counts.
+#[derive(Debug, Clone, Copy)]
+struct Sample {
+    at: Instant,
+    cpu: Duration,
+    calls: u64,
+    errors: u64,
+}
+
+impl Sample {
+    fn take(node: &NodeInfo) -> Sample {
+        let totals = node.metrics().totals();
+        Sample {
+            at: Instant::now(),
+            cpu: process_cpu(),
+            calls: totals.calls,
+            errors: totals.errors,
+        }
+    }
+}
+
+/// CPU time the process has used, user and system.
+fn process_cpu() -> Duration {
+    use nix::sys::resource::{getrusage, UsageWho};
+    use nix::sys::time::TimeValLike;
+    match getrusage(UsageWho::RUSAGE_SELF) {
+        Ok(usage) => {
+            let micros =
+                usage.user_time().num_microseconds() + usage.system_time().num_microseconds();
+            Duration::from_micros(u64::try_from(micros).unwrap_or(0))
+        }
+        Err(_) => Duration::ZERO,
+    }
+}
+
+/// The node's load between `then` and `now`.
+fn report(node: &NodeInfo, then: Sample, now: Sample) -> OrcaLoadReport {
+    let seconds = now.at.duration_since(then.at).as_secs_f64().max(1e-3);
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    let cpu = now.cpu.saturating_sub(then.cpu).as_secs_f64() / seconds / cpus;
+    let admission = node.metrics().admission("grpc");
+    let in_flight = admission.in_flight.get().max(0) as f64;
+    let limit = admission.limit.get().max(1) as f64;
+    let in_flight_share = (in_flight / limit).min(1.0);
+    OrcaLoadReport {
+        cpu_utilization: cpu,
+        application_utilization: cpu.max(in_flight_share),
+        rps_fractional: now.calls.saturating_sub(then.calls) as f64 / seconds,
+        eps: now.errors.saturating_sub(then.errors) as f64 / seconds,
+        utilization: [("in_flight".to_string(), in_flight_share)].into(),
+        named_metrics: [
+            ("in_flight".to_string(), in_flight),
+            ("limit".to_string(), limit),
+            ("limit_headroom".to_string(), (limit - in_flight).max(0.0)),
+        ]
+        .into(),
+        ..Default::default()
+    }
+}
+
+type Reports = Pin<Box<dyn Stream<Item = Result<OrcaLoadReport, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl OpenRcaService for OrcaApi {
+    type StreamCoreMetricsStream = Reports;
+
+    async fn stream_core_metrics(
+        &self,
+        request: Request<OrcaLoadReportRequest>,
+    ) -> Result<Response<Reports>, Status> {
+        let interval = request
+            .into_inner()
+            .report_interval
+            .and_then(|d| Duration::try_from(d).ok())
+            .filter(|d| !d.is_zero())
+            .unwrap_or(DEFAULT_INTERVAL)
+            .max(MIN_INTERVAL);
+        let node = self.node.clone();
+        let first = Sample::take(&node);
+        // The stream ends when the node stops, so that it does not hold
+        // the connection's drain.
+        let reports = futures::stream::unfold((node, first), move |(node, then)| async move {
+            tokio::select! {
+                () = tokio::time::sleep(interval) => {}
+                () = node.stopping() => return None,
+            }
+            let now = Sample::take(&node);
+            let report = report(&node, then, now);
+            Some((Ok(report), (node, now)))
+        });
+        Ok(Response::new(Box::pin(reports)))
+    }
+}
