@@ -86,11 +86,12 @@ impl Totals {
 }
 
 /// Whether a gRPC method counts in the totals: not the base API, health
-/// checks or reflection.
+/// checks, reflection or load reports.
 pub(super) fn counts_grpc(path: &str) -> bool {
     !(path.starts_with("/svckit.base.v1.Base/")
         || path.starts_with("/grpc.health.")
-        || path.starts_with("/grpc.reflection."))
+        || path.starts_with("/grpc.reflection.")
+        || path.starts_with("/xds.service.orca."))
 }
 
 #[cfg(test)]
