@@ -133,7 +133,7 @@ async fn grpc_js_retries_the_codes_a_topic_policy_names() {
 }
 
 #[test]
-fn svckit_xds_refuses_a_policies_file_a_client_would_reject() {
+fn svckit_xds_refuses_a_policies_file_a_client_would_reject_and_a_bad_interval() {
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies.toml");
     std::fs::write(
@@ -155,6 +155,22 @@ fn svckit_xds_refuses_a_policies_file_a_client_would_reject() {
         stderr.contains("[topic.echo]: retry_on: \"not-found\""),
         "{stderr}"
     );
+    for (interval, says) in [("10ms", "less than 1s"), ("often", "expected")] {
+        let (code, _, stderr) = Proc::run_cli(&[
+            "xds",
+            "--registry",
+            "memory://",
+            "--listen",
+            "127.0.0.1:0",
+            "--load-report-interval",
+            interval,
+        ]);
+        assert_eq!(code, Some(64), "{stderr}");
+        assert!(
+            stderr.contains("--load-report-interval") && stderr.contains(says),
+            "{stderr}"
+        );
+    }
 }
 
 /// Which node answered each key of a `keyed` command, or `None` while
@@ -414,4 +430,60 @@ async fn a_node_reports_its_load_and_ends_the_report_stream_when_it_stops() {
     .expect("the stream ends");
     assert!(matches!(end, Ok(None)), "the stream ended with {end:?}");
     assert!(node.wait_exit(WAIT).is_some_and(|s| s.success()));
+}
+
+/// The figure `name{topic="echo",client=…}` on the control plane's
+/// `/metrics`, 0 while it is not there.
+fn load_figure(addr: std::net::SocketAddr, name: &str, client: &str) -> u64 {
+    let metrics = support::dashboard::get(addr, "/metrics").body;
+    let prefix = format!("{name}{{topic=\"echo\",client=\"{client}\"}} ");
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Load reports (LRS): the client reports the calls it made through a
+/// topic to the control plane, which shows them per topic and client on
+/// `/metrics`. Without the Cluster's load reporting server, nothing comes.
+async fn reports_its_load_to_the_control_plane(lang: Lang) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let _nodes: Vec<Proc> = ["a", "b"]
+        .into_iter()
+        .map(|host| Proc::start_example("echo_node", &quick_node_args(&url, host), &[]).0)
+        .collect();
+    let (_xds, addr, bootstrap, _dir) = control_plane_with(&url, &["--load-report-interval", "1s"]);
+    let addr: std::net::SocketAddr = addr.parse().expect("the control plane's address");
+    let mut client = XdsClient::start(lang, &bootstrap);
+    let (_, errors) = client.calls(1000);
+    assert!(errors.is_empty(), "{errors:?}");
+    // With the client's first call, which waited for the channel: 1,001.
+    let id = lang.node_id();
+    support::poll_until(WAIT, "the calls reported", || {
+        load_figure(addr, "svckit_xds_load_calls_succeeded_total", id) >= 1001
+    });
+    assert_eq!(
+        load_figure(addr, "svckit_xds_load_calls_succeeded_total", id),
+        1001
+    );
+    assert_eq!(
+        load_figure(addr, "svckit_xds_load_calls_issued_total", id),
+        1001
+    );
+    assert_eq!(
+        load_figure(addr, "svckit_xds_load_calls_failed_total", id),
+        0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_reports_its_load_to_the_control_plane() {
+    reports_its_load_to_the_control_plane(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_reports_its_load_to_the_control_plane() {
+    reports_its_load_to_the_control_plane(Lang::Node).await;
 }

@@ -119,7 +119,7 @@ impl Dumps {
     }
 
     /// The control plane's figures, in Prometheus' text format.
-    pub(super) fn metrics(&self, stats: &XdsStats) -> String {
+    pub(super) fn metrics(&self, stats: &XdsStats, more: impl FnOnce(&mut Registry)) -> String {
         let mut registry = Registry::default();
         let gauge = |value: u64| {
             let g = Gauge::<i64>::default();
@@ -161,6 +161,7 @@ impl Dumps {
             "responses the clients rejected, per client (node id) and resource type",
             self.nacks.clone(),
         );
+        more(&mut registry);
         let mut text = String::new();
         // Writing to a String cannot fail.
         let _ = prometheus_client::encoding::text::encode(&mut text, &registry);

@@ -15,8 +15,12 @@
 //! that topic, started by the first and stopped with the last; a change is
 //! pushed at once to the streams that subscribed to what changed.
 //!
+//! Each topic's Cluster names the control plane as its load reporting
+//! server too: clients report their calls per topic
+//! ([`ControlPlane::load_reporting_service`], shown on `/metrics`).
+//!
 //! `svckit xds` serves it on its own listener; a process embeds it with
-//! [`ControlPlane::service`]:
+//! [`ControlPlane::service`] and [`ControlPlane::load_reporting_service`]:
 //!
 //! ```no_run
 //! # async fn run() -> svckit::Result<()> {
@@ -28,6 +32,7 @@
 //! let plane = ControlPlane::new(registry);
 //! tonic::transport::Server::builder()
 //!     .add_service(plane.service())
+//!     .add_service(plane.load_reporting_service())
 //!     .serve("127.0.0.1:18000".parse().unwrap())
 //!     .await
 //!     .map_err(svckit::Error::from)?;
@@ -38,6 +43,7 @@
 mod balance;
 mod dump;
 mod feed;
+mod lrs;
 mod policy;
 mod resources;
 mod stream;
@@ -59,6 +65,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::servicegroup::Registry;
 
+pub use self::lrs::DEFAULT_INTERVAL as DEFAULT_LOAD_REPORT_INTERVAL;
 pub use self::policy::Policies;
 
 use self::feed::Feeds;
@@ -78,6 +85,9 @@ struct Shared {
     feeds: Feeds,
     stats: Counters,
     dumps: dump::Dumps,
+    loads: lrs::Loads,
+    /// How often clients send load reports.
+    load_interval: std::time::Duration,
     closing: watch::Sender<bool>,
 }
 
@@ -130,11 +140,23 @@ impl ControlPlane {
     /// A control plane whose topics' routes carry `policies` (retries and
     /// timeouts, see [`Policies::from_file`]).
     pub fn with_policies(registry: Registry, policies: Policies) -> Self {
+        ControlPlane::with_options(registry, policies, DEFAULT_LOAD_REPORT_INTERVAL)
+    }
+
+    /// [`ControlPlane::with_policies`], clients asked to send their load
+    /// reports every `load_interval`.
+    pub fn with_options(
+        registry: Registry,
+        policies: Policies,
+        load_interval: std::time::Duration,
+    ) -> Self {
         ControlPlane {
             shared: Arc::new(Shared {
                 feeds: feed::feeds(registry, Arc::new(policies)),
                 stats: Counters::default(),
                 dumps: dump::Dumps::default(),
+                loads: lrs::Loads::default(),
+                load_interval,
                 closing: watch::channel(false).0,
             }),
         }
@@ -177,9 +199,11 @@ impl ControlPlane {
 
     /// The control plane's figures in Prometheus' text format (`GET
     /// /metrics` of `svckit xds`), NACKs per client and resource type
-    /// among them.
+    /// and the clients' load reports per topic among them.
     pub fn metrics(&self) -> String {
-        self.shared.dumps.metrics(&self.stats())
+        self.shared.dumps.metrics(&self.stats(), |registry| {
+            self.shared.loads.register(registry)
+        })
     }
 }
 

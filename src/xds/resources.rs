@@ -7,7 +7,8 @@
 //!   it over RDS; with the topic's retry policy and timeout, if it has
 //!   them ([`super::policy`]);
 //! - Cluster `TOPIC`: EDS over the same ADS stream, round robin unless the
-//!   topic's policy balances otherwise ([`super::balance`]);
+//!   topic's policy balances otherwise ([`super::balance`]), load reports
+//!   to this control plane ([`super::lrs`]);
 //! - ClusterLoadAssignment `TOPIC`: the gRPC endpoints of the topic's
 //!   routable members (up, not disabled, not forced down), weighted by
 //!   their `workers`.
@@ -24,7 +25,7 @@ use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifi
 use envoy_types::pb::envoy::config::core::v3::socket_address::{PortSpecifier, Protocol};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, AggregatedConfigSource, ApiVersion, ConfigSource, HealthStatus, Locality,
-    SocketAddress,
+    SelfConfigSource, SocketAddress,
 };
 use envoy_types::pb::envoy::config::endpoint::v3::lb_endpoint::HostIdentifier;
 use envoy_types::pb::envoy::config::endpoint::v3::{
@@ -240,6 +241,14 @@ fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> Cluster {
             service_name: String::new(),
         }),
         outlier_detection: Some(outlier_detection()),
+        // Load reports go to this control plane (see `super::lrs`).
+        lrs_server: Some(ConfigSource {
+            resource_api_version: ApiVersion::V3 as i32,
+            config_source_specifier: Some(
+                ConfigSourceSpecifier::Self_(SelfConfigSource::default()),
+            ),
+            ..Default::default()
+        }),
         ..Default::default()
     };
     let weights: Vec<u32> = backends.iter().map(|b| b.weight.max(1)).collect();

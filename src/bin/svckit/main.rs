@@ -13,6 +13,7 @@ mod xds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
@@ -88,7 +89,22 @@ enum Command {
         /// docs/xds.md); without it routes carry neither.
         #[arg(long, value_name = "FILE")]
         policies: Option<PathBuf>,
+        /// How often clients send their load reports (LRS), shown per topic
+        /// and client on /metrics.
+        #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
+        load_report_interval: Duration,
     },
+}
+
+/// A load report interval: a duration (`10s`, `500ms`) of at least 1 s,
+/// gRPC clients' shortest.
+fn parse_interval(text: &str) -> std::result::Result<Duration, String> {
+    use svckit::config::OptionValue;
+    let interval = Duration::parse_value(text)?;
+    if interval < Duration::from_secs(1) {
+        return Err(format!("{interval:?} is less than 1s"));
+    }
+    Ok(interval)
 }
 
 #[derive(Debug, Subcommand)]
@@ -314,13 +330,20 @@ async fn run(cli: Cli) -> Result<()> {
             registry,
             listen,
             policies,
+            load_report_interval,
         } => {
             // A mistake in the file is refused before anything connects.
             let policies = match policies {
                 Some(path) => svckit::xds::Policies::from_file(&path)?,
                 None => svckit::xds::Policies::default(),
             };
-            xds::serve(registry.connect().await?, listen, policies).await
+            xds::serve(
+                registry.connect().await?,
+                listen,
+                policies,
+                load_report_interval,
+            )
+            .await
         }
         Command::Report { target } => {
             let rpc = target.registry.rpc().await?;

@@ -10,7 +10,8 @@ use svckit::Result;
 /// The gRPC service served, as health checks name it.
 const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-/// Serves ADS (and gRPC health, `GET /config_dump` and `GET /metrics`) on
+/// Serves ADS and LRS (and gRPC health, `GET /config_dump` and `GET
+/// /metrics`) on
 /// `listen` until SIGINT or SIGTERM. The
 /// first line on stdout is `listening on http://ADDR`, the bound address
 /// (port 0 picks a free one).
@@ -18,8 +19,9 @@ pub(super) async fn serve(
     registry: Registry,
     listen: SocketAddr,
     policies: Policies,
+    load_interval: Duration,
 ) -> Result<()> {
-    let plane = ControlPlane::with_policies(registry, policies);
+    let plane = ControlPlane::with_options(registry, policies, load_interval);
     let listener = super::bind(listen, "").await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "xds control plane serving");
@@ -49,6 +51,7 @@ pub(super) async fn serve(
         );
     let routes = tonic::service::Routes::new(health_service)
         .add_service(plane.service())
+        .add_service(plane.load_reporting_service())
         .into_axum_router()
         .merge(http);
     tonic::transport::Server::builder()
