@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use nix::sys::signal::Signal;
+use support::certs::{Ca, Leaf};
 use support::etcd::Etcd;
 use support::node::{quick_node_args, Proc};
 use support::xds::{control_plane, control_plane_with, Lang, XdsClient};
@@ -486,4 +487,105 @@ async fn grpcio_reports_its_load_to_the_control_plane() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_js_reports_its_load_to_the_control_plane() {
     reports_its_load_to_the_control_plane(Lang::Node).await;
+}
+
+/// `bootstrap` with a `file_watcher` certificate provider named `svckit`
+/// holding `ca` and, when given, the client's certificate and key.
+fn with_certificates(
+    bootstrap: &std::path::Path,
+    ca: &std::path::Path,
+    identity: Option<&Leaf>,
+) -> PathBuf {
+    let mut json: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(bootstrap).unwrap()).unwrap();
+    let mut config = serde_json::json!({
+        "ca_certificate_file": ca,
+        "refresh_interval": "600s",
+    });
+    if let Some(leaf) = identity {
+        config["certificate_file"] = serde_json::json!(leaf.cert_file);
+        config["private_key_file"] = serde_json::json!(leaf.key_file);
+    }
+    json["certificate_providers"] = serde_json::json!({
+        "svckit": {"plugin_name": "file_watcher", "config": config},
+    });
+    let path = bootstrap.with_file_name("bootstrap-tls.json");
+    std::fs::write(&path, json.to_string()).unwrap();
+    path
+}
+
+/// Nodes that serve TLS (`https://` endpoints) are reached over TLS
+/// (gRFC A29): their Cluster names the bootstrap's certificate provider,
+/// whose CA checks the nodes' certificates; with `--tls-client-identity`
+/// the client shows its certificate to nodes that require one. Without
+/// the Cluster's TLS settings, the client would speak plaintext to a TLS
+/// port and every call would fail.
+async fn reaches_nodes_that_serve_tls(lang: Lang) {
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let nodes_ca = Ca::new(dir.path(), "nodes-ca");
+    let node_cert = nodes_ca.issue("node", &["127.0.0.1", "localhost"]);
+    let clients_ca = Ca::new(dir.path(), "clients-ca");
+    let client_cert = clients_ca.issue("client", &["client.test"]);
+    let tls_args = |host: &'static str, topic: &'static str, mutual: bool| {
+        let mut args: Vec<String> = quick_node_args(&url, host)
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.extend(["--topic".into(), topic.into()]);
+        args.extend([
+            "--tls-cert-file".into(),
+            node_cert.cert_file.display().to_string(),
+        ]);
+        args.extend([
+            "--tls-key-file".into(),
+            node_cert.key_file.display().to_string(),
+        ]);
+        if mutual {
+            args.extend([
+                "--tls-client-ca-file".into(),
+                clients_ca.cert_file.display().to_string(),
+            ]);
+        }
+        args
+    };
+    let mut nodes = Vec::new();
+    for (host, topic, mutual) in [
+        ("a", "echo", false),
+        ("b", "echo", false),
+        ("m", "mutual", true),
+    ] {
+        let args = tls_args(host, topic, mutual);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        nodes.push(Proc::start_example("echo_node", &args, &[]).0);
+    }
+    let secure = [("XDS_CREDENTIALS", "1")];
+
+    // TLS to the nodes, the client checking their certificates.
+    let (_xds, _, bootstrap, _bootstrap_dir) = control_plane(&url);
+    let bootstrap = with_certificates(&bootstrap, &nodes_ca.cert_file, None);
+    let mut client = XdsClient::start_with(lang, &bootstrap, &secure);
+    let (hosts, errors) = client.calls(60);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hosts.keys().collect::<Vec<_>>(), ["a", "b"], "{hosts:?}");
+    drop(client);
+
+    // Mutual TLS: the client shows the certificate of its bootstrap.
+    let (_xds, _, bootstrap, _bootstrap_dir) = control_plane_with(&url, &["--tls-client-identity"]);
+    let bootstrap = with_certificates(&bootstrap, &nodes_ca.cert_file, Some(&client_cert));
+    let mut client = XdsClient::start_with(lang, &bootstrap, &secure);
+    let (hosts, errors) = client.calls_within("calls 30 mutual", WAIT * 3);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(hosts.keys().collect::<Vec<_>>(), ["m"], "{hosts:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpcio_reaches_nodes_that_serve_tls() {
+    reaches_nodes_that_serve_tls(Lang::Python).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_js_reaches_nodes_that_serve_tls() {
+    reaches_nodes_that_serve_tls(Lang::Node).await;
 }

@@ -14,6 +14,7 @@ use futures::FutureExt;
 
 use super::policy::{Policies, RoutePolicy};
 use super::resources::{Backend, TopicResources};
+use super::tls::UpstreamTls;
 use crate::servicegroup::feed::{Members, Project, TopicFeeds};
 use crate::servicegroup::{Event, Member, Registry};
 
@@ -37,11 +38,12 @@ pub(crate) struct TopicState {
 /// the last one lets go.
 pub(crate) type Feeds = TopicFeeds<Topic>;
 
-pub(crate) fn feeds(registry: Registry, policies: Arc<Policies>) -> Feeds {
+pub(crate) fn feeds(registry: Registry, policies: Arc<Policies>, tls: Arc<UpstreamTls>) -> Feeds {
     TopicFeeds::new(registry, Duration::ZERO, move |topic| {
         let name = topic.unwrap_or_default().to_string();
         Topic {
             policy: policies.of(&name).clone(),
+            tls: tls.clone(),
             name,
             previous: None,
             absent: None,
@@ -56,14 +58,16 @@ pub(crate) struct Topic {
     name: String,
     /// What its route tells clients: retries and timeout.
     policy: RoutePolicy,
+    /// How clients reach nodes that serve TLS.
+    tls: Arc<UpstreamTls>,
     /// The resources last made, whose unchanged parts the next share.
     previous: Option<TopicResources>,
     /// The listener of the topic while it does not exist, made once.
     absent: Option<Arc<Any>>,
     /// Host names of endpoints and what they resolved to.
     resolved: HashMap<String, Option<IpAddr>>,
-    /// Members already warned about (an `https://` endpoint, a name that
-    /// does not resolve), so that the warning is said once.
+    /// Members already warned about (a plaintext node among TLS ones, a
+    /// name that does not resolve), so that the warning is said once.
     warned: HashMap<String, String>,
 }
 
@@ -81,8 +85,8 @@ impl Project for Topic {
                 None
             } else {
                 Some(match &self.previous {
-                    Some(r) => r.with_backends(&self.name, &backends, &self.policy),
-                    None => TopicResources::build(&self.name, &backends, &self.policy),
+                    Some(r) => r.with_backends(&self.name, &backends, &self.policy, &self.tls),
+                    None => TopicResources::build(&self.name, &backends, &self.policy, &self.tls),
                 })
             };
             tracing::debug!(topic = %self.name, records = members.len(), endpoints = backends.len(), "xds: topic changed");
@@ -115,17 +119,29 @@ impl Topic {
         let mut resolved = HashMap::new();
         let mut warned = HashMap::new();
         let mut backends = Vec::new();
+        let mut left_out = Vec::new();
         for member in members.values().filter(|m| m.is_routable()) {
             match backend(member, &known, &mut resolved).await {
                 Ok(backend) => backends.push(backend),
-                Err(why) => {
-                    let host = &member.record.host;
-                    if self.warned.get(host) != Some(&why) {
-                        tracing::warn!(topic = %self.name, %host, "xds: endpoint left out: {why}");
-                    }
-                    warned.insert(host.clone(), why);
-                }
+                Err(why) => left_out.push((member.record.host.clone(), why)),
             }
+        }
+        // One Cluster has one transport socket: in a topic whose nodes mix
+        // TLS and plaintext, the TLS ones are served.
+        if backends.iter().any(|b| b.tls) {
+            backends.retain(|b| {
+                if !b.tls {
+                    let why = "plaintext, in a topic whose other nodes serve TLS".to_string();
+                    left_out.push((b.host.clone(), why));
+                }
+                b.tls
+            });
+        }
+        for (host, why) in left_out {
+            if self.warned.get(&host) != Some(&why) {
+                tracing::warn!(topic = %self.name, %host, "xds: endpoint left out: {why}");
+            }
+            warned.insert(host, why);
         }
         // Names and warnings of members gone or mended are forgotten.
         self.resolved = resolved;
@@ -150,17 +166,17 @@ async fn backend(
     let uri: http::Uri = url
         .parse()
         .map_err(|e| format!("gRPC endpoint {url:?} is not a URL: {e}"))?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        _ => {
             return Err(format!(
-                "{url} serves TLS, and the xDS cluster carries no TLS settings yet"
+                "gRPC endpoint {url:?} is neither http:// nor https://"
             ))
         }
-        _ => return Err(format!("gRPC endpoint {url:?} is not http://")),
-    }
+    };
     let host = uri.host().unwrap_or_default();
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let ip = match host.trim_start_matches('[').trim_end_matches(']').parse() {
         Ok(ip) => Some(ip),
         Err(_) => {
@@ -178,6 +194,7 @@ async fn backend(
         ip,
         port,
         weight: member.record.workers,
+        tls,
     })
 }
 

@@ -47,6 +47,7 @@ mod lrs;
 mod policy;
 mod resources;
 mod stream;
+mod tls;
 
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -67,6 +68,7 @@ use crate::servicegroup::Registry;
 
 pub use self::lrs::DEFAULT_INTERVAL as DEFAULT_LOAD_REPORT_INTERVAL;
 pub use self::policy::Policies;
+pub use self::tls::{UpstreamTls, DEFAULT_PROVIDER as DEFAULT_TLS_PROVIDER};
 
 use self::feed::Feeds;
 use self::stream::AdsStream;
@@ -112,6 +114,28 @@ impl Counters {
     }
 }
 
+/// How a control plane describes its topics to clients.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub struct XdsOptions {
+    /// Per-topic routes and balancing ([`Policies::from_file`]).
+    pub policies: Policies,
+    /// How often clients send their load reports.
+    pub load_report_interval: std::time::Duration,
+    /// How clients reach nodes that serve TLS.
+    pub tls: UpstreamTls,
+}
+
+impl Default for XdsOptions {
+    fn default() -> Self {
+        XdsOptions {
+            policies: Policies::default(),
+            load_report_interval: DEFAULT_LOAD_REPORT_INTERVAL,
+            tls: UpstreamTls::default(),
+        }
+    }
+}
+
 /// What a control plane has done so far.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[non_exhaustive]
@@ -134,29 +158,35 @@ impl ControlPlane {
     /// A control plane over `registry`. Needs a Tokio runtime once streams
     /// arrive.
     pub fn new(registry: Registry) -> Self {
-        ControlPlane::with_policies(registry, Policies::default())
+        ControlPlane::with_options(registry, XdsOptions::default())
     }
 
     /// A control plane whose topics' routes carry `policies` (retries and
     /// timeouts, see [`Policies::from_file`]).
     pub fn with_policies(registry: Registry, policies: Policies) -> Self {
-        ControlPlane::with_options(registry, policies, DEFAULT_LOAD_REPORT_INTERVAL)
+        ControlPlane::with_options(
+            registry,
+            XdsOptions {
+                policies,
+                ..XdsOptions::default()
+            },
+        )
     }
 
-    /// [`ControlPlane::with_policies`], clients asked to send their load
-    /// reports every `load_interval`.
-    pub fn with_options(
-        registry: Registry,
-        policies: Policies,
-        load_interval: std::time::Duration,
-    ) -> Self {
+    /// A control plane with `options`.
+    pub fn with_options(registry: Registry, options: XdsOptions) -> Self {
+        let XdsOptions {
+            policies,
+            load_report_interval,
+            tls,
+        } = options;
         ControlPlane {
             shared: Arc::new(Shared {
-                feeds: feed::feeds(registry, Arc::new(policies)),
+                feeds: feed::feeds(registry, Arc::new(policies), Arc::new(tls)),
                 stats: Counters::default(),
                 dumps: dump::Dumps::default(),
                 loads: lrs::Loads::default(),
-                load_interval,
+                load_interval: load_report_interval,
                 closing: watch::channel(false).0,
             }),
         }

@@ -48,6 +48,7 @@ use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value
 use prost::{Message, Name};
 
 use super::policy::RoutePolicy;
+use super::tls::UpstreamTls;
 
 /// The resource types served, one per xDS type URL.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -99,6 +100,8 @@ pub(crate) struct Backend {
     pub(crate) ip: IpAddr,
     pub(crate) port: u16,
     pub(crate) weight: u32,
+    /// The node serves TLS (an `https://` endpoint).
+    pub(crate) tls: bool,
 }
 
 /// A topic's four resources, encoded once and shared by every stream.
@@ -109,29 +112,35 @@ pub(crate) struct TopicResources {
 
 impl TopicResources {
     /// The listener, route and cluster of `topic`, and its endpoints.
-    pub(crate) fn build(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> TopicResources {
+    pub(crate) fn build(
+        topic: &str,
+        backends: &[Backend],
+        policy: &RoutePolicy,
+        tls: &UpstreamTls,
+    ) -> TopicResources {
         TopicResources {
             by_kind: [
                 Arc::new(pack(&listener(topic, policy))),
                 Arc::new(pack(&route_configuration(topic, policy))),
-                Arc::new(pack(&cluster(topic, backends, policy))),
+                Arc::new(pack(&cluster(topic, backends, policy, tls))),
                 Arc::new(pack(&load_assignment(topic, backends))),
             ],
         }
     }
 
     /// The same resources with the endpoints changed; the others are kept
-    /// (the same `Arc`s: a stream sees they did not change), but for a ring
-    /// hash cluster whose ring size follows the endpoints.
+    /// (the same `Arc`s: a stream sees they did not change), but for a
+    /// Cluster that follows the endpoints: a ring hash's size, TLS.
     pub(crate) fn with_backends(
         &self,
         topic: &str,
         backends: &[Backend],
         policy: &RoutePolicy,
+        tls: &UpstreamTls,
     ) -> TopicResources {
         let mut next = self.clone();
         next.by_kind[Kind::Endpoints.index()] = Arc::new(pack(&load_assignment(topic, backends)));
-        let cluster = pack(&cluster(topic, backends, policy));
+        let cluster = pack(&cluster(topic, backends, policy, tls));
         if cluster != *self.get(Kind::Cluster).as_ref() {
             next.by_kind[Kind::Cluster.index()] = Arc::new(cluster);
         }
@@ -226,7 +235,7 @@ fn listener(topic: &str, policy: &RoutePolicy) -> Listener {
     }
 }
 
-fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> Cluster {
+fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy, tls: &UpstreamTls) -> Cluster {
     let mut cluster = Cluster {
         name: topic.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -251,6 +260,9 @@ fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy) -> Cluster {
         }),
         ..Default::default()
     };
+    if backends.iter().any(|b| b.tls) {
+        cluster.transport_socket = Some(tls.transport_socket());
+    }
     let weights: Vec<u32> = backends.iter().map(|b| b.weight.max(1)).collect();
     policy.balance().apply(&mut cluster, &weights);
     cluster
@@ -342,10 +354,16 @@ mod tests {
             ip: "10.0.0.5".parse().unwrap(),
             port: 7000,
             weight: 4,
+            tls: false,
         }];
-        let any = TopicResources::build("echo", &backends, &RoutePolicy::default())
-            .get(Kind::Endpoints)
-            .clone();
+        let any = TopicResources::build(
+            "echo",
+            &backends,
+            &RoutePolicy::default(),
+            &UpstreamTls::default(),
+        )
+        .get(Kind::Endpoints)
+        .clone();
         assert_eq!(any.type_url, Kind::Endpoints.type_url());
         let cla = ClusterLoadAssignment::decode(any.value.as_slice()).unwrap();
         assert_eq!(cla.cluster_name, "echo");
@@ -370,9 +388,14 @@ mod tests {
 
     #[test]
     fn listener_routes_everything_to_the_topic_cluster() {
-        let any = TopicResources::build("echo", &[], &RoutePolicy::default())
-            .get(Kind::Listener)
-            .clone();
+        let any = TopicResources::build(
+            "echo",
+            &[],
+            &RoutePolicy::default(),
+            &UpstreamTls::default(),
+        )
+        .get(Kind::Listener)
+        .clone();
         let listener = Listener::decode(any.value.as_slice()).unwrap();
         let api = listener.api_listener.unwrap().api_listener.unwrap();
         assert_eq!(api.type_url, HttpConnectionManager::type_url());

@@ -1,7 +1,7 @@
 // An independent xDS client (Node's @grpc/grpc-js with @grpc/grpc-js-xds)
 // calling `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
 //
-// Usage: node xds_client.js PROTO_ROOT
+// Usage: node xds_client.js PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials)
 //
 // The echo API is loaded at start by @grpc/proto-loader from
 // PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. It
@@ -87,7 +87,12 @@ async function main() {
     includeDirs: [root],
   });
   const Echo = grpc.loadPackageDefinition(definition).svckit.examples.echo.v1.Echo;
-  const creds = grpc.credentials.createInsecure();
+  // With XDS_CREDENTIALS=1 channels take their security from the control
+  // plane (gRFC A29); plaintext where it sends none.
+  const creds =
+    process.env.XDS_CREDENTIALS === '1'
+      ? new xds.XdsChannelCredentials(grpc.credentials.createInsecure())
+      : grpc.credentials.createInsecure();
   const client = new Echo('xds:///echo', creds);
   await ready(client);
   print({ ready: true });

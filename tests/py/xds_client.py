@@ -1,7 +1,7 @@
 """An independent xDS client (Python grpcio's built-in xds resolver) calling
 `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
 
-Usage: xds_client.py PROTO_ROOT
+Usage: xds_client.py PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials)
 
 Stubs are generated at start by grpcio-tools from
 PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. Once the
@@ -25,14 +25,28 @@ command read from stdin:
 """
 
 import json
+import os
 import sys
 import threading
 import time
 
 import grpc
+import grpc.experimental
 from echo_stubs import stubs
 
 TARGET = "xds:///echo"
+# With XDS_CREDENTIALS=1 channels take their security from the control
+# plane (gRFC A29: TLS to the nodes, certificates from the bootstrap's
+# certificate providers); plaintext where it sends none.
+SECURE = os.environ.get("XDS_CREDENTIALS") == "1"
+
+
+def channel_to(target):
+    if SECURE:
+        fallback = grpc.experimental.insecure_channel_credentials()
+        creds = grpc.xds_channel_credentials(fallback)
+        return grpc.secure_channel(target, creds)
+    return grpc.insecure_channel(target)
 CALL_TIMEOUT = 5
 
 
@@ -69,7 +83,7 @@ def call(stub, pb, tally, metadata=None):
 
 def main():
     pb, rpc = stubs(sys.argv[1])
-    channel = grpc.insecure_channel(TARGET)
+    channel = channel_to(TARGET)
     stub = rpc.EchoStub(channel)
     # Wait for the control plane's answer and a first endpoint: a first
     # call that waits for them (a ring hash channel stays idle until a call
@@ -95,7 +109,7 @@ def main():
             target = stub
             if len(words) > 2:
                 if words[2] not in topics:
-                    topic = rpc.EchoStub(grpc.insecure_channel(f"xds:///{words[2]}"))
+                    topic = rpc.EchoStub(channel_to(f"xds:///{words[2]}"))
                     topic.Echo(pb.EchoRequest(payload=b"ready"), timeout=30, wait_for_ready=True)
                     topics[words[2]] = topic
                 target = topics[words[2]]
@@ -128,7 +142,7 @@ def main():
                 t.join()
             print(json.dumps(tally.take()), flush=True)
         elif words[0] == "other":
-            other = grpc.insecure_channel(f"xds:///{words[1]}")
+            other = channel_to(f"xds:///{words[1]}")
             started = time.monotonic()
             try:
                 rpc.EchoStub(other).Echo(

@@ -93,6 +93,14 @@ enum Command {
         /// and client on /metrics.
         #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_interval)]
         load_report_interval: Duration,
+        /// The certificate provider instance of the clients' bootstraps that
+        /// holds the CA of nodes serving TLS (docs/xds.md).
+        #[arg(long, value_name = "NAME", default_value = svckit::xds::DEFAULT_TLS_PROVIDER)]
+        tls_provider: String,
+        /// Clients show their certificate, from the same instance, to nodes
+        /// serving TLS (for nodes that require one).
+        #[arg(long)]
+        tls_client_identity: bool,
     },
 }
 
@@ -331,19 +339,18 @@ async fn run(cli: Cli) -> Result<()> {
             listen,
             policies,
             load_report_interval,
+            tls_provider,
+            tls_client_identity,
         } => {
+            let mut options = svckit::xds::XdsOptions::default();
             // A mistake in the file is refused before anything connects.
-            let policies = match policies {
-                Some(path) => svckit::xds::Policies::from_file(&path)?,
-                None => svckit::xds::Policies::default(),
-            };
-            xds::serve(
-                registry.connect().await?,
-                listen,
-                policies,
-                load_report_interval,
-            )
-            .await
+            if let Some(path) = policies {
+                options.policies = svckit::xds::Policies::from_file(&path)?;
+            }
+            options.load_report_interval = load_report_interval;
+            options.tls.provider = tls_provider;
+            options.tls.client_identity = tls_client_identity;
+            xds::serve(registry.connect().await?, listen, options).await
         }
         Command::Report { target } => {
             let rpc = target.registry.rpc().await?;

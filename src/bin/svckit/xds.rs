@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use svckit::servicegroup::Registry;
-use svckit::xds::{ControlPlane, Policies};
+use svckit::xds::{ControlPlane, XdsOptions};
 use svckit::Result;
 
 /// The gRPC service served, as health checks name it.
@@ -18,10 +18,9 @@ const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 pub(super) async fn serve(
     registry: Registry,
     listen: SocketAddr,
-    policies: Policies,
-    load_interval: Duration,
+    options: XdsOptions,
 ) -> Result<()> {
-    let plane = ControlPlane::with_options(registry, policies, load_interval);
+    let plane = ControlPlane::with_options(registry, options);
     let listener = super::bind(listen, "").await?;
     let addr = listener.local_addr()?;
     tracing::info!(%addr, "xds control plane serving");
