@@ -4,18 +4,24 @@
 //! client span and echo_node's server span as parent and child; a collector
 //! that is away costs no request and counts the spans dropped; sampling
 //! follows the ratio for new traces and the parent's decision otherwise;
-//! a malformed endpoint is refused.
+//! a malformed endpoint is refused; two nodes of one process export to
+//! their own collectors.
 
 mod support;
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use support::etcd::Etcd;
 use support::node::{quick_node_args, Proc};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[allow(dead_code)]
+#[path = "../examples/common/echo.rs"]
+mod echo;
 
 const WAIT: Duration = Duration::from_secs(30);
 /// Batches leave every 100 ms in the tests (OpenTelemetry's
@@ -313,4 +319,72 @@ fn a_malformed_otlp_endpoint_is_refused_at_start() {
         "{}",
         node.stderr()
     );
+}
+
+/// Two nodes in one process, each with its own `otlp_endpoint`: each
+/// node's spans reach its own collector, and none the other's (a span
+/// export is the node's, not the process's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_nodes_in_one_process_export_to_their_own_collectors() {
+    use svckit::service::{Service, StartContext};
+    use svckit::{Config, Node};
+
+    let mut receivers = [Receiver::start(), Receiver::start()];
+    let traces = [
+        "11111111111111111111111111111111",
+        "22222222222222222222222222222222",
+    ];
+    let mut nodes = Vec::new();
+    for (host, receiver) in ["a", "b"].into_iter().zip(&receivers) {
+        let config = Config::default()
+            .with("registry", "memory://otel-two-nodes")
+            .and_then(|c| c.with("host", host))
+            .and_then(|c| c.with("otlp_endpoint", &receiver.endpoint()))
+            .and_then(|c| c.with("drain_delay", "0"))
+            .expect("config");
+        let node = Arc::new(
+            Node::builder(echo::EchoManager::new(host))
+                .topic("echo")
+                .build(&config),
+        );
+        node.start(StartContext::new(&config)).await.expect("start");
+        nodes.push(node);
+    }
+    for (node, trace_id) in nodes.iter().zip(traces) {
+        let url = node.info().endpoints().grpc.expect("a gRPC endpoint");
+        let channel = tonic::transport::Endpoint::from_shared(url)
+            .expect("url")
+            .connect()
+            .await
+            .expect("connect");
+        let mut request = tonic::Request::new(echo::pb::EchoRequest::default());
+        let traceparent = format!("00-{trace_id}-00f067aa0ba902b7-01");
+        request
+            .metadata_mut()
+            .insert("traceparent", traceparent.parse().expect("ascii"));
+        echo::pb::echo_client::EchoClient::new(channel)
+            .echo(request)
+            .await
+            .expect("echo");
+    }
+    // Each node sends what it queued as it stops.
+    for node in &nodes {
+        node.stop().await.expect("stop");
+    }
+    for (i, (receiver, host)) in receivers.iter_mut().zip(["a", "b"]).enumerate() {
+        let trace = receiver.trace(traces[i], "the node's server span", |t| !t.is_empty());
+        assert!(
+            trace.iter().all(|s| s["resource"]["host.name"] == host),
+            "{trace:#?}"
+        );
+    }
+    // Anything else either received belongs to its own node.
+    for (receiver, host) in receivers.iter_mut().zip(["a", "b"]) {
+        while let Ok(span) = receiver.spans.recv_timeout(Duration::from_millis(300)) {
+            receiver.seen.push(span);
+        }
+        for span in &receiver.seen {
+            assert_eq!(span["resource"]["host.name"], host, "{span:#}");
+        }
+    }
 }

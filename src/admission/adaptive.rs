@@ -147,20 +147,10 @@ impl Pass {
     }
 }
 
-/// Requests this process answered, gRPC and HTTP, health checks and admin
-/// endpoints aside (a worker's `max_requests`).
-static SERVED: AtomicU64 = AtomicU64::new(0);
-
-/// How many requests this process answered so far.
-pub(crate) fn served() -> u64 {
-    SERVED.load(Ordering::Relaxed)
-}
-
 impl Drop for Pass {
     fn drop(&mut self) {
         self.limiter.stats.in_flight.dec();
         self.limiter.completed.fetch_add(1, Ordering::Relaxed);
-        SERVED.fetch_add(1, Ordering::Relaxed);
     }
 }
 

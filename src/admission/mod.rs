@@ -31,8 +31,8 @@ pub(crate) mod adaptive;
 mod criticality;
 pub(crate) mod load;
 
-pub(crate) use self::adaptive::{served, Limiter, Refusal};
 pub use self::adaptive::{AdmissionStats, Criticality};
+pub(crate) use self::adaptive::{Limiter, Refusal};
 pub(crate) use self::load::Load;
 
 /// How long a listener waits after an accept failed for want of

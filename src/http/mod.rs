@@ -50,6 +50,7 @@ use crate::admission::{pause_after_accept_error, Admission, Limiter};
 use crate::config::{AdmissionMode, Config};
 use crate::error::{BoxError, Result};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otel::Exporter;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
 
@@ -213,6 +214,7 @@ impl HttpServer {
         options: &HttpOptions,
         tls: Option<TlsAcceptor>,
         grpc: Option<GrpcService>,
+        exporter: Option<Exporter>,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shutdown, mut stop) = watch::channel(false);
@@ -235,7 +237,7 @@ impl HttpServer {
                 .keep_alive_timeout(Duration::from_secs(10));
         }
         let slots = Admission::new(options.max_connections);
-        let context = TraceContextLayer::http(options.request_timeout);
+        let context = TraceContextLayer::http(options.request_timeout).with_exporter(exporter);
         let lines = LineLimitLayer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,
@@ -266,12 +268,13 @@ impl HttpServer {
                 let socket = socket2::SockRef::from(&stream);
                 let _ = socket.set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(keepidle));
                 let _ = stream.set_nodelay(true);
-                let (builder, router, watcher, tls, grpc) = (
+                let (builder, router, watcher, tls, grpc, context) = (
                     builder.clone(),
                     router.clone(),
                     graceful.watcher(),
                     tls.clone(),
                     grpc.clone(),
+                    context.clone(),
                 );
                 let (open, drain) = (drain.open(), drain.clone());
                 tokio::spawn(async move {

@@ -118,8 +118,8 @@ where
         }
     };
     // Exit now: a deadline or a second signal must not wait for tasks that
-    // are still running; the spans and log lines still queued go first.
-    crate::telemetry::otel::flush();
+    // are still running; the log lines still queued go first (each node
+    // sent its spans as it stopped).
     crate::telemetry::sink::flush();
     std::process::exit(code)
 }
@@ -146,11 +146,15 @@ where
             // A beat every half timeout: one late beat is not a miss.
             let beat = Some(config.worker_timeout / 2).filter(|b| !b.is_zero());
             // gunicorn's max_requests, with its jitter drawn once per worker.
-            let recycle_after = (config.max_requests > 0).then(|| {
+            let recycle = (config.max_requests > 0).then(|| {
                 let jitter = rand::random_range(0..=config.max_requests_jitter);
-                u64::try_from(config.max_requests + jitter).unwrap_or(u64::MAX)
+                let counted = services.clone();
+                process::worker::Recycle {
+                    after: u64::try_from(config.max_requests + jitter).unwrap_or(u64::MAX),
+                    served: Box::new(move || counted.iter().map(|s| s.served()).sum()),
+                }
             });
-            if let Some((ready, requests)) = inherited.follow_supervisor(beat, recycle_after)? {
+            if let Some((ready, requests)) = inherited.follow_supervisor(beat, recycle)? {
                 supervisor = Some(ready);
                 controls = futures::stream::select(controls, requests).boxed();
             }

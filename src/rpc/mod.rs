@@ -39,6 +39,7 @@ use self::discovery::{ConnectOptions, Discovery, Subsetting};
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::servicegroup::{self, Registry};
+use crate::telemetry::otel::{self, Exporter};
 use crate::tls::ClientTls;
 
 /// Client settings.
@@ -75,6 +76,9 @@ pub struct RpcOptions {
     /// HTTP/2 connections to one node at most (`rpc_connections_per_node`):
     /// past the first, one more per 16 calls in flight on the node.
     pub connections_per_node: usize,
+    /// The span export of calls made outside a served request
+    /// (`otlp_endpoint`, set by [`Rpc::from_config`]).
+    pub(crate) exporter: Option<Exporter>,
 }
 
 impl Default for RpcOptions {
@@ -98,6 +102,7 @@ impl RpcOptions {
             idle_timeout: Some(config.rpc_idle_timeout).filter(|t| !t.is_zero()),
             ejection_time: config.rpc_ejection_time,
             connections_per_node: config.rpc_connections_per_node,
+            exporter: None,
         }
     }
 }
@@ -152,6 +157,7 @@ impl Rpc {
         let shared = Arc::new(Shared::new(
             options.max_casts_in_flight,
             options.ejection_time,
+            options.exporter.clone(),
         ));
         Ok(Rpc {
             discovery,
@@ -161,11 +167,20 @@ impl Rpc {
     }
 
     /// Connects to the config's registry, with its `rpc_response_timeout`,
-    /// `rpc_hedge_delay` and client TLS (`tls_ca_file`, …).
+    /// `rpc_hedge_delay`, client TLS (`tls_ca_file`, …) and span export
+    /// (`otlp_endpoint`: its calls made outside a node's served requests
+    /// are exported there; those made while serving one go with the
+    /// node's spans).
     pub async fn from_config(config: &Config) -> Result<Self> {
         let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        let identity = otel::Identity {
+            service: crate::config::program_name(),
+            host: config.host.clone(),
+            topic: config.topic.clone(),
+        };
         let options = RpcOptions {
             tls: ClientTls::from_config(config)?,
+            exporter: otel::Exporter::from_config(config, identity),
             ..RpcOptions::from_table(config)
         };
         Self::with_options(registry, options).await

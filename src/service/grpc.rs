@@ -28,7 +28,7 @@ use crate::admission::Limiter;
 use crate::error::{Error, Result};
 use crate::http::{HttpOptions, HttpServer};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::trace::{self, TraceContextLayer};
+use crate::telemetry::trace;
 use crate::tls;
 
 /// Binds a listening socket the way servers should: SO_REUSEADDR so a
@@ -76,7 +76,7 @@ macro_rules! grpc_layers {
                     .make_span_with(|r: &http::Request<_>| trace::grpc_span(r))
                     .on_failure(trace::grpc_failure),
             )
-            .layer(TraceContextLayer::default())
+            .layer($metrics.trace_context())
             .layer($metrics.grpc_layer())
             .layer($limits.pool($metrics))
             .layer(MessageLimitLayer {
@@ -202,6 +202,7 @@ impl GrpcServer {
             &http.options,
             http.tls,
             Some(BoxCloneSyncService::new(grpc)),
+            metrics.exporter().cloned(),
         )?);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);

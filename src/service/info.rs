@@ -20,6 +20,7 @@ use crate::periodic::Timer;
 use crate::servicegroup::{self, Endpoints, MembershipStatus, Registry, RegistryHandle};
 use crate::sync::{read, write};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::otel;
 
 /// Bound on asking the registry for the members shown in a report: a report
 /// is for debugging a node whose registry may be the problem.
@@ -86,6 +87,13 @@ impl NodeInfo {
     ) -> Self {
         let connections =
             Connections::new(config.rpc_max_connections, config.rpc_handshake_timeout);
+        // The node's own span export, to its own otlp_endpoint.
+        let identity = otel::Identity {
+            service: binary.clone(),
+            host: host.clone(),
+            topic: Some(topic.clone()),
+        };
+        let exporter = otel::Exporter::from_config(&config, identity);
         NodeInfo {
             host,
             topic,
@@ -97,7 +105,7 @@ impl NodeInfo {
             services: OnceLock::new(),
             advertised: RwLock::new(Advertised::default()),
             ready: AtomicBool::new(false),
-            metrics: Arc::new(Metrics::new()),
+            metrics: Arc::new(Metrics::new().with_exporter(exporter)),
             registry: RwLock::new(None),
             worker: OnceLock::new(),
             state: tokio::sync::watch::Sender::new(NodeState::Created),

@@ -139,4 +139,11 @@ pub trait Service: Send + Sync + 'static {
     /// A JSON report of the service's state (for SIGUSR2 and `Base/Report`).
     /// It may ask the registry, within a short bound.
     fn report(&self) -> BoxFuture<'_, serde_json::Value>;
+
+    /// Requests the service answered so far: a worker with `max_requests`
+    /// asks to be replaced once its services answered that many. 0 for a
+    /// service that does not count.
+    fn served(&self) -> u64 {
+        0
+    }
 }

@@ -27,6 +27,9 @@ use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaServiceSe
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
+
+/// How long a stopping node waits for its last spans to leave.
+const SPAN_FLUSH: Duration = Duration::from_secs(2);
 use crate::tls::ServerTls;
 
 /// A node: the manager's gRPC services plus `Base`, health and reflection,
@@ -215,7 +218,8 @@ impl<M: Manager> Node<M> {
                     .await?;
                 let options = HttpOptions::from_config(config);
                 let tls = tls.map(ServerTls::http_acceptor);
-                let server = HttpServer::start(listener, router, &options, tls, None)?;
+                let exporter = metrics.exporter().cloned();
+                let server = HttpServer::start(listener, router, &options, tls, None, exporter)?;
                 Ok::<_, Error>((server, board))
             };
             match started.await {
@@ -387,6 +391,11 @@ impl<M: Manager> Node<M> {
                 .await
                 .map_err(hook("cleanup_host"))?;
         }
+        // 7. The spans still queued go to the collector, within a bound.
+        if let Some(exporter) = self.node.metrics().exporter().cloned() {
+            let flushed = tokio::task::spawn_blocking(move || exporter.flush());
+            let _ = tokio::time::timeout(SPAN_FLUSH, flushed).await;
+        }
         self.node.set_state(NodeState::Stopped);
         tracing::info!(topic = %self.node.topic, host = %self.node.host, "node stopped");
         Ok(())
@@ -446,6 +455,11 @@ impl<M: Manager> Service for Node<M> {
 
     fn report(&self) -> BoxFuture<'_, serde_json::Value> {
         Box::pin(self.node.report())
+    }
+
+    /// The calls and requests of its API answered (`Base/Stats`' `calls`).
+    fn served(&self) -> u64 {
+        self.node.metrics().totals().calls
     }
 }
 

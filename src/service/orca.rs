@@ -121,14 +121,25 @@ impl OpenRcaService for OrcaApi {
         let first = Sample::take(&node);
         // The stream ends when the node stops, so that it does not hold
         // the connection's drain.
-        let reports = futures::stream::unfold((node, first), move |(node, then)| async move {
+        let state = (node, first, true);
+        let reports = futures::stream::unfold(state, move |(node, then, first)| async move {
             tokio::select! {
                 () = tokio::time::sleep(interval) => {}
                 () = node.stopping() => return None,
             }
             let now = Sample::take(&node);
             let report = report(&node, then, now);
-            Some((Ok(report), (node, now)))
+            if first {
+                tracing::debug!(
+                    unix_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis()),
+                    rps = report.rps_fractional,
+                    cpu = report.cpu_utilization,
+                    "first load report of a stream"
+                );
+            }
+            Some((Ok(report), (node, now, false)))
         });
         Ok(Response::new(Box::pin(reports)))
     }

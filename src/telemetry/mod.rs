@@ -33,18 +33,9 @@ impl Telemetry {
     /// [`Telemetry::init`] for worker `worker` of a supervisor (`None`
     /// for a process of its own), which places its debug console.
     pub(crate) fn init_process(config: &Config, worker: Option<u32>) -> Self {
-        let telemetry = Self::init_logs(config, worker);
-        if let Some(endpoint) = &config.otlp_endpoint {
-            let identity = otel::Identity {
-                service: crate::config::program_name(),
-                host: config.host.clone(),
-                topic: config.topic.clone(),
-            };
-            if let Err(e) = otel::start(&endpoint.0, config.otlp_sample_ratio.0, identity) {
-                tracing::error!(error = %e, "spans are not exported");
-            }
-        }
-        telemetry
+        // Spans are each node's (its `Metrics`' exporter), not the
+        // process's.
+        Self::init_logs(config, worker)
     }
 
     fn init_logs(config: &Config, worker: Option<u32>) -> Self {

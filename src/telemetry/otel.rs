@@ -10,15 +10,18 @@
 //! while serving carry the served span's own context on, so that a trace
 //! links every hop as parent and child.
 //!
-//! Export runs on a thread of its own with its own small runtime: a call
-//! never waits on the collector. When the collector is away, the spans of
+//! Each node has its own [`Exporter`] (and an RPC client made from a
+//! config its own too): two nodes of one process export to their own
+//! collectors, and a call made while serving a request is exported with
+//! the spans of the node serving it. Export runs on a thread of its own
+//! with its own small runtime: a call never waits on the collector. When the collector is away, the spans of
 //! the batches that fail are counted as dropped
 //! (`svckit_trace_spans_dropped_total`), and the queue (2,048 spans)
 //! drops the newest past its size.
 
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::HeaderValue;
@@ -44,10 +47,19 @@ const EXPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the exit waits for the last spans to go out.
 const FLUSH_TIMEOUT: Duration = Duration::from_secs(2);
 
+/// One exporter's tracer, and what ends it.
 struct Exporting {
     tracer: SdkTracer,
     provider: SdkTracerProvider,
     counters: Arc<Counters>,
+    /// Dropped with the exporter: ends the thread of its connection.
+    _thread: std::sync::mpsc::SyncSender<()>,
+}
+
+impl Drop for Exporting {
+    fn drop(&mut self) {
+        let _ = self.provider.shutdown_with_timeout(FLUSH_TIMEOUT);
+    }
 }
 
 #[derive(Default, Debug)]
@@ -56,9 +68,7 @@ struct Counters {
     dropped: AtomicU64,
 }
 
-static EXPORTING: OnceLock<Exporting> = OnceLock::new();
-
-/// What the spans of this process say about it.
+/// What the spans of a node say about it.
 #[derive(Debug, Clone)]
 pub(crate) struct Identity {
     /// `service.name`: the binary.
@@ -69,107 +79,132 @@ pub(crate) struct Identity {
     pub(crate) topic: Option<String>,
 }
 
-/// Starts the export to `endpoint` (`http://host:4317`), once per process;
-/// later calls change nothing. `ratio` samples the traces this process
-/// starts; a span with a parent follows its parent's decision.
-pub(crate) fn start(endpoint: &str, ratio: f64, identity: Identity) -> Result<()> {
-    if EXPORTING.get().is_some() {
-        return Ok(());
-    }
-    // The exporter's connection lives on a runtime of its own: the batch
-    // thread waits on it, and the process's runtime may stop first.
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .thread_name("svckit-otlp")
-        .enable_all()
-        .build()?;
-    let exporter = {
-        let _entered = runtime.enter();
-        opentelemetry_otlp::SpanExporter::builder()
-            .with_tonic()
-            .with_endpoint(endpoint)
-            .with_timeout(EXPORT_TIMEOUT)
-            .build()
-            .map_err(|e| Error::config(format!("otlp_endpoint {endpoint}: {e}")))?
-    };
-    std::thread::Builder::new()
-        .name("svckit-otlp".into())
-        .spawn(move || runtime.block_on(std::future::pending::<()>()))?;
-    let counters = Arc::new(Counters::default());
-    let exporter = Counting {
-        inner: exporter,
-        counters: counters.clone(),
-    };
-    let mut resource = Resource::builder()
-        .with_service_name(identity.service)
-        .with_attributes([
-            KeyValue::new("host.name", identity.host.clone()),
-            KeyValue::new("service.instance.id", identity.host),
-            KeyValue::new("process.pid", i64::from(std::process::id())),
-        ]);
-    if let Some(topic) = identity.topic {
-        resource = resource.with_attributes([KeyValue::new("svckit.topic", topic)]);
-    }
-    let provider = SdkTracerProvider::builder()
-        .with_span_processor(BatchSpanProcessor::builder(exporter).build())
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
-        .with_resource(resource.build())
-        .build();
-    let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "svckit");
-    let _ = EXPORTING.set(Exporting {
-        tracer,
-        provider,
-        counters,
-    });
-    tracing::info!(%endpoint, ratio, "exporting spans over OTLP");
-    Ok(())
-}
+/// The span export of one node (or one RPC client): its own connection to
+/// its `otlp_endpoint`, its own batches and counters, so that two nodes in
+/// one process export to their own collectors. Cheap to clone; the last
+/// clone dropped sends what is queued, within a bound.
+#[derive(Clone)]
+pub(crate) struct Exporter(Arc<Exporting>);
 
-/// Sends the spans still queued, within a bound; at the process's exit.
-pub(crate) fn flush() {
-    if let Some(exporting) = EXPORTING.get() {
-        let _ = exporting.provider.shutdown_with_timeout(FLUSH_TIMEOUT);
+impl std::fmt::Debug for Exporter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Exporter")
+            .field("counters", &self.0.counters)
+            .finish()
     }
 }
 
-/// Whether spans are made at all.
-pub(crate) fn enabled() -> bool {
-    EXPORTING.get().is_some()
-}
+impl Exporter {
+    /// The export named by `config` (`otlp_endpoint`, `otlp_sample_ratio`),
+    /// if it names one; a failure to start it is logged, and spans are not
+    /// exported.
+    pub(crate) fn from_config(config: &crate::config::Config, identity: Identity) -> Option<Self> {
+        let endpoint = config.otlp_endpoint.as_ref()?;
+        match Exporter::start(&endpoint.0, config.otlp_sample_ratio.0, identity) {
+            Ok(exporter) => Some(exporter),
+            Err(e) => {
+                tracing::error!(error = %e, "spans are not exported");
+                None
+            }
+        }
+    }
 
-/// Spans exported, and spans dropped because the collector did not take
-/// them: for `/metrics`.
-pub(crate) fn counts() -> Option<(u64, u64)> {
-    let c = &EXPORTING.get()?.counters;
-    Some((
-        c.exported.load(Ordering::Relaxed),
-        c.dropped.load(Ordering::Relaxed),
-    ))
-}
+    /// Starts the export to `endpoint` (`http://host:4317`). `ratio`
+    /// samples the traces this exporter starts; a span with a parent
+    /// follows its parent's decision.
+    pub(crate) fn start(endpoint: &str, ratio: f64, identity: Identity) -> Result<Self> {
+        // The exporter's connection lives on a runtime of its own: the
+        // batch thread waits on it, and the caller's runtime may stop
+        // first. The runtime's thread ends with the exporter.
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("svckit-otlp")
+            .enable_all()
+            .build()?;
+        let exporter = {
+            let _entered = runtime.enter();
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .with_timeout(EXPORT_TIMEOUT)
+                .build()
+                .map_err(|e| Error::config(format!("otlp_endpoint {endpoint}: {e}")))?
+        };
+        let (ended, end) = std::sync::mpsc::sync_channel::<()>(0);
+        std::thread::Builder::new()
+            .name("svckit-otlp".into())
+            .spawn(move || {
+                let _entered = runtime.enter();
+                // Returns once the exporter is dropped (the sender gone).
+                let _ = end.recv();
+            })?;
+        let counters = Arc::new(Counters::default());
+        let exporter = Counting {
+            inner: exporter,
+            counters: counters.clone(),
+        };
+        let mut resource = Resource::builder()
+            .with_service_name(identity.service)
+            .with_attributes([
+                KeyValue::new("host.name", identity.host.clone()),
+                KeyValue::new("service.instance.id", identity.host),
+                KeyValue::new("process.pid", i64::from(std::process::id())),
+            ]);
+        if let Some(topic) = identity.topic {
+            resource = resource.with_attributes([KeyValue::new("svckit.topic", topic)]);
+        }
+        let provider = SdkTracerProvider::builder()
+            .with_span_processor(BatchSpanProcessor::builder(exporter).build())
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+                ratio,
+            ))))
+            .with_resource(resource.build())
+            .build();
+        let tracer = opentelemetry::trace::TracerProvider::tracer(&provider, "svckit");
+        tracing::info!(%endpoint, ratio, "exporting spans over OTLP");
+        Ok(Exporter(Arc::new(Exporting {
+            tracer,
+            provider,
+            counters,
+            _thread: ended,
+        })))
+    }
 
-/// A span of `kind` under `parent` (a `traceparent` value; none starts a
-/// trace), when export is on.
-pub(crate) fn span(
-    name: impl Into<Cow<'static, str>>,
-    kind: SpanKind,
-    parent: Option<&HeaderValue>,
-    attributes: Vec<KeyValue>,
-) -> Option<Span> {
-    let exporting = EXPORTING.get()?;
-    let parent = match parent.and_then(parse) {
-        Some(remote) => Context::new().with_remote_span_context(remote),
-        None => Context::new(),
-    };
-    Some(
-        exporting
-            .tracer
+    /// Sends the spans still queued, within a bound: at a node's stop.
+    pub(crate) fn flush(&self) {
+        let _ = self.0.provider.force_flush();
+    }
+
+    /// Spans exported, and spans dropped because the collector did not
+    /// take them: for `/metrics`.
+    pub(crate) fn counts(&self) -> (u64, u64) {
+        let c = &self.0.counters;
+        (
+            c.exported.load(Ordering::Relaxed),
+            c.dropped.load(Ordering::Relaxed),
+        )
+    }
+
+    /// A span of `kind` under `parent` (a `traceparent` value; none starts
+    /// a trace).
+    pub(crate) fn span(
+        &self,
+        name: impl Into<Cow<'static, str>>,
+        kind: SpanKind,
+        parent: Option<&HeaderValue>,
+        attributes: Vec<KeyValue>,
+    ) -> Span {
+        let parent = match parent.and_then(parse) {
+            Some(remote) => Context::new().with_remote_span_context(remote),
+            None => Context::new(),
+        };
+        let tracer = &self.0.tracer;
+        tracer
             .span_builder(name)
             .with_kind(kind)
             .with_attributes(attributes)
-            .start_with_context(&exporting.tracer, &parent),
-    )
+            .start_with_context(tracer, &parent)
+    }
 }
 
 /// The `traceparent` that makes `span` the parent of the next hop.

@@ -34,6 +34,9 @@ pub struct Served {
     deadline: Option<Instant>,
     /// Its `svckit-criticality`, passed on as it came.
     criticality: Option<HeaderValue>,
+    /// The span export of the node serving it: the calls it makes are
+    /// exported with its spans.
+    exporter: Option<otel::Exporter>,
 }
 
 tokio::task_local! {
@@ -49,6 +52,11 @@ pub fn current() -> Option<HeaderValue> {
 /// a deadline.
 pub fn deadline() -> Option<Instant> {
     CURRENT.try_with(|s| s.deadline).ok().flatten()
+}
+
+/// The span export of the node serving this task's request, if it has one.
+pub(crate) fn exporter() -> Option<otel::Exporter> {
+    CURRENT.try_with(|s| s.exporter.clone()).ok().flatten()
 }
 
 /// The `svckit-criticality` of the request being served by this task, if
@@ -135,10 +143,12 @@ fn record_traceparent<B>(span: &tracing::Span, request: &http::Request<B>) {
 
 /// Serves each request with its `traceparent` and its deadline as the
 /// task's current ones. The deadline is the `grpc-timeout` of the request,
-/// or a fixed time from its arrival ([`TraceContextLayer::http`]).
-#[derive(Debug, Clone, Copy, Default)]
+/// or a fixed time from its arrival ([`TraceContextLayer::http`]). With a
+/// node's span export, each request is a span too.
+#[derive(Debug, Clone, Default)]
 pub struct TraceContextLayer {
     request_timeout: Option<Duration>,
+    exporter: Option<otel::Exporter>,
 }
 
 impl TraceContextLayer {
@@ -146,7 +156,13 @@ impl TraceContextLayer {
     pub fn http(request_timeout: Duration) -> Self {
         TraceContextLayer {
             request_timeout: Some(request_timeout),
+            exporter: None,
         }
+    }
+
+    /// The same layer, each request a span of `exporter`'s.
+    pub(crate) fn with_exporter(self, exporter: Option<otel::Exporter>) -> Self {
+        TraceContextLayer { exporter, ..self }
     }
 }
 
@@ -157,6 +173,7 @@ impl<S> Layer<S> for TraceContextLayer {
         TraceContext {
             inner,
             request_timeout: self.request_timeout,
+            exporter: self.exporter.clone(),
         }
     }
 }
@@ -166,6 +183,7 @@ impl<S> Layer<S> for TraceContextLayer {
 pub struct TraceContext<S> {
     inner: S,
     request_timeout: Option<Duration>,
+    exporter: Option<otel::Exporter>,
 }
 
 impl<S> TraceContext<S> {
@@ -177,9 +195,7 @@ impl<S> TraceContext<S> {
         request: &http::Request<B>,
         parent: Option<&HeaderValue>,
     ) -> Option<otel::Span> {
-        if !otel::enabled() {
-            return None;
-        }
+        let exporter = self.exporter.as_ref()?;
         let address = request
             .uri()
             .authority()
@@ -207,7 +223,7 @@ impl<S> TraceContext<S> {
             attributes.push(KeyValue::new("rpc.method", method));
             name
         };
-        otel::span(name, SpanKind::Server, parent, attributes)
+        Some(exporter.span(name, SpanKind::Server, parent, attributes))
     }
 }
 
@@ -253,6 +269,7 @@ where
             traceparent: traceparent(&request).cloned(),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             criticality: request.headers().get(CRITICALITY).cloned(),
+            exporter: self.exporter.clone(),
         };
         if let Some(span) = self.server_span(&request, served.traceparent.as_ref()) {
             // The calls made while serving are this span's children.
@@ -294,6 +311,7 @@ mod tests {
             traceparent: Some(value.clone()),
             deadline: None,
             criticality: None,
+            exporter: None,
         };
         let seen = CURRENT.scope(served, async { current() }).await;
         assert_eq!(seen, Some(value));

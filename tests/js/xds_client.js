@@ -1,7 +1,8 @@
 // An independent xDS client (Node's @grpc/grpc-js with @grpc/grpc-js-xds)
 // calling `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
 //
-// Usage: node xds_client.js PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials)
+// Usage: node xds_client.js PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials;
+//                                        XDS_TOPIC: another topic than echo)
 //
 // The echo API is loaded at start by @grpc/proto-loader from
 // PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. It
@@ -93,7 +94,7 @@ async function main() {
     process.env.XDS_CREDENTIALS === '1'
       ? new xds.XdsChannelCredentials(grpc.credentials.createInsecure())
       : grpc.credentials.createInsecure();
-  const client = new Echo('xds:///echo', creds);
+  const client = new Echo(`xds:///${process.env.XDS_TOPIC || 'echo'}`, creds);
   await ready(client);
   print({ ready: true });
 

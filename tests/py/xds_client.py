@@ -1,7 +1,8 @@
 """An independent xDS client (Python grpcio's built-in xds resolver) calling
 `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
 
-Usage: xds_client.py PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials)
+Usage: xds_client.py PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials;
+                                  XDS_TOPIC: another topic than echo)
 
 Stubs are generated at start by grpcio-tools from
 PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. Once the
@@ -34,7 +35,7 @@ import grpc
 import grpc.experimental
 from echo_stubs import stubs
 
-TARGET = "xds:///echo"
+TARGET = "xds:///" + os.environ.get("XDS_TOPIC", "echo")
 # With XDS_CREDENTIALS=1 channels take their security from the control
 # plane (gRFC A29: TLS to the nodes, certificates from the bootstrap's
 # certificate providers); plaintext where it sends none.

@@ -162,11 +162,11 @@ impl Inherited {
     /// Starts following the supervisor: its stop requests come out of the
     /// returned stream, and the process exits when it goes away. Also
     /// returns what tells it this worker serves, then beats every `beat`
-    /// and asks to be replaced once it answered `recycle_after` requests.
+    /// and asks to be replaced once it answered `recycle` requests.
     pub(crate) fn follow_supervisor(
         &mut self,
         beat: Option<Duration>,
-        recycle_after: Option<u64>,
+        recycle: Option<Recycle>,
     ) -> Result<Option<(Ready, Controls)>> {
         let Some(fd) = self.supervisor.take() else {
             return Ok(None);
@@ -208,7 +208,7 @@ impl Inherited {
             Ready {
                 writer,
                 beat,
-                recycle_after,
+                recycle,
             },
             UnboundedReceiverStream::new(rx).boxed(),
         )))
@@ -261,7 +261,14 @@ fn requests(pending: &mut Vec<u8>) -> Vec<Request> {
 pub(crate) struct Ready {
     writer: tokio::net::unix::OwnedWriteHalf,
     beat: Option<Duration>,
-    recycle_after: Option<u64>,
+    recycle: Option<Recycle>,
+}
+
+/// When a worker asks to be replaced (gunicorn's `max_requests`): once its
+/// services answered `after` requests, as `served` counts them.
+pub(crate) struct Recycle {
+    pub(crate) after: u64,
+    pub(crate) served: Box<dyn Fn() -> u64 + Send + Sync>,
 }
 
 /// How often a worker with `max_requests` looks at its count.
@@ -277,7 +284,7 @@ impl Ready {
         let Ready {
             mut writer,
             beat,
-            mut recycle_after,
+            mut recycle,
         } = self;
         let mut message = vec![READY, 0, 0, 0, 0];
         if let Some(advert) = advert {
@@ -299,18 +306,21 @@ impl Ready {
             }
             let mut next_beat = beat.map(|every| tokio::time::Instant::now() + every);
             loop {
-                let next_check = recycle_after.map(|_| tokio::time::Instant::now() + RECYCLE_CHECK);
+                let next_check = recycle
+                    .as_ref()
+                    .map(|_| tokio::time::Instant::now() + RECYCLE_CHECK);
                 let Some(wake) = next_beat.into_iter().chain(next_check).min() else {
                     std::future::pending::<()>().await;
                     return;
                 };
                 tokio::time::sleep_until(wake).await;
-                if recycle_after.is_some_and(|n| crate::admission::served() >= n) {
+                let served = recycle.as_ref().map(|r| ((r.served)(), r.after));
+                if let Some((served, _)) = served.filter(|(served, after)| served >= after) {
                     tracing::info!(
-                        served = crate::admission::served(),
+                        served,
                         "served max_requests; asking the supervisor for a replacement"
                     );
-                    recycle_after = None;
+                    recycle = None;
                     if writer.write_all(&[RECYCLE]).await.is_err() {
                         return;
                     }

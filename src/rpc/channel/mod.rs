@@ -277,7 +277,16 @@ impl tower::Service<http::Request<Body>> for RpcChannel {
         // A call made while serving a traced request carries its context;
         // with export on, its own span's, under it.
         let parent = crate::telemetry::trace::current();
-        let span = traced::ClientSpan::start(&mut request, &self.settings.target, parent.clone());
+        let exporter =
+            crate::telemetry::trace::exporter().or_else(|| self.settings.shared.exporter.clone());
+        let span = exporter.as_ref().map(|exporter| {
+            traced::ClientSpan::start(
+                &mut request,
+                &self.settings.target,
+                parent.clone(),
+                exporter,
+            )
+        });
         if let (None, Some(parent)) = (&span, parent) {
             request
                 .headers_mut()

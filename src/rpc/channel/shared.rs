@@ -13,6 +13,7 @@ use super::hedge::Latency;
 use super::throttle::Throttle;
 use crate::rpc::Target;
 use crate::sync::lock;
+use crate::telemetry::otel::Exporter;
 
 /// What the channels of one [`Rpc`](super::Rpc) share: counters, the retry
 /// budget, latency histograms and the bound on casts.
@@ -32,11 +33,19 @@ pub(in crate::rpc) struct Shared {
     pub(in crate::rpc) casts: Arc<Semaphore>,
     /// Per topic, looked up when a channel is made.
     throttles: Mutex<HashMap<String, Arc<Throttle>>>,
+    /// The client's span export (from its config's `otlp_endpoint`), for
+    /// calls not made while serving a request of a node that exports.
+    pub(super) exporter: Option<Exporter>,
 }
 
 impl Shared {
-    pub(in crate::rpc) fn new(max_casts: usize, ejection: Duration) -> Self {
+    pub(in crate::rpc) fn new(
+        max_casts: usize,
+        ejection: Duration,
+        exporter: Option<Exporter>,
+    ) -> Self {
         Shared {
+            exporter,
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             hedges: AtomicU64::new(0),

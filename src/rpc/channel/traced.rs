@@ -31,17 +31,15 @@ struct Call {
 }
 
 impl ClientSpan {
-    /// A span for `request` to `target` when export is on; its context
+    /// A span of `exporter`'s for `request` to `target`; its context
     /// replaces the request's `traceparent`, whose span (the caller's, or
     /// the request being served) becomes its parent.
     pub(super) fn start(
         request: &mut http::Request<Body>,
         target: &Target,
         parent: Option<http::HeaderValue>,
-    ) -> Option<ClientSpan> {
-        if !otel::enabled() {
-            return None;
-        }
+        exporter: &otel::Exporter,
+    ) -> ClientSpan {
         let (service, method) = otel::rpc_names(request.uri().path());
         let name = format!("{service}/{method}");
         let attributes = vec![
@@ -51,7 +49,7 @@ impl ClientSpan {
             KeyValue::new("svckit.topic", target.topic.clone()),
         ];
         let parent = request.headers().get(TRACEPARENT).cloned().or(parent);
-        let span = otel::span(name, SpanKind::Client, parent.as_ref(), attributes)?;
+        let span = exporter.span(name, SpanKind::Client, parent.as_ref(), attributes);
         if let Some(context) = otel::traceparent(&span) {
             request.headers_mut().insert(TRACEPARENT, context);
         }
@@ -61,7 +59,7 @@ impl ClientSpan {
             hedged: false,
         })));
         request.extensions_mut().insert(call.clone());
-        Some(call)
+        call
     }
 
     /// Notes that a copy of the call goes to `node` (a hedge when

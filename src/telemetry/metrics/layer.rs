@@ -65,14 +65,17 @@ pub struct RequestMetricsLayer {
     kind: Kind,
     /// Counts in the node's totals (the API, not the operations endpoints).
     api: bool,
+    /// The node exports spans: requests carry one to end here.
+    traced: bool,
 }
 
 impl RequestMetricsLayer {
-    pub(super) fn new(requests: Requests, kind: Kind, api: bool) -> Self {
+    pub(super) fn new(requests: Requests, kind: Kind, api: bool, traced: bool) -> Self {
         RequestMetricsLayer {
             requests,
             kind,
             api,
+            traced,
         }
     }
 }
@@ -86,6 +89,7 @@ impl<S> Layer<S> for RequestMetricsLayer {
             requests: self.requests.clone(),
             kind: self.kind,
             api: self.api,
+            traced: self.traced,
         }
     }
 }
@@ -97,6 +101,7 @@ pub struct RequestMetrics<S> {
     requests: Requests,
     kind: Kind,
     api: bool,
+    traced: bool,
 }
 
 impl<S, B, RB> Service<http::Request<B>> for RequestMetrics<S>
@@ -115,7 +120,8 @@ where
 
     fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
         // Looked up only with export on: every request passes here.
-        let span = otel::enabled()
+        let span = self
+            .traced
             .then(|| request.extensions_mut().remove::<ServerSpan>())
             .flatten()
             .and_then(|s| s.take())

@@ -30,6 +30,8 @@ pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
 use crate::admission::{AdmissionStats, Load};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 use crate::sync::{read, write};
+use crate::telemetry::otel::Exporter;
+use crate::telemetry::trace::TraceContextLayer;
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -292,6 +294,8 @@ pub struct Metrics {
     spans_exported: Counter,
     spans_dropped: Counter,
     admission: Admission,
+    /// The node's span export, when it has an `otlp_endpoint`.
+    exporter: Option<Exporter>,
 }
 
 impl Default for Metrics {
@@ -374,6 +378,7 @@ impl Metrics {
             spans_exported,
             spans_dropped,
             admission,
+            exporter: None,
             registry,
             grpc,
             http,
@@ -385,21 +390,43 @@ impl Metrics {
         }
     }
 
+    /// These metrics, with the node's span export.
+    pub(crate) fn with_exporter(mut self, exporter: Option<Exporter>) -> Self {
+        self.exporter = exporter;
+        self
+    }
+
+    /// The node's span export, if it has one.
+    pub(crate) fn exporter(&self) -> Option<&Exporter> {
+        self.exporter.as_ref()
+    }
+
+    /// The layer that starts the span of each gRPC call served (with the
+    /// node's export) and hands on its trace context and deadline.
+    pub(crate) fn trace_context(&self) -> TraceContextLayer {
+        TraceContextLayer::default().with_exporter(self.exporter.clone())
+    }
+
     /// The layer that counts gRPC calls.
     pub fn grpc_layer(&self) -> RequestMetricsLayer {
-        RequestMetricsLayer::new(self.grpc.clone(), Kind::Grpc, true)
+        RequestMetricsLayer::new(self.grpc.clone(), Kind::Grpc, true, self.exporter.is_some())
     }
 
     /// The layer that counts HTTP requests of the node's API (apply it as
     /// an axum route layer, so that the matched route is known).
     pub fn http_layer(&self) -> RequestMetricsLayer {
-        RequestMetricsLayer::new(self.http.clone(), Kind::Http, true)
+        RequestMetricsLayer::new(self.http.clone(), Kind::Http, true, self.exporter.is_some())
     }
 
     /// The same for the operations endpoints, which the node's totals
     /// leave out.
     pub fn http_ops_layer(&self) -> RequestMetricsLayer {
-        RequestMetricsLayer::new(self.http.clone(), Kind::Http, false)
+        RequestMetricsLayer::new(
+            self.http.clone(),
+            Kind::Http,
+            false,
+            self.exporter.is_some(),
+        )
     }
 
     /// The node's totals over its API (`Base/Stats`).
@@ -450,7 +477,7 @@ impl Metrics {
         if dropped > seen {
             self.log_lines_dropped.inc_by(dropped - seen);
         }
-        if let Some((exported, dropped)) = crate::telemetry::otel::counts() {
+        if let Some((exported, dropped)) = self.exporter.as_ref().map(Exporter::counts) {
             for (counter, now) in [
                 (&self.spans_exported, exported),
                 (&self.spans_dropped, dropped),
