@@ -11,14 +11,18 @@
 //!   median, 99th-percentile and last stream holds the new endpoints;
 //! - with Python grpcio's own xDS client calling `xds:///echo` in a loop,
 //!   the time from the watch seeing a new echo_node join until its first
-//!   call lands there (`tests/py/xds_client.py`).
+//!   call lands there (`tests/py/xds_client.py`);
+//! - with grpcio calling a topic balanced by weighted round robin, the time
+//!   from a costly node's first ORCA load report to its share of calls
+//!   falling below a fifth;
+//! - the size of `GET /config_dump` with one more stream subscribed to
+//!   1,000 topics, and how long it takes.
 //!
 //! Run it with `scripts/bench-xds`; `XDS_STREAMS` and `XDS_ROUNDS` change
 //! the stream count (1,000) and the rounds (5).
 
-use std::io::{BufRead, BufReader, Write};
-use std::process::{Command, Stdio};
-use std::sync::Arc;
+use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
@@ -34,6 +38,7 @@ mod support;
 
 use support::etcd::Etcd;
 use support::node::{quick_node_args, Proc};
+use support::xds::{Lang, XdsClient};
 
 const TYPES: [&str; 3] = [
     "type.googleapis.com/envoy.config.listener.v3.Listener",
@@ -77,7 +82,23 @@ async fn run(streams: usize, rounds: usize) {
         );
         members.push(registry.join(reg).await.expect("join"));
     }
-    let mut xds = Proc::cli(&["xds", "--registry", &url, "--listen", "127.0.0.1:0"]);
+    // Topic `wrr` is balanced by weighted round robin (the ORCA rounds).
+    let dir = tempfile::tempdir().expect("temp dir");
+    let policies = dir.path().join("policies.toml");
+    std::fs::write(
+        &policies,
+        "[topic.wrr]\nbalance = \"weighted_round_robin\"\n",
+    )
+    .expect("policies");
+    let mut xds = Proc::cli(&[
+        "xds",
+        "--registry",
+        &url,
+        "--listen",
+        "127.0.0.1:0",
+        "--policies",
+        policies.to_str().expect("a UTF-8 path"),
+    ]);
     support::poll_until(WAIT, "svckit xds to listen", || {
         xds.stdout().contains("listening on")
     });
@@ -159,13 +180,26 @@ async fn run(streams: usize, rounds: usize) {
         spread.push(at(1.0));
     }
 
-    let py = python_rounds(&url, &addr, &registry, rounds).await;
+    let bootstrap = dir.path().join("bootstrap.json");
+    let config = serde_json::json!({
+        "xds_servers": [{"server_uri": addr, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
+        "node": {"id": "bench", "locality": {}},
+    });
+    std::fs::write(&bootstrap, config.to_string()).expect("bootstrap");
+    let mut py = python_rounds(&url, &bootstrap, &registry, rounds).await;
+    let mut orca = orca_rounds(&url, &bootstrap, rounds).await;
+    let (dump_kib, dump_ms) = dump_at_topics(&registry, &addr, 1_000).await;
     println!(
-        "xds_summary streams={streams} rss_streams_mib={:.1} push_cpu_ms={} all_streams_ms={} grpcio_first_call_ms={}",
+        "config_dump topics=1000 streams={} kib={dump_kib:.0} ms={dump_ms:.1}",
+        streams + 1
+    );
+    println!(
+        "xds_summary streams={streams} rss_streams_mib={:.1} push_cpu_ms={} all_streams_ms={} grpcio_first_call_ms={} orca_first_report_to_shift_ms={} dump_1000_topics_kib={dump_kib:.0}",
         busy_rss / 1024.0,
         mmm(&mut cpu_ms),
         mmm(&mut spread),
-        mmm(&mut py.clone())
+        mmm(&mut py),
+        mmm(&mut orca)
     );
     drop(members);
     xds.signal(nix::sys::signal::Signal::SIGTERM);
@@ -234,48 +268,16 @@ async fn stream(addr: String, id: usize, arrivals: mpsc::UnboundedSender<(usize,
 /// Python grpcio calling `xds:///echo` in a loop: for each round a new
 /// echo_node joins, and the figure is the time from the watch seeing the
 /// join to its first call landing there.
-async fn python_rounds(url: &str, addr: &str, registry: &Registry, rounds: usize) -> Vec<f64> {
-    let probe = Command::new("python3")
-        .args(["-c", "import grpc, grpc_tools"])
-        .output();
-    if !probe.is_ok_and(|p| p.status.success()) {
-        println!("grpcio: not measured: pip install -r tests/py/requirements.txt");
-        return Vec::new();
-    }
+async fn python_rounds(
+    url: &str,
+    bootstrap: &Path,
+    registry: &Registry,
+    rounds: usize,
+) -> Vec<f64> {
     let mut watch = registry.watch(Some("echo")).await.expect("watch");
     let (_seed, _) = Proc::start_example("echo_node", &quick_node_args(url, "seed"), &[]);
-    let dir = tempfile::tempdir().expect("temp dir");
-    let bootstrap = dir.path().join("bootstrap.json");
-    let config = serde_json::json!({
-        "xds_servers": [{"server_uri": addr, "channel_creds": [{"type": "insecure"}], "server_features": ["xds_v3"]}],
-        "node": {"id": "bench", "locality": {}},
-    });
-    std::fs::write(&bootstrap, config.to_string()).expect("bootstrap");
-    let mut child = Command::new("python3")
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/tests/py/xds_client.py"
-        ))
-        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/proto"))
-        .env("GRPC_XDS_BOOTSTRAP", &bootstrap)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("python3");
-    let mut stdin = child.stdin.take().expect("stdin");
-    let lines = Arc::new(std::sync::Mutex::new(
-        BufReader::new(child.stdout.take().expect("stdout")).lines(),
-    ));
-    let read =
-        |lines: &Arc<std::sync::Mutex<std::io::Lines<BufReader<std::process::ChildStdout>>>>| {
-            let line = lines.lock().unwrap().next().expect("a line").expect("read");
-            serde_json::from_str::<serde_json::Value>(&line).expect("json")
-        };
-    tokio::task::block_in_place(|| read(&lines));
-    tokio::task::block_in_place(|| {
-        writeln!(stdin, "start").expect("write");
-        read(&lines)
-    });
+    let mut client = XdsClient::start(Lang::Python, bootstrap);
+    client.command("start");
     let mut figures = Vec::new();
     for round in 0..rounds {
         let host = format!("j{round}");
@@ -288,10 +290,7 @@ async fn python_rounds(url: &str, addr: &str, registry: &Registry, rounds: usize
             }
         };
         let first = loop {
-            let seen = tokio::task::block_in_place(|| {
-                writeln!(stdin, "take").expect("write");
-                read(&lines)
-            });
+            let seen = client.command("take");
             if let Some(t) = seen["first"][&host].as_f64() {
                 break t;
             }
@@ -303,9 +302,120 @@ async fn python_rounds(url: &str, addr: &str, registry: &Registry, rounds: usize
         node.signal(nix::sys::signal::Signal::SIGTERM);
         let _ = node.wait_exit(WAIT);
     }
-    let _ = child.kill();
-    let _ = child.wait();
     figures
+}
+
+/// Weighted round robin from ORCA reports: topic `wrr` has two nodes whose
+/// calls cost 1 ms of CPU and one whose calls cost 3 ms. Each round a new
+/// grpcio client calls it in a loop; the figure is the time from the
+/// costly node's first load report on the client's stream (its debug log)
+/// until a 100 ms window of the client's calls gives it less than a fifth
+/// of them (round robin gives it a third).
+async fn orca_rounds(url: &str, bootstrap: &Path, rounds: usize) -> Vec<f64> {
+    let mut nodes = Vec::new();
+    for (host, micros) in [("w1", "1000"), ("w2", "1000"), ("wcostly", "3000")] {
+        let mut args = quick_node_args(url, host);
+        args.extend(["--topic", "wrr"]);
+        let env = [
+            ("ECHO_SPIN_US", micros),
+            ("SVCKIT_LOG_LEVEL", "info,svckit::service::orca=debug"),
+        ];
+        nodes.push(Proc::start_example("echo_node", &args, &env).0);
+    }
+    const FIRST: &str = "first load report of a stream";
+    let mut figures = Vec::new();
+    for round in 0..rounds {
+        let before = nodes[2].stderr().matches(FIRST).count();
+        let mut client = XdsClient::start_with(Lang::Python, bootstrap, &[("XDS_TOPIC", "wrr")]);
+        client.command("start");
+        let reported = loop {
+            let log = nodes[2].stderr();
+            if log.matches(FIRST).count() > before {
+                let line = log.lines().rfind(|l| l.contains(FIRST)).unwrap_or_default();
+                let ms = line
+                    .split_whitespace()
+                    .find_map(|w| w.strip_prefix("unix_ms="))
+                    .and_then(|v| v.parse::<f64>().ok())
+                    .expect("unix_ms in the first report's log line");
+                break ms / 1000.0;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        let shifted = loop {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            let seen = client.command("take");
+            let hosts: BTreeMap<String, u64> =
+                serde_json::from_value(seen["hosts"].clone()).expect("hosts");
+            let all: u64 = hosts.values().sum();
+            let costly = hosts.get("wcostly").copied().unwrap_or(0);
+            if all >= 20 && (costly as f64) < all as f64 / 5.0 {
+                break unix_now();
+            }
+        };
+        client.command("stop");
+        let ms = (shifted - reported) * 1000.0;
+        println!("orca round={round} first_report_to_shifted_share_ms={ms:.0}");
+        figures.push(ms);
+    }
+    figures
+}
+
+/// `GET /config_dump` with one more ADS stream subscribed to `topics`
+/// topics of one member each: its size in KiB and how long it took.
+async fn dump_at_topics(registry: &Registry, addr: &str, topics: usize) -> (f64, f64) {
+    let mut members = Vec::with_capacity(topics);
+    for i in 0..topics {
+        let reg = support::registration_at(&format!("t{i}"), "m", "http://127.0.0.1:20200");
+        members.push(registry.join(reg).await.expect("join"));
+    }
+    let names: Vec<String> = (0..topics).map(|i| format!("t{i}")).collect();
+    let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
+        .await
+        .expect("connect");
+    let (requests, rx) = mpsc::unbounded_channel();
+    for type_url in TYPES {
+        let _ = requests.send(DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.clone(),
+            ..Default::default()
+        });
+    }
+    let mut responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .expect("open the stream")
+        .into_inner();
+    let mut endpoints = std::collections::BTreeSet::new();
+    while endpoints.len() < topics {
+        let response = tokio::time::timeout(WAIT, responses.next())
+            .await
+            .expect("every topic's endpoints")
+            .expect("the stream runs")
+            .expect("a response");
+        let _ = requests.send(DiscoveryRequest {
+            type_url: response.type_url.clone(),
+            resource_names: names.clone(),
+            version_info: response.version_info.clone(),
+            response_nonce: response.nonce.clone(),
+            ..Default::default()
+        });
+        if response.type_url == TYPES[2] {
+            for any in &response.resources {
+                if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {
+                    endpoints.insert(cla.cluster_name);
+                }
+            }
+        }
+    }
+    let addr: std::net::SocketAddr = addr.parse().expect("address");
+    let started = Instant::now();
+    let dump = tokio::task::spawn_blocking(move || support::dashboard::get(addr, "/config_dump"))
+        .await
+        .expect("dump");
+    let ms = started.elapsed().as_secs_f64() * 1000.0;
+    assert_eq!(dump.status, 200);
+    drop(members);
+    (dump.body.len() as f64 / 1024.0, ms)
 }
 
 fn unix_now() -> f64 {
