@@ -250,7 +250,7 @@ async fn run(
             let registry: Registry = Arc::new(drivers[i % CONNECTIONS].as_another_process());
             let registration =
                 advert(&topic, i, echo_url).registration(1, REPORT_INTERVAL, down_time);
-            let host = registration.host.clone();
+            let host = registration.advert.host.clone();
             let retried = &retried;
             async move {
                 loop {
@@ -279,7 +279,7 @@ async fn run(
                     if let Some(lag) = lag_of(&m) {
                         lags.push(lag);
                     }
-                    up.insert(m.record.host.clone());
+                    up.insert(m.record.advert.host.clone());
                 }
                 Some(Ok(_)) => {}
                 other => panic!("the watch failed during the cold start: {other:?}"),
@@ -341,7 +341,7 @@ async fn run(
     let deadline = tokio::time::Instant::now() + down_time * 4;
     while detected.len() < victims.len() {
         match tokio::time::timeout_at(deadline, watch.next()).await {
-            Ok(Some(Ok(Event::Leave(m)))) if victims.contains(&m.record.host) => {
+            Ok(Some(Ok(Event::Leave(m)))) if victims.contains(&m.record.advert.host) => {
                 detected.push(killed_at.elapsed().as_secs_f64());
             }
             Ok(Some(Ok(Event::Leave(_)))) => false_down += 1,

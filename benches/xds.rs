@@ -284,7 +284,7 @@ async fn python_rounds(
         let (mut node, _) = Proc::start_example("echo_node", &quick_node_args(url, &host), &[]);
         let joined = loop {
             match tokio::time::timeout(WAIT, watch.next()).await {
-                Ok(Some(Ok(Event::Join(m)))) if m.record.host == host => break unix_now(),
+                Ok(Some(Ok(Event::Join(m)))) if m.record.advert.host == host => break unix_now(),
                 Ok(Some(Ok(_))) => {}
                 other => panic!("watch: {other:?}"),
             }

@@ -379,7 +379,7 @@ async fn members_list_fits_100_columns_and_wide_shows_every_column() {
     let long_host = format!("compute-{}", "x".repeat(60));
     let long_topic = format!("conductor-{}", "y".repeat(40));
     let mut reg = registration(&long_topic, &long_host);
-    reg.endpoints.grpc = Some(format!("http://{long_host}.example.org:7000"));
+    reg.advert.endpoints.grpc = Some(format!("http://{long_host}.example.org:7000"));
     let _m = registry.join(reg).await.unwrap();
     let _short = registry.join(registration("echo", "e1")).await.unwrap();
     registry

@@ -396,7 +396,7 @@ async fn a_thousand_records_render_and_update_in_the_browser() {
         let mut r = support::registration(&topic, &format!("host{i:05}")).to_record(now);
         r.disabled = disabled;
         r.disabled_reason = disabled.then(|| "burst".to_string());
-        let key = format!("/test/services/{topic}/{}", r.host);
+        let key = format!("/test/services/{topic}/{}", r.advert.host);
         etcd_client::TxnOp::put(key, serde_json::to_vec(&r).unwrap(), None)
     };
     for batch in 0..batches {

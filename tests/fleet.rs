@@ -223,7 +223,7 @@ async fn leases_lost_together_are_granted_again_spread_over_the_interval() {
     while back.len() < STORM {
         let (event, _) =
             support::expect_event(&mut watch, WAIT, "a node back", |e| e.kind() == "join").await;
-        back.entry(event.member().record.host.clone())
+        back.entry(event.member().record.advert.host.clone())
             .or_insert_with(|| revoked.elapsed());
     }
     let (first, last) = (back.values().min(), back.values().max());

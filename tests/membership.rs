@@ -149,7 +149,9 @@ async fn a_node_killed_and_restarted_at_once_is_registered_and_serving() {
     // could have expired.
     let (_, took) = expect_event(&mut events, Duration::from_secs(5), "r1 up again", |e| {
         let m = e.member();
-        m.record.host == "r1" && m.up && m.record.endpoints.grpc.as_ref() == Some(&new_endpoint)
+        m.record.advert.host == "r1"
+            && m.up
+            && m.record.advert.endpoints.grpc.as_ref() == Some(&new_endpoint)
     })
     .await;
     eprintln!("restarted node registered {took:?} after it served");

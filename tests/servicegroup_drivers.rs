@@ -41,9 +41,12 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
     assert_eq!(node.status().state, RegistrationState::Registered);
     let m = registry.get(t, "n1").await.unwrap().expect("n1 record");
     assert!(m.up && m.is_routable(), "{m:?}");
-    assert_eq!(m.record.binary, "test_node");
-    assert_eq!(m.record.endpoints.grpc.as_deref(), Some(live.url.as_str()));
-    assert_eq!(m.record.services, ["svckit.test.v1.Test"]);
+    assert_eq!(m.record.advert.binary, "test_node");
+    assert_eq!(
+        m.record.advert.endpoints.grpc.as_deref(),
+        Some(live.url.as_str())
+    );
+    assert_eq!(m.record.advert.services, ["svckit.test.v1.Test"]);
     expect_event(&mut watch, WAIT, "join of n1", is_join("n1")).await;
     expect_event(&mut all, WAIT, "join of n1 (all topics)", is_join("n1")).await;
 
@@ -55,7 +58,7 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
     expect_event(&mut all, WAIT, "join of s1", is_join("s1")).await;
     let hosts = |ms: Vec<svckit::servicegroup::Member>| -> Vec<(String, String)> {
         ms.into_iter()
-            .map(|m| (m.record.topic.clone(), m.record.host.clone()))
+            .map(|m| (m.record.advert.topic.clone(), m.record.advert.host.clone()))
             .collect()
     };
     assert_eq!(
@@ -207,7 +210,9 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
             .expect("a crashed holder is replaced at once");
         expect_event(&mut watch, WAIT, "n3 up at its new endpoint", |e| {
             let m = e.member();
-            m.record.host == "n3" && m.up && m.record.endpoints.grpc.as_ref() == Some(&live.url)
+            m.record.advert.host == "n3"
+                && m.up
+                && m.record.advert.endpoints.grpc.as_ref() == Some(&live.url)
         })
         .await;
         // The crashed node's lease or heartbeat running out later does not
@@ -215,7 +220,7 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
         let until = tokio::time::Instant::now() + DOWN_TIME * 2;
         while let Ok(Some(Ok(e))) = tokio::time::timeout_at(until, watch.next()).await {
             let m = e.member();
-            assert!(m.record.host != "n3" || m.up, "{e:?}");
+            assert!(m.record.advert.host != "n3" || m.up, "{e:?}");
         }
         assert!(registry.get(t, "n3").await.unwrap().unwrap().up);
         restarted.leave().await.unwrap();
@@ -226,7 +231,7 @@ async fn behaves_like_a_service_group(registry: Registry, kind: Kind) {
     while let Ok(Some(Ok(event))) =
         tokio::time::timeout(Duration::from_millis(300), watch.next()).await
     {
-        assert_eq!(event.member().record.topic, t, "{event:?}");
+        assert_eq!(event.member().record.advert.topic, t, "{event:?}");
     }
 }
 

@@ -136,7 +136,7 @@ async fn survives_an_etcd_restart() {
     .await;
     other.leave().await.unwrap();
     let (event, _) = expect_event(&mut watch, WAIT, "leave of n2", is_leave("n2")).await;
-    assert_eq!(event.member().record.host, "n2");
+    assert_eq!(event.member().record.advert.host, "n2");
     node.leave().await.unwrap();
     expect_event(&mut watch, WAIT, "leave of n1", is_leave("n1")).await;
 }
@@ -218,7 +218,7 @@ async fn restores_its_record_deleted_by_hand() {
     expect_event(&mut watch, WAIT, "the deletion", is_delete("n1")).await;
     let (event, took) = expect_event(&mut watch, HEAL, "the record back, up", is_join("n1")).await;
     eprintln!("record restored after {took:?}");
-    assert_eq!(event.member().record.binary, "test_node");
+    assert_eq!(event.member().record.advert.binary, "test_node");
     assert_eq!(raw.get(RECORD_KEY, None).await.unwrap().kvs().len(), 1);
     eventually(WAIT, "a counted re-registration", || async {
         (node.status().reregistrations >= 1).then_some(())
@@ -373,7 +373,7 @@ async fn one_process_holds_one_lease_for_all_its_registrations_and_elections() {
     compute.leave().await.unwrap();
     expect_event(&mut watch, WAIT, "leave of compute/n1", is_leave("n1")).await;
     expect_none(&mut watch, DOWN_TIME * 2, "conductor/n1 down", |e| {
-        e.member().record.topic == "conductor" && !e.member().up
+        e.member().record.advert.topic == "conductor" && !e.member().up
     })
     .await;
     assert!(leader.is_leader(), "the election outlived a TTL");
@@ -408,7 +408,7 @@ async fn a_broken_watch_resumes_from_the_last_revision_seen() {
     // Resumed from its last revision, the watcher replays both changes; a
     // reload would only have found a down record (an Update).
     let (first, _) = expect_event(&mut watch, WAIT, "n2's join, replayed", |e| {
-        e.member().record.host == "n2"
+        e.member().record.advert.host == "n2"
     })
     .await;
     assert!(matches!(first, Event::Join(_)), "{first:?}");
@@ -443,7 +443,7 @@ async fn a_watch_behind_a_compaction_reloads() {
 
     // The history is gone: the watcher lists again and reports the outcome.
     let (first, _) = expect_event(&mut watch, WAIT, "n2 after the reload", |e| {
-        e.member().record.host == "n2"
+        e.member().record.advert.host == "n2"
     })
     .await;
     assert!(
@@ -532,8 +532,8 @@ async fn lists_ten_thousand_members_quickly() {
         let puts: Vec<_> = (0..100)
             .map(|i| {
                 let mut r = record.clone();
-                r.host = format!("h{:05}", batch * 100 + i);
-                let key = format!("/test/services/bulk/{}", r.host);
+                r.advert.host = format!("h{:05}", batch * 100 + i);
+                let key = format!("/test/services/bulk/{}", r.advert.host);
                 etcd_client::TxnOp::put(key, serde_json::to_vec(&r).unwrap(), None)
             })
             .collect();
@@ -549,11 +549,11 @@ async fn lists_ten_thousand_members_quickly() {
     assert_eq!(members.len(), 10_000);
     assert!(members
         .windows(2)
-        .all(|w| w[0].record.host < w[1].record.host));
+        .all(|w| w[0].record.advert.host < w[1].record.advert.host));
 
     let mut watch = registry.watch(None).await.unwrap();
     expect_event(&mut watch, WAIT, "the last record", |e| {
-        e.member().record.host == "h09999"
+        e.member().record.advert.host == "h09999"
     })
     .await;
 }
@@ -658,7 +658,7 @@ async fn a_joining_node_is_one_join_though_its_keys_come_on_two_watches() {
     while first.len() < nodes.len() {
         let (event, _) = expect_event(&mut watch, WAIT, "the nodes' joins", |_| true).await;
         first
-            .entry(event.member().record.host.clone())
+            .entry(event.member().record.advert.host.clone())
             .or_insert(event.kind());
     }
     let split: Vec<_> = first.iter().filter(|(_, kind)| **kind != "join").collect();

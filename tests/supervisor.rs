@@ -108,6 +108,7 @@ impl Running {
         let member = self.record_says_any().await;
         let url = member
             .record
+            .advert
             .endpoints
             .grpc
             .clone()

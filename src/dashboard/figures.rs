@@ -95,7 +95,12 @@ impl Figures {
     fn keep(&self, up: &[Member]) {
         let wanted: std::collections::HashSet<(&str, &str)> = up
             .iter()
-            .map(|m| (m.record.topic.as_str(), m.record.host.as_str()))
+            .map(|m| {
+                (
+                    m.record.advert.topic.as_str(),
+                    m.record.advert.host.as_str(),
+                )
+            })
             .collect();
         crate::sync::lock(&self.nodes)
             .retain(|(topic, host), _| wanted.contains(&(topic.as_str(), host.as_str())));
@@ -103,7 +108,10 @@ impl Figures {
 
     fn record(&self, member: &Member, answer: Result<StatsResponse, String>) {
         let now = Instant::now();
-        let key = (member.record.topic.clone(), member.record.host.clone());
+        let key = (
+            member.record.advert.topic.clone(),
+            member.record.advert.host.clone(),
+        );
         let mut nodes = crate::sync::lock(&self.nodes);
         let node = nodes.entry(key).or_insert_with(|| Node {
             figures: NodeFigures::default(),
@@ -205,8 +213,8 @@ async fn ask_all(figures: Weak<Figures>, live: Arc<Live>, rpc: Rpc) {
 
 /// One node's totals, or why there are none, in words.
 async fn ask(rpc: &Rpc, member: &Member) -> Result<StatsResponse, String> {
-    let mut target = Target::topic(member.record.topic.clone());
-    target.server = Some(member.record.host.clone());
+    let mut target = Target::topic(member.record.advert.topic.clone());
+    target.server = Some(member.record.advert.host.clone());
     // A disabled node still serves what it has.
     target.include_disabled = true;
     let mut request = tonic::Request::new(StatsRequest {});

@@ -121,7 +121,10 @@ impl Live {
     /// shows (a watch restarted lists members again).
     fn apply(&self, event: &Event) {
         let member = event.member();
-        let key = (member.record.topic.clone(), member.record.host.clone());
+        let key = (
+            member.record.advert.topic.clone(),
+            member.record.advert.host.clone(),
+        );
         let mut state = crate::sync::lock(&self.state);
         let new = match event {
             Event::Delete(_) => None,
@@ -149,14 +152,24 @@ impl Live {
     fn resync(&self, members: Vec<Member>) {
         let listed: std::collections::BTreeSet<(&str, &str)> = members
             .iter()
-            .map(|m| (m.record.topic.as_str(), m.record.host.as_str()))
+            .map(|m| {
+                (
+                    m.record.advert.topic.as_str(),
+                    m.record.advert.host.as_str(),
+                )
+            })
             .collect();
         let gone: Vec<Member> = {
             let state = crate::sync::lock(&self.state);
             state
                 .members
                 .values()
-                .filter(|m| !listed.contains(&(m.record.topic.as_str(), m.record.host.as_str())))
+                .filter(|m| {
+                    !listed.contains(&(
+                        m.record.advert.topic.as_str(),
+                        m.record.advert.host.as_str(),
+                    ))
+                })
                 .cloned()
                 .collect()
         };

@@ -204,7 +204,12 @@ async fn members(State(dashboard): State<Dashboard>, Query(query): Query<TopicQu
     let (members, _) = live.members();
     let views: Vec<MemberView<'_>> = members
         .iter()
-        .filter(|m| query.topic.as_ref().is_none_or(|t| *t == m.record.topic))
+        .filter(|m| {
+            query
+                .topic
+                .as_ref()
+                .is_none_or(|t| *t == m.record.advert.topic)
+        })
         .map(MemberView::from)
         .collect();
     Json(views).into_response()

@@ -73,7 +73,9 @@ const FIGURE_COLUMNS: [(&str, &str); 5] = [
 
 /// One row; `None` renders the empty template row the script clones.
 fn row(out: &mut String, member: Option<&Member>, admin: bool, figures: bool, now: SystemTime) {
-    let (topic, host) = member.map_or(("", ""), |m| (&m.record.topic, &m.record.host));
+    let (topic, host) = member.map_or(("", ""), |m| {
+        (&m.record.advert.topic, &m.record.advert.host)
+    });
     let up = member.is_some_and(|m| m.up);
     let state = if up { "up" } else { "down" };
     let disabled = member.is_some_and(|m| m.record.disabled);
@@ -114,10 +116,10 @@ fn row(out: &mut String, member: Option<&Member>, admin: bool, figures: bool, no
     );
     let (version, workers, services, endpoint, updated) = match member {
         Some(m) => (
-            m.record.version.as_str(),
+            m.record.advert.version.as_str(),
             m.record.workers.to_string(),
-            m.record.services.join(" "),
-            m.record.endpoints.grpc.as_deref().unwrap_or("-"),
+            m.record.advert.services.join(" "),
+            m.record.advert.endpoints.grpc.as_deref().unwrap_or("-"),
             m.record.updated_at.as_str(),
         ),
         None => ("", String::new(), String::new(), "", ""),
@@ -193,7 +195,7 @@ pub(super) fn render(input: &PageInput<'_>) -> String {
     let now = SystemTime::now();
     let mut topics: BTreeMap<&str, Vec<&Member>> = BTreeMap::new();
     for m in input.members {
-        topics.entry(&m.record.topic).or_default().push(m);
+        topics.entry(&m.record.advert.topic).or_default().push(m);
     }
     let mut out = String::with_capacity(2048 + input.members.len() * 700);
     let _ = write!(

@@ -294,12 +294,12 @@ impl NodeInfo {
                 .iter()
                 .map(|m| {
                     serde_json::json!({
-                        "host": m.record.host,
+                        "host": m.record.advert.host,
                         "state": m.state(),
                         "disabled": m.record.disabled,
                         "forced_down": m.record.forced_down,
-                        "endpoint": m.record.endpoints.grpc,
-                        "version": m.record.version,
+                        "endpoint": m.record.advert.endpoints.grpc,
+                        "version": m.record.advert.version,
                     })
                 })
                 .collect(),

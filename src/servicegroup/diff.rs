@@ -11,7 +11,10 @@ use crate::error::{Error, Result};
 pub(crate) type Key = (String, String);
 
 pub(crate) fn key_of(member: &Member) -> Key {
-    (member.record.topic.clone(), member.record.host.clone())
+    (
+        member.record.advert.topic.clone(),
+        member.record.advert.host.clone(),
+    )
 }
 
 /// The members one watcher has reported so far.
@@ -78,12 +81,14 @@ pub(crate) fn check_identity(topic: &str, host: &str) -> Result<()> {
 pub(crate) fn test_member(host: &str, up: bool) -> Member {
     use std::time::{Duration, SystemTime};
     let record = crate::servicegroup::Registration {
-        topic: "t".into(),
-        host: host.into(),
-        binary: "b".into(),
-        version: "1".into(),
-        endpoints: Default::default(),
-        services: vec![],
+        advert: crate::servicegroup::Advert {
+            topic: "t".into(),
+            host: host.into(),
+            binary: "b".into(),
+            version: "1".into(),
+            endpoints: Default::default(),
+            services: vec![],
+        },
         workers: 1,
         report_interval: Duration::from_secs(1),
         service_down_time: Duration::from_secs(2),
@@ -111,7 +116,12 @@ mod tests {
         let next = view.resync([member("b", true), member("c", true)]);
         let hosts: Vec<_> = next
             .iter()
-            .map(|e| (matches!(e, Event::Join(_)), e.member().record.host.clone()))
+            .map(|e| {
+                (
+                    matches!(e, Event::Join(_)),
+                    e.member().record.advert.host.clone(),
+                )
+            })
             .collect();
         assert_eq!(
             hosts,

@@ -226,7 +226,7 @@ mod tests {
                 .expect("the watch goes on after the panic")
                 .expect("the stream does not end")
                 .expect("no error");
-            seen.push((event.kind(), event.member().record.host.clone()));
+            seen.push((event.kind(), event.member().record.advert.host.clone()));
         }
         // a from the first listing, b from the reload after the panic, then
         // b's deletion from the restarted follower.

@@ -145,7 +145,11 @@ impl Follow for MemoryFollow {
                 match self.events.recv().await {
                     Ok(event) => {
                         let m = event.member();
-                        if self.topic.as_deref().is_some_and(|t| t != m.record.topic) {
+                        if self
+                            .topic
+                            .as_deref()
+                            .is_some_and(|t| t != m.record.advert.topic)
+                        {
                             continue;
                         }
                         let key = key_of(m);
@@ -238,9 +242,12 @@ impl Driver for MemoryDriver {
 
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
-            check_identity(&registration.topic, &registration.host)?;
+            check_identity(&registration.advert.topic, &registration.advert.host)?;
             registration.effective_down_time();
-            let key = (registration.topic.clone(), registration.host.clone());
+            let key = (
+                registration.advert.topic.clone(),
+                registration.advert.host.clone(),
+            );
             let owner = self.group.next_owner.fetch_add(1, Ordering::Relaxed);
             self.group.update(&key, |entries| {
                 let now = SystemTime::now();

@@ -53,25 +53,18 @@ pub use self::registration::{Advert, Registration};
 pub use self::url::{RegistryOptions, RegistryUrl};
 pub use self::view::{format_age, EventView, MemberView};
 
-/// The persistent record of one (topic, host): nova's `services` row.
+/// The persistent record of one (topic, host): nova's `services` row. Its
+/// identity and endpoints are the node's [`Advert`] (flattened in the
+/// JSON); the rest is the launcher's and the operator's.
 ///
 /// Stored as JSON; field names are part of the operator contract (docs/membership.md).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct ServiceRecord {
-    /// The topic served; with `host`, the member's identity.
-    pub topic: String,
-    /// The node's host name (not necessarily a DNS name: an identity).
-    pub host: String,
-    /// The binary the node runs (nova's `binary`, e.g. `echo_node`).
-    pub binary: String,
-    /// The node's software version.
-    pub version: String,
-    /// Where to reach the node.
-    pub endpoints: Endpoints,
-    /// Fully qualified gRPC service names the node serves
-    /// (`svckit.examples.echo.v1.Echo`); clients filter on them.
-    pub services: Vec<String>,
+    /// Topic, host, binary, version, endpoints and gRPC services: what the
+    /// node advertised.
+    #[serde(flatten)]
+    pub advert: Advert,
     /// Worker processes serving the node's sockets.
     pub workers: u32,
     /// RFC 3339 time the record was first created.
@@ -443,8 +436,8 @@ impl fmt::Display for Member {
         write!(
             f,
             "{}/{} ({})",
-            self.record.topic,
-            self.record.host,
+            self.record.advert.topic,
+            self.record.advert.host,
             self.state()
         )
     }

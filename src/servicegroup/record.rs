@@ -19,10 +19,10 @@ impl ServiceRecord {
     pub fn decode(bytes: &[u8], topic: &str, host: &str) -> Result<Self> {
         let record: ServiceRecord = serde_json::from_slice(bytes)
             .map_err(|e| Error::registry(format!("{topic}/{host}: invalid service record"), e))?;
-        if record.topic != topic || record.host != host {
+        if record.advert.topic != topic || record.advert.host != host {
             return Err(Error::registry_msg(format!(
                 "{topic}/{host}: the service record names {:?}/{:?}",
-                record.topic, record.host
+                record.advert.topic, record.advert.host
             )));
         }
         Ok(record)
@@ -36,15 +36,17 @@ mod tests {
 
     fn record() -> ServiceRecord {
         ServiceRecord {
-            topic: "echo".into(),
-            host: "h1".into(),
-            binary: "echo_node".into(),
-            version: "1.0.0".into(),
-            endpoints: Endpoints {
-                grpc: Some("http://127.0.0.1:7000".into()),
-                http: None,
+            advert: crate::servicegroup::Advert {
+                topic: "echo".into(),
+                host: "h1".into(),
+                binary: "echo_node".into(),
+                version: "1.0.0".into(),
+                endpoints: Endpoints {
+                    grpc: Some("http://127.0.0.1:7000".into()),
+                    http: None,
+                },
+                services: vec!["svckit.examples.echo.v1.Echo".into()],
             },
-            services: vec!["svckit.examples.echo.v1.Echo".into()],
             workers: 1,
             created_at: "2026-01-01T00:00:00Z".into(),
             updated_at: "2026-01-01T00:00:00Z".into(),

@@ -7,23 +7,26 @@ use serde::{Deserialize, Serialize};
 
 use super::{rfc3339, Endpoints, ServiceRecord};
 
-/// What a serving node asks its launcher to advertise: everything of its
-/// [`Registration`] that the node itself knows. The launcher adds the worker
-/// count and the heartbeat options.
+/// Who a node is and where it is reached: what a serving node asks its
+/// launcher to advertise. The [`Registration`] the launcher joins with adds
+/// the worker count and the heartbeat options; the [`ServiceRecord`] the
+/// group keeps adds the admin state.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[non_exhaustive]
 pub struct Advert {
-    /// The topic served.
+    /// The topic served; with `host`, the member's identity.
     pub topic: String,
-    /// The node's host name.
+    /// The node's host name (not necessarily a DNS name: an identity).
     pub host: String,
-    /// The binary the node runs.
+    /// The binary the node runs (nova's `binary`, e.g. `echo_node`).
     pub binary: String,
     /// The node's software version.
     pub version: String,
-    /// Where clients reach the node.
+    /// Where clients reach the node (the bound addresses); also where a node
+    /// restarting with this identity asks whether this one is alive.
     pub endpoints: Endpoints,
-    /// Fully qualified gRPC service names served.
+    /// Fully qualified gRPC service names served
+    /// (`svckit.examples.echo.v1.Echo`); clients filter on them.
     pub services: Vec<String>,
 }
 
@@ -56,12 +59,7 @@ impl Advert {
         service_down_time: Duration,
     ) -> Registration {
         Registration {
-            topic: self.topic.clone(),
-            host: self.host.clone(),
-            binary: self.binary.clone(),
-            version: self.version.clone(),
-            endpoints: self.endpoints.clone(),
-            services: self.services.clone(),
+            advert: self.clone(),
             workers,
             report_interval,
             service_down_time,
@@ -73,19 +71,8 @@ impl Advert {
 #[derive(Debug, Clone)]
 #[non_exhaustive]
 pub struct Registration {
-    /// The topic served.
-    pub topic: String,
-    /// The node's host name; with `topic`, its identity in the group.
-    pub host: String,
-    /// The binary the node runs, e.g. `echo_node`.
-    pub binary: String,
-    /// The node's software version.
-    pub version: String,
-    /// Where clients reach the node (the bound addresses); also where a node
-    /// restarting with this identity asks whether this one is alive.
-    pub endpoints: Endpoints,
-    /// Fully qualified gRPC service names served.
-    pub services: Vec<String>,
+    /// Who the node is and where it is reached.
+    pub advert: Advert,
     /// Worker processes behind the endpoints.
     pub workers: u32,
     /// How often the node proves it is alive.
@@ -123,12 +110,7 @@ impl Registration {
     pub fn to_record(&self, now: SystemTime) -> ServiceRecord {
         let now = rfc3339(now);
         ServiceRecord {
-            topic: self.topic.clone(),
-            host: self.host.clone(),
-            binary: self.binary.clone(),
-            version: self.version.clone(),
-            endpoints: self.endpoints.clone(),
-            services: self.services.clone(),
+            advert: self.advert.clone(),
             workers: self.workers,
             created_at: now.clone(),
             updated_at: now,
@@ -141,10 +123,7 @@ impl Registration {
     /// Updates `record` for a re-registration: new endpoints and services,
     /// but the operator's admin state and `created_at` are kept.
     pub fn refresh_record(&self, record: &mut ServiceRecord, now: SystemTime) {
-        record.binary = self.binary.clone();
-        record.version = self.version.clone();
-        record.endpoints = self.endpoints.clone();
-        record.services = self.services.clone();
+        record.advert.clone_from(&self.advert);
         record.workers = self.workers;
         record.updated_at = rfc3339(now);
     }

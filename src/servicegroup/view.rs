@@ -40,17 +40,17 @@ impl<'a> From<&'a Member> for MemberView<'a> {
     fn from(m: &'a Member) -> Self {
         let r = &m.record;
         MemberView {
-            topic: &r.topic,
-            host: &r.host,
-            binary: &r.binary,
-            endpoint: r.endpoints.grpc.as_deref(),
+            topic: &r.advert.topic,
+            host: &r.advert.host,
+            binary: &r.advert.binary,
+            endpoint: r.advert.endpoints.grpc.as_deref(),
             state: m.state(),
             disabled: r.disabled,
             disabled_reason: r.disabled_reason.as_deref(),
             forced_down: r.forced_down,
-            version: &r.version,
+            version: &r.advert.version,
             workers: r.workers,
-            services: &r.services,
+            services: &r.advert.services,
             updated_at: &r.updated_at,
         }
     }

@@ -123,7 +123,7 @@ impl Topic {
         for member in members.values().filter(|m| m.is_routable()) {
             match backend(member, &known, &mut resolved).await {
                 Ok(backend) => backends.push(backend),
-                Err(why) => left_out.push((member.record.host.clone(), why)),
+                Err(why) => left_out.push((member.record.advert.host.clone(), why)),
             }
         }
         // One Cluster has one transport socket: in a topic whose nodes mix
@@ -159,6 +159,7 @@ async fn backend(
 ) -> std::result::Result<Backend, String> {
     let url = member
         .record
+        .advert
         .endpoints
         .grpc
         .as_deref()
@@ -190,7 +191,7 @@ async fn backend(
     };
     let ip = ip.ok_or_else(|| format!("host name {host} does not resolve"))?;
     Ok(Backend {
-        host: member.record.host.clone(),
+        host: member.record.advert.host.clone(),
         ip,
         port,
         weight: member.record.workers,

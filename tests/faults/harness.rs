@@ -178,10 +178,10 @@ impl Fleet {
                 .event(
                     since,
                     "every node up",
-                    |e| matches!(e, Event::Join(m) if !up.contains(&m.record.host)),
+                    |e| matches!(e, Event::Join(m) if !up.contains(&m.record.advert.host)),
                 )
                 .await;
-            up.push(event.member().record.host.clone());
+            up.push(event.member().record.advert.host.clone());
         }
         fleet
             .rpc
@@ -347,9 +347,9 @@ pub fn assert_no_leave(seen: &[Event], hosts: &[String]) {
     for e in seen {
         if let Event::Leave(m) = e {
             assert!(
-                !hosts.contains(&m.record.host),
+                !hosts.contains(&m.record.advert.host),
                 "{} was seen down: {seen:#?}",
-                m.record.host
+                m.record.advert.host
             );
         }
     }

@@ -458,7 +458,7 @@ fn record_watcher(history: &Shared, name: &'static str, event: &Event) {
     let mut h = history.lock().unwrap();
     h.shown.entry(name).or_default().push(Seen {
         at: Instant::now(),
-        host: member.record.host.clone(),
+        host: member.record.advert.host.clone(),
         up,
     });
 }

@@ -122,19 +122,19 @@ pub fn poll_until(within: Duration, what: &str, mut check: impl FnMut() -> bool)
 }
 
 pub fn is_join(host: &str) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::Join(m) if m.record.host == host)
+    move |e| matches!(e, Event::Join(m) if m.record.advert.host == host)
 }
 
 pub fn is_leave(host: &str) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::Leave(m) if m.record.host == host)
+    move |e| matches!(e, Event::Leave(m) if m.record.advert.host == host)
 }
 
 pub fn is_update(host: &str) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::Update(m) if m.record.host == host)
+    move |e| matches!(e, Event::Update(m) if m.record.advert.host == host)
 }
 
 pub fn is_delete(host: &str) -> impl Fn(&Event) -> bool + '_ {
-    move |e| matches!(e, Event::Delete(m) if m.record.host == host)
+    move |e| matches!(e, Event::Delete(m) if m.record.advert.host == host)
 }
 
 /// A gRPC health service answering SERVING on a loopback port: the endpoint
@@ -171,7 +171,7 @@ pub fn dead_endpoint() -> String {
 /// `registration(topic, host)` advertising `grpc` as its endpoint.
 pub fn registration_at(topic: &str, host: &str, grpc: &str) -> Registration {
     let mut reg = registration(topic, host);
-    reg.endpoints.grpc = Some(grpc.to_string());
+    reg.advert.endpoints.grpc = Some(grpc.to_string());
     reg
 }
 

@@ -30,20 +30,24 @@ const WIDE: [&str; 12] = [
 fn wide_row(m: &Member) -> Vec<String> {
     let r = &m.record;
     vec![
-        r.topic.clone(),
-        r.host.clone(),
-        r.binary.clone(),
-        r.endpoints.grpc.clone().unwrap_or_else(|| "-".into()),
+        r.advert.topic.clone(),
+        r.advert.host.clone(),
+        r.advert.binary.clone(),
+        r.advert
+            .endpoints
+            .grpc
+            .clone()
+            .unwrap_or_else(|| "-".into()),
         m.state().into(),
         r.disabled.to_string(),
         r.disabled_reason.clone().unwrap_or_else(|| "-".into()),
         r.forced_down.to_string(),
-        r.version.clone(),
+        r.advert.version.clone(),
         r.workers.to_string(),
-        if r.services.is_empty() {
+        if r.advert.services.is_empty() {
             "-".into()
         } else {
-            r.services.join(",")
+            r.advert.services.join(",")
         },
         r.updated_at.clone(),
     ]
@@ -67,12 +71,16 @@ fn narrow_row(m: &Member, now: SystemTime) -> Vec<String> {
         state.push_str(",forced");
     }
     vec![
-        r.host.clone(),
-        r.topic.clone(),
+        r.advert.host.clone(),
+        r.advert.topic.clone(),
         state,
         format_age(&r.updated_at, now),
-        r.version.clone(),
-        r.endpoints.grpc.clone().unwrap_or_else(|| "-".into()),
+        r.advert.version.clone(),
+        r.advert
+            .endpoints
+            .grpc
+            .clone()
+            .unwrap_or_else(|| "-".into()),
     ]
 }
 

@@ -77,6 +77,7 @@ impl ClientSpan {
         let address = node
             .member
             .record
+            .advert
             .endpoints
             .grpc
             .as_deref()

@@ -116,7 +116,7 @@ pub(crate) struct Node {
 
 impl Node {
     pub(crate) fn host(&self) -> &str {
-        &self.member.record.host
+        &self.member.record.advert.host
     }
 
     /// A handle on one of the node's connections, made now if this is its
@@ -140,7 +140,7 @@ impl Node {
         let channel = conn
             .once
             .get_or_init(|| {
-                let url = self.member.record.endpoints.grpc.as_deref()?;
+                let url = self.member.record.advert.endpoints.grpc.as_deref()?;
                 connect(url, &self.options)
             })
             .clone()?;
@@ -209,12 +209,12 @@ impl Node {
 
     fn matches(&self, target: &Target) -> bool {
         let r = &self.member.record;
-        r.topic == target.topic
-            && target.server.as_ref().is_none_or(|s| *s == r.host)
+        r.advert.topic == target.topic
+            && target.server.as_ref().is_none_or(|s| *s == r.advert.host)
             && target
                 .service
                 .as_ref()
-                .is_none_or(|s| r.services.contains(s))
+                .is_none_or(|s| r.advert.services.contains(s))
     }
 }
 

@@ -178,12 +178,12 @@ pub(crate) fn failed(node: &Node, peers: &[Arc<Node>], base: Duration) -> bool {
     health.failures.store(0, Ordering::Relaxed);
     tracing::warn!(
         host = node.host(),
-        topic = %node.member.record.topic,
+        topic = %node.member.record.advert.topic,
         failures_in_a_row = in_a_row,
         ejected_for = ?span,
         "node failing well above its peers; ejected"
     );
-    crate::telemetry::metrics::count_ejection(&node.member.record.topic);
+    crate::telemetry::metrics::count_ejection(&node.member.record.advert.topic);
     true
 }
 

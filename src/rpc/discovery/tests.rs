@@ -17,15 +17,17 @@ use crate::servicegroup::{
 
 fn registration(host: &str) -> Registration {
     Registration {
-        topic: "t".into(),
-        host: host.into(),
-        binary: "b".into(),
-        version: "1".into(),
-        endpoints: Endpoints {
-            grpc: Some("http://127.0.0.1:1".into()),
-            http: None,
+        advert: crate::servicegroup::Advert {
+            topic: "t".into(),
+            host: host.into(),
+            binary: "b".into(),
+            version: "1".into(),
+            endpoints: Endpoints {
+                grpc: Some("http://127.0.0.1:1".into()),
+                http: None,
+            },
+            services: vec![],
         },
-        services: vec![],
         workers: 1,
         report_interval: Duration::from_secs(1),
         service_down_time: Duration::from_secs(2),
@@ -205,7 +207,7 @@ fn nodes(hosts: impl IntoIterator<Item = String>) -> Vec<Arc<Node>> {
         .into_iter()
         .map(|host| {
             let mut reg = registration(&host);
-            reg.host = host;
+            reg.advert.host = host;
             let record = reg.to_record(SystemTime::UNIX_EPOCH);
             Arc::new(Node {
                 member: Arc::new(Member {

@@ -84,7 +84,7 @@ impl Tracker {
         let mut disabled: HashMap<String, Vec<Arc<Node>>> = HashMap::new();
         let mut live = HashMap::new();
         for (key, member) in members {
-            let Some(url) = member.record.endpoints.grpc.as_deref() else {
+            let Some(url) = member.record.advert.endpoints.grpc.as_deref() else {
                 continue;
             };
             if !member.up {
@@ -93,7 +93,7 @@ impl Tracker {
             let reuse = self
                 .nodes
                 .get(key)
-                .filter(|n| n.member.record.endpoints.grpc.as_deref() == Some(url));
+                .filter(|n| n.member.record.advert.endpoints.grpc.as_deref() == Some(url));
             let node = match reuse {
                 Some(n) if *n.member == **member => n.clone(),
                 Some(n) => Arc::new(Node {

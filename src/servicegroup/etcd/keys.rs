@@ -219,7 +219,7 @@ mod tests {
     #[test]
     fn members_share_the_listed_record() {
         let record = crate::servicegroup::diff::test_member("h1", true).record;
-        let key: Key = (record.topic.clone(), record.host.clone());
+        let key: Key = (record.advert.topic.clone(), record.advert.host.clone());
         let mut snapshot = Snapshot::default();
         snapshot.records.insert(key.clone(), record);
         snapshot.alive.insert(key.clone());

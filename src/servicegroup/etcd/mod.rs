@@ -443,7 +443,7 @@ impl Driver for EtcdDriver {
 
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
-            check_identity(&registration.topic, &registration.host)?;
+            check_identity(&registration.advert.topic, &registration.advert.host)?;
             let membership = session::join(self.inner.clone(), registration).await?;
             Ok(Box::new(membership) as Box<dyn Membership>)
         }

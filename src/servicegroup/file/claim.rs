@@ -24,14 +24,14 @@ impl FileDriver {
             let Claim::Held { holder, url } = claim else {
                 return Ok(());
             };
-            let own = registration.endpoints.grpc.as_deref();
+            let own = registration.advert.endpoints.grpc.as_deref();
             if probe(url.as_deref(), own).await != Holder::Dead {
                 let at = url.map_or_else(
                     || "no endpoint advertised".into(),
                     |u| format!("serving at {u}"),
                 );
                 return Err(Error::duplicate(
-                    &format!("{}/{}", registration.topic, registration.host),
+                    &format!("{}/{}", registration.advert.topic, registration.advert.host),
                     &format!(
                         "{at}; pid {}, last heartbeat {:.1}s ago",
                         holder.pid,
@@ -40,8 +40,8 @@ impl FileDriver {
                 ));
             }
             tracing::warn!(
-                topic = %registration.topic,
-                host = %registration.host,
+                topic = %registration.advert.topic,
+                host = %registration.advert.host,
                 holder = url.as_deref().unwrap_or("-"),
                 pid = holder.pid,
                 "the node holding this identity does not answer; taking it over"
@@ -50,7 +50,7 @@ impl FileDriver {
         }
         Err(Error::registry_msg(format!(
             "{}/{} kept changing owners; registration not applied",
-            registration.topic, registration.host
+            registration.advert.topic, registration.advert.host
         )))
     }
 }

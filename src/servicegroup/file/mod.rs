@@ -121,7 +121,7 @@ enum Beat {
 /// Refreshes the liveness file, restoring it (and the record) if someone
 /// removed them, unless another live owner took the (topic, host) over.
 fn heartbeat(store: &Store, reg: &Registration, alive: &Alive) -> Result<Beat> {
-    let (topic, host) = (&reg.topic, &reg.host);
+    let (topic, host) = (&reg.advert.topic, &reg.advert.host);
     let now = SystemTime::now();
     let existing = store.read_alive(topic, host);
     if let Some(other) = existing.as_ref() {
@@ -165,13 +165,16 @@ fn register(
     alive: &Alive,
     replace: Option<u64>,
 ) -> Result<Claim> {
-    let (topic, host) = (&reg.topic, &reg.host);
+    let (topic, host) = (&reg.advert.topic, &reg.advert.host);
     let _lock = store.lock()?;
     let now = SystemTime::now();
     let existing = store.read_record(topic, host);
     if let Some(other) = store.read_alive(topic, host) {
         if other.token != alive.token && other.is_fresh(now) && replace != Some(other.token) {
-            let recorded = existing.ok().flatten().and_then(|r| r.endpoints.grpc);
+            let recorded = existing
+                .ok()
+                .flatten()
+                .and_then(|r| r.advert.endpoints.grpc);
             let url = other.grpc.clone().or(recorded);
             return Ok(Claim::Held { holder: other, url });
         }
@@ -222,9 +225,9 @@ impl Membership for FileMembership {
                 }
                 self.status.left();
                 tokio::task::spawn_blocking(move || {
-                    let path = store.alive_path(&reg.topic, &reg.host);
+                    let path = store.alive_path(&reg.advert.topic, &reg.advert.host);
                     if store
-                        .read_alive(&reg.topic, &reg.host)
+                        .read_alive(&reg.advert.topic, &reg.advert.host)
                         .is_some_and(|a| a.token == token)
                     {
                         store.remove(&path)?;
@@ -245,7 +248,7 @@ impl Membership for FileMembership {
                         format!(
                             "leaving {}/{}: the registry directory did not answer within \
                              {LEAVE_TIMEOUT:?}; the heartbeat goes stale by itself",
-                            self.reg.topic, self.reg.host
+                            self.reg.advert.topic, self.reg.advert.host
                         ),
                         elapsed,
                     ))
@@ -259,8 +262,8 @@ impl Membership for FileMembership {
         self.workers.store(workers, Ordering::SeqCst);
         let (store, t, h) = (
             self.store.clone(),
-            self.reg.topic.clone(),
-            self.reg.host.clone(),
+            self.reg.advert.topic.clone(),
+            self.reg.advert.host.clone(),
         );
         async move {
             tokio::task::spawn_blocking(move || {
@@ -347,7 +350,7 @@ impl Driver for FileDriver {
 
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
-            check_identity(&registration.topic, &registration.host)?;
+            check_identity(&registration.advert.topic, &registration.advert.host)?;
             let down_time = registration.effective_down_time();
             let token = crate::sync::lock(&self.inherited)
                 .take()
@@ -356,10 +359,10 @@ impl Driver for FileDriver {
                 token,
                 down_time,
                 registration.report_interval,
-                registration.endpoints.grpc.clone(),
+                registration.advert.endpoints.grpc.clone(),
             );
             self.claim(&registration, &alive).await?;
-            let name = format!("{}/{}", registration.topic, registration.host);
+            let name = format!("{}/{}", registration.advert.topic, registration.advert.host);
             let status = Arc::new(StatusCell::registered(name));
             let (stop, stopped) = watch::channel(false);
             let workers = Arc::new(AtomicU32::new(registration.workers));

@@ -196,7 +196,10 @@ impl Store {
     }
 
     pub(super) fn write_record(&self, record: &ServiceRecord) -> Result<()> {
-        write_json(&self.record_path(&record.topic, &record.host), record)
+        write_json(
+            &self.record_path(&record.advert.topic, &record.advert.host),
+            record,
+        )
     }
 
     /// The liveness file; an unreadable one counts as absent (it is rewritten
@@ -219,7 +222,7 @@ impl Store {
 
     fn member(&self, record: ServiceRecord, now: SystemTime) -> Member {
         let alive = self
-            .read_alive(&record.topic, &record.host)
+            .read_alive(&record.advert.topic, &record.advert.host)
             .is_some_and(|a| a.is_fresh(now));
         let up = alive && !record.forced_down;
         Member {
@@ -286,7 +289,8 @@ impl Store {
             }
         }
         members.sort_by(|a, b| {
-            (&a.record.topic, &a.record.host).cmp(&(&b.record.topic, &b.record.host))
+            (&a.record.advert.topic, &a.record.advert.host)
+                .cmp(&(&b.record.advert.topic, &b.record.advert.host))
         });
         Ok((members, fastest.map(Duration::from_millis)))
     }

@@ -61,7 +61,7 @@ impl Session {
             lease: format!("{lease:x}"),
             since: rfc3339(SystemTime::now()),
             token: self.token,
-            grpc: self.reg.endpoints.grpc.clone(),
+            grpc: self.reg.advert.endpoints.grpc.clone(),
         })?;
         // The liveness key's mod revision when it is ours to take back.
         let mut ours: Option<i64> = None;
@@ -118,7 +118,7 @@ impl Session {
                     .kvs()
                     .first()
                     .and_then(|kv| serde_json::from_slice::<ServiceRecord>(kv.value()).ok())
-                    .and_then(|r| r.endpoints.grpc);
+                    .and_then(|r| r.advert.endpoints.grpc);
                 self.take_over(&holder, value, recorded).await?;
                 ours = None;
                 continue;
@@ -142,9 +142,9 @@ impl Session {
         value: Option<AliveValue>,
         recorded: Option<String>,
     ) -> Result<()> {
-        let member = format!("{}/{}", self.reg.topic, self.reg.host);
+        let member = format!("{}/{}", self.reg.advert.topic, self.reg.advert.host);
         let url = value.as_ref().and_then(|v| v.grpc.clone()).or(recorded);
-        let answer = probe(url.as_deref(), self.reg.endpoints.grpc.as_deref()).await;
+        let answer = probe(url.as_deref(), self.reg.advert.endpoints.grpc.as_deref()).await;
         if answer != Holder::Dead {
             let who = value.map_or_else(
                 || format!("lease {:x}", holder.lease()),

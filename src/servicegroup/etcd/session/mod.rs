@@ -40,11 +40,15 @@ pub(super) async fn join(inner: Arc<Inner>, reg: Registration) -> Result<EtcdMem
     let interval = keepalive_interval(reg.report_interval, down_time);
     let shared = SharedLease::acquire(&inner, ttl_secs(down_time), interval);
     let session = Arc::new(Session {
-        record_key: inner.layout.key(Kind::Record, &reg.topic, &reg.host),
-        alive_key: inner.layout.key(Kind::Alive, &reg.topic, &reg.host),
+        record_key: inner
+            .layout
+            .key(Kind::Record, &reg.advert.topic, &reg.advert.host),
+        alive_key: inner
+            .layout
+            .key(Kind::Alive, &reg.advert.topic, &reg.advert.host),
         interval,
         token: rand::random(),
-        status: StatusCell::registered(format!("{}/{}", reg.topic, reg.host)),
+        status: StatusCell::registered(format!("{}/{}", reg.advert.topic, reg.advert.host)),
         lease: AtomicI64::new(0),
         workers: AtomicU32::new(reg.workers),
         shared,
@@ -239,7 +243,10 @@ impl Membership for EtcdMembership {
     fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>> {
         async move {
             self.session.workers.store(workers, Ordering::SeqCst);
-            let (topic, host) = (&self.session.reg.topic, &self.session.reg.host);
+            let (topic, host) = (
+                &self.session.reg.advert.topic,
+                &self.session.reg.advert.host,
+            );
             self.session
                 .inner
                 .update_record(topic, host, &|record| record.workers = workers)
@@ -331,12 +338,14 @@ mod tests {
 
     fn registration(report: Duration, down: Duration) -> Registration {
         Registration {
-            topic: "t".into(),
-            host: "h".into(),
-            binary: "b".into(),
-            version: "1".into(),
-            endpoints: Default::default(),
-            services: vec![],
+            advert: crate::servicegroup::Advert {
+                topic: "t".into(),
+                host: "h".into(),
+                binary: "b".into(),
+                version: "1".into(),
+                endpoints: Default::default(),
+                services: vec![],
+            },
             workers: 1,
             report_interval: report,
             service_down_time: down,
