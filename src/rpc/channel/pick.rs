@@ -8,7 +8,7 @@ use rand::Rng;
 
 use super::RpcChannel;
 use crate::error::BoxError;
-use crate::rpc::discovery::{outlier, Node};
+use crate::rpc::discovery::Node;
 
 /// How many nodes a call may try before giving up.
 pub(super) const MAX_ATTEMPTS: usize = 3;
@@ -21,10 +21,10 @@ const DRAINED_AGAIN: usize = 8;
 
 /// Picks by power of two choices: two distinct random nodes not yet tried,
 /// the one of lower cost; nodes ejected as outliers only when no other is
-/// left. No allocation.
+/// left. No allocation; while no node is ejected, one look at each.
 pub(crate) fn pick(nodes: &[Arc<Node>], tried: &[Arc<Node>]) -> Option<Arc<Node>> {
     let fresh = |n: &Arc<Node>| !tried.iter().any(|t| t.host() == n.host());
-    if tried.is_empty() && outlier::ejected(nodes) == 0 {
+    if tried.is_empty() && !nodes.iter().any(|n| n.health.is_ejected()) {
         return choose(nodes, nodes.len(), |_| true);
     }
     let healthy = |n: &Arc<Node>| fresh(n) && !n.health.is_ejected();

@@ -16,7 +16,7 @@
 //! are answers.
 
 use crate::clock::now_ms;
-use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,10 +38,6 @@ const WINDOW: Duration = Duration::from_secs(10);
 const REFUSED_FOR: Duration = Duration::from_millis(100);
 /// The longest ejection, in base times.
 const MAX_MULTIPLIER: u32 = 10;
-
-/// Nodes ejected now, over the process: while none is, picks skip the
-/// check.
-static EJECTED: AtomicUsize = AtomicUsize::new(0);
 
 /// Whether a gRPC status says the node, not the request, is at fault.
 pub(crate) fn is_failure(code: Code) -> bool {
@@ -72,9 +68,6 @@ impl Health {
     /// Whether the node is out of picks now. An ejection found over is
     /// ended here.
     pub(crate) fn is_ejected(&self) -> bool {
-        if EJECTED.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
         let until = self.ejected_until_ms.load(Ordering::Relaxed);
         if until == 0 {
             return false;
@@ -83,13 +76,9 @@ impl Health {
             return true;
         }
         // Over: the first to notice gives the node back.
-        if self
-            .ejected_until_ms
-            .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed)
-            .is_ok()
-        {
-            EJECTED.fetch_sub(1, Ordering::Relaxed);
-        }
+        let _ =
+            self.ejected_until_ms
+                .compare_exchange(until, 0, Ordering::Relaxed, Ordering::Relaxed);
         false
     }
 
@@ -171,7 +160,6 @@ pub(crate) fn failed(node: &Node, peers: &[Arc<Node>], base: Duration) -> bool {
     {
         return false;
     }
-    EJECTED.fetch_add(1, Ordering::Relaxed);
     // Back from the ejection with a clean slate.
     health.consecutive.store(0, Ordering::Relaxed);
     health.calls.store(0, Ordering::Relaxed);
@@ -207,8 +195,5 @@ fn above_peers(ratio: f64, node: &Node, peers: &[Arc<Node>]) -> bool {
 
 /// Ejected nodes among `nodes`.
 pub(crate) fn ejected(nodes: &[Arc<Node>]) -> usize {
-    if EJECTED.load(Ordering::Relaxed) == 0 {
-        return 0;
-    }
     nodes.iter().filter(|n| n.health.is_ejected()).count()
 }
