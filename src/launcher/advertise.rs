@@ -54,6 +54,8 @@ pub(crate) struct Advertiser {
     joined: Vec<Joined>,
     /// When a supervisor tries again after a failed join or update.
     retry_at: Option<Instant>,
+    /// The session the next join carries on.
+    resume: Option<String>,
 }
 
 impl Advertiser {
@@ -67,6 +69,7 @@ impl Advertiser {
             channel: Channel::Registry,
             joined: Vec::new(),
             retry_at: None,
+            resume: None,
         }
     }
 
@@ -166,11 +169,17 @@ impl Advertiser {
         self.retry_at
     }
 
-    /// Whether this process holds a registration, and its health.
     /// What an upgraded image of this process needs to carry the
-    /// registration on (see [`Membership::handover`]).
+    /// registration on: its session ([`Membership::session`]).
     pub(crate) fn handover(&self) -> Option<String> {
-        self.joined.first().and_then(|j| j.membership.handover())
+        self.joined.first().and_then(|j| j.membership.session())
+    }
+
+    /// The first join carries on `session` (handed down by the image of
+    /// this process before an upgrade in place) instead of starting one.
+    pub(crate) fn resume(mut self, session: Option<String>) -> Self {
+        self.resume = session;
+        self
     }
 
     pub(crate) fn status(&self) -> Option<MembershipStatus> {
@@ -179,8 +188,9 @@ impl Advertiser {
 
     async fn join(&mut self, advert: &Advert, workers: u32) -> Result<Arc<dyn Membership>> {
         let registry = self.registry.get().await?;
-        let registration =
+        let mut registration =
             advert.registration(workers, self.report_interval, self.service_down_time);
+        registration.resume = self.resume.take();
         let membership: Arc<dyn Membership> = registry.join(registration).await?.into();
         self.joined.push(Joined {
             advert: advert.clone(),

@@ -92,6 +92,7 @@ pub(crate) fn test_member(host: &str, up: bool) -> Member {
         workers: 1,
         report_interval: Duration::from_secs(1),
         service_down_time: Duration::from_secs(2),
+        resume: None,
     }
     .to_record(SystemTime::UNIX_EPOCH);
     Member {

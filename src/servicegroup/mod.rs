@@ -268,11 +268,11 @@ pub trait Membership: Send + Sync {
     /// it write the new count too.
     fn set_workers(&self, workers: u32) -> BoxFuture<'_, Result<()>>;
 
-    /// What a process that takes this one's place in place (the same pid,
-    /// after an exec of an upgraded binary) passes to [`Driver::inherit`]
-    /// to carry on this registration without a leave; `None` where the
-    /// driver has nothing to carry over (the successor joins afresh).
-    fn handover(&self) -> Option<String> {
+    /// A token of the session this membership holds, which a later join
+    /// of the same node carries on ([`Registration::resume`]) without a
+    /// leave; `None` where the driver has none (the next join starts
+    /// afresh).
+    fn session(&self) -> Option<String> {
         None
     }
 }
@@ -313,14 +313,6 @@ pub trait Driver: Send + Sync {
     /// discovery restarting a watch.
     fn backoff_max(&self) -> std::time::Duration {
         DEFAULT_BACKOFF_MAX
-    }
-
-    /// Takes over what a [`Membership::handover`] of the process this one
-    /// replaced in place describes, for the joins that follow: on etcd, its
-    /// lease, so that its keys stay and watchers see no leave. Drivers
-    /// without one ignore it.
-    fn inherit(&self, handover: &str) {
-        let _ = handover;
     }
 
     /// Campaigns in `election` until the returned [`Leadership`] is dropped

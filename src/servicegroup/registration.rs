@@ -63,6 +63,7 @@ impl Advert {
             workers,
             report_interval,
             service_down_time,
+            resume: None,
         }
     }
 }
@@ -80,6 +81,12 @@ pub struct Registration {
     /// How long after the last heartbeat the node counts as down (the lease
     /// TTL on etcd). Raised to `2 × report_interval` when smaller.
     pub service_down_time: Duration,
+    /// A session to carry on instead of starting one
+    /// ([`Membership::session`](super::Membership::session) of a
+    /// membership of the same node): on etcd its lease, so that the
+    /// node's keys stay and watchers see no leave. A token the driver does
+    /// not recognise, or a session gone, starts a new one.
+    pub resume: Option<String>,
 }
 
 /// `service_down_time`, raised to twice the heartbeat interval when it is

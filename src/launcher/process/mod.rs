@@ -142,7 +142,8 @@ impl Supervisor {
         // unusable ones refuse the start (exit 78) instead of failing workers.
         ServerTls::from_config(&config)?;
         let registry = RegistryHandle::new(config.registry.clone(), config.registry_options());
-        let connected = registry.get().await?;
+        // The registry must answer before any worker starts.
+        registry.get().await?;
         // After an upgrade in place: what the image before handed down.
         let handover = upgrade::take();
         let listeners = match &handover {
@@ -175,10 +176,9 @@ impl Supervisor {
             config.worker_timeout,
         );
         let mut started_at = SystemTime::now();
+        let mut session = None;
         if let Some(handover) = handover {
-            if let Some(registration) = &handover.registration {
-                connected.inherit(registration);
-            }
+            session.clone_from(&handover.registration);
             pool.adopt(
                 handover.workers,
                 handover.restarts,
@@ -190,7 +190,7 @@ impl Supervisor {
             tracing::info!(pid = std::process::id(), "supervisor upgraded in place");
         }
         let running = Running {
-            advertiser: Advertiser::new(registry, &config),
+            advertiser: Advertiser::new(registry, &config).resume(session),
             config,
             reload_from: self.reload_from,
             telemetry: self.telemetry,

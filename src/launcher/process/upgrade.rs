@@ -40,7 +40,8 @@ pub(super) struct Handover {
     /// The listening sockets, by role (`grpc`, `http`).
     pub(super) listeners: Vec<(String, RawFd)>,
     pub(super) workers: Vec<Adopted>,
-    /// The registration's [`Membership::handover`](crate::servicegroup::Membership::handover).
+    /// The registration's [`Membership::session`](crate::servicegroup::Membership::session),
+    /// which the upgraded image's first join resumes.
     pub(super) registration: Option<String>,
     pub(super) restarts: u64,
     pub(super) timeouts: u64,

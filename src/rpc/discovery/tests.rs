@@ -31,6 +31,7 @@ fn registration(host: &str) -> Registration {
         workers: 1,
         report_interval: Duration::from_secs(1),
         service_down_time: Duration::from_secs(2),
+        resume: None,
     }
 }
 

@@ -429,13 +429,6 @@ fn encode<T: serde::Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 impl Driver for EtcdDriver {
-    fn inherit(&self, handover: &str) {
-        match lease::parse_handover(handover) {
-            Some((ttl, lease)) => self.inner.leases.inherit(ttl, lease),
-            None => tracing::warn!(handover, "not an etcd lease handover; joining afresh"),
-        }
-    }
-
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         let inner = self.inner.clone();
         async move { election::campaign(inner, election) }.boxed()
@@ -444,6 +437,14 @@ impl Driver for EtcdDriver {
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
         async move {
             check_identity(&registration.advert.topic, &registration.advert.host)?;
+            // A resumed session's lease is kept alive again, not replaced:
+            // the node's keys stay, and watchers see no leave.
+            if let Some(resume) = &registration.resume {
+                match lease::parse_handover(resume) {
+                    Some((ttl, lease)) => self.inner.leases.inherit(ttl, lease),
+                    None => tracing::warn!(resume, "not an etcd lease session; joining afresh"),
+                }
+            }
             let membership = session::join(self.inner.clone(), registration).await?;
             Ok(Box::new(membership) as Box<dyn Membership>)
         }

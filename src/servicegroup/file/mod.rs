@@ -38,9 +38,6 @@ pub struct FileDriver {
     store: Arc<Store>,
     /// Cap on the delay between a watcher's failed listings.
     backoff_max: Duration,
-    /// The liveness token of the process this one replaced in place: the
-    /// next join carries it on, so that its liveness file stays ours.
-    inherited: Arc<std::sync::Mutex<Option<u64>>>,
 }
 
 impl FileDriver {
@@ -51,7 +48,6 @@ impl FileDriver {
         Ok(Self {
             store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
             backoff_max: options.backoff_max,
-            inherited: Arc::default(),
         })
     }
 
@@ -281,7 +277,7 @@ impl Membership for FileMembership {
         .boxed()
     }
 
-    fn handover(&self) -> Option<String> {
+    fn session(&self) -> Option<String> {
         Some(format!("file-token:{:x}", self.token))
     }
 }
@@ -325,16 +321,6 @@ async fn heartbeat_loop(
 }
 
 impl Driver for FileDriver {
-    fn inherit(&self, handover: &str) {
-        match handover
-            .strip_prefix("file-token:")
-            .and_then(|t| u64::from_str_radix(t, 16).ok())
-        {
-            Some(token) => *crate::sync::lock(&self.inherited) = Some(token),
-            None => tracing::warn!(handover, "not a file registry handover; joining afresh"),
-        }
-    }
-
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         async move {
             check_identity(&election.topic, &election.candidate)?;
@@ -352,9 +338,18 @@ impl Driver for FileDriver {
         async move {
             check_identity(&registration.advert.topic, &registration.advert.host)?;
             let down_time = registration.effective_down_time();
-            let token = crate::sync::lock(&self.inherited)
-                .take()
-                .unwrap_or_else(rand::random::<u64>);
+            // A resumed session keeps its liveness token: the liveness
+            // file stays this node's.
+            let resumed = registration.resume.as_deref().map(|resume| {
+                let token = resume
+                    .strip_prefix("file-token:")
+                    .and_then(|t| u64::from_str_radix(t, 16).ok());
+                if token.is_none() {
+                    tracing::warn!(resume, "not a file registry session; joining afresh");
+                }
+                token
+            });
+            let token = resumed.flatten().unwrap_or_else(rand::random::<u64>);
             let alive = Alive::new(
                 token,
                 down_time,

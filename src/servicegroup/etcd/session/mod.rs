@@ -256,7 +256,7 @@ impl Membership for EtcdMembership {
         .boxed()
     }
 
-    fn handover(&self) -> Option<String> {
+    fn session(&self) -> Option<String> {
         let lease = self.session.lease.load(Ordering::SeqCst);
         (lease != 0).then(|| super::lease::handover(self.session.shared.ttl(), lease))
     }
@@ -349,6 +349,7 @@ mod tests {
             workers: 1,
             report_interval: report,
             service_down_time: down,
+            resume: None,
         }
     }
 
