@@ -154,8 +154,10 @@ where
                     served: Box::new(move || counted.iter().map(|s| s.served()).sum()),
                 }
             });
-            if let Some((ready, requests)) = inherited.follow_supervisor(beat, recycle)? {
+            let mut figures = None;
+            if let Some((ready, requests, told)) = inherited.follow_supervisor(beat, recycle)? {
                 supervisor = Some(ready);
+                figures = Some(told);
                 controls = futures::stream::select(controls, requests).boxed();
             }
             return ServiceLauncher::new(config, services)
@@ -166,6 +168,7 @@ where
                     http_listener: inherited.http_listener.take(),
                     worker: inherited.worker,
                     supervisor,
+                    figures,
                 })
                 .run_with(controls)
                 .await;
@@ -181,6 +184,7 @@ where
                     http_listener: inherited.http_listener.take(),
                     worker: None,
                     supervisor: None,
+                    figures: None,
                 })
                 .run()
                 .await;

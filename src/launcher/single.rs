@@ -14,6 +14,7 @@ use crate::config::{CommonArgs, Config};
 use crate::error::{exit, Error, Result};
 use crate::service::{Service, StartContext};
 use crate::servicegroup::RegistryHandle;
+use crate::telemetry::metrics::WorkerFigures;
 use crate::telemetry::Telemetry;
 
 /// Runs services in the current process until asked to stop.
@@ -66,6 +67,8 @@ pub(super) struct WorkerSetup {
     /// Where a supervised worker tells its supervisor it serves, and what
     /// to advertise: the supervisor registers the node for all workers.
     pub(super) supervisor: Option<Ready>,
+    /// What the supervisor tells of the workers it restarted.
+    pub(super) figures: Option<Arc<WorkerFigures>>,
 }
 
 /// How the start phase ended.
@@ -230,6 +233,7 @@ impl ServiceLauncher {
                 context.listener = worker.listener.take();
                 context.http_listener = worker.http_listener.take();
                 context.worker = worker.worker;
+                context.figures.clone_from(&worker.figures);
             }
             if supervised {
                 // The supervisor left the group and waited already.

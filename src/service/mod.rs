@@ -50,6 +50,9 @@ pub struct StartContext {
     /// (`drain_delay`); zero where nobody needs it (a worker being
     /// replaced, whose supervisor stays advertised).
     pub drain_delay: Duration,
+    /// What a supervised worker's supervisor tells of the workers it
+    /// restarted, for the service's metrics.
+    pub(crate) figures: Option<Arc<crate::telemetry::metrics::WorkerFigures>>,
 }
 
 impl StartContext {
@@ -62,6 +65,7 @@ impl StartContext {
             worker: None,
             registry: RegistryHandle::new(config.registry.clone(), config.registry_options()),
             drain_delay: config.drain_delay,
+            figures: None,
         }
     }
 }

@@ -97,6 +97,9 @@ impl<M: Manager> Node<M> {
     async fn start_inner(&self, context: StartContext) -> Result<Advert> {
         let config = self.node.config();
         self.node.set_worker(context.worker);
+        if let Some(figures) = &context.figures {
+            self.node.metrics().worker_figures(figures.clone());
+        }
         // Unusable certificate files refuse the start before anything else.
         let tls = ServerTls::from_config(&config)?;
         self.node.set_registry(context.registry.clone());

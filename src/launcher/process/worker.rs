@@ -33,6 +33,7 @@
 
 use std::net::TcpListener;
 use std::os::fd::{FromRawFd, OwnedFd, RawFd};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -43,6 +44,7 @@ use tokio_stream::wrappers::UnboundedReceiverStream;
 
 use crate::launcher::{Control, Controls};
 use crate::servicegroup::Advert;
+use crate::telemetry::metrics::WorkerFigures;
 
 use crate::error::{exit, Error, Result};
 
@@ -162,12 +164,13 @@ impl Inherited {
     /// Starts following the supervisor: its stop requests come out of the
     /// returned stream, and the process exits when it goes away. Also
     /// returns what tells it this worker serves, then beats every `beat`
-    /// and asks to be replaced once it answered `recycle` requests.
+    /// and asks to be replaced once it answered `recycle` requests; and
+    /// what the supervisor tells of the workers it restarted.
     pub(crate) fn follow_supervisor(
         &mut self,
         beat: Option<Duration>,
         recycle: Option<Recycle>,
-    ) -> Result<Option<(Ready, Controls)>> {
+    ) -> Result<Option<(Ready, Controls, Arc<WorkerFigures>)>> {
         let Some(fd) = self.supervisor.take() else {
             return Ok(None);
         };
@@ -176,6 +179,8 @@ impl Inherited {
         let socket = UnixStream::from_std(socket)?;
         let (mut reader, writer) = socket.into_split();
         let (tx, rx) = mpsc::unbounded_channel();
+        let figures = Arc::new(WorkerFigures::default());
+        let told = figures.clone();
         tokio::spawn(async move {
             let mut buf = [0u8; 64];
             let mut pending: Vec<u8> = Vec::new();
@@ -188,12 +193,8 @@ impl Inherited {
                                 Request::Stop => {
                                     let _ = tx.send(Control::Stop { signal: None });
                                 }
-                                Request::Restarts(n) => {
-                                    crate::telemetry::metrics::set_worker_restarts(n)
-                                }
-                                Request::Timeouts(n) => {
-                                    crate::telemetry::metrics::set_worker_timeouts(n)
-                                }
+                                Request::Restarts(n) => told.set_restarts(n),
+                                Request::Timeouts(n) => told.set_timeouts(n),
                             }
                         }
                     }
@@ -211,6 +212,7 @@ impl Inherited {
                 recycle,
             },
             UnboundedReceiverStream::new(rx).boxed(),
+            figures,
         )))
     }
 }

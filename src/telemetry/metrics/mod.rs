@@ -244,42 +244,33 @@ pub(crate) fn count_ejection(topic: &str) {
         .inc();
 }
 
-/// Workers the supervisor restarted, by reason, as it last told this
-/// worker (none in a single process).
-static WORKER_RESTARTS: LazyLock<Family<ReasonLabel, Counter>> = LazyLock::new(Family::default);
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReasonLabel {
     reason: &'static str,
 }
 
-/// Sets the restart count the supervisor sent: workers that died, and
-/// (of those) workers it killed for missing their beats.
-fn set_restarts(reason: &'static str, count: u64) {
-    let counter = WORKER_RESTARTS.get_or_create(&ReasonLabel { reason });
-    let seen = counter.get();
-    if count > seen {
-        counter.inc_by(count - seen);
+/// What a worker's supervisor last told it of the workers it restarted:
+/// workers that died, and (of those) workers it killed for missing their
+/// beats. Shared by the worker's services, whose metrics show it.
+#[derive(Debug, Default)]
+pub(crate) struct WorkerFigures {
+    restarts: AtomicU64,
+    timeouts: AtomicU64,
+}
+
+impl WorkerFigures {
+    /// The restart count the supervisor sent (every reason).
+    pub(crate) fn set_restarts(&self, restarts: u64) {
+        self.restarts
+            .store(restarts, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// How many of the restarts were workers killed as hung.
+    pub(crate) fn set_timeouts(&self, timeouts: u64) {
+        self.timeouts
+            .store(timeouts, std::sync::atomic::Ordering::Relaxed);
     }
 }
-
-/// Sets the restart count the supervisor sent (every reason).
-pub(crate) fn set_worker_restarts(restarts: u64) {
-    TOLD_RESTARTS.store(restarts, std::sync::atomic::Ordering::Relaxed);
-    let timeouts = TOLD_TIMEOUTS.load(std::sync::atomic::Ordering::Relaxed);
-    set_restarts("exited", restarts.saturating_sub(timeouts));
-}
-
-/// Sets how many of the restarts were workers killed as hung.
-pub(crate) fn set_worker_timeouts(timeouts: u64) {
-    TOLD_TIMEOUTS.store(timeouts, std::sync::atomic::Ordering::Relaxed);
-    set_restarts("timeout", timeouts);
-    let restarts = TOLD_RESTARTS.load(std::sync::atomic::Ordering::Relaxed);
-    set_restarts("exited", restarts.saturating_sub(timeouts));
-}
-
-static TOLD_RESTARTS: AtomicU64 = AtomicU64::new(0);
-static TOLD_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 
 /// Every metric of a node, and the registry that renders them.
 pub struct Metrics {
@@ -296,6 +287,10 @@ pub struct Metrics {
     admission: Admission,
     /// The node's span export, when it has an `otlp_endpoint`.
     exporter: Option<Exporter>,
+    /// Workers restarted, by reason, as the supervisor last told.
+    worker_restarts: Family<ReasonLabel, Counter>,
+    /// Where they come from, once the node runs as a supervised worker.
+    worker_figures: std::sync::OnceLock<Arc<WorkerFigures>>,
 }
 
 impl Default for Metrics {
@@ -330,13 +325,14 @@ impl Metrics {
             heartbeat_latency.clone(),
         );
         // Both reasons show from the start, at 0.
+        let worker_restarts = Family::<ReasonLabel, Counter>::default();
         for reason in ["exited", "timeout"] {
-            drop(WORKER_RESTARTS.get_or_create(&ReasonLabel { reason }));
+            drop(worker_restarts.get_or_create(&ReasonLabel { reason }));
         }
         registry.register(
             "svckit_worker_restarts",
             "workers the supervisor restarted, by reason: exited (died unasked) or timeout (killed after missing its beats for worker_timeout)",
-            WORKER_RESTARTS.clone(),
+            worker_restarts.clone(),
         );
         registry.register(
             "svckit_rpc_client_nodes",
@@ -379,6 +375,8 @@ impl Metrics {
             spans_dropped,
             admission,
             exporter: None,
+            worker_restarts,
+            worker_figures: std::sync::OnceLock::new(),
             registry,
             grpc,
             http,
@@ -394,6 +392,11 @@ impl Metrics {
     pub(crate) fn with_exporter(mut self, exporter: Option<Exporter>) -> Self {
         self.exporter = exporter;
         self
+    }
+
+    /// Shows what `figures` holds, as this node's worker restarts.
+    pub(crate) fn worker_figures(&self, figures: Arc<WorkerFigures>) {
+        let _ = self.worker_figures.set(figures);
     }
 
     /// The node's span export, if it has one.
@@ -476,6 +479,20 @@ impl Metrics {
         let seen = self.log_lines_dropped.get();
         if dropped > seen {
             self.log_lines_dropped.inc_by(dropped - seen);
+        }
+        if let Some(figures) = self.worker_figures.get() {
+            let restarts = figures.restarts.load(std::sync::atomic::Ordering::Relaxed);
+            let timeouts = figures.timeouts.load(std::sync::atomic::Ordering::Relaxed);
+            for (reason, now) in [
+                ("exited", restarts.saturating_sub(timeouts)),
+                ("timeout", timeouts),
+            ] {
+                let counter = self.worker_restarts.get_or_create(&ReasonLabel { reason });
+                let seen = counter.get();
+                if now > seen {
+                    counter.inc_by(now - seen);
+                }
+            }
         }
         if let Some((exported, dropped)) = self.exporter.as_ref().map(Exporter::counts) {
             for (counter, now) in [
