@@ -169,6 +169,7 @@ where
                     worker: inherited.worker,
                     supervisor,
                     figures,
+                    in_flight: inherited.in_flight,
                 })
                 .run_with(controls)
                 .await;
@@ -185,6 +186,7 @@ where
                     worker: None,
                     supervisor: None,
                     figures: None,
+                    in_flight: None,
                 })
                 .run()
                 .await;

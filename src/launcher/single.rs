@@ -69,6 +69,8 @@ pub(super) struct WorkerSetup {
     pub(super) supervisor: Option<Ready>,
     /// What the supervisor tells of the workers it restarted.
     pub(super) figures: Option<Arc<WorkerFigures>>,
+    /// Where the node counts its calls in flight for the supervisor.
+    pub(super) in_flight: Option<&'static std::sync::atomic::AtomicI64>,
 }
 
 /// How the start phase ended.
@@ -234,6 +236,7 @@ impl ServiceLauncher {
                 context.http_listener = worker.http_listener.take();
                 context.worker = worker.worker;
                 context.figures.clone_from(&worker.figures);
+                context.in_flight = worker.in_flight;
             }
             if supervised {
                 // The supervisor left the group and waited already.

@@ -53,6 +53,10 @@ pub struct StartContext {
     /// What a supervised worker's supervisor tells of the workers it
     /// restarted, for the service's metrics.
     pub(crate) figures: Option<Arc<crate::telemetry::metrics::WorkerFigures>>,
+    /// Where a supervised worker counts its calls in flight, in memory its
+    /// supervisor reads (a worker kept past its deadline says how many
+    /// calls it takes down).
+    pub(crate) in_flight: Option<&'static std::sync::atomic::AtomicI64>,
 }
 
 impl StartContext {
@@ -66,6 +70,7 @@ impl StartContext {
             registry: RegistryHandle::new(config.registry.clone(), config.registry_options()),
             drain_delay: config.drain_delay,
             figures: None,
+            in_flight: None,
         }
     }
 }

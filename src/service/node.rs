@@ -100,6 +100,9 @@ impl<M: Manager> Node<M> {
         if let Some(figures) = &context.figures {
             self.node.metrics().worker_figures(figures.clone());
         }
+        if let Some(slot) = context.in_flight {
+            self.node.metrics().share_in_flight(slot);
+        }
         // Unusable certificate files refuse the start before anything else.
         let tls = ServerTls::from_config(&config)?;
         self.node.set_registry(context.registry.clone());

@@ -79,15 +79,15 @@ impl Drop for CallCount {
     }
 }
 
-/// In a worker: counts the node's calls in flight in the page whose
-/// descriptor the supervisor handed down, for as long as the process runs.
-pub(super) fn share(fd: RawFd) -> Result<()> {
+/// In a worker: the counter of the page whose descriptor the supervisor
+/// handed down, where the node counts its calls in flight for as long as
+/// the process runs.
+pub(super) fn share(fd: RawFd) -> Result<&'static AtomicI64> {
     // SAFETY: the supervisor handed this descriptor to this process to own
     // (named by ENV_CALLS_FD); it is taken once, here.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let count = CallCount::map(&fd)?;
     // The process counts into it until it exits.
     let count: &'static CallCount = Box::leak(Box::new(count));
-    crate::telemetry::metrics::share_in_flight(count.atomic());
-    Ok(())
+    Ok(count.atomic())
 }

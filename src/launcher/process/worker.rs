@@ -78,6 +78,9 @@ pub(crate) struct Inherited {
     /// `Some(slot)` when this process is a supervised worker.
     pub(crate) worker: Option<u32>,
     supervisor: Option<OwnedFd>,
+    /// Where a supervised worker counts its node's calls in flight, in
+    /// memory its supervisor reads.
+    pub(crate) in_flight: Option<&'static std::sync::atomic::AtomicI64>,
 }
 
 impl Inherited {
@@ -137,12 +140,12 @@ impl Inherited {
             _ => None,
         };
         let calls = LISTEN_FD + fds + 1;
-        match std::env::var(super::calls::ENV_CALLS_FD) {
+        let in_flight = match std::env::var(super::calls::ENV_CALLS_FD) {
             Ok(fd) if supervisor.is_some() && fd.parse::<RawFd>().ok() == Some(calls) => {
-                super::calls::share(calls)?
+                Some(super::calls::share(calls)?)
             }
-            _ => {}
-        }
+            _ => None,
+        };
         for var in [
             "LISTEN_FDS",
             "LISTEN_PID",
@@ -158,6 +161,7 @@ impl Inherited {
             http_listener,
             worker,
             supervisor,
+            in_flight,
         })
     }
 

@@ -21,7 +21,6 @@ use prometheus_client::registry::Registry;
 
 mod layer;
 mod totals;
-pub(crate) use self::totals::share_in_flight;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
@@ -392,6 +391,12 @@ impl Metrics {
     pub(crate) fn with_exporter(mut self, exporter: Option<Exporter>) -> Self {
         self.exporter = exporter;
         self
+    }
+
+    /// Counts the node's calls in flight in `slot` too (a supervised
+    /// worker's, which its supervisor reads).
+    pub(crate) fn share_in_flight(&self, slot: &'static std::sync::atomic::AtomicI64) {
+        self.grpc.totals.share_in_flight(slot);
     }
 
     /// Shows what `figures` holds, as this node's worker restarts.

@@ -26,6 +26,10 @@ pub(crate) struct Totals {
     errors: AtomicU64,
     in_flight: AtomicI64,
     buckets: [AtomicU64; BOUNDS + 1],
+    /// A supervised worker's count of calls in flight, in memory its
+    /// supervisor reads (see `launcher::process::calls`): the node counts
+    /// its calls there too.
+    shared: OnceLock<&'static AtomicI64>,
 }
 
 /// A reading of [`Totals`].
@@ -38,27 +42,22 @@ pub(crate) struct TotalsSnapshot {
     pub(crate) buckets: Vec<u64>,
 }
 
-/// A supervised worker's count of calls in flight, in memory its
-/// supervisor reads (see `launcher::process::calls`): a worker process
-/// serves one node, whose calls it counts there too.
-static SHARED: OnceLock<&'static AtomicI64> = OnceLock::new();
-
-/// Counts this process's calls in flight in `slot` too.
-pub(crate) fn share_in_flight(slot: &'static AtomicI64) {
-    let _ = SHARED.set(slot);
-}
-
 impl Totals {
+    /// Counts the calls in flight in `slot` too.
+    pub(super) fn share_in_flight(&self, slot: &'static AtomicI64) {
+        let _ = self.shared.set(slot);
+    }
+
     pub(super) fn started(&self) {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        if let Some(slot) = SHARED.get() {
+        if let Some(slot) = self.shared.get() {
             slot.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     pub(super) fn ended(&self, code: Code, took: Duration) {
         self.in_flight.fetch_sub(1, Ordering::Relaxed);
-        if let Some(slot) = SHARED.get() {
+        if let Some(slot) = self.shared.get() {
             slot.fetch_sub(1, Ordering::Relaxed);
         }
         self.calls.fetch_add(1, Ordering::Relaxed);
