@@ -26,6 +26,22 @@ use echo::pb::EchoRequest;
 
 const WAIT: Duration = Duration::from_secs(20);
 
+/// Two tests of `check`, one per independent client: Python grpcio and
+/// Node's grpc-js.
+macro_rules! per_client {
+    ($check:ident: $python:ident, $node:ident) => {
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $python() {
+            $check(Lang::Python).await;
+        }
+
+        #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+        async fn $node() {
+            $check(Lang::Node).await;
+        }
+    };
+}
+
 /// A node that keeps its lease but fails every other call stops getting
 /// the client's calls: each topic's Cluster carries the kit's outlier
 /// ejection (gRFC A50). Without it, a third of the calls go to the sick
@@ -60,15 +76,7 @@ async fn leaves_out_a_node_that_fails_half_its_calls(lang: Lang) {
     assert!(hosts.get("b").is_some_and(|n| *n > 5_000), "{hosts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_leaves_out_a_node_that_fails_half_its_calls() {
-    leaves_out_a_node_that_fails_half_its_calls(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_leaves_out_a_node_that_fails_half_its_calls() {
-    leaves_out_a_node_that_fails_half_its_calls(Lang::Node).await;
-}
+per_client!(leaves_out_a_node_that_fails_half_its_calls: grpcio_leaves_out_a_node_that_fails_half_its_calls, grpc_js_leaves_out_a_node_that_fails_half_its_calls);
 
 /// A topic's retry policy (gRFC A44) reaches the client: calls a node
 /// fails with UNAVAILABLE, named in `retry_on`, are sent again and none is
@@ -123,15 +131,7 @@ async fn retries_the_codes_a_topic_policy_names(lang: Lang) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_retries_the_codes_a_topic_policy_names() {
-    retries_the_codes_a_topic_policy_names(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_retries_the_codes_a_topic_policy_names() {
-    retries_the_codes_a_topic_policy_names(Lang::Node).await;
-}
+per_client!(retries_the_codes_a_topic_policy_names: grpcio_retries_the_codes_a_topic_policy_names, grpc_js_retries_the_codes_a_topic_policy_names);
 
 #[test]
 fn svckit_xds_refuses_a_policies_file_a_client_would_reject_and_a_bad_interval() {
@@ -251,15 +251,7 @@ async fn ring_hash_keeps_a_key_on_one_node(lang: Lang) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_ring_hash_keeps_a_key_on_one_node() {
-    ring_hash_keeps_a_key_on_one_node(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_ring_hash_keeps_a_key_on_one_node() {
-    ring_hash_keeps_a_key_on_one_node(Lang::Node).await;
-}
+per_client!(ring_hash_keeps_a_key_on_one_node: grpcio_ring_hash_keeps_a_key_on_one_node, grpc_js_ring_hash_keeps_a_key_on_one_node);
 
 /// Topic `echo` balanced by weighted round robin over nodes a and b, whose
 /// calls cost 1 ms of CPU, and `costly`, whose calls cost 3 ms; its nodes,
@@ -320,15 +312,7 @@ async fn weighted_round_robin_sends_fewer_calls_to_a_costly_node(lang: Lang) {
     assert!(share(&hosts) < 0.2, "{hosts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_weighted_round_robin_sends_fewer_calls_to_a_costly_node() {
-    weighted_round_robin_sends_fewer_calls_to_a_costly_node(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_weighted_round_robin_sends_fewer_calls_to_a_costly_node() {
-    weighted_round_robin_sends_fewer_calls_to_a_costly_node(Lang::Node).await;
-}
+per_client!(weighted_round_robin_sends_fewer_calls_to_a_costly_node: grpcio_weighted_round_robin_sends_fewer_calls_to_a_costly_node, grpc_js_weighted_round_robin_sends_fewer_calls_to_a_costly_node);
 
 /// A client without weighted round robin (grpc-js 1.14 unless
 /// `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`) takes the round robin listed after
@@ -479,15 +463,7 @@ async fn reports_its_load_to_the_control_plane(lang: Lang) {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_reports_its_load_to_the_control_plane() {
-    reports_its_load_to_the_control_plane(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_reports_its_load_to_the_control_plane() {
-    reports_its_load_to_the_control_plane(Lang::Node).await;
-}
+per_client!(reports_its_load_to_the_control_plane: grpcio_reports_its_load_to_the_control_plane, grpc_js_reports_its_load_to_the_control_plane);
 
 /// `bootstrap` with a `file_watcher` certificate provider named `svckit`
 /// holding `ca` and, when given, the client's certificate and key.
@@ -580,12 +556,4 @@ async fn reaches_nodes_that_serve_tls(lang: Lang) {
     assert_eq!(hosts.keys().collect::<Vec<_>>(), ["m"], "{hosts:?}");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpcio_reaches_nodes_that_serve_tls() {
-    reaches_nodes_that_serve_tls(Lang::Python).await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn grpc_js_reaches_nodes_that_serve_tls() {
-    reaches_nodes_that_serve_tls(Lang::Node).await;
-}
+per_client!(reaches_nodes_that_serve_tls: grpcio_reaches_nodes_that_serve_tls, grpc_js_reaches_nodes_that_serve_tls);

@@ -10,7 +10,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, LazyLock, RwLock};
+use std::sync::{Arc, RwLock};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -20,10 +20,13 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 mod layer;
+mod outside;
 mod totals;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
+pub(crate) use self::outside::{count_ejection, set_client_nodes, WorkerFigures};
+use self::outside::{ReasonLabel, CLIENT_EJECTIONS, CLIENT_NODES};
 use self::totals::Totals;
 pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
 use crate::admission::{AdmissionStats, Load};
@@ -209,65 +212,6 @@ impl Admission {
             refused_pool: refused("pool"),
             queue_delay_us: self.queue_delay.get_or_create(&labels).clone(),
         }
-    }
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct Topic {
-    topic: String,
-}
-
-/// Routable nodes per topic as this process's RPC clients see them: the
-/// clients are made by the manager, apart from any node, so the gauge is
-/// the process's and every node's registry shows it.
-static CLIENT_NODES: LazyLock<Family<Topic, Gauge>> = LazyLock::new(Family::default);
-
-/// Sets the routable nodes of `topic` seen by this process's RPC clients.
-pub(crate) fn set_client_nodes(topic: &str, nodes: usize) {
-    CLIENT_NODES
-        .get_or_create(&Topic {
-            topic: topic.to_string(),
-        })
-        .set(i64::try_from(nodes).unwrap_or(i64::MAX));
-}
-
-/// Nodes this process's RPC clients ejected as outliers, per topic.
-static CLIENT_EJECTIONS: LazyLock<Family<Topic, Counter>> = LazyLock::new(Family::default);
-
-/// Counts an ejection of a node of `topic`.
-pub(crate) fn count_ejection(topic: &str) {
-    CLIENT_EJECTIONS
-        .get_or_create(&Topic {
-            topic: topic.to_string(),
-        })
-        .inc();
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct ReasonLabel {
-    reason: &'static str,
-}
-
-/// What a worker's supervisor last told it of the workers it restarted:
-/// workers that died, and (of those) workers it killed for missing their
-/// beats. Shared by the worker's services, whose metrics show it.
-#[derive(Debug, Default)]
-pub(crate) struct WorkerFigures {
-    restarts: AtomicU64,
-    timeouts: AtomicU64,
-}
-
-impl WorkerFigures {
-    /// The restart count the supervisor sent (every reason).
-    pub(crate) fn set_restarts(&self, restarts: u64) {
-        self.restarts
-            .store(restarts, std::sync::atomic::Ordering::Relaxed);
-    }
-
-    /// How many of the restarts were workers killed as hung.
-    pub(crate) fn set_timeouts(&self, timeouts: u64) {
-        self.timeouts
-            .store(timeouts, std::sync::atomic::Ordering::Relaxed);
     }
 }
 
@@ -486,12 +430,7 @@ impl Metrics {
             self.log_lines_dropped.inc_by(dropped - seen);
         }
         if let Some(figures) = self.worker_figures.get() {
-            let restarts = figures.restarts.load(std::sync::atomic::Ordering::Relaxed);
-            let timeouts = figures.timeouts.load(std::sync::atomic::Ordering::Relaxed);
-            for (reason, now) in [
-                ("exited", restarts.saturating_sub(timeouts)),
-                ("timeout", timeouts),
-            ] {
+            for (reason, now) in figures.by_reason() {
                 let counter = self.worker_restarts.get_or_create(&ReasonLabel { reason });
                 let seen = counter.get();
                 if now > seen {
