@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_client::AggregatedDiscoveryServiceClient;
-use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
+use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
 use futures::StreamExt;
 use prost::Message;
 use svckit::servicegroup::{self, Event, Membership, Registry};
@@ -220,6 +220,42 @@ fn mmm(values: &mut [f64]) -> String {
     )
 }
 
+/// Opens an ADS stream on `client` subscribed to the listener, cluster and
+/// endpoints of `names`: where to send the next requests, and the responses.
+async fn subscribe(
+    client: &mut AggregatedDiscoveryServiceClient<tonic::transport::Channel>,
+    names: &[String],
+) -> (
+    mpsc::UnboundedSender<DiscoveryRequest>,
+    tonic::Streaming<DiscoveryResponse>,
+) {
+    let (requests, rx) = mpsc::unbounded_channel();
+    for type_url in TYPES {
+        let _ = requests.send(DiscoveryRequest {
+            type_url: type_url.into(),
+            resource_names: names.to_vec(),
+            ..Default::default()
+        });
+    }
+    let responses = client
+        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
+        .await
+        .expect("open the stream")
+        .into_inner();
+    (requests, responses)
+}
+
+/// The ACK of `response`, as a gRPC client sends it.
+fn ack(response: &DiscoveryResponse, names: &[String]) -> DiscoveryRequest {
+    DiscoveryRequest {
+        type_url: response.type_url.clone(),
+        resource_names: names.to_vec(),
+        version_info: response.version_info.clone(),
+        response_nonce: response.nonce.clone(),
+        ..Default::default()
+    }
+}
+
 /// One ADS client on its own connection: subscribes to topic `bulk`,
 /// ACKs everything, and reports each EDS response's endpoint count.
 async fn stream(addr: String, id: usize, arrivals: mpsc::UnboundedSender<(usize, usize, Instant)>) {
@@ -228,28 +264,11 @@ async fn stream(addr: String, id: usize, arrivals: mpsc::UnboundedSender<(usize,
         Ok(c) => c,
         Err(e) => panic!("stream {id}: connect: {e}"),
     };
-    let (requests, rx) = mpsc::unbounded_channel();
-    for type_url in TYPES {
-        let _ = requests.send(DiscoveryRequest {
-            type_url: type_url.into(),
-            resource_names: vec!["bulk".into()],
-            ..Default::default()
-        });
-    }
-    let mut responses = client
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .expect("open the stream")
-        .into_inner();
+    let names = ["bulk".to_string()];
+    let (requests, mut responses) = subscribe(&mut client, &names).await;
     while let Some(Ok(response)) = responses.next().await {
         let now = Instant::now();
-        let _ = requests.send(DiscoveryRequest {
-            type_url: response.type_url.clone(),
-            resource_names: vec!["bulk".into()],
-            version_info: response.version_info.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        });
+        let _ = requests.send(ack(&response, &names));
         if response.type_url == TYPES[2] {
             let endpoints = response
                 .resources
@@ -372,19 +391,7 @@ async fn dump_at_topics(registry: &Registry, addr: &str, topics: usize) -> (f64,
     let mut client = AggregatedDiscoveryServiceClient::connect(format!("http://{addr}"))
         .await
         .expect("connect");
-    let (requests, rx) = mpsc::unbounded_channel();
-    for type_url in TYPES {
-        let _ = requests.send(DiscoveryRequest {
-            type_url: type_url.into(),
-            resource_names: names.clone(),
-            ..Default::default()
-        });
-    }
-    let mut responses = client
-        .stream_aggregated_resources(tokio_stream::wrappers::UnboundedReceiverStream::new(rx))
-        .await
-        .expect("open the stream")
-        .into_inner();
+    let (requests, mut responses) = subscribe(&mut client, &names).await;
     let mut endpoints = std::collections::BTreeSet::new();
     while endpoints.len() < topics {
         let response = tokio::time::timeout(WAIT, responses.next())
@@ -392,13 +399,7 @@ async fn dump_at_topics(registry: &Registry, addr: &str, topics: usize) -> (f64,
             .expect("every topic's endpoints")
             .expect("the stream runs")
             .expect("a response");
-        let _ = requests.send(DiscoveryRequest {
-            type_url: response.type_url.clone(),
-            resource_names: names.clone(),
-            version_info: response.version_info.clone(),
-            response_nonce: response.nonce.clone(),
-            ..Default::default()
-        });
+        let _ = requests.send(ack(&response, &names));
         if response.type_url == TYPES[2] {
             for any in &response.resources {
                 if let Ok(cla) = ClusterLoadAssignment::decode(any.value.as_slice()) {

@@ -138,9 +138,7 @@ impl LoadReportingService for ControlPlane {
         &self,
         request: Request<Streaming<LoadStatsRequest>>,
     ) -> Result<Response<Self::StreamLoadStatsStream>, Status> {
-        if *self.shared.closing.borrow() {
-            return Err(Status::unavailable("the control plane is stopping"));
-        }
+        self.refuse_if_closing()?;
         let mut requests = request.into_inner();
         let (tx, rx) = mpsc::channel(1);
         let shared = self.shared.clone();

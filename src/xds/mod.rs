@@ -237,6 +237,17 @@ impl ControlPlane {
     }
 }
 
+impl ControlPlane {
+    /// A new stream (ADS or load reports) is refused once the control
+    /// plane is closing: the client reconnects to another.
+    fn refuse_if_closing(&self) -> Result<(), Status> {
+        if *self.shared.closing.borrow() {
+            return Err(Status::unavailable("the control plane is stopping"));
+        }
+        Ok(())
+    }
+}
+
 impl std::fmt::Debug for ControlPlane {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControlPlane")
@@ -267,9 +278,7 @@ impl AggregatedDiscoveryService for ControlPlane {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamAggregatedResourcesStream>, Status> {
-        if *self.shared.closing.borrow() {
-            return Err(Status::unavailable("the control plane is stopping"));
-        }
+        self.refuse_if_closing()?;
         let requests = request.into_inner();
         let (tx, rx) = mpsc::channel(STREAM_BUFFER);
         let shared = self.shared.clone();
