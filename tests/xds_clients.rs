@@ -322,12 +322,7 @@ per_client!(weighted_round_robin_sends_fewer_calls_to_a_costly_node: grpcio_weig
 async fn a_client_without_wrr_takes_round_robin_and_sends_no_nack() {
     let etcd = Etcd::start();
     let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd);
-    let addr = xds
-        .stdout()
-        .lines()
-        .find_map(|l| l.strip_prefix("listening on http://"))
-        .and_then(|a| a.trim().parse::<std::net::SocketAddr>().ok())
-        .expect("the control plane's address");
+    let addr = control_plane_addr(&xds);
     let mut client = XdsClient::start(Lang::Node, &bootstrap);
     for _ in 0..3 {
         let (hosts, errors) = client.calls(600);
@@ -343,6 +338,61 @@ async fn a_client_without_wrr_takes_round_robin_and_sends_no_nack() {
     let dump = support::dashboard::get(addr, "/config_dump").body;
     assert!(dump.contains(client_id), "{dump}");
     assert!(!dump.contains("nacked\":{"), "{dump}");
+}
+
+/// A client too old for a topic's policy is sent round robin instead and
+/// rejects nothing. grpc-js-xds 1.10 (tests/js/old) predates weighted round
+/// robin: the control plane reads its release from the user agent in its
+/// node, sends it the `echo` Cluster with round robin, and says so in the
+/// config dump, while a current grpc-js on the same control plane gets the
+/// topic's WRR. Without the version check the old client's Cluster would
+/// be the WRR one, and the dump would not list `echo` for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_too_old_for_a_policy_gets_round_robin_and_sends_no_nack() {
+    let etcd = Etcd::start();
+    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd);
+    let addr = control_plane_addr(&xds);
+    let mut old = XdsClient::start(Lang::NodeOld, &bootstrap);
+    let env = [("GRPC_EXPERIMENTAL_XDS_WRR_LB", "true")];
+    let _current = XdsClient::start_with(Lang::Node, &bootstrap, &env);
+    for _ in 0..3 {
+        let (hosts, errors) = old.calls(600);
+        assert!(errors.is_empty(), "{errors:?}");
+        assert!((0.3..0.37).contains(&share(&hosts)), "{hosts:?}");
+    }
+    let metrics = support::dashboard::get(addr, "/metrics").body;
+    assert!(!metrics.contains("svckit_xds_nacks_total{"), "{metrics}");
+    let dump: serde_json::Value =
+        serde_json::from_str(&support::dashboard::get(addr, "/config_dump").body).unwrap();
+    let stream = |lang: Lang| {
+        dump["streams"]
+            .as_array()
+            .and_then(|s| s.iter().find(|s| s["node"] == lang.node_id()))
+            .unwrap_or_else(|| panic!("no stream of {lang:?} in {dump}"))
+            .clone()
+    };
+    let (old, current) = (stream(Lang::NodeOld), stream(Lang::Node));
+    assert_eq!(old["user_agent"], "gRPC Node Pure JS 1.10.1", "{old}");
+    assert_eq!(
+        old["round_robin_instead"],
+        serde_json::json!(["echo"]),
+        "{old}"
+    );
+    assert_eq!(
+        current["round_robin_instead"],
+        serde_json::json!([]),
+        "{current}"
+    );
+    assert!(old["types"]["Cluster"]["acked"].is_string(), "{old}");
+}
+
+/// The address `svckit xds` printed.
+fn control_plane_addr(xds: &Proc) -> std::net::SocketAddr {
+    xds.stdout()
+        .lines()
+        .find_map(|l| l.strip_prefix("listening on http://"))
+        .and_then(|a| a.trim().parse().ok())
+        .expect("the control plane's address")
 }
 
 /// A node's out-of-band ORCA stream reports its calls and CPU, and ends

@@ -2,7 +2,7 @@
 //! `GET /config_dump`, and the control plane's figures for `/metrics`,
 //! NACKs counted per client and resource type among them.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -37,6 +37,11 @@ struct Rejected {
 struct StreamDump {
     /// The client's node id.
     node: String,
+    /// Its library and version, from its node.
+    user_agent: String,
+    /// Topics whose Cluster it was sent with round robin instead of their
+    /// policy, which its version cannot take.
+    round_robin_instead: BTreeSet<String>,
     /// By resource type.
     types: BTreeMap<&'static str, TypeDump>,
 }
@@ -78,9 +83,16 @@ impl Dumps {
         }
     }
 
-    pub(super) fn node(&self, id: u64, node: &str) {
+    pub(super) fn node(&self, id: u64, node: &str, user_agent: &str) {
         if let Some(stream) = lock(&self.streams).get_mut(&id) {
             stream.node = node.to_string();
+            stream.user_agent = user_agent.to_string();
+        }
+    }
+
+    pub(super) fn held_back(&self, id: u64, topics: BTreeSet<String>) {
+        if let Some(stream) = lock(&self.streams).get_mut(&id) {
+            stream.round_robin_instead = topics;
         }
     }
 

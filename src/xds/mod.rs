@@ -41,6 +41,7 @@
 //! ```
 
 mod balance;
+mod clients;
 mod dump;
 mod feed;
 mod lrs;

@@ -47,6 +47,8 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
 use envoy_types::pb::google::protobuf::{Any, Duration as PbDuration, UInt32Value};
 use prost::{Message, Name};
 
+use super::balance::Balance;
+use super::clients::Agent;
 use super::policy::RoutePolicy;
 use super::tls::UpstreamTls;
 
@@ -108,6 +110,10 @@ pub(crate) struct Backend {
 #[derive(Debug, Clone)]
 pub(crate) struct TopicResources {
     pub(crate) by_kind: [Arc<Any>; 4],
+    /// The Cluster with round robin, for a client that cannot take the
+    /// topic's policy ([`super::clients`]); none when that is round robin.
+    plain_cluster: Option<Arc<Any>>,
+    balance: Balance,
 }
 
 impl TopicResources {
@@ -122,9 +128,11 @@ impl TopicResources {
             by_kind: [
                 Arc::new(pack(&listener(topic, policy))),
                 Arc::new(pack(&route_configuration(topic, policy))),
-                Arc::new(pack(&cluster(topic, backends, policy, tls))),
+                Arc::new(pack(&cluster(topic, backends, policy.balance(), tls))),
                 Arc::new(pack(&load_assignment(topic, backends))),
             ],
+            plain_cluster: plain_cluster(topic, backends, policy, tls).map(Arc::new),
+            balance: policy.balance().clone(),
         }
     }
 
@@ -140,9 +148,13 @@ impl TopicResources {
     ) -> TopicResources {
         let mut next = self.clone();
         next.by_kind[Kind::Endpoints.index()] = Arc::new(pack(&load_assignment(topic, backends)));
-        let cluster = pack(&cluster(topic, backends, policy, tls));
+        let cluster = pack(&cluster(topic, backends, policy.balance(), tls));
         if cluster != *self.get(Kind::Cluster).as_ref() {
             next.by_kind[Kind::Cluster.index()] = Arc::new(cluster);
+        }
+        let plain = plain_cluster(topic, backends, policy, tls);
+        if plain.as_ref() != self.plain_cluster.as_deref() {
+            next.plain_cluster = plain.map(Arc::new);
         }
         next
     }
@@ -150,6 +162,26 @@ impl TopicResources {
     pub(crate) fn get(&self, kind: Kind) -> &Arc<Any> {
         &self.by_kind[kind.index()]
     }
+
+    /// The resource of `kind` for a client of `agent`, and whether the
+    /// topic's policy was held back from it.
+    pub(crate) fn for_agent(&self, kind: Kind, agent: &Agent) -> (&Arc<Any>, bool) {
+        match &self.plain_cluster {
+            Some(plain) if kind == Kind::Cluster && !agent.takes(&self.balance) => (plain, true),
+            _ => (self.get(kind), false),
+        }
+    }
+}
+
+/// The Cluster of `topic` with round robin, unless that is its policy.
+fn plain_cluster(
+    topic: &str,
+    backends: &[Backend],
+    policy: &RoutePolicy,
+    tls: &UpstreamTls,
+) -> Option<Any> {
+    let round_robin = Balance::RoundRobin;
+    (*policy.balance() != round_robin).then(|| pack(&cluster(topic, backends, &round_robin, tls)))
 }
 
 fn pack<M: Message + Name>(message: &M) -> Any {
@@ -235,7 +267,7 @@ fn listener(topic: &str, policy: &RoutePolicy) -> Listener {
     }
 }
 
-fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy, tls: &UpstreamTls) -> Cluster {
+fn cluster(topic: &str, backends: &[Backend], balance: &Balance, tls: &UpstreamTls) -> Cluster {
     let mut cluster = Cluster {
         name: topic.to_string(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(DiscoveryType::Eds as i32)),
@@ -264,7 +296,7 @@ fn cluster(topic: &str, backends: &[Backend], policy: &RoutePolicy, tls: &Upstre
         cluster.transport_socket = Some(tls.transport_socket());
     }
     let weights: Vec<u32> = backends.iter().map(|b| b.weight.max(1)).collect();
-    policy.balance().apply(&mut cluster, &weights);
+    balance.apply(&mut cluster, &weights);
     cluster
 }
 

@@ -27,6 +27,7 @@ use futures::StreamExt;
 use tokio::sync::{mpsc, watch};
 use tonic::{Status, Streaming};
 
+use super::clients::Agent;
 use super::feed::TopicState;
 use super::resources::Kind;
 use super::Shared;
@@ -53,6 +54,8 @@ pub(super) struct AdsStream {
     feeds: HashMap<String, watch::Receiver<Arc<TopicState>>>,
     nonces: u64,
     node: String,
+    /// The client's library, which decides the policies it is sent.
+    agent: Agent,
     warned_wildcard: bool,
     /// This stream's entry in the config dump.
     id: u64,
@@ -71,6 +74,7 @@ impl AdsStream {
             feeds: HashMap::new(),
             nonces: 0,
             node: String::new(),
+            agent: Agent::default(),
             warned_wildcard: false,
             id,
         }
@@ -109,8 +113,10 @@ impl AdsStream {
         if self.node.is_empty() {
             if let Some(node) = &request.node {
                 self.node = node.id.clone();
-                self.shared.dumps.node(self.id, &self.node);
-                tracing::debug!(node = %self.node, "xds: stream opened");
+                self.agent = Agent::from_node(node);
+                let agent = self.agent.label();
+                self.shared.dumps.node(self.id, &self.node, &agent);
+                tracing::debug!(node = %self.node, %agent, "xds: stream opened");
             }
         }
         let Some(kind) = Kind::from_type_url(&request.type_url) else {
@@ -190,6 +196,7 @@ impl AdsStream {
             return None;
         }
         let mut now = BTreeMap::new();
+        let mut held_back = BTreeSet::new();
         for name in &sub.names {
             let feed = self.feeds.get(name)?;
             let state = feed.borrow().clone();
@@ -198,7 +205,11 @@ impl AdsStream {
             }
             match (&state.resources, &state.absent) {
                 (Some(resources), _) => {
-                    now.insert(name.clone(), resources.get(kind).clone());
+                    let (resource, held) = resources.for_agent(kind, &self.agent);
+                    now.insert(name.clone(), resource.clone());
+                    if held {
+                        held_back.insert(name.clone());
+                    }
                 }
                 (None, Some(absent)) if kind == Kind::Listener => {
                     now.insert(name.clone(), absent.clone());
@@ -233,6 +244,12 @@ impl AdsStream {
         self.shared
             .dumps
             .sent(self.id, kind, names, &version, &sub.nonce);
+        if kind == Kind::Cluster {
+            if !held_back.is_empty() {
+                tracing::info!(node = %self.node, agent = %self.agent.label(), topics = ?held_back, "xds: round robin sent instead of policies the client's version cannot take");
+            }
+            self.shared.dumps.held_back(self.id, held_back);
+        }
         sub.sent = now;
         Some(DiscoveryResponse {
             version_info: sub.version.to_string(),

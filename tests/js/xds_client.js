@@ -2,7 +2,10 @@
 // calling `xds:///echo` through a control plane named by GRPC_XDS_BOOTSTRAP.
 //
 // Usage: node xds_client.js PROTO_ROOT   (XDS_CREDENTIALS=1: xDS credentials;
-//                                        XDS_TOPIC: another topic than echo)
+//                                        XDS_TOPIC: another topic than echo;
+//                                        GRPC_JS_MODULES: the directory whose
+//                                        node_modules hold the packages, as
+//                                        tests/js/old for an older release)
 //
 // The echo API is loaded at start by @grpc/proto-loader from
 // PROTO_ROOT/examples/echo/v1/echo.proto: nothing of svckit runs here. It
@@ -24,9 +27,14 @@
 
 const path = require('path');
 const readline = require('readline');
-const grpc = require('@grpc/grpc-js');
-const xds = require('@grpc/grpc-js-xds');
-const protoLoader = require('@grpc/proto-loader');
+const { createRequire } = require('module');
+
+const load = process.env.GRPC_JS_MODULES
+  ? createRequire(path.join(path.resolve(process.env.GRPC_JS_MODULES), 'package.json'))
+  : require;
+const grpc = load('@grpc/grpc-js');
+const xds = load('@grpc/grpc-js-xds');
+const protoLoader = load('@grpc/proto-loader');
 
 const CALL_TIMEOUT_MS = 5000;
 

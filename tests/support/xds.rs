@@ -20,6 +20,9 @@ pub enum Lang {
     Python,
     /// Node's @grpc/grpc-js with @grpc/grpc-js-xds.
     Node,
+    /// The same at an older release (grpc-js-xds 1.10, tests/js/old):
+    /// ring hash, but no weighted round robin.
+    NodeOld,
 }
 
 impl Lang {
@@ -28,6 +31,7 @@ impl Lang {
         match self {
             Lang::Python => "python-test",
             Lang::Node => "node-test",
+            Lang::NodeOld => "node-old-test",
         }
     }
 }
@@ -58,8 +62,14 @@ impl XdsClient {
                 super::python::script("xds_client.py")
             }
             Lang::Node => {
-                super::js::require();
+                super::js::require(super::js::CURRENT);
                 super::js::script("xds_client.js")
+            }
+            Lang::NodeOld => {
+                super::js::require(super::js::OLD);
+                let mut command = super::js::script("xds_client.js");
+                command.env("GRPC_JS_MODULES", super::js::OLD);
+                command
             }
         };
         let mut child = command
