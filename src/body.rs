@@ -1,7 +1,9 @@
 //! A body passed through unchanged while something watches its frames: the
 //! one shape of the kit's body wrappers that only look (a pool slot held
 //! until a response ends, a call's metrics or span closed by its trailers,
-//! a request's message sizes read on the way).
+//! a request's message sizes read on the way); and a gRPC response whose
+//! status carrier is edited once ([`edit_status`]: a status remapped, a
+//! load report added).
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
@@ -50,6 +52,65 @@ impl<B: Body, W: Watch<B>> Body for Watched<B, W> {
     fn size_hint(&self) -> SizeHint {
         self.body.size_hint()
     }
+}
+
+/// A change to a gRPC call's status carrier (see [`edit_status`]).
+pub(crate) trait EditStatus {
+    fn edit(self, headers: &mut http::HeaderMap);
+}
+
+pin_project_lite::pin_project! {
+    /// `body`, its trailers passed to `edit` once.
+    pub struct Trailed<B, E> {
+        #[pin]
+        body: B,
+        edit: Option<E>,
+    }
+}
+
+impl<B: Body, E: EditStatus> Body for Trailed<B, E> {
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Polled<B> {
+        let this = self.project();
+        match this.body.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) if frame.is_trailers() => match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    if let Some(edit) = this.edit.take() {
+                        edit.edit(&mut trailers);
+                    }
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                Err(frame) => Poll::Ready(Some(Ok(frame))),
+            },
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+/// Applies `edit` to where a gRPC response carries its status: the headers
+/// of a trailers-only answer (they hold `grpc-status`), else the trailers
+/// when they come.
+pub(crate) fn edit_status<B, E: EditStatus>(
+    mut response: http::Response<B>,
+    edit: E,
+) -> http::Response<Trailed<B, E>> {
+    let edit = if response.headers().contains_key(crate::wire::GRPC_STATUS) {
+        edit.edit(response.headers_mut());
+        None
+    } else {
+        Some(edit)
+    };
+    response.map(|body| Trailed { body, edit })
 }
 
 /// Whether a poll ended the body: its end, or an error.

@@ -467,6 +467,61 @@ async fn a_node_reports_its_load_and_ends_the_report_stream_when_it_stops() {
     assert!(node.wait_exit(WAIT).is_some_and(|s| s.success()));
 }
 
+/// Every answer, failed ones too, carries the node's load in the
+/// `endpoint-load-metrics-bin` trailer (gRFC A51), as a plain tonic client
+/// reads it: the calls per second, the errors and the CPU they cost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_answer_carries_the_node_load_in_a_trailer() {
+    use prost::Message;
+    use svckit::pb::xds::data::orca::v3::OrcaLoadReport;
+
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let env = [("ECHO_SPIN_US", "2000"), ("ECHO_FAIL_EVERY", "10")];
+    let (_node, addr) = Proc::start_example("echo_node", &quick_node_args(&url, "a"), &env);
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let mut echo = EchoClient::new(channel);
+    let report = |metadata: &tonic::metadata::MetadataMap| {
+        let value = metadata
+            .get_bin("endpoint-load-metrics-bin")
+            .unwrap_or_else(|| panic!("no load report in {metadata:?}"));
+        OrcaLoadReport::decode(value.to_bytes().expect("base64").as_ref()).expect("a report")
+    };
+    let (mut answered, mut failed, mut busy) = (0, 0, None::<OrcaLoadReport>);
+    let started = std::time::Instant::now();
+    while answered < 300 || busy.is_none() {
+        assert!(started.elapsed() < WAIT * 3, "no busy report: {busy:?}");
+        match echo.echo(EchoRequest::default()).await {
+            Ok(response) => {
+                answered += 1;
+                let r = report(response.metadata());
+                if r.rps_fractional > 50.0 && r.eps > 0.0 {
+                    busy = Some(r);
+                }
+            }
+            Err(status) => {
+                failed += 1;
+                report(status.metadata());
+            }
+        }
+    }
+    let busy = busy.expect("a busy report");
+    eprintln!("per-call load report: {busy:?} ({answered} answered, {failed} failed)");
+    assert!(failed > 0);
+    // Each call spends 2 ms of CPU: the CPU share follows the calls.
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
+    assert!(
+        busy.cpu_utilization * cpus >= busy.rps_fractional * 0.002 * 0.5,
+        "{busy:?}"
+    );
+    assert!(busy.eps > 0.0 && busy.eps < busy.rps_fractional, "{busy:?}");
+    assert_eq!(busy.named_metrics["limit"], 1000.0, "{busy:?}");
+}
+
 /// The figure `name{topic="echo",client=…}` on the control plane's
 /// `/metrics`, 0 while it is not there.
 fn load_figure(addr: std::net::SocketAddr, name: &str, client: &str) -> u64 {

@@ -23,6 +23,7 @@ use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
 use super::limits::MessageLimitLayer;
+use super::orca::CallReportLayer;
 use super::pool::RpcPoolLayer;
 use crate::admission::Limiter;
 use crate::error::{Error, Result};
@@ -66,8 +67,8 @@ pub(crate) struct Limits {
 
 /// Adds the layers every gRPC call passes, outermost first, to a tonic
 /// `Server` builder or a tower `ServiceBuilder` (a port shared with HTTP):
-/// its span, the trace context, the metrics, admission and the pool, the
-/// message size limit.
+/// its span, the trace context, the metrics, the per-call load report,
+/// admission and the pool, the message size limit.
 macro_rules! grpc_layers {
     ($builder:expr, $metrics:expr, $limits:expr) => {
         $builder
@@ -78,6 +79,7 @@ macro_rules! grpc_layers {
             )
             .layer($metrics.trace_context())
             .layer($metrics.grpc_layer())
+            .layer(CallReportLayer::new($metrics.load_figures()))
             .layer($limits.pool($metrics))
             .layer(MessageLimitLayer {
                 max: $limits.max_message_size,

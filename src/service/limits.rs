@@ -10,7 +10,6 @@
 //! trailers. A handler's own OUT_OF_RANGE on a call within the limit passes
 //! untouched.
 
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,10 +17,10 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes};
 use futures::future::BoxFuture;
 use http::HeaderValue;
-use http_body::{Body, Frame, SizeHint};
+use http_body::Body;
 use tower::{Layer, Service};
 
-use crate::body::{Polled, Watch, Watched};
+use crate::body::{edit_status, EditStatus, Polled, Trailed, Watch, Watched};
 use crate::wire::GRPC_STATUS;
 
 const OUT_OF_RANGE: &str = "11";
@@ -58,7 +57,7 @@ where
     S::Future: Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
-    type Response = http::Response<Mapped<RB>>;
+    type Response = http::Response<Trailed<RB, Remap>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -73,19 +72,23 @@ where
             request.map(|body| tonic::body::Body::new(Scanned::new(body, Scanner::new(max, flag))));
         let future = self.inner.call(request);
         Box::pin(async move {
-            let mut response = future.await?;
-            if oversized.load(Ordering::Relaxed) {
-                remap(response.headers_mut());
-            }
-            Ok(response.map(|body| Mapped { body, oversized }))
+            let response = future.await?;
+            Ok(edit_status(response, Remap(oversized)))
         })
     }
 }
 
-/// OUT_OF_RANGE → RESOURCE_EXHAUSTED in one header map.
-fn remap(headers: &mut http::HeaderMap) {
-    if headers.get(GRPC_STATUS).is_some_and(|v| v == OUT_OF_RANGE) {
-        headers.insert(GRPC_STATUS, RESOURCE_EXHAUSTED);
+/// OUT_OF_RANGE → RESOURCE_EXHAUSTED in a call's status, when the call
+/// carried an oversized message.
+pub(crate) struct Remap(Arc<AtomicBool>);
+
+impl EditStatus for Remap {
+    fn edit(self, headers: &mut http::HeaderMap) {
+        if self.0.load(Ordering::Relaxed)
+            && headers.get(GRPC_STATUS).is_some_and(|v| v == OUT_OF_RANGE)
+        {
+            headers.insert(GRPC_STATUS, RESOURCE_EXHAUSTED);
+        }
     }
 }
 
@@ -151,50 +154,10 @@ impl<B: Body<Data = Bytes>> Watch<B> for Scanner {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// A response body whose trailers are remapped for an oversized call.
-    pub(crate) struct Mapped<B> {
-        #[pin]
-        body: B,
-        oversized: Arc<AtomicBool>,
-    }
-}
-
-impl<B: Body<Data = Bytes>> Body for Mapped<B> {
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        let this = self.project();
-        match this.body.poll_frame(cx) {
-            Poll::Ready(Some(Ok(frame))) if this.oversized.load(Ordering::Relaxed) => {
-                match frame.into_trailers() {
-                    Ok(mut trailers) => {
-                        remap(&mut trailers);
-                        Poll::Ready(Some(Ok(Frame::trailers(trailers))))
-                    }
-                    Err(frame) => Poll::Ready(Some(Ok(frame))),
-                }
-            }
-            other => other,
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.body.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.body.size_hint()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http_body::Frame;
     use http_body_util::BodyExt;
 
     fn message(len: usize) -> Vec<u8> {
@@ -237,13 +200,15 @@ mod tests {
     }
 
     #[test]
-    fn only_out_of_range_is_remapped() {
-        let mut headers = http::HeaderMap::new();
-        headers.insert(GRPC_STATUS, HeaderValue::from_static("11"));
-        remap(&mut headers);
-        assert_eq!(headers[GRPC_STATUS], "8");
-        headers.insert(GRPC_STATUS, HeaderValue::from_static("3"));
-        remap(&mut headers);
-        assert_eq!(headers[GRPC_STATUS], "3");
+    fn only_out_of_range_of_an_oversized_call_is_remapped() {
+        let remap = |oversized, code| {
+            let mut headers = http::HeaderMap::new();
+            headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
+            Remap(Arc::new(AtomicBool::new(oversized))).edit(&mut headers);
+            headers[GRPC_STATUS].clone()
+        };
+        assert_eq!(remap(true, "11"), "8");
+        assert_eq!(remap(true, "3"), "3");
+        assert_eq!(remap(false, "11"), "11");
     }
 }

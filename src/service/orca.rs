@@ -1,10 +1,16 @@
-//! ORCA load reports (gRFC A51), out of band: `xds.service.orca.v3.
-//! OpenRcaService`, which every node serves. A client's weighted round
-//! robin (gRFC A58, `balance = "weighted_round_robin"` in `svckit xds`)
-//! opens one stream per connection and weighs the node by the calls it
-//! answers per unit of CPU.
+//! ORCA load reports (gRFC A51), which every node sends two ways:
+//! - out of band, `xds.service.orca.v3.OpenRcaService`: a client's
+//!   weighted round robin (gRFC A58, `balance = "weighted_round_robin"` in
+//!   `svckit xds`) opens one stream per connection and weighs the node by
+//!   the calls it answers per unit of CPU;
+//! - per call, in the `endpoint-load-metrics-bin` trailer of every gRPC
+//!   answer ([`CallReportLayer`]), which WRR reads when it is not asked to
+//!   open streams, and which any client may read: the node's load over the
+//!   last [`CALL_REPORT_REFRESH`] or so, the same report for every call in
+//!   it.
 //!
-//! Each report covers the time since the stream's last one:
+//! Each report covers the time since the last one (the stream's, or the
+//! node's last per-call one):
 //! - `cpu_utilization`: the process's CPU time over that time, as a share
 //!   of the CPUs it may run on (a worker of several reports its own share
 //!   of the node's CPUs, with its own calls, so their ratio holds);
@@ -19,16 +25,23 @@
 //!   weighs little too.
 
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use futures::future::BoxFuture;
 use futures::Stream;
+use http::HeaderValue;
+use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::info::NodeInfo;
+use crate::body::{edit_status, EditStatus, Trailed};
 use crate::pb::xds::data::orca::v3::OrcaLoadReport;
 use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaService;
 use crate::pb::xds::service::orca::v3::OrcaLoadReportRequest;
+use crate::sync::lock;
+use crate::telemetry::metrics::LoadFigures;
 
 /// Shortest interval between two reports on one stream.
 const MIN_INTERVAL: Duration = Duration::from_millis(100);
@@ -50,13 +63,13 @@ struct Sample {
 }
 
 impl Sample {
-    fn take(node: &NodeInfo) -> Sample {
-        let totals = node.metrics().totals();
+    fn take(figures: &LoadFigures) -> Sample {
+        let (calls, errors) = figures.calls_and_errors();
         Sample {
             at: Instant::now(),
             cpu: process_cpu(),
-            calls: totals.calls,
-            errors: totals.errors,
+            calls,
+            errors,
         }
     }
 }
@@ -76,13 +89,13 @@ fn process_cpu() -> Duration {
 }
 
 /// The node's load between `then` and `now`.
-fn report(node: &NodeInfo, then: Sample, now: Sample) -> OrcaLoadReport {
+fn report(figures: &LoadFigures, then: Sample, now: Sample) -> OrcaLoadReport {
     let seconds = now.at.duration_since(then.at).as_secs_f64().max(1e-3);
     let cpus = std::thread::available_parallelism().map_or(1, usize::from) as f64;
     let cpu = now.cpu.saturating_sub(then.cpu).as_secs_f64() / seconds / cpus;
-    let admission = node.metrics().admission("grpc");
-    let in_flight = admission.in_flight.get().max(0) as f64;
-    let limit = admission.limit.get().max(1) as f64;
+    let (in_flight, limit) = figures.in_flight_and_limit();
+    let in_flight = in_flight.max(0) as f64;
+    let limit = limit.max(1) as f64;
     let in_flight_share = (in_flight / limit).min(1.0);
     OrcaLoadReport {
         cpu_utilization: cpu,
@@ -118,29 +131,135 @@ impl OpenRcaService for OrcaApi {
             .unwrap_or(DEFAULT_INTERVAL)
             .max(MIN_INTERVAL);
         let node = self.node.clone();
-        let first = Sample::take(&node);
+        let figures = node.metrics().load_figures();
+        let first = Sample::take(&figures);
         // The stream ends when the node stops, so that it does not hold
         // the connection's drain.
-        let state = (node, first, true);
-        let reports = futures::stream::unfold(state, move |(node, then, first)| async move {
-            tokio::select! {
-                () = tokio::time::sleep(interval) => {}
-                () = node.stopping() => return None,
-            }
-            let now = Sample::take(&node);
-            let report = report(&node, then, now);
-            if first {
-                tracing::debug!(
-                    unix_ms = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map_or(0, |d| d.as_millis()),
-                    rps = report.rps_fractional,
-                    cpu = report.cpu_utilization,
-                    "first load report of a stream"
-                );
-            }
-            Some((Ok(report), (node, now, false)))
-        });
+        let state = (node, figures, first, true);
+        let reports =
+            futures::stream::unfold(state, move |(node, figures, then, first)| async move {
+                tokio::select! {
+                    () = tokio::time::sleep(interval) => {}
+                    () = node.stopping() => return None,
+                }
+                let now = Sample::take(&figures);
+                let report = report(&figures, then, now);
+                if first {
+                    tracing::debug!(
+                        unix_ms = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| d.as_millis()),
+                        rps = report.rps_fractional,
+                        cpu = report.cpu_utilization,
+                        "first load report of a stream"
+                    );
+                }
+                Some((Ok(report), (node, figures, now, false)))
+            });
         Ok(Response::new(Box::pin(reports)))
+    }
+}
+
+/// The trailer of a per-call load report (gRFC A51), binary.
+pub(crate) const CALL_REPORT_HEADER: &str = "endpoint-load-metrics-bin";
+/// How long one per-call report serves before the next is computed.
+pub(crate) const CALL_REPORT_REFRESH: Duration = Duration::from_millis(250);
+
+/// The node's per-call report, computed at most once per
+/// [`CALL_REPORT_REFRESH`] and shared by every call in between.
+struct CallReports {
+    figures: LoadFigures,
+    last: Mutex<(Sample, Option<HeaderValue>)>,
+}
+
+impl CallReports {
+    /// The report to send now, encoded as the trailer's value.
+    fn current(&self) -> Option<HeaderValue> {
+        let mut last = lock(&self.last);
+        let (then, value) = &mut *last;
+        if value.is_none() || then.at.elapsed() >= CALL_REPORT_REFRESH {
+            let now = Sample::take(&self.figures);
+            let report = report(&self.figures, *then, now);
+            *value = encode(&report);
+            *then = now;
+        }
+        value.clone()
+    }
+}
+
+/// A report as the value of a `-bin` header: base64, as gRPC sends binary
+/// metadata over HTTP/2.
+fn encode(report: &OrcaLoadReport) -> Option<HeaderValue> {
+    let value = tonic::metadata::BinaryMetadataValue::from_bytes(&report.encode_to_vec());
+    let mut metadata = tonic::metadata::MetadataMap::new();
+    metadata.insert_bin(CALL_REPORT_HEADER, value);
+    metadata.into_headers().remove(CALL_REPORT_HEADER)
+}
+
+/// Adds the node's load report to every gRPC answer's status (see the
+/// module docs).
+#[derive(Clone)]
+pub(crate) struct CallReportLayer {
+    reports: Arc<CallReports>,
+}
+
+impl CallReportLayer {
+    pub(crate) fn new(figures: LoadFigures) -> Self {
+        let first = Sample::take(&figures);
+        CallReportLayer {
+            reports: Arc::new(CallReports {
+                figures,
+                last: Mutex::new((first, None)),
+            }),
+        }
+    }
+}
+
+impl<S> tower::Layer<S> for CallReportLayer {
+    type Service = CallReport<S>;
+
+    fn layer(&self, inner: S) -> CallReport<S> {
+        CallReport {
+            inner,
+            reports: self.reports.clone(),
+        }
+    }
+}
+
+/// The service of [`CallReportLayer`].
+#[derive(Clone)]
+pub(crate) struct CallReport<S> {
+    inner: S,
+    reports: Arc<CallReports>,
+}
+
+/// Adds the report to a call's status.
+pub(crate) struct AddReport(Arc<CallReports>);
+
+impl EditStatus for AddReport {
+    fn edit(self, headers: &mut http::HeaderMap) {
+        if let Some(value) = self.0.current() {
+            headers.insert(CALL_REPORT_HEADER, value);
+        }
+    }
+}
+
+impl<S, B, RB> tower::Service<http::Request<B>> for CallReport<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
+    S::Future: Send + 'static,
+{
+    type Response = http::Response<Trailed<RB, AddReport>>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        let future = self.inner.call(request);
+        let reports = self.reports.clone();
+        Box::pin(async move { Ok(edit_status(future.await?, AddReport(reports))) })
     }
 }

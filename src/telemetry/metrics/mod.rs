@@ -215,6 +215,25 @@ impl Admission {
     }
 }
 
+/// A handle on the figures a load report reads, apart from the node.
+#[derive(Clone)]
+pub(crate) struct LoadFigures {
+    totals: Arc<Totals>,
+    admission: AdmissionStats,
+}
+
+impl LoadFigures {
+    /// The API's calls answered and failed so far.
+    pub(crate) fn calls_and_errors(&self) -> (u64, u64) {
+        self.totals.counts()
+    }
+
+    /// Calls in flight past admission, and the admission limit.
+    pub(crate) fn in_flight_and_limit(&self) -> (i64, i64) {
+        (self.admission.in_flight.get(), self.admission.limit.get())
+    }
+}
+
 /// Every metric of a node, and the registry that renders them.
 pub struct Metrics {
     registry: Registry,
@@ -384,6 +403,15 @@ impl Metrics {
     /// The node's totals over its API (`Base/Stats`).
     pub(crate) fn totals(&self) -> TotalsSnapshot {
         self.grpc.totals.snapshot()
+    }
+
+    /// What the node's load reports read (`OpenRcaService` and the
+    /// per-call trailer): its totals and its gRPC admission figures.
+    pub(crate) fn load_figures(&self) -> LoadFigures {
+        LoadFigures {
+            totals: self.grpc.totals.clone(),
+            admission: self.admission("grpc"),
+        }
     }
 
     /// The admission figures of one stack (`grpc` or `http`).

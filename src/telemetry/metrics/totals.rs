@@ -70,6 +70,14 @@ impl Totals {
         self.buckets[bucket.min(BOUNDS)].fetch_add(1, Ordering::Relaxed);
     }
 
+    /// Calls answered and failed, without the histogram.
+    pub(super) fn counts(&self) -> (u64, u64) {
+        (
+            self.calls.load(Ordering::Relaxed),
+            self.errors.load(Ordering::Relaxed),
+        )
+    }
+
     pub(crate) fn snapshot(&self) -> TotalsSnapshot {
         TotalsSnapshot {
             calls: self.calls.load(Ordering::Relaxed),
