@@ -568,3 +568,46 @@ async fn each_row_shows_how_its_node_is_doing_and_a_silent_node_in_words() {
     println!("n2 stopped: {silent}");
     n2.signal(Signal::SIGCONT);
 }
+
+/// `svckit xds` serves the dashboard at `/` with, under each topic, the
+/// calls its xDS clients reported (LRS): a page opened before any call
+/// shows the Python grpcio client's calls as its reports come in.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_control_plane_page_shows_its_clients_reported_calls() {
+    use support::xds::{control_plane_with, Lang, XdsClient};
+
+    let (chromium, chromedriver) = browser_binaries();
+    let etcd = Etcd::start();
+    let url = etcd.url().to_string();
+    let (_n1, _) = Proc::start_example("echo_node", &quick_node_args(&url, "n1"), &[]);
+    let (_xds, addr, bootstrap, _dir) = control_plane_with(&url, &["--load-report-interval", "1s"]);
+    let driver = Driver::start(&chromedriver);
+    let c = driver.browser(&chromium).await;
+    c.goto(&format!("http://{addr}/")).await.unwrap();
+    wait_js(
+        &c,
+        WAIT,
+        "the echo topic's empty load table",
+        "const t = document.querySelector('section.topic[data-topic=\"echo\"] table.xds-loads');
+         return t && t.querySelectorAll('tbody tr').length === 0 && window.svckitDashboard.loads >= 1",
+    )
+    .await;
+
+    let mut client = XdsClient::start(Lang::Python, &bootstrap);
+    let (_, errors) = client.calls(1000);
+    assert!(errors.is_empty(), "{errors:?}");
+    let shown = wait_js(
+        &c,
+        WAIT * 2,
+        "the client's reported calls",
+        "const tr = document.querySelector('section.topic[data-topic=\"echo\"] table.xds-loads tbody tr');
+         const cell = (c) => tr.querySelector('td.' + c).textContent;
+         return tr && cell('succeeded') === '1001'
+             && { client: cell('client'), issued: cell('issued'), failed: cell('failed') }",
+    )
+    .await;
+    assert_eq!(
+        shown,
+        json!({ "client": Lang::Python.node_id(), "issued": "1001", "failed": "0" })
+    );
+}

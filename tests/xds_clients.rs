@@ -536,7 +536,8 @@ fn load_figure(addr: std::net::SocketAddr, name: &str, client: &str) -> u64 {
 
 /// Load reports (LRS): the client reports the calls it made through a
 /// topic to the control plane, which shows them per topic and client on
-/// `/metrics`. Without the Cluster's load reporting server, nothing comes.
+/// `/metrics` and on its dashboard (`/`, `/api/xds-loads`). Without the
+/// Cluster's load reporting server, nothing comes.
 async fn reports_its_load_to_the_control_plane(lang: Lang) {
     let etcd = Etcd::start();
     let url = etcd.url().to_string();
@@ -566,6 +567,16 @@ async fn reports_its_load_to_the_control_plane(lang: Lang) {
         load_figure(addr, "svckit_xds_load_calls_failed_total", id),
         0
     );
+    let loads: serde_json::Value =
+        serde_json::from_str(&support::dashboard::get(addr, "/api/xds-loads").body).unwrap();
+    let echo = &loads["topics"]["echo"];
+    assert_eq!(echo[0]["client"], id, "{loads}");
+    assert_eq!(echo[0]["succeeded"], 1001, "{loads}");
+    let page = support::dashboard::get(addr, "/").body;
+    let row = format!(
+        r#"<td class="client">{id}</td><td class="issued">1001</td><td class="succeeded">1001</td><td class="failed">0</td>"#
+    );
+    assert!(page.contains(&row), "{page}");
 }
 
 per_client!(reports_its_load_to_the_control_plane: grpcio_reports_its_load_to_the_control_plane, grpc_js_reports_its_load_to_the_control_plane);

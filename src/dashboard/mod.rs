@@ -18,6 +18,10 @@
 //! - `GET {base}/api/figures`: how each up node is doing (calls/s,
 //!   errors/s, p99 latency, calls in flight, recent calls/s), when the
 //!   dashboard asks its nodes for their figures (`figures.rs`);
+//! - `GET {base}/api/xds-loads`: the calls each xDS client reported per
+//!   topic (LRS), when the dashboard is served by an xDS control plane
+//!   (`svckit xds` at `/`): `{"topics": {"echo": [{"client", "issued",
+//!   "succeeded", "failed", "dropped", "in_progress"}]}}`;
 //! - `POST {base}/api/admin`: disable, enable, force-down, clear-force-down
 //!   or delete (a down record), when admin actions are on (`actions.rs`).
 //!
@@ -76,6 +80,9 @@ pub struct DashboardOptions {
     /// through this client (`Base/Stats`). `None` (the default, and always
     /// on a node): membership only.
     pub figures: Option<crate::rpc::Rpc>,
+    /// `Some`: each topic shows the calls its xDS clients reported to this
+    /// control plane (LRS), per client. `None` (the default): not shown.
+    pub xds: Option<crate::xds::ControlPlane>,
 }
 
 /// A running dashboard: a watch of the whole registry and the state it
@@ -91,6 +98,7 @@ struct Inner {
     admin: Option<AdminTokens>,
     live: Arc<Live>,
     figures: Option<Arc<Figures>>,
+    xds: Option<crate::xds::ControlPlane>,
 }
 
 impl Dashboard {
@@ -104,6 +112,7 @@ impl Dashboard {
                 admin: options.admin,
                 live,
                 figures,
+                xds: options.xds,
             }),
         }
     }
@@ -122,6 +131,7 @@ impl Dashboard {
             .route(&format!("{base}/api/members"), get(members))
             .route(&format!("{base}/api/events"), get(events))
             .route(&format!("{base}/api/figures"), get(node_figures))
+            .route(&format!("{base}/api/xds-loads"), get(xds_loads))
             .route(&format!("{base}/api/admin"), post(actions::act))
             .with_state(self.clone())
     }
@@ -147,12 +157,14 @@ async fn page(
     let live = &dashboard.inner.live;
     let loaded = live.wait_ready(FIRST_LISTING).await;
     let (members, id) = live.members();
+    let loads = dashboard.inner.xds.as_ref().map(|plane| plane.loads());
     let html = page::render(&page::PageInput {
         base: &base,
         members: &members,
         last_event_id: &id,
         admin: dashboard.inner.admin.is_some(),
         figures: dashboard.inner.figures.is_some(),
+        xds_loads: loads.as_ref(),
         loaded,
         topic: query.topic.as_deref(),
     });
@@ -179,6 +191,19 @@ async fn node_figures(State(dashboard): State<Dashboard>) -> Response {
         None => (
             StatusCode::NOT_FOUND,
             Json(serde_json::json!({ "error": "this dashboard shows no node figures" })),
+        )
+            .into_response(),
+    }
+}
+
+/// The calls each xDS client reported per topic; 404 when the dashboard
+/// is not served by a control plane.
+async fn xds_loads(State(dashboard): State<Dashboard>) -> Response {
+    match &dashboard.inner.xds {
+        Some(plane) => Json(serde_json::json!({ "topics": plane.loads() })).into_response(),
+        None => (
+            StatusCode::NOT_FOUND,
+            Json(serde_json::json!({ "error": "this dashboard is not served by an xDS control plane" })),
         )
             .into_response(),
     }

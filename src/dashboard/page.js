@@ -343,6 +343,43 @@
   };
   if (body.dataset.figures === 'true') pollFigures();
 
+  // Served by an xDS control plane: each topic's clients and the calls
+  // they reported (LRS), refilled every few seconds.
+  const LOAD_FIELDS = ['issued', 'succeeded', 'failed', 'dropped', 'in_progress'];
+  const showLoads = (topics) => {
+    for (const [topic, s] of sections) {
+      const tbody = s.querySelector('table.xds-loads tbody');
+      if (!tbody) continue;
+      const rowsNow = (topics[topic] || []).map((c) => {
+        const tr = document.createElement('tr');
+        const cell = (cls, text) => {
+          const td = document.createElement('td');
+          td.className = cls;
+          td.textContent = String(text);
+          tr.appendChild(td);
+        };
+        cell('client', c.client);
+        for (const f of LOAD_FIELDS) cell(f, c[f]);
+        tr.querySelector('td.failed').classList.toggle('bad', c.failed > 0);
+        return tr;
+      });
+      tbody.replaceChildren(...rowsNow);
+    }
+  };
+  const pollLoads = async () => {
+    try {
+      const r = await fetch(base + '/api/xds-loads');
+      if (r.ok) {
+        stats.loads = (stats.loads || 0) + 1;
+        showLoads((await r.json()).topics);
+      }
+    } catch (e) {
+      // As for the figures: the status line says when the page is cut off.
+    }
+    setTimeout(pollLoads, 5000);
+  };
+  if (body.dataset.xds === 'true') pollLoads();
+
   setInterval(() => {
     const now = Date.now();
     for (const td of topicsEl.querySelectorAll('td.since')) setText(td, age(td.dataset.at, now));

@@ -8,6 +8,7 @@ use std::fmt::Write;
 use std::time::SystemTime;
 
 use crate::servicegroup::{format_age, Member};
+use crate::xds::ClientLoad;
 
 /// The page's script, served beside it (no inline script, nothing fetched
 /// from elsewhere).
@@ -27,6 +28,9 @@ pub(super) struct PageInput<'a> {
     pub admin: bool,
     /// The rows show their node's figures.
     pub figures: bool,
+    /// Served by an xDS control plane: each topic's clients' load
+    /// reports, by topic.
+    pub xds_loads: Option<&'a BTreeMap<String, Vec<ClientLoad>>>,
     /// `false` when the registry had not answered in time.
     pub loaded: bool,
     /// The topic filter to start with.
@@ -160,14 +164,50 @@ fn row(out: &mut String, member: Option<&Member>, admin: bool, figures: bool, no
     out.push_str("</td></tr>");
 }
 
-fn section(
-    out: &mut String,
-    topic: &str,
-    members: &[&Member],
+/// The columns of a topic's xDS load table, after the client: (class,
+/// header), the class naming the field of `/api/xds-loads`.
+const LOAD_COLUMNS: [(&str, &str); 5] = [
+    ("issued", "calls issued"),
+    ("succeeded", "succeeded"),
+    ("failed", "failed"),
+    ("dropped", "dropped"),
+    ("in_progress", "in progress"),
+];
+
+/// A topic's xDS clients and the load they reported; the script refills
+/// the body from `/api/xds-loads`.
+fn load_table(out: &mut String, loads: &[ClientLoad]) {
+    out.push_str(r#"<table class="xds-loads"><caption>xDS clients (load reports)</caption><thead><tr><th>client</th>"#);
+    for (_, header) in LOAD_COLUMNS {
+        let _ = write!(out, "<th>{header}</th>");
+    }
+    out.push_str("</tr></thead><tbody>");
+    for c in loads {
+        let l = &c.load;
+        let _ = write!(
+            out,
+            r#"<tr><td class="client">{}</td><td class="issued">{}</td><td class="succeeded">{}</td><td class="failed">{}</td><td class="dropped">{}</td><td class="in_progress">{}</td></tr>"#,
+            escape(&c.client),
+            l.issued,
+            l.succeeded,
+            l.failed,
+            l.dropped,
+            l.in_progress
+        );
+    }
+    out.push_str("</tbody></table>");
+}
+
+/// How a section is drawn.
+#[derive(Clone, Copy)]
+struct Shown<'a> {
     admin: bool,
     figures: bool,
-    now: SystemTime,
-) {
+    xds_loads: Option<&'a BTreeMap<String, Vec<ClientLoad>>>,
+}
+
+fn section(out: &mut String, topic: &str, members: &[&Member], shown: Shown<'_>, now: SystemTime) {
+    let Shown { admin, figures, .. } = shown;
     let up = members.iter().filter(|m| m.up).count();
     let _ = write!(
         out,
@@ -187,7 +227,11 @@ fn section(
     for m in members {
         row(out, Some(m), admin, figures, now);
     }
-    out.push_str("</tbody></table></section>");
+    out.push_str("</tbody></table>");
+    if let Some(loads) = shown.xds_loads {
+        load_table(out, loads.get(topic).map_or(&[], Vec::as_slice));
+    }
+    out.push_str("</section>");
 }
 
 /// The whole page.
@@ -200,12 +244,18 @@ pub(super) fn render(input: &PageInput<'_>) -> String {
     let mut out = String::with_capacity(2048 + input.members.len() * 700);
     let _ = write!(
         out,
-        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>svckit members</title><style>{STYLE}</style></head><body data-base="{base}" data-after="{after}" data-admin="{admin}" data-figures="{figures}">"#,
+        r#"<!doctype html><html lang="en"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1"><title>svckit members</title><style>{STYLE}</style></head><body data-base="{base}" data-after="{after}" data-admin="{admin}" data-figures="{figures}" data-xds="{xds}">"#,
         base = escape(input.base),
         after = escape(input.last_event_id),
         admin = input.admin,
         figures = input.figures,
+        xds = input.xds_loads.is_some(),
     );
+    let shown = Shown {
+        admin: input.admin,
+        figures: input.figures,
+        xds_loads: input.xds_loads,
+    };
     out.push_str(
         r#"<header><h1>svckit members</h1><span id="status" class="status">connecting…</span>"#,
     );
@@ -234,12 +284,12 @@ pub(super) fn render(input: &PageInput<'_>) -> String {
     }
     out.push_str(r#"<main id="topics">"#);
     for (topic, members) in &topics {
-        section(&mut out, topic, members, input.admin, input.figures, now);
+        section(&mut out, topic, members, shown, now);
     }
     out.push_str("</main>");
     out.push_str(r#"<template id="row-template">"#);
     let mut empty_section = String::new();
-    section(&mut empty_section, "", &[], input.admin, input.figures, now);
+    section(&mut empty_section, "", &[], shown, now);
     out.push_str(&empty_section);
     out.push_str("<table><tbody>");
     row(&mut out, None, input.admin, input.figures, now);
@@ -271,11 +321,44 @@ mod tests {
             last_event_id: "1-1",
             admin: true,
             figures: true,
+            xds_loads: None,
             loaded: true,
             topic: None,
         });
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(html.contains("disabled: &lt;script&gt;"));
         assert!(html.contains("1 of 1 up"));
+        assert!(!html.contains("xds-loads"));
+    }
+
+    #[test]
+    fn a_topic_shows_its_xds_clients_load() {
+        let m = crate::servicegroup::diff::test_member("h1", true);
+        let topic = m.record.advert.topic.clone();
+        let load = crate::xds::ClientLoad {
+            client: "<py>".into(),
+            load: crate::xds::ReportedLoad {
+                issued: 1001,
+                succeeded: 1000,
+                failed: 1,
+                ..Default::default()
+            },
+        };
+        let loads = BTreeMap::from([(topic, vec![load])]);
+        let html = render(&PageInput {
+            base: "",
+            members: &[m],
+            last_event_id: "1-1",
+            admin: false,
+            figures: false,
+            xds_loads: Some(&loads),
+            loaded: true,
+            topic: None,
+        });
+        assert!(html.contains(r#"data-xds="true""#), "{html}");
+        assert!(
+            html.contains(r#"<td class="client">&lt;py&gt;</td><td class="issued">1001</td><td class="succeeded">1000</td><td class="failed">1</td>"#),
+            "{html}"
+        );
     }
 }

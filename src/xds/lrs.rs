@@ -30,14 +30,26 @@ use crate::sync::lock;
 /// Envoy's usual 10 s.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(10);
 
-/// One topic's load as one client reported it.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-struct Load {
-    issued: u64,
-    succeeded: u64,
-    failed: u64,
-    dropped: u64,
-    in_progress: u64,
+/// One topic's load as one client reported it, summed over its reports.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct Load {
+    /// Calls the client sent.
+    pub(crate) issued: u64,
+    pub(crate) succeeded: u64,
+    pub(crate) failed: u64,
+    /// Calls it dropped before sending.
+    pub(crate) dropped: u64,
+    /// Calls in progress at its last report.
+    pub(crate) in_progress: u64,
+}
+
+/// A client's load on a topic, for the dashboard.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub(crate) struct ClientLoad {
+    /// The client's node id.
+    pub(crate) client: String,
+    #[serde(flatten)]
+    pub(crate) load: Load,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -68,6 +80,18 @@ impl Loads {
                 load.in_progress += locality.total_requests_in_progress;
             }
         }
+    }
+
+    /// Each topic's clients and their load, by topic then client.
+    pub(super) fn by_topic(&self) -> BTreeMap<String, Vec<ClientLoad>> {
+        let mut topics: BTreeMap<String, Vec<ClientLoad>> = BTreeMap::new();
+        for ((topic, client), load) in lock(&self.by_topic).iter() {
+            topics.entry(topic.clone()).or_default().push(ClientLoad {
+                client: client.clone(),
+                load: *load,
+            });
+        }
+        topics
     }
 
     /// Registers the load figures in `registry`.
@@ -122,6 +146,12 @@ impl Loads {
 }
 
 impl ControlPlane {
+    /// What the clients reported per topic, by topic then client (the
+    /// dashboard's xDS load tables).
+    pub(crate) fn loads(&self) -> BTreeMap<String, Vec<ClientLoad>> {
+        self.shared.loads.by_topic()
+    }
+
     /// The load reporting service, to serve beside [`ControlPlane::service`]
     /// on the same server: each topic's Cluster names this server as its
     /// load reporting server.
@@ -212,6 +242,12 @@ mod tests {
         loads.add("py", &report(10, 9, 1, 2));
         loads.add("py", &report(5, 5, 0, 0));
         loads.add("js", &report(3, 3, 0, 1));
+        let topics = loads.by_topic();
+        let clients: Vec<(&str, u64)> = topics["echo"]
+            .iter()
+            .map(|c| (c.client.as_str(), c.load.issued))
+            .collect();
+        assert_eq!(clients, [("js", 3), ("py", 15)]);
         let mut registry = Registry::default();
         loads.register(&mut registry);
         let mut text = String::new();

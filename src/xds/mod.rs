@@ -67,6 +67,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use crate::servicegroup::Registry;
 
+pub(crate) use self::lrs::ClientLoad;
+#[cfg(test)]
+pub(crate) use self::lrs::Load as ReportedLoad;
 pub use self::lrs::DEFAULT_INTERVAL as DEFAULT_LOAD_REPORT_INTERVAL;
 pub use self::policy::Policies;
 pub use self::tls::{UpstreamTls, DEFAULT_PROVIDER as DEFAULT_TLS_PROVIDER};

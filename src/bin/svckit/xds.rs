@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use svckit::dashboard::{Dashboard, DashboardOptions};
 use svckit::servicegroup::Registry;
 use svckit::xds::{ControlPlane, XdsOptions};
 use svckit::Result;
@@ -10,9 +11,8 @@ use svckit::Result;
 /// The gRPC service served, as health checks name it.
 const ADS: &str = "envoy.service.discovery.v3.AggregatedDiscoveryService";
 
-/// Serves ADS and LRS (and gRPC health, `GET /config_dump` and `GET
-/// /metrics`) on
-/// `listen` until SIGINT or SIGTERM. The
+/// Serves ADS and LRS (and gRPC health, the dashboard at `GET /`, `GET
+/// /config_dump` and `GET /metrics`) on `listen` until SIGINT or SIGTERM. The
 /// first line on stdout is `listening on http://ADDR`, the bound address
 /// (port 0 picks a free one).
 pub(super) async fn serve(
@@ -20,6 +20,7 @@ pub(super) async fn serve(
     listen: SocketAddr,
     options: XdsOptions,
 ) -> Result<()> {
+    let registry_for_dashboard = registry.clone();
     let plane = ControlPlane::with_options(registry, options);
     let listener = super::bind(listen, "").await?;
     let addr = listener.local_addr()?;
@@ -29,17 +30,25 @@ pub(super) async fn serve(
         .set_service_status(ADS, tonic_health::ServingStatus::Serving)
         .await;
     let signal = super::stop_signal()?;
+    // At `/`, the membership dashboard with each topic's xDS clients and
+    // the calls they reported.
+    let mut board = DashboardOptions::default();
+    board.xds = Some(plane.clone());
+    let dashboard = Dashboard::start(registry_for_dashboard, board);
     let closing = plane.clone();
+    let closing_dashboard = dashboard.clone();
     let stop = async move {
         signal.await;
         // Streams never end by themselves: they are ended first, so that
         // the graceful stop only waits for them to close.
         closing.close();
+        closing_dashboard.close();
     };
     // Beside ADS, on the same port over HTTP/1 or 2: what each stream was
     // sent and answered, and the figures (NACKs per client and type).
     let (dump, figures) = (plane.clone(), plane.clone());
-    let http = axum::Router::new()
+    let http = dashboard
+        .routes("")
         .route(
             "/config_dump",
             axum::routing::get(move || async move { axum::Json(dump.config_dump()) }),
