@@ -289,6 +289,8 @@ options! {
     /// Time a gRPC client has, from its connect, to send the HTTP/2 preface and its first frame; a silent or stalled one is cut off.
     rpc_handshake_timeout: Duration = Duration::from_secs(10), mutable = false, secret = false,
         range = "10ms" ..= "1h";
+    /// Every gRPC answer carries the node's load (an ORCA report: CPU, calls and errors per second) in its endpoint-load-metrics-bin trailer, for clients whose weighted round robin reads reports per call; off, reports go out of band only (OpenRcaService), which costs no call anything.
+    rpc_load_report_trailer: bool = false, mutable = false, secret = false;
     /// Largest gRPC message accepted or sent, in bytes.
     max_message_size: usize = 4 * 1024 * 1024, mutable = false, secret = false,
         range = "1024" ..= "1073741824";

@@ -63,6 +63,9 @@ pub(crate) struct Limits {
     pub(crate) pool_wait: Duration,
     /// Whether the adaptive limit applies under the pool (`rpc_admission`).
     pub(crate) adaptive: bool,
+    /// Whether each answer carries the node's load report
+    /// (`rpc_load_report_trailer`).
+    pub(crate) load_report_trailer: bool,
 }
 
 /// Adds the layers every gRPC call passes, outermost first, to a tonic
@@ -79,7 +82,9 @@ macro_rules! grpc_layers {
             )
             .layer($metrics.trace_context())
             .layer($metrics.grpc_layer())
-            .layer(CallReportLayer::new($metrics.load_figures()))
+            .layer(CallReportLayer::new(
+                $limits.load_report_trailer.then(|| $metrics.load_figures()),
+            ))
             .layer($limits.pool($metrics))
             .layer(MessageLimitLayer {
                 max: $limits.max_message_size,

@@ -191,6 +191,7 @@ impl<M: Manager> Node<M> {
             pool_size: config.rpc_pool_size,
             pool_wait: config.rpc_pool_wait,
             adaptive: config.rpc_admission == AdmissionMode::Adaptive,
+            load_report_trailer: config.rpc_load_report_trailer,
         };
         let registry = self.node.registry_handle();
         let mut dashboard = None;
