@@ -97,13 +97,6 @@ impl<B: Body, E: EditStatus> Body for Trailed<B, E> {
     }
 }
 
-impl<B, E> Trailed<B, E> {
-    /// `body` passed through unchanged.
-    pub(crate) fn unchanged(body: B) -> Self {
-        Trailed { body, edit: None }
-    }
-}
-
 /// Applies `edit` to where a gRPC response carries its status: the headers
 /// of a trailers-only answer (they hold `grpc-status`), else the trailers
 /// when they come.

@@ -388,3 +388,74 @@ async fn two_nodes_in_one_process_export_to_their_own_collectors() {
         }
     }
 }
+
+/// Two nodes in one process, one of which calls another topic through an
+/// RPC client it makes while serving: only that node's `/metrics` shows
+/// the client's view of the topic (a client's figures are its node's, not
+/// the process's).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_rpc_client_made_within_a_node_shows_on_that_node_alone() {
+    use svckit::service::{Service, StartContext};
+    use svckit::{Config, Node};
+
+    let config = |host: &str, topic: &str| {
+        Config::default()
+            .with("registry", "memory://client-figures-two-nodes")
+            .and_then(|c| c.with("host", host))
+            .and_then(|c| c.with("topic", topic))
+            .and_then(|c| c.with("http_listen", "127.0.0.1:0"))
+            .and_then(|c| c.with("drain_delay", "0"))
+            .expect("config")
+    };
+    let mut nodes = Vec::new();
+    for (host, topic) in [("t", "target"), ("a", "echo"), ("b", "echo")] {
+        let config = config(host, topic);
+        let manager = echo::EchoManager::new(host).with_rpc(config.clone());
+        let node = Arc::new(Node::builder(manager).topic(topic).build(&config));
+        node.start(StartContext::new(&config)).await.expect("start");
+        nodes.push(node);
+    }
+    let endpoints = |i: usize| nodes[i].info().endpoints();
+    // Node t joins its topic, as its launcher would have it.
+    let registry = svckit::servicegroup::connect(
+        &"memory://client-figures-two-nodes".parse().expect("url"),
+        &support::options(),
+    )
+    .await
+    .expect("the memory registry");
+    let target = endpoints(0).grpc.expect("t's gRPC endpoint");
+    let _joined = registry
+        .join(support::registration_at("target", "t", &target))
+        .await
+        .expect("join");
+    let url = endpoints(1).grpc.expect("a gRPC endpoint");
+    let channel = tonic::transport::Endpoint::from_shared(url)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let relayed = echo::pb::work_client::WorkClient::new(channel)
+        .relay(echo::pb::RelayRequest {
+            topic: "target".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("relay")
+        .into_inner();
+    assert_eq!(relayed.code, 0, "{relayed:?}");
+    let metrics = |i: usize| {
+        let http = endpoints(i).http.expect("an HTTP endpoint");
+        let addr = http
+            .trim_start_matches("http://")
+            .parse()
+            .expect("an address");
+        support::dashboard::get(addr, "/metrics").body
+    };
+    let seen = "svckit_rpc_client_nodes{topic=\"target\"} 1";
+    let (a, b) = (metrics(1), metrics(2));
+    assert!(a.contains(seen), "{a}");
+    assert!(!b.contains("svckit_rpc_client_nodes{topic="), "{b}");
+    for node in &nodes {
+        node.stop().await.expect("stop");
+    }
+}

@@ -50,7 +50,7 @@ use crate::admission::{pause_after_accept_error, Admission, Limiter};
 use crate::config::{AdmissionMode, Config};
 use crate::error::{BoxError, Result};
 use crate::telemetry::metrics::Metrics;
-use crate::telemetry::otel::Exporter;
+use crate::telemetry::trace::NodeScope;
 use crate::telemetry::trace::{self, TraceContextLayer};
 use crate::tls::{self, MaybeTls};
 
@@ -214,7 +214,7 @@ impl HttpServer {
         options: &HttpOptions,
         tls: Option<TlsAcceptor>,
         grpc: Option<GrpcService>,
-        exporter: Option<Exporter>,
+        node: NodeScope,
     ) -> Result<Self> {
         let listener = tokio::net::TcpListener::from_std(listener)?;
         let (shutdown, mut stop) = watch::channel(false);
@@ -237,7 +237,7 @@ impl HttpServer {
                 .keep_alive_timeout(Duration::from_secs(10));
         }
         let slots = Admission::new(options.max_connections);
-        let context = TraceContextLayer::http(options.request_timeout).with_exporter(exporter);
+        let context = TraceContextLayer::http(options.request_timeout).with_node(node);
         let lines = LineLimitLayer {
             max_url_len: options.max_url_len,
             max_header_line: options.max_header_line,

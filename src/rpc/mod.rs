@@ -141,6 +141,9 @@ impl Rpc {
     /// A client of `registry`. Nothing is listed or watched yet: a topic's
     /// members are, from the first channel to it on.
     pub async fn with_options(registry: Registry, options: RpcOptions) -> Result<Self> {
+        // Made within a node (a request it serves, its manager's hooks):
+        // the client's figures show on the node's metrics.
+        let figures = crate::telemetry::trace::client_figures().unwrap_or_default();
         let discovery = Discovery::new(
             registry,
             ConnectOptions {
@@ -152,12 +155,14 @@ impl Rpc {
                 tls: options.tls.clone(),
                 idle_timeout: options.idle_timeout,
                 connections_per_node: options.connections_per_node,
+                figures: figures.clone(),
             },
         );
         let shared = Arc::new(Shared::new(
             options.max_casts_in_flight,
             options.ejection_time,
             options.exporter.clone(),
+            figures,
         ));
         Ok(Rpc {
             discovery,

@@ -22,8 +22,8 @@ use tower::ServiceBuilder;
 use tower_http::trace::TraceLayer;
 
 use super::conn::Connections;
-use super::limits::MessageLimitLayer;
-use super::orca::CallReportLayer;
+use super::limits::StatusLayer;
+use super::orca::CallReports;
 use super::pool::RpcPoolLayer;
 use crate::admission::Limiter;
 use crate::error::{Error, Result};
@@ -70,8 +70,8 @@ pub(crate) struct Limits {
 
 /// Adds the layers every gRPC call passes, outermost first, to a tonic
 /// `Server` builder or a tower `ServiceBuilder` (a port shared with HTTP):
-/// its span, the trace context, the metrics, the per-call load report,
-/// admission and the pool, the message size limit.
+/// its span, the trace context, the metrics, admission and the pool, the
+/// message size limit and the per-call load report.
 macro_rules! grpc_layers {
     ($builder:expr, $metrics:expr, $limits:expr) => {
         $builder
@@ -82,12 +82,12 @@ macro_rules! grpc_layers {
             )
             .layer($metrics.trace_context())
             .layer($metrics.grpc_layer())
-            .layer(CallReportLayer::new(
-                $limits.load_report_trailer.then(|| $metrics.load_figures()),
-            ))
             .layer($limits.pool($metrics))
-            .layer(MessageLimitLayer {
+            .layer(StatusLayer {
                 max: $limits.max_message_size,
+                reports: $limits
+                    .load_report_trailer
+                    .then(|| CallReports::new($metrics.load_figures())),
             })
     };
 }
@@ -209,7 +209,7 @@ impl GrpcServer {
             &http.options,
             http.tls,
             Some(BoxCloneSyncService::new(grpc)),
-            metrics.exporter().cloned(),
+            metrics.node_scope(),
         )?);
         let (shutdown_tx, shutdown_rx) = oneshot::channel::<()>();
         let (done_tx, done) = watch::channel(None);

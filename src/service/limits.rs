@@ -1,3 +1,7 @@
+//! What the kit changes in a gRPC call's status, in one layer: the status
+//! of an oversized message, and the node's load report when
+//! `rpc_load_report_trailer` is on ([`super::orca::CallReports`]).
+//!
 //! The status of an oversized gRPC message: RESOURCE_EXHAUSTED.
 //!
 //! tonic's decoder refuses a message over `max_message_size` with
@@ -20,44 +24,48 @@ use http::HeaderValue;
 use http_body::Body;
 use tower::{Layer, Service};
 
+use super::orca::CallReports;
 use crate::body::{edit_status, EditStatus, Polled, Trailed, Watch, Watched};
 use crate::wire::GRPC_STATUS;
 
 const OUT_OF_RANGE: &str = "11";
 const RESOURCE_EXHAUSTED: HeaderValue = HeaderValue::from_static("8");
 
-/// Maps the status of calls with a message over `max` bytes (see the
-/// module docs).
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct MessageLimitLayer {
+/// Maps the status of calls with a message over `max` bytes, and adds the
+/// load report (see the module docs).
+#[derive(Clone)]
+pub(crate) struct StatusLayer {
     pub(crate) max: usize,
+    pub(crate) reports: Option<Arc<CallReports>>,
 }
 
-impl<S> Layer<S> for MessageLimitLayer {
-    type Service = MessageLimit<S>;
+impl<S> Layer<S> for StatusLayer {
+    type Service = StatusEdits<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        MessageLimit {
+        StatusEdits {
             inner,
             max: self.max,
+            reports: self.reports.clone(),
         }
     }
 }
 
-/// The service of [`MessageLimitLayer`].
-#[derive(Debug, Clone)]
-pub(crate) struct MessageLimit<S> {
+/// The service of [`StatusLayer`].
+#[derive(Clone)]
+pub(crate) struct StatusEdits<S> {
     inner: S,
     max: usize,
+    reports: Option<Arc<CallReports>>,
 }
 
-impl<S, RB> Service<http::Request<tonic::body::Body>> for MessageLimit<S>
+impl<S, RB> Service<http::Request<tonic::body::Body>> for StatusEdits<S>
 where
     S: Service<http::Request<tonic::body::Body>, Response = http::Response<RB>>,
     S::Future: Send + 'static,
     RB: Body<Data = Bytes> + Send + 'static,
 {
-    type Response = http::Response<Trailed<RB, Remap>>;
+    type Response = http::Response<Trailed<RB, Edits>>;
     type Error = S::Error;
     type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
 
@@ -71,23 +79,30 @@ where
         let request =
             request.map(|body| tonic::body::Body::new(Scanned::new(body, Scanner::new(max, flag))));
         let future = self.inner.call(request);
+        let reports = self.reports.clone();
         Box::pin(async move {
             let response = future.await?;
-            Ok(edit_status(response, Remap(oversized)))
+            Ok(edit_status(response, Edits { oversized, reports }))
         })
     }
 }
 
-/// OUT_OF_RANGE → RESOURCE_EXHAUSTED in a call's status, when the call
-/// carried an oversized message.
-pub(crate) struct Remap(Arc<AtomicBool>);
+/// A call's status edits: OUT_OF_RANGE → RESOURCE_EXHAUSTED when the call
+/// carried an oversized message, and the load report when on.
+pub(crate) struct Edits {
+    oversized: Arc<AtomicBool>,
+    reports: Option<Arc<CallReports>>,
+}
 
-impl EditStatus for Remap {
+impl EditStatus for Edits {
     fn edit(self, headers: &mut http::HeaderMap) {
-        if self.0.load(Ordering::Relaxed)
+        if self.oversized.load(Ordering::Relaxed)
             && headers.get(GRPC_STATUS).is_some_and(|v| v == OUT_OF_RANGE)
         {
             headers.insert(GRPC_STATUS, RESOURCE_EXHAUSTED);
+        }
+        if let Some(reports) = &self.reports {
+            reports.add_to(headers);
         }
     }
 }
@@ -204,7 +219,11 @@ mod tests {
         let remap = |oversized, code| {
             let mut headers = http::HeaderMap::new();
             headers.insert(GRPC_STATUS, HeaderValue::from_static(code));
-            Remap(Arc::new(AtomicBool::new(oversized))).edit(&mut headers);
+            let edits = Edits {
+                oversized: Arc::new(AtomicBool::new(oversized)),
+                reports: None,
+            };
+            edits.edit(&mut headers);
             headers[GRPC_STATUS].clone()
         };
         assert_eq!(remap(true, "11"), "8");

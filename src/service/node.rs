@@ -27,6 +27,7 @@ use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaServiceSe
 use crate::periodic::{self, Job, Scope};
 use crate::servicegroup::{Advert, Endpoints, RegistryHandle};
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::trace;
 
 /// How long a stopping node waits for its last spans to leave.
 const SPAN_FLUSH: Duration = Duration::from_secs(2);
@@ -111,11 +112,15 @@ impl<M: Manager> Node<M> {
         let addr = bound.grpc.local_addr()?;
         self.node.set_endpoints(bound.endpoints.clone());
 
-        self.manager.init_host().await.map_err(hook("init_host"))?;
+        // The hooks run as the node's own work: an RPC client made there
+        // shows on its metrics, its calls go with its spans.
+        let scope = || self.node.metrics().node_scope();
+        trace::within(scope(), self.manager.init_host())
+            .await
+            .map_err(hook("init_host"))?;
         self.initialised.store(true, Ordering::SeqCst);
         let served = async {
-            self.manager
-                .pre_start_hook()
+            trace::within(scope(), self.manager.pre_start_hook())
                 .await
                 .map_err(hook("pre_start_hook"))?;
             self.serve(bound, &config, tls.as_ref(), drain_delay).await
@@ -129,7 +134,7 @@ impl<M: Manager> Node<M> {
         };
         let server = running.grpc.clone();
         *crate::sync::lock(&self.running) = Some(running);
-        if let Err(e) = self.manager.post_start_hook().await {
+        if let Err(e) = trace::within(scope(), self.manager.post_start_hook()).await {
             server.abort();
             self.cleanup_after_failed_start().await;
             return Err(hook("post_start_hook")(e));
@@ -225,8 +230,8 @@ impl<M: Manager> Node<M> {
                     .await?;
                 let options = HttpOptions::from_config(config);
                 let tls = tls.map(ServerTls::http_acceptor);
-                let exporter = metrics.exporter().cloned();
-                let server = HttpServer::start(listener, router, &options, tls, None, exporter)?;
+                let node = metrics.node_scope();
+                let server = HttpServer::start(listener, router, &options, tls, None, node)?;
                 Ok::<_, Error>((server, board))
             };
             match started.await {

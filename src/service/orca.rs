@@ -5,7 +5,8 @@
 //!   the calls it answers per unit of CPU;
 //! - per call, with `rpc_load_report_trailer`, in the
 //!   `endpoint-load-metrics-bin` trailer of every gRPC answer
-//!   ([`CallReportLayer`]), which WRR reads when it is not asked to open
+//!   ([`CallReports`], added by the layer that edits a call's status,
+//!   [`super::limits::StatusLayer`]), which WRR reads when it is not asked to open
 //!   streams, and which any client may read: the node's load over the last
 //!   [`CALL_REPORT_REFRESH`] or so, the same report for every call in it
 //!   (CPU, application utilization, calls and errors per second: what WRR
@@ -29,7 +30,6 @@
 
 use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use futures::Stream;
@@ -38,7 +38,6 @@ use prost::Message;
 use tonic::{Request, Response, Status};
 
 use super::info::NodeInfo;
-use crate::body::{edit_status, EditStatus, Trailed};
 use crate::pb::xds::data::orca::v3::OrcaLoadReport;
 use crate::pb::xds::service::orca::v3::open_rca_service_server::OpenRcaService;
 use crate::pb::xds::service::orca::v3::OrcaLoadReportRequest;
@@ -169,7 +168,7 @@ pub(crate) const CALL_REPORT_REFRESH: Duration = Duration::from_millis(250);
 
 /// The node's per-call report, computed at most once per
 /// [`CALL_REPORT_REFRESH`] and shared by every call in between.
-struct CallReports {
+pub(crate) struct CallReports {
     figures: LoadFigures,
     last: Mutex<(Sample, Option<HeaderValue>)>,
 }
@@ -207,98 +206,20 @@ fn encode(report: &OrcaLoadReport) -> Option<HeaderValue> {
     metadata.into_headers().remove(CALL_REPORT_HEADER)
 }
 
-/// Adds the node's load report to every gRPC answer's status (see the
-/// module docs), when `rpc_load_report_trailer` is on; else passes every
-/// answer through.
-#[derive(Clone)]
-pub(crate) struct CallReportLayer {
-    reports: Option<Arc<CallReports>>,
-}
-
-impl CallReportLayer {
-    /// Reports from `figures`; `None` adds none.
-    pub(crate) fn new(figures: Option<LoadFigures>) -> Self {
-        let reports = figures.map(|figures| {
-            let first = Sample::take(&figures);
-            Arc::new(CallReports {
-                figures,
-                last: Mutex::new((first, None)),
-            })
-        });
-        CallReportLayer { reports }
+impl CallReports {
+    /// Reports from `figures`.
+    pub(crate) fn new(figures: LoadFigures) -> Arc<CallReports> {
+        let first = Sample::take(&figures);
+        Arc::new(CallReports {
+            figures,
+            last: Mutex::new((first, None)),
+        })
     }
-}
 
-impl<S> tower::Layer<S> for CallReportLayer {
-    type Service = CallReport<S>;
-
-    fn layer(&self, inner: S) -> CallReport<S> {
-        CallReport {
-            inner,
-            reports: self.reports.clone(),
-        }
-    }
-}
-
-/// The service of [`CallReportLayer`].
-#[derive(Clone)]
-pub(crate) struct CallReport<S> {
-    inner: S,
-    reports: Option<Arc<CallReports>>,
-}
-
-/// Adds the report to a call's status.
-pub(crate) struct AddReport(Arc<CallReports>);
-
-impl EditStatus for AddReport {
-    fn edit(self, headers: &mut http::HeaderMap) {
-        if let Some(value) = self.0.current() {
+    /// Adds the current report to a call's status headers or trailers.
+    pub(crate) fn add_to(&self, headers: &mut http::HeaderMap) {
+        if let Some(value) = self.current() {
             headers.insert(CALL_REPORT_HEADER, value);
         }
-    }
-}
-
-impl<S, B, RB> tower::Service<http::Request<B>> for CallReport<S>
-where
-    S: tower::Service<http::Request<B>, Response = http::Response<RB>>,
-{
-    type Response = http::Response<Trailed<RB, AddReport>>;
-    type Error = S::Error;
-    type Future = Reported<S::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        Reported {
-            inner: self.inner.call(request),
-            reports: self.reports.clone(),
-        }
-    }
-}
-
-pin_project_lite::pin_project! {
-    /// A call's answer, with the report added when it comes.
-    pub(crate) struct Reported<F> {
-        #[pin]
-        inner: F,
-        reports: Option<Arc<CallReports>>,
-    }
-}
-
-impl<F, RB, E> std::future::Future for Reported<F>
-where
-    F: std::future::Future<Output = Result<http::Response<RB>, E>>,
-{
-    type Output = Result<http::Response<Trailed<RB, AddReport>>, E>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
-        let response = std::task::ready!(this.inner.poll(cx))?;
-        Poll::Ready(Ok(match this.reports.take() {
-            Some(reports) => edit_status(response, AddReport(reports)),
-            None => response.map(Trailed::unchanged),
-        }))
     }
 }

@@ -20,6 +20,7 @@ use opentelemetry::KeyValue;
 use tokio::task::futures::TaskLocalFuture;
 use tower::{Layer, Service};
 
+use super::metrics::ClientFigures;
 use super::otel;
 
 /// The header name (W3C Trace Context).
@@ -34,9 +35,30 @@ pub struct Served {
     deadline: Option<Instant>,
     /// Its `svckit-criticality`, passed on as it came.
     criticality: Option<HeaderValue>,
-    /// The span export of the node serving it: the calls it makes are
-    /// exported with its spans.
-    exporter: Option<otel::Exporter>,
+    /// The node serving it: the calls it makes are exported with its
+    /// spans, and the RPC clients made while serving show on its metrics.
+    node: Option<Arc<NodeScope>>,
+}
+
+/// What a node hands down to the work it runs, the requests it serves and
+/// its manager's hooks: its span export, and the figures its RPC clients
+/// keep (an `Rpc` made within shows on the node's `/metrics`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct NodeScope {
+    pub(crate) exporter: Option<otel::Exporter>,
+    pub(crate) clients: Option<ClientFigures>,
+}
+
+/// Runs `work` as the node of `node` would serve a request, with no
+/// request of its own: no traceparent, deadline or criticality.
+pub(crate) async fn within<F: std::future::Future>(node: NodeScope, work: F) -> F::Output {
+    let served = Served {
+        traceparent: None,
+        deadline: None,
+        criticality: None,
+        node: Some(Arc::new(node)),
+    };
+    CURRENT.scope(served, work).await
 }
 
 tokio::task_local! {
@@ -56,7 +78,19 @@ pub fn deadline() -> Option<Instant> {
 
 /// The span export of the node serving this task's request, if it has one.
 pub(crate) fn exporter() -> Option<otel::Exporter> {
-    CURRENT.try_with(|s| s.exporter.clone()).ok().flatten()
+    CURRENT
+        .try_with(|s| s.node.as_ref().and_then(|n| n.exporter.clone()))
+        .ok()
+        .flatten()
+}
+
+/// Where the RPC clients made by this task show their figures: the
+/// serving node's metrics, if any.
+pub(crate) fn client_figures() -> Option<ClientFigures> {
+    CURRENT
+        .try_with(|s| s.node.as_ref().and_then(|n| n.clients.clone()))
+        .ok()
+        .flatten()
 }
 
 /// The `svckit-criticality` of the request being served by this task, if
@@ -148,7 +182,7 @@ fn record_traceparent<B>(span: &tracing::Span, request: &http::Request<B>) {
 #[derive(Debug, Clone, Default)]
 pub struct TraceContextLayer {
     request_timeout: Option<Duration>,
-    exporter: Option<otel::Exporter>,
+    node: Option<Arc<NodeScope>>,
 }
 
 impl TraceContextLayer {
@@ -156,13 +190,17 @@ impl TraceContextLayer {
     pub fn http(request_timeout: Duration) -> Self {
         TraceContextLayer {
             request_timeout: Some(request_timeout),
-            exporter: None,
+            node: None,
         }
     }
 
-    /// The same layer, each request a span of `exporter`'s.
-    pub(crate) fn with_exporter(self, exporter: Option<otel::Exporter>) -> Self {
-        TraceContextLayer { exporter, ..self }
+    /// The same layer, each request served by `node`: a span of its
+    /// exporter's, the clients made while serving it on its metrics.
+    pub(crate) fn with_node(self, node: NodeScope) -> Self {
+        TraceContextLayer {
+            node: Some(Arc::new(node)),
+            ..self
+        }
     }
 }
 
@@ -173,7 +211,7 @@ impl<S> Layer<S> for TraceContextLayer {
         TraceContext {
             inner,
             request_timeout: self.request_timeout,
-            exporter: self.exporter.clone(),
+            node: self.node.clone(),
         }
     }
 }
@@ -183,7 +221,7 @@ impl<S> Layer<S> for TraceContextLayer {
 pub struct TraceContext<S> {
     inner: S,
     request_timeout: Option<Duration>,
-    exporter: Option<otel::Exporter>,
+    node: Option<Arc<NodeScope>>,
 }
 
 impl<S> TraceContext<S> {
@@ -195,7 +233,7 @@ impl<S> TraceContext<S> {
         request: &http::Request<B>,
         parent: Option<&HeaderValue>,
     ) -> Option<otel::Span> {
-        let exporter = self.exporter.as_ref()?;
+        let exporter = self.node.as_ref()?.exporter.as_ref()?;
         let address = request
             .uri()
             .authority()
@@ -269,14 +307,19 @@ where
             traceparent: traceparent(&request).cloned(),
             deadline: timeout.and_then(|t| Instant::now().checked_add(t)),
             criticality: request.headers().get(CRITICALITY).cloned(),
-            exporter: self.exporter.clone(),
+            node: self.node.clone(),
         };
         if let Some(span) = self.server_span(&request, served.traceparent.as_ref()) {
             // The calls made while serving are this span's children.
             served.traceparent = otel::traceparent(&span);
             request.extensions_mut().insert(ServerSpan::new(span));
         }
-        if served.traceparent.is_none() && served.deadline.is_none() && served.criticality.is_none()
+        // A node's requests are always in its scope: an RPC client made
+        // while serving one must find the node.
+        if served.node.is_none()
+            && served.traceparent.is_none()
+            && served.deadline.is_none()
+            && served.criticality.is_none()
         {
             return Either::Right(self.inner.call(request));
         }
@@ -311,7 +354,7 @@ mod tests {
             traceparent: Some(value.clone()),
             deadline: None,
             criticality: None,
-            exporter: None,
+            node: None,
         };
         let seen = CURRENT.scope(served, async { current() }).await;
         assert_eq!(seen, Some(value));

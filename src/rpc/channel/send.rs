@@ -93,6 +93,7 @@ impl RpcChannel {
         let peers = self.snapshot.borrow().peers(&self.settings.target.topic);
         if outlier::failed(node, &peers, shared.ejection) {
             shared.ejections.fetch_add(1, Ordering::Relaxed);
+            shared.figures.count_ejection(&self.settings.target.topic);
         }
     }
 

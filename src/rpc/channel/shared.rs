@@ -1,6 +1,7 @@
 //! What the channels of one [`Rpc`](crate::rpc::Rpc) share, and the
 //! client's counters.
 
+use crate::telemetry::metrics::ClientFigures;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -36,6 +37,8 @@ pub(in crate::rpc) struct Shared {
     /// The client's span export (from its config's `otlp_endpoint`), for
     /// calls not made while serving a request of a node that exports.
     pub(super) exporter: Option<Exporter>,
+    /// Where ejections per topic are shown.
+    pub(super) figures: ClientFigures,
 }
 
 impl Shared {
@@ -43,9 +46,11 @@ impl Shared {
         max_casts: usize,
         ejection: Duration,
         exporter: Option<Exporter>,
+        figures: ClientFigures,
     ) -> Self {
         Shared {
             exporter,
+            figures,
             calls: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             hedges: AtomicU64::new(0),

@@ -15,6 +15,7 @@ mod tests;
 mod topics;
 mod tracker;
 
+use crate::telemetry::metrics::ClientFigures;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -307,6 +308,8 @@ pub(crate) struct ConnectOptions {
     pub(crate) idle_timeout: Option<Duration>,
     /// HTTP/2 connections a node may get while many calls are in flight.
     pub(crate) connections_per_node: usize,
+    /// Where the routable nodes per topic are shown.
+    pub(crate) figures: ClientFigures,
 }
 
 /// Whether a node's endpoint can be connected to (checked when it is

@@ -171,7 +171,6 @@ pub(crate) fn failed(node: &Node, peers: &[Arc<Node>], base: Duration) -> bool {
         ejected_for = ?span,
         "node failing well above its peers; ejected"
     );
-    crate::telemetry::metrics::count_ejection(&node.member.record.advert.topic);
     true
 }
 

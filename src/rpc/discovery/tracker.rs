@@ -127,10 +127,9 @@ impl Tracker {
         // Nodes no longer routable drop out here; calls in flight hold their
         // own channel clone and finish on it.
         self.nodes = live;
-        crate::telemetry::metrics::set_client_nodes(
-            &self.topic,
-            by_topic.get(&self.topic).map_or(0, Vec::len),
-        );
+        self.options
+            .figures
+            .set_nodes(&self.topic, by_topic.get(&self.topic).map_or(0, Vec::len));
         let mut all = HashMap::new();
         let mut subsets = HashMap::new();
         for (topic, nodes) in by_topic {
@@ -176,6 +175,6 @@ impl Project for Tracker {
 impl Drop for Tracker {
     /// The topic's watch stopped: this client routes to none of its nodes.
     fn drop(&mut self) {
-        crate::telemetry::metrics::set_client_nodes(&self.topic, 0);
+        self.options.figures.set_nodes(&self.topic, 0);
     }
 }

@@ -25,15 +25,15 @@ mod totals;
 
 pub use self::layer::RequestMetricsLayer;
 use self::layer::{Code, Kind};
-pub(crate) use self::outside::{count_ejection, set_client_nodes, WorkerFigures};
-use self::outside::{ReasonLabel, CLIENT_EJECTIONS, CLIENT_NODES};
+use self::outside::ReasonLabel;
+pub(crate) use self::outside::{ClientFigures, WorkerFigures};
 use self::totals::Totals;
 pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
 use crate::admission::{AdmissionStats, Load};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 use crate::sync::{read, write};
 use crate::telemetry::otel::Exporter;
-use crate::telemetry::trace::TraceContextLayer;
+use crate::telemetry::trace::{NodeScope, TraceContextLayer};
 
 /// Labels of a finished request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -251,6 +251,8 @@ pub struct Metrics {
     exporter: Option<Exporter>,
     /// Workers restarted, by reason, as the supervisor last told.
     worker_restarts: Family<ReasonLabel, Counter>,
+    /// The figures of the RPC clients made within the node.
+    clients: ClientFigures,
     /// Where they come from, once the node runs as a supervised worker.
     worker_figures: std::sync::OnceLock<Arc<WorkerFigures>>,
 }
@@ -296,15 +298,16 @@ impl Metrics {
             "workers the supervisor restarted, by reason: exited (died unasked) or timeout (killed after missing its beats for worker_timeout)",
             worker_restarts.clone(),
         );
+        let clients = ClientFigures::default();
         registry.register(
             "svckit_rpc_client_nodes",
-            "routable nodes per topic, as this process's RPC clients see them",
-            CLIENT_NODES.clone(),
+            "routable nodes per topic, as the RPC clients made within this node see them",
+            clients.nodes.clone(),
         );
         registry.register(
             "svckit_rpc_client_ejections",
-            "nodes this process's RPC clients left out as outliers (failing well above their peers), per topic",
-            CLIENT_EJECTIONS.clone(),
+            "nodes the RPC clients made within this node left out as outliers (failing well above their peers), per topic",
+            clients.ejections.clone(),
         );
         let reregistrations = Gauge::<u64, AtomicU64>::default();
         registry.register(
@@ -338,6 +341,7 @@ impl Metrics {
             admission,
             exporter: None,
             worker_restarts,
+            clients,
             worker_figures: std::sync::OnceLock::new(),
             registry,
             grpc,
@@ -375,7 +379,16 @@ impl Metrics {
     /// The layer that starts the span of each gRPC call served (with the
     /// node's export) and hands on its trace context and deadline.
     pub(crate) fn trace_context(&self) -> TraceContextLayer {
-        TraceContextLayer::default().with_exporter(self.exporter.clone())
+        TraceContextLayer::default().with_node(self.node_scope())
+    }
+
+    /// What the node hands down to the requests it serves and its
+    /// manager's hooks: its span export and its RPC clients' figures.
+    pub(crate) fn node_scope(&self) -> NodeScope {
+        NodeScope {
+            exporter: self.exporter.clone(),
+            clients: Some(self.clients.clone()),
+        }
     }
 
     /// The layer that counts gRPC calls.

@@ -1,9 +1,8 @@
-//! Figures a node shows that come from outside it: the process's RPC
-//! clients, which the manager makes apart from any node, and what a
-//! worker's supervisor tells of the workers it restarted.
+//! Figures a node shows that come from outside it: the RPC clients made
+//! within it, and what a worker's supervisor tells of the workers it
+//! restarted.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::LazyLock;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -15,31 +14,34 @@ pub(super) struct Topic {
     topic: String,
 }
 
-/// Routable nodes per topic as this process's RPC clients see them: the
-/// clients are made by the manager, apart from any node, so the gauge is
-/// the process's and every node's registry shows it.
-pub(super) static CLIENT_NODES: LazyLock<Family<Topic, Gauge>> = LazyLock::new(Family::default);
-
-/// Sets the routable nodes of `topic` seen by this process's RPC clients.
-pub(crate) fn set_client_nodes(topic: &str, nodes: usize) {
-    CLIENT_NODES
-        .get_or_create(&Topic {
-            topic: topic.to_string(),
-        })
-        .set(i64::try_from(nodes).unwrap_or(i64::MAX));
+/// What an RPC client keeps of the topics it calls, per topic: the
+/// routable nodes it sees, and the nodes it ejected as outliers. A client
+/// made within a node (a request it serves, its manager's hooks) writes the
+/// node's, shown on its `/metrics`; any other keeps its own, shown nowhere.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct ClientFigures {
+    pub(super) nodes: Family<Topic, Gauge>,
+    pub(super) ejections: Family<Topic, Counter>,
 }
 
-/// Nodes this process's RPC clients ejected as outliers, per topic.
-pub(super) static CLIENT_EJECTIONS: LazyLock<Family<Topic, Counter>> =
-    LazyLock::new(Family::default);
+impl ClientFigures {
+    /// Sets the routable nodes of `topic` the client sees.
+    pub(crate) fn set_nodes(&self, topic: &str, nodes: usize) {
+        self.nodes
+            .get_or_create(&Topic {
+                topic: topic.to_string(),
+            })
+            .set(i64::try_from(nodes).unwrap_or(i64::MAX));
+    }
 
-/// Counts an ejection of a node of `topic`.
-pub(crate) fn count_ejection(topic: &str) {
-    CLIENT_EJECTIONS
-        .get_or_create(&Topic {
-            topic: topic.to_string(),
-        })
-        .inc();
+    /// Counts an ejection of a node of `topic`.
+    pub(crate) fn count_ejection(&self, topic: &str) {
+        self.ejections
+            .get_or_create(&Topic {
+                topic: topic.to_string(),
+            })
+            .inc();
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -76,5 +78,29 @@ impl WorkerFigures {
             ("exited", restarts.saturating_sub(timeouts)),
             ("timeout", timeouts),
         ]
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::Metrics;
+
+    #[test]
+    fn a_client_made_within_a_node_counts_on_that_node_alone() {
+        let (mine, other) = (Metrics::new(), Metrics::new());
+        let clients = mine.node_scope().clients.expect("a node's client figures");
+        clients.set_nodes("t", 3);
+        clients.count_ejection("t");
+        let text = mine.render(None);
+        assert!(
+            text.contains("svckit_rpc_client_nodes{topic=\"t\"} 3"),
+            "{text}"
+        );
+        assert!(
+            text.contains("svckit_rpc_client_ejections_total{topic=\"t\"} 1"),
+            "{text}"
+        );
+        let text = other.render(None);
+        assert!(!text.contains("topic=\"t\""), "{text}");
     }
 }
