@@ -451,6 +451,7 @@ impl Config {
             password_file: self.registry_password_file.clone(),
             timeout: self.registry_timeout,
             backoff_max: self.registry_backoff_max,
+            ..RegistryOptions::default()
         }
     }
 }

@@ -177,7 +177,10 @@ impl Rpc {
     /// are exported there; those made while serving one go with the
     /// node's spans).
     pub async fn from_config(config: &Config) -> Result<Self> {
-        let registry = servicegroup::connect(&config.registry, &config.registry_options()).await?;
+        let mut registry_options = config.registry_options();
+        // Made within a node: its watches' staleness shows on the node.
+        registry_options.figures = crate::telemetry::trace::membership_figures();
+        let registry = servicegroup::connect(&config.registry, &registry_options).await?;
         let identity = otel::Identity {
             service: crate::config::program_name(),
             host: config.host.clone(),

@@ -9,11 +9,10 @@
 //!   told a watcher that it had been sent everything up to a revision; the
 //!   age of that proof is `time() - ` this.
 //!
-//! Both are process-wide, as the watches are: one per topic, shared by
-//! every client of the process.
+//! Both are a registry connection's ([`MembershipFigures`]): its watches,
+//! one per topic, are shared by every client of the connection.
 
 use std::sync::atomic::AtomicU64;
-use std::sync::LazyLock;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
@@ -36,41 +35,62 @@ fn buckets() -> Histogram {
 
 type Lags = Family<Topic, Histogram, fn() -> Histogram>;
 
-static LAG: LazyLock<Lags> = LazyLock::new(|| Family::new_with_constructor(buckets));
-static PROGRESS: LazyLock<Family<Topic, Gauge<f64, AtomicU64>>> = LazyLock::new(Family::default);
-
-/// A put was written at `written` and applied `now`.
-pub(crate) fn observe(topic: Option<&str>, now: SystemTime, written: SystemTime) {
-    // A stamp from a clock ahead of ours counts as no lag rather than none.
-    let lag = now.duration_since(written).unwrap_or(Duration::ZERO);
-    LAG.get_or_create(&label(topic)).observe(lag.as_secs_f64());
+/// One registry connection's figures of how stale its watches are. A
+/// connection an `Rpc` makes within a node (`Rpc::from_config` in a
+/// request it serves or its manager's hooks) writes the node's, shown on
+/// its `/metrics`; any other keeps its own, shown nowhere.
+#[derive(Clone, Debug)]
+pub(crate) struct MembershipFigures {
+    lag: Lags,
+    progress: Family<Topic, Gauge<f64, AtomicU64>>,
 }
 
-/// etcd proved a watcher of `topic` current.
-pub(crate) fn progressed(topic: Option<&str>) {
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO);
-    PROGRESS.get_or_create(&label(topic)).set(now.as_secs_f64());
+impl Default for MembershipFigures {
+    fn default() -> Self {
+        MembershipFigures {
+            lag: Family::new_with_constructor(buckets),
+            progress: Family::default(),
+        }
+    }
+}
+
+impl MembershipFigures {
+    /// A put was written at `written` and applied `now`.
+    pub(crate) fn observe(&self, topic: Option<&str>, now: SystemTime, written: SystemTime) {
+        // A stamp from a clock ahead of ours counts as no lag rather than none.
+        let lag = now.duration_since(written).unwrap_or(Duration::ZERO);
+        self.lag
+            .get_or_create(&label(topic))
+            .observe(lag.as_secs_f64());
+    }
+
+    /// etcd proved a watcher of `topic` current.
+    pub(crate) fn progressed(&self, topic: Option<&str>) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or(Duration::ZERO);
+        self.progress
+            .get_or_create(&label(topic))
+            .set(now.as_secs_f64());
+    }
+
+    /// Registers both families in a node's `registry`.
+    pub(crate) fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "svckit_membership_lag_seconds",
+            "time from a member's key being written to a watch of this node's RPC clients applying it, per topic",
+            self.lag.clone(),
+        );
+        registry.register(
+            "svckit_membership_progress_timestamp_seconds",
+            "unix time at which etcd last proved a watch of this node's RPC clients current (a progress notification), per topic",
+            self.progress.clone(),
+        );
+    }
 }
 
 fn label(topic: Option<&str>) -> Topic {
     Topic {
         topic: topic.unwrap_or("*").to_string(),
     }
-}
-
-/// Registers both families (a process may have several registries: each
-/// node's shows the process's watches).
-pub fn register(registry: &mut Registry) {
-    registry.register(
-        "svckit_membership_lag_seconds",
-        "time from a member's key being written to this process's watch applying it, per topic",
-        LAG.clone(),
-    );
-    registry.register(
-        "svckit_membership_progress_timestamp_seconds",
-        "unix time at which etcd last proved this process's watch of a topic current (a progress notification)",
-        PROGRESS.clone(),
-    );
 }

@@ -152,6 +152,9 @@ pub struct RegistryOptions {
     /// Cap on the delay between retries of heartbeats, re-registrations,
     /// watch reconnections and reloads (exponential backoff, full jitter).
     pub backoff_max: Duration,
+    /// Where the connection's watches show how stale they are (a node's
+    /// metrics); `None`: figures of its own, shown nowhere.
+    pub(crate) figures: Option<super::lag::MembershipFigures>,
 }
 
 impl fmt::Debug for RegistryOptions {
@@ -180,6 +183,7 @@ impl Default for RegistryOptions {
             password_file: None,
             timeout: Duration::from_secs(5),
             backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
+            figures: None,
         }
     }
 }

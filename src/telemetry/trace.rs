@@ -22,6 +22,7 @@ use tower::{Layer, Service};
 
 use super::metrics::ClientFigures;
 use super::otel;
+use crate::servicegroup::lag::MembershipFigures;
 
 /// The header name (W3C Trace Context).
 pub const TRACEPARENT: &str = "traceparent";
@@ -47,6 +48,8 @@ pub struct Served {
 pub(crate) struct NodeScope {
     pub(crate) exporter: Option<otel::Exporter>,
     pub(crate) clients: Option<ClientFigures>,
+    /// How stale the watches of those clients' registry connections are.
+    pub(crate) membership: Option<MembershipFigures>,
 }
 
 /// Runs `work` as the node of `node` would serve a request, with no
@@ -80,6 +83,15 @@ pub fn deadline() -> Option<Instant> {
 pub(crate) fn exporter() -> Option<otel::Exporter> {
     CURRENT
         .try_with(|s| s.node.as_ref().and_then(|n| n.exporter.clone()))
+        .ok()
+        .flatten()
+}
+
+/// Where the registry connections of the RPC clients made by this task
+/// show how stale their watches are: the serving node's metrics, if any.
+pub(crate) fn membership_figures() -> Option<MembershipFigures> {
+    CURRENT
+        .try_with(|s| s.node.as_ref().and_then(|n| n.membership.clone()))
         .ok()
         .flatten()
 }

@@ -81,6 +81,8 @@ struct Inner {
     credentials: Option<Credentials>,
     /// The one lease per TTL that this process's keys share.
     leases: lease::Leases,
+    /// How stale the watches are.
+    figures: super::lag::MembershipFigures,
 }
 
 impl EtcdDriver {
@@ -149,6 +151,7 @@ impl EtcdDriver {
             backoff_max: options.backoff_max,
             credentials,
             leases: lease::Leases::default(),
+            figures: options.figures.clone().unwrap_or_default(),
         };
         // The client connects lazily; a first read proves the cluster answers
         // and that our credentials may read the prefix.
@@ -188,6 +191,7 @@ impl EtcdDriver {
                 backoff_max: inner.backoff_max,
                 credentials: inner.credentials.clone(),
                 leases: lease::Leases::default(),
+                figures: inner.figures.clone(),
             }),
         }
     }

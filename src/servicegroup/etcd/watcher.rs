@@ -49,7 +49,7 @@ use crate::error::Result;
 use crate::servicegroup::backoff::Backoff;
 use crate::servicegroup::diff::Key;
 use crate::servicegroup::follow::{self, Follow, Step};
-use crate::servicegroup::{lag, EventStream, Member};
+use crate::servicegroup::{EventStream, Member};
 
 /// How often a quiet watch asks etcd to prove it is still there (etcd's own
 /// progress notifications come every 10 minutes by default).
@@ -376,7 +376,7 @@ impl EtcdFollow {
                 return Ok(Vec::new());
             }
             if let Some(header) = response.header().filter(|_| every || range.is_some()) {
-                lag::progressed(self.topic.as_deref());
+                self.inner.figures.progressed(self.topic.as_deref());
                 for (i, done) in self.done.iter_mut().enumerate() {
                     if every || range == Some(i) {
                         *done = (*done).max(header.revision());
@@ -440,7 +440,9 @@ impl EtcdFollow {
                     EventType::Put => {
                         let key = self.snapshot.apply_put(layout, kv);
                         if let Some(stamp) = super::keys::written_at(layout, kv) {
-                            lag::observe(self.topic.as_deref(), now, stamp);
+                            self.inner
+                                .figures
+                                .observe(self.topic.as_deref(), now, stamp);
                         }
                         key
                     }

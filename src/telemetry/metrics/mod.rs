@@ -253,6 +253,8 @@ pub struct Metrics {
     worker_restarts: Family<ReasonLabel, Counter>,
     /// The figures of the RPC clients made within the node.
     clients: ClientFigures,
+    /// How stale their watches are.
+    membership: crate::servicegroup::lag::MembershipFigures,
     /// Where they come from, once the node runs as a supervised worker.
     worker_figures: std::sync::OnceLock<Arc<WorkerFigures>>,
 }
@@ -333,7 +335,8 @@ impl Metrics {
             "spans dropped because the OTLP collector did not take them (away, or too slow)",
             spans_dropped.clone(),
         );
-        crate::servicegroup::lag::register(&mut registry);
+        let membership = crate::servicegroup::lag::MembershipFigures::default();
+        membership.register(&mut registry);
         let admission = Admission::register(&mut registry);
         Metrics {
             spans_exported,
@@ -342,6 +345,7 @@ impl Metrics {
             exporter: None,
             worker_restarts,
             clients,
+            membership,
             worker_figures: std::sync::OnceLock::new(),
             registry,
             grpc,
@@ -388,6 +392,7 @@ impl Metrics {
         NodeScope {
             exporter: self.exporter.clone(),
             clients: Some(self.clients.clone()),
+            membership: Some(self.membership.clone()),
         }
     }
 
