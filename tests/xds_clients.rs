@@ -253,23 +253,44 @@ async fn ring_hash_keeps_a_key_on_one_node(lang: Lang) {
 
 per_client!(ring_hash_keeps_a_key_on_one_node: grpcio_ring_hash_keeps_a_key_on_one_node, grpc_js_ring_hash_keeps_a_key_on_one_node);
 
+/// How the clients of [`costly_topic`] get the nodes' load reports.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Reports {
+    /// `OpenRcaService` streams (the default).
+    OutOfBand,
+    /// The trailer of each answer: `load_reports = "per_call"`, the nodes
+    /// with `rpc_load_report_trailer`.
+    PerCall,
+}
+
 /// Topic `echo` balanced by weighted round robin over nodes a and b, whose
 /// calls cost 1 ms of CPU, and `costly`, whose calls cost 3 ms; its nodes,
 /// its control plane and the bootstrap naming it.
-fn costly_topic(etcd: &Etcd) -> (Vec<Proc>, Proc, PathBuf, [tempfile::TempDir; 2]) {
+fn costly_topic(
+    etcd: &Etcd,
+    reports: Reports,
+) -> (Vec<Proc>, Proc, PathBuf, [tempfile::TempDir; 2]) {
     let url = etcd.url().to_string();
     let mut nodes = Vec::new();
+    let trailer = if reports == Reports::PerCall {
+        "true"
+    } else {
+        "false"
+    };
     for (host, micros) in [("a", "1000"), ("b", "1000"), ("costly", "3000")] {
-        let env = [("ECHO_SPIN_US", micros)];
+        let env = [
+            ("ECHO_SPIN_US", micros),
+            ("SVCKIT_RPC_LOAD_REPORT_TRAILER", trailer),
+        ];
         nodes.push(Proc::start_example("echo_node", &quick_node_args(&url, host), &env).0);
     }
     let dir = tempfile::tempdir().unwrap();
     let policies = dir.path().join("policies.toml");
-    std::fs::write(
-        &policies,
-        "[topic.echo]\nbalance = \"weighted_round_robin\"\n",
-    )
-    .unwrap();
+    let mut text = "[topic.echo]\nbalance = \"weighted_round_robin\"\n".to_string();
+    if reports == Reports::PerCall {
+        text.push_str("load_reports = \"per_call\"\n");
+    }
+    std::fs::write(&policies, text).unwrap();
     let (xds, _, bootstrap, bootstrap_dir) =
         control_plane_with(&url, &["--policies", policies.to_str().unwrap()]);
     (nodes, xds, bootstrap, [dir, bootstrap_dir])
@@ -287,8 +308,23 @@ fn share(hosts: &BTreeMap<String, u64>) -> f64 {
 /// third. grpc-js 1.14 takes WRR only with
 /// `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`.
 async fn weighted_round_robin_sends_fewer_calls_to_a_costly_node(lang: Lang) {
+    wrr_shifts_calls_off_the_costly_node(lang, Reports::OutOfBand).await;
+}
+
+per_client!(weighted_round_robin_sends_fewer_calls_to_a_costly_node: grpcio_weighted_round_robin_sends_fewer_calls_to_a_costly_node, grpc_js_weighted_round_robin_sends_fewer_calls_to_a_costly_node);
+
+/// The same from the reports in each answer's trailer, with no ORCA
+/// stream: without the nodes' trailer the clients have no weight and the
+/// costly node keeps its third.
+async fn weighted_round_robin_reads_the_reports_each_answer_carries(lang: Lang) {
+    wrr_shifts_calls_off_the_costly_node(lang, Reports::PerCall).await;
+}
+
+per_client!(weighted_round_robin_reads_the_reports_each_answer_carries: grpcio_weighted_round_robin_reads_the_reports_each_answer_carries, grpc_js_weighted_round_robin_reads_the_reports_each_answer_carries);
+
+async fn wrr_shifts_calls_off_the_costly_node(lang: Lang, reports: Reports) {
     let etcd = Etcd::start();
-    let (_nodes, _xds, bootstrap, _dir) = costly_topic(&etcd);
+    let (_nodes, _xds, bootstrap, _dir) = costly_topic(&etcd, reports);
     let env = [("GRPC_EXPERIMENTAL_XDS_WRR_LB", "true")];
     let mut client = XdsClient::start_with(lang, &bootstrap, &env);
     // Weights count once each node has reported for the blackout period.
@@ -312,8 +348,6 @@ async fn weighted_round_robin_sends_fewer_calls_to_a_costly_node(lang: Lang) {
     assert!(share(&hosts) < 0.2, "{hosts:?}");
 }
 
-per_client!(weighted_round_robin_sends_fewer_calls_to_a_costly_node: grpcio_weighted_round_robin_sends_fewer_calls_to_a_costly_node, grpc_js_weighted_round_robin_sends_fewer_calls_to_a_costly_node);
-
 /// A client without weighted round robin (grpc-js 1.14 unless
 /// `GRPC_EXPERIMENTAL_XDS_WRR_LB=true`) takes the round robin listed after
 /// it (gRFC A52) and rejects nothing: the control plane counts no NACK
@@ -321,7 +355,7 @@ per_client!(weighted_round_robin_sends_fewer_calls_to_a_costly_node: grpcio_weig
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_without_wrr_takes_round_robin_and_sends_no_nack() {
     let etcd = Etcd::start();
-    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd);
+    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd, Reports::OutOfBand);
     let addr = control_plane_addr(&xds);
     let mut client = XdsClient::start(Lang::Node, &bootstrap);
     for _ in 0..3 {
@@ -350,7 +384,7 @@ async fn a_client_without_wrr_takes_round_robin_and_sends_no_nack() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_too_old_for_a_policy_gets_round_robin_and_sends_no_nack() {
     let etcd = Etcd::start();
-    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd);
+    let (_nodes, xds, bootstrap, _dir) = costly_topic(&etcd, Reports::OutOfBand);
     let addr = control_plane_addr(&xds);
     let mut old = XdsClient::start(Lang::NodeOld, &bootstrap);
     let env = [("GRPC_EXPERIMENTAL_XDS_WRR_LB", "true")];

@@ -7,7 +7,9 @@
 //!   a node leaves only its keys move;
 //! - `weighted_round_robin` (gRFC A58): each node weighted by the calls it
 //!   answers per CPU second, from the ORCA load reports every node sends
-//!   (a trailer on each call, and `OpenRcaService` out of band). It is sent
+//!   out of band (`OpenRcaService`), or with `load_reports = "per_call"`
+//!   from the trailer on each answer of nodes that set
+//!   `rpc_load_report_trailer`. It is sent
 //!   as a list with round robin after it (gRFC A52): a client without WRR
 //!   takes round robin instead of rejecting the cluster.
 
@@ -33,8 +35,10 @@ pub(crate) enum Balance {
     RoundRobin,
     /// By a hash of the value of this request header (lower case).
     RingHash { header: String },
-    /// By the nodes' ORCA reports of utilization and calls per second.
-    WeightedRoundRobin,
+    /// By the nodes' ORCA reports of utilization and calls per second:
+    /// out of band (a stream per connection), or `per_call`, from the
+    /// trailer each answer carries (nodes with `rpc_load_report_trailer`).
+    WeightedRoundRobin { per_call: bool },
 }
 
 /// Entries on the ring of a node of the topic's lowest weight: about 9%
@@ -55,7 +59,7 @@ impl Balance {
     pub(crate) fn parse(balance: Option<&str>, header: Option<&str>) -> Result<Self, String> {
         let balance = match (balance.unwrap_or("round_robin"), header) {
             ("round_robin", None) => Balance::RoundRobin,
-            ("weighted_round_robin", None) => Balance::WeightedRoundRobin,
+            ("weighted_round_robin", None) => Balance::WeightedRoundRobin { per_call: false },
             ("ring_hash", Some(header)) => Balance::RingHash {
                 header: hash_header(header)?,
             },
@@ -76,6 +80,26 @@ impl Balance {
         Ok(balance)
     }
 
+    /// The same balance with its load reports read as `load_reports` says
+    /// (`out_of_band`, the default, or `per_call`); the error names the
+    /// option.
+    pub(crate) fn with_load_reports(self, load_reports: Option<&str>) -> Result<Self, String> {
+        match (self, load_reports) {
+            (balance, None) => Ok(balance),
+            (Balance::WeightedRoundRobin { .. }, Some(how @ ("out_of_band" | "per_call"))) => {
+                Ok(Balance::WeightedRoundRobin {
+                    per_call: how == "per_call",
+                })
+            }
+            (Balance::WeightedRoundRobin { .. }, Some(other)) => Err(format!(
+                "load_reports: {other:?} is not one of out_of_band, per_call"
+            )),
+            (_, Some(_)) => Err(
+                "load_reports: only balance = \"weighted_round_robin\" reads load reports".into(),
+            ),
+        }
+    }
+
     /// Sets `cluster`'s policy, for endpoints of `weights`.
     pub(crate) fn apply(&self, cluster: &mut Cluster, weights: &[u32]) {
         match self {
@@ -91,10 +115,10 @@ impl Balance {
                     maximum_ring_size: Some(UInt64Value { value: RING_CAP }),
                 }));
             }
-            Balance::WeightedRoundRobin => {
+            Balance::WeightedRoundRobin { per_call } => {
                 let wrr = ClientSideWeightedRoundRobin {
-                    enable_oob_load_report: Some(BoolValue { value: true }),
-                    oob_reporting_period: Some(PbDuration {
+                    enable_oob_load_report: Some(BoolValue { value: !per_call }),
+                    oob_reporting_period: (!per_call).then_some(PbDuration {
                         seconds: OOB_PERIOD_SECS,
                         nanos: 0,
                     }),
@@ -229,6 +253,19 @@ mod tests {
             ]
         );
         assert!(wrr.hash_policy().is_empty());
+        let per_call = wrr.with_load_reports(Some("per_call")).unwrap();
+        let mut cluster = Cluster::default();
+        per_call.apply(&mut cluster, &[1]);
+        let policies = cluster.load_balancing_policy.unwrap().policies;
+        let config = policies[0].typed_extension_config.as_ref().unwrap();
+        let wrr = ClientSideWeightedRoundRobin::decode(
+            config.typed_config.as_ref().unwrap().value.as_slice(),
+        )
+        .unwrap();
+        assert_eq!(wrr.enable_oob_load_report, Some(BoolValue { value: false }));
+        assert!(Balance::RoundRobin
+            .with_load_reports(Some("per_call"))
+            .is_err());
         assert_eq!(Balance::parse(None, None).unwrap(), Balance::RoundRobin);
     }
 

@@ -88,7 +88,7 @@ impl Agent {
         match balance {
             Balance::RoundRobin => true,
             Balance::RingHash { .. } => version >= library.ring_hash,
-            Balance::WeightedRoundRobin => version >= library.weighted_round_robin,
+            Balance::WeightedRoundRobin { .. } => version >= library.weighted_round_robin,
         }
     }
 
@@ -128,6 +128,8 @@ mod tests {
         }
     }
 
+    const WRR: Balance = Balance::WeightedRoundRobin { per_call: false };
+
     fn ring() -> Balance {
         Balance::RingHash {
             header: "x-key".into(),
@@ -141,8 +143,8 @@ mod tests {
         let new = agent("gRPC Node Pure JS", "1.14.1");
         assert!(!old.takes(&ring()));
         assert!(mid.takes(&ring()));
-        assert!(!mid.takes(&Balance::WeightedRoundRobin));
-        assert!(new.takes(&Balance::WeightedRoundRobin));
+        assert!(!mid.takes(&WRR));
+        assert!(new.takes(&WRR));
         for a in [&old, &mid, &new] {
             assert!(a.takes(&Balance::RoundRobin));
         }
@@ -152,7 +154,7 @@ mod tests {
     fn a_wrapped_c_core_is_judged_by_its_language_release() {
         let python = agent("gRPC C-core linux Python", "C-core 58.0.0 Python 1.85.3");
         assert_eq!(python.library_version(), Some((1, 85)));
-        assert!(python.takes(&Balance::WeightedRoundRobin));
+        assert!(python.takes(&WRR));
         let old = agent("gRPC C-core linux Python", "C-core 17.0.0 Python 1.39.0");
         assert!(!old.takes(&ring()));
     }
@@ -165,7 +167,7 @@ mod tests {
             agent("gRPC Go", "dev"),
         ] {
             assert!(a.takes(&ring()), "{a:?}");
-            assert!(a.takes(&Balance::WeightedRoundRobin), "{a:?}");
+            assert!(a.takes(&WRR), "{a:?}");
         }
     }
 }

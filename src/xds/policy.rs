@@ -19,6 +19,8 @@
 //! [topic.compute]
 //! retry_on = ["unavailable", "resource-exhausted"]
 //! balance = "weighted_round_robin"
+//! load_reports = "per_call"    # or "out_of_band" (the default): the nodes
+//!                              # need rpc_load_report_trailer
 //!
 //! [topic.sessions]
 //! balance = "ring_hash"
@@ -91,6 +93,7 @@ struct Written {
     timeout: Option<String>,
     balance: Option<String>,
     hash_header: Option<String>,
+    load_reports: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -191,6 +194,13 @@ impl RoutePolicy {
                 .hash_header
                 .as_ref()
                 .or(default.hash_header.as_ref())
+                .map(String::as_str),
+        )?
+        .with_load_reports(
+            written
+                .load_reports
+                .as_ref()
+                .or(default.load_reports.as_ref())
                 .map(String::as_str),
         )?;
         Ok(RoutePolicy {
