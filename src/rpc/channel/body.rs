@@ -11,7 +11,7 @@ use std::task::{Context, Poll};
 
 use bytes::{Bytes, BytesMut};
 use futures::FutureExt;
-use http_body::{Body as HttpBody, Frame, SizeHint};
+use http_body::{Body as HttpBody, Frame};
 use http_body_util::BodyExt;
 use tokio::sync::oneshot;
 use tonic::body::Body;
@@ -182,11 +182,7 @@ impl SentSignal {
     }
 
     fn fire(&self) {
-        let sender = match self.0.lock() {
-            Ok(mut slot) => slot.take(),
-            Err(poisoned) => poisoned.into_inner().take(),
-        };
-        if let Some(tx) = sender {
+        if let Some(tx) = crate::sync::lock(&self.0).take() {
             let _ = tx.send(());
         }
     }
@@ -195,43 +191,39 @@ impl SentSignal {
 /// A whole request body that reports, when the connection is done with
 /// it, whether all of it was taken: the transport drops a request body once
 /// it has written it out, or given up.
-pub(super) struct NotifySent {
-    inner: http_body_util::Full<Bytes>,
+pub(super) type NotifySent = Watched<http_body_util::Full<Bytes>, SentWatch>;
+
+/// What a [`NotifySent`] body watches: whether it was all taken, told to
+/// its signal when the body is dropped.
+pub(super) struct SentWatch {
     signal: Arc<SentSignal>,
+    whole: bool,
 }
 
-impl NotifySent {
+impl SentWatch {
+    /// `data` as a body that tells `signal` it was all written.
     pub(super) fn wrap(data: Bytes, signal: Arc<SentSignal>) -> Body {
-        Body::new(NotifySent {
-            inner: http_body_util::Full::new(data),
-            signal,
-        })
+        let whole = data.is_empty();
+        Body::new(NotifySent::new(
+            http_body_util::Full::new(data),
+            SentWatch { signal, whole },
+        ))
     }
 }
 
-impl HttpBody for NotifySent {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
+impl Watch<http_body_util::Full<Bytes>> for SentWatch {
+    fn polled(
+        &mut self,
+        _: &Polled<http_body_util::Full<Bytes>>,
+        body: &http_body_util::Full<Bytes>,
+    ) {
+        self.whole = body.is_end_stream();
     }
 }
 
-impl Drop for NotifySent {
+impl Drop for SentWatch {
     fn drop(&mut self) {
-        if self.inner.is_end_stream() {
+        if self.whole {
             self.signal.fire();
         }
     }

@@ -10,7 +10,7 @@ use futures::stream::{FuturesUnordered, StreamExt};
 use tonic::body::Body;
 use tonic::{Code, Status};
 
-use super::body::{self, NotifySent, Payload, PendingGuard};
+use super::body::{self, Payload, PendingGuard, SentWatch};
 use super::classify::{never_sent, timed_out, unavailable, Sent};
 use super::pick::{pick, Candidates, MAX_ATTEMPTS};
 use super::replay::Replay;
@@ -147,7 +147,7 @@ impl RpcChannel {
         retry_deadline: Option<Instant>,
     ) -> Result<http::Request<Body>, BoxError> {
         let body = match &self.settings.sent {
-            Some(signal) => NotifySent::wrap(data.clone(), signal.clone()),
+            Some(signal) => SentWatch::wrap(data.clone(), signal.clone()),
             None => Body::new(http_body_util::Full::new(data.clone())),
         };
         let mut request = http::Request::new(body);
