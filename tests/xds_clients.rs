@@ -549,9 +549,10 @@ async fn with_the_option_every_answer_carries_the_node_load_in_a_trailer() {
         OrcaLoadReport::decode(value.to_bytes().expect("base64").as_ref()).expect("a report")
     };
     let (mut answered, mut failed, mut busy) = (0, 0, None::<OrcaLoadReport>);
-    let started = std::time::Instant::now();
+    // A report covers the last 250 ms or so: a few hundred calls make one
+    // busy; 20,000 without one is a failure.
     while answered < 300 || busy.is_none() {
-        assert!(started.elapsed() < WAIT * 3, "no busy report: {busy:?}");
+        assert!(answered + failed < 20_000, "no busy report: {busy:?}");
         match echo.echo(EchoRequest::default()).await {
             Ok(response) => {
                 answered += 1;

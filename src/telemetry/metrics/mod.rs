@@ -28,7 +28,7 @@ use self::layer::{Code, Kind};
 use self::outside::ReasonLabel;
 pub(crate) use self::outside::{ClientFigures, WorkerFigures};
 use self::totals::Totals;
-pub(crate) use self::totals::{bounds as latency_bounds, TotalsSnapshot};
+pub(crate) use self::totals::{bounds as latency_bounds, LoadFigures, TotalsSnapshot};
 use crate::admission::{AdmissionStats, Load};
 use crate::servicegroup::{MembershipStatus, RegistrationState};
 use crate::sync::{read, write};
@@ -212,25 +212,6 @@ impl Admission {
             refused_pool: refused("pool"),
             queue_delay_us: self.queue_delay.get_or_create(&labels).clone(),
         }
-    }
-}
-
-/// A handle on the figures a load report reads, apart from the node.
-#[derive(Clone)]
-pub(crate) struct LoadFigures {
-    totals: Arc<Totals>,
-    admission: AdmissionStats,
-}
-
-impl LoadFigures {
-    /// The API's calls answered and failed so far.
-    pub(crate) fn calls_and_errors(&self) -> (u64, u64) {
-        self.totals.counts()
-    }
-
-    /// Calls in flight past admission, and the admission limit.
-    pub(crate) fn in_flight_and_limit(&self) -> (i64, i64) {
-        (self.admission.in_flight.get(), self.admission.limit.get())
     }
 }
 
@@ -426,10 +407,7 @@ impl Metrics {
     /// What the node's load reports read (`OpenRcaService` and the
     /// per-call trailer): its totals and its gRPC admission figures.
     pub(crate) fn load_figures(&self) -> LoadFigures {
-        LoadFigures {
-            totals: self.grpc.totals.clone(),
-            admission: self.admission("grpc"),
-        }
+        LoadFigures::new(self.grpc.totals.clone(), self.admission("grpc"))
     }
 
     /// The admission figures of one stack (`grpc` or `http`).

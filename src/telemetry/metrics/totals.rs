@@ -5,10 +5,11 @@
 //! so that the dashboard asking for them does not count itself.
 
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::layer::Code;
+use crate::admission::AdmissionStats;
 
 /// Upper bounds of the latency buckets, in seconds: 100 µs doubling to
 /// about 105 s, as `svckit_*_request_duration_seconds`; one more bucket
@@ -99,6 +100,29 @@ pub(super) fn counts_grpc(path: &str) -> bool {
         || path.starts_with("/grpc.health.")
         || path.starts_with("/grpc.reflection.")
         || path.starts_with("/xds.service.orca."))
+}
+
+/// A handle on the figures a load report reads, apart from the node.
+#[derive(Clone)]
+pub(crate) struct LoadFigures {
+    totals: Arc<Totals>,
+    admission: AdmissionStats,
+}
+
+impl LoadFigures {
+    pub(super) fn new(totals: Arc<Totals>, admission: AdmissionStats) -> Self {
+        LoadFigures { totals, admission }
+    }
+
+    /// The API's calls answered and failed so far.
+    pub(crate) fn calls_and_errors(&self) -> (u64, u64) {
+        self.totals.counts()
+    }
+
+    /// Calls in flight past admission, and the admission limit.
+    pub(crate) fn in_flight_and_limit(&self) -> (i64, i64) {
+        (self.admission.in_flight.get(), self.admission.limit.get())
+    }
 }
 
 #[cfg(test)]
