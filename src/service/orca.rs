@@ -6,8 +6,9 @@
 //! - per call, with `rpc_load_report_trailer`, in the
 //!   `endpoint-load-metrics-bin` trailer of every gRPC answer
 //!   ([`CallReports`], added by the layer that edits a call's status,
-//!   [`super::limits::StatusLayer`]), which WRR reads when it is not asked to open
-//!   streams, and which any client may read: the node's load over the last
+//!   [`super::limits::StatusLayer`]), which WRR reads when it is not asked
+//!   to open streams, and which any client may read: the node's load over
+//!   the last
 //!   [`CALL_REPORT_REFRESH`] or so, the same report for every call in it
 //!   (CPU, application utilization, calls and errors per second: what WRR
 //!   reads, no more). Off by default: it costs about 5% of the calls per
@@ -174,6 +175,22 @@ pub(crate) struct CallReports {
 }
 
 impl CallReports {
+    /// Reports from `figures`.
+    pub(crate) fn new(figures: LoadFigures) -> Arc<CallReports> {
+        let first = Sample::take(&figures);
+        Arc::new(CallReports {
+            figures,
+            last: Mutex::new((first, None)),
+        })
+    }
+
+    /// Adds the current report to a call's status headers or trailers.
+    pub(crate) fn add_to(&self, headers: &mut http::HeaderMap) {
+        if let Some(value) = self.current() {
+            headers.insert(CALL_REPORT_HEADER, value);
+        }
+    }
+
     /// The report to send now, encoded as the trailer's value.
     fn current(&self) -> Option<HeaderValue> {
         let mut last = lock(&self.last);
@@ -204,22 +221,4 @@ fn encode(report: &OrcaLoadReport) -> Option<HeaderValue> {
     let mut metadata = tonic::metadata::MetadataMap::new();
     metadata.insert_bin(CALL_REPORT_HEADER, value);
     metadata.into_headers().remove(CALL_REPORT_HEADER)
-}
-
-impl CallReports {
-    /// Reports from `figures`.
-    pub(crate) fn new(figures: LoadFigures) -> Arc<CallReports> {
-        let first = Sample::take(&figures);
-        Arc::new(CallReports {
-            figures,
-            last: Mutex::new((first, None)),
-        })
-    }
-
-    /// Adds the current report to a call's status headers or trailers.
-    pub(crate) fn add_to(&self, headers: &mut http::HeaderMap) {
-        if let Some(value) = self.current() {
-            headers.insert(CALL_REPORT_HEADER, value);
-        }
-    }
 }
