@@ -81,8 +81,13 @@ pub fn deadline() -> Option<Instant> {
 
 /// The span export of the node serving this task's request, if it has one.
 pub(crate) fn exporter() -> Option<otel::Exporter> {
+    from_node(|n| n.exporter.clone())
+}
+
+/// `pick` of the node serving this task's request, if any.
+fn from_node<T>(pick: impl FnOnce(&NodeScope) -> Option<T>) -> Option<T> {
     CURRENT
-        .try_with(|s| s.node.as_ref().and_then(|n| n.exporter.clone()))
+        .try_with(|s| s.node.as_deref().and_then(pick))
         .ok()
         .flatten()
 }
@@ -90,19 +95,13 @@ pub(crate) fn exporter() -> Option<otel::Exporter> {
 /// Where the registry connections of the RPC clients made by this task
 /// show how stale their watches are: the serving node's metrics, if any.
 pub(crate) fn membership_figures() -> Option<MembershipFigures> {
-    CURRENT
-        .try_with(|s| s.node.as_ref().and_then(|n| n.membership.clone()))
-        .ok()
-        .flatten()
+    from_node(|n| n.membership.clone())
 }
 
 /// Where the RPC clients made by this task show their figures: the
 /// serving node's metrics, if any.
 pub(crate) fn client_figures() -> Option<ClientFigures> {
-    CURRENT
-        .try_with(|s| s.node.as_ref().and_then(|n| n.clients.clone()))
-        .ok()
-        .flatten()
+    from_node(|n| n.clients.clone())
 }
 
 /// The `svckit-criticality` of the request being served by this task, if

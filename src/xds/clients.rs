@@ -19,17 +19,19 @@ use envoy_types::pb::envoy::config::core::v3::Node;
 
 use super::balance::Balance;
 
-/// A client's library and version, as its node says.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// A client's library and release, read once from its node.
+#[derive(Debug, Clone, Default)]
 pub(crate) struct Agent {
-    /// `user_agent_name`, e.g. `gRPC Node Pure JS`.
-    pub(crate) name: String,
-    /// `user_agent_version`, e.g. `1.14.1`.
-    pub(crate) version: String,
+    /// `user_agent_name user_agent_version`, for logs and the config dump.
+    label: String,
+    /// A library of [`LIBRARIES`] and its (major, minor); `None` for any
+    /// other, or a release not read, which gets every policy.
+    release: Option<(&'static Library, (u32, u32))>,
 }
 
 /// A library, told by the start of its user agent's name, and the first
 /// version (major, minor) that takes ring hash and weighted round robin.
+#[derive(Debug)]
 struct Library {
     name: &'static str,
     ring_hash: (u32, u32),
@@ -68,53 +70,57 @@ impl Agent {
     /// From the node of a stream's first request.
     pub(crate) fn from_node(node: &Node) -> Agent {
         let version = match &node.user_agent_version_type {
-            Some(UserAgentVersionType::UserAgentVersion(v)) => v.clone(),
-            _ => String::new(),
+            Some(UserAgentVersionType::UserAgentVersion(v)) => v.as_str(),
+            _ => "",
         };
+        Agent::new(&node.user_agent_name, version)
+    }
+
+    /// From a user agent's name and version.
+    fn new(name: &str, version: &str) -> Agent {
+        let label = match (name.is_empty(), version.is_empty()) {
+            (true, _) => "(no user agent)".to_string(),
+            (false, true) => name.to_string(),
+            (false, false) => format!("{name} {version}"),
+        };
+        let library = LIBRARIES.iter().find(|l| name.starts_with(l.name));
         Agent {
-            name: node.user_agent_name.clone(),
-            version,
+            label,
+            release: library.zip(release_of(version)),
         }
     }
 
     /// The client can take `balance` from a Cluster.
     pub(crate) fn takes(&self, balance: &Balance) -> bool {
-        let Some(library) = LIBRARIES.iter().find(|l| self.name.starts_with(l.name)) else {
-            return true;
-        };
-        let Some(version) = self.library_version() else {
+        let Some((library, release)) = self.release else {
             return true;
         };
         match balance {
             Balance::RoundRobin => true,
-            Balance::RingHash { .. } => version >= library.ring_hash,
-            Balance::WeightedRoundRobin { .. } => version >= library.weighted_round_robin,
+            Balance::RingHash { .. } => release >= library.ring_hash,
+            Balance::WeightedRoundRobin { .. } => release >= library.weighted_round_robin,
         }
-    }
-
-    /// The library's (major, minor): the last `N.N…` in the version, the
-    /// wrapping language's release where C-core names its own version
-    /// first (grpcio's `C-core 58.0.0 Python 1.85.3` reads 1.85).
-    fn library_version(&self) -> Option<(u32, u32)> {
-        self.version
-            .split(|c: char| c.is_whitespace() || c == '/')
-            .filter_map(|word| {
-                let mut parts = word.trim_start_matches('v').split('.');
-                let major = parts.next()?.parse().ok()?;
-                let minor = parts.next()?.parse().ok()?;
-                Some((major, minor))
-            })
-            .next_back()
     }
 
     /// `name version`, for logs and the config dump.
-    pub(crate) fn label(&self) -> String {
-        match (self.name.is_empty(), self.version.is_empty()) {
-            (true, _) => "(no user agent)".to_string(),
-            (false, true) => self.name.clone(),
-            (false, false) => format!("{} {}", self.name, self.version),
-        }
+    pub(crate) fn label(&self) -> &str {
+        &self.label
     }
+}
+
+/// A library's (major, minor) from its user agent's version: the last
+/// `N.N…` in it, the wrapping language's release where C-core names its
+/// own version first (grpcio's `C-core 58.0.0 Python 1.85.3` reads 1.85).
+fn release_of(version: &str) -> Option<(u32, u32)> {
+    version
+        .split(|c: char| c.is_whitespace() || c == '/')
+        .filter_map(|word| {
+            let mut parts = word.trim_start_matches('v').split('.');
+            let major = parts.next()?.parse().ok()?;
+            let minor = parts.next()?.parse().ok()?;
+            Some((major, minor))
+        })
+        .next_back()
 }
 
 #[cfg(test)]
@@ -122,10 +128,7 @@ mod tests {
     use super::*;
 
     fn agent(name: &str, version: &str) -> Agent {
-        Agent {
-            name: name.into(),
-            version: version.into(),
-        }
+        Agent::new(name, version)
     }
 
     const WRR: Balance = Balance::WeightedRoundRobin { per_call: false };
@@ -153,7 +156,7 @@ mod tests {
     #[test]
     fn a_wrapped_c_core_is_judged_by_its_language_release() {
         let python = agent("gRPC C-core linux Python", "C-core 58.0.0 Python 1.85.3");
-        assert_eq!(python.library_version(), Some((1, 85)));
+        assert_eq!(release_of("C-core 58.0.0 Python 1.85.3"), Some((1, 85)));
         assert!(python.takes(&WRR));
         let old = agent("gRPC C-core linux Python", "C-core 17.0.0 Python 1.39.0");
         assert!(!old.takes(&ring()));

@@ -56,6 +56,9 @@ pub(super) struct AdsStream {
     node: String,
     /// The client's library, which decides the policies it is sent.
     agent: Agent,
+    /// The topics whose Cluster it was last sent with round robin instead
+    /// of their policy.
+    held_back: BTreeSet<String>,
     warned_wildcard: bool,
     /// This stream's entry in the config dump.
     id: u64,
@@ -75,6 +78,7 @@ impl AdsStream {
             nonces: 0,
             node: String::new(),
             agent: Agent::default(),
+            held_back: BTreeSet::new(),
             warned_wildcard: false,
             id,
         }
@@ -115,7 +119,7 @@ impl AdsStream {
                 self.node = node.id.clone();
                 self.agent = Agent::from_node(node);
                 let agent = self.agent.label();
-                self.shared.dumps.node(self.id, &self.node, &agent);
+                self.shared.dumps.node(self.id, &self.node, agent);
                 tracing::debug!(node = %self.node, %agent, "xds: stream opened");
             }
         }
@@ -244,11 +248,12 @@ impl AdsStream {
         self.shared
             .dumps
             .sent(self.id, kind, names, &version, &sub.nonce);
-        if kind == Kind::Cluster {
+        if kind == Kind::Cluster && held_back != self.held_back {
             if !held_back.is_empty() {
                 tracing::info!(node = %self.node, agent = %self.agent.label(), topics = ?held_back, "xds: round robin sent instead of policies the client's version cannot take");
             }
-            self.shared.dumps.held_back(self.id, held_back);
+            self.shared.dumps.held_back(self.id, held_back.clone());
+            self.held_back = held_back;
         }
         sub.sent = now;
         Some(DiscoveryResponse {

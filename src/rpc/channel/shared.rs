@@ -1,7 +1,6 @@
 //! What the channels of one [`Rpc`](crate::rpc::Rpc) share, and the
 //! client's counters.
 
-use crate::telemetry::metrics::ClientFigures;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -14,6 +13,7 @@ use super::hedge::Latency;
 use super::throttle::Throttle;
 use crate::rpc::Target;
 use crate::sync::lock;
+use crate::telemetry::metrics::ClientFigures;
 use crate::telemetry::otel::Exporter;
 
 /// What the channels of one [`Rpc`](super::Rpc) share: counters, the retry

@@ -15,7 +15,6 @@ mod tests;
 mod topics;
 mod tracker;
 
-use crate::telemetry::metrics::ClientFigures;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -24,6 +23,7 @@ use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::servicegroup::Member;
+use crate::telemetry::metrics::ClientFigures;
 use crate::tls::ClientTls;
 
 use super::Target;
