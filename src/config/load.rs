@@ -142,14 +142,7 @@ impl Config {
 
     /// Checks what no single option can: ranges and combinations.
     pub fn validate(&self) -> Result<()> {
-        if self.workers.0 == 0 {
-            // `--workers 0` is a usage mistake (oslo raises ValueError), not
-            // a config one: exit 64.
-            return Err(Error::usage(format!(
-                "invalid value for `workers` from {}: must be at least 1",
-                self.source("workers")
-            )));
-        }
+        check_workers(self.workers.0, self.source("workers"))?;
         self.check_ranges(|_| true)?;
         // Host and topic are path segments of registry keys and files.
         let names = [("host", Some(&self.host)), ("topic", self.topic.as_ref())];
@@ -249,4 +242,17 @@ fn one_line(s: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join(": ")
+}
+
+/// The rule for a worker count, wherever one comes from (the config, or a
+/// library caller of the launcher): at least 1.
+/// `--workers 0` is a usage mistake (oslo raises ValueError), not a config
+/// one: exit 64.
+pub(crate) fn check_workers(workers: u32, source: impl std::fmt::Display) -> Result<()> {
+    if workers == 0 {
+        return Err(Error::usage(format!(
+            "invalid value for `workers` from {source}: must be at least 1"
+        )));
+    }
+    Ok(())
 }

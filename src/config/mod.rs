@@ -27,6 +27,7 @@ pub use self::value::{
 };
 
 use self::load::check_range;
+pub(crate) use self::load::check_workers;
 use crate::error::{Error, Result};
 use crate::servicegroup::{RegistryOptions, RegistryUrl};
 

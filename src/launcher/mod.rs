@@ -53,29 +53,40 @@ pub async fn launch(
     services: Vec<Arc<dyn Service>>,
     workers: u32,
 ) -> Result<i32> {
-    match workers {
-        0 => Err(Error::usage("workers must be at least 1")),
-        1 => {
-            ServiceLauncher::new(config, services)
-                .reload_from(args)
-                .telemetry(telemetry)
-                .run()
-                .await
-        }
-        n => {
-            if services.len() != 1 {
-                return Err(Error::usage(format!(
-                    "workers = {n} runs one service per process; {} were given",
-                    services.len()
-                )));
-            }
-            let mut supervisor = Supervisor::new(config)
-                .reload_from(args)
-                .telemetry(telemetry);
-            supervisor.workers = n;
-            supervisor.run().await
-        }
+    start(args, config, telemetry, services, workers, None).await
+}
+
+/// [`launch`], for an image that may carry on an upgraded supervisor: one
+/// that was handed its workers stays their supervisor, whatever its config
+/// now says of their number.
+async fn start(
+    args: CommonArgs,
+    config: Config,
+    telemetry: Telemetry,
+    services: Vec<Arc<dyn Service>>,
+    workers: u32,
+    handover: Option<process::upgrade::Handover>,
+) -> Result<i32> {
+    crate::config::check_workers(workers, "the launcher")?;
+    if workers == 1 && handover.is_none() {
+        return ServiceLauncher::new(config, services)
+            .reload_from(args)
+            .telemetry(telemetry)
+            .run()
+            .await;
     }
+    if services.len() != 1 {
+        return Err(Error::usage(format!(
+            "workers = {workers} runs one service per process; {} were given",
+            services.len()
+        )));
+    }
+    let mut supervisor = Supervisor::new(config)
+        .reload_from(args)
+        .telemetry(telemetry);
+    supervisor.workers = workers;
+    supervisor.handover = handover;
+    supervisor.run().await
 }
 
 /// The `main` of a kit binary: loads the config from `args`, sets up
@@ -192,7 +203,8 @@ where
                 .await;
         }
         let workers = config.workers.0;
-        launch(args, config, telemetry, services, workers).await
+        let handover = inherited.upgrade.take();
+        start(args, config, telemetry, services, workers, handover).await
     });
     // Dropping the runtime would wait for its blocking pool: a manager's
     // stuck `spawn_blocking` must not hold an exit that a deadline or a

@@ -67,6 +67,8 @@ pub struct Supervisor {
     program: Option<Program>,
     reload_from: Option<CommonArgs>,
     telemetry: Option<Telemetry>,
+    /// What the image before handed down, after an upgrade in place.
+    pub(super) handover: Option<upgrade::Handover>,
 }
 
 impl Supervisor {
@@ -79,6 +81,7 @@ impl Supervisor {
             program: None,
             reload_from: None,
             telemetry: None,
+            handover: None,
         }
     }
 
@@ -129,7 +132,9 @@ impl Supervisor {
     /// Runs until the process signals stop it (see [`control::signals`]).
     pub async fn run(self) -> Result<i32> {
         let signals = control::signals()?;
-        upgrade::signals_handled();
+        if self.handover.is_some() {
+            upgrade::signals_handled();
+        }
         self.run_with(signals).await
     }
 
@@ -145,7 +150,7 @@ impl Supervisor {
         // The registry must answer before any worker starts.
         registry.get().await?;
         // After an upgrade in place: what the image before handed down.
-        let handover = upgrade::take();
+        let handover = self.handover;
         let listeners = match &handover {
             Some(handover) => pool::listeners(&handover.listeners)?,
             None => {

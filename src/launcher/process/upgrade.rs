@@ -22,8 +22,6 @@ use std::ffi::{CString, OsString};
 use std::os::fd::RawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 
 use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow, Signal};
 use serde::{Deserialize, Serialize};
@@ -36,7 +34,7 @@ pub(crate) const ENV_UPGRADE: &str = "SVCKIT_UPGRADE";
 
 /// What a supervisor hands down to its upgraded image.
 #[derive(Debug, Serialize, Deserialize)]
-pub(super) struct Handover {
+pub(crate) struct Handover {
     /// The listening sockets, by role (`grpc`, `http`).
     pub(super) listeners: Vec<(String, RawFd)>,
     pub(super) workers: Vec<Adopted>,
@@ -72,14 +70,11 @@ impl Handover {
     }
 }
 
-static HANDED_DOWN: Mutex<Option<Handover>> = Mutex::new(None);
-static UPGRADED: AtomicBool = AtomicBool::new(false);
-
-/// Reads and removes `SVCKIT_UPGRADE`, for [`take`]. Called once, before
-/// threads start.
-pub(crate) fn take_env() -> Result<()> {
+/// Reads and removes `SVCKIT_UPGRADE`: what the supervisor this image
+/// replaced handed down, if it did. Called once, before threads start.
+pub(crate) fn take_env() -> Result<Option<Handover>> {
     let Some(text) = std::env::var_os(ENV_UPGRADE) else {
-        return Ok(());
+        return Ok(None);
     };
     std::env::remove_var(ENV_UPGRADE);
     let handover: Handover = serde_json::from_slice(text.as_bytes())
@@ -88,14 +83,7 @@ pub(crate) fn take_env() -> Result<()> {
     for fd in handover.fds() {
         set_cloexec(fd, true)?;
     }
-    UPGRADED.store(true, Ordering::SeqCst);
-    *crate::sync::lock(&HANDED_DOWN) = Some(handover);
-    Ok(())
-}
-
-/// What the supervisor this image replaced handed down, once.
-pub(super) fn take() -> Option<Handover> {
-    crate::sync::lock(&HANDED_DOWN).take()
+    Ok(Some(handover))
 }
 
 /// The signals held across the exec: those the launcher handles.
@@ -116,10 +104,8 @@ fn held() -> SigSet {
 
 /// In an upgraded image, once its signal handlers are installed: lets the
 /// signals held across the exec (and any sent meanwhile) through.
-pub(super) fn signals_handled() {
-    if UPGRADED.swap(false, Ordering::SeqCst) {
-        let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None);
-    }
+pub(crate) fn signals_handled() {
+    let _ = pthread_sigmask(SigmaskHow::SIG_UNBLOCK, Some(&held()), None);
 }
 
 /// Re-executes `binary` in place with `args`, handing `handover` down.

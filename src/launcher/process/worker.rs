@@ -81,6 +81,9 @@ pub(crate) struct Inherited {
     /// Where a supervised worker counts its node's calls in flight, in
     /// memory its supervisor reads.
     pub(crate) in_flight: Option<&'static std::sync::atomic::AtomicI64>,
+    /// What the supervisor this image replaced handed down (an upgrade in
+    /// place).
+    pub(crate) upgrade: Option<super::upgrade::Handover>,
 }
 
 impl Inherited {
@@ -90,7 +93,7 @@ impl Inherited {
     /// that read the environment start.
     pub(crate) fn take() -> Result<Self> {
         // A supervisor's upgrade in place hands its state down too.
-        super::upgrade::take_env()?;
+        let upgrade = super::upgrade::take_env()?;
         let worker = match std::env::var(ENV_WORKER) {
             Ok(slot) => Some(slot.parse::<u32>().map_err(|_| {
                 Error::usage(format!("{ENV_WORKER}={slot:?} is not a worker slot"))
@@ -162,6 +165,7 @@ impl Inherited {
             worker,
             supervisor,
             in_flight,
+            upgrade,
         })
     }
 
