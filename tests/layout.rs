@@ -28,7 +28,8 @@ fn sources(dir: &str) -> Vec<(PathBuf, String)> {
 
 /// The RPC client, the xDS control plane and the dashboard follow
 /// membership through the service group's shared topic feeds: none of
-/// them opens a watch, keeps a retry loop for one, or counts its restarts.
+/// them opens a watch or keeps a retry loop for one; the feed tells them
+/// of its restarts.
 #[test]
 fn membership_is_followed_only_through_the_topic_feeds() {
     let forbidden = [
@@ -51,6 +52,55 @@ fn membership_is_followed_only_through_the_topic_feeds() {
     assert!(
         found.is_empty(),
         "a follow loop of its own:\n{}",
+        found.join("\n")
+    );
+}
+
+/// Two nodes in one process share nothing by accident: the only statics
+/// that hold state are the log writer's (a process has one stderr) and the
+/// `memory://` registry's table of groups, which is the registry itself
+/// (every handle of `memory://name` in a process is one group). Figures,
+/// exporters, elections and an upgrade's hand-over belong to a node, a
+/// registry connection or the launcher that passes them down.
+#[test]
+fn the_only_process_wide_state_is_the_log_writer_and_the_memory_registry() {
+    let allowed = [
+        ("telemetry/sink.rs", "GUARD"),
+        ("telemetry/sink.rs", "WRITER"),
+        ("servicegroup/memory.rs", "GROUPS"),
+        // Set once, never changed: the process's monotonic epoch.
+        ("clock.rs", "START"),
+    ];
+    let stateful = ["Mutex", "RwLock", "Atomic", "OnceLock", "LazyLock", "Cell"];
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut found = Vec::new();
+    for (path, text) in sources("") {
+        let relative = path.strip_prefix(&src).expect("under src");
+        let file = relative.to_string_lossy().replace('\\', "/");
+        for (n, line) in text.lines().enumerate() {
+            let code = line.trim_start();
+            let Some(rest) = code
+                .strip_prefix("static ")
+                .or_else(|| code.strip_prefix("pub static "))
+                .or_else(|| code.strip_prefix("pub(crate) static "))
+                .or_else(|| code.strip_prefix("pub(super) static "))
+            else {
+                continue;
+            };
+            let name: String = rest
+                .trim_start_matches("mut ")
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            let holds_state = rest.starts_with("mut ") || stateful.iter().any(|s| rest.contains(s));
+            if holds_state && !allowed.contains(&(file.as_str(), name.as_str())) {
+                found.push(format!("{file}:{}: {}", n + 1, code));
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "process-wide state two nodes in one process would share:\n{}",
         found.join("\n")
     );
 }

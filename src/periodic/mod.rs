@@ -33,7 +33,7 @@ pub(crate) use self::timer::{Settings, Timer};
 
 use crate::config::Config;
 use crate::error::Result;
-use crate::servicegroup::{Election, Leadership, LocalLeadership, Registry};
+use crate::servicegroup::{Election, Leadership, Registry};
 
 /// Whether a job runs in this process: `worker` is `Some(slot)` in a
 /// multi-process node.
@@ -79,8 +79,8 @@ pub(crate) async fn start(
         };
         let leadership: Option<Arc<dyn Leadership>> = match (job.spec.scope, registry) {
             (Scope::Topic, Some(registry)) => Some(registry.campaign(election).await?),
-            // Without a registry the topic is this process.
-            (Scope::Topic, None) => Some(LocalLeadership::new("unregistered", &election)),
+            // Without a registry a node knows no other member of its
+            // topic: the task runs on it, as a node-scope one does.
             _ => None,
         };
         placed.push((job, leadership));

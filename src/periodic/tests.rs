@@ -8,7 +8,7 @@ use std::time::Duration;
 use tokio::time::{sleep, Instant};
 
 use super::*;
-use crate::servicegroup::{Election, LocalLeadership};
+use crate::servicegroup::{Election, LocalElections};
 
 const S: Duration = Duration::from_secs(1);
 
@@ -271,8 +271,9 @@ async fn a_topic_task_runs_only_where_its_election_is_held() {
             .scope(Scope::Topic)
             .run_immediately(true)
     };
-    let lead_a = LocalLeadership::new("timer-test", &election);
-    let lead_b = LocalLeadership::new("timer-test", &election);
+    let elections = LocalElections::new();
+    let lead_a = elections.campaign(&election);
+    let lead_b = elections.campaign(&election);
     let timer_a = Timer::start(
         vec![(reap().bind(a.clone()), Some(lead_a as _))],
         settings(Duration::ZERO),

@@ -4,14 +4,14 @@
 //! only on the node that holds its election. [`Driver::campaign`] returns a
 //! [`Leadership`] that campaigns in the background for as long as it lives;
 //! the etcd driver elects through etcd's election API on a lease, the file
-//! driver through a lock file, and the default (the memory driver) within
-//! this process.
+//! driver through a lock file, and the memory driver within its group
+//! ([`LocalElections`]).
 //!
 //! [`Driver::campaign`]: super::Driver::campaign
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -64,15 +64,36 @@ pub trait Leadership: Send + Sync {
     fn resign(&self) -> BoxFuture<'_, ()>;
 }
 
-/// Who holds each election of this process, by name.
-fn holders() -> &'static Mutex<HashMap<String, u64>> {
-    static HOLDERS: OnceLock<Mutex<HashMap<String, u64>>> = OnceLock::new();
-    HOLDERS.get_or_init(Default::default)
+/// Elections held in memory: who holds each, by name. A `memory://`
+/// registry keeps one, shared by its every handle; a driver of another
+/// kind may keep one for the candidates of its process.
+#[derive(Debug, Default)]
+pub struct LocalElections {
+    holders: Mutex<HashMap<String, u64>>,
+    ids: AtomicU64,
 }
 
-/// An election held within this process: the first candidate to ask holds
-/// it until it resigns or is dropped.
+impl LocalElections {
+    /// No election held yet.
+    pub fn new() -> Arc<Self> {
+        Arc::default()
+    }
+
+    /// A candidacy in `election`: the first candidate to ask holds it
+    /// until it resigns or is dropped.
+    pub fn campaign(self: &Arc<Self>, election: &Election) -> Arc<LocalLeadership> {
+        Arc::new(LocalLeadership {
+            elections: Arc::clone(self),
+            key: format!("{}\0{}", election.topic, election.name),
+            id: self.ids.fetch_add(1, Ordering::Relaxed),
+            resigned: AtomicBool::new(false),
+        })
+    }
+}
+
+/// A candidacy in one of [`LocalElections`].
 pub struct LocalLeadership {
+    elections: Arc<LocalElections>,
     key: String,
     id: u64,
     /// A resigned candidate never takes the election again.
@@ -80,19 +101,8 @@ pub struct LocalLeadership {
 }
 
 impl LocalLeadership {
-    /// A candidacy in the process-wide election `scope` + `election`
-    /// (`scope` keeps the elections of different registries apart).
-    pub fn new(scope: &str, election: &Election) -> Arc<Self> {
-        static IDS: AtomicU64 = AtomicU64::new(1);
-        Arc::new(LocalLeadership {
-            key: format!("{scope}\0{}\0{}", election.topic, election.name),
-            id: IDS.fetch_add(1, Ordering::Relaxed),
-            resigned: AtomicBool::new(false),
-        })
-    }
-
     fn release(&self) {
-        let mut holders = crate::sync::lock(holders());
+        let mut holders = crate::sync::lock(&self.elections.holders);
         if holders.get(&self.key) == Some(&self.id) {
             holders.remove(&self.key);
         }
@@ -104,7 +114,7 @@ impl Leadership for LocalLeadership {
         if self.resigned.load(Ordering::SeqCst) {
             return false;
         }
-        let mut holders = crate::sync::lock(holders());
+        let mut holders = crate::sync::lock(&self.elections.holders);
         *holders.entry(self.key.clone()).or_insert(self.id) == self.id
     }
 
@@ -137,16 +147,22 @@ mod tests {
 
     #[tokio::test]
     async fn one_local_leader_until_it_resigns() {
-        let a = LocalLeadership::new("test-one", &election("x"));
-        let b = LocalLeadership::new("test-one", &election("x"));
-        let other = LocalLeadership::new("test-one", &election("y"));
+        let elections = LocalElections::new();
+        let a = elections.campaign(&election("x"));
+        let b = elections.campaign(&election("x"));
+        let other = elections.campaign(&election("y"));
+        let elsewhere = LocalElections::new().campaign(&election("x"));
         assert!(a.is_leader());
         assert!(!b.is_leader());
         assert!(other.is_leader(), "another election has its own leader");
+        assert!(
+            elsewhere.is_leader(),
+            "other elections have their own leaders"
+        );
         a.resign().await;
         assert!(b.is_leader());
         assert!(!a.is_leader());
-        let c = LocalLeadership::new("test-one", &election("x"));
+        let c = elections.campaign(&election("x"));
         drop(b);
         assert!(c.is_leader(), "a dropped leader frees the election");
         c.resign().await;

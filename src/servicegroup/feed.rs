@@ -24,7 +24,6 @@ use tokio::sync::watch;
 
 use super::backoff::Backoff;
 use super::diff::{key_of, Key};
-use super::follow::restarted;
 use super::{Event, EventStream, Member, Registry};
 use crate::error::Result;
 use crate::sync::lock;
@@ -56,6 +55,10 @@ pub(crate) trait Project: Send + 'static {
     fn tick(&mut self, _members: &Members) -> Option<Self::View> {
         None
     }
+
+    /// The feed is starting again after its watch ended or a projection
+    /// panicked (logged already): where the consumer counts it.
+    fn on_restart(&mut self) {}
 }
 
 /// The feeds of one registry for one kind of consumer. Cheap to clone.
@@ -189,10 +192,12 @@ async fn keep_following<P: Project>(
                 })
                 .catch_unwind()
                 .await;
-                match followed {
-                    Ok(()) => restarted("membership feed", &"membership watch ended"),
-                    Err(_) => restarted("membership feed", &"membership feed panicked"),
-                }
+                let why = match followed {
+                    Ok(()) => "membership watch ended",
+                    Err(_) => "membership feed panicked",
+                };
+                tracing::error!(topic = %name, reason = why, "membership feed failed; restarting it");
+                project.on_restart();
             }
             Err(e) => {
                 tracing::warn!(topic = %name, error = %e, "membership watch cannot start yet");

@@ -4,11 +4,11 @@
 //! change ([`Follow`]); [`spawn`] owns the rest, the same for etcd, files and
 //! memory: the view of what this watcher has reported (so that a reload emits
 //! only differences), backoff between failed reloads, one log line per
-//! outage, and a panic in the driver's code logged, counted and followed by a
-//! reload instead of a silently ended stream.
+//! outage, and a panic in the driver's code logged, counted in the
+//! connection's [`MembershipFigures`] and followed by a reload instead of a
+//! silently ended stream.
 
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -18,25 +18,12 @@ use tokio_stream::wrappers::ReceiverStream;
 
 use super::backoff::Backoff;
 use super::diff::{Key, View};
+use super::lag::MembershipFigures;
 use super::{Event, EventStream, Member};
 use crate::error::Result;
 
 /// Events buffered per watcher before the driver waits for its reader.
 const BUFFER: usize = 1024;
-
-static RESTARTS: AtomicU64 = AtomicU64::new(0);
-
-/// Background membership loops (watchers, sessions, discovery) this process
-/// restarted after a panic or an unexpected end; for reports and metrics.
-pub fn task_restarts() -> u64 {
-    RESTARTS.load(Ordering::Relaxed)
-}
-
-/// Counts and logs one restart of a background loop.
-pub(crate) fn restarted(task: &str, why: &dyn std::fmt::Display) {
-    let n = RESTARTS.fetch_add(1, Ordering::Relaxed) + 1;
-    tracing::error!(task, reason = %why, restarts = n, "membership task failed; restarting it");
-}
 
 /// What a follower found next.
 pub(crate) enum Step {
@@ -64,6 +51,7 @@ pub(crate) fn spawn(
     first: Vec<Member>,
     follow: impl Follow,
     backoff_max: Duration,
+    figures: MembershipFigures,
 ) -> EventStream {
     let (tx, rx) = mpsc::channel(BUFFER);
     let watcher = Watcher {
@@ -71,6 +59,7 @@ pub(crate) fn spawn(
         tx,
         view: View::default(),
         backoff: Backoff::new(backoff_max),
+        figures,
     };
     tokio::spawn(watcher.run(first, follow));
     Box::pin(ReceiverStream::new(rx))
@@ -83,6 +72,8 @@ struct Watcher {
     /// What this watcher has reported, so a reload emits only differences.
     view: View,
     backoff: Backoff,
+    /// Where a restart is counted.
+    figures: MembershipFigures,
 }
 
 impl Watcher {
@@ -107,7 +98,8 @@ impl Watcher {
                             continue;
                         }
                         Err(_) => {
-                            restarted("membership watch", &"listing panicked");
+                            self.figures
+                                .restarted("membership watch", &"listing panicked");
                             if !self.pause().await {
                                 return;
                             }
@@ -138,7 +130,8 @@ impl Watcher {
                     Ok(Step::Whole(members)) => self.view.resync(members),
                     Ok(Step::Reload { why, now }) => break (why, now),
                     Err(_) => {
-                        restarted("membership watch", &"following panicked");
+                        self.figures
+                            .restarted("membership watch", &"following panicked");
                         break ("the watch loop panicked".to_string(), false);
                     }
                 };
@@ -212,12 +205,13 @@ mod tests {
 
     #[tokio::test]
     async fn a_panicking_follower_is_counted_and_followed_again() {
-        let before = task_restarts();
+        let figures = MembershipFigures::default();
         let mut events = spawn(
             "t".into(),
             vec![member("a")],
             Flaky { steps: 0 },
             Duration::ZERO,
+            figures.clone(),
         );
         let mut seen = Vec::new();
         while seen.len() < 3 {
@@ -238,6 +232,6 @@ mod tests {
                 ("delete", "b".into())
             ]
         );
-        assert!(task_restarts() > before);
+        assert_eq!(figures.restarts("membership watch"), 1);
     }
 }

@@ -9,13 +9,18 @@
 //!   told a watcher that it had been sent everything up to a revision; the
 //!   age of that proof is `time() - ` this.
 //!
-//! Both are a registry connection's ([`MembershipFigures`]): its watches,
+//! - `svckit_membership_task_restarts_total{task}`: the connection's
+//!   background loops (watches, lease keepers, registrations) restarted
+//!   after a panic or an unexpected end.
+//!
+//! All are a registry connection's ([`MembershipFigures`]): its watches,
 //! one per topic, are shared by every client of the connection.
 
 use std::sync::atomic::AtomicU64;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
@@ -24,6 +29,11 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct Topic {
     topic: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct Task {
+    task: &'static str,
 }
 
 /// Lags from 1 ms to about 33 s.
@@ -43,6 +53,7 @@ type Lags = Family<Topic, Histogram, fn() -> Histogram>;
 pub(crate) struct MembershipFigures {
     lag: Lags,
     progress: Family<Topic, Gauge<f64, AtomicU64>>,
+    restarts: Family<Task, Counter>,
 }
 
 impl Default for MembershipFigures {
@@ -50,6 +61,7 @@ impl Default for MembershipFigures {
         MembershipFigures {
             lag: Family::new_with_constructor(buckets),
             progress: Family::default(),
+            restarts: Family::default(),
         }
     }
 }
@@ -74,7 +86,19 @@ impl MembershipFigures {
             .set(now.as_secs_f64());
     }
 
-    /// Registers both families in a node's `registry`.
+    /// Logs and counts one restart of the connection's background `task`.
+    pub(crate) fn restarted(&self, task: &'static str, why: &dyn std::fmt::Display) {
+        let restarts = self.restarts.get_or_create(&Task { task }).inc() + 1;
+        tracing::error!(task, reason = %why, restarts, "membership task failed; restarting it");
+    }
+
+    /// The restarts of `task` counted so far.
+    #[cfg(test)]
+    pub(crate) fn restarts(&self, task: &'static str) -> u64 {
+        self.restarts.get_or_create(&Task { task }).get()
+    }
+
+    /// Registers the families in a node's `registry`.
     pub(crate) fn register(&self, registry: &mut Registry) {
         registry.register(
             "svckit_membership_lag_seconds",
@@ -85,6 +109,11 @@ impl MembershipFigures {
             "svckit_membership_progress_timestamp_seconds",
             "unix time at which etcd last proved a watch of this node's RPC clients current (a progress notification), per topic",
             self.progress.clone(),
+        );
+        registry.register(
+            "svckit_membership_task_restarts",
+            "background loops (watches, lease keepers, registrations) of this node's registry connections restarted after a panic or an unexpected end, per task",
+            self.restarts.clone(),
         );
     }
 }

@@ -17,6 +17,7 @@ use tokio::sync::broadcast;
 use super::backoff::DEFAULT_BACKOFF_MAX;
 use super::diff::{check_identity, key_of, Key};
 use super::follow::{self, Follow, Step};
+use super::lag::MembershipFigures;
 use super::{
     rfc3339, AdminChange, Driver, Event, EventStream, Member, Membership, MembershipStatus,
     Registration, RegistrationState, ServiceRecord,
@@ -33,6 +34,8 @@ const EVENT_BUFFER: usize = 1024;
 #[derive(Clone)]
 pub struct MemoryDriver {
     group: Arc<Group>,
+    /// Where this handle's watchers count their restarts.
+    figures: MembershipFigures,
 }
 
 struct Group {
@@ -41,6 +44,8 @@ struct Group {
     /// lock sees every change after its snapshot exactly once.
     events: broadcast::Sender<Event>,
     next_owner: AtomicU64,
+    /// The group's elections, for periodic tasks of topic scope.
+    elections: Arc<super::LocalElections>,
 }
 
 struct Entry {
@@ -69,10 +74,20 @@ impl MemoryDriver {
                     entries: Mutex::new(BTreeMap::new()),
                     events: broadcast::channel(EVENT_BUFFER).0,
                     next_owner: AtomicU64::new(1),
+                    elections: super::LocalElections::new(),
                 })
             })
             .clone();
-        Self { group }
+        Self {
+            group,
+            figures: MembershipFigures::default(),
+        }
+    }
+
+    /// The same, its watchers' restarts counted in `figures` (a node's).
+    pub(crate) fn with_figures(mut self, figures: Option<MembershipFigures>) -> Self {
+        self.figures = figures.unwrap_or_default();
+        self
     }
 }
 
@@ -230,14 +245,8 @@ impl Driver for MemoryDriver {
         &self,
         election: super::Election,
     ) -> BoxFuture<'_, Result<Arc<dyn super::Leadership>>> {
-        // Groups live as long as the process, so the address names one.
-        let scope = format!("memory:{:p}", Arc::as_ptr(&self.group));
-        async move {
-            let leadership: Arc<dyn super::Leadership> =
-                super::LocalLeadership::new(&scope, &election);
-            Ok(leadership)
-        }
-        .boxed()
+        let leadership: Arc<dyn super::Leadership> = self.group.elections.campaign(&election);
+        async move { Ok(leadership) }.boxed()
     }
 
     fn join(&self, registration: Registration) -> BoxFuture<'_, Result<Box<dyn Membership>>> {
@@ -303,7 +312,8 @@ impl Driver for MemoryDriver {
         };
         let first = follower.resubscribe();
         let name = follower.topic.clone().unwrap_or_else(|| "*".into());
-        let stream = follow::spawn(name, first, follower, DEFAULT_BACKOFF_MAX);
+        let figures = self.figures.clone();
+        let stream = follow::spawn(name, first, follower, DEFAULT_BACKOFF_MAX, figures);
         futures::future::ready(Ok(stream)).boxed()
     }
 

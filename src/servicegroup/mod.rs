@@ -47,8 +47,7 @@ mod view;
 
 pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
-pub use self::election::{Election, Leadership, LocalLeadership};
-pub use self::follow::task_restarts;
+pub use self::election::{Election, Leadership, LocalElections, LocalLeadership};
 pub use self::registration::{Advert, Registration};
 pub use self::url::{RegistryOptions, RegistryUrl};
 pub use self::view::{format_age, EventView, MemberView};
@@ -316,12 +315,15 @@ pub trait Driver: Send + Sync {
     }
 
     /// Campaigns in `election` until the returned [`Leadership`] is dropped
-    /// or resigns (for periodic tasks of `topic` scope). The default elects
-    /// within this process, which is all a `memory://` registry spans.
+    /// or resigns (for periodic tasks of `topic` scope). The default holds
+    /// no elections: a registry that spans more than one candidate says
+    /// how it elects one ([`LocalElections`] elects within a process).
     fn campaign(&self, election: Election) -> BoxFuture<'_, Result<Arc<dyn Leadership>>> {
         Box::pin(async move {
-            let leadership: Arc<dyn Leadership> = LocalLeadership::new("memory", &election);
-            Ok(leadership)
+            Err(crate::Error::registry_msg(format_args!(
+                "this registry holds no elections; the task {:?} of topic {:?} needs one",
+                election.name, election.topic
+            )))
         })
     }
 }
@@ -390,7 +392,9 @@ pub async fn connect(url: &RegistryUrl, options: &RegistryOptions) -> Result<Reg
     Ok(match url {
         RegistryUrl::Etcd { .. } => Arc::new(etcd::EtcdDriver::connect(url, options).await?),
         RegistryUrl::File { path } => Arc::new(file::FileDriver::open(path, options)?),
-        RegistryUrl::Memory { name } => Arc::new(memory::MemoryDriver::named(name)),
+        RegistryUrl::Memory { name } => {
+            Arc::new(memory::MemoryDriver::named(name).with_figures(options.figures.clone()))
+        }
     })
 }
 

@@ -11,8 +11,7 @@ use crate::error::Result;
 use crate::servicegroup::feed::Members;
 use crate::servicegroup::memory::MemoryDriver;
 use crate::servicegroup::{
-    task_restarts, AdminChange, Driver, Endpoints, Event, EventStream, Membership, Registration,
-    Registry,
+    AdminChange, Driver, Endpoints, Event, EventStream, Membership, Registration, Registry,
 };
 
 fn registration(host: &str) -> Registration {
@@ -79,11 +78,11 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
         group: MemoryDriver::named("discovery-ends-once"),
         ended: AtomicBool::new(false),
     });
-    let before = task_restarts();
+    let figures = ClientFigures::default();
     let options = ConnectOptions {
         connect_timeout: Duration::from_secs(1),
         connections_per_node: 1,
-        figures: Default::default(),
+        figures: figures.clone(),
         subsetting: Subsetting { client: 1, size: 0 },
         tls: None,
         idle_timeout: None,
@@ -98,7 +97,7 @@ async fn a_watch_that_ends_is_counted_and_started_again() {
     // The first join is the watch's last event.
     let _a = registry.join(registration("a")).await.unwrap();
     tokio::time::timeout(Duration::from_secs(5), async {
-        while task_restarts() == before {
+        while figures.feed_restarts("t") == 0 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })

@@ -170,6 +170,10 @@ impl Project for Tracker {
     fn tick(&mut self, members: &Members) -> Option<Snapshot> {
         self.close_idle().then(|| self.snapshot(members))
     }
+
+    fn on_restart(&mut self) {
+        self.options.figures.count_feed_restart(&self.topic);
+    }
 }
 
 impl Drop for Tracker {

@@ -80,6 +80,7 @@ pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<Ev
     let name = topic.clone().unwrap_or_else(|| "*".into());
     let backoff = Backoff::new(inner.backoff_max);
     let backoff_max = inner.backoff_max;
+    let figures = inner.figures.clone();
     let follower = EtcdFollow {
         inner,
         topic,
@@ -90,7 +91,7 @@ pub(super) async fn watch(inner: Arc<Inner>, topic: Option<String>) -> Result<Ev
         backoff,
         failing: false,
     };
-    Ok(follow::spawn(name, first, follower, backoff_max))
+    Ok(follow::spawn(name, first, follower, backoff_max, figures))
 }
 
 struct EtcdFollow {

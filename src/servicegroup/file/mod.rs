@@ -17,6 +17,7 @@ use tokio::task::JoinHandle;
 use self::store::{Alive, Store};
 use super::diff::check_identity;
 use super::follow::{self, Follow, Step};
+use super::lag::MembershipFigures;
 use super::status::StatusCell;
 use super::{
     rfc3339, AdminChange, Driver, Election, EventStream, Leadership, Member, Membership,
@@ -38,6 +39,8 @@ pub struct FileDriver {
     store: Arc<Store>,
     /// Cap on the delay between a watcher's failed listings.
     backoff_max: Duration,
+    /// Where a watcher's restart is counted.
+    figures: MembershipFigures,
 }
 
 impl FileDriver {
@@ -48,6 +51,7 @@ impl FileDriver {
         Ok(Self {
             store: Arc::new(Store::open(path.as_ref(), options.timeout)?),
             backoff_max: options.backoff_max,
+            figures: options.figures.clone().unwrap_or_default(),
         })
     }
 
@@ -413,7 +417,13 @@ impl Driver for FileDriver {
                 topic,
                 poll: poll_for(fastest),
             };
-            Ok(follow::spawn(name, first, follower, self.backoff_max))
+            Ok(follow::spawn(
+                name,
+                first,
+                follower,
+                self.backoff_max,
+                self.figures.clone(),
+            ))
         }
         .boxed()
     }

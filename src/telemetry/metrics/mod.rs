@@ -292,6 +292,11 @@ impl Metrics {
             "nodes the RPC clients made within this node left out as outliers (failing well above their peers), per topic",
             clients.ejections.clone(),
         );
+        registry.register(
+            "svckit_rpc_client_feed_restarts",
+            "restarts of the membership feed of the RPC clients made within this node after its watch ended or it panicked, per topic",
+            clients.feed_restarts.clone(),
+        );
         let reregistrations = Gauge::<u64, AtomicU64>::default();
         registry.register(
             "svckit_reregistrations",

@@ -15,13 +15,15 @@ pub(super) struct Topic {
 }
 
 /// What an RPC client keeps of the topics it calls, per topic: the
-/// routable nodes it sees, and the nodes it ejected as outliers. A client
+/// routable nodes it sees, the nodes it ejected as outliers, and the
+/// restarts of its membership feed. A client
 /// made within a node (a request it serves, its manager's hooks) writes the
 /// node's, shown on its `/metrics`; any other keeps its own, shown nowhere.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct ClientFigures {
     pub(super) nodes: Family<Topic, Gauge>,
     pub(super) ejections: Family<Topic, Counter>,
+    pub(super) feed_restarts: Family<Topic, Counter>,
 }
 
 impl ClientFigures {
@@ -41,6 +43,25 @@ impl ClientFigures {
                 topic: topic.to_string(),
             })
             .inc();
+    }
+
+    /// Counts a restart of the membership feed of `topic`.
+    pub(crate) fn count_feed_restart(&self, topic: &str) {
+        self.feed_restarts
+            .get_or_create(&Topic {
+                topic: topic.to_string(),
+            })
+            .inc();
+    }
+
+    /// The restarts of the membership feed of `topic` counted so far.
+    #[cfg(test)]
+    pub(crate) fn feed_restarts(&self, topic: &str) -> u64 {
+        self.feed_restarts
+            .get_or_create(&Topic {
+                topic: topic.to_string(),
+            })
+            .get()
     }
 }
 

@@ -14,7 +14,6 @@ use super::super::Inner;
 use super::LeaseState;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::{spread, Backoff};
-use crate::servicegroup::follow::restarted;
 
 /// The task that grants and renews one shared lease.
 pub(super) struct Keeper {
@@ -53,7 +52,9 @@ impl Keeper {
             if AssertUnwindSafe(self.run()).catch_unwind().await.is_ok() {
                 return;
             }
-            restarted("lease keeper", &"the lease keeper panicked");
+            self.inner
+                .figures
+                .restarted("lease keeper", &"the lease keeper panicked");
             self.state.send_modify(|s| s.id = 0);
         }
     }

@@ -30,7 +30,6 @@ use super::lease::{keepalive_interval, ttl_secs, LeaseUse, SharedLease};
 use super::Inner;
 use crate::error::{Error, Result};
 use crate::servicegroup::backoff::Backoff;
-use crate::servicegroup::follow::restarted;
 use crate::servicegroup::status::StatusCell;
 use crate::servicegroup::{Membership, MembershipStatus, Registration, LEAVE_TIMEOUT};
 
@@ -111,7 +110,9 @@ impl Session {
             match AssertUnwindSafe(run).catch_unwind().await {
                 Ok(()) => return,
                 Err(_) => {
-                    restarted("registration", &self.status.name());
+                    self.inner
+                        .figures
+                        .restarted("registration", &self.status.name());
                     self.status.failed(&"the registration loop panicked");
                 }
             }
