@@ -330,7 +330,7 @@ options! {
     /// File holding the etcd password (one line); read again whenever the connection to etcd is made anew.
     registry_password_file: Option<PathBuf> = None, mutable = false, secret = false;
     /// Bound on connecting to the registry and on each registry request.
-    registry_timeout: Duration = Duration::from_secs(5), mutable = false, secret = false,
+    registry_timeout: Duration = crate::servicegroup::DEFAULT_REGISTRY_TIMEOUT, mutable = false, secret = false,
         range = "10ms" ..= "1h";
     /// Cap on the delay between registry retries (heartbeats, watch reconnects).
     registry_backoff_max: Duration = crate::servicegroup::DEFAULT_BACKOFF_MAX, mutable = false,

@@ -49,7 +49,7 @@ pub use self::backoff::DEFAULT_BACKOFF_MAX;
 pub use self::diff::{valid_name, VALID_NAME};
 pub use self::election::{Election, Leadership, LocalElections, LocalLeadership};
 pub use self::registration::{Advert, Registration};
-pub use self::url::{RegistryOptions, RegistryUrl};
+pub use self::url::{RegistryOptions, RegistryUrl, DEFAULT_REGISTRY_TIMEOUT};
 pub use self::view::{format_age, EventView, MemberView};
 
 /// The persistent record of one (topic, host): nova's `services` row. Its

@@ -172,6 +172,10 @@ impl fmt::Debug for RegistryOptions {
     }
 }
 
+/// The default bound on connecting to a registry and on each request
+/// (`registry_timeout`).
+pub const DEFAULT_REGISTRY_TIMEOUT: Duration = Duration::from_secs(5);
+
 impl Default for RegistryOptions {
     fn default() -> Self {
         Self {
@@ -181,7 +185,7 @@ impl Default for RegistryOptions {
             user: None,
             password: None,
             password_file: None,
-            timeout: Duration::from_secs(5),
+            timeout: DEFAULT_REGISTRY_TIMEOUT,
             backoff_max: super::backoff::DEFAULT_BACKOFF_MAX,
             figures: None,
         }
