@@ -112,6 +112,12 @@ mod tests {
         let clients = mine.node_scope().clients.expect("a node's client figures");
         clients.set_nodes("t", 3);
         clients.count_ejection("t");
+        clients.count_feed_restart("t");
+        let membership = mine
+            .node_scope()
+            .membership
+            .expect("a node's membership figures");
+        membership.restarted("lease keeper", &"a test");
         let text = mine.render(None);
         assert!(
             text.contains("svckit_rpc_client_nodes{topic=\"t\"} 3"),
@@ -121,7 +127,16 @@ mod tests {
             text.contains("svckit_rpc_client_ejections_total{topic=\"t\"} 1"),
             "{text}"
         );
+        assert!(
+            text.contains("svckit_rpc_client_feed_restarts_total{topic=\"t\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("svckit_membership_task_restarts_total{task=\"lease keeper\"} 1"),
+            "{text}"
+        );
         let text = other.render(None);
         assert!(!text.contains("topic=\"t\""), "{text}");
+        assert!(!text.contains("lease keeper"), "{text}");
     }
 }
