@@ -406,6 +406,60 @@ async fn a_closed_loop_of_http_clients_is_refused_nothing() {
     drop(node);
 }
 
+/// Handlers that wait on I/O (here `Sleep`, as a call to another node or a
+/// database waits) are no queue, however many run. A node answers two
+/// callers of a 20 ms handler; then 62 more join, one every 4 ms, as the
+/// clients of a fleet start: a closed loop whose calls in flight grow for
+/// a quarter of a second while the time in the node stays at 20 ms. A
+/// plain tonic client, which retries nothing, gets every call answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn callers_of_handlers_waiting_on_io_ramping_in_are_refused_nothing() {
+    let etcd = Etcd::start();
+    let (node, grpc, http) = pinned_node(&etcd, "echo_node", "io-bound");
+    let channel = tonic::transport::Endpoint::from_shared(grpc)
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    // The ramp starts once the first two callers made 50 calls (half a
+    // second of a light load).
+    let (warm, mut warmed) = tokio::sync::watch::channel(0usize);
+    let warm = Arc::new(warm);
+    let callers: Vec<_> = (0..64u64)
+        .map(|i| {
+            let mut client = EchoClient::new(channel.clone());
+            let (warm, mut warmed) = (warm.clone(), warmed.clone());
+            tokio::spawn(async move {
+                if i >= 2 {
+                    let _ = warmed.wait_for(|n| *n >= 50).await;
+                    tokio::time::sleep(Duration::from_millis(4 * (i - 2))).await;
+                }
+                let mut failed = Vec::new();
+                for _ in 0..60 {
+                    match client.sleep(SleepRequest { millis: 20 }).await {
+                        Ok(_) => warm.send_modify(|n| *n += 1),
+                        Err(status) => failed.push(status.code()),
+                    }
+                }
+                failed
+            })
+        })
+        .collect();
+    let mut failed = Vec::new();
+    for caller in callers {
+        failed.extend(caller.await.expect("caller task"));
+    }
+    let _ = warmed.borrow_and_update();
+    assert!(
+        failed.is_empty(),
+        "{} of 3,840 calls failed: {:?}",
+        failed.len(),
+        failed.iter().take(5).collect::<Vec<_>>()
+    );
+    assert_eq!(refusals_counted(http, "grpc", "limit"), 0.0);
+    drop(node);
+}
+
 /// A call made while serving another carries what is left of its
 /// deadline; with nothing left, it is not sent at all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

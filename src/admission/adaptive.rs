@@ -4,7 +4,11 @@
 //!
 //! The signal is queueing delay, the time a call waits before its handler
 //! runs, as the node's [`Load`] measures it (CoDel's sojourn time; Envoy's
-//! adaptive concurrency and Netflix's limiters also read latency, not CPU).
+//! adaptive concurrency and Netflix's limiters also read latency, not CPU),
+//! and while the runtime's workers are never idle, the time calls spend in
+//! the node (handlers sharing the CPUs queue for them inside). Handlers
+//! that wait on I/O leave the workers idle: however long they take and
+//! however many run, that is no queue.
 //! A queue is an overload when it *stands and grows*: through a whole
 //! interval no call waited less than [`TARGET_US`], the calls in flight
 //! grew over the last three intervals (a closed loop's callers may take a
@@ -49,6 +53,9 @@ use crate::wire::{CRITICALITY, GRPC_TIMEOUT};
 /// The queueing delay, in µs, above which a standing, growing queue is an
 /// overload; also the delay the bound on calls in flight aims at.
 pub(crate) const TARGET_US: u64 = 2_000;
+/// How busy the runtime's workers must be (thousandths of their time) for
+/// the time calls spend in the node to count as a queue for the CPUs.
+const BUSY_PERMILLE: u64 = 900;
 /// Intervals in a row the calls in flight must grow before the node sheds.
 const GROWING_INTERVALS: u32 = 3;
 
@@ -272,9 +279,18 @@ impl Control {
         }
         self.history.push_back(in_flight);
         let per_us = self.completions / INTERVAL.as_micros() as f64;
-        // The queue a call meets: the time it waits to run, or with
-        // handlers sharing the CPUs, the calls it shares them with.
-        let standing = interval.min_wait_us.max(self.expected_us(in_flight));
+        // The queue a call meets: the time it waits to run, or while the
+        // workers are never idle, the calls it shares them with (Little's
+        // law: the time a call spends in the node). With idle workers the
+        // time in the node is the handlers' own (waiting on I/O, on
+        // another node), which no refusal would shorten.
+        let sharing = interval.busy_permille >= BUSY_PERMILLE;
+        let shared_us = if sharing {
+            self.expected_us(in_flight)
+        } else {
+            0
+        };
+        let standing = interval.min_wait_us.max(shared_us);
         // Two calls per CPU, one running and one ready to (a CPU left idle
         // between an answer and the next arrival is capacity lost), and
         // the queue the target allows.

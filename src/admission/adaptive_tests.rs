@@ -2,8 +2,12 @@
 
 use super::*;
 
+/// An interval of handlers that keep the workers busy (they compute).
 fn interval(min_wait_us: u64) -> Interval {
-    Interval { min_wait_us }
+    Interval {
+        min_wait_us,
+        busy_permille: 1000,
+    }
 }
 
 fn seen(in_flight: u64, completed: u64, refused: u64) -> Observed {
@@ -111,6 +115,45 @@ fn a_node_that_just_started_sheds_nothing_while_its_callers_move_in() {
         let d = control.step(interval(9_000), seen(in_flight, 20, 0), 2, false);
         assert!(!d.shedding, "{in_flight}");
     }
+}
+
+#[test]
+fn handlers_waiting_on_io_are_never_a_queue_however_their_callers_ramp_in() {
+    // 64 callers of a 20 ms handler that waits on another node, joining
+    // four per interval after a quiet spell: the calls in flight grow for
+    // sixteen intervals while the answers lag behind them, and the time
+    // in the node is 20 ms or more; but the workers are mostly idle and
+    // nothing waits to run.
+    let idle = |min_wait_us| Interval {
+        min_wait_us,
+        busy_permille: 150,
+    };
+    let mut control = Control::default();
+    for _ in 0..20 {
+        assert!(!control.step(idle(30), seen(0, 0, 0), 2, false).shedding);
+    }
+    let mut shedding = false;
+    for round in 1..=40u64 {
+        let in_flight = (4 * round).min(64);
+        let completed = (4 * round.saturating_sub(1)).min(64);
+        let d = control.step(idle(30), seen(in_flight, completed, 0), 2, shedding);
+        shedding = d.shedding;
+        assert!(!shedding, "round {round}: {in_flight} in flight");
+    }
+    // The same callers on handlers that compute, keeping the workers
+    // busy, are a queue that grows: that is what is shed.
+    let mut control = Control::default();
+    for _ in 0..20 {
+        control.step(interval(30), seen(0, 0, 0), 2, false);
+    }
+    let shed = (1..=16u64).any(|round| {
+        let in_flight = 4 * round;
+        let completed = 4 * round.saturating_sub(1);
+        control
+            .step(interval(30), seen(in_flight, completed, 0), 2, false)
+            .shedding
+    });
+    assert!(shed, "busy workers and a growing time in the node");
 }
 
 #[test]

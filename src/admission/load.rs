@@ -14,6 +14,14 @@
 //! long at least. Every [`INTERVAL`] the samples are summed up as CoDel does
 //! for a queue: the *lowest* wait of the interval says whether a queue
 //! stood all through it (a burst leaves some sample low).
+//!
+//! The probe also reads how busy the runtime's workers were through the
+//! interval (tokio's busy time per worker). Handlers that share the CPUs,
+//! yielding between slices of work, queue for them without the probe
+//! seeing it (a task handed in from outside is run between theirs), but
+//! they keep every worker busy; handlers that wait on I/O (a call to
+//! another node, a database) take as long as they take with the workers
+//! idle, and that is no queue.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -34,6 +42,9 @@ pub(crate) const INTERVAL: Duration =
 pub(crate) struct Interval {
     /// The lowest wait measured in it, in µs.
     pub(crate) min_wait_us: u64,
+    /// The share of the runtime's workers' time spent running tasks
+    /// through it, in thousandths (1000: no worker was ever idle).
+    pub(crate) busy_permille: u64,
 }
 
 /// What reads an interval: the limiters of the node's stacks.
@@ -103,8 +114,10 @@ fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
     let pending = Arc::new(AtomicU64::new(0));
     let mut current = Interval {
         min_wait_us: u64::MAX,
+        busy_permille: 0,
     };
     let mut interval_start = Instant::now();
+    let mut busy = Busy::read(&runtime);
     let mut next = Instant::now();
     loop {
         next = (next + TICK).max(Instant::now());
@@ -139,12 +152,52 @@ fn probe(load: Weak<Load>, runtime: tokio::runtime::Handle) {
         current.min_wait_us = current.min_wait_us.min(wait);
         if interval_start.elapsed() >= INTERVAL {
             interval_start = Instant::now();
+            let now = Busy::read(&runtime);
+            current.busy_permille = now.permille_since(&busy);
+            busy = now;
             if !load.publish(current) {
                 return;
             }
             current = Interval {
                 min_wait_us: u64::MAX,
+                busy_permille: 0,
             };
         }
+    }
+}
+
+/// The runtime's workers' busy time, summed, at one moment.
+struct Busy {
+    at: Instant,
+    total: Duration,
+    workers: u32,
+}
+
+impl Busy {
+    fn read(runtime: &tokio::runtime::Handle) -> Busy {
+        let metrics = runtime.metrics();
+        let workers = metrics.num_workers();
+        Busy {
+            at: Instant::now(),
+            total: (0..workers)
+                .map(|w| metrics.worker_total_busy_duration(w))
+                .sum(),
+            workers: u32::try_from(workers).unwrap_or(u32::MAX).max(1),
+        }
+    }
+
+    /// How busy the workers were from `then` to this reading, in
+    /// thousandths. A worker's busy time is brought up to date every few
+    /// dozen tasks it runs, so a reading may count a little of the
+    /// interval before; it is capped at 1000.
+    fn permille_since(&self, then: &Busy) -> u64 {
+        let wall = self.at.duration_since(then.at) * self.workers;
+        let busy = self.total.saturating_sub(then.total);
+        if wall.is_zero() {
+            return 0;
+        }
+        u64::try_from(busy.as_micros() * 1000 / wall.as_micros().max(1))
+            .unwrap_or(u64::MAX)
+            .min(1000)
     }
 }
