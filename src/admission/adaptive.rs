@@ -56,6 +56,10 @@ pub(crate) const TARGET_US: u64 = 2_000;
 /// How busy the runtime's workers must be (thousandths of their time) for
 /// the time calls spend in the node to count as a queue for the CPUs.
 const BUSY_PERMILLE: u64 = 900;
+/// How idle the workers must be (busy under this many thousandths of
+/// their time) for the time calls spend in the node to be their own, with
+/// no queue in it.
+const LIGHT_PERMILLE: u64 = 500;
 /// Intervals in a row the calls in flight must grow before the node sheds.
 const GROWING_INTERVALS: u32 = 3;
 
@@ -98,6 +102,8 @@ pub(crate) struct Limiter {
     load: Arc<Load>,
     /// Calls answered since the last interval.
     completed: AtomicU64,
+    /// The time those calls spent in the node, in µs, summed.
+    in_node_us: AtomicU64,
     /// Calls refused for the bound since the last interval.
     refused: AtomicU64,
     /// Whether the node sheds now.
@@ -118,6 +124,11 @@ struct Control {
     /// intervals, newest last (the last one's is what growth compares
     /// with).
     history: std::collections::VecDeque<u64>,
+    /// The time a call spends in the node while the workers are mostly
+    /// idle (the handlers' own time, I/O waits included, and no queue),
+    /// in µs, smoothed: what the bound lets each admitted call take
+    /// besides the target.
+    natural_us: f64,
 }
 
 /// How many intervals of calls in flight are kept (2 s).
@@ -158,6 +169,10 @@ impl Drop for Pass {
     fn drop(&mut self) {
         self.limiter.stats.in_flight.dec();
         self.limiter.completed.fetch_add(1, Ordering::Relaxed);
+        if let Some(arrived) = self.arrived {
+            let us = u64::try_from(arrived.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.limiter.in_node_us.fetch_add(us, Ordering::Relaxed);
+        }
     }
 }
 
@@ -166,11 +181,13 @@ impl Observer for Limiter {
         let mut control = crate::sync::lock(&self.control);
         let in_flight = u64::try_from(self.stats.in_flight.get()).unwrap_or(0);
         let completed = self.completed.swap(0, Ordering::Relaxed);
+        let in_node_us = self.in_node_us.swap(0, Ordering::Relaxed);
         let refused = self.refused.swap(0, Ordering::Relaxed);
         let was = self.shedding.load(Ordering::Relaxed);
         let observed = Observed {
             in_flight,
             completed,
+            in_node_us,
             refused,
         };
         let decision = control.step(interval, observed, self.floor, was);
@@ -212,6 +229,8 @@ struct Observed {
     in_flight: u64,
     /// Calls answered in it.
     completed: u64,
+    /// The time they spent in the node, in µs, summed.
+    in_node_us: u64,
     /// Calls refused for the bound in it.
     refused: u64,
 }
@@ -244,6 +263,7 @@ impl Control {
         let Observed {
             in_flight,
             completed,
+            in_node_us,
             refused,
         } = observed;
         self.completions = if self.completions == 0.0 {
@@ -285,16 +305,28 @@ impl Control {
         // time in the node is the handlers' own (waiting on I/O, on
         // another node), which no refusal would shorten.
         let sharing = interval.busy_permille >= BUSY_PERMILLE;
-        let shared_us = if sharing {
+        let standing = interval.min_wait_us.max(if sharing {
             self.expected_us(in_flight)
         } else {
             0
-        };
-        let standing = interval.min_wait_us.max(shared_us);
+        });
+        if interval.busy_permille < LIGHT_PERMILLE && completed > 0 {
+            // The calls answered while the workers were mostly idle took
+            // their own time, with no queue in it.
+            let mean = in_node_us as f64 / completed as f64;
+            self.natural_us = if self.natural_us == 0.0 {
+                mean
+            } else {
+                0.9 * self.natural_us + 0.1 * mean
+            };
+        }
         // Two calls per CPU, one running and one ready to (a CPU left idle
         // between an answer and the next arrival is capacity lost), and
-        // the queue the target allows.
-        let bound = 2 * floor + (per_us * TARGET_US as f64).ceil() as u64;
+        // the calls the node answers in the time each takes unqueued plus
+        // the target (Little's law): handlers that also wait on I/O keep
+        // their throughput under the bound.
+        let allowed_us = self.natural_us + TARGET_US as f64;
+        let bound = 2 * floor + (per_us * allowed_us).ceil() as u64;
         let shedding = if shedding {
             // Until the overload is over: nothing was refused through a
             // whole interval, the calls in flight fell well under the
@@ -331,6 +363,7 @@ impl Limiter {
             stats,
             load: load.clone(),
             completed: AtomicU64::new(0),
+            in_node_us: AtomicU64::new(0),
             refused: AtomicU64::new(0),
             shedding: AtomicBool::new(false),
             bound: AtomicU64::new(ceiling as u64),

@@ -10,10 +10,12 @@ fn interval(min_wait_us: u64) -> Interval {
     }
 }
 
+/// An interval's counts, each call answered having spent 1 ms in the node.
 fn seen(in_flight: u64, completed: u64, refused: u64) -> Observed {
     Observed {
         in_flight,
         completed,
+        in_node_us: completed * 1_000,
         refused,
     }
 }
@@ -154,6 +156,39 @@ fn handlers_waiting_on_io_are_never_a_queue_however_their_callers_ramp_in() {
             .shedding
     });
     assert!(shed, "busy workers and a growing time in the node");
+}
+
+#[test]
+fn the_bound_lets_handlers_keep_the_time_they_take_unqueued() {
+    // Handlers of 20 ms, most of it waiting on another node: under a
+    // light load the workers idle and each call spends 20 ms in the node.
+    let light = Interval {
+        min_wait_us: 30,
+        busy_permille: 300,
+    };
+    let mut control = Control::default();
+    for _ in 0..40 {
+        let answered = Observed {
+            in_node_us: 20 * 20_000,
+            ..seen(20, 20, 0)
+        };
+        assert!(!control.step(light, answered, 2, false).shedding);
+    }
+    // Then an open loop saturates the workers: the calls in flight grow,
+    // 100 answered per interval. The bound lets the answers go on at
+    // about that rate at 20 ms each (about 100 in flight; the rate is
+    // smoothed, so it lags a little), where the target alone would allow
+    // 4 + 10.
+    let mut bound = None;
+    for round in 1..=10u64 {
+        let d = control.step(interval(3_000), seen(100 + 60 * round, 100, 0), 2, false);
+        if d.shedding {
+            bound = Some(d.bound);
+            break;
+        }
+    }
+    let bound = bound.expect("an open loop on saturated workers is shed");
+    assert!((60..=130).contains(&bound), "bound {bound}");
 }
 
 #[test]
