@@ -18,8 +18,11 @@
 //! never grows its queue (each caller waits for its answer), so it is never
 //! refused: refusing it would only send its callers straight back. An open
 //! loop past capacity grows it, and is cut back to two calls per CPU plus
-//! the calls the node finishes within the target (Little's law: answers
-//! per second × target), until the queue is gone and an interval passed
+//! the calls the node finishes in the time a call takes unqueued and the
+//! target (Little's law: answers per second × (that time + target); the
+//! time is what calls took while the workers were mostly idle, so handlers
+//! that also wait on I/O keep their throughput), until the queue is gone
+//! and an interval passed
 //! in which nothing was refused: while callers are still refused, the load
 //! still exceeds what the node answers, and admitting all again would let
 //! a fresh wave in (each costing the latency the shedding was for).
