@@ -22,10 +22,10 @@
 //! target (Little's law: answers per second × (that time + target); the
 //! time is what calls took while the workers were mostly idle, so handlers
 //! that also wait on I/O keep their throughput), until the queue is gone
-//! and an interval passed
-//! in which nothing was refused: while callers are still refused, the load
-//! still exceeds what the node answers, and admitting all again would let
-//! a fresh wave in (each costing the latency the shedding was for).
+//! and an interval passed in which nothing was refused: while callers are
+//! still refused, the load still exceeds what the node answers, and
+//! admitting all again would let a fresh wave in (each costing the latency
+//! the shedding was for).
 //!
 //! Per call, at arrival, before anything of it runs:
 //! - a call whose deadline is shorter than the current queueing delay is
